@@ -1,0 +1,392 @@
+#!/usr/bin/env bash
+# Local Kafka (KRaft, single node) + PostgreSQL for development and tests, without Docker.
+#
+#   deploy/local/infra.sh start|stop|clean|status|env
+#
+# Environment (defaults in brackets):
+#   REFLEXE_STATE_DIR      [<repo>/.local/infra]  broker data, PG data dir, logs, pid files
+#   REFLEXE_CACHE_DIR      [${XDG_CACHE_HOME:-$HOME/.cache}/reflexe]  downloaded jars, shared by all clones
+#   REFLEXE_KAFKA_VERSION  [4.3.1]  org.apache.kafka:kafka_2.13 version fetched from Maven Central
+#   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  PG_PORT [15432]
+# Everything listens on 127.0.0.1 only.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE_DIR="$(realpath -m "${REFLEXE_STATE_DIR:-$REPO_ROOT/.local/infra}")"
+CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
+# 4.4.0 is listed on Maven Central but its kafka-tools-api jar is missing there, so it
+# cannot be resolved; 4.3.1 is the newest 4.x whose whole dependency tree resolves.
+KAFKA_VERSION="${REFLEXE_KAFKA_VERSION:-4.3.1}"
+KAFKA_PORT="${KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+PG_PORT="${PG_PORT:-15432}"
+
+# Logging glue for the broker: Kafka's poms only pull slf4j-api 1.7 and log4j-core, with
+# no binding between them, so the broker would log nothing. slf4j 2 + log4j-slf4j2-impl
+# is what the official Kafka 4 distribution ships.
+SLF4J_VERSION=2.0.17
+LOG4J_VERSION=2.25.4
+# A fixed cluster id (base64 of 16 bytes) avoids a JVM launch just to generate one.
+KAFKA_CLUSTER_ID="cmVmbGV4ZS1sb2NhbC1rZg"
+
+KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+KAFKA_DIR="$STATE_DIR/kafka"
+KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
+PG_ROOT="$STATE_DIR/postgres"
+PGDATA="$PG_ROOT/data"
+PG_SOCKET_DIR="$PG_ROOT/socket"
+PG_LOG="$PG_ROOT/postgres.log"
+LOG_DIR="$STATE_DIR/logs"
+STATE_MARKER="$STATE_DIR/.reflexe-infra"
+KAFKA_JAVA=(java -Xms256m -Xmx1g -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=file:$KAFKA_DIR/log4j2.properties" -cp "$KAFKA_LIBS/*")
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+is_root() { [[ $EUID -eq 0 ]]; }
+
+apt_install() {
+    is_root || die "missing $*; install it (apt-get install $*) or rerun as root"
+    log "installing $* with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- Kafka
+
+kafka_pid() {
+    # Only trust the pid file if that pid is still our broker (pids get reused).
+    [[ -f $KAFKA_PID_FILE ]] || return 1
+    local pid
+    pid="$(cat "$KAFKA_PID_FILE")"
+    [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'kafka\.Kafka' || return 1
+    echo "$pid"
+}
+
+# Sends an ApiVersions v0 request and checks for error_code 0: proves the broker
+# is serving requests, not merely that the port is bound. Pure bash, no client needed.
+kafka_answers() {
+    local reply
+    reply="$(
+        exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT" || exit 1
+        # size=12 | api_key=18 | api_version=0 | correlation_id=1 | client_id="rx"
+        printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02rx' >&3
+        timeout 5 head -c 10 <&3 | od -An -tx1 | tr -d ' \n'
+    )" 2>/dev/null || return 1
+    # bytes 4-9: correlation_id=1, error_code=0
+    [[ ${reply:8:12} == 000000010000 ]]
+}
+
+ensure_java_tools() {
+    command -v java >/dev/null || apt_install openjdk-17-jre-headless
+    command -v mvn >/dev/null || apt_install maven
+}
+
+fetch_kafka() {
+    [[ -f $KAFKA_LIBS/.complete ]] && return 0
+    ensure_java_tools
+    mkdir -p "$KAFKA_HOME"
+    # Several clones/test sessions may share the cache: serialise the download.
+    exec 9>"$KAFKA_HOME/.lock"
+    flock 9
+    if [[ ! -f $KAFKA_LIBS/.complete ]]; then
+        log "downloading Kafka $KAFKA_VERSION and its runtime dependencies (once per cache dir)"
+        cat >"$KAFKA_HOME/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.reflexe</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId><version>3.8.1</version>
+  </plugin></plugins></build>
+</project>
+EOF
+        rm -rf "$KAFKA_LIBS.tmp"
+        # Output to a file: our stdout carries only the export lines (eval "$(infra.sh start)").
+        mvn -B -q -f "$KAFKA_HOME/pom.xml" -Dmaven.repo.local="$CACHE_DIR/m2" \
+            dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" \
+            >"$KAFKA_HOME/maven.log" 2>&1 \
+            || { tail -n 30 "$KAFKA_HOME/maven.log" >&2; die "maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"; }
+        # Swap in only a complete set, so an interrupted download is simply retried.
+        rm -rf "$KAFKA_LIBS"
+        mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+        touch "$KAFKA_LIBS/.complete"
+    fi
+    flock -u 9
+}
+
+write_kafka_config() {
+    mkdir -p "$KAFKA_DIR/data" "$LOG_DIR"
+    # Rewritten on every start so that port changes take effect. A static voter list
+    # (rather than --standalone's dynamic quorum) keeps no endpoint in the metadata log,
+    # so the controller port can change between runs of the same state dir.
+    cat >"$KAFKA_DIR/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+# Topics are created explicitly by the platform; a typo must fail, not create a topic.
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+# Single node: internal topics cannot have more than one replica. Fewer partitions
+# than the default 50 make their first creation and loading quicker.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests start consumers one by one; don't wait 3 s for more group members.
+group.initial.rebalance.delay.ms=0
+EOF
+    cat >"$KAFKA_DIR/log4j2.properties" <<EOF
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $LOG_DIR/kafka-server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+# INFO here gives the "Kafka Server started" line that start_kafka waits for.
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.kafka.name = kafka.Kafka
+logger.kafka.level = INFO
+EOF
+}
+
+start_kafka() {
+    if kafka_pid >/dev/null; then
+        wait_for_kafka 30 || die "Kafka runs (pid $(kafka_pid)) but does not answer on 127.0.0.1:$KAFKA_PORT"
+        log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+        return 0
+    fi
+    port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is already used by another process"
+    port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is already used by another process"
+    fetch_kafka
+    write_kafka_config
+    if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
+        log "formatting Kafka storage"
+        "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$KAFKA_CLUSTER_ID" \
+            -c "$KAFKA_DIR/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 \
+            || { cat "$LOG_DIR/kafka-format.log" >&2; die "Kafka storage format failed"; }
+    fi
+    local server_log="$LOG_DIR/kafka-server.log" offset=0
+    [[ -f $server_log ]] && offset="$(stat -c %s "$server_log")"
+    log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
+    # setsid + closed stdio: the broker must outlive this script and must not hold the
+    # caller's pipes open (a subprocess.run(capture_output=True) would hang otherwise).
+    # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KAFKA_PID_FILE" \
+        "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" </dev/null >>"$LOG_DIR/kafka.out" 2>&1 &
+    # "Kafka Server started" is logged only once the broker is unfenced and serving.
+    local launched=$SECONDS deadline=$((SECONDS + 90))
+    until [[ -f $server_log ]] && tail -c "+$((offset + 1))" "$server_log" | grep -q 'Kafka Server started'; do
+        if ((SECONDS - launched >= 2)) && ! kafka_pid >/dev/null; then
+            tail -n 30 "$LOG_DIR/kafka.out" "$server_log" >&2 2>/dev/null || true
+            die "Kafka exited during startup (logs in $LOG_DIR)"
+        fi
+        if ((SECONDS >= deadline)); then
+            stop_kafka # a retry then starts afresh instead of adopting a stuck broker
+            die "Kafka did not start within 90 s (logs in $LOG_DIR)"
+        fi
+        sleep 0.5
+    done
+    wait_for_kafka 30 || die "Kafka started but does not answer on 127.0.0.1:$KAFKA_PORT"
+}
+
+wait_for_kafka() {
+    local deadline=$((SECONDS + $1))
+    until kafka_answers; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.5
+    done
+}
+
+stop_kafka() {
+    local pid
+    pid="$(kafka_pid)" || { rm -f "$KAFKA_PID_FILE"; return 0; }
+    log "stopping Kafka (pid $pid)"
+    # SIGTERM runs a controlled shutdown that flushes logs, so the next start skips recovery.
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            log "Kafka did not stop within 60 s, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    rm -f "$KAFKA_PID_FILE"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+newest_pg_bin() {
+    local dirs=(/usr/lib/postgresql/*/bin)
+    [[ -d ${dirs[0]} ]] || return 1
+    printf '%s\n' "${dirs[@]}" | sort -V | tail -n 1
+}
+
+pg_bin() {
+    newest_pg_bin || { apt_install postgresql && newest_pg_bin; } \
+        || die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+}
+
+# initdb refuses to run as root: as root, PostgreSQL runs as the 'postgres' OS user.
+as_pg() {
+    if is_root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_running() {
+    [[ -f $PGDATA/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+}
+
+psql_admin() {
+    as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
+}
+
+init_pg() {
+    mkdir -p "$PG_ROOT"
+    if is_root; then
+        id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home postgres
+        chown postgres: "$PG_ROOT"
+        runuser -u postgres -- test -w "$PG_ROOT" \
+            || die "user postgres cannot reach $PG_ROOT: every parent directory needs o+x (e.g. not under a 0700 temp dir)"
+    fi
+    as_pg mkdir -p "$PG_SOCKET_DIR"
+    if [[ ! -f $PGDATA/PG_VERSION ]]; then
+        log "initialising PostgreSQL cluster in $PGDATA"
+        # Unix socket: trust (admin tasks below). TCP: password (scram) only.
+        as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --no-locale \
+            --auth-local=trust --auth-host=scram-sha-256 >"$PG_ROOT/initdb.log" 2>&1 \
+            || { cat "$PG_ROOT/initdb.log" >&2; die "initdb failed"; }
+        echo "include_if_exists = 'reflexe.conf'" | as_pg tee -a "$PGDATA/postgresql.conf" >/dev/null
+    fi
+    # Rewritten on every start so that port/path changes take effect.
+    # fsync/synchronous_commit/full_page_writes off: this is a throwaway dev/test
+    # cluster; speed matters, and losing it in an OS crash is acceptable.
+    as_pg tee "$PGDATA/reflexe.conf" >/dev/null <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCKET_DIR'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+}
+
+start_pg() {
+    PGBIN="$(pg_bin)"
+    if pg_running; then
+        log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+    else
+        port_open "$PG_PORT" && die "port $PG_PORT is already used by another process"
+        init_pg
+        log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" -w -t 60 start >/dev/null \
+            || { tail -n 30 "$PG_LOG" >&2 || true; die "PostgreSQL did not start (log: $PG_LOG)"; }
+    fi
+    psql_admin <<'SQL'
+SELECT 'CREATE ROLE reflexe LOGIN CREATEDB PASSWORD ''reflexe'''
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reflexe') \gexec
+SELECT 'CREATE DATABASE reflexe OWNER reflexe'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'reflexe') \gexec
+SQL
+}
+
+stop_pg() {
+    PGBIN="$(pg_bin)"
+    pg_running || return 0
+    log "stopping PostgreSQL"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null
+}
+
+# ---------------------------------------------------------------- commands
+
+print_env() {
+    echo "export KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+    echo "export DATABASE_URL=postgresql://reflexe:reflexe@127.0.0.1:$PG_PORT/reflexe"
+}
+
+cmd_start() {
+    mkdir -p "$STATE_DIR" "$LOG_DIR"
+    touch "$STATE_MARKER"
+    # PostgreSQL first: it is fast, and its own failure messages are clearer.
+    start_pg
+    start_kafka
+    print_env
+}
+
+cmd_stop() {
+    stop_kafka
+    stop_pg
+}
+
+cmd_clean() {
+    cmd_stop
+    [[ -d $STATE_DIR ]] || return 0
+    # Guard against a mistyped REFLEXE_STATE_DIR wiping an unrelated directory.
+    if [[ ! -f $STATE_MARKER && -n "$(ls -A "$STATE_DIR")" ]]; then
+        die "$STATE_DIR does not look like an infra state dir (no .reflexe-infra); not deleting it"
+    fi
+    log "deleting $STATE_DIR"
+    rm -rf "$STATE_DIR"
+}
+
+cmd_status() {
+    local rc=0 pid
+    if pid="$(kafka_pid)"; then
+        if kafka_answers; then
+            echo "kafka:      running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
+        else
+            echo "kafka:      process $pid alive but not answering on 127.0.0.1:$KAFKA_PORT"; rc=3
+        fi
+    else
+        echo "kafka:      stopped"; rc=3
+    fi
+    PGBIN="$(pg_bin)"
+    if pg_running; then
+        echo "postgresql: running (pid $(head -n 1 "$PGDATA/postmaster.pid")) on 127.0.0.1:$PG_PORT"
+    else
+        echo "postgresql: stopped"; rc=3
+    fi
+    echo "state dir:  $STATE_DIR"
+    return "$rc"
+}
+
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    clean) cmd_clean ;;
+    status) cmd_status ;;
+    env) print_env ;;
+    *)
+        echo "usage: $0 start|stop|clean|status|env" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,1 @@
+"""What every Réflexe service needs: contracts, Kafka envelope, outbox, inbox, settings, auth."""

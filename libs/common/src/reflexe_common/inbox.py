@@ -1,0 +1,163 @@
+"""The idempotent consumer: every record is decoded, deduplicated and handled in one PostgreSQL
+transaction, so a redelivered event changes nothing; a record that can never be handled goes
+to the dead-letter topic with its reason and the consumer carries on.
+
+The same processor serves plain aiokafka consumers (ConsumerLoop) and faust agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from reflexe_common.envelope import Envelope, Headers, PoisonRecord, unwrap
+from reflexe_common.metrics import CONSUMER_LAG, DEAD_LETTERS, DUPLICATES_SKIPPED, HANDLER_SECONDS
+from reflexe_common.topics import DEAD_LETTERS as DEAD_LETTER_TOPIC
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+# Errors that say "the infrastructure is away", not "this record is bad": retry, never dead-letter.
+TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+             asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class DeadLetters:
+    """Publishes poison records, untouched, with why and where they came from."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def check(self) -> None:
+        """Readiness: a broker answers a metadata request."""
+        await self._producer.client.fetch_all_metadata()
+
+    async def send(self, consumer: str, record: Record, reason: str) -> None:
+        headers = [
+            *record.headers,
+            ("dlq_reason", reason.encode()[:4000]),
+            ("dlq_consumer", consumer.encode()),
+            ("dlq_topic", record.topic.encode()),
+            ("dlq_partition", str(record.partition).encode()),
+            ("dlq_offset", str(record.offset).encode()),
+        ]
+        await self._producer.send_and_wait(DEAD_LETTER_TOPIC.name, record.value, key=record.key, headers=headers)
+        DEAD_LETTERS.labels(consumer, record.topic).inc()
+        log.warning("record dead-lettered", extra={"consumer": consumer, "topic": record.topic,
+                                                  "partition": record.partition, "offset": record.offset, "reason": reason})
+
+
+class RecordProcessor:
+    def __init__(self, consumer: str, pool: asyncpg.Pool, dead_letters: DeadLetters, handler: Handler,
+                 max_attempts: int = 3) -> None:
+        self.consumer = consumer
+        self._pool = pool
+        self._dead_letters = dead_letters
+        self._handler = handler
+        self._max_attempts = max_attempts
+
+    async def process(self, record: Record) -> str:
+        """Returns the outcome: handled, duplicate or dead-letter. Retries transient failures forever."""
+        started = time.perf_counter()
+        outcome = await self._process(record)
+        HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started)
+        return outcome
+
+    async def _process(self, record: Record) -> str:
+        try:
+            envelope = unwrap(record.headers, record.value)
+        except PoisonRecord as exc:
+            await self._dead_letters.send(self.consumer, record, str(exc))
+            return "dead-letter"
+        failures = 0
+        backoff = 0.1
+        while True:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    claimed = await conn.fetchval(
+                        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+                        self.consumer, envelope.id,
+                    )
+                    if not claimed:
+                        DUPLICATES_SKIPPED.labels(self.consumer).inc()
+                        return "duplicate"
+                    await self._handler(conn, envelope)
+                return "handled"
+            except PoisonRecord as exc:
+                await self._dead_letters.send(self.consumer, record, str(exc))
+                return "dead-letter"
+            except TRANSIENT as exc:
+                log.warning("transient failure, retrying", extra={"consumer": self.consumer, "error": repr(exc)})
+            except Exception as exc:
+                failures += 1
+                log.exception("handler failed", extra={"consumer": self.consumer, "attempt": failures})
+                if failures >= self._max_attempts:
+                    await self._dead_letters.send(self.consumer, record, f"handler failed {failures} times: {exc!r}")
+                    return "dead-letter"
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+class ConsumerLoop:
+    """A plain aiokafka consumer driving a RecordProcessor; offsets are committed after handling."""
+
+    def __init__(self, bootstrap: str, group_id: str, topics: list[str], processor: RecordProcessor,
+                 client_id: str | None = None) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=client_id or group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        self._group = group_id
+        self._processor = processor
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        self.started.set()
+        try:
+            while True:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+                for tp, records in batches.items():
+                    for r in records:
+                        await self._processor.process(
+                            Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()))
+                        )
+                    CONSUMER_LAG.labels(self._group, tp.topic).set(
+                        max(0, (self._consumer.highwater(tp) or 0) - await self._consumer.position(tp))
+                    )
+                if batches:
+                    await self._consumer.commit()
+        finally:
+            # Graceful shutdown: what was handled is committed; the rest will be redelivered.
+            try:
+                await self._consumer.commit()
+            except Exception:
+                log.warning("final offset commit failed; records will be redelivered and deduplicated")
+            await self._consumer.stop()

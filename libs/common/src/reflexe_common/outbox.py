@@ -1,0 +1,201 @@
+"""Transactional outbox and its relay: an event is stored in the same transaction as the state
+change that caused it, then published to Kafka exactly once, even across crashes.
+
+Exactly once, because the relay publishes a batch inside a Kafka transaction and journals,
+before committing it, where the batch's first record landed. After a crash the journal says
+which batch was in flight; the restarted relay (whose producer has fenced the dead one's
+transaction) reads that offset with read_committed: visible → the batch was published, mark it;
+invisible → it was aborted, send it again. A single relay runs per service schema (a
+PostgreSQL advisory lock elects it) and every instance shares one transactional id, so a
+zombie leader is fenced by Kafka itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from reflexe_common.envelope import Envelope
+from reflexe_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_SECONDS, OUTBOX_PUBLISHED
+
+log = logging.getLogger(__name__)
+
+BATCH_HEADER = "reflexe-outbox-batch"
+_LEADER_LOCK_NAMESPACE = 7_263_002
+
+
+async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Envelope) -> None:
+    """Store an event for publication; call inside the transaction that changes the state."""
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5)",
+        uuid.UUID(envelope.id),
+        topic,
+        key,
+        json.dumps([[k, v.decode()] for k, v in envelope.headers()]),
+        envelope.value(),
+    )
+    # Delivered at commit: wakes the relay without polling.
+    await conn.execute("SELECT pg_notify('outbox_' || current_schema(), '')")
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    topic: str
+    key: str
+    headers: list[tuple[str, bytes]]
+    payload: bytes
+    created_at: float
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        database_url: str,
+        schema: str,
+        bootstrap: str,
+        batch_size: int = 500,
+        idle_poll_seconds: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._database_url = database_url
+        self._schema = schema
+        self._bootstrap = bootstrap
+        self._batch_size = batch_size
+        self._idle_poll = idle_poll_seconds
+        self._wake = asyncio.Event()
+        self.is_leader = False
+
+    async def run(self) -> None:
+        """Relay until cancelled; waits for leadership, survives broker and database outages."""
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; restarting", extra={"schema": self._schema})
+                self.is_leader = False
+                await asyncio.sleep(1.0)
+
+    async def _lead(self) -> None:
+        conn = await asyncpg.connect(self._database_url, server_settings={"search_path": self._schema})
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LEADER_LOCK_NAMESPACE, self._schema):
+                await asyncio.sleep(2.0)
+            await conn.add_listener(f"outbox_{self._schema}", lambda *_: self._wake.set())
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                transactional_id=f"reflexe-{self._schema}-outbox-relay",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=1,
+            )
+            await producer.start()
+            try:
+                self.is_leader = True
+                await self._recover()
+                await self._relay(producer, conn)
+            finally:
+                self.is_leader = False
+                await producer.stop()
+        finally:
+            await conn.close()
+
+    async def _relay(self, producer: AIOKafkaProducer, leader_conn: asyncpg.Connection) -> None:
+        last_backlog_check = 0.0
+        while True:
+            self._wake.clear()
+            rows = await self._next_batch()
+            if rows:
+                await self._publish(producer, rows)
+                continue
+            if time.monotonic() - last_backlog_check > 5:
+                OUTBOX_BACKLOG.labels(self._schema).set(0)
+                last_backlog_check = time.monotonic()
+                await leader_conn.fetchval("SELECT 1")  # leadership lives only as long as this session
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+            except TimeoutError:
+                pass
+
+    async def _next_batch(self) -> list[_Row]:
+        records = await self._pool.fetch(
+            "SELECT id, topic, key, headers, payload, extract(epoch FROM created_at) AS created "
+            "FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            self._batch_size,
+        )
+        if len(records) == self._batch_size:
+            OUTBOX_BACKLOG.labels(self._schema).set(
+                await self._pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            )
+        return [
+            _Row(r["id"], r["topic"], r["key"], [(k, v.encode()) for k, v in json.loads(r["headers"])], r["payload"], float(r["created"]))
+            for r in records
+        ]
+
+    async def _publish(self, producer: AIOKafkaProducer, rows: list[_Row]) -> None:
+        batch_id = str(uuid.uuid4())
+        # Leaving the block commits the Kafka transaction; an exception inside it aborts it.
+        async with producer.transaction():
+            pending = [
+                await producer.send(
+                    r.topic, r.payload, key=r.key.encode(), headers=[*r.headers, (BATCH_HEADER, batch_id.encode())]
+                )
+                for r in rows
+            ]
+            first = await pending[0]
+            await asyncio.gather(*pending[1:])
+            await self._pool.execute(
+                "INSERT INTO outbox_batches (batch_id, outbox_ids, probe_topic, probe_partition, probe_offset, state) "
+                "VALUES ($1, $2, $3, $4, $5, 'SENDING')",
+                uuid.UUID(batch_id), [r.id for r in rows], first.topic, first.partition, first.offset,
+            )
+        await self._mark(batch_id, [r.id for r in rows], "DONE")
+        now = time.time()
+        for r in rows:
+            OUTBOX_PUBLISH_SECONDS.labels(self._schema).observe(max(0.0, now - r.created_at))
+        OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
+
+    async def _mark(self, batch_id: str, ids: list[int], state: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if state == "DONE":
+                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL", ids)
+            await conn.execute("UPDATE outbox_batches SET state = $2 WHERE batch_id = $1", uuid.UUID(batch_id), state)
+
+    async def _recover(self) -> None:
+        """Settle the batches a crashed relay left in flight (our producer has fenced them)."""
+        for b in await self._pool.fetch("SELECT * FROM outbox_batches WHERE state = 'SENDING' ORDER BY created_at"):
+            batch_id = str(b["batch_id"])
+            visible = await self._committed(b["probe_topic"], b["probe_partition"], b["probe_offset"], batch_id)
+            await self._mark(batch_id, list(b["outbox_ids"]), "DONE" if visible else "ABORTED")
+            log.warning("recovered outbox batch", extra={"batch": batch_id, "published": visible, "events": len(b["outbox_ids"])})
+
+    async def _committed(self, topic: str, partition: int, offset: int, batch_id: str) -> bool:
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]  # last stable offset under read_committed
+            if offset >= end:
+                return False
+            consumer.seek(tp, offset)
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.offset > offset:
+                        return False
+                    if record.offset == offset:
+                        return dict(record.headers).get(BATCH_HEADER, b"").decode() == batch_id
+            return False
+        finally:
+            await consumer.stop()

@@ -1,0 +1,1 @@
+"""Réflexe capacity service: HAD registry, live capacity ledger and referral matching."""

@@ -1,0 +1,183 @@
+"""The matcher: follows the referral event log, holds a place at the best HAD, cascades on
+decline or expiry, escalates when no HAD is left.
+
+Every decision uses the event's own time, never the wall clock, so replaying the same events in
+the same order gives the same offers (offer ids are derived from the referral and the attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
+
+from reflexe_capacity.adapters.store import CapacityStore
+from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, HoldConflict, NoPlaceLeft, UnknownHold
+from reflexe_capacity.domain.matching import Candidate, MatchDecision, MatchRequest, desk_offer, match
+from reflexe_common.envelope import Envelope, dt, ts, wrap
+from reflexe_common.outbox import enqueue
+from reflexe_common.topics import CAPACITY_EVENTS, MATCHING_EVENTS
+from reflexe_common.vocabulary import Equipment, PlaceOfCare, Urgency
+
+EVENT_SOURCE = "reflexe/capacity"
+_OFFER_NAMESPACE = uuid.UUID("5f0c1d7e-8a39-4c55-9a0e-2b1f3c4d5e6f")
+
+
+@dataclass(frozen=True)
+class MatcherPolicy:
+    hold_within_24h: timedelta = timedelta(minutes=30)
+    hold_planned: timedelta = timedelta(hours=4)
+    stale_after: timedelta = timedelta(hours=12)
+    response_time_window: timedelta = timedelta(days=7)
+
+
+def offer_id_for(referral_id: str, attempt: int) -> str:
+    return str(uuid.uuid5(_OFFER_NAMESPACE, f"{referral_id}/{attempt}"))
+
+
+def _match_request(request: referral_pb2.ReferralRequest, departments: list[str], tried: list[str], at: datetime) -> MatchRequest:
+    return MatchRequest(
+        referral_id=request.referral_id, department=request.department, care_commune=request.patient.care_commune,
+        place_of_care=PlaceOfCare(request.patient.place_of_care), ehpad_finess=request.patient.ehpad_finess or None,
+        main_mpp=request.clinical.main_mpp, associated_mpp=tuple(request.clinical.associated_mpp),
+        equipment=frozenset(Equipment(e) for e in request.clinical.equipment),
+        patient_age_years=max(0, at.year - request.patient.birth_year), urgency=Urgency(request.clinical.urgency),
+        departments=frozenset(departments), excluded_hads=frozenset(tried),
+    )
+
+
+class Matcher:
+    def __init__(self, policy: MatcherPolicy) -> None:
+        self.policy = policy
+
+    async def handle(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
+        """Handles one referral event inside the idempotent consumer's transaction."""
+        message = envelope.message
+        store = CapacityStore(conn)
+        match message:
+            case referral_pb2.ReferralRequested():
+                request = message.request
+                eligible = not request.HasField("avis") or request.avis.eligible
+                if await store.save_match_request(request.referral_id, request.department, request.SerializeToString()) and eligible:
+                    await self._offer_next(store, request.referral_id, dt(message.header.occurred_at))
+            case referral_pb2.ReferralDeclaredIneligible():
+                await store.update_match_request(message.header.referral_id, open=False)
+            case referral_pb2.OfferAccepted():
+                await self._change_hold(store, message.offer_id, "confirm", dt(message.header.occurred_at))
+            case referral_pb2.OfferDeclined() | referral_pb2.OfferExpired():
+                at = dt(message.header.occurred_at)
+                await self._change_hold(store, message.offer_id, "release", at)
+                await self._offer_next(store, message.header.referral_id, at)
+            case referral_pb2.OfferWithdrawn():
+                await self._change_hold(store, message.offer_id, "release", dt(message.header.occurred_at))
+            case referral_pb2.PatientAdmitted():
+                at = dt(message.header.occurred_at)
+                for hold in await store.holding_holds_of_referral(message.header.referral_id):
+                    await self._change_hold(store, hold["hold_id"], "convert", at)
+                await store.update_match_request(message.header.referral_id, open=False)
+            case referral_pb2.ReferralCancelled():
+                at = dt(message.header.occurred_at)
+                for hold in await store.holding_holds_of_referral(message.header.referral_id):
+                    await self._change_hold(store, hold["hold_id"], "release", at)
+                await store.update_match_request(message.header.referral_id, open=False)
+            case referral_pb2.SearchWidened():
+                await store.update_match_request(message.header.referral_id, departments=list(message.departments))
+                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at))
+            case referral_pb2.DeskOfferRequested():
+                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at),
+                                       desk_choice=message.had_finess)
+
+    async def _offer_next(self, store: CapacityStore, referral_id: str, at: datetime, desk_choice: str | None = None) -> None:
+        row = await store.lock_match_request(referral_id)
+        if row is None or not row["open"]:
+            return
+        if not desk_choice and await store.holding_holds_of_referral(referral_id):
+            return  # an offer is already out (a redelivered or reordered event)
+        request = referral_pb2.ReferralRequest.FromString(row["request"])
+        wanted = _match_request(request, list(row["departments"]), list(row["tried_hads"]), at)
+        if desk_choice:
+            had = await store.had(desk_choice)
+            hads = [had] if had else []
+        else:
+            hads = await store.hads_serving(sorted(wanted.search_departments))
+        ledgers = await store.lock_ledgers([h.finess for h in hads])
+        medians = await store.median_response_seconds(list(ledgers), at, self.policy.response_time_window)
+        candidates = [Candidate(h, ledgers[h.finess], medians.get(h.finess)) for h in hads if h.finess in ledgers]
+        if desk_choice:
+            decision = desk_offer(wanted, candidates[0], at, self.policy.stale_after) if candidates else None
+        else:
+            decision = match(wanted, candidates, at, self.policy.stale_after)
+        if decision is None or decision.chosen is None:
+            explanation = decision.explain() if decision else f"HAD {desk_choice} inconnue du registre"
+            await self._emit_matching(store, request.department, matching_pb2.MatchExhausted(
+                referral_id=referral_id, department=request.department, occurred_at=ts(at), explanation=explanation,
+                explanation_json=json.dumps(decision.as_dict() if decision else {}, ensure_ascii=False), by_desk=bool(desk_choice)), at)
+            return
+        await self._hold_and_offer(store, request, ledgers[decision.chosen], decision, at, bool(desk_choice))
+
+    async def _hold_and_offer(self, store: CapacityStore, request: referral_pb2.ReferralRequest, ledger: HadLedger,
+                              decision: MatchDecision, at: datetime, by_desk: bool) -> None:
+        referral_id = request.referral_id
+        offer_id = offer_id_for(referral_id, await store.count_holds_of_referral(referral_id) + 1)
+        hold_for = self.policy.hold_within_24h if request.clinical.urgency == Urgency.WITHIN_24H else self.policy.hold_planned
+        hold = ledger.place_hold(offer_id, referral_id, at, hold_for)
+        await store.insert_hold(hold, request.department, by_desk)
+        await store.update_match_request(referral_id, tried=ledger.had_finess)
+        await self._emit_matching(store, request.department, matching_pb2.OfferProposed(
+            referral_id=referral_id, department=request.department, occurred_at=ts(at), offer_id=offer_id,
+            had_finess=ledger.had_finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
+            explanation=decision.explain(), explanation_json=json.dumps(decision.as_dict(), ensure_ascii=False),
+            by_desk=by_desk), at)
+        await self.emit_live_places(store, ledger, at)
+
+    async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime) -> None:
+        row = await store.hold_of_offer(hold_id)
+        if row is None:
+            return  # an offer this matcher never made (e.g. withdrawn before its hold was stored)
+        ledger = (await store.lock_ledgers([row["had_finess"]]))[row["had_finess"]]
+        try:
+            if change == "convert":
+                hold = ledger.convert(hold_id, at)
+            else:
+                hold = getattr(ledger, change)(hold_id)
+        except (UnknownHold, HoldConflict):
+            return
+        await store.save_hold_state(hold, at)
+        await self.emit_live_places(store, ledger, at)
+
+    async def declare(self, store: CapacityStore, declaration: CapacityDeclaration, channel: str) -> bool:
+        """Record a declaration (history kept); the current one changes only if it is newer."""
+        had = await store.had(declaration.had_finess)
+        if had is None:
+            raise LookupError(declaration.had_finess)
+        ledger = (await store.lock_ledgers([had.finess]))[had.finess]
+        if not await store.save_declaration(declaration, channel):
+            return False
+        if ledger.declare(declaration):
+            department = sorted(had.departments)[0]
+            await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.CapacityDeclared(
+                had_finess=had.finess, department=department, places_available=declaration.places_available,
+                admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
+                declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places), EVENT_SOURCE))
+            await self.emit_live_places(store, ledger, declaration.declared_at, had)
+        return True
+
+    async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime, had=None) -> None:
+        had = had or await store.had(ledger.had_finess)
+        department = sorted(had.departments)[0]
+        d = ledger.declaration
+        await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.LivePlacesChanged(
+            had_finess=had.finess, department=department, occurred_at=ts(at), live_places=ledger.live_places(),
+            declared_places=d.places_available if d else 0, status=str(d.status) if d else "",
+            authorised_places=had.authorised_places), EVENT_SOURCE))
+
+    @staticmethod
+    async def _emit_matching(store: CapacityStore, department: str, message, at: datetime) -> None:
+        await enqueue(store.conn, MATCHING_EVENTS.name, department, wrap(message, EVENT_SOURCE, time=at))
+
+
+__all__ = ["Matcher", "MatcherPolicy", "NoPlaceLeft", "offer_id_for"]

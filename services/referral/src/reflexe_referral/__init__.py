@@ -1,0 +1,1 @@
+"""Réflexe referral service: receives referrals and runs their lifecycle."""

@@ -1,0 +1,146 @@
+"""What happened to a referral. The state of a referral is a fold of these.
+
+Every event names its referral, when it happened (timezone-aware) and who acted:
+"hospital:<finess>", "ehpad:<finess>", "gp:<finess>", "had:<finess>", "desk:<department>"
+or "system" (matcher, clocks). Fields are keyword-only so the shared ones can come first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Union
+
+from reflexe_common.vocabulary import Reason
+
+from .values import ReferralRequest
+
+SYSTEM = "system"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ReferralEvent:
+    referral_id: str
+    occurred_at: datetime
+    actor: str | None = None
+
+    def __post_init__(self) -> None:
+        # Delays are the platform's key indicator: a naive time would silently shift them.
+        if self.occurred_at.utcoffset() is None:
+            raise ValueError(f"{type(self).__name__}.occurred_at must carry a time zone")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralRequested(_ReferralEvent):
+    request: ReferralRequest
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralDeclaredIneligible(_ReferralEvent):
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferMade(_ReferralEvent):
+    offer_id: str
+    had_finess: str
+    hold_until: datetime
+    explanation: str  # why this HAD, in words the desk and the HAD can read
+    by_desk: bool
+    explanation_json: str = ""  # the matcher's structured ranking, kept for audit
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferAccepted(_ReferralEvent):
+    offer_id: str
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferDeclined(_ReferralEvent):
+    offer_id: str
+    had_finess: str
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferExpired(_ReferralEvent):
+    offer_id: str
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferWithdrawn(_ReferralEvent):
+    """The matcher held a place for a referral that can no longer take an offer.
+
+    The offer never reached the HAD; this event only tells capacity to release the hold.
+    """
+
+    offer_id: str
+    had_finess: str
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralEscalated(_ReferralEvent):
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchWidened(_ReferralEvent):
+    departments: tuple[str, ...]  # only the newly added ones
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeskOfferRequested(_ReferralEvent):
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientAdmitted(_ReferralEvent):
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientDischarged(_ReferralEvent):
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralCancelled(_ReferralEvent):
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfferUnanswered(_ReferralEvent):
+    """Clock: the HAD has not answered some minutes after the offer (notify it again)."""
+
+    offer_id: str
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionOverdue(_ReferralEvent):
+    """Clock: the patient is not admitted 24 h after the request (the target missed)."""
+
+
+Event = Union[
+    ReferralRequested,
+    ReferralDeclaredIneligible,
+    OfferMade,
+    OfferAccepted,
+    OfferDeclined,
+    OfferExpired,
+    OfferWithdrawn,
+    ReferralEscalated,
+    SearchWidened,
+    DeskOfferRequested,
+    PatientAdmitted,
+    PatientDischarged,
+    ReferralCancelled,
+    OfferUnanswered,
+    AdmissionOverdue,
+]

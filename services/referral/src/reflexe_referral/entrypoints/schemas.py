@@ -1,0 +1,131 @@
+"""The referral API's JSON shapes. Unknown fields are refused: a client must not be able to
+slip a name, an INS or a birth date into the platform."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
+from reflexe_referral.domain import values
+from reflexe_referral.domain.model import Referral
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceIn(_Strict):
+    kind: SourceKind
+    finess: str = Field(pattern=r"^[0-9AB]{9}$", description="FINESS of the sending establishment")
+    unit: str = Field("", max_length=100)
+    prescriber_id: str = Field("", max_length=50, description="RPPS or local id of the prescriber")
+
+
+class PatientIn(_Strict):
+    pseudonym: str = Field(min_length=8, max_length=128, description="computed by the source; never a name or an INS")
+    birth_year: int
+    sex: Sex
+    care_commune: str = Field(pattern=r"^[0-9][0-9AB][0-9]{3}$", description="INSEE code of the commune where care takes place")
+    place_of_care: PlaceOfCare
+    ehpad_finess: str | None = None
+
+
+class ClinicalIn(_Strict):
+    main_mpp: str = Field(description="PMSI-HAD mode de prise en charge principal, e.g. '03'")
+    associated_mpp: list[str] = Field(default_factory=list, max_length=10)
+    karnofsky: int
+    equipment: list[Equipment] = Field(default_factory=list)
+    palliative: bool = False
+    urgency: Urgency = Urgency.WITHIN_24H
+    planned_date: date | None = None
+    expected_duration_days: int = Field(14, ge=1, le=365)
+
+
+class ConditionsIn(_Strict):
+    patient_consent: bool
+    gp_agreement: bool
+    caregiver_present: bool
+
+
+class AvisIn(_Strict):
+    eligible: bool
+    reason: Reason | None = None
+    text: str = Field("", max_length=2000)
+
+
+class ReferralIn(_Strict):
+    referral_id: uuid.UUID | None = Field(None, description="the client's idempotency key; generated when absent")
+    source: SourceIn
+    patient: PatientIn
+    clinical: ClinicalIn
+    conditions: ConditionsIn
+    ed_arrival_at: AwareDatetime | None = None
+    requested_at: AwareDatetime | None = None
+    desired_admission_at: AwareDatetime | None = None
+    avis: AvisIn | None = None
+
+    def to_domain(self, department: str, referral_id: str, now: datetime) -> values.ReferralRequest:
+        return values.ReferralRequest(
+            referral_id=referral_id,
+            department=department,
+            source=values.Source(self.source.kind, self.source.finess, self.source.unit, self.source.prescriber_id),
+            patient=values.Patient(self.patient.pseudonym, self.patient.birth_year, self.patient.sex, self.patient.care_commune,
+                                   self.patient.place_of_care, self.patient.ehpad_finess),
+            clinical=values.Clinical(self.clinical.main_mpp, tuple(self.clinical.associated_mpp), self.clinical.karnofsky,
+                                     frozenset(self.clinical.equipment), self.clinical.palliative, self.clinical.urgency,
+                                     self.clinical.planned_date, self.clinical.expected_duration_days),
+            conditions=values.Conditions(self.conditions.patient_consent, self.conditions.gp_agreement,
+                                         self.conditions.caregiver_present),
+            ed_arrival_at=self.ed_arrival_at,
+            requested_at=(self.requested_at or now).astimezone(UTC),
+            desired_admission_at=self.desired_admission_at,
+            avis=values.AvisHad(self.avis.eligible, self.avis.reason, self.avis.text) if self.avis else None,
+        )
+
+
+class DeclineIn(_Strict):
+    reason: Reason
+    text: str = Field("", max_length=2000)
+
+
+class CloseIn(_Strict):
+    reason: Reason
+    text: str = Field("", max_length=2000)
+
+
+class DeskOfferIn(_Strict):
+    had_finess: str = Field(pattern=r"^[0-9AB]{9}$")
+
+
+class WidenIn(_Strict):
+    departments: list[str] = Field(min_length=1, max_length=10)
+
+
+def referral_view(referral: Referral) -> dict[str, Any]:
+    """What callers see of a referral: its state and clocks, never a direct identifier."""
+    offer = referral.current_offer
+    request = referral.request
+    return {
+        "referral_id": referral.referral_id,
+        "department": referral.department,
+        "status": str(referral.status),
+        "version": referral.version,
+        "source": {"kind": str(request.source.kind), "finess": request.source.finess, "unit": request.source.unit},
+        "patient": {"pseudonym": request.patient.pseudonym, "birth_year": request.patient.birth_year,
+                    "care_commune": request.patient.care_commune, "place_of_care": str(request.patient.place_of_care)},
+        "clinical": {"main_mpp": request.clinical.main_mpp, "associated_mpp": list(request.clinical.associated_mpp),
+                     "equipment": sorted(request.clinical.equipment), "urgency": str(request.clinical.urgency),
+                     "palliative": request.clinical.palliative},
+        "requested_at": request.requested_at.isoformat(),
+        "current_offer": None if offer is None else {
+            "offer_id": offer.offer_id, "had_finess": offer.had_finess, "hold_until": offer.hold_until.isoformat(),
+            "made_at": offer.made_at.isoformat(), "explanation": offer.explanation, "by_desk": offer.by_desk,
+        },
+        "tried_hads": sorted(referral.tried_hads),
+        "departments_searched": sorted(referral.departments),
+        "clocks": [{"kind": str(c.kind), "due_at": c.due_at.isoformat(), "offer_id": c.offer_id} for c in referral.clocks()],
+    }
