@@ -47,8 +47,10 @@ class ReferralStore:
             "VALUES ($1, $2, $3, $4, 'REQUESTED', 0, $5, $5)",
             uuid.UUID(request.referral_id), request.department, request.source.finess, request_hash, request.requested_at,
         )
-        referral = Referral.from_events([])
-        await self.append(referral, [first, *rest])
+        referral = Referral.from_events([first])
+        await self._persist(referral, first)
+        await self._save_state(referral, first.occurred_at)
+        await self.append(referral, rest)
         return referral
 
     async def append(self, referral: Referral, new_events: list[Event]) -> None:
@@ -57,18 +59,24 @@ class ReferralStore:
             return
         for event in new_events:
             referral.apply(event)
-            message = codec.to_proto(event, referral.department, referral.request.patient.place_of_care)
-            envelope = wrap(message, EVENT_SOURCE, time=event.occurred_at)
-            await self._conn.execute(
-                "INSERT INTO referral_events (referral_id, seq, event_id, type, occurred_at, actor, payload) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                uuid.UUID(event.referral_id), referral.version, uuid.UUID(envelope.id), envelope.type,
-                event.occurred_at, event.actor, envelope.value(),
-            )
-            await enqueue(self._conn, REFERRAL_EVENTS.name, referral.department, envelope)
+            await self._persist(referral, event)
+        await self._save_state(referral, new_events[-1].occurred_at)
+
+    async def _persist(self, referral: Referral, event: Event) -> None:
+        message = codec.to_proto(event, referral.department, referral.request.patient.place_of_care)
+        envelope = wrap(message, EVENT_SOURCE, time=event.occurred_at)
+        await self._conn.execute(
+            "INSERT INTO referral_events (referral_id, seq, event_id, type, occurred_at, actor, payload) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            uuid.UUID(event.referral_id), referral.version, uuid.UUID(envelope.id), envelope.type,
+            event.occurred_at, event.actor, envelope.value(),
+        )
+        await enqueue(self._conn, REFERRAL_EVENTS.name, referral.department, envelope)
+
+    async def _save_state(self, referral: Referral, at: datetime) -> None:
         await self._conn.execute(
             "UPDATE referrals SET status = $2, version = $3, updated_at = $4 WHERE referral_id = $1",
-            uuid.UUID(referral.referral_id), str(referral.status), referral.version, new_events[-1].occurred_at,
+            uuid.UUID(referral.referral_id), str(referral.status), referral.version, at,
         )
         await self._reset_clocks(referral)
 

@@ -1,0 +1,117 @@
+"""HTTP endpoints of the capacity service: the HAD registry, capacity declarations, and the
+department capacity board the coordination desk watches."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from reflexe_capacity.adapters.store import CapacityStore
+from reflexe_capacity.domain.capacity import CapacityDeclaration
+from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
+from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.errors import ApiError
+from reflexe_common.geography import Geography
+
+router = APIRouter(prefix="/v1")
+FINESS = r"^[0-9AB]{9}$"
+
+
+def _region_of(department: str) -> str | None:
+    found = Geography.load().department(department)
+    return found.region_code if found else None
+
+
+def _check_had_scope(principal: Principal, finess: str, departments: frozenset[str] | set[str]) -> None:
+    """An HAD sees itself; a desk or the ARS an HAD of their area."""
+    if principal.role == Role.HAD:
+        if principal.finess != finess:
+            raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only act as itself")
+        return
+    if principal.role == Role.ADMIN:
+        return
+    for department in departments:
+        try:
+            ensure_department(principal, department, _region_of)
+            return
+        except ApiError:
+            continue
+    raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see HAD {finess}")
+
+
+@router.put("/hads/{finess}", summary="Register or update an HAD establishment (admin)")
+async def put_had(finess: str, body: HadIn, request: Request, principal: Principal = Depends(require(Role.ADMIN))) -> dict[str, Any]:
+    if not re.fullmatch(FINESS, finess):
+        raise ApiError(422, "INVALID_FINESS", "a FINESS is 9 characters among 0-9, A, B", [{"field": "path.finess", "message": "invalid FINESS"}])
+    geography = Geography.load()
+    errors = [{"field": f"body.departments[{i}]", "message": f"unknown department {d!r}"}
+              for i, d in enumerate(body.departments) if geography.department(d) is None]
+    errors += [{"field": f"body.zone_communes[{i}]", "message": f"unknown INSEE code {c!r}"}
+               for i, c in enumerate(body.zone_communes) if geography.commune(c) is None]
+    if errors:
+        raise ApiError(422, "UNKNOWN_GEOGRAPHY", "unknown departments or communes", errors[:50])
+    had = body.to_domain(finess)
+    async with request.app.state.pool.acquire() as conn:
+        await CapacityStore(conn).upsert_had(had)
+    return had_view(had)
+
+
+@router.get("/hads/{finess}", summary="One HAD establishment of the registry")
+async def get_had(finess: str, request: Request,
+                  principal: Principal = Depends(require(Role.HAD, Role.DESK, Role.ARS))) -> dict[str, Any]:
+    async with request.app.state.pool.acquire() as conn:
+        had = await CapacityStore(conn).had(finess)
+    if had is None:
+        raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry")
+    _check_had_scope(principal, finess, had.departments)
+    return had_view(had)
+
+
+@router.post("/hads/{finess}/capacity", status_code=201, summary="The HAD declares its capacity")
+async def declare(finess: str, body: DeclarationIn, request: Request,
+                  principal: Principal = Depends(require(Role.HAD))) -> JSONResponse:
+    _check_had_scope(principal, finess, set())
+    now = datetime.now(UTC)
+    declaration = CapacityDeclaration(finess, body.places_available, body.admissions_possible_today, body.status,
+                                      (body.declared_at or now).astimezone(UTC))
+    matcher = request.app.state.matcher
+    async with request.app.state.pool.acquire() as conn, conn.transaction():
+        store = CapacityStore(conn)
+        try:
+            stored = await matcher.declare(store, declaration, "rest")
+        except LookupError as exc:
+            raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry") from exc
+        had = await store.had(finess)
+        ledger = (await store.lock_ledgers([finess]))[finess]
+    return JSONResponse(board_line(had, ledger, now, matcher.policy.stale_after), status_code=201 if stored else 200)
+
+
+@router.get("/hads/{finess}/capacity/history", summary="The HAD's declarations, newest first")
+async def history(finess: str, request: Request, limit: int = 100,
+                  principal: Principal = Depends(require(Role.HAD, Role.DESK, Role.ARS))) -> dict[str, Any]:
+    async with request.app.state.pool.acquire() as conn:
+        had = await CapacityStore(conn).had(finess)
+        if had is None:
+            raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry")
+        _check_had_scope(principal, finess, had.departments)
+        rows = await conn.fetch(
+            "SELECT places_available, admissions_possible_today, status, declared_at, received_at, channel "
+            "FROM declarations WHERE had_finess = $1 ORDER BY declared_at DESC LIMIT $2", finess, min(limit, 1000))
+    return {"finess": finess, "declarations": [
+        {**dict(r), "declared_at": r["declared_at"].isoformat(), "received_at": r["received_at"].isoformat()} for r in rows]}
+
+
+@router.get("/departments/{department}/capacity", summary="The capacity board of a department")
+async def board(department: str, request: Request,
+                principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
+    ensure_department(principal, department, _region_of)
+    now = datetime.now(UTC)
+    async with request.app.state.pool.acquire() as conn:
+        lines = await CapacityStore(conn).board(department)
+    stale_after = request.app.state.matcher.policy.stale_after
+    return {"department": department, "as_of": now.isoformat(), "stale_after_seconds": int(stale_after.total_seconds()),
+            "hads": [board_line(had, ledger, now, stale_after) for had, ledger in lines]}

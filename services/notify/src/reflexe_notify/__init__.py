@@ -1,0 +1,1 @@
+"""Réflexe notify: signed webhooks (Standard Webhooks) to HADs, desks and hospitals."""

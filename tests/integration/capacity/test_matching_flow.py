@@ -1,0 +1,114 @@
+"""Referral and capacity services together on the real broker and database: a referral is
+offered to an HAD whose zone covers the care commune, with a hold; cascade and escalation."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from reflexe_capacity.entrypoints.app import build_app as build_capacity
+from reflexe_capacity.settings import CapacitySettings
+from reflexe_referral.entrypoints.app import build_app as build_referral
+from reflexe_referral.settings import ReferralSettings
+from tests.support.data import MONTPELLIER, SETE, had_body, referral_body, unique_finess
+from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+
+pytestmark = pytest.mark.integration
+ADMIN = token("admin")
+
+
+@pytest.fixture(scope="module")
+async def platform(topics):
+    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING")
+    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
+            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
+        async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:
+            yield referral, capacity
+
+
+async def register(capacity: httpx.AsyncClient, communes: list[str], places: int, **overrides) -> str:
+    finess = unique_finess()
+    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes, **overrides), headers=ADMIN)
+    assert response.status_code == 200, response.text
+    declared = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
+                                   json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
+    assert declared.status_code == 201, declared.text
+    return finess
+
+
+async def post(referral: httpx.AsyncClient, commune: str = MONTPELLIER, **overrides) -> str:
+    hospital = unique_finess()
+    response = await referral.post("/v1/referrals", json=referral_body(hospital, commune, **overrides),
+                                   headers=token("hospital", finess=hospital))
+    assert response.status_code == 201, response.text
+    return response.json()["referral_id"]
+
+
+async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str, offer_not: str | None = None) -> dict:
+    desk = token("desk", department="34")
+
+    async def probe():
+        body = (await referral.get(f"/v1/referrals/{referral_id}", headers=desk)).json()
+        offer = body.get("current_offer")
+        if body["status"] == status and (offer_not is None or (offer and offer["offer_id"] != offer_not)):
+            return body
+        return None
+
+    return await eventually(probe, timeout=30, what=f"referral {referral_id} {status}")
+
+
+async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
+    referral, capacity = platform
+    # A unique commune keeps this test's HADs the only candidates.
+    had = await register(capacity, ["34003"], places=2)
+    await register(capacity, ["34004"], places=5)  # another zone: must not be chosen
+    referral_id = await post(referral, commune="34003")
+    offered = await wait_status(referral, referral_id, "OFFERED")
+    offer = offered["current_offer"]
+    assert offer["had_finess"] == had
+    assert "Proposé" in offer["explanation"] or had in offer["explanation"]
+
+    board = (await capacity.get("/v1/departments/34/capacity", headers=token("desk", department="34"))).json()
+    line = next(h for h in board["hads"] if h["finess"] == had)
+    assert line["live_places"] == 1 and line["active_holds"] == 1
+
+    other = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept",
+                                headers=token("had", finess=unique_finess()))
+    assert other.status_code == 409 and other.json()["code"] == "NOT_ADDRESSED_TO_CALLER"
+    accepted = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept",
+                                   headers=token("had", finess=had))
+    assert accepted.status_code == 200 and accepted.json()["status"] == "ACCEPTED"
+    admitted = await referral.post(f"/v1/referrals/{referral_id}/admission", headers=token("had", finess=had))
+    assert admitted.json()["status"] == "ADMITTED"
+    cancelled = await referral.post(f"/v1/referrals/{referral_id}/cancel", json={"reason": "OTHER"},
+                                    headers=token("desk", department="34"))
+    assert cancelled.status_code == 409 and cancelled.json()["code"] == "INVALID_STATE"
+
+
+async def test_decline_cascades_to_the_next_had_then_escalates(platform):
+    referral, capacity = platform
+    first = await register(capacity, ["34005"], places=3, ehpad_conventions=[])
+    second = await register(capacity, ["34005"], places=1)
+    referral_id = await post(referral, commune="34005")
+    offer = (await wait_status(referral, referral_id, "OFFERED"))["current_offer"]
+    # Most free places relative to size first: 3/40 beats 1/40.
+    assert offer["had_finess"] == first
+    declined = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/decline",
+                                   json={"reason": "NO_CAPACITY", "text": "équipe complète"}, headers=token("had", finess=first))
+    assert declined.status_code == 200
+    offer2 = (await wait_status(referral, referral_id, "OFFERED", offer_not=offer["offer_id"]))["current_offer"]
+    assert offer2["had_finess"] == second
+    await referral.post(f"/v1/referrals/{referral_id}/offers/{offer2['offer_id']}/decline",
+                        json={"reason": "CARE_NOT_PROVIDED"}, headers=token("had", finess=second))
+    escalated = await wait_status(referral, referral_id, "ESCALATED")
+    assert sorted(escalated["tried_hads"]) == sorted([first, second])
+    timeline = (await referral.get(f"/v1/referrals/{referral_id}/timeline", headers=token("desk", department="34"))).json()
+    assert [e["type"] for e in timeline["events"]] == [
+        "ReferralRequested", "OfferMade", "OfferDeclined", "OfferMade", "OfferDeclined", "ReferralEscalated"]
+
+
+async def test_no_had_for_the_commune_escalates(platform):
+    referral, _ = platform
+    referral_id = await post(referral, commune=SETE)
+    body = await wait_status(referral, referral_id, "ESCALATED")
+    assert body["current_offer"] is None

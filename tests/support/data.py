@@ -1,0 +1,43 @@
+"""Request bodies for tests: realistic, pseudonymous, with real INSEE codes."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+MONTPELLIER = "34172"
+SETE = "34301"
+TOULOUSE = "31555"
+_counter = itertools.count(1)
+
+
+def unique_finess(department: str = "34") -> str:
+    """A syntactically valid, fictional FINESS, unique within the test run."""
+    return f"{department}{uuid.uuid4().int % 10**7:07d}"
+
+
+def referral_body(source_finess: str, commune: str = MONTPELLIER, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "referral_id": str(uuid.uuid4()),
+        "source": {"kind": "ED", "finess": source_finess, "unit": "SAU", "prescriber_id": "10001234567"},
+        "patient": {"pseudonym": uuid.uuid4().hex, "birth_year": 1941, "sex": "F", "care_commune": commune,
+                    "place_of_care": "HOME", "ehpad_finess": None},
+        "clinical": {"main_mpp": "03", "associated_mpp": ["09"], "karnofsky": 50, "equipment": ["SYRINGE_DRIVER"],
+                     "palliative": False, "urgency": "WITHIN_24H", "planned_date": None, "expected_duration_days": 10},
+        "conditions": {"patient_consent": True, "gp_agreement": True, "caregiver_present": True},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return body
+
+
+def had_body(name: str, communes: list[str], department: str = "34", places: int = 40, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": name, "departments": [department], "mentions": [], "mpp_supported": ["03", "04", "07", "09", "14"],
+        "equipment": ["SYRINGE_DRIVER", "PCA_PUMP", "OXYGEN"], "zone_communes": communes, "ehpad_conventions": [],
+        "authorised_places": places, **overrides,
+    }

@@ -1,0 +1,118 @@
+"""Running the platform's services in tests: in-process (uvicorn in a task) or as separate
+processes, plus polling with a deadline (tests never synchronise with fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import uvicorn
+
+from reflexe_common.auth import mint
+from tests.support.infra import Infra
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JWT_SECRET = "test-secret-for-the-suite-0123456789abcdef"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token(role: str, **scope: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(JWT_SECRET, role, **scope)}"}
+
+
+def service_env(infra: Infra, **extra: str) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url, "JWT_SECRET": JWT_SECRET,
+            "LOG_LEVEL": "WARNING", **extra}
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.05,
+                     what: str = "condition") -> T:
+    """Poll until probe returns something truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@asynccontextmanager
+async def serve_in_process(app, port: int | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app (lifespan included) on a free port; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: asyncio.sleep(0, server.started), timeout=60, what="in-process server start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
+
+
+class ServiceProcess:
+    """A service as its own OS process (`python -m <module>`), as in production."""
+
+    def __init__(self, module: str, env: dict[str, str], port_env: str, log_dir: Path) -> None:
+        self.module = module
+        self.port = free_port()
+        self.env = {**os.environ, **env, port_env: str(self.port)}
+        self.log_path = log_dir / f"{module}-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=REPO_ROOT)
+        return self
+
+    async def wait_ready(self, timeout: float = 90) -> None:
+        async def ready() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"{self.module} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                     + self.log_path.read_text()[-3000:])
+            try:
+                async with httpx.AsyncClient() as client:
+                    return (await client.get(f"{self.url}/readyz", timeout=2)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ready, timeout=timeout, interval=0.2, what=f"{self.module} ready")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
