@@ -9,7 +9,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from reflexe_capacity.entrypoints.api import router
-from reflexe_capacity.entrypoints.consumers import declaration_handler, matcher_app
+from reflexe_capacity.entrypoints.consumers import declaration_handler
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.db import create_pool, migrate
@@ -18,9 +18,11 @@ from reflexe_common.inbox import ConsumerLoop, DeadLetters, RecordProcessor
 from reflexe_common.logging import configure_logging
 from reflexe_common.outbox import OutboxRelay
 from reflexe_common.service import BackgroundTasks, postgres_check
-from reflexe_common.topics import CAPACITY_DECLARATIONS, ensure_topics
+from reflexe_common.streams import stream_app
+from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS, ensure_topics
 
 SCHEMA = "capacity"
+MATCHER_GROUP = "reflexe-matcher"
 
 
 def policy_from(settings: CapacitySettings) -> MatcherPolicy:
@@ -51,8 +53,9 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
         declarations = RecordProcessor("capacity-declarations", pool, dead_letters, declaration_handler(matcher))
         tasks.start("capacity-declarations",
                     ConsumerLoop(settings.kafka_bootstrap, "capacity-declarations", [CAPACITY_DECLARATIONS.name], declarations).run())
-        matching = matcher_app(settings.kafka_bootstrap, RecordProcessor("matcher", pool, dead_letters, matcher.handle),
-                               settings.instance)
+        # The matcher: a faust agent following the referral log, its state in PostgreSQL.
+        matching = stream_app(MATCHER_GROUP, settings.kafka_bootstrap, REFERRAL_EVENTS,
+                              RecordProcessor("matcher", pool, dead_letters, matcher.handle), settings.instance)
         await matching.start()
         try:
             yield

@@ -48,8 +48,8 @@ def notice_from(envelope: Envelope) -> Notice | None:
     at = dt(header.occurred_at) or envelope.time
     common = {"referral_id": header.referral_id, "department": header.department}
 
-    def notice(kind: K, had_finess: str | None = None, **data) -> Notice:
-        return Notice(kind, header.department, at, {**common, **data}, header.referral_id, had_finess)
+    def notice(kind: K, concerned_had: str | None = None, **data) -> Notice:
+        return Notice(kind, header.department, at, {**common, **data}, header.referral_id, concerned_had)
 
     kind = _OFFER_ANSWERS.get(type(m))
     if kind is not None:

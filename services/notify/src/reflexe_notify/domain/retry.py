@@ -9,6 +9,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"  # 2xx: the receiver has it
+    RETRY = "retry"  # anything else (4xx, 5xx, 3xx, timeout, refused) while attempts remain
+    FAILED = "failed"  # the same once no attempt remains: dead-lettered, the desk is told
+    GONE = "gone"  # 410: the receiver asks us to stop; the subscription is disabled
 
 
 @dataclass(frozen=True)
@@ -28,3 +36,12 @@ class RetryPolicy:
     def exhausted(self, attempts: int, limit: int | None = None) -> bool:
         """True when no attempt is left (`limit` overrides max_attempts after a manual retry)."""
         return attempts >= (self.max_attempts if limit is None else limit)
+
+    def outcome(self, http_status: int | None, attempts: int, limit: int | None = None) -> Outcome:
+        """What an attempt's answer (None: no answer) means. Any other 4xx is retried too: a
+        receiver's 401/404 is usually a deployment or configuration slip that gets fixed."""
+        if http_status is not None and 200 <= http_status < 300:
+            return Outcome.DELIVERED
+        if http_status == 410:
+            return Outcome.GONE
+        return Outcome.FAILED if self.exhausted(attempts, limit) else Outcome.RETRY

@@ -1,0 +1,228 @@
+"""SQL of the notify schema: subscriptions, deliveries and their attempts, referrals' sources."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from reflexe_notify.domain.recipients import Recipient
+
+# Wakes the dispatcher when deliveries are committed (NOTIFY is delivered at commit).
+CHANNEL = "notify_deliveries"
+_WEBHOOK_NAMESPACE = uuid.UUID("6f0c6b0e-3f6a-4d8e-9a57-1c0e5b7a2d41")
+
+
+def webhook_id_for(origin: str, subscription_id: uuid.UUID) -> str:
+    """Deterministic: the same event for the same subscription is always the same delivery."""
+    return f"msg_{uuid.uuid5(_WEBHOOK_NAMESPACE, f'{origin}/{subscription_id}')}"
+
+
+# ---------------------------------------------------------------- referrals
+
+
+async def remember_referral(conn: asyncpg.Connection, referral_id: str, department: str, source_finess: str) -> None:
+    await conn.execute(
+        "INSERT INTO referrals (referral_id, department, source_finess) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        referral_id, department, source_finess,
+    )
+
+
+async def source_finess(conn: asyncpg.Connection, referral_id: str) -> str | None:
+    return await conn.fetchval("SELECT source_finess FROM referrals WHERE referral_id = $1", referral_id)
+
+
+# ---------------------------------------------------------------- deliveries
+
+
+async def enqueue(conn: asyncpg.Connection, origin: str, event_type: str, department: str | None, body: str,
+                  recipients: Sequence[Recipient], attempt_limit: int) -> int:
+    """One PENDING delivery per active subscription of these recipients wanting this type.
+
+    `origin` (the event id) makes the webhook ids, so enqueuing twice changes nothing."""
+    subscriptions = await conn.fetch(
+        "SELECT id, recipient FROM subscriptions WHERE active AND recipient = ANY($1) "
+        "AND (cardinality(event_types) = 0 OR $2 = ANY(event_types))",
+        [str(r) for r in recipients], event_type,
+    )
+    if not subscriptions:
+        return 0
+    inserted = await conn.fetch(
+        "INSERT INTO deliveries (webhook_id, subscription_id, recipient, department, event_type, body, attempt_limit) "
+        "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) AS s, "
+        "LATERAL (SELECT $4::text, $5::text, $6::text, $7::int) AS c "
+        "ON CONFLICT (webhook_id) DO NOTHING RETURNING 1",
+        [webhook_id_for(origin, s["id"]) for s in subscriptions], [s["id"] for s in subscriptions],
+        [s["recipient"] for s in subscriptions], department, event_type, body, attempt_limit,
+    )
+    if inserted:
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return len(inserted)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    webhook_id: str
+    subscription_id: uuid.UUID
+    recipient: str
+    department: str | None
+    event_type: str
+    body: str
+    attempts: int  # including the one being made
+    attempt_limit: int
+    url: str
+    secrets: list[str]
+
+
+async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[Claimed]:
+    """Take up to `limit` due deliveries for one attempt each.
+
+    The claim is committed before sending and only moves next_attempt_at past the attempt's
+    timeout: if this process dies mid-send, the delivery falls due again by itself."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "WITH due AS (SELECT webhook_id FROM deliveries WHERE status = 'PENDING' AND next_attempt_at <= now() "
+            "             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+            "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2) "
+            "FROM due, subscriptions s WHERE d.webhook_id = due.webhook_id AND s.id = d.subscription_id "
+            "RETURNING d.webhook_id, d.subscription_id, d.recipient, d.department, d.event_type, d.body, "
+            "          d.attempts, d.attempt_limit, s.url, s.secrets",
+            limit, lease_seconds,
+        )
+    return [Claimed(**dict(r)) for r in rows]
+
+
+async def seconds_to_next_due(pool: asyncpg.Pool) -> float | None:
+    return await pool.fetchval(
+        "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM deliveries WHERE status = 'PENDING'"
+    )
+
+
+async def pending_count(pool: asyncpg.Pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = 'PENDING'")
+
+
+async def log_attempt(conn: asyncpg.Connection, d: Claimed, started_at: datetime, duration: float,
+                      http_status: int | None, outcome: str, error: str | None) -> None:
+    await conn.execute(
+        "INSERT INTO delivery_attempts (webhook_id, attempt, started_at, duration_seconds, http_status, outcome, error) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        d.webhook_id, d.attempts, started_at, duration, http_status, outcome, error,
+    )
+
+
+async def mark_delivered(conn: asyncpg.Connection, webhook_id: str) -> None:
+    # Even if the claim had lapsed and another attempt is under way: the receiver has it.
+    await conn.execute(
+        "UPDATE deliveries SET status = 'DELIVERED', delivered_at = now(), last_error = NULL "
+        "WHERE webhook_id = $1 AND status = 'PENDING'", webhook_id,
+    )
+
+
+async def schedule_retry(conn: asyncpg.Connection, d: Claimed, delay_seconds: float, error: str) -> None:
+    # Guarded by the attempt number: a lapsed claim must not reschedule a newer attempt.
+    await conn.execute(
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4 "
+        "WHERE webhook_id = $1 AND status = 'PENDING' AND attempts = $2",
+        d.webhook_id, d.attempts, delay_seconds, error,
+    )
+
+
+async def mark_failed(conn: asyncpg.Connection, d: Claimed, error: str) -> bool:
+    return bool(await conn.fetchval(
+        "UPDATE deliveries SET status = 'FAILED', last_error = $3 "
+        "WHERE webhook_id = $1 AND status = 'PENDING' AND attempts = $2 RETURNING 1",
+        d.webhook_id, d.attempts, error,
+    ))
+
+
+async def deactivate_subscription(conn: asyncpg.Connection, subscription_id: uuid.UUID, why: str) -> None:
+    """No more webhooks to it: the subscription is off and what was waiting is given up."""
+    await conn.execute("UPDATE subscriptions SET active = false WHERE id = $1", subscription_id)
+    await conn.execute(
+        "UPDATE deliveries SET status = 'FAILED', last_error = $2 WHERE subscription_id = $1 AND status = 'PENDING'",
+        subscription_id, why,
+    )
+
+
+async def list_deliveries(pool: asyncpg.Pool, *, recipient: str | None, department: str | None,
+                          status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT webhook_id, subscription_id, recipient, department, event_type, status, attempts, next_attempt_at, "
+        "       created_at, delivered_at, last_error, "
+        "       (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', a.attempt, 'started_at', a.started_at, "
+        "               'duration_seconds', a.duration_seconds, 'http_status', a.http_status, 'outcome', a.outcome, "
+        "               'error', a.error) ORDER BY a.id), '[]'::jsonb) "
+        "          FROM delivery_attempts a WHERE a.webhook_id = d.webhook_id)::text AS attempt_log "
+        "FROM deliveries d WHERE ($1::text IS NULL OR recipient = $1) AND ($2::text IS NULL OR department = $2) "
+        "AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, webhook_id LIMIT $4",
+        recipient, department, status, limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_delivery(pool: asyncpg.Pool, webhook_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT webhook_id, recipient, department, status FROM deliveries WHERE webhook_id = $1",
+                               webhook_id)
+
+
+async def requeue(pool: asyncpg.Pool, webhook_id: str, more_attempts: int) -> bool:
+    """A FAILED delivery gets `more_attempts` fresh attempts, same webhook-id and body."""
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE deliveries d SET status = 'PENDING', next_attempt_at = now(), attempt_limit = attempts + $2 "
+            "FROM subscriptions s WHERE d.webhook_id = $1 AND d.status = 'FAILED' AND s.id = d.subscription_id "
+            "AND s.active RETURNING 1",
+            webhook_id, more_attempts,
+        )
+        if done:
+            await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return bool(done)
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+async def create_subscription(pool: asyncpg.Pool, recipient: str, url: str, event_types: list[str], secret: str,
+                              created_by: str) -> asyncpg.Record:
+    return await pool.fetchrow(
+        "INSERT INTO subscriptions (id, recipient, event_types, url, secrets, created_by) "
+        "VALUES ($1, $2, $3, $4, ARRAY[$5], $6) RETURNING *",
+        uuid.uuid4(), recipient, event_types, url, secret, created_by,
+    )
+
+
+async def get_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM subscriptions WHERE id = $1 AND active", subscription_id)
+
+
+async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT * FROM subscriptions WHERE active AND ($1::text IS NULL OR recipient = $1) ORDER BY created_at",
+        recipient,
+    )
+
+
+async def add_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID, secret: str) -> asyncpg.Record | None:
+    """Start a rotation; None when one is already under way."""
+    return await pool.fetchrow(
+        "UPDATE subscriptions SET secrets = secrets || $2 WHERE id = $1 AND active AND cardinality(secrets) = 1 "
+        "RETURNING *", subscription_id, secret,
+    )
+
+
+async def drop_old_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> asyncpg.Record | None:
+    """Finish a rotation; None when none is under way."""
+    return await pool.fetchrow(
+        "UPDATE subscriptions SET secrets = secrets[2:2] WHERE id = $1 AND active AND cardinality(secrets) = 2 "
+        "RETURNING *", subscription_id,
+    )
+
+
+async def delete_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await deactivate_subscription(conn, subscription_id, "subscription deleted")

@@ -1,0 +1,150 @@
+"""The dispatcher: sends due deliveries, signed, and records each attempt's outcome.
+
+At least once: a delivery is claimed (committed) before it is sent, and its outcome recorded
+after. A crash in between leaves it claimed until the claim lapses, then it is sent again with
+the same webhook-id and body, which the receiver deduplicates. DELIVERED rows are never
+claimed, so nothing acknowledged is sent twice. Several processes share the work safely
+(FOR UPDATE SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+
+from reflexe_notify.adapters import store
+from reflexe_notify.adapters.store import Claimed
+from reflexe_notify.domain.retry import Outcome, RetryPolicy
+from reflexe_notify.domain.signing import signed_headers
+from reflexe_notify.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS, PENDING
+from reflexe_notify.service_layer.notifications import tell_desk_of_failure
+from reflexe_notify.settings import NotifySettings
+
+log = logging.getLogger(__name__)
+USER_AGENT = "Reflexe-Webhooks/1.0"
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, schema: str) -> None:
+        self._pool = pool
+        self._database_url = settings.database_url
+        self._schema = schema
+        self._policy = RetryPolicy(settings.max_attempts, settings.backoff_base_seconds, settings.backoff_max_seconds)
+        self._timeout = settings.timeout_seconds
+        self._concurrency = settings.concurrency
+        self._idle_poll = settings.idle_poll_seconds
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; survives database outages."""
+        while True:
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher failed; restarting")
+                await asyncio.sleep(1.0)
+
+    async def _serve(self) -> None:
+        listener = await asyncpg.connect(self._database_url, server_settings={"search_path": self._schema})
+        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
+        try:
+            await listener.add_listener(store.CHANNEL, lambda *_: self._wake.set())
+            async with httpx.AsyncClient(limits=limits, follow_redirects=False, headers={"user-agent": USER_AGENT},
+                                         timeout=self._timeout) as client:
+                try:
+                    await self._dispatch(client)
+                finally:
+                    await self._finish_in_flight()
+        finally:
+            await listener.close()
+
+    async def _dispatch(self, client: httpx.AsyncClient) -> None:
+        last_gauge = 0.0
+        while True:
+            self._wake.clear()
+            free = self._concurrency - len(self._in_flight)
+            # The claim lasts twice the attempt's timeout: long enough never to lapse mid-attempt.
+            claimed = await store.claim_due(self._pool, free, 2 * self._timeout) if free else []
+            for delivery in claimed:
+                task = asyncio.create_task(self._attempt(client, delivery), name=f"webhook-{delivery.webhook_id}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._attempt_done)
+            if time.monotonic() - last_gauge > 1.0:
+                PENDING.set(await store.pending_count(self._pool))
+                last_gauge = time.monotonic()
+            if claimed and len(claimed) == free:
+                continue  # more may be due: go on as soon as a slot frees (or at once if one has)
+            await self._sleep(free - len(claimed) > 0)
+
+    async def _sleep(self, has_free_slot: bool) -> None:
+        """Until a new delivery is committed, an attempt ends, or the next retry falls due."""
+        timeout = self._idle_poll
+        if has_free_slot:
+            due_in = await store.seconds_to_next_due(self._pool)
+            if due_in is not None:
+                timeout = min(timeout, max(due_in, 0.005))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a webhook attempt failed; the claim will lapse and it will be retried",
+                      exc_info=task.exception())
+
+    async def _finish_in_flight(self) -> None:
+        """On shutdown, let attempts under way end (they are bounded by the timeout)."""
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._timeout + 1)
+            for task in unfinished:
+                task.cancel()
+
+    async def _attempt(self, client: httpx.AsyncClient, d: Claimed) -> None:
+        body = d.body.encode()
+        headers = signed_headers(d.secrets, d.webhook_id, int(time.time()), body)
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        http_status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self._timeout):  # total, not per socket operation
+                response = await client.post(d.url, content=body, headers=headers)
+            http_status = response.status_code
+            if not 200 <= http_status < 300:
+                error = f"HTTP {http_status}"
+        except TimeoutError:
+            error = f"no answer within {self._timeout:g} s"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration = time.perf_counter() - started
+        outcome = self._policy.outcome(http_status, d.attempts, d.attempt_limit)
+        DELIVERY_SECONDS.observe(duration)
+        DELIVERY_ATTEMPTS.labels(str(outcome)).inc()
+        await self._record(d, outcome, started_at, duration, http_status, error)
+
+    async def _record(self, d: Claimed, outcome: Outcome, started_at: datetime, duration: float,
+                      http_status: int | None, error: str | None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.log_attempt(conn, d, started_at, duration, http_status, str(outcome), error)
+            if outcome is Outcome.DELIVERED:
+                await store.mark_delivered(conn, d.webhook_id)
+            elif outcome is Outcome.RETRY:
+                await store.schedule_retry(conn, d, self._policy.delay(d.attempts), error or "")
+            elif outcome is Outcome.GONE:
+                await store.deactivate_subscription(conn, d.subscription_id, "receiver answered 410 Gone")
+                await tell_desk_of_failure(conn, d, self._policy.max_attempts)
+            elif await store.mark_failed(conn, d, error or ""):
+                log.warning("webhook given up", extra={"webhook_id": d.webhook_id, "attempts": d.attempts,
+                                                       "event_type": d.event_type, "error": error})
+                await tell_desk_of_failure(conn, d, self._policy.max_attempts)

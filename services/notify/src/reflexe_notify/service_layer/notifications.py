@@ -1,0 +1,49 @@
+"""From an event to deliveries waiting in PostgreSQL: nothing is sent here, so a notification
+is never lost to a crash (it is stored before the Kafka offset is committed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+from reflexe.v1 import referral_pb2
+
+from reflexe_common.envelope import Envelope
+from reflexe_notify.adapters import store
+from reflexe_notify.adapters.events import notice_from
+from reflexe_notify.adapters.store import Claimed
+from reflexe_notify.domain.notices import Notice
+from reflexe_notify.domain.recipients import Recipient
+from reflexe_notify.domain.routing import EventKind, recipients_for
+
+
+def event_handler(attempt_limit: int):
+    """The idempotent consumer's handler: runs in the transaction that records the event id."""
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        message = envelope.message
+        if isinstance(message, referral_pb2.ReferralRequested):
+            await store.remember_referral(conn, message.header.referral_id, message.header.department,
+                                          message.request.source.finess)
+        notice = notice_from(envelope)
+        if notice is None:
+            return
+        source = await store.source_finess(conn, notice.referral_id) if notice.referral_id else None
+        recipients = recipients_for(notice.kind, notice.department, notice.had_finess, source)
+        await store.enqueue(conn, envelope.id, notice.kind, notice.department, notice.body(), recipients, attempt_limit)
+
+    return handle
+
+
+async def tell_desk_of_failure(conn: asyncpg.Connection, failed: Claimed, attempt_limit: int) -> None:
+    """A delivery given up on: its department's desk hears of it (but not of its own failures,
+    which would otherwise chain without end)."""
+    if failed.event_type == EventKind.DELIVERY_FAILED or not failed.department:
+        return
+    notice = Notice(EventKind.DELIVERY_FAILED, failed.department, datetime.now(UTC), {
+        "recipient": failed.recipient, "webhook_id": failed.webhook_id, "event_type": failed.event_type,
+        "attempts": failed.attempts,
+    })
+    # The attempt count is part of the origin: a re-queued delivery failing again is told again.
+    await store.enqueue(conn, f"{failed.webhook_id}/failed/{failed.attempts}", notice.kind, notice.department,
+                        notice.body(), [Recipient.desk(failed.department)], attempt_limit)

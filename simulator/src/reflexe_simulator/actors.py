@@ -1,0 +1,494 @@
+"""Simulated actors: the clock, the counters, HADs, coordination desks and the traffic loop.
+
+Time: the simulator's clock runs ``speed`` times faster than real time (60 = one simulated
+minute per real second). The platform keeps real time, so every delay the actors sample in
+simulated time is divided by ``speed`` before sleeping, and timestamps sent to the platform
+are real ones. The platform's hold (30 real minutes by default) is NOT accelerated: an HAD
+that "answers after the hold" (its sampled delay exceeds ``hold_minutes`` simulated minutes)
+really waits until the offer's ``hold_until`` has passed, so expiries happen at the modelled
+rate whatever the platform's hold setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from reflexe_common.geography import Geography
+from reflexe_common.vocabulary import CapacityStatus, Reason
+
+from reflexe_simulator.client import PlatformClient, Result
+from reflexe_simulator.scenario import DepartmentScenario, HadSpec, Scenario
+from reflexe_simulator.traffic import GeneratedReferral, ReferralFactory, day_arrivals
+from reflexe_simulator.webhooks import Delivery
+
+log = logging.getLogger("reflexe_simulator")
+PARIS = ZoneInfo("Europe/Paris")
+
+# HAD answers to an offer.
+ACCEPT_RATE, DECLINE_RATE = 0.70, 0.25  # the rest (5%) never answers
+DECLINE_REASONS: tuple[tuple[Reason, str, float], ...] = (
+    (Reason.NO_CAPACITY, "plus de place infirmière cette semaine", 0.30),
+    (Reason.CARE_NOT_PROVIDED, "soin non réalisable par nos équipes", 0.15),
+    (Reason.SOCIAL_NOT_ELIGIBLE, "pas d'aidant au domicile", 0.15),
+    (Reason.MEDICAL_NOT_ELIGIBLE, "médecin coordonnateur : patient non stabilisé", 0.12),
+    (Reason.GP_REFUSED, "médecin traitant en désaccord", 0.08),
+    (Reason.OUT_OF_ZONE, "adresse en limite de zone, trajet trop long", 0.05),
+    (Reason.PATIENT_REFUSED, "le patient refuse l'HAD", 0.07),
+    (Reason.INCOMPLETE_REQUEST, "prescription incomplète", 0.08),
+)
+ANSWER_MEDIAN_MIN, ANSWER_SIGMA = 13.0, 0.6  # lognormal, simulated minutes
+ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulated hours
+AVERAGE_STAY_DAYS = 28.0  # background patients' mean length of stay
+
+
+class Counters:
+    ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
+             "no_answer", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
+             "discharged", "cancelled", "overdue_alerts", "declarations", "webhooks_received", "webhooks_duplicate",
+             "bad_signatures", "http_409", "http_errors", "unreachable")
+    SHORT = {"referrals_posted": "posted", "ineligible_posted": "ineligible", "offers_received": "offers",
+             "offers_polled": "polled", "webhooks_received": "webhooks", "webhooks_duplicate": "dup",
+             "bad_signatures": "bad_sig", "http_409": "409", "http_errors": "errors", "overdue_alerts": "overdue"}
+
+    def __init__(self) -> None:
+        self.values: Counter[str] = Counter()
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        return self.values[name]
+
+    def line(self) -> str:
+        parts = [f"{self.SHORT.get(k, k)}={self.values[k]}" for k in self.ORDER]
+        parts += [f"{k}={v}" for k, v in sorted(self.values.items()) if k not in self.ORDER]
+        return " ".join(parts)
+
+
+class SimClock:
+    def __init__(self, start: datetime, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.start, self.speed = start.astimezone(PARIS), speed
+        self._t0 = time.monotonic()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.speed)
+
+    def real_seconds(self, sim_seconds: float) -> float:
+        return max(0.0, sim_seconds / self.speed)
+
+    async def sleep_sim(self, sim_seconds: float) -> None:
+        await asyncio.sleep(self.real_seconds(sim_seconds))
+
+    async def sleep_until(self, sim_time: datetime) -> None:
+        await self.sleep_sim((sim_time - self.now()).total_seconds())
+
+
+def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
+    return median * math.exp(rng.gauss(0, sigma))
+
+
+def _is_night(t: datetime) -> bool:
+    return t.hour >= 21 or t.hour < 7
+
+
+@dataclass
+class TrackedReferral:
+    generated: GeneratedReferral
+    had: str | None = None
+    status: str = "REQUESTED"
+    offers: set[str] = field(default_factory=set)
+
+
+class World:
+    """Shared state and plumbing the actors use: client, clock, counters, task spawning."""
+
+    def __init__(self, scenario: Scenario, client: PlatformClient, clock: SimClock, counters: Counters, *,
+                 seed: int, hold_minutes: float = 30.0, dry_run: bool = False) -> None:
+        self.scenario, self.client, self.clock, self.counters = scenario, client, clock, counters
+        self.rng = random.Random(f"reflexe-simulator-behaviour:{seed}")
+        self.hold_minutes = hold_minutes
+        self.dry_run = dry_run
+        self.referrals: dict[str, TrackedReferral] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.hads: dict[str, HadActor] = {h.finess: HadActor(self, h) for h in scenario.hads}
+        self.desks: dict[str, DeskActor] = {code: DeskActor(self, d) for code, d in scenario.departments.items()}
+
+    def say(self, department: str, kind: str, message: str) -> None:
+        log.info("[%s] %-3s %-11s %s", self.clock.now().strftime("%a %H:%M"), department, kind, message)
+
+    def spawn(self, coro: Awaitable[Any], sim_delay: float = 0.0, real_delay: float | None = None) -> asyncio.Task:
+        async def run() -> None:
+            try:
+                await asyncio.sleep(real_delay if real_delay is not None else self.clock.real_seconds(sim_delay))
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an actor's bug must not stop the run
+                log.exception("simulated action failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        self.counters.inc(f"wh:{delivery.type}")
+        if delivery.recipient_kind == "had":
+            had = self.hads.get(delivery.recipient)
+            if had and delivery.type == "offer.proposed" and delivery.data.get("had_finess", had.spec.finess) == had.spec.finess:
+                self.counters.inc("offers_received")
+                had.on_offer(delivery.data)
+            elif had and delivery.type == "offer.unanswered":
+                self.say(had.spec.department, "alert", f"{had.spec.name}: offer {str(delivery.data.get('offer_id'))[:8]} unanswered")
+        elif delivery.recipient_kind == "desk":
+            desk = self.desks.get(delivery.recipient)
+            if desk:
+                desk.on_event(delivery.type, delivery.data)
+
+
+class HadActor:
+    """One HAD establishment: declares capacity, answers offers, admits and discharges."""
+
+    def __init__(self, world: World, spec: HadSpec) -> None:
+        self.world, self.spec = world, spec
+        self.rng = random.Random(f"had:{world.scenario.seed}:{spec.finess}")
+        self.background = round(spec.authorised_places * spec.initial_occupancy)  # patients not from the platform
+        self.pending: set[str] = set()  # accepted, not yet admitted
+        self.active: set[str] = set()  # admitted through the platform
+        self.offers_seen: set[str] = set()
+        self.admissions_today = 0
+        self.day = world.clock.now().date()
+        self.daily_admission_quota = max(2, round(spec.authorised_places / 15))
+        self.last_drift = world.clock.now()
+
+    # -- capacity --------------------------------------------------------------------------
+
+    def places(self) -> int:
+        return max(0, self.spec.authorised_places - self.background - len(self.pending) - len(self.active))
+
+    def drift(self) -> None:
+        """Background admissions and discharges since the last drift (patients from outside the platform)."""
+        now = self.world.clock.now()
+        days = max(0.0, (now - self.last_drift).total_seconds() / 86400)
+        self.last_drift = now
+        target = self.spec.authorised_places * self.spec.initial_occupancy
+        out = sum(1 for _ in range(self.background) if self.rng.random() < days / AVERAGE_STAY_DAYS)
+        arrivals = self.rng.gauss(target / AVERAGE_STAY_DAYS * days * 0.85, math.sqrt(max(days, 0.01)))
+        self.background = max(0, min(self.spec.authorised_places, self.background - out + max(0, round(arrivals))))
+        if now.date() != self.day:
+            self.day, self.admissions_today = now.date(), 0
+
+    def declaration(self) -> dict[str, Any]:
+        places = self.places()
+        status = CapacityStatus.OPEN
+        u = self.rng.random()
+        if u < 0.005:
+            status, places = CapacityStatus.CLOSED, 0  # e.g. admissions suspended (staff shortage)
+        elif places == 0 or u < 0.04:
+            status = CapacityStatus.SATURATED
+        possible = 0 if status != CapacityStatus.OPEN else min(places, max(0, self.daily_admission_quota - self.admissions_today))
+        return {"places_available": places, "admissions_possible_today": possible, "status": str(status),
+                "declared_at": datetime.now(UTC).isoformat()}
+
+    async def declare(self, why: str) -> Result:
+        body = self.declaration()
+        result = await self.world.client.declare(self.spec.finess, body)
+        if result.ok:
+            self.world.counters.inc("declarations")
+            self.world.say(self.spec.department, "capacity",
+                           f"{self.spec.name} declares {body['places_available']} places, {body['status']} ({why})")
+        return result
+
+    async def capacity_loop(self) -> None:
+        """Re-declare periodically; a stale-prone HAD lets its declaration age (12–30 simulated hours)."""
+        while True:
+            hours = self.rng.uniform(14, 30) if self.spec.stale_prone else self.rng.uniform(1.5, 4)
+            await self.world.clock.sleep_sim(hours * 3600)
+            self.drift()
+            await self.declare("periodic")
+
+    # -- offers ----------------------------------------------------------------------------
+
+    def on_offer(self, data: dict[str, Any]) -> None:
+        offer_id, referral_id = str(data.get("offer_id", "")), str(data.get("referral_id", ""))
+        if not offer_id or not referral_id or offer_id in self.offers_seen:
+            return
+        self.offers_seen.add(offer_id)
+        world, rng = self.world, self.rng
+        tracked = world.referrals.get(referral_id)
+        hold_until = _parse_time(data.get("hold_until")) or datetime.now(UTC) + timedelta(minutes=30)
+        by = " (desk)" if data.get("by_desk") else ""
+        world.say(self.spec.department, "offer", f"{self.spec.name} offered {referral_id[:8]}{by} hold until "
+                                                 f"{hold_until.astimezone(PARIS):%H:%M:%S} real")
+        self.drift()
+        u = rng.random()
+        if self.places() == 0:
+            decision, reason = "decline", (Reason.NO_CAPACITY, "aucune place disponible")
+        elif u < ACCEPT_RATE:
+            decision, reason = "accept", None
+        elif u < ACCEPT_RATE + DECLINE_RATE:
+            decision = "decline"
+            reason = rng.choices([(r, t) for r, t, _ in DECLINE_REASONS], weights=[w for *_, w in DECLINE_REASONS])[0]
+            if tracked and not tracked.generated.body["conditions"]["caregiver_present"] and rng.random() < 0.5:
+                reason = (Reason.SOCIAL_NOT_ELIGIBLE, "pas d'aidant au domicile")
+        else:
+            world.counters.inc("no_answer")
+            world.say(self.spec.department, "no-answer", f"{self.spec.name} will not answer {referral_id[:8]}")
+            return
+        sim_minutes = _lognormal(rng, ANSWER_MEDIAN_MIN, ANSWER_SIGMA) * (2.0 if _is_night(world.clock.now()) else 1.0)
+        hold_left = (hold_until - datetime.now(UTC)).total_seconds()
+        if sim_minutes > world.hold_minutes:  # answers after the hold: really wait until it has expired
+            real_delay = max(0.0, hold_left) + rng.uniform(2, 8)
+        else:
+            real_delay = min(world.clock.real_seconds(sim_minutes * 60), max(0.0, hold_left - 1.0))
+        world.spawn(self.answer(referral_id, offer_id, decision, reason, sim_minutes), real_delay=real_delay)
+
+    async def answer(self, referral_id: str, offer_id: str, decision: str, reason: tuple[Reason, str] | None,
+                     sim_minutes: float) -> None:
+        world = self.world
+        if decision == "accept":
+            result = await world.client.accept(self.spec.finess, referral_id, offer_id)
+        else:
+            assert reason is not None
+            result = await world.client.decline(self.spec.finess, referral_id, offer_id, str(reason[0]), reason[1])
+        after = f"after {sim_minutes:.0f} min"
+        if result.conflict:
+            world.counters.inc("late_answers")
+            world.say(self.spec.department, "late", f"{self.spec.name} {decision} {referral_id[:8]} refused {after}: {result.code or 409}")
+            return
+        if not result.ok:
+            return
+        tracked = world.referrals.get(referral_id)
+        if decision == "accept":
+            world.counters.inc("accepted")
+            self.pending.add(referral_id)
+            if tracked:
+                tracked.had, tracked.status = self.spec.finess, "ACCEPTED"
+            world.say(self.spec.department, "accepted", f"{self.spec.name} accepts {referral_id[:8]} {after}")
+            self.schedule_admission(referral_id)
+            if self.spec.pushes_on_change:
+                await self.declare("after acceptance")
+        else:
+            world.counters.inc("declined")
+            world.say(self.spec.department, "declined", f"{self.spec.name} declines {referral_id[:8]} {after}: {reason[0]}")
+
+    # -- admission and discharge ------------------------------------------------------------
+
+    def schedule_admission(self, referral_id: str) -> None:
+        world = self.world
+        hours = min(48.0, _lognormal(self.rng, ADMISSION_MEDIAN_H, ADMISSION_SIGMA))
+        at = world.clock.now() + timedelta(hours=hours)
+        if _is_night(at):  # admissions happen by day: move to the next morning
+            morning = (at if at.hour < 7 else at + timedelta(days=1)).replace(hour=8, minute=0) + timedelta(minutes=self.rng.uniform(0, 120))
+            at = morning
+        world.spawn(self.admit(referral_id), sim_delay=(at - world.clock.now()).total_seconds())
+
+    async def admit(self, referral_id: str) -> None:
+        world = self.world
+        tracked = world.referrals.get(referral_id)
+        if tracked and self.rng.random() < 0.03:  # the patient's condition changed before the HAD came
+            reason = Reason.PATIENT_DECEASED if tracked.generated.palliative and self.rng.random() < 0.5 else Reason.PATIENT_HOSPITALISED
+            result = await world.client.cancel(tracked.generated.source.finess, referral_id, str(reason), "annulé par le service demandeur")
+            if result.ok:
+                self.pending.discard(referral_id)
+                tracked.status = "CANCELLED"
+                world.counters.inc("cancelled")
+                world.say(self.spec.department, "cancelled", f"{referral_id[:8]} cancelled by the source before admission: {reason}")
+                return
+        result = await world.client.admit(self.spec.finess, referral_id)
+        self.pending.discard(referral_id)
+        if not result.ok:
+            return
+        self.active.add(referral_id)
+        self.admissions_today += 1
+        world.counters.inc("admitted")
+        if tracked:
+            tracked.status = "ADMITTED"
+        world.say(self.spec.department, "admitted", f"{self.spec.name} admits {referral_id[:8]}")
+        if self.spec.pushes_on_change:
+            await self.declare("after admission")
+        days = (tracked.generated.body["clinical"]["expected_duration_days"] if tracked else 14) * self.rng.uniform(0.6, 1.2)
+        world.spawn(self.discharge(referral_id), sim_delay=days * 86400)
+
+    async def discharge(self, referral_id: str) -> None:
+        result = await self.world.client.discharge(self.spec.finess, referral_id)
+        self.active.discard(referral_id)
+        if result.ok:
+            self.world.counters.inc("discharged")
+            self.world.say(self.spec.department, "discharged", f"{self.spec.name} discharges {referral_id[:8]}")
+            if self.spec.pushes_on_change:
+                await self.declare("after discharge")
+
+
+class DeskActor:
+    """The department's coordination desk: logs alerts, acts on escalated referrals."""
+
+    def __init__(self, world: World, department: DepartmentScenario) -> None:
+        self.world, self.department = world, department
+        self.rng = random.Random(f"desk:{world.scenario.seed}:{department.code}")
+        self.handled: set[tuple[str, int]] = set()
+        self.escalations: Counter[str] = Counter()
+        self.polling = False
+
+    def on_event(self, event_type: str, data: dict[str, Any]) -> None:
+        world, code = self.world, self.department.code
+        rid = str(data.get("referral_id", ""))
+        if event_type == "referral.escalated":
+            self.escalated(rid, str(data.get("why", "")))
+        elif event_type == "offer.expired":
+            world.counters.inc("expired")
+            world.say(code, "expired", f"offer on {rid[:8]} to {data.get('had_finess')} expired")
+        elif event_type == "admission.overdue":
+            world.counters.inc("overdue_alerts")
+            world.say(code, "ALERT", f"admission overdue for {rid[:8]}")
+        elif event_type == "offer.unanswered":
+            world.say(code, "ALERT", f"offer on {rid[:8]} to {data.get('had_finess')} unanswered")
+        elif event_type == "delivery.failed":
+            world.say(code, "ALERT", f"webhook delivery failed: {data}")
+
+    def escalated(self, referral_id: str, why: str = "", key: tuple | None = None) -> None:
+        """Act on an escalation once (``key`` identifies it; each webhook is a new escalation)."""
+        if key is None:
+            self.escalations[referral_id] += 1
+            key = (referral_id, "webhook", self.escalations[referral_id])
+        if key in self.handled:
+            return
+        self.handled.add(key)
+        self.world.counters.inc("escalated")
+        self.world.say(self.department.code, "ESCALATED", f"{referral_id[:8]} {why}".strip())
+        self.world.spawn(self.decide(referral_id), sim_delay=self.rng.uniform(5, 30) * 60)
+
+    async def decide(self, referral_id: str) -> None:
+        world, code, rng = self.world, self.department.code, self.rng
+        got = await world.client.get_referral_as_desk(code, referral_id)
+        if not got.ok or not isinstance(got.data, dict):
+            return
+        if got.data.get("status") not in ("ESCALATED", "REQUESTED"):
+            return  # someone (or something) already acted
+        searched = set(got.data.get("departments_searched") or [code])
+        tried = set(got.data.get("tried_hads") or [])
+        neighbours = sorted(Geography.load().neighbours(code) - searched)
+        u = rng.random()
+        if neighbours and len(searched) == 1 and u < 0.40:
+            simulated = [n for n in neighbours if n in world.scenario.departments]
+            chosen = simulated or rng.sample(neighbours, k=min(len(neighbours), rng.choice((1, 2))))
+            result = await world.client.desk_widen(code, referral_id, sorted(chosen))
+            if result.ok:
+                world.counters.inc("desk_widen")
+                world.say(code, "desk", f"widens {referral_id[:8]} to {', '.join(sorted(chosen))}")
+            return
+        if u < 0.75:
+            had = await self.choose_had(tried)
+            if had:
+                result = await world.client.desk_offer(code, referral_id, had)
+                if result.ok:
+                    world.counters.inc("desk_offer")
+                    world.say(code, "desk", f"offers {referral_id[:8]} to {had}")
+                    return
+        result = await world.client.desk_close(code, referral_id, str(Reason.OTHER), "pas de solution HAD")
+        if result.ok:
+            world.counters.inc("desk_close")
+            tracked = world.referrals.get(referral_id)
+            if tracked:
+                tracked.status = "CANCELLED"
+            world.say(code, "desk", f"closes {referral_id[:8]}: pas de solution HAD")
+
+    async def choose_had(self, tried: set[str]) -> str | None:
+        board = await self.world.client.capacity_board(self.department.code)
+        lines = board.data.get("hads", []) if board.ok and isinstance(board.data, dict) else []
+        candidates = [line for line in lines if line.get("finess") not in tried and line.get("status") == "OPEN"]
+        candidates.sort(key=lambda line: (-(line.get("live_places") or 0), line.get("finess", "")))
+        if candidates and (candidates[0].get("live_places") or 0) > 0:
+            return candidates[0]["finess"]
+        untried = [h.finess for h in self.department.hads if h.finess not in tried]
+        return self.rng.choice(untried) if untried and self.rng.random() < 0.5 else None
+
+    async def poll_loop(self, enabled: Callable[[], bool], every_sim_minutes: float = 5.0) -> None:
+        """Fallback when webhooks are unavailable: read the desk's list of open referrals,
+        hand offers addressed to simulated HADs to them and act on escalations."""
+        world, code = self.world, self.department.code
+        while True:
+            await world.clock.sleep_sim(every_sim_minutes * 60)
+            if not enabled():
+                continue
+            result = await world.client.open_referrals(code)
+            if not result.ok or not isinstance(result.data, dict):
+                continue
+            for item in result.data.get("referrals", []):
+                rid, offer = str(item.get("referral_id")), item.get("current_offer")
+                if item.get("status") == "OFFERED" and offer and offer.get("had_finess") in world.hads:
+                    had = world.hads[offer["had_finess"]]
+                    if offer.get("offer_id") not in had.offers_seen:
+                        world.counters.inc("offers_polled")
+                        had.on_offer({"referral_id": rid, **offer})
+                elif item.get("status") == "ESCALATED":
+                    key = (rid, "poll", len(item.get("departments_searched") or []), len(item.get("tried_hads") or []))
+                    self.escalated(rid, "(seen by polling)", key)
+
+
+async def traffic_loop(world: World, department: DepartmentScenario, daily_volume: float, seed: int) -> None:
+    """Post the department's referrals following the daily profile, day after day."""
+    rng = random.Random(f"traffic:{seed}:{department.code}")
+    factory = ReferralFactory(department, random.Random(f"referrals:{seed}:{department.code}"))
+    day = world.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    while True:
+        for at, kind in day_arrivals(rng, day, daily_volume):
+            if at < world.clock.now():
+                continue
+            await world.clock.sleep_until(at)
+            generated = factory.make(kind, datetime.now(UTC), world.clock.now(), world.clock.speed)
+            world.spawn(post_referral(world, generated))
+        day = (day + timedelta(days=1, hours=2)).replace(hour=0, minute=0)  # tolerant to DST changes
+
+
+async def post_referral(world: World, generated: GeneratedReferral) -> None:
+    body = generated.body
+    world.referrals[generated.referral_id] = TrackedReferral(generated)
+    result = await world.client.post_referral(generated.source.finess, body)
+    if not result.ok:
+        world.say(generated.department, "error", f"referral {generated.referral_id[:8]} not posted: {result.status} {result.code or result.error}")
+        return
+    world.counters.inc("referrals_posted")
+    if generated.negative_avis:
+        world.counters.inc("ineligible_posted")
+    clinical, patient = body["clinical"], body["patient"]
+    commune = Geography.load().commune(patient["care_commune"])
+    avis = " avis-" if generated.negative_avis else ""
+    world.say(generated.department, "referral",
+              f"{generated.referral_id[:8]} {body['source']['kind']:<5} MPP {clinical['main_mpp']} "
+              f"{clinical['urgency']} {patient['place_of_care']} {commune.name if commune else patient['care_commune']}{avis}")
+    if world.rng.random() < 0.015:  # the source cancels a waiting referral (patient hospitalised)
+        world.spawn(cancel_waiting(world, generated), sim_delay=world.rng.uniform(2, 8) * 3600)
+
+
+async def cancel_waiting(world: World, generated: GeneratedReferral) -> None:
+    tracked = world.referrals.get(generated.referral_id)
+    if tracked and tracked.status not in ("REQUESTED",):
+        return
+    result = await world.client.cancel(generated.source.finess, generated.referral_id, str(Reason.PATIENT_HOSPITALISED),
+                                       "hospitalisé en service conventionnel")
+    if result.ok:
+        world.counters.inc("cancelled")
+        world.say(generated.department, "cancelled", f"{generated.referral_id[:8]} cancelled by the source (still waiting)")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

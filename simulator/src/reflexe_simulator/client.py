@@ -1,0 +1,183 @@
+"""Calls to the platform's public HTTP APIs, each with the token of the role playing it.
+
+Never raises for an HTTP outcome: every call returns a :class:`Result`. Connection errors,
+timeouts, 429 and 5xx are retried with exponential backoff; 409 (a race lost: offer expired,
+already decided...) is expected and counted, not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from reflexe_common.auth import mint
+
+log = logging.getLogger("reflexe_simulator.client")
+TOKEN_TTL = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int  # 0 when the service could not be reached
+    data: Any = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def code(self) -> str:
+        """The platform's error code (``{"error": {"code": ...}}`` or ``{"code": ...}``), if any."""
+        if isinstance(self.data, dict):
+            err = self.data.get("error")
+            if isinstance(err, dict):
+                return str(err.get("code", ""))
+            return str(self.data.get("code", ""))
+        return ""
+
+
+class Tokens:
+    """Mints and caches bearer tokens per (role, scope); re-mints before they expire."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
+        key = (role, finess or department or "-")
+        token, expires = self._cache.get(key, ("", 0.0))
+        if time.time() > expires - 3600:
+            token = mint(self.secret, role, finess=finess, department=department, ttl_seconds=TOKEN_TTL)
+            self._cache[key] = (token, time.time() + TOKEN_TTL)
+        return token
+
+
+class PlatformClient:
+    def __init__(self, referral_url: str, capacity_url: str, notify_url: str, jwt_secret: str, counters: Any = None,
+                 attempts: int = 5, backoff: float = 0.5, timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.urls = {"referral": referral_url.rstrip("/"), "capacity": capacity_url.rstrip("/"),
+                     "notify": notify_url.rstrip("/")}
+        self.tokens = Tokens(jwt_secret)
+        self.counters = counters
+        self.attempts = attempts
+        self.backoff = backoff
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._down: dict[str, bool] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _count(self, name: str) -> None:
+        if self.counters is not None:
+            self.counters.inc(name)
+
+    async def call(self, service: str, method: str, path: str, token: str, body: Any = None) -> Result:
+        url = self.urls[service] + path
+        delay = self.backoff
+        last = Result(0, error="not attempted")
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = await self._http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+            except (httpx.TransportError, OSError) as exc:
+                last = Result(0, error=f"{type(exc).__name__}: {exc}".strip())
+                if not self._down.get(service):
+                    log.error("%s service unreachable at %s (%s); retrying with backoff", service, self.urls[service], last.error)
+                self._down[service] = True
+            else:
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = response.text
+                last = Result(response.status_code, data)
+                if self._down.pop(service, False):
+                    log.info("%s service reachable again at %s", service, self.urls[service])
+                if response.status_code < 500 and response.status_code != 429:
+                    break
+                last = Result(response.status_code, data, f"HTTP {response.status_code}")
+            if attempt < self.attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if last.status == 0:
+            self._count("unreachable")
+        elif last.conflict:
+            self._count("http_409")
+        elif not last.ok:
+            self._count("http_errors")
+            log.warning("%s %s %s -> %s %s", service, method, path, last.status, _short(last.data))
+        return last
+
+    # -- referral service ----------------------------------------------------------------
+
+    async def post_referral(self, source_finess: str, body: dict[str, Any]) -> Result:
+        return await self.call("referral", "POST", "/v1/referrals", self.tokens.get("hospital", finess=source_finess), body)
+
+    async def accept(self, had: str, referral_id: str, offer_id: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/accept",
+                               self.tokens.get("had", finess=had))
+
+    async def decline(self, had: str, referral_id: str, offer_id: str, reason: str, text: str = "") -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/decline",
+                               self.tokens.get("had", finess=had), {"reason": reason, "text": text})
+
+    async def admit(self, had: str, referral_id: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/admission", self.tokens.get("had", finess=had))
+
+    async def discharge(self, had: str, referral_id: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/discharge", self.tokens.get("had", finess=had))
+
+    async def cancel(self, source_finess: str, referral_id: str, reason: str, text: str = "") -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/cancel",
+                               self.tokens.get("hospital", finess=source_finess), {"reason": reason, "text": text})
+
+    async def get_referral_as_desk(self, department: str, referral_id: str) -> Result:
+        return await self.call("referral", "GET", f"/v1/referrals/{referral_id}", self.tokens.get("desk", department=department))
+
+    async def desk_offer(self, department: str, referral_id: str, had_finess: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/offer",
+                               self.tokens.get("desk", department=department), {"had_finess": had_finess})
+
+    async def desk_widen(self, department: str, referral_id: str, departments: list[str]) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/widen",
+                               self.tokens.get("desk", department=department), {"departments": departments})
+
+    async def desk_close(self, department: str, referral_id: str, reason: str, text: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/close",
+                               self.tokens.get("desk", department=department), {"reason": reason, "text": text})
+
+    async def open_referrals(self, department: str) -> Result:
+        return await self.call("referral", "GET", f"/v1/departments/{department}/referrals",
+                               self.tokens.get("desk", department=department))
+
+    # -- capacity service ----------------------------------------------------------------
+
+    async def register_had(self, finess: str, body: dict[str, Any]) -> Result:
+        return await self.call("capacity", "PUT", f"/v1/hads/{finess}", self.tokens.get("admin"), body)
+
+    async def declare(self, finess: str, body: dict[str, Any]) -> Result:
+        return await self.call("capacity", "POST", f"/v1/hads/{finess}/capacity", self.tokens.get("had", finess=finess), body)
+
+    async def capacity_board(self, department: str) -> Result:
+        return await self.call("capacity", "GET", f"/v1/departments/{department}/capacity",
+                               self.tokens.get("desk", department=department))
+
+    # -- notify service ------------------------------------------------------------------
+
+    async def subscribe(self, token: str, url: str, secret: str, event_types: list[str] | None = None) -> Result:
+        return await self.call("notify", "POST", "/v1/subscriptions", token,
+                               {"url": url, "event_types": event_types or [], "secret": secret})
+
+
+def _short(data: Any, limit: int = 300) -> str:
+    text = str(data)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,119 @@
+"""The outbox relay publishes every stored event exactly once, even when it dies between the
+Kafka commit and its own bookkeeping (the window a plain at-least-once relay duplicates in)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from reflexe.v1 import referral_pb2
+
+from reflexe_common.db import create_pool, migrate
+from reflexe_common.envelope import ts, wrap
+from reflexe_common.outbox import OutboxRelay, enqueue
+from reflexe_common.topics import REFERRAL_EVENTS
+from tests.support.kafka import read_all
+from tests.support.services import eventually
+
+pytestmark = pytest.mark.integration
+
+
+class Crash(Exception):
+    """Stands for the process dying at that exact point."""
+
+
+async def _fresh_schema(database_url: str) -> tuple[asyncpg.Pool, str]:
+    schema = f"outbox_test_{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(database_url, schema)
+    await migrate(pool, schema, "reflexe_common.sql")
+    return pool, schema
+
+
+async def _store_events(pool: asyncpg.Pool, n: int) -> list[str]:
+    ids = []
+    async with pool.acquire() as conn, conn.transaction():
+        for _ in range(n):
+            message = referral_pb2.ReferralEscalated(header=referral_pb2.ReferralEventHeader(
+                referral_id=str(uuid.uuid4()), department="34", occurred_at=ts(datetime.now(UTC))), why="test")
+            envelope = wrap(message, "test/outbox")
+            await enqueue(conn, REFERRAL_EVENTS.name, "34", envelope)
+            ids.append(envelope.id)
+    return ids
+
+
+async def _published_ids(bootstrap: str, ids: list[str]) -> list[str]:
+    wanted = set(ids)
+    return [e.id for e in await read_all(bootstrap, REFERRAL_EVENTS.name, lambda e: e.id in wanted)]
+
+
+async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
+    pool, schema = await _fresh_schema(topics.database_url)
+    try:
+        ids = await _store_events(pool, 25)
+        crashed = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+
+        async def crash(*_args, **_kwargs):
+            raise Crash
+
+        crashed._mark = crash  # dies after the Kafka commit, before marking the rows published
+        producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, transactional_id=f"reflexe-{schema}-outbox-relay",
+                                    enable_idempotence=True)
+        await producer.start()
+        with pytest.raises(Crash):
+            await crashed._publish(producer, await crashed._next_batch())
+        await producer.stop()
+        assert sorted(await _published_ids(topics.kafka_bootstrap, ids)) == sorted(ids)  # on Kafka, unmarked in PG
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 25
+
+        restarted = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+        task = asyncio.create_task(restarted.run())
+        try:
+            await eventually(lambda: _all_marked(pool), timeout=30, what="the batch recovered")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        published = await _published_ids(topics.kafka_bootstrap, ids)
+        assert sorted(published) == sorted(ids), "each event exactly once"
+        assert await pool.fetchval("SELECT state FROM outbox_batches") == "DONE"
+    finally:
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pool.close()
+
+
+async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_restart(topics):
+    pool, schema = await _fresh_schema(topics.database_url)
+    try:
+        ids = await _store_events(pool, 10)
+        producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, transactional_id=f"reflexe-{schema}-outbox-relay",
+                                    enable_idempotence=True)
+        await producer.start()
+        # The dead relay's transaction: records sent and journalled, never committed nor aborted.
+        await producer.begin_transaction()
+        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+        rows = await relay._next_batch()
+        sent = [await producer.send(r.topic, r.payload, key=r.key.encode(), headers=r.headers) for r in rows]
+        first = await sent[0]
+        await asyncio.gather(*sent[1:])
+        await pool.execute("INSERT INTO outbox_batches (batch_id, outbox_ids, probe_topic, probe_partition, probe_offset, state) "
+                           "VALUES ($1, $2, $3, $4, $5, 'SENDING')", uuid.uuid4(), [r.id for r in rows], first.topic,
+                           first.partition, first.offset)
+        # No stop(): the process vanished. The restarted relay's producer fences it.
+        task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap).run())
+        try:
+            await eventually(lambda: _all_marked(pool), timeout=60, what="the batch resent")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert sorted(await _published_ids(topics.kafka_bootstrap, ids)) == sorted(ids)
+        assert await pool.fetchval("SELECT count(*) FROM outbox_batches WHERE state = 'ABORTED'") == 1
+    finally:
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pool.close()
+
+
+async def _all_marked(pool: asyncpg.Pool) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0

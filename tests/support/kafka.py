@@ -1,0 +1,43 @@
+"""Reading what is really on a topic (read_committed, as every platform consumer reads)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
+from reflexe_common.topics import ALL_TOPICS
+
+
+async def read_all(bootstrap: str, topic: str, predicate: Callable[[Envelope], bool] = lambda e: True) -> list[Envelope]:
+    """Every committed record of the topic from the beginning up to its current end."""
+    partitions = next(t.partitions for t in ALL_TOPICS if t.name == topic)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        found: list[Envelope] = []
+
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < end[tp]:
+                    return True
+            return False
+
+        while await behind():
+            batch = await consumer.getmany(*tps, timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    try:
+                        envelope = unwrap(list(r.headers), r.value)
+                    except PoisonRecord:
+                        continue
+                    if predicate(envelope):
+                        found.append(envelope)
+        return found
+    finally:
+        await consumer.stop()

@@ -1,0 +1,576 @@
+"""Structural checks of the deployment files: Dockerfiles, docker-compose.yml, Prometheus and
+Grafana provisioning, and the Kubernetes manifests.
+
+No Docker engine or cluster is needed: the files are parsed and cross-checked against the
+code, chiefly against each service's settings class, so that a renamed environment variable,
+a moved port or a dropped hardening flag fails here rather than in a cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import AliasChoices, AliasPath
+
+REPO = Path(__file__).resolve().parents[3]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+K8S_DIR = REPO / "deploy" / "k8s"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+GRAFANA_DIR = REPO / "deploy" / "grafana"
+
+SERVICES = sorted(p.parent.name for p in (REPO / "services").glob("*/pyproject.toml"))
+APP_UID = 10001
+# Read from the environment by a library rather than by a settings class: asyncpg takes the
+# database password from PGPASSWORD when DATABASE_URL has none (the Kubernetes manifests keep
+# the password in a Secret, out of the ConfigMap's URL).
+LIBRARY_ENV = {"PGPASSWORD"}
+# Dockerfile ENV keys that configure the interpreter or the image, not the service.
+IMAGE_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|make|clang|cc|libc6-dev|python3-dev)\b")
+
+
+def test_the_service_list_is_the_expected_one() -> None:
+    # Guards the parametrisation below: a service dir without pyproject would be skipped silently.
+    assert {"referral", "capacity", "indicators", "notify"} <= set(SERVICES)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    env_names: frozenset[str]
+    http_port: int
+    port_env: str
+
+
+def _field_env(settings_cls: type, name: str) -> set[str]:
+    """The environment variable(s) one field of a pydantic-settings class is read from."""
+    config = getattr(settings_cls, "model_config", {})
+    info = settings_cls.model_fields[name]
+    alias = info.validation_alias
+    if alias is None:
+        alias = info.alias or f"{config.get('env_prefix', '') or ''}{name}"
+    names: set[str] = set()
+    for choice in alias.choices if isinstance(alias, AliasChoices) else [alias]:
+        if isinstance(choice, AliasPath):
+            choice = choice.path[0]
+        names.add(str(choice) if config.get("case_sensitive") else str(choice).upper())
+    return names
+
+
+def _aliases(settings_cls: type) -> set[str]:
+    """Every environment variable a pydantic-settings class reads (its fields and its bases')."""
+    return {env for name in settings_cls.model_fields for env in _field_env(settings_cls, name)}
+
+
+@cache
+def _settings(service: str) -> ServiceConfig | None:
+    """The service's settings, or None when its settings module is not written yet."""
+    module_name = f"reflexe_{service}.settings"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name in (module_name, f"reflexe_{service}"):
+            return None
+        raise
+    cls = getattr(module, f"{service.capitalize()}Settings")
+    from reflexe_common.settings import ServiceSettings
+
+    assert issubclass(cls, ServiceSettings), f"{cls.__name__} must extend ServiceSettings"
+    names = _aliases(cls) | _aliases(ServiceSettings)
+    assert "http_port" in cls.model_fields, f"{cls.__name__} has no http_port field"
+    port_env = sorted(_field_env(cls, "http_port"))
+    return ServiceConfig(frozenset(names), int(cls.model_fields["http_port"].default), port_env[0])
+
+
+def _settings_or_skip(service: str) -> ServiceConfig:
+    config = _settings(service)
+    if config is None:
+        pytest.skip(f"reflexe_{service}.settings is not written yet")
+    return config
+
+
+# --------------------------------------------------------------------------- Dockerfiles
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def env(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for args in self.all("ENV"):
+            parts = shlex.split(args)
+            if parts and "=" not in parts[0]:  # legacy "ENV KEY value"
+                values[parts[0]] = " ".join(parts[1:])
+                continue
+            for part in parts:
+                key, _, value = part.partition("=")
+                values[key] = value
+        return values
+
+
+def _parse_dockerfile(path: Path) -> list[Stage]:
+    text = path.read_text(encoding="utf-8")
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, f"{path}: dangling line continuation"
+    args_before_from: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            args_before_from[name] = default.strip('"')
+        elif keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: args_before_from.get(m.group(1), m.group(0)), words[0])
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, name))
+        else:
+            assert stages, f"{path}: {keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, args))
+    assert stages, f"{path}: no FROM"
+    return stages
+
+
+def _exec_form(args: str, what: str) -> list[str]:
+    try:
+        value = json.loads(args)
+    except json.JSONDecodeError:
+        pytest.fail(f"{what} must use the exec (JSON array) form, got {args!r}")
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), what
+    return value
+
+
+def _console_script_module(service: str) -> str:
+    project = tomllib.loads((REPO / "services" / service / "pyproject.toml").read_text(encoding="utf-8"))
+    scripts = project["project"]["scripts"]
+    assert f"reflexe-{service}" in scripts, f"services/{service}/pyproject.toml: no reflexe-{service} script"
+    return scripts[f"reflexe-{service}"].partition(":")[0].removesuffix(".__main__")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_dockerfile_is_hardened_and_runs_the_service(service: str) -> None:
+    path = REPO / "services" / service / "Dockerfile"
+    assert path.is_file(), f"{path.relative_to(REPO)} is missing"
+    stages = _parse_dockerfile(path)
+    final = stages[-1]
+
+    for stage in stages:
+        image, _, tag = stage.base.rpartition(":")
+        assert image == "python" and tag.startswith("3.11-slim"), f"base image {stage.base!r}: want python:3.11-slim*"
+    # No compilers in the runtime stage (the build stage may have them).
+    for run in final.all("RUN"):
+        assert not ("apt-get" in run and BUILD_TOOLS.search(run)), f"build tools in the final stage: {run}"
+    copies_from_build = [c for c in final.all("COPY") if "--from=" in c]
+    if len(stages) > 1:
+        assert copies_from_build, "multi-stage build whose final stage copies nothing from the build stage"
+
+    users = final.all("USER")
+    assert users, "the final stage must set USER"
+    assert users[-1].split(":")[0] == str(APP_UID), f"USER {users[-1]}: want the numeric uid {APP_UID}"
+
+    env = final.env()
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    assert env.get("PYTHONUNBUFFERED") == "1"
+    assert env.get("HTTP_HOST") == "0.0.0.0", "inside a container the service must bind 0.0.0.0"
+
+    healthchecks = final.all("HEALTHCHECK")
+    assert len(healthchecks) == 1, "exactly one HEALTHCHECK"
+    assert "/healthz" in healthchecks[0] and "python" in healthchecks[0], "HEALTHCHECK must GET /healthz with python"
+    assert "curl" not in healthchecks[0] and "wget" not in healthchecks[0], "no curl/wget in python:slim"
+
+    entrypoints = final.all("ENTRYPOINT")
+    assert len(entrypoints) == 1, "exactly one ENTRYPOINT"
+    module = _console_script_module(service)
+    assert _exec_form(entrypoints[0], "ENTRYPOINT") == ["python", "-m", module]
+
+    exposed = {int(p.split("/")[0]) for e in final.all("EXPOSE") for p in e.split()}
+    config = _settings(service)
+    if config is not None:
+        assert exposed == {config.http_port}, f"EXPOSE {exposed}: the service listens on {config.http_port}"
+        service_env = set(env) - IMAGE_ENV
+        assert service_env <= config.env_names, f"ENV the service does not read: {service_env - config.env_names}"
+        port = env.get(config.port_env, str(config.http_port))
+        assert f"'{config.port_env}'" in healthchecks[0] or port in healthchecks[0], "HEALTHCHECK on another port"
+
+    # Last: the package the ENTRYPOINT runs must exist (skipped while it is being written).
+    package_dirs = [p for p in (REPO / "services").glob(f"*/src/{module}") if (p / "__init__.py").is_file()]
+    if not package_dirs:
+        pytest.skip(f"package {module} is not written yet (no services/*/src/{module}/)")
+    assert any((p / "__main__.py").is_file() for p in package_dirs), f"{module} has no __main__.py for python -m"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    path = REPO / ".dockerignore"
+    assert path.is_file()
+    patterns = {line.strip().rstrip("/") for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")}
+    for required in (".venv", ".local", ".git", "tests", "test-artifacts"):
+        assert required in patterns, f".dockerignore must exclude {required}"
+    assert patterns & {"**/__pycache__", "__pycache__"}, ".dockerignore must exclude __pycache__"
+    # Allow-list style ("*" then "!path") or deny-list style: either way the images' inputs get in.
+    for needed in ("requirements.txt", "constraints.txt", "libs/common", "services"):
+        assert needed not in patterns, f".dockerignore excludes {needed}, which the images need"
+        if "*" in patterns:
+            assert f"!{needed}" in patterns, f".dockerignore excludes everything but does not let {needed} back in"
+
+
+# --------------------------------------------------------------------------- compose
+
+
+@cache
+def _compose() -> dict[str, Any]:
+    assert COMPOSE_FILE.is_file(), "docker-compose.yml is missing"
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def _compose_services() -> dict[str, dict[str, Any]]:
+    return _compose()["services"]
+
+
+def _compose_env(definition: dict[str, Any]) -> dict[str, str]:
+    env = definition.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def _published_ports(definition: dict[str, Any]) -> list[tuple[int | None, int]]:
+    """(host port, container port) pairs; host None when Docker picks one."""
+    pairs: list[tuple[int | None, int]] = []
+    for entry in definition.get("ports") or []:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            pairs.append((int(published) if published is not None else None, int(entry["target"])))
+            continue
+        spec = str(entry).split("/")[0]
+        parts = spec.rsplit(":", 2) if spec.count(":") <= 2 else [spec]
+        if len(parts) == 1:
+            pairs.append((None, int(parts[0])))
+        else:
+            pairs.append((int(parts[-2]), int(parts[-1])))
+    return pairs
+
+
+def _built_services() -> dict[str, str]:
+    """compose service name -> the services/<svc> its Dockerfile builds."""
+    built: dict[str, str] = {}
+    for name, definition in _compose_services().items():
+        if "build" not in definition:
+            continue
+        build = definition["build"]
+        context = REPO / (build if isinstance(build, str) else build.get("context", "."))
+        dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
+        assert dockerfile.is_file(), f"compose service {name}: {dockerfile} does not exist"
+        entry = _exec_form(_parse_dockerfile(dockerfile)[-1].all("ENTRYPOINT")[-1], f"{dockerfile} ENTRYPOINT")
+        module = entry[-1]
+        assert module.startswith("reflexe_"), f"{dockerfile}: ENTRYPOINT runs {module}"
+        service = module.removeprefix("reflexe_")
+        assert service in SERVICES, f"{dockerfile}: ENTRYPOINT module {module} matches no services/<svc>"
+        assert dockerfile.resolve() == (REPO / "services" / service / "Dockerfile").resolve(), (
+            f"compose service {name} builds {dockerfile}, not services/{service}/Dockerfile")
+        built[name] = service
+    return built
+
+
+def test_compose_builds_every_service_once() -> None:
+    built = _built_services()
+    assert sorted(built.values()) == SERVICES, f"compose builds {sorted(built.values())}, want {SERVICES}"
+    for name, service in built.items():
+        assert name == service, f"compose service {name} runs {service}: Prometheus scrapes by service name"
+
+
+def test_compose_host_ports_do_not_collide() -> None:
+    seen: dict[int, str] = {}
+    for name, definition in _compose_services().items():
+        for host, _ in _published_ports(definition):
+            if host is None:
+                continue
+            assert host not in seen, f"host port {host} published by both {seen[host]} and {name}"
+            seen[host] = name
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_service_env_and_ports_match_its_settings(service: str) -> None:
+    by_service = {svc: name for name, svc in _built_services().items()}
+    assert service in by_service, f"docker-compose.yml does not build {service}"
+    definition = _compose_services()[by_service[service]]
+    env = _compose_env(definition)
+    names = _compose_services().keys()
+
+    for key in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "JWT_SECRET"):
+        assert key in env, f"{service}: {key} is not set in compose"
+    kafka_host = env["KAFKA_BOOTSTRAP"].split(",")[0].rsplit(":", 1)[0]
+    assert kafka_host in names, f"{service}: KAFKA_BOOTSTRAP host {kafka_host} is not a compose service"
+    db_host = urlsplit(env["DATABASE_URL"]).hostname
+    assert db_host in names, f"{service}: DATABASE_URL host {db_host} is not a compose service"
+    depends = definition.get("depends_on") or {}
+    for dependency in (kafka_host, db_host):
+        assert isinstance(depends, dict) and dependency in depends, f"{service} must depend on {dependency}"
+        assert depends[dependency].get("condition") == "service_healthy", f"{service}: wait for {dependency} healthy"
+        assert "healthcheck" in _compose_services()[dependency], f"{dependency} needs a healthcheck"
+
+    config = _settings_or_skip(service)
+    unknown = set(env) - config.env_names
+    assert not unknown, f"{service}: compose sets variables its settings do not read: {sorted(unknown)}"
+    if config.port_env in env:
+        assert int(env[config.port_env]) == config.http_port, f"{service}: compose moves the port"
+    targets = [target for _, target in _published_ports(definition)]
+    assert targets == [config.http_port], f"{service}: container ports {targets}, service listens on {config.http_port}"
+
+
+def test_compose_services_share_one_jwt_secret() -> None:
+    secrets = {_compose_env(_compose_services()[name]).get("JWT_SECRET") for name in _built_services()}
+    assert len(secrets) == 1 and None not in secrets, "every service must verify tokens with the same JWT_SECRET"
+
+
+def _broker() -> dict[str, Any]:
+    brokers = [d for d in _compose_services().values() if str(d.get("image", "")).startswith("apache/kafka:")]
+    assert len(brokers) == 1, "one apache/kafka broker in compose"
+    return brokers[0]
+
+
+def test_compose_broker_is_kraft_single_node_without_topic_auto_creation() -> None:
+    broker = _broker()
+    tag = broker["image"].split(":", 1)[1]
+    assert re.fullmatch(r"4\.\d+\.\d+", tag), f"apache/kafka tag {tag}: want a pinned 4.x"
+    env = _compose_env(broker)
+    assert env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false", "topic auto-creation must be off"
+    assert set(env.get("KAFKA_PROCESS_ROLES", "").split(",")) == {"broker", "controller"}
+    assert env.get("KAFKA_NODE_ID") and env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").startswith(env["KAFKA_NODE_ID"] + "@")
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert env.get(key) == "1", f"{key} must be 1 on a single node"
+    listeners = dict(x.split("://", 1) for x in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(x.split("://", 1) for x in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised.get("EXTERNAL") == "localhost:19092", "host clients reach the broker on localhost:19092"
+    assert listeners.get("EXTERNAL", "").endswith(":19092")
+    assert (19092, 19092) in _published_ports(broker), "the EXTERNAL listener must be published on host 19092"
+    service_hosts = {_compose_env(_compose_services()[name])["KAFKA_BOOTSTRAP"] for name in _built_services()}
+    assert service_hosts <= set(advertised.values()), f"services bootstrap from {service_hosts}, not an advertised listener"
+
+
+def _bind_mounts(definition: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path for the bind mounts of a compose service."""
+    mounts: dict[str, Path] = {}
+    for volume in definition.get("volumes") or []:
+        source, _, rest = str(volume).partition(":")
+        if source.startswith((".", "/")):
+            mounts[rest.split(":")[0]] = (REPO / source).resolve()
+    return mounts
+
+
+def test_prometheus_scrapes_every_service_and_loads_the_rules_dir() -> None:
+    prometheus = [d for d in _compose_services().values() if str(d.get("image", "")).startswith("prom/prometheus")]
+    assert len(prometheus) == 1
+    mounts = _bind_mounts(prometheus[0])
+    config_path = PROMETHEUS_DIR / "prometheus.yml"
+    assert mounts.get("/etc/prometheus/prometheus.yml") == config_path.resolve()
+    rules_mount = [c for c, h in mounts.items() if h == (PROMETHEUS_DIR / "rules").resolve()]
+    assert rules_mount and (PROMETHEUS_DIR / "rules").is_dir(), "deploy/prometheus/rules must be mounted"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    assert any(f.startswith(rules_mount[0] + "/") for f in config.get("rule_files", [])), "rule_files must read the rules dir"
+    targets = {t for job in config["scrape_configs"] if job.get("metrics_path", "/metrics") == "/metrics"
+               for sc in job.get("static_configs", []) for t in sc["targets"]}
+    for name in _built_services():
+        definition = _compose_services()[name]
+        port = _published_ports(definition)[0][1]
+        assert f"{name}:{port}" in targets, f"Prometheus does not scrape {name}:{port}"
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards_dir() -> None:
+    grafana = [d for d in _compose_services().values() if str(d.get("image", "")).startswith("grafana/grafana")]
+    assert len(grafana) == 1
+    mounts = _bind_mounts(grafana[0])
+    assert mounts.get("/etc/grafana/provisioning") == (GRAFANA_DIR / "provisioning").resolve()
+    datasources = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text(encoding="utf-8"))
+    prom = [d for d in datasources["datasources"] if d["type"] == "prometheus"]
+    assert len(prom) == 1 and prom[0]["uid"] == "prometheus", "dashboards refer to the datasource uid 'prometheus'"
+    assert urlsplit(prom[0]["url"]).hostname in _compose_services(), "datasource URL must name the compose service"
+    providers = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/dashboards.yml").read_text(encoding="utf-8"))
+    paths = {p["options"]["path"] for p in providers["providers"]}
+    for path in paths:
+        assert mounts.get(path) == (GRAFANA_DIR / "dashboards").resolve(), f"{path} is not deploy/grafana/dashboards"
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+@cache
+def _k8s_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    documents = []
+    for resource in kustomization["resources"]:
+        path = K8S_DIR / resource
+        assert path.is_file(), f"kustomization lists {resource}, which does not exist"
+        documents += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    return documents
+
+
+def _k8s(kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in _k8s_documents() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    on_disk = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert on_disk == set(kustomization["resources"]), "kustomization.yaml and deploy/k8s/*.yaml disagree"
+    for required in ("namespace.yaml", "config.yaml", "secret.example.yaml", *(f"{s}.yaml" for s in SERVICES)):
+        assert required in on_disk, f"deploy/k8s/{required} is missing"
+    namespaces = {d["metadata"]["name"] for d in _k8s("Namespace")}
+    assert namespaces == {kustomization["namespace"]}
+    for document in _k8s_documents():
+        if document["kind"] != "Namespace":
+            assert document["metadata"].get("namespace", kustomization["namespace"]) == kustomization["namespace"]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{deployment['metadata']['name']}: one container per pod"
+    return containers[0]
+
+
+def _k8s_env_names(container: dict[str, Any]) -> set[str]:
+    names = {e["name"] for e in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            maps = _k8s("ConfigMap", source["configMapRef"]["name"])
+            assert maps, f"envFrom references a ConfigMap {source['configMapRef']['name']} that is not defined"
+            names |= {source.get("prefix", "") + key for key in maps[0].get("data", {})}
+        if "secretRef" in source:
+            secrets = _k8s("Secret", source["secretRef"]["name"])
+            assert secrets, f"envFrom references a Secret {source['secretRef']['name']} that is not defined"
+            secret = secrets[0]
+            names |= {source.get("prefix", "") + key for key in {**secret.get("data", {}), **secret.get("stringData", {})}}
+    return names
+
+
+def _container_port(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    named = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
+    assert named, f"no container port named {port}"
+    return named[0]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_k8s_deployment_is_hardened_and_probed(service: str) -> None:
+    deployments = _k8s("Deployment", service)
+    assert len(deployments) == 1, f"one Deployment named {service}"
+    deployment = deployments[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    pod_sc = pod.get("securityContext", {})
+    sc = container.get("securityContext", {})
+
+    def effective(key: str) -> Any:
+        return sc.get(key, pod_sc.get(key))
+
+    assert effective("runAsNonRoot") is True
+    assert effective("runAsUser") == APP_UID
+    assert (effective("seccompProfile") or {}).get("type") == "RuntimeDefault"
+    assert sc.get("readOnlyRootFilesystem") is True
+    assert sc.get("allowPrivilegeEscalation") is False
+    assert "ALL" in sc.get("capabilities", {}).get("drop", []), "capabilities must drop ALL"
+    assert not sc.get("privileged", False)
+    assert pod.get("terminationGracePeriodSeconds") == 30
+
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+    assert tmp and "emptyDir" in volumes.get(tmp[0]["name"], {}), "a read-only root needs an emptyDir at /tmp"
+
+    resources = container.get("resources", {})
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"resources.{bound} needs cpu and memory"
+
+    ports = [p["containerPort"] for p in container.get("ports", [])]
+    assert len(ports) == 1, "one container port"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container.get(probe, {}).get("httpGet")
+        assert get and get["path"] == path, f"{probe} must GET {path}"
+        assert _container_port(container, get["port"]) == ports[0], f"{probe} probes another port"
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert int(annotations.get("prometheus.io/port", -1)) == ports[0]
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+
+    if service == "capacity":
+        assert deployment["spec"].get("replicas", 1) >= 2, "the matcher scales within a consumer group"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_k8s_service_and_env_match_the_settings(service: str) -> None:
+    deployment = _k8s("Deployment", service)[0]
+    container = _container(deployment)
+    port = container["ports"][0]["containerPort"]
+
+    services = _k8s("Service", service)
+    assert len(services) == 1, f"one Service named {service}"
+    spec = services[0]["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"].items() <= pod_labels.items(), "the Service selects no pod of the Deployment"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    for service_port in spec["ports"]:
+        target = _container_port(container, service_port.get("targetPort", service_port["port"]))
+        assert target == port, f"Service targetPort {target}, container listens on {port}"
+
+    for ref in container.get("env", []):
+        secret_ref = ref.get("valueFrom", {}).get("secretKeyRef")
+        if secret_ref:
+            secrets = _k8s("Secret", secret_ref["name"])
+            assert secrets, f"Secret {secret_ref['name']} is not defined"
+            keys = {**secrets[0].get("data", {}), **secrets[0].get("stringData", {})}
+            assert secret_ref["key"] in keys, f"Secret {secret_ref['name']} has no key {secret_ref['key']}"
+
+    names = _k8s_env_names(container)
+    for key in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "JWT_SECRET"):
+        assert key in names, f"{service}: {key} is not set in the manifests"
+
+    config = _settings_or_skip(service)
+    unknown = names - config.env_names - LIBRARY_ENV
+    assert not unknown, f"{service}: the manifests set variables its settings do not read: {sorted(unknown)}"
+    assert port == config.http_port, f"containerPort {port}, the service listens on {config.http_port}"
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if env.get(config.port_env) is not None:
+        assert int(env[config.port_env]) == config.http_port
+
+
+def test_k8s_config_points_at_in_cluster_kafka_and_postgres() -> None:
+    data = _k8s("ConfigMap", "reflexe-config")[0]["data"]
+    assert data["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    url = urlsplit(data["DATABASE_URL"])
+    assert (url.hostname, url.port) == ("postgres", 5432)
+    assert url.password is None, "no password in a ConfigMap: it belongs in the Secret"
+    assert data.get("HTTP_HOST", "0.0.0.0") == "0.0.0.0"
