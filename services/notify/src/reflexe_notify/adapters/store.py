@@ -210,7 +210,7 @@ async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None) -> list[
 async def add_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID, secret: str) -> asyncpg.Record | None:
     """Start a rotation; None when one is already under way."""
     return await pool.fetchrow(
-        "UPDATE subscriptions SET secrets = secrets || $2 WHERE id = $1 AND active AND cardinality(secrets) = 1 "
+        "UPDATE subscriptions SET secrets = array_append(secrets, $2::text) WHERE id = $1 AND active AND cardinality(secrets) = 1 "
         "RETURNING *", subscription_id, secret,
     )
 

@@ -1,0 +1,59 @@
+"""Shared benchmark plumbing: its own throwaway infrastructure, percentiles, paced load."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
+from typing import Iterator
+
+from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
+
+BENCH_KAFKA_PORT = 27092
+BENCH_CONTROLLER_PORT = 27093
+BENCH_PG_PORT = 27432
+
+
+@contextmanager
+def bench_infra() -> Iterator[Infra]:
+    state_dir = make_state_dir("reflexe-bench-")
+    try:
+        yield start_infra(state_dir, BENCH_KAFKA_PORT, BENCH_CONTROLLER_PORT, BENCH_PG_PORT)
+    finally:
+        stop_infra(state_dir)
+
+
+def percentiles(samples_seconds: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds (nearest-rank on the sorted samples)."""
+    if not samples_seconds:
+        return {"n": 0}
+    ordered = sorted(samples_seconds)
+
+    def rank(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))] * 1000
+
+    return {"n": len(ordered), "p50_ms": rank(50), "p95_ms": rank(95), "p99_ms": rank(99),
+            "max_ms": ordered[-1] * 1000, "mean_ms": statistics.fmean(ordered) * 1000}
+
+
+async def paced(rate_per_second: float, count: int, action: Callable[[int], Awaitable[None]]) -> float:
+    """Start `action(i)` at a steady rate (open loop: a slow call does not slow the schedule);
+    returns the elapsed seconds once every action finished."""
+    started = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = started + i / rate_per_second - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(action(i)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(f"\n{title}")
+    for name, stats in rows.items():
+        figures = "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
+        print(f"  {name:<34} {figures}")

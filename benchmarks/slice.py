@@ -1,0 +1,99 @@
+"""End-to-end latency of the first slice: referral POST answered → offer webhook received at the
+HAD, at a steady rate, with the raw aiokafka produce→consume round trip on the same broker as
+the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from benchmarks.common import paced, percentiles, print_table
+from reflexe_common.geography import Geography
+from tests.support.data import had_body, referral_body
+from tests.support.infra import Infra
+from tests.support.platform import running_platform, webhook_receiver
+from tests.support.services import eventually, token
+
+
+async def raw_round_trip(bootstrap: str, rate: float, count: int) -> list[float]:
+    topic = f"bench.roundtrip.{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 6, 1)])
+    await admin.close()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"rt-{topic}",
+                                fetch_max_wait_ms=100)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1)
+    await consumer.start()
+    await producer.start()
+    sent: dict[bytes, float] = {}
+    latencies: list[float] = []
+
+    async def consume() -> None:
+        while len(latencies) < count:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    latencies.append(time.perf_counter() - sent[r.value])
+
+    reader = asyncio.create_task(consume())
+    await asyncio.sleep(2)  # let the consumer join before timing
+
+    async def send(i: int) -> None:
+        value = f"{i}".encode()
+        sent[value] = time.perf_counter()
+        await producer.send_and_wait(topic, value, key=str(i % 13).encode())
+
+    await paced(rate, count, send)
+    await asyncio.wait_for(reader, 60)
+    await producer.stop()
+    await consumer.stop()
+    return latencies
+
+
+async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
+    count = int(rate * seconds)
+    communes = [c.insee_code for c in Geography.load().communes_of_department("34")]
+    async with running_platform(infra, log_dir) as services, webhook_receiver() as (receiver, hook_url):
+        async with httpx.AsyncClient(base_url=services["referral"].url, timeout=30) as referral, \
+                httpx.AsyncClient(base_url=services["capacity"].url) as capacity, \
+                httpx.AsyncClient(base_url=services["notify"].url) as notify:
+            for n in range(8):  # eight HADs sharing the department, ample places
+                had = f"34990{n:04d}"
+                await capacity.put(f"/v1/hads/{had}", json=had_body(f"HAD bench {n}", communes, places=5000), headers=token("admin"))
+                await notify.post("/v1/subscriptions", headers=token("had", finess=had),
+                                  json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"]})
+                await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
+                                    json={"places_available": 5000, "admissions_possible_today": 5000, "status": "OPEN"})
+            hospital = "340000001"
+            headers = token("hospital", finess=hospital)
+            answered: dict[str, float] = {}
+
+            async def post(i: int) -> None:
+                body = referral_body(hospital, communes[i % len(communes)])
+                response = await referral.post("/v1/referrals", json=body, headers=headers)
+                response.raise_for_status()
+                answered[body["referral_id"]] = time.time()
+
+            await paced(5, 20, post)  # warm-up
+            await eventually(lambda: asyncio.sleep(0, len(receiver.of_type("offer.proposed")) >= 20), timeout=60, what="warm-up")
+            warm = {d.json["data"]["referral_id"] for d in receiver.of_type("offer.proposed")}
+            answered.clear()
+            elapsed = await paced(rate, count, post)
+            await eventually(lambda: asyncio.sleep(0, len(receiver.unique()) - len(warm) >= count), timeout=120,
+                             what="every webhook")
+            received = {d.json["data"]["referral_id"]: d.received_at for d in receiver.of_type("offer.proposed")}
+            slice_latencies = [received[rid] - t for rid, t in answered.items() if rid in received]
+    raw = await raw_round_trip(infra.kafka_bootstrap, rate, count)
+    slice_stats, raw_stats = percentiles(slice_latencies), percentiles(raw)
+    print_table(f"Slice benchmark: {count} referrals at {rate:.0f}/s (posting took {elapsed:.1f} s)", {
+        "POST answered -> webhook received": slice_stats,
+        "raw aiokafka produce -> consume": raw_stats,
+    })
+    print(f"  ratio slice/raw: p50 x{slice_stats['p50_ms'] / raw_stats['p50_ms']:.1f}, "
+          f"p99 x{slice_stats['p99_ms'] / raw_stats['p99_ms']:.1f}")

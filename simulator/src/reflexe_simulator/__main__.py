@@ -1,0 +1,310 @@
+"""Command line: play a realistic, time-accelerated day against the Réflexe services.
+
+    python -m reflexe_simulator --departments 34,31 --speed 60 --duration 600
+
+See ``--help`` for every option. Only the public HTTP APIs and webhooks are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from datetime import UTC, datetime, time as dtime
+from typing import Any
+
+import uvicorn
+
+from reflexe_simulator.actors import PARIS, Counters, HadActor, SimClock, World, traffic_loop
+from reflexe_simulator.client import PlatformClient, Result
+from reflexe_simulator.scenario import Scenario, build_scenario
+from reflexe_simulator.traffic import REFERRALS_PER_100K_PER_DAY, default_daily_volume
+from reflexe_simulator.webhooks import WebhookReceiver, build_app
+
+log = logging.getLogger("reflexe_simulator")
+
+DESCRIPTION = """\
+Réflexe simulator: plays a realistic, time-accelerated day of home-hospitalisation (HAD)
+referrals for one or more departments, using only the platform's public APIs.
+
+What it does
+  * builds a deterministic scenario from --seed: 3-5 fictional HAD establishments per
+    department (FINESS <dept>9<kind><seq><Luhn key>), zones made of the department's REAL
+    communes (every commune covered, overlap around the prefecture), emergency departments
+    (ED/UHCD/wards), EHPADs and GP practices;
+  * registers the HADs (PUT /v1/hads/{finess}, admin token) and declares their capacity
+    (POST /v1/hads/{finess}/capacity), then re-declares every 1.5-4 simulated hours (places
+    drift with admissions and discharges; sometimes SATURATED, rarely CLOSED; one HAD per
+    department often lets its declaration go stale);
+  * posts referrals (POST /v1/referrals, hospital token) following a daily profile: ED
+    arrivals peak late morning and early evening, UHCD after the morning round, EHPAD/wards
+    in office hours, GPs in consultation hours;
+  * runs a webhook receiver on --webhook-port and subscribes each HAD (HAD token) and each
+    desk (desk token) to the notify service (POST /v1/subscriptions) with its own secret;
+    deliveries are verified (Standard Webhooks signature; bad ones get 401 and are counted)
+    and deduplicated by webhook-id;
+  * HADs answer offer.proposed after a lognormal delay (median 13 simulated minutes, doubled
+    at night): ~70% accept, ~25% decline with a reason, ~5% never answer; a delay longer
+    than --hold-minutes means the answer arrives after the hold has expired; accepted
+    patients are admitted a few simulated hours later (by day), then discharged after their
+    expected stay;
+  * desks log alerts and act on escalations: widen to neighbouring departments (~40%),
+    offer to a chosen HAD from the capacity board (~35%), or close (OTHER, "pas de solution
+    HAD");
+  * prints one line per event and running counters every --report-every seconds.
+
+Time: the simulated clock runs --speed times faster than real time; the platform keeps real
+time (its 30-minute hold is 30 real minutes), so delays sampled in simulated time are
+divided by --speed and timestamps sent are real ones.
+
+Environment: REFERRAL_URL, CAPACITY_URL, NOTIFY_URL, JWT_SECRET (flags take precedence).
+"""
+
+
+def _departments(value: str) -> list[str]:
+    codes = [c.strip().upper() for c in value.split(",") if c.strip()]
+    if not codes:
+        raise argparse.ArgumentTypeError("at least one department code")
+    return codes
+
+
+def _start(value: str) -> datetime:
+    try:
+        if "T" in value or "-" in value:
+            parsed = datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=PARIS)
+        hour, minute = (int(x) for x in value.split(":"))
+        return datetime.combine(datetime.now(PARIS).date(), dtime(hour, minute), tzinfo=PARIS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HH:MM or an ISO date-time, got {value!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reflexe_common.settings import ServiceSettings
+
+    env = os.environ
+    p = argparse.ArgumentParser(prog="reflexe-simulator", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("scenario")
+    g.add_argument("--departments", type=_departments, default=["34", "31"], metavar="CODES",
+                   help="comma-separated department codes to simulate (default: 34,31)")
+    g.add_argument("--seed", type=int, default=1, help="seed of the scenario and of the traffic (default: 1)")
+    g.add_argument("--print-scenario", action="store_true", help="print the scenario as JSON and exit")
+    g = p.add_argument_group("time and volume")
+    g.add_argument("--speed", type=float, default=60.0,
+                   help="simulated seconds per real second (default: 60 = one simulated minute per second)")
+    g.add_argument("--rate", type=float, default=None, metavar="PER_DAY",
+                   help=f"referrals per simulated day per department (default: {REFERRALS_PER_100K_PER_DAY} per "
+                        "100,000 inhabitants: Hérault ~18, Haute-Garonne ~22)")
+    g.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this many REAL seconds (0 = run until interrupted; default: 0)")
+    g.add_argument("--start", type=_start, default=None, metavar="HH:MM|ISO",
+                   help="simulated start time, local (Europe/Paris) (default: today 07:00)")
+    g.add_argument("--hold-minutes", type=float, default=30.0,
+                   help="the platform's hold for WITHIN_24H offers, in simulated minutes: an HAD whose sampled answer "
+                        "delay exceeds it answers after the real hold has expired (default: 30)")
+    g = p.add_argument_group("platform")
+    g.add_argument("--referral-url", default=env.get("REFERRAL_URL", "http://127.0.0.1:8001"),
+                   help="referral service base URL (env REFERRAL_URL; default http://127.0.0.1:8001)")
+    g.add_argument("--capacity-url", default=env.get("CAPACITY_URL", "http://127.0.0.1:8002"),
+                   help="capacity service base URL (env CAPACITY_URL; default http://127.0.0.1:8002)")
+    g.add_argument("--notify-url", default=env.get("NOTIFY_URL", "http://127.0.0.1:8004"),
+                   help="notify service base URL (env NOTIFY_URL; default http://127.0.0.1:8004)")
+    g.add_argument("--jwt-secret", default=env.get("JWT_SECRET") or ServiceSettings().jwt_secret,
+                   help="HS256 secret used to mint tokens (env JWT_SECRET; default: the services' dev secret)")
+    g.add_argument("--no-register", action="store_true", help="do not (re)register the HADs in the capacity registry")
+    g.add_argument("--dry-run", action="store_true",
+                   help="call no service: log the referrals and declarations that would be sent")
+    g = p.add_argument_group("webhooks")
+    g.add_argument("--webhook-host", default="127.0.0.1", help="interface of the webhook receiver (default 127.0.0.1)")
+    g.add_argument("--webhook-port", type=int, default=8090, help="port of the webhook receiver (default 8090)")
+    g.add_argument("--webhook-base", default=None,
+                   help="base URL the notify service should call (default http://127.0.0.1:<webhook-port>)")
+    g.add_argument("--poll", choices=("auto", "always", "never"), default="auto",
+                   help="poll the desk's open referrals for offers and escalations: 'auto' while any webhook "
+                        "subscription is missing (default), 'always', or 'never'")
+    g = p.add_argument_group("output")
+    g.add_argument("--report-every", type=float, default=10.0, metavar="SECONDS",
+                   help="print the running counters every N real seconds (default 10)")
+    g.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return p
+
+
+class DryRunClient(PlatformClient):
+    """Answers every call locally with success: nothing leaves the process."""
+
+    async def call(self, service: str, method: str, path: str, token: str, body: Any = None) -> Result:
+        log.debug("dry-run %s %s %s %s", service, method, path, json.dumps(body, ensure_ascii=False) if body else "")
+        return Result(201 if method in ("POST", "PUT") else 200, {})
+
+
+class _Server(uvicorn.Server):
+    """The receiver runs inside the simulator's loop; the simulator owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        log.error("webhook receiver cannot listen on %s:%d (%s): continuing without webhooks", host, port, exc)
+        sock.close()
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Subscriptions:
+    """Subscribes every simulated HAD and desk to the notify service; retries the missing ones."""
+
+    def __init__(self, world: World, receiver: WebhookReceiver, base: str) -> None:
+        self.world, self.receiver, self.base = world, receiver, base.rstrip("/")
+        self.wanted: list[tuple[str, str]] = [("had", h.finess) for h in world.scenario.hads]
+        self.wanted += [("desk", code) for code in world.scenario.departments]
+        self.done: set[tuple[str, str]] = set()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.wanted)
+
+    async def subscribe_missing(self) -> None:
+        client = self.world.client
+        for kind, key in self.wanted:
+            if (kind, key) in self.done:
+                continue
+            token = client.tokens.get("had", finess=key) if kind == "had" else client.tokens.get("desk", department=key)
+            url = f"{self.base}/hooks/{kind}/{key}"
+            result = await client.subscribe(token, url, self.receiver.secret_for(kind, key))
+            if result.ok or result.conflict:
+                self.done.add((kind, key))
+            elif result.status:
+                log.warning("subscription of %s %s refused: %s %s", kind, key, result.status, result.code or result.data)
+        if self.complete:
+            log.info("webhook subscriptions: %d/%d in place", len(self.done), len(self.wanted))
+        else:
+            log.warning("webhook subscriptions: %d/%d in place (notify at %s); will retry",
+                        len(self.done), len(self.wanted), client.urls["notify"])
+
+    async def retry_loop(self, every: float = 30.0) -> None:
+        while not self.complete:
+            await asyncio.sleep(every)
+            await self.subscribe_missing()
+
+
+async def _setup_had(world: World, had: HadActor, register: bool) -> None:
+    if register:
+        result = await world.client.register_had(had.spec.finess, had.spec.registry_body())
+        if not result.ok:
+            log.error("could not register %s %s: %s %s", had.spec.finess, had.spec.name, result.status, result.code or result.error)
+            return
+    await had.declare("start")
+
+
+async def _reporter(world: World, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        log.info("[%s] counters %s", world.clock.now().strftime("%a %H:%M"), world.counters.line())
+
+
+async def run(args: argparse.Namespace) -> Counters:
+    scenario: Scenario = build_scenario(args.departments, args.seed)
+    counters = Counters()
+    client_cls = DryRunClient if args.dry_run else PlatformClient
+    client = client_cls(args.referral_url, args.capacity_url, args.notify_url, args.jwt_secret, counters)
+    start = args.start or datetime.combine(datetime.now(PARIS).date(), dtime(7, 0), tzinfo=PARIS)
+    clock = SimClock(start, args.speed)
+    world = World(scenario, client, clock, counters, seed=args.seed, hold_minutes=args.hold_minutes, dry_run=args.dry_run)
+    receiver = WebhookReceiver(world.on_delivery, counters)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    for code, dept in scenario.departments.items():
+        volume = args.rate if args.rate is not None else default_daily_volume(dept.population)
+        log.info("department %s %s: %d communes, %d HADs (%d places), %d hospitals, %d EHPADs, %d GP practices, "
+                 "%.1f referrals/day", code, dept.name, len(dept.communes), len(dept.hads),
+                 sum(h.authorised_places for h in dept.hads), len(dept.hospitals), len(dept.ehpads), len(dept.gps), volume)
+    log.info("speed x%g (a simulated day lasts %.1f real minutes), simulated start %s, services: referral %s, capacity %s, "
+             "notify %s%s", args.speed, 1440 / args.speed, start.strftime("%a %d %b %H:%M"), args.referral_url,
+             args.capacity_url, args.notify_url, " (DRY RUN)" if args.dry_run else "")
+
+    server, server_task, subscriptions = None, None, None
+    background: list[asyncio.Task] = []
+    try:
+        if not args.dry_run:
+            sock = _bind(args.webhook_host, args.webhook_port)
+            if sock is not None:
+                config = uvicorn.Config(build_app(receiver), log_level="warning", lifespan="off", access_log=False)
+                server = _Server(config)
+                server_task = loop.create_task(server.serve(sockets=[sock]))
+        await asyncio.gather(*(_setup_had(world, had, not args.no_register) for had in world.hads.values()))
+        if server is not None:
+            base = args.webhook_base or f"http://127.0.0.1:{args.webhook_port}"
+            subscriptions = Subscriptions(world, receiver, base)
+            await subscriptions.subscribe_missing()
+            background.append(loop.create_task(subscriptions.retry_loop()))
+
+        def polling() -> bool:
+            if args.dry_run or args.poll == "never":
+                return False
+            return args.poll == "always" or subscriptions is None or not subscriptions.complete
+
+        for code, dept in scenario.departments.items():
+            volume = args.rate if args.rate is not None else default_daily_volume(dept.population)
+            background.append(loop.create_task(traffic_loop(world, dept, volume, args.seed)))
+            background.append(loop.create_task(world.desks[code].poll_loop(polling)))
+        for had in world.hads.values():
+            background.append(loop.create_task(had.capacity_loop()))
+        background.append(loop.create_task(_reporter(world, args.report_every)))
+
+        if args.duration > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=args.duration)
+        else:
+            await stop.wait()
+    finally:
+        for task in [*background, *world.tasks]:
+            task.cancel()
+        await asyncio.gather(*background, *world.tasks, return_exceptions=True)
+        if server is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server_task, timeout=5)
+        await client.aclose()
+        log.info("[%s] final counters %s", clock.now().strftime("%a %H:%M"), counters.line())
+    return counters
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-5s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        if args.print_scenario:
+            print(json.dumps(build_scenario(args.departments, args.seed).summary(), ensure_ascii=False, indent=2))
+            return 0
+        asyncio.run(run(args))
+    except ValueError as exc:  # an unknown department, a bad option value
+        print(f"reflexe-simulator: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

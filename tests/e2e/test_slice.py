@@ -1,0 +1,85 @@
+"""The first slice end to end, the four services as separate processes on real Kafka and
+PostgreSQL: an HAD declares capacity → a hospital posts a referral → the referral is offered to
+an HAD covering the care commune → a signed webhook reaches that HAD → it accepts → indicators
+count referrals, offers and acceptances."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from reflexe_notify.domain.signing import verify
+from tests.support.data import had_body, referral_body, unique_finess
+from tests.support.platform import running_platform, webhook_receiver
+from tests.support.services import eventually, token
+
+pytestmark = pytest.mark.e2e
+SECRET = "whsec_" + "c2VjcmV0LWZvci10aGUtZTJlLXRlc3Q="
+COMMUNE = "34006"  # Aigne: only this test's HAD serves it
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_referral_offered_webhooked_accepted_and_counted(topics, tmp_path):
+    async with running_platform(topics, tmp_path) as services, webhook_receiver() as (receiver, hook_url):
+        referral = httpx.AsyncClient(base_url=services["referral"].url)
+        capacity = httpx.AsyncClient(base_url=services["capacity"].url)
+        notify = httpx.AsyncClient(base_url=services["notify"].url)
+        indicators = httpx.AsyncClient(base_url=services["indicators"].url)
+        clients = (referral, capacity, notify, indicators)
+        try:
+            for client, path in ((referral, "/v1/departments/34/referrals"), (capacity, "/v1/departments/34/capacity"),
+                                 (notify, "/v1/subscriptions"), (indicators, "/v1/indicators/departments/34/daily")):
+                assert (await client.get(path)).status_code == 401, f"{client.base_url}{path} answers without a token"
+
+            had = unique_finess()
+            had_token = token("had", finess=had)
+            assert (await capacity.put(f"/v1/hads/{had}", json=had_body("HAD Aigne", [COMMUNE]), headers=token("admin"))).status_code == 200
+            subscribed = await notify.post("/v1/subscriptions", headers=had_token,
+                                           json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"], "secret": SECRET})
+            assert subscribed.status_code == 201, subscribed.text
+            declared = await capacity.post(f"/v1/hads/{had}/capacity", headers=had_token,
+                                           json={"places_available": 3, "admissions_possible_today": 2, "status": "OPEN"})
+            assert declared.status_code == 201
+
+            hospital = unique_finess()
+            posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE), headers=token("hospital", finess=hospital))
+            assert posted.status_code == 201
+            referral_id = posted.json()["referral_id"]
+
+            async def offer_webhook():
+                return [d for d in receiver.of_type("offer.proposed") if d.json["data"]["referral_id"] == referral_id]
+
+            [webhook] = await eventually(offer_webhook, timeout=30, what="the offer webhook")
+            assert webhook.path == f"/had/{had}"
+            assert verify(SECRET, webhook.headers, webhook.body)
+            assert re.fullmatch(r"msg_[0-9a-f-]{36}", webhook.headers["webhook-id"])
+            data = webhook.json["data"]
+            assert data["had_finess"] == had and data["department"] == "34"
+            assert "pseudonym" not in webhook.body.decode() and "birth" not in webhook.body.decode()
+
+            accepted = await referral.post(f"/v1/referrals/{referral_id}/offers/{data['offer_id']}/accept", headers=had_token)
+            assert accepted.status_code == 200 and accepted.json()["status"] == "ACCEPTED"
+
+            async def counted():
+                text = (await indicators.get("/metrics")).text
+                ok = (metric(text, "reflexe_referrals_total", department="34") >= 1
+                      and metric(text, "reflexe_offers_total", department="34", outcome="made") >= 1
+                      and metric(text, "reflexe_offers_total", department="34", outcome="accepted") >= 1)
+                return text if ok else None
+
+            text = await eventually(counted, timeout=30, what="indicators counting the slice")
+            assert referral_id not in text and had not in text, "no referral or HAD id in metric labels"
+            daily = await indicators.get("/v1/indicators/departments/34/daily", headers=token("desk", department="34"))
+            assert daily.json()["offers"]["accepted"] >= 1
+        finally:
+            for client in clients:
+                await client.aclose()

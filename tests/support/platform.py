@@ -1,0 +1,36 @@
+"""The whole platform as separate processes on the test infrastructure, plus a webhook receiver."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from tests.support.infra import Infra
+from tests.support.receiver import WebhookReceiver
+from tests.support.services import ServiceProcess, serve_in_process, service_env
+
+SERVICES = {"referral": "REFERRAL_HTTP_PORT", "capacity": "CAPACITY_HTTP_PORT",
+            "indicators": "INDICATORS_HTTP_PORT", "notify": "NOTIFY_HTTP_PORT"}
+
+
+@asynccontextmanager
+async def running_platform(infra: Infra, log_dir: Path, **env: str) -> AsyncIterator[dict[str, ServiceProcess]]:
+    processes = {name: ServiceProcess(f"reflexe_{name}", service_env(infra, **env), port_env, log_dir)
+                 for name, port_env in SERVICES.items()}
+    try:
+        for process in processes.values():
+            process.start()
+        for process in processes.values():
+            await process.wait_ready()
+        yield processes
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+@asynccontextmanager
+async def webhook_receiver(fail_first: int = 0) -> AsyncIterator[tuple[WebhookReceiver, str]]:
+    receiver = WebhookReceiver(fail_first=fail_first)
+    async with serve_in_process(receiver.app()) as url:
+        yield receiver, url
