@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -72,8 +73,6 @@ class Receiver:
         return web.Response(status=self.answer(webhook_id, self._seen[webhook_id]))
 
     def of_type(self, event_type: str) -> list[Received]:
-        import json
-
         return [r for r in self.received if json.loads(r.body)["type"] == event_type]
 
     def distinct_ids(self) -> set[str]:

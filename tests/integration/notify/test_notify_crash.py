@@ -7,7 +7,6 @@ notification exactly once, and every delivery ends DELIVERED.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -107,12 +107,14 @@ class CapacityStore:
             str(hold.state), hold.placed_under, by_desk,
         )
 
-    async def save_hold_state(self, hold: Hold, at: datetime) -> None:
+    async def save_hold_state(self, hold: Hold, at: datetime, answered: bool) -> None:
+        """answered: the change is the HAD's own answer (it counts for its response time)."""
         await self.conn.execute(
             "UPDATE holds SET state = $2, converted_at = $3, "
-            "answered_at = CASE WHEN $2 IN ('CONFIRMED', 'RELEASED') AND answered_at IS NULL THEN $4 ELSE answered_at END "
+            "answered_at = CASE WHEN $5 AND answered_at IS NULL THEN $4 ELSE answered_at END, "
+            "released_at = CASE WHEN $2 = 'RELEASED' THEN $4 ELSE released_at END "
             "WHERE hold_id = $1",
-            hold.hold_id, str(hold.state), hold.converted_at, at,
+            hold.hold_id, str(hold.state), hold.converted_at, at, answered,
         )
 
     async def hold_of_offer(self, offer_id: str) -> asyncpg.Record | None:

@@ -40,7 +40,8 @@ CREATE TABLE holds (
     state        text        NOT NULL CHECK (state IN ('ACTIVE', 'CONFIRMED', 'CONVERTED', 'RELEASED')),
     placed_under timestamptz NOT NULL,
     converted_at timestamptz,
-    answered_at  timestamptz,
+    answered_at  timestamptz,  -- the HAD's answer (accept or decline): response-time ranking
+    released_at  timestamptz,  -- event time the place was given back (invariant checks over time)
     by_desk      boolean     NOT NULL DEFAULT false
 );
 CREATE INDEX holds_live ON holds (had_finess) WHERE state IN ('ACTIVE', 'CONFIRMED', 'CONVERTED');

@@ -67,10 +67,11 @@ class Matcher:
             case referral_pb2.ReferralDeclaredIneligible():
                 await store.update_match_request(message.header.referral_id, open=False)
             case referral_pb2.OfferAccepted():
-                await self._change_hold(store, message.offer_id, "confirm", dt(message.header.occurred_at))
+                await self._change_hold(store, message.offer_id, "confirm", dt(message.header.occurred_at), answered=True)
             case referral_pb2.OfferDeclined() | referral_pb2.OfferExpired():
                 at = dt(message.header.occurred_at)
-                await self._change_hold(store, message.offer_id, "release", at)
+                await self._change_hold(store, message.offer_id, "release", at,
+                                        answered=isinstance(message, referral_pb2.OfferDeclined))
                 await self._offer_next(store, message.header.referral_id, at)
             case referral_pb2.OfferWithdrawn():
                 await self._change_hold(store, message.offer_id, "release", dt(message.header.occurred_at))
@@ -134,7 +135,8 @@ class Matcher:
             by_desk=by_desk), at)
         await self.emit_live_places(store, ledger, at)
 
-    async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime) -> None:
+    async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime,
+                           answered: bool = False) -> None:
         row = await store.hold_of_offer(hold_id)
         if row is None:
             return  # an offer this matcher never made (e.g. withdrawn before its hold was stored)
@@ -146,7 +148,7 @@ class Matcher:
                 hold = getattr(ledger, change)(hold_id)
         except (UnknownHold, HoldConflict):
             return
-        await store.save_hold_state(hold, at)
+        await store.save_hold_state(hold, at, answered)
         await self.emit_live_places(store, ledger, at)
 
     async def declare(self, store: CapacityStore, declaration: CapacityDeclaration, channel: str) -> bool:
