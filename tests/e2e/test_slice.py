@@ -5,6 +5,7 @@ count referrals, offers and acceptances."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import httpx
@@ -16,7 +17,7 @@ from tests.support.platform import running_platform, webhook_receiver
 from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.e2e
-SECRET = "whsec_" + "c2VjcmV0LWZvci10aGUtZTJlLXRlc3Q="
+SECRET = "whsec_" + base64.b64encode(b"a-32-byte-secret-for-the-e2e-run").decode()
 COMMUNE = "34006"  # Aigne: only this test's HAD serves it
 
 

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from datetime import UTC, datetime, time as dtime
+from datetime import datetime, time as dtime
 from typing import Any
 
 import uvicorn
@@ -173,32 +173,37 @@ class Subscriptions:
         self.wanted: list[tuple[str, str]] = [("had", h.finess) for h in world.scenario.hads]
         self.wanted += [("desk", code) for code in world.scenario.departments]
         self.done: set[tuple[str, str]] = set()
+        self.poll_meanwhile = False
 
     @property
     def complete(self) -> bool:
         return len(self.done) == len(self.wanted)
 
-    async def subscribe_missing(self) -> None:
+    async def _subscribe(self, kind: str, key: str) -> None:
         client = self.world.client
-        for kind, key in self.wanted:
-            if (kind, key) in self.done:
-                continue
-            token = client.tokens.get("had", finess=key) if kind == "had" else client.tokens.get("desk", department=key)
-            url = f"{self.base}/hooks/{kind}/{key}"
-            result = await client.subscribe(token, url, self.receiver.secret_for(kind, key))
-            if result.ok or result.conflict:
-                self.done.add((kind, key))
-            elif result.status:
-                log.warning("subscription of %s %s refused: %s %s", kind, key, result.status, result.code or result.data)
+        token = client.tokens.get("had", finess=key) if kind == "had" else client.tokens.get("desk", department=key)
+        url = f"{self.base}/hooks/{kind}/{key}"
+        result = await client.subscribe(token, url, self.receiver.secret_for(kind, key))
+        if result.ok or result.conflict:
+            self.done.add((kind, key))
+        elif result.status:
+            log.warning("subscription of %s %s refused: %s %s", kind, key, result.status, result.code or result.data)
+
+    async def subscribe_missing(self) -> None:
+        missing = [w for w in self.wanted if w not in self.done]
+        await asyncio.gather(*(self._subscribe(kind, key) for kind, key in missing))
         if self.complete:
             log.info("webhook subscriptions: %d/%d in place", len(self.done), len(self.wanted))
         else:
-            log.warning("webhook subscriptions: %d/%d in place (notify at %s); will retry",
-                        len(self.done), len(self.wanted), client.urls["notify"])
+            log.warning("webhook subscriptions: %d/%d in place (notify at %s); retrying in the background%s",
+                        len(self.done), len(self.wanted), self.world.client.urls["notify"],
+                        "; polling the desks' lists meanwhile" if self.poll_meanwhile else "")
 
-    async def retry_loop(self, every: float = 30.0) -> None:
+    async def keep_subscribing(self, every: float = 15.0) -> None:
+        await self.subscribe_missing()
         while not self.complete:
             await asyncio.sleep(every)
+            every = min(every * 2, 120.0)
             await self.subscribe_missing()
 
 
@@ -241,27 +246,27 @@ async def run(args: argparse.Namespace) -> Counters:
              "notify %s%s", args.speed, 1440 / args.speed, start.strftime("%a %d %b %H:%M"), args.referral_url,
              args.capacity_url, args.notify_url, " (DRY RUN)" if args.dry_run else "")
 
-    server, server_task, subscriptions = None, None, None
+    server, server_task = None, None
+    subscriptions: Subscriptions | None = None
     background: list[asyncio.Task] = []
-    try:
+
+    def polling() -> bool:
+        if args.dry_run or args.poll == "never":
+            return False
+        return args.poll == "always" or subscriptions is None or not subscriptions.complete
+
+    async def play() -> None:
+        nonlocal server, server_task, subscriptions
         if not args.dry_run:
             sock = _bind(args.webhook_host, args.webhook_port)
             if sock is not None:
                 config = uvicorn.Config(build_app(receiver), log_level="warning", lifespan="off", access_log=False)
                 server = _Server(config)
                 server_task = loop.create_task(server.serve(sockets=[sock]))
+                subscriptions = Subscriptions(world, receiver, args.webhook_base or f"http://127.0.0.1:{args.webhook_port}")
+                subscriptions.poll_meanwhile = args.poll != "never"
+                background.append(loop.create_task(subscriptions.keep_subscribing()))
         await asyncio.gather(*(_setup_had(world, had, not args.no_register) for had in world.hads.values()))
-        if server is not None:
-            base = args.webhook_base or f"http://127.0.0.1:{args.webhook_port}"
-            subscriptions = Subscriptions(world, receiver, base)
-            await subscriptions.subscribe_missing()
-            background.append(loop.create_task(subscriptions.retry_loop()))
-
-        def polling() -> bool:
-            if args.dry_run or args.poll == "never":
-                return False
-            return args.poll == "always" or subscriptions is None or not subscriptions.complete
-
         for code, dept in scenario.departments.items():
             volume = args.rate if args.rate is not None else default_daily_volume(dept.population)
             background.append(loop.create_task(traffic_loop(world, dept, volume, args.seed)))
@@ -270,15 +275,18 @@ async def run(args: argparse.Namespace) -> Counters:
             background.append(loop.create_task(had.capacity_loop()))
         background.append(loop.create_task(_reporter(world, args.report_every)))
 
+    try:
+        background.append(loop.create_task(play()))
         if args.duration > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=args.duration)
         else:
             await stop.wait()
     finally:
-        for task in [*background, *world.tasks]:
+        pending = [*background, *world.tasks]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*background, *world.tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         if server is not None:
             server.should_exit = True
             with contextlib.suppress(Exception):

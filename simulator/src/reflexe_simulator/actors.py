@@ -125,8 +125,8 @@ class World:
         self.hads: dict[str, HadActor] = {h.finess: HadActor(self, h) for h in scenario.hads}
         self.desks: dict[str, DeskActor] = {code: DeskActor(self, d) for code, d in scenario.departments.items()}
 
-    def say(self, department: str, kind: str, message: str) -> None:
-        log.info("[%s] %-3s %-11s %s", self.clock.now().strftime("%a %H:%M"), department, kind, message)
+    def say(self, department: str, kind: str, message: str, level: int = logging.INFO) -> None:
+        log.log(level, "[%s] %-3s %-11s %s", self.clock.now().strftime("%a %H:%M"), department, kind, message)
 
     def spawn(self, coro: Awaitable[Any], sim_delay: float = 0.0, real_delay: float | None = None) -> asyncio.Task:
         async def run() -> None:
@@ -230,8 +230,8 @@ class HadActor:
         tracked = world.referrals.get(referral_id)
         hold_until = _parse_time(data.get("hold_until")) or datetime.now(UTC) + timedelta(minutes=30)
         by = " (desk)" if data.get("by_desk") else ""
-        world.say(self.spec.department, "offer", f"{self.spec.name} offered {referral_id[:8]}{by} hold until "
-                                                 f"{hold_until.astimezone(PARIS):%H:%M:%S} real")
+        world.say(self.spec.department, "offer", f"{self.spec.name} offered {referral_id[:8]}{by}, hold "
+                                                 f"{max(0, (hold_until - datetime.now(UTC)).total_seconds()):.0f} real s left")
         self.drift()
         u = rng.random()
         if self.places() == 0:
@@ -458,7 +458,8 @@ async def post_referral(world: World, generated: GeneratedReferral) -> None:
     world.referrals[generated.referral_id] = TrackedReferral(generated)
     result = await world.client.post_referral(generated.source.finess, body)
     if not result.ok:
-        world.say(generated.department, "error", f"referral {generated.referral_id[:8]} not posted: {result.status} {result.code or result.error}")
+        world.say(generated.department, "error", f"referral {generated.referral_id[:8]} not posted: {result.status or 'unreachable'} "
+                  f"{result.code or result.error}", logging.WARNING)
         return
     world.counters.inc("referrals_posted")
     if generated.negative_avis:

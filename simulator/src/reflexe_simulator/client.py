@@ -82,11 +82,13 @@ class PlatformClient:
         if self.counters is not None:
             self.counters.inc(name)
 
-    async def call(self, service: str, method: str, path: str, token: str, body: Any = None) -> Result:
+    async def call(self, service: str, method: str, path: str, token: str, body: Any = None,
+                   attempts: int | None = None) -> Result:
         url = self.urls[service] + path
         delay = self.backoff
+        attempts = attempts or self.attempts
         last = Result(0, error="not attempted")
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 response = await self._http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
             except (httpx.TransportError, OSError) as exc:
@@ -105,7 +107,7 @@ class PlatformClient:
                 if response.status_code < 500 and response.status_code != 429:
                     break
                 last = Result(response.status_code, data, f"HTTP {response.status_code}")
-            if attempt < self.attempts:
+            if attempt < attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         if last.status == 0:
@@ -175,7 +177,7 @@ class PlatformClient:
 
     async def subscribe(self, token: str, url: str, secret: str, event_types: list[str] | None = None) -> Result:
         return await self.call("notify", "POST", "/v1/subscriptions", token,
-                               {"url": url, "event_types": event_types or [], "secret": secret})
+                               {"url": url, "event_types": event_types or [], "secret": secret}, attempts=1)
 
 
 def _short(data: Any, limit: int = 300) -> str:

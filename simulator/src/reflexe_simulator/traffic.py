@@ -81,7 +81,6 @@ NEGATIVE_AVIS_REASONS = (
     (Reason.GP_REFUSED, "médecin traitant non joignable / désaccord", 0.10),
 )
 WITHIN_24H_RATE = 0.88
-PARIS = "Europe/Paris"
 
 
 def hourly_rates(daily_volume: float, kind: str | None = None) -> list[float]:

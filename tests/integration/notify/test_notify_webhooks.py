@@ -365,3 +365,7 @@ async def test_delivery_latency(client: httpx.AsyncClient, producer: AIOKafkaPro
     print(f"\nwebhook latency from Kafka publication: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms")
     assert p50 < 0.5
+    metrics = (await client.get("/metrics")).text
+    assert 'reflexe_webhook_deliveries_total{outcome="delivered"}' in metrics
+    assert "reflexe_webhook_delivery_duration_seconds_bucket" in metrics
+    assert "reflexe_webhook_pending_deliveries " in metrics

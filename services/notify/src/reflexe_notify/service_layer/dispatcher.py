@@ -64,7 +64,7 @@ class Dispatcher:
                 finally:
                     await self._finish_in_flight()
         finally:
-            await listener.close()
+            listener.terminate()  # it only listens; closing politely could hang on a broken link
 
     async def _dispatch(self, client: httpx.AsyncClient) -> None:
         last_gauge = 0.0
