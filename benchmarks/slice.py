@@ -60,7 +60,8 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     count = int(rate * seconds)
     communes = [c.insee_code for c in Geography.load().communes_of_department("34")]
     async with running_platform(infra, log_dir) as services, webhook_receiver() as (receiver, hook_url):
-        async with httpx.AsyncClient(base_url=services["referral"].url, timeout=30) as referral, \
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=services["referral"].url, timeout=60, limits=limits) as referral, \
                 httpx.AsyncClient(base_url=services["capacity"].url) as capacity, \
                 httpx.AsyncClient(base_url=services["notify"].url) as notify:
             for n in range(8):  # eight HADs sharing the department, ample places
@@ -73,17 +74,21 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
             hospital = "340000001"
             headers = token("hospital", finess=hospital)
             answered: dict[str, float] = {}
+            post_latencies: list[float] = []
 
             async def post(i: int) -> None:
                 body = referral_body(hospital, communes[i % len(communes)])
+                started = time.perf_counter()
                 response = await referral.post("/v1/referrals", json=body, headers=headers)
                 response.raise_for_status()
                 answered[body["referral_id"]] = time.time()
+                post_latencies.append(time.perf_counter() - started)
 
             await paced(5, 20, post)  # warm-up
             await eventually(lambda: asyncio.sleep(0, len(receiver.of_type("offer.proposed")) >= 20), timeout=60, what="warm-up")
             warm = {d.json["data"]["referral_id"] for d in receiver.of_type("offer.proposed")}
             answered.clear()
+            post_latencies.clear()
             elapsed = await paced(rate, count, post)
             await eventually(lambda: asyncio.sleep(0, len(receiver.unique()) - len(warm) >= count), timeout=120,
                              what="every webhook")
@@ -92,6 +97,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     raw = await raw_round_trip(infra.kafka_bootstrap, rate, count)
     slice_stats, raw_stats = percentiles(slice_latencies), percentiles(raw)
     print_table(f"Slice benchmark: {count} referrals at {rate:.0f}/s (posting took {elapsed:.1f} s)", {
+        "POST sent -> 201 answered": percentiles(post_latencies),
         "POST answered -> webhook received": slice_stats,
         "raw aiokafka produce -> consume": raw_stats,
     })

@@ -71,3 +71,16 @@ def test_the_receiver_rejects_bad_signatures_with_401_and_deduplicates_by_webhoo
     assert len(seen) == 1 and seen[0].type == "offer.proposed" and seen[0].data["offer_id"] == "o1"
     assert counters["webhooks_received"] == 2 and counters["webhooks_duplicate"] == 1
     assert client.post("/hooks/had/000000000", content=body, headers=good).status_code == 404
+
+
+def test_interoperates_with_the_notify_service_signer_and_subscription_schema():
+    import pytest
+
+    signing = pytest.importorskip("reflexe_notify.domain.signing")
+    schemas = pytest.importorskip("reflexe_notify.entrypoints.schemas")
+    secret, body, ts = new_secret(), b'{"type": "offer.proposed", "data": {}}', int(time.time())
+    headers = signing.signed_headers([secret], "msg_x", ts, body)
+    assert verify(secret, headers, body)
+    assert not verify(new_secret(), headers, body)
+    schemas.SubscriptionIn.model_validate({"url": "http://127.0.0.1:8090/hooks/had/349000018", "event_types": [],
+                                           "secret": secret})
