@@ -312,6 +312,10 @@ class Hads:
         finally:
             await consumer.stop()
 
+    @staticmethod
+    def code(response: httpx.Response) -> str:
+        return "ok" if response.status_code == 200 else f"{response.status_code} {response.json().get('code')}"
+
     async def answer(self, offer) -> None:
         had, rid, oid = offer.had_finess, offer.referral_id, offer.offer_id
         as_had = token("had", finess=had)
@@ -319,21 +323,21 @@ class Hads:
         roll = self.rng.random()
         if roll < 0.3:  # accept; then admitted, cancelled by the hospital, or left waiting
             response = await self.referral.post(f"/v1/referrals/{rid}/offers/{oid}/accept", headers=as_had)
-            self.outcomes[f"accept {response.status_code}"] += 1
+            self.outcomes[f"accept {self.code(response)}"] += 1
             if response.status_code != 200:
                 return
             then = self.rng.random()
             if then < 0.35:
                 response = await self.referral.post(f"/v1/referrals/{rid}/admission", headers=as_had)
-                self.outcomes[f"admit {response.status_code}"] += 1
+                self.outcomes[f"admit {self.code(response)}"] += 1
             elif then < 0.7:
                 response = await self.referral.post(f"/v1/referrals/{rid}/cancel", json={"reason": "PATIENT_REFUSED"},
                                                     headers=token("hospital", finess=self.hospital))
-                self.outcomes[f"cancel {response.status_code}"] += 1
+                self.outcomes[f"cancel {self.code(response)}"] += 1
         elif roll < 0.75:
             response = await self.referral.post(f"/v1/referrals/{rid}/offers/{oid}/decline", headers=as_had,
                                                 json={"reason": "NO_CAPACITY", "text": "équipe complète"})
-            self.outcomes[f"decline {response.status_code}"] += 1
+            self.outcomes[f"decline {self.code(response)}"] += 1
         else:
             self.outcomes["left to expire"] += 1
 
@@ -496,8 +500,8 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
             await asyncio.gather(*background, return_exceptions=True)
             background.clear()
 
-            duplicates = sum(metric(await metrics_of(p), "reflexe_duplicate_events_total", consumer="matcher")
-                             for p in (survivor, newcomer))
+            duplicates = sum(metric(text, "reflexe_duplicate_events_total", consumer="matcher")
+                             for text in await asyncio.gather(metrics_of(survivor), metrics_of(newcomer)))
 
         # ---- the independent check ----
         holds = [HoldRow(r["hold_id"], str(r["referral_id"]), r["had_finess"], r["made_at"], r["released_at"],
