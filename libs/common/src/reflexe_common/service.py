@@ -1,13 +1,25 @@
-"""Running a service: background tasks that stop gracefully, and readiness checks on real I/O."""
+"""Running a service: the resources every service holds (pool, dead letters, Kafka loops) with
+a graceful stop, and readiness checks on real I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import faust
+from fastapi import FastAPI
+
+from reflexe_common.db import create_pool, migrate
+from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, RecordProcessor
+from reflexe_common.outbox import OutboxRelay
+from reflexe_common.settings import ServiceSettings
+from reflexe_common.streams import stream_app
+from reflexe_common.topics import Topic, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,60 @@ class BackgroundTasks:
         for task in reversed(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; everything started through it is stopped with it."""
+
+    settings: ServiceSettings
+    schema: str
+    pool: asyncpg.Pool
+    dead_letters: DeadLetters
+    tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
+    streams: list[faust.App] = field(default_factory=list)
+
+    def relay_outbox(self) -> None:
+        self.tasks.start("outbox-relay", OutboxRelay(self.pool, self.settings.database_url, self.schema,
+                                                     self.settings.kafka_bootstrap).run())
+
+    def consume(self, group: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
+        """A plain aiokafka consumer group feeding the idempotent processor."""
+        processor = RecordProcessor(group, self.pool, self.dead_letters, handler)
+        loop = ConsumerLoop(self.settings.kafka_bootstrap, group, [t.name for t in topics], processor,
+                            client_id=f"{group}-{self.settings.instance}")
+        self.tasks.start(group, loop.run())
+        return loop
+
+    async def stream(self, group: str, topic: Topic, name: str, handler: Handler) -> None:
+        """A faust stream processor (consumer group `group`) feeding the idempotent processor."""
+        app = stream_app(group, self.settings.kafka_bootstrap, topic,
+                         RecordProcessor(name, self.pool, self.dead_letters, handler), self.settings.instance)
+        await app.start()
+        self.streams.append(app)
+
+
+@asynccontextmanager
+async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, migrations: str,
+                          pool_size: int = 10) -> AsyncIterator[Runtime]:
+    """Topics, the schema's pool and migrations, dead letters and readiness checks; on exit,
+    streams and loops finish their record in hand and commit, then connections close."""
+    await ensure_topics(settings.kafka_bootstrap)
+    pool = await create_pool(settings.database_url, schema, max_size=pool_size)
+    await migrate(pool, schema, migrations)
+    dead_letters = DeadLetters(settings.kafka_bootstrap)
+    await dead_letters.start()
+    app.state.pool = pool
+    app.state.readiness_checks.update(postgres=postgres_check(pool), kafka=dead_letters.check)
+    runtime = Runtime(settings, schema, pool, dead_letters)
+    try:
+        yield runtime
+    finally:
+        for stream in runtime.streams:
+            await stream.stop()
+        await runtime.tasks.stop()
+        await dead_letters.stop()
+        await pool.close()
 
 
 def postgres_check(pool: asyncpg.Pool):

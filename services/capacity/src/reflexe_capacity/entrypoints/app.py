@@ -12,14 +12,10 @@ from reflexe_capacity.entrypoints.api import router
 from reflexe_capacity.entrypoints.consumers import declaration_handler
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.settings import CapacitySettings
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.http import create_app
-from reflexe_common.inbox import ConsumerLoop, DeadLetters, RecordProcessor
 from reflexe_common.logging import configure_logging
-from reflexe_common.outbox import OutboxRelay
-from reflexe_common.service import BackgroundTasks, postgres_check
-from reflexe_common.streams import stream_app
-from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS, ensure_topics
+from reflexe_common.service import service_runtime
+from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS
 
 SCHEMA = "capacity"
 MATCHER_GROUP = "reflexe-matcher"
@@ -40,30 +36,13 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await ensure_topics(settings.kafka_bootstrap)
-        pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
-        await migrate(pool, SCHEMA, "reflexe_capacity.migrations")
-        dead_letters = DeadLetters(settings.kafka_bootstrap)
-        await dead_letters.start()
-        app.state.pool = pool
-        app.state.matcher = matcher
-        app.state.readiness_checks.update(postgres=postgres_check(pool), kafka=dead_letters.check)
-        tasks = BackgroundTasks()
-        tasks.start("outbox-relay", OutboxRelay(pool, settings.database_url, SCHEMA, settings.kafka_bootstrap).run())
-        declarations = RecordProcessor("capacity-declarations", pool, dead_letters, declaration_handler(matcher))
-        tasks.start("capacity-declarations",
-                    ConsumerLoop(settings.kafka_bootstrap, "capacity-declarations", [CAPACITY_DECLARATIONS.name], declarations).run())
-        # The matcher: a faust agent following the referral log, its state in PostgreSQL.
-        matching = stream_app(MATCHER_GROUP, settings.kafka_bootstrap, REFERRAL_EVENTS,
-                              RecordProcessor("matcher", pool, dead_letters, matcher.handle), settings.instance)
-        await matching.start()
-        try:
+        async with service_runtime(app, settings, SCHEMA, "reflexe_capacity.migrations", pool_size=20) as runtime:
+            app.state.matcher = matcher
+            runtime.relay_outbox()
+            runtime.consume("capacity-declarations", [CAPACITY_DECLARATIONS], declaration_handler(matcher))
+            # The matcher: a faust agent following the referral log, its state in PostgreSQL.
+            await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
             yield
-        finally:
-            await matching.stop()  # finishes the record in hand and commits the offsets
-            await tasks.stop()
-            await dead_letters.stop()
-            await pool.close()
 
     app = create_app("capacity", settings.jwt_secret, lifespan,
                      "HAD registry, live capacity declarations, and the matcher that holds places.")

@@ -9,13 +9,10 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.http import create_app
-from reflexe_common.inbox import ConsumerLoop, DeadLetters, RecordProcessor
 from reflexe_common.logging import configure_logging
-from reflexe_common.outbox import OutboxRelay
-from reflexe_common.service import BackgroundTasks, postgres_check
-from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_SUBMISSIONS, ensure_topics
+from reflexe_common.service import service_runtime
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_SUBMISSIONS
 from reflexe_referral.entrypoints.api import router
 from reflexe_referral.entrypoints.consumers import matching_handler, submission_handler
 from reflexe_referral.service_layer.handlers import ReferralService
@@ -43,29 +40,14 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await ensure_topics(settings.kafka_bootstrap)
-        pool = await create_pool(settings.database_url, SCHEMA)
-        await migrate(pool, SCHEMA, "reflexe_referral.migrations")
-        dead_letters = DeadLetters(settings.kafka_bootstrap)
-        await dead_letters.start()
-        service = ReferralService(pool, unanswered_after)
-        app.state.referrals = service
-        app.state.readiness_checks.update(postgres=postgres_check(pool), kafka=dead_letters.check)
-        tasks = BackgroundTasks()
-        tasks.start("outbox-relay", OutboxRelay(pool, settings.database_url, SCHEMA, settings.kafka_bootstrap).run())
-        for name, topic, handler in (
-            ("referral-matching", MATCHING_EVENTS.name, matching_handler(unanswered_after)),
-            ("referral-submissions", REFERRAL_SUBMISSIONS.name, submission_handler(unanswered_after)),
-        ):
-            processor = RecordProcessor(name, pool, dead_letters, handler)
-            tasks.start(name, ConsumerLoop(settings.kafka_bootstrap, name, [topic], processor).run())
-        tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
-        try:
+        async with service_runtime(app, settings, SCHEMA, "reflexe_referral.migrations") as runtime:
+            service = ReferralService(runtime.pool, unanswered_after)
+            app.state.referrals = service
+            runtime.relay_outbox()
+            runtime.consume("referral-matching", [MATCHING_EVENTS], matching_handler(unanswered_after))
+            runtime.consume("referral-submissions", [REFERRAL_SUBMISSIONS], submission_handler(unanswered_after))
+            runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
             yield
-        finally:
-            await tasks.stop()
-            await dead_letters.stop()
-            await pool.close()
 
     app = create_app("referral", settings.jwt_secret, lifespan,
                      "Referrals from hospitals to HAD establishments: the lifecycle, offers and desk actions.")
