@@ -15,9 +15,11 @@ import pytest
 from reflexe_common.topics import ensure_topics
 from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
 
-SESSION_KAFKA_PORT = 28092
-SESSION_CONTROLLER_PORT = 28093
-SESSION_PG_PORT = 28432
+# REFLEXE_TEST_PORT_OFFSET lets two test runs on one machine each have their own broker and database.
+_OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))
+SESSION_KAFKA_PORT = 28092 + _OFFSET
+SESSION_CONTROLLER_PORT = 28093 + _OFFSET
+SESSION_PG_PORT = 28432 + _OFFSET
 
 
 @pytest.fixture(scope="session")
