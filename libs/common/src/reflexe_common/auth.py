@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +20,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from reflexe_common.errors import ApiError
+from reflexe_common.geography import Geography
 
 ISSUER = "reflexe"
 
@@ -90,7 +92,12 @@ def require(*roles: Role):
     return dependency
 
 
-def ensure_department(principal: Principal, department: str, region_of: "callable[[str], str | None]") -> None:
+def region_of(department: str) -> str | None:
+    found = Geography.load().department(department)
+    return found.region_code if found else None
+
+
+def ensure_department(principal: Principal, department: str, region_of: Callable[[str], str | None] = region_of) -> None:
     """Desks act on their own department only; the ARS on its region; admins everywhere."""
     if principal.role == Role.ADMIN:
         return

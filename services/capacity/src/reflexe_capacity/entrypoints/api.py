@@ -21,10 +21,6 @@ router = APIRouter(prefix="/v1")
 FINESS = r"^[0-9AB]{9}$"
 
 
-def _region_of(department: str) -> str | None:
-    found = Geography.load().department(department)
-    return found.region_code if found else None
-
 
 def _check_had_scope(principal: Principal, finess: str, departments: frozenset[str] | set[str]) -> None:
     """An HAD sees itself; a desk or the ARS an HAD of their area."""
@@ -36,7 +32,7 @@ def _check_had_scope(principal: Principal, finess: str, departments: frozenset[s
         return
     for department in departments:
         try:
-            ensure_department(principal, department, _region_of)
+            ensure_department(principal, department)
             return
         except ApiError:
             continue
@@ -108,7 +104,7 @@ async def history(finess: str, request: Request, limit: int = 100,
 @router.get("/departments/{department}/capacity", summary="The capacity board of a department")
 async def board(department: str, request: Request,
                 principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
-    ensure_department(principal, department, _region_of)
+    ensure_department(principal, department)
     now = datetime.now(UTC)
     async with request.app.state.pool.acquire() as conn:
         lines = await CapacityStore(conn).board(department)

@@ -26,10 +26,6 @@ def _service(request: Request) -> ReferralService:
     return request.app.state.referrals
 
 
-def _region_of(department: str) -> str | None:
-    found = Geography.load().department(department)
-    return found.region_code if found else None
-
 
 def _check_can_see(principal: Principal, referral: Referral) -> None:
     """Hospitals see their own referrals, HADs those offered to them, desks and the ARS their area."""
@@ -38,7 +34,7 @@ def _check_can_see(principal: Principal, referral: Referral) -> None:
     if principal.role == Role.HAD and principal.finess in referral.tried_hads:
         return
     if principal.role in (Role.DESK, Role.ARS, Role.ADMIN):
-        ensure_department(principal, referral.department, _region_of)
+        ensure_department(principal, referral.department)
         return
     raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see this referral")
 
@@ -58,12 +54,12 @@ async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Prin
 
 def _check_scope_for_action(principal: Principal, referral: Referral, action: str) -> None:
     if action.startswith("desk."):
-        ensure_department(principal, referral.department, _region_of)
+        ensure_department(principal, referral.department)
     elif action == "hospital.cancel":
         if principal.role == Role.HOSPITAL and referral.request.source.finess != principal.finess:
             raise ApiError(403, "OUT_OF_SCOPE", "a hospital may cancel only its own referrals")
         if principal.role == Role.DESK:
-            ensure_department(principal, referral.department, _region_of)
+            ensure_department(principal, referral.department)
     # HAD actions: the domain refuses an HAD answering an offer made to another (409, NOT_ADDRESSED_TO_CALLER).
 
 
@@ -186,7 +182,7 @@ async def desk_close(referral_id: uuid.UUID, body: CloseIn, request: Request,
 @router.get("/departments/{department}/referrals", summary="The open referrals of a department, with their clocks")
 async def open_referrals(department: str, request: Request,
                          principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
-    ensure_department(principal, department, _region_of)
+    ensure_department(principal, department)
     referrals = await _service(request).open_referrals(department)
     now = datetime.now(UTC)
     return {"department": department, "as_of": now.isoformat(),
