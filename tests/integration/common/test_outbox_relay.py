@@ -29,7 +29,7 @@ class Crash(Exception):
 async def _fresh_schema(database_url: str) -> tuple[asyncpg.Pool, str]:
     schema = f"outbox_test_{uuid.uuid4().hex[:8]}"
     pool = await create_pool(database_url, schema)
-    await migrate(pool, schema, "reflexe_common.sql")
+    await migrate(pool, schema, "reflexe_common.sql")  # the platform tables alone: no service migrations
     return pool, schema
 
 

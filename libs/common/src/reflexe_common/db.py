@@ -46,7 +46,8 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations_package: str) -> l
             "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        steps = [("000_platform_tables.sql", resources.files("reflexe_common.sql").joinpath("platform_tables.sql"))]
+        # The platform's own tables (outbox, inbox) first, then the service's.
+        steps = [(f"platform/{f.name}", f) for f in _sql_files("reflexe_common.sql")]
         steps += [(f.name, f) for f in _sql_files(migrations_package)]
         for name, file in steps:
             if name in done:

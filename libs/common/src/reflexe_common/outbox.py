@@ -40,9 +40,7 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Enve
         key,
         json.dumps([[k, v.decode()] for k, v in envelope.headers()]),
         envelope.value(),
-    )
-    # Delivered at commit: wakes the relay without polling.
-    await conn.execute("SELECT pg_notify('outbox_' || current_schema(), '')")
+    )  # a trigger notifies the relay at commit (sql/000_platform_tables.sql)
 
 
 @dataclass(frozen=True)
