@@ -1,6 +1,7 @@
 """Réflexe benchmarks: each prints its figures. Run with ./reflexe bench [NAME ...] (default: all).
 
   slice    referral POST answered → HAD webhook received, p50/p95/p99, vs raw aiokafka round trip
+  notify   event published → webhook and → SSE received, p50/p99; webhook deliveries per second
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import notify as notify_bench  # noqa: E402
 from benchmarks import slice as slice_bench  # noqa: E402
 from benchmarks.common import bench_infra  # noqa: E402
 from reflexe_common.topics import ensure_topics  # noqa: E402
 
-BENCHES = {"slice": slice_bench}
+BENCHES = {"slice": slice_bench, "notify": notify_bench}
 
 
 def main() -> None:

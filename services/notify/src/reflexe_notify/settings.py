@@ -21,3 +21,25 @@ class NotifySettings(ServiceSettings):
     # NOTIFY_IDLE_POLL_SECONDS: longest sleep of the dispatcher between looks at the table
     # (new deliveries wake it at once through LISTEN/NOTIFY; this is the fallback).
     idle_poll_seconds: float = Field(1.0, gt=0, validation_alias="NOTIFY_IDLE_POLL_SECONDS")
+
+    # E-mail (SMTP; MSSanté in production). NOTIFY_SMTP_HOST / NOTIFY_SMTP_PORT: the relay.
+    smtp_host: str = Field("127.0.0.1", validation_alias="NOTIFY_SMTP_HOST")
+    smtp_port: int = Field(25, validation_alias="NOTIFY_SMTP_PORT")
+    # NOTIFY_SMTP_FROM: the sender of every e-mail.
+    smtp_from: str = Field("Réflexe <ne-pas-repondre@reflexe.invalid>", validation_alias="NOTIFY_SMTP_FROM")
+    smtp_username: str | None = Field(None, validation_alias="NOTIFY_SMTP_USERNAME")
+    smtp_password: str | None = Field(None, validation_alias="NOTIFY_SMTP_PASSWORD")
+    # NOTIFY_SMTP_TLS: implicit TLS (port 465); NOTIFY_SMTP_STARTTLS: upgrade after connecting
+    # (None: when the server offers it).
+    smtp_tls: bool = Field(False, validation_alias="NOTIFY_SMTP_TLS")
+    smtp_starttls: bool | None = Field(None, validation_alias="NOTIFY_SMTP_STARTTLS")
+
+    # The desk page reads and steers through the other services' APIs, with the desk's token.
+    referral_url: str = Field("http://127.0.0.1:8001", validation_alias="NOTIFY_REFERRAL_URL")
+    capacity_url: str = Field("http://127.0.0.1:8002", validation_alias="NOTIFY_CAPACITY_URL")
+    # NOTIFY_PUBLIC_URL: where people reach this service (links in e-mails); none by default.
+    public_url: str | None = Field(None, validation_alias="NOTIFY_PUBLIC_URL")
+    # NOTIFY_COOKIE_SECURE: mark the desk session cookie Secure (on behind HTTPS in production).
+    cookie_secure: bool = Field(False, validation_alias="NOTIFY_COOKIE_SECURE")
+    # NOTIFY_DESK_STREAM_KEEP_DAYS: how long the live stream's entries are kept for resumption.
+    desk_stream_keep_days: float = Field(7.0, gt=0, validation_alias="NOTIFY_DESK_STREAM_KEEP_DAYS")

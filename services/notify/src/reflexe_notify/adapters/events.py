@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf.message import Message
-from reflexe.v1 import matching_pb2, referral_pb2
+from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 
 from reflexe_common.envelope import Envelope, dt
+from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.notices import Notice
 from reflexe_notify.domain.routing import EventKind as K
 
@@ -67,3 +68,54 @@ def notice_from(envelope: Envelope) -> Notice | None:
     if isinstance(m, referral_pb2.AdmissionOverdue):
         return notice(K.ADMISSION_OVERDUE)
     return None
+
+
+# ---------------------------------------------------------------- the desks' live stream
+
+_DESK_ONLY = {  # referral events the desk page follows beyond those notified
+    referral_pb2.OfferWithdrawn: "offer.withdrawn",
+    referral_pb2.SearchWidened: "referral.widened",
+    referral_pb2.DeskOfferRequested: "referral.desk_offer",
+    referral_pb2.PatientDischarged: "referral.discharged",
+    referral_pb2.ReferralDeclaredIneligible: "referral.ineligible",
+}
+
+
+def desk_event_from(envelope: Envelope) -> DeskEvent | None:
+    """The entry of a department's live stream an event makes, or None.
+
+    The stream follows the referral service's own events (not the matcher's OfferProposed): they
+    are committed in its database before they reach Kafka, so a desk page refreshing its queue on
+    a stream entry always finds the referral service already showing it."""
+    m: Message = envelope.message
+    if isinstance(m, (capacity_pb2.LivePlacesChanged, capacity_pb2.CapacityDeclared)):
+        at = dt(m.occurred_at if isinstance(m, capacity_pb2.LivePlacesChanged) else m.declared_at) or envelope.time
+        live = m.live_places if isinstance(m, capacity_pb2.LivePlacesChanged) else None
+        declared = m.declared_places if isinstance(m, capacity_pb2.LivePlacesChanged) else m.places_available
+        return DeskEvent(m.department, envelope.id, "capacity.changed", at, {
+            "had_finess": m.had_finess, "department": m.department, "live_places": live,
+            "declared_places": declared, "status": m.status, "authorised_places": m.authorised_places,
+        })
+    if isinstance(m, matching_pb2.OfferProposed):
+        return None  # told by the referral service's OfferMade
+    if isinstance(m, referral_pb2.OfferMade):
+        h = m.header
+        return DeskEvent(h.department, envelope.id, str(K.OFFER_PROPOSED), dt(h.occurred_at) or envelope.time, {
+            "referral_id": h.referral_id, "department": h.department, "offer_id": m.offer_id,
+            "had_finess": m.had_finess, "hold_until": _iso(dt(m.hold_until)), "explanation": m.explanation,
+            "by_desk": m.by_desk,
+        })
+    kind = _DESK_ONLY.get(type(m))
+    if kind is not None:
+        h = m.header
+        data: dict = {"referral_id": h.referral_id, "department": h.department}
+        for name in ("offer_id", "had_finess", "why", "reason"):
+            if hasattr(m, name):
+                data[name] = getattr(m, name)
+        if isinstance(m, referral_pb2.SearchWidened):
+            data["departments"] = list(m.departments)
+        return DeskEvent(h.department, envelope.id, kind, dt(h.occurred_at) or envelope.time, data)
+    notice = notice_from(envelope)
+    if notice is None:
+        return None
+    return DeskEvent(notice.department, envelope.id, str(notice.kind), notice.occurred_at, notice.data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.recipients import Recipient
 
 # Wakes the dispatcher when deliveries are committed (NOTIFY is delivered at commit).
@@ -76,6 +78,7 @@ class Claimed:
     attempt_limit: int
     url: str
     secrets: list[str]
+    channel: str = "webhook"  # or "email", url then being mailto:<address>
 
 
 async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[Claimed]:
@@ -90,7 +93,7 @@ async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> lis
             "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2) "
             "FROM due, subscriptions s WHERE d.webhook_id = due.webhook_id AND s.id = d.subscription_id "
             "RETURNING d.webhook_id, d.subscription_id, d.recipient, d.department, d.event_type, d.body, "
-            "          d.attempts, d.attempt_limit, s.url, s.secrets",
+            "          d.attempts, d.attempt_limit, s.url, s.secrets, s.channel",
             limit, lease_seconds,
         )
     return [Claimed(**dict(r)) for r in rows]
@@ -187,12 +190,13 @@ async def requeue(pool: asyncpg.Pool, webhook_id: str, more_attempts: int) -> bo
 # ---------------------------------------------------------------- subscriptions
 
 
-async def create_subscription(pool: asyncpg.Pool, recipient: str, url: str, event_types: list[str], secret: str,
-                              created_by: str) -> asyncpg.Record:
+async def create_subscription(pool: asyncpg.Pool, recipient: str, url: str, event_types: list[str], secret: str | None,
+                              created_by: str, channel: str = "webhook") -> asyncpg.Record:
+    """A webhook subscription (url, secret) or an e-mail one (url = mailto:<address>, no secret)."""
     return await pool.fetchrow(
-        "INSERT INTO subscriptions (id, recipient, event_types, url, secrets, created_by) "
-        "VALUES ($1, $2, $3, $4, ARRAY[$5], $6) RETURNING *",
-        uuid.uuid4(), recipient, event_types, url, secret, created_by,
+        "INSERT INTO subscriptions (id, recipient, event_types, url, secrets, created_by, channel) "
+        "VALUES ($1, $2, $3, $4, $5::text[], $6, $7) RETURNING *",
+        uuid.uuid4(), recipient, event_types, url, [secret] if secret else [], created_by, channel,
     )
 
 
@@ -210,7 +214,8 @@ async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None) -> list[
 async def add_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID, secret: str) -> asyncpg.Record | None:
     """Start a rotation; None when one is already under way."""
     return await pool.fetchrow(
-        "UPDATE subscriptions SET secrets = array_append(secrets, $2::text) WHERE id = $1 AND active AND cardinality(secrets) = 1 "
+        "UPDATE subscriptions SET secrets = array_append(secrets, $2::text) WHERE id = $1 AND active "
+        "AND channel = 'webhook' AND cardinality(secrets) = 1 "
         "RETURNING *", subscription_id, secret,
     )
 
@@ -226,3 +231,66 @@ async def drop_old_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> asy
 async def delete_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await deactivate_subscription(conn, subscription_id, "subscription deleted")
+
+
+# ---------------------------------------------------------------- the desks' live stream
+
+# Carries "department\nseq\npayload" (payload left out when too long for a notification).
+DESK_CHANNEL = "notify_desk_events"
+_NOTIFY_MAX = 7500  # PostgreSQL refuses notification payloads of 8000 bytes or more
+
+
+async def append_desk_event(conn: asyncpg.Connection, event: DeskEvent) -> int | None:
+    """Number the event in its department's stream and store it; None if already there.
+
+    Runs in the caller's transaction. The counter row's lock is held to commit, so a
+    department's entries commit in the order of their numbers."""
+    if not event.department:
+        return None
+    seq = await conn.fetchval(
+        "INSERT INTO desk_stream_heads AS h (department, last_seq) VALUES ($1, 1) "
+        "ON CONFLICT (department) DO UPDATE SET last_seq = h.last_seq + 1 RETURNING last_seq",
+        event.department,
+    )
+    payload = json.dumps(event.payload(seq), separators=(",", ":"), ensure_ascii=False)
+    stored = await conn.fetchval(
+        "INSERT INTO desk_events (department, seq, origin, type, alert, occurred_at, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (department, origin) DO NOTHING RETURNING seq",
+        event.department, seq, event.origin, event.kind, event.alert, event.occurred_at, payload,
+    )
+    if stored is None:  # already told: give the number back (the row lock is still ours)
+        await conn.execute("UPDATE desk_stream_heads SET last_seq = last_seq - 1 WHERE department = $1",
+                           event.department)
+        return None
+    message = f"{event.department}\n{seq}\n{payload}"
+    if len(message.encode()) > _NOTIFY_MAX:
+        message = f"{event.department}\n{seq}\n"
+    await conn.execute("SELECT pg_notify($1, $2)", DESK_CHANNEL, message)
+    return seq
+
+
+async def desk_events_after(pool: asyncpg.Pool, department: str, after_seq: int, limit: int = 500) -> list[tuple[int, str]]:
+    rows = await pool.fetch(
+        "SELECT seq, payload FROM desk_events WHERE department = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        department, after_seq, limit,
+    )
+    return [(r["seq"], r["payload"]) for r in rows]
+
+
+async def desk_head(pool: asyncpg.Pool, department: str) -> int:
+    return await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM desk_stream_heads WHERE department = $1",
+                               department)
+
+
+async def desk_alerts(pool: asyncpg.Pool, department: str, limit: int = 50) -> list[dict]:
+    rows = await pool.fetch(
+        "SELECT payload FROM desk_events WHERE department = $1 AND alert ORDER BY seq DESC LIMIT $2", department, limit,
+    )
+    return [json.loads(r["payload"]) for r in rows]
+
+
+async def prune_desk_events(pool: asyncpg.Pool, keep_days: float) -> int:
+    """Entries older than the retention go (the counter rows stay: numbers never restart)."""
+    done = await pool.execute("DELETE FROM desk_events WHERE recorded_at < now() - make_interval(secs => $1)",
+                              keep_days * 86400)
+    return int(done.split()[-1])

@@ -58,7 +58,7 @@ async def _own_subscription(request: Request, subscription_id: str, principal: P
     return row
 
 
-@router.post("/subscriptions", status_code=201, summary="Subscribe a URL to webhooks")
+@router.post("/subscriptions", status_code=201, summary="Subscribe a URL to webhooks, or an e-mail address")
 async def subscribe(body: SubscriptionIn, request: Request,
                     principal: Principal = Depends(require(*RECIPIENTS))) -> dict[str, Any]:
     own = own_recipient(principal)
@@ -67,9 +67,9 @@ async def subscribe(body: SubscriptionIn, request: Request,
         raise ApiError(422, "RECIPIENT_REQUIRED", "an admin must name the recipient",
                        [{"field": "body.recipient", "message": "required for an admin"}])
     _check_owner(principal, recipient)
-    secret = body.secret or generate_secret()
-    row = await store.create_subscription(_pool(request), recipient, str(body.url), [str(t) for t in body.event_types],
-                                          secret, principal.actor)
+    secret = None if body.channel == "email" else body.secret or generate_secret()
+    row = await store.create_subscription(_pool(request), recipient, body.target, [str(t) for t in body.event_types],
+                                          secret, principal.actor, body.channel)
     return subscription_view(row, new_secret=secret)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from reflexe_common.http import create_app
@@ -11,6 +12,8 @@ from reflexe_common.logging import configure_logging
 from reflexe_common.service import service_runtime
 from reflexe_notify.entrypoints.api import router
 from reflexe_notify.entrypoints.consumers import CONSUMER_GROUP, TOPICS
+from reflexe_notify.entrypoints.desk import router as desk_router
+from reflexe_notify.service_layer.desk_stream import DeskStreamHub, prune_periodically
 from reflexe_notify.service_layer.dispatcher import Dispatcher
 from reflexe_notify.service_layer.notifications import event_handler
 from reflexe_notify.settings import NotifySettings
@@ -28,11 +31,21 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
         async with service_runtime(app, settings, SCHEMA, "reflexe_notify.migrations",
                                    pool_size=max(10, settings.concurrency + 4)) as runtime:
             app.state.settings = settings
+            hub = DeskStreamHub(runtime.pool, settings.database_url, SCHEMA)
+            app.state.desk_hub = hub
+            runtime.tasks.start("notify-desk-stream", hub.run())
+            runtime.tasks.start("notify-desk-stream-pruning",
+                                prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts))
             runtime.tasks.start("notify-dispatcher", Dispatcher(runtime.pool, settings, SCHEMA).run())
-            yield
+            # The desk page reads the referral and capacity services as the desk.
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                app.state.http = http
+                yield
 
     app = create_app("notify", settings.jwt_secret, lifespan,
-                     "Signed webhooks (Standard Webhooks) to HADs, desks and hospitals, with a delivery log.")
+                     "Signed webhooks (Standard Webhooks) and e-mails to HADs, desks and hospitals, with a delivery log; "
+                     "the desks' live stream (SSE) and the desk page (/desk).")
     app.include_router(router)
+    app.include_router(desk_router)
     return app

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reflexe_common.errors import ApiError
 from reflexe_notify.domain.recipients import Recipient
@@ -26,8 +27,14 @@ def _check_secret(value: str | None) -> str | None:
     return value
 
 
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
 class SubscriptionIn(_Strict):
-    url: AnyHttpUrl = Field(description="where webhooks are POSTed (http or https)")
+    url: AnyHttpUrl | None = Field(None, description="where webhooks are POSTed (http or https); or give `email`")
+    email: str | None = Field(None, max_length=254,
+                              description="an e-mail address (MSSanté in production) instead of a webhook URL")
     event_types: list[EventKind] = Field(default_factory=list, description="the types wanted; empty for all")
     recipient: str | None = Field(None, description="had:<finess>, desk:<department> or hospital:<finess>; "
                                                     "defaults to the caller's own")
@@ -43,6 +50,29 @@ class SubscriptionIn(_Strict):
     def _secret(cls, value: str | None) -> str | None:
         return _check_secret(value)
 
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> "SubscriptionIn":
+        if (self.url is None) == (self.email is None):
+            raise ValueError("give either url (webhook) or email")
+        if self.email is not None and self.secret is not None:
+            raise ValueError("an e-mail subscription has no signing secret")
+        return self
+
+    @property
+    def channel(self) -> str:
+        return "email" if self.email else "webhook"
+
+    @property
+    def target(self) -> str:
+        return f"mailto:{self.email}" if self.email else str(self.url)
+
 
 class RotateIn(_Strict):
     secret: str | None = Field(None, description="the new secret; generated when absent")
@@ -54,8 +84,10 @@ class RotateIn(_Strict):
 
 
 def subscription_view(row: asyncpg.Record, new_secret: str | None = None) -> dict[str, Any]:
+    email = row["channel"] == "email"
     view: dict[str, Any] = {
-        "id": str(row["id"]), "recipient": row["recipient"], "url": row["url"],
+        "id": str(row["id"]), "recipient": row["recipient"], "channel": row["channel"],
+        **({"email": row["url"].removeprefix("mailto:")} if email else {"url": row["url"]}),
         "event_types": list(row["event_types"]), "rotating": len(row["secrets"]) == 2,
         "created_by": row["created_by"], "created_at": row["created_at"].isoformat(),
     }

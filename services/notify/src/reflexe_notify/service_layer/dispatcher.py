@@ -14,11 +14,14 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import aiosmtplib
 import asyncpg
 import httpx
 
 from reflexe_notify.adapters import store
+from reflexe_notify.adapters.mailer import Mailer
 from reflexe_notify.adapters.store import Claimed
+from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.retry import Outcome, RetryPolicy
 from reflexe_notify.domain.signing import signed_headers
 from reflexe_notify.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS, PENDING
@@ -38,6 +41,8 @@ class Dispatcher:
         self._timeout = settings.timeout_seconds
         self._concurrency = settings.concurrency
         self._idle_poll = settings.idle_poll_seconds
+        self._mailer = Mailer(settings)
+        self._public_url = settings.public_url
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -111,6 +116,9 @@ class Dispatcher:
                 task.cancel()
 
     async def _attempt(self, client: httpx.AsyncClient, d: Claimed) -> None:
+        if d.channel == "email":
+            await self._attempt_email(d)
+            return
         body = d.body.encode()
         headers = signed_headers(d.secrets, d.webhook_id, int(time.time()), body)
         started_at = datetime.now(UTC)
@@ -132,6 +140,28 @@ class Dispatcher:
         DELIVERY_SECONDS.observe(duration)
         DELIVERY_ATTEMPTS.labels(str(outcome)).inc()
         await self._record(d, outcome, started_at, duration, http_status, error)
+
+    async def _attempt_email(self, d: Claimed) -> None:
+        """The same attempt over SMTP: any refusal or failure is retried like a webhook's, and the
+        attempt is logged with no HTTP status and the SMTP answer as its error."""
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            department = d.department
+            desk_url = f"{self._public_url.rstrip('/')}/desk/{department}" if self._public_url and department else None
+            message = compose(d.body, d.webhook_id, self._mailer.sender, d.url.removeprefix("mailto:"), desk_url)
+            async with asyncio.timeout(self._timeout):
+                await self._mailer.send(message)
+        except TimeoutError:
+            error = f"no answer within {self._timeout:g} s"
+        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+            error = f"SMTP {type(exc).__name__}: {exc}"[:500]
+        duration = time.perf_counter() - started
+        outcome = self._policy.outcome(200 if error is None else None, d.attempts, d.attempt_limit)
+        DELIVERY_SECONDS.observe(duration)
+        DELIVERY_ATTEMPTS.labels(str(outcome)).inc()
+        await self._record(d, outcome, started_at, duration, None, error)
 
     async def _record(self, d: Claimed, outcome: Outcome, started_at: datetime, duration: float,
                       http_status: int | None, error: str | None) -> None:

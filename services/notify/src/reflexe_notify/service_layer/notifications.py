@@ -10,8 +10,9 @@ from reflexe.v1 import referral_pb2
 
 from reflexe_common.envelope import Envelope
 from reflexe_notify.adapters import store
-from reflexe_notify.adapters.events import notice_from
+from reflexe_notify.adapters.events import desk_event_from, notice_from
 from reflexe_notify.adapters.store import Claimed
+from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.notices import Notice
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind, recipients_for
@@ -25,6 +26,9 @@ def event_handler(attempt_limit: int):
         if isinstance(message, referral_pb2.ReferralRequested):
             await store.remember_referral(conn, message.header.referral_id, message.header.department,
                                           message.request.source.finess)
+        desk_event = desk_event_from(envelope)
+        if desk_event is not None:  # the desks' live stream, committed with the inbox record
+            await store.append_desk_event(conn, desk_event)
         notice = notice_from(envelope)
         if notice is None:
             return
@@ -45,5 +49,8 @@ async def tell_desk_of_failure(conn: asyncpg.Connection, failed: Claimed, attemp
         "attempts": failed.attempts,
     })
     # The attempt count is part of the origin: a re-queued delivery failing again is told again.
-    await store.enqueue(conn, f"{failed.webhook_id}/failed/{failed.attempts}", notice.kind, notice.department,
-                        notice.body(), [Recipient.desk(failed.department)], attempt_limit)
+    origin = f"{failed.webhook_id}/failed/{failed.attempts}"
+    await store.enqueue(conn, origin, notice.kind, notice.department, notice.body(), [Recipient.desk(failed.department)],
+                        attempt_limit)
+    await store.append_desk_event(conn, DeskEvent(notice.department, origin, str(notice.kind), notice.occurred_at,
+                                                  notice.data))

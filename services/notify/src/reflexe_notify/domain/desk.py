@@ -1,0 +1,105 @@
+"""What a desk sees of an event: its live stream entry, and the French words for it.
+
+Pure: the same wording serves the desk page's alerts and the e-mails. Pseudonymous ids only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reflexe_notify.domain.routing import EventKind
+
+# Events a desk must act on: the clocks that ran out, no HAD found, a notification lost.
+ALERTS = frozenset({
+    str(EventKind.OFFER_UNANSWERED), str(EventKind.ADMISSION_OVERDUE), str(EventKind.REFERRAL_ESCALATED),
+    str(EventKind.DELIVERY_FAILED), str(EventKind.OFFER_EXPIRED), str(EventKind.OFFER_DECLINED),
+})
+
+_REASONS = {
+    "NO_CAPACITY": "plus de place", "OUT_OF_ZONE": "hors zone", "CARE_NOT_PROVIDED": "soins non assurés",
+    "MEDICAL_NOT_ELIGIBLE": "non éligible (médical)", "SOCIAL_NOT_ELIGIBLE": "non éligible (social)",
+    "PATIENT_REFUSED": "refus du patient", "GP_REFUSED": "refus du médecin traitant",
+    "INCOMPLETE_REQUEST": "demande incomplète", "PATIENT_HOSPITALISED": "patient hospitalisé",
+    "PATIENT_DECEASED": "patient décédé", "OTHER": "autre motif",
+}
+
+
+def reason_fr(code: str | None) -> str:
+    return _REASONS.get(code or "", code or "")
+
+
+def short(referral_id: str | None) -> str:
+    """How a referral is named to people: the start of its (pseudonymous) id."""
+    return (referral_id or "")[:8]
+
+
+def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
+    """(title, sentence) in French for an event kind and its data."""
+    ref = short(data.get("referral_id"))
+    had = data.get("had_finess") or ""
+    match kind:
+        case "offer.proposed":
+            by = " par le bureau" if data.get("by_desk") else ""
+            return "Offre proposée", f"Demande {ref} proposée{by} à l'HAD {had}. {data.get('explanation') or ''}".strip()
+        case "offer.unanswered":
+            return "Offre sans réponse", f"L'HAD {had} n'a pas répondu à l'offre pour la demande {ref}."
+        case "offer.accepted":
+            return "Offre acceptée", f"L'HAD {had} a accepté la demande {ref}."
+        case "offer.declined":
+            why = reason_fr(data.get("reason"))
+            return "Offre refusée", f"L'HAD {had} a refusé la demande {ref}" + (f" ({why})." if why else ".")
+        case "offer.expired":
+            return "Offre expirée", f"L'offre faite à l'HAD {had} pour la demande {ref} a expiré."
+        case "offer.withdrawn":
+            return "Offre retirée", f"L'offre faite à l'HAD {had} pour la demande {ref} a été retirée."
+        case "referral.requested":
+            return "Nouvelle demande", f"Demande {ref} reçue (MPP {data.get('main_mpp', '')}, {_urgency(data.get('urgency'))})."
+        case "referral.escalated":
+            return "Aucune HAD trouvée", f"Demande {ref} : aucune HAD trouvée — {data.get('why') or 'action du bureau requise'}."
+        case "referral.admitted":
+            return "Patient admis", f"Demande {ref} : patient admis par l'HAD {had}."
+        case "referral.cancelled":
+            why = reason_fr(data.get("reason"))
+            return "Demande clôturée", f"Demande {ref} clôturée" + (f" ({why})." if why else ".")
+        case "referral.ineligible":
+            return "Demande non éligible", f"Demande {ref} déclarée non éligible ({reason_fr(data.get('reason'))})."
+        case "referral.discharged":
+            return "Fin de séjour", f"Demande {ref} : fin de séjour en HAD."
+        case "referral.widened":
+            return "Recherche élargie", f"Demande {ref} : recherche élargie à {', '.join(data.get('departments', []))}."
+        case "referral.desk_offer":
+            return "Choix du bureau", f"Demande {ref} : le bureau a choisi l'HAD {had}."
+        case "admission.overdue":
+            return "Admission en retard", f"Demande {ref} acceptée mais patient non admis sous 24 h."
+        case "delivery.failed":
+            return ("Notification non remise",
+                    f"La notification {data.get('event_type', '')} à {data.get('recipient', '')} n'a pas pu être remise "
+                    f"après {data.get('attempts', '?')} tentatives.")
+        case "capacity.changed":
+            return "Capacité", f"HAD {had} : {data.get('live_places', '?')} place(s) disponible(s)."
+    return kind, ref
+
+
+def _urgency(code: str | None) -> str:
+    return {"WITHIN_24H": "sous 24 h", "PLANNED": "programmée", "IMMEDIATE": "immédiate"}.get(code or "", code or "")
+
+
+@dataclass(frozen=True)
+class DeskEvent:
+    """One entry of a department's live stream."""
+
+    department: str
+    origin: str
+    kind: str
+    occurred_at: datetime
+    data: dict[str, Any]
+
+    @property
+    def alert(self) -> bool:
+        return self.kind in ALERTS
+
+    def payload(self, seq: int) -> dict[str, Any]:
+        title, text = describe(self.kind, self.data)
+        return {"seq": seq, "type": self.kind, "department": self.department, "occurred_at": self.occurred_at.isoformat(),
+                "alert": self.alert, "title": title, "text": text, "data": self.data}

@@ -1,0 +1,254 @@
+"""The desks' side of notify on real Kafka and PostgreSQL: the live stream resumes with
+Last-Event-ID without missing or repeating an event, e-mails go over real SMTP (aiosmtpd) with
+the webhooks' retries and log, and the desk page's session is scoped to the desk's department."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from reflexe.v1 import capacity_pb2, referral_pb2
+
+from reflexe_common.auth import mint
+from reflexe_common.envelope import ts
+from reflexe_notify.adapters import store
+from reflexe_notify.domain.desk import DeskEvent
+from reflexe_notify.entrypoints.app import build_app
+from reflexe_notify.settings import NotifySettings
+from tests.integration.notify.kit import AT, JWT_SECRET, eventually, header, publish, referral_requested
+from tests.support.desk import SmtpSink, SseCollector
+from tests.support.infra import Infra
+
+pytestmark = pytest.mark.integration
+STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
+
+
+def auth(role: str, **scope: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(JWT_SECRET, role, **scope)}"}
+
+
+@pytest.fixture(scope="module")
+def smtp() -> SmtpSink:
+    sink = SmtpSink().start()  # accepts everything; a test may make it refuse for a while
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> AsyncIterator[Any]:
+    settings = NotifySettings(
+        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, JWT_SECRET=JWT_SECRET,
+        NOTIFY_MAX_ATTEMPTS=4, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
+        NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
+        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=smtp.port, NOTIFY_SMTP_FROM="Réflexe <ne-pas-repondre@reflexe.test>",
+        NOTIFY_PUBLIC_URL="https://reflexe.test",
+    )
+    application = build_app(settings)
+    async with application.router.lifespan_context(application):
+        await application.state.pool.execute("UPDATE subscriptions SET active = false")
+        await eventually(application.state.desk_hub.listening.is_set, what="the desk stream listener")
+        yield application
+
+
+@pytest.fixture(scope="module")
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notify") as c:
+        yield c
+
+
+async def _served(app: Any) -> AsyncIterator[str]:
+    # Streaming needs a real server: ASGITransport buffers the whole response.
+    import uvicorn
+
+    from tests.support.services import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, timeout=20, what="uvicorn")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture(scope="module")
+async def url(app: Any) -> AsyncIterator[str]:
+    async for base in _served(app):
+        yield base
+
+
+def capacity_changed(department: str, live: int) -> capacity_pb2.LivePlacesChanged:
+    return capacity_pb2.LivePlacesChanged(had_finess=f"{department}0000001"[:9], department=department,
+                                          occurred_at=ts(AT), live_places=live, declared_places=live, status="OPEN",
+                                          authorised_places=50)
+
+
+async def test_the_stream_resumes_with_last_event_id_without_a_gap_or_a_repeat(
+        url: str, producer: AIOKafkaProducer) -> None:
+    desk = auth("desk", department=STREAM_DEPARTMENT)
+    stream_url = f"{url}/v1/desks/{STREAM_DEPARTMENT}/stream"
+    async with httpx.AsyncClient() as http:
+        first = SseCollector(http, stream_url, desk)
+        await asyncio.wait_for(first.opened.wait(), 10)
+        assert first.status == 200
+        for live in range(10):
+            await publish(producer, capacity_changed(STREAM_DEPARTMENT, live))
+        await eventually(lambda: len(first.events) >= 10, what="ten live events")
+        await first.stop()  # the connection drops…
+        resume_from = first.events[4].id  # …and the client had only processed five
+        for live in range(10, 25):  # events keep coming while it is away
+            await publish(producer, capacity_changed(STREAM_DEPARTMENT, live))
+        second = SseCollector(http, stream_url, {**desk, "Last-Event-ID": resume_from})
+        for live in range(25, 30):
+            await publish(producer, capacity_changed(STREAM_DEPARTMENT, live))
+        await eventually(lambda: len(second.events) >= 25, what="the missed and the new events")
+        await asyncio.sleep(0.3)
+        await second.stop()
+    lives = [e.json["data"]["live_places"] for e in second.events]
+    assert lives == list(range(5, 30)), "replayed then live, in order, each once"
+    ids = [int(e.id) for e in second.events]
+    assert ids == list(range(int(resume_from) + 1, int(resume_from) + 26))
+    assert all(e.event == "desk" and e.json["type"] == "capacity.changed" for e in second.events)
+
+
+async def test_numbers_commit_in_order_even_when_writers_race(app: Any) -> None:
+    """Many transactions of one department at once: a reader polling "after n" never skips one."""
+    pool: asyncpg.Pool = app.state.pool
+    start = await store.desk_head(pool, ORDER_DEPARTMENT)
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        last = start
+        while not (done.is_set() and last - start >= 200):
+            for seq, _ in await store.desk_events_after(pool, ORDER_DEPARTMENT, last):
+                seen.append(seq)
+                last = seq
+            await asyncio.sleep(0)
+
+    async def writer(i: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.append_desk_event(conn, DeskEvent(ORDER_DEPARTMENT, f"race-{uuid.uuid4()}", "capacity.changed",
+                                                          AT, {"i": i}))
+            await asyncio.sleep(0.001 * (i % 5))  # hold the transaction open a little, differently
+
+    reading = asyncio.create_task(reader())
+    for batch in range(20):
+        await asyncio.gather(*(writer(batch * 10 + k) for k in range(10)))
+    done.set()
+    await asyncio.wait_for(reading, 20)
+    assert seen == list(range(start + 1, start + 201))
+
+
+async def test_the_stream_and_alerts_are_authenticated_and_scoped(client: httpx.AsyncClient) -> None:
+    assert (await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/stream")).status_code == 401
+    forbidden = await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/stream", headers=auth("desk", department="34"))
+    assert forbidden.status_code == 403
+    assert (await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/alerts",
+                             headers=auth("had", finess="340011295"))).status_code == 403
+    assert (await client.get("/desk/34/stream")).status_code == 401
+    assert (await client.get("/desk/34/fragments")).status_code == 401
+
+
+async def test_desk_login_sets_a_strict_http_only_cookie_scoped_to_its_department(client: httpx.AsyncClient) -> None:
+    page = await client.get("/desk/34")
+    assert page.status_code == 303 and page.headers["location"].startswith("/desk?next=")
+    bad = await client.post("/desk/login", data={"token": "not-a-token"})
+    assert bad.status_code == 401 and "Jeton invalide" in bad.text
+    had = await client.post("/desk/login", data={"token": mint(JWT_SECRET, "had", finess="340011295")})
+    assert had.status_code == 403
+    cross = await client.post("/desk/login", data={"token": mint(JWT_SECRET, "desk", department="34")},
+                              headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403
+
+    async with httpx.AsyncClient(transport=client._transport, base_url="http://notify") as browser:
+        login = await browser.post("/desk/login", data={"token": mint(JWT_SECRET, "desk", department="34")})
+        assert login.status_code == 303 and login.headers["location"] == "/desk/34"
+        cookie = login.headers["set-cookie"]
+        for attribute in ("HttpOnly", "SameSite=strict", "Path=/desk", "Max-Age="):
+            assert attribute.lower() in cookie.lower(), cookie
+        other = await browser.get("/desk/31")
+        assert other.status_code == 403 and "ne peut pas voir le département 31" in other.text
+        assert (await browser.get("/desk/31/fragments")).status_code == 403
+        assert (await browser.get("/desk/31/stream")).status_code == 403
+        own = await browser.get("/desk/34")  # the other services are not running here: said so, not crashed
+        assert own.status_code == 200 and "Bureau de coordination HAD — Hérault (34)" in own.text
+        assert "service momentanément indisponible" in own.text
+        assert own.headers["content-security-policy"].startswith("default-src 'self'")
+        static = await browser.get("/desk/static/desk.js")
+        assert static.status_code == 200 and "EventSource" in static.text
+
+
+async def test_an_escalation_is_emailed_in_french_and_logged(
+        client: httpx.AsyncClient, producer: AIOKafkaProducer, smtp: SmtpSink) -> None:
+    desk = auth("desk", department=MAIL_DEPARTMENT)
+    subscribed = await client.post("/v1/subscriptions", headers=desk, json={
+        "email": "bureau972@mssante.test", "event_types": ["referral.escalated", "admission.overdue"]})
+    assert subscribed.status_code == 201, subscribed.text
+    view = subscribed.json()
+    assert view["channel"] == "email" and view["email"] == "bureau972@mssante.test" and "secret" not in view
+    both = await client.post("/v1/subscriptions", headers=desk, json={"email": "a@b.test", "url": "http://x.test/h"})
+    assert both.status_code == 422
+
+    referral_id = str(uuid.uuid4())
+    await publish(producer, referral_requested(MAIL_DEPARTMENT, "972000001", referral_id))
+    await publish(producer, referral_pb2.ReferralEscalated(header=header(referral_id, MAIL_DEPARTMENT),
+                                                           why="aucune HAD ne couvre la commune"))
+
+    def mailed():
+        return [m for m in smtp.messages if referral_id[:8] in m.get_body(("plain",)).get_content()]
+
+    [message] = await eventually(mailed, what="the escalation e-mail")
+    assert message["Subject"] == f"[Réflexe] Aucune HAD trouvée — département {MAIL_DEPARTMENT}"
+    assert message["To"] == "bureau972@mssante.test" and "ne-pas-repondre@reflexe.test" in message["From"]
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",)).get_content()
+    assert "aucune HAD ne couvre la commune" in text and f"https://reflexe.test/desk/{MAIL_DEPARTMENT}" in text
+    assert "pseudo-0001" not in message.as_string() and "1942" not in message.as_string()
+    assert '<html lang="fr">' in message.get_body(("html",)).get_content()
+
+    async def logged():
+        rows = (await client.get("/v1/deliveries", headers=desk)).json()
+        return [r for r in rows if r["status"] == "DELIVERED" and r["event_type"] == "referral.escalated"]
+
+    [row] = await eventually(logged, what="the delivery log")
+    assert row["attempt_log"][0]["outcome"] == "delivered" and row["attempt_log"][0]["http_status"] is None
+
+    alerts = (await client.get(f"/v1/desks/{MAIL_DEPARTMENT}/alerts", headers=desk)).json()["alerts"]
+    assert alerts[0]["type"] == "referral.escalated" and alerts[0]["data"]["referral_id"] == referral_id
+
+
+async def test_a_refused_email_is_retried_with_the_same_message_id(
+        client: httpx.AsyncClient, producer: AIOKafkaProducer, smtp: SmtpSink) -> None:
+    desk = auth("desk", department=RETRY_DEPARTMENT)
+    smtp.answer = lambda _id, nth: "451 4.3.0 Réessayez plus tard" if nth <= 2 else None
+    try:
+        assert (await client.post("/v1/subscriptions", headers=desk, json={
+            "email": "bureau973@mssante.test", "event_types": ["admission.overdue"]})).status_code == 201
+        referral_id = str(uuid.uuid4())
+        await publish(producer, referral_pb2.AdmissionOverdue(header=header(referral_id, RETRY_DEPARTMENT)))
+
+        def delivered():
+            return [m for m in smtp.messages if m["To"] == "bureau973@mssante.test"]
+
+        [message] = await eventually(delivered, what="the e-mail after two refusals")
+        assert smtp.attempts[message["Message-ID"]] == 3
+        assert message["Subject"].startswith("[Réflexe] Admission en retard")
+
+        async def logged():
+            rows = (await client.get("/v1/deliveries", headers=desk)).json()
+            return [r for r in rows if r["status"] == "DELIVERED"]
+
+        [row] = await eventually(logged, what="the delivery log")
+        assert [a["outcome"] for a in row["attempt_log"]] == ["retry", "retry", "delivered"]
+        assert "451" in row["attempt_log"][0]["error"]
+    finally:
+        smtp.answer = lambda _id, nth: None
