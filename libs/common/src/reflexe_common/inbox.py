@@ -81,26 +81,64 @@ class RecordProcessor:
     async def process(self, record: Record) -> str:
         """Returns the outcome: handled, duplicate or dead-letter. Retries transient failures forever."""
         started = time.perf_counter()
-        outcome = await self._process(record)
-        HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started)
-        return outcome
-
-    async def _process(self, record: Record) -> str:
         try:
             envelope = unwrap(record.headers, record.value)
         except PoisonRecord as exc:
             await self._dead_letters.send(self.consumer, record, str(exc))
-            return "dead-letter"
+            outcome = "dead-letter"
+        else:
+            outcome = await self._process_one(record, envelope)
+        HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started)
+        return outcome
+
+    async def process_batch(self, records: list[Record]) -> None:
+        """Records of one partition, in order, handled in ONE transaction (a commit per batch, not
+        per record). If anything in the batch fails, it is rolled back and every record is
+        handled alone, so the good ones commit and only the bad one is retried or dead-lettered."""
+        if len(records) == 1:
+            await self.process(records[0])
+            return
+        started = time.perf_counter()
+        decoded: list[tuple[Record, Envelope]] = []
+        for record in records:
+            try:
+                decoded.append((record, unwrap(record.headers, record.value)))
+            except PoisonRecord as exc:
+                await self._dead_letters.send(self.consumer, record, str(exc))
+        try:
+            duplicates = 0
+            async with self._pool.acquire() as conn, conn.transaction():
+                for _, envelope in decoded:
+                    if await self._claim(conn, envelope):
+                        await self._handler(conn, envelope)
+                    else:
+                        duplicates += 1
+        except Exception:
+            log.warning("batch failed; handling its records one by one", extra={"consumer": self.consumer,
+                                                                                "records": len(decoded)})
+            for record, envelope in decoded:
+                started_one = time.perf_counter()
+                outcome = await self._process_one(record, envelope)
+                HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started_one)
+            return
+        DUPLICATES_SKIPPED.labels(self.consumer).inc(duplicates)
+        per_record = (time.perf_counter() - started) / max(1, len(decoded))
+        for _ in decoded:
+            HANDLER_SECONDS.labels(self.consumer, "handled").observe(per_record)
+
+    async def _claim(self, conn: asyncpg.Connection, envelope: Envelope) -> bool:
+        return bool(await conn.fetchval(
+            "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+            self.consumer, envelope.id,
+        ))
+
+    async def _process_one(self, record: Record, envelope: Envelope) -> str:
         failures = 0
         backoff = 0.1
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    claimed = await conn.fetchval(
-                        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-                        self.consumer, envelope.id,
-                    )
-                    if not claimed:
+                    if not await self._claim(conn, envelope):
                         DUPLICATES_SKIPPED.labels(self.consumer).inc()
                         return "duplicate"
                     await self._handler(conn, envelope)
@@ -143,12 +181,11 @@ class ConsumerLoop:
         self.started.set()
         try:
             while True:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=200)
                 for tp, records in batches.items():
-                    for r in records:
-                        await self._processor.process(
-                            Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()))
-                        )
+                    await self._processor.process_batch(
+                        [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
+                    )
                     CONSUMER_LAG.labels(self._group, tp.topic).set(
                         max(0, (self._consumer.highwater(tp) or 0) - await self._consumer.position(tp))
                     )

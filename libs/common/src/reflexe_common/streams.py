@@ -11,6 +11,9 @@ import faust
 from reflexe_common.inbox import Record, RecordProcessor
 from reflexe_common.topics import Topic
 
+BATCH_SIZE = 200
+BATCH_WAIT_SECONDS = 0.002
+
 
 def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProcessor, instance: str) -> faust.App:
     app = faust.App(
@@ -28,8 +31,15 @@ def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProces
 
     @app.agent(source, name=processor.consumer)
     async def process(stream):
-        async for event in stream.events():
-            msg = event.message
-            await processor.process(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or ())))
+        # Small batches, one transaction each; the short wait keeps a lone event fast. One agent
+        # instance handles its partitions in order (no agent concurrency: it would reorder).
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT_SECONDS):
+            by_partition: dict[int, list[Record]] = {}
+            for event in events:
+                msg = event.message
+                by_partition.setdefault(msg.partition, []).append(
+                    Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or ())))
+            for records in by_partition.values():
+                await processor.process_batch(records)
 
     return app
