@@ -75,7 +75,8 @@ def decode(secret: str, token: str) -> Principal:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+async def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    # async: FastAPI would run a plain function in a thread pool, a thread hop per request.
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "MISSING_TOKEN", "this endpoint needs an 'Authorization: Bearer <token>' header")
     return decode(request.app.state.jwt_secret, credentials.credentials)
@@ -84,7 +85,7 @@ def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | 
 def require(*roles: Role):
     """A FastAPI dependency: the caller must hold one of these roles (admin always may)."""
 
-    def dependency(principal: Principal = Depends(authenticated)) -> Principal:
+    async def dependency(principal: Principal = Depends(authenticated)) -> Principal:
         if principal.role not in roles and principal.role != Role.ADMIN:
             raise ApiError(403, "ROLE_FORBIDDEN", f"role {principal.role} may not call this endpoint")
         return principal

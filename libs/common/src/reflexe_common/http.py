@@ -18,6 +18,35 @@ from reflexe_common.errors import ApiError
 from reflexe_common.metrics import HTTP_SECONDS
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class RequestMetrics:
+    """Request latency by route template (never a concrete id), as plain ASGI: the decorator
+    style (BaseHTTPMiddleware) costs a task and a stream per request."""
+
+    def __init__(self, app, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(self.service, scope["method"], route, f"{status // 100}xx").observe(
+                time.perf_counter() - started)
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -64,15 +93,5 @@ def create_app(service: str, jwt_secret: str, lifespan: Callable[[FastAPI], Abst
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code, media_type=PROBLEM_JSON)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")  # a template, never a concrete id
-        HTTP_SECONDS.labels(service, request.method, template, f"{response.status_code // 100}xx").observe(
-            time.perf_counter() - started
-        )
-        return response
-
+    app.add_middleware(RequestMetrics, service=service)
     return app

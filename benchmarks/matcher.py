@@ -1,0 +1,227 @@
+"""The matcher alone: ReferralRequested produced straight onto the referral log → OfferProposed
+committed on the matching log, with the capacity service as its own process.
+
+(a) decision latency at a steady `rate` (referrals/s, for `seconds`): from the produce call of a
+    ReferralRequested to the read_committed consumption of its OfferProposed, p50/p95/p99;
+(b) sustained throughput: THROUGHPUT_REFERRALS produced as fast as possible, offers committed
+    per second, with what the time goes to (the matcher's handler time per event from the
+    service's /metrics, the outbox relay's publication delay, CPU of the service and PostgreSQL).
+
+Six departments (one per partition of the referral log), four HADs each with ample places, so
+every referral gets an offer: the figures are the matcher's, not those of an escalation path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client.parser import text_string_to_metric_families
+from reflexe.v1 import referral_pb2
+
+from benchmarks.common import paced, percentiles, print_table
+from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
+from reflexe_common.geography import Geography
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
+from tests.support.data import had_body, unique_finess
+from tests.support.infra import Infra
+from tests.support.services import ServiceProcess, eventually, service_env, token
+
+DEPARTMENTS = ("04", "13", "01", "03", "05", "16")  # one per partition of the referral log
+HADS_PER_DEPARTMENT = 4
+PLACES = 5000  # the API's maximum: 24 HADs x 5000 places, far more than the referrals sent
+THROUGHPUT_REFERRALS = 10_000
+MATCHER_GROUP = "reflexe-matcher"
+
+
+def referral_requested(referral_id: str, department: str, commune: str) -> referral_pb2.ReferralRequested:
+    now = datetime.now(UTC)
+    header = referral_pb2.ReferralEventHeader(referral_id=referral_id, department=department, occurred_at=ts(now),
+                                              actor="hospital:130000001")
+    return referral_pb2.ReferralRequested(header=header, request=referral_pb2.ReferralRequest(
+        referral_id=referral_id, department=department,
+        source=referral_pb2.Source(kind="ED", finess="130000001", unit="SAU"),
+        patient=referral_pb2.Patient(pseudonym=uuid.uuid4().hex, birth_year=1941, sex="F", care_commune=commune,
+                                     place_of_care="HOME"),
+        clinical=referral_pb2.Clinical(main_mpp="03", associated_mpp=["09"], karnofsky=50, equipment=["SYRINGE_DRIVER"],
+                                       urgency="WITHIN_24H", expected_duration_days=10),
+        conditions=referral_pb2.Conditions(patient_consent=True, gp_agreement=True, caregiver_present=True),
+        requested_at=ts(now)))
+
+
+class Offers:
+    """Follows the matching log (read_committed) and notes when each referral's offer arrived."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.received: dict[str, float] = {}
+        self.ready = asyncio.Event()
+
+    async def follow(self) -> None:
+        tps = [TopicPartition(MATCHING_EVENTS.name, p) for p in range(MATCHING_EVENTS.partitions)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed",
+                                    enable_auto_commit=False, fetch_max_wait_ms=50)
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            self.ready.set()
+            while True:
+                for records in (await consumer.getmany(*tps, timeout_ms=100)).values():
+                    now = time.perf_counter()
+                    for r in records:
+                        try:
+                            envelope = unwrap(list(r.headers), r.value)
+                        except PoisonRecord:
+                            continue
+                        if envelope.type == "reflexe.v1.OfferProposed":
+                            self.received.setdefault(envelope.message.referral_id, now)
+        finally:
+            await consumer.stop()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of every postgres process on the machine (the bench's cluster dominates during a run)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+async def mark_group_caught_up(bootstrap: str) -> None:
+    """The matcher group starts at the end of the log (as a service that was running would), so
+    that earlier runs on the same broker are not part of the measure."""
+    tps = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=MATCHER_GROUP, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.commit({tp: OffsetAndMetadata(end[tp], "") for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
+    geography = Geography.load()
+    communes = {d: [c.insee_code for c in geography.communes_of_department(d)] for d in DEPARTMENTS}
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        active = [g for g in await admin.list_consumer_groups() if g[0] == MATCHER_GROUP]
+    finally:
+        await admin.close()
+    await mark_group_caught_up(infra.kafka_bootstrap)
+    service = ServiceProcess("reflexe_capacity", service_env(infra, INSTANCE="bench"), "CAPACITY_HTTP_PORT", log_dir).start()
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    offers = Offers(infra.kafka_bootstrap)
+    follower = asyncio.create_task(offers.follow())
+    try:
+        await service.wait_ready()
+        await producer.start()
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as capacity:
+            for department in DEPARTMENTS:
+                for n in range(HADS_PER_DEPARTMENT):
+                    had = unique_finess(department)
+                    body = had_body(f"HAD bench {department}-{n}", communes[department], department=department, places=PLACES)
+                    (await capacity.put(f"/v1/hads/{had}", json=body, headers=token("admin"))).raise_for_status()
+                    (await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
+                                         json={"places_available": PLACES, "admissions_possible_today": PLACES,
+                                               "status": "OPEN"})).raise_for_status()
+            await asyncio.wait_for(offers.ready.wait(), 30)
+            sent: dict[str, float] = {}
+
+            async def send(i: int) -> None:
+                department = DEPARTMENTS[i % len(DEPARTMENTS)]
+                referral_id = str(uuid.uuid4())
+                message = referral_requested(referral_id, department, communes[department][i % len(communes[department])])
+                envelope = wrap(message, "bench/matcher", time=datetime.now(UTC))
+                sent[referral_id] = time.perf_counter()
+                await producer.send(REFERRAL_EVENTS.name, envelope.value(), key=department.encode(),
+                                    headers=envelope.headers())
+
+            async def all_offered(ids: set[str], timeout: float) -> None:
+                await eventually(lambda: asyncio.sleep(0, ids.issubset(offers.received)), timeout=timeout,
+                                 interval=0.05, what=f"{len(ids)} offers")
+
+            # Warm-up (the matcher joins its group, caches fill), then (a) at a steady rate.
+            await paced(20, 40, send)
+            await all_offered(set(sent), 120)
+            sent.clear()
+            count = int(rate * seconds)
+            elapsed = await paced(rate, count, send)
+            await all_offered(set(sent), 120)
+            latencies = [offers.received[rid] - t for rid, t in sent.items()]
+
+            # (b) throughput: everything at once; offers committed per second.
+            before_text = (await capacity.get("/metrics")).text
+            cpu_service, cpu_pg, wall = cpu_seconds(service.proc.pid), postgres_cpu_seconds(), time.perf_counter()
+            sent.clear()
+            for i in range(THROUGHPUT_REFERRALS):
+                await send(i)
+            await producer.flush()
+            produced_s = time.perf_counter() - wall
+            ids = set(sent)
+            await all_offered(ids, 900)
+            last = max(offers.received[rid] for rid in ids)
+            duration = last - wall
+            cpu_service = cpu_seconds(service.proc.pid) - cpu_service
+            cpu_pg = postgres_cpu_seconds() - cpu_pg
+            after = (await capacity.get("/metrics")).text
+            arrivals = sorted(offers.received[rid] - wall for rid in ids)
+            half = arrivals[len(arrivals) // 4:3 * len(arrivals) // 4]  # the steady middle half
+            steady_rate = len(half) / (half[-1] - half[0]) if len(half) > 1 and half[-1] > half[0] else float("nan")
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await producer.stop()
+        service.stop()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before_text, name, **labels)
+
+    handled = delta("reflexe_handler_duration_seconds_count", consumer="matcher", outcome="handled")
+    handler_s = delta("reflexe_handler_duration_seconds_sum", consumer="matcher", outcome="handled")
+    published = delta("reflexe_outbox_publish_duration_seconds_count", service="capacity")
+    publish_s = delta("reflexe_outbox_publish_duration_seconds_sum", service="capacity")
+    print_table(f"Matcher benchmark: {count} referrals at {rate:.0f}/s (produced in {elapsed:.1f} s)"
+                + (" [another reflexe-matcher member was active]" if active else ""), {
+        "ReferralRequested -> OfferProposed": percentiles(latencies),
+    })
+    print(f"\n  throughput: {THROUGHPUT_REFERRALS} referrals produced in {produced_s:.1f} s, all offered after "
+          f"{duration:.1f} s: {THROUGHPUT_REFERRALS / duration:.0f} offers/s overall, {steady_rate:.0f} offers/s "
+          f"in the steady middle half")
+    if handled:
+        print(f"  matcher: {handled:.0f} events handled, {handler_s / handled * 1000:.2f} ms each on average "
+              f"(one record at a time: at most {handled / handler_s:.0f} events/s per process); "
+              f"{handler_s / duration:.0%} of the wall time inside the handler")
+    if published:
+        print(f"  outbox relay: {published:.0f} events published, {publish_s / published * 1000:.1f} ms on average "
+              f"from commit to publication")
+    print(f"  CPU over the run: capacity service {cpu_service / duration:.0%} of one core, "
+          f"PostgreSQL {cpu_pg / duration:.0%} of one core ({os.cpu_count()} cores)")
