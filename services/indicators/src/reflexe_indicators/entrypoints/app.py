@@ -1,22 +1,56 @@
-"""The indicators service's process: a faust agent folds the referral log into facts; the API
-and /metrics expose the indicators."""
+"""The indicators service's process: a faust agent folds the referral log, an aiokafka consumer
+the capacity log, into the facts of every live generation; a replayer rebuilds a fresh
+generation from the beginning of the log on demand; the API, the exports and the gauges on
+/metrics all read the current generation through service_layer.indicators."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import REFERRAL_EVENTS
+from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS
+from reflexe_indicators.adapters.store import current_generation, ensure_first_generation, generation_schema
 from reflexe_indicators.entrypoints.api import router
-from reflexe_indicators.service_layer.facts import fold
+from reflexe_indicators.service_layer.facts import handler
+from reflexe_indicators.service_layer.indicators import COLUMNS, PARIS, RATIOS, Query, compute
+from reflexe_indicators.service_layer.replay import Replayer
 from reflexe_indicators.settings import IndicatorsSettings
 
 SCHEMA = "indicators"
 GROUP = "reflexe-indicators"
+log = logging.getLogger(__name__)
+INDICATOR = Gauge("reflexe_indicator", "ARS follow-up indicators of the current day and month, per department "
+                  "(the same computation as the API).", ["indicator", "period", "department"])
+GAUGED = [c for c in COLUMNS if "_" not in c or c in RATIOS or c in (
+    "referrals_received", "offers_made", "offers_accepted", "offers_declined", "offers_expired", "active_patients",
+    "patient_days", "admitted_within_24h", "admissions_in_ehpad", "days_below_viability")]
+
+
+async def refresh_gauges(app: FastAPI, every: float) -> None:
+    settings = app.state.settings
+    while True:
+        try:
+            today = datetime.now(UTC).astimezone(PARIS).date()
+            async with app.state.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                generation = await current_generation(conn)
+                for period, start in (("day", today), ("month", today.replace(day=1))):
+                    rows = await compute(conn, generation_schema(SCHEMA, generation), Query("department", period, start, today),
+                                         stale_after=timedelta(minutes=settings.stale_after_minutes))
+                    for row in rows:
+                        for c in GAUGED:
+                            if row[c] is not None:
+                                INDICATOR.labels(c, period, row["key"]).set(row[c])
+        except Exception:
+            log.exception("indicator gauges not refreshed")
+        await asyncio.sleep(every)
 
 
 def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
@@ -26,8 +60,19 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with service_runtime(app, settings, SCHEMA, "reflexe_indicators.migrations") as runtime:
+            app.state.settings, app.state.schema = settings, SCHEMA
+            await ensure_first_generation(runtime.pool, SCHEMA)
+            fold = handler(SCHEMA)
             await runtime.stream(GROUP, REFERRAL_EVENTS, "indicators-facts", fold)
-            yield
+            runtime.consume(f"{GROUP}-capacity", [CAPACITY_EVENTS], fold)
+            replayer = Replayer(runtime.pool, settings.kafka_bootstrap, SCHEMA, GROUP, settings.replay_batch)
+            app.state.replayer = replayer
+            await replayer.resume()
+            runtime.tasks.start("indicator-gauges", refresh_gauges(app, settings.metrics_refresh_seconds))
+            try:
+                yield
+            finally:
+                await replayer.stop()
 
     app = create_app("indicators", settings.jwt_secret, lifespan, "ARS follow-up indicators computed from the event log.")
     app.include_router(router)

@@ -1,0 +1,129 @@
+"""Fact tables, one PostgreSQL schema per generation (``indicators_g<N>``), and the
+``generations`` table that says which one the API reads (``current``) and which ones the live
+consumer feeds (``current`` and ``building``). A replay builds a new generation next to the
+current one and switches over in one UPDATE: readers see the old figures or the new ones,
+never a mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from reflexe_common.geography import Geography
+from reflexe_indicators.domain.facts import DECLARATIONS, OFFERS, REFERRALS, TABLES, Delta, FactTable
+
+
+def generation_schema(base: str, generation: int) -> str:
+    return f"{base}_g{generation}"
+
+
+def _ddl(schema: str) -> str:
+    tables = []
+    for t in TABLES:
+        cols = ", ".join(f"{c} {ty}" for c, ty in t.types.items())
+        tables.append(f'CREATE TABLE IF NOT EXISTS "{schema}".{t.name} ({cols}, PRIMARY KEY ({", ".join(t.key)}))')
+    return ";\n".join([
+        f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables,
+        f'CREATE INDEX IF NOT EXISTS rf_requested ON "{schema}".referral_facts (requested_at)',
+        f'CREATE INDEX IF NOT EXISTS rf_admitted ON "{schema}".referral_facts (admitted_at)',
+        f'CREATE INDEX IF NOT EXISTS rf_admitted_had ON "{schema}".referral_facts (admitted_had, admitted_at)',
+        f'CREATE INDEX IF NOT EXISTS of_made ON "{schema}".offer_facts (made_at)',
+        f'CREATE INDEX IF NOT EXISTS of_outcome ON "{schema}".offer_facts (outcome_at)',
+        f'CREATE INDEX IF NOT EXISTS of_referral ON "{schema}".offer_facts (referral_id)',
+    ]) + ";"
+
+
+def upsert_sql(schema: str, t: FactTable) -> str:
+    """One statement upserting N rows given as one array per column (unnest), with the merge
+    rules of domain.facts.merge: the result does not depend on the order of events."""
+    cols = t.columns
+    sets = [f"{c} = COALESCE(f.{c}, EXCLUDED.{c})" for c in t.first]
+    for time_col, companions in t.earliest:
+        newer = f"(EXCLUDED.{time_col} IS NOT NULL AND (f.{time_col} IS NULL OR EXCLUDED.{time_col} < f.{time_col}))"
+        for c in (time_col, *companions):
+            sets.append(f"{c} = CASE WHEN {newer} THEN EXCLUDED.{c} ELSE f.{c} END")
+    arrays = ", ".join(f"${i + 1}::{t.types[c]}[]" for i, c in enumerate(cols))
+    conflict = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+    return (f'INSERT INTO "{schema}".{t.name} AS f ({", ".join(cols)}) SELECT * FROM unnest({arrays}) '
+            f"ON CONFLICT ({', '.join(t.key)}) {conflict}")
+
+
+async def upsert_rows(conn: asyncpg.Connection, schema: str, t: FactTable, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = [[r.get(c) for r in rows] for c in t.columns]
+    await conn.execute(upsert_sql(schema, t), *columns)
+
+
+async def apply(conn: asyncpg.Connection, schema: str, deltas: list[Delta]) -> None:
+    """The live path: one event's deltas (one row per table at most) into one generation."""
+    for table in (REFERRALS, OFFERS, DECLARATIONS):
+        rows = [row for t, row in deltas if t is table]
+        await upsert_rows(conn, schema, table, rows)
+
+
+# -- generations -------------------------------------------------------------------------------
+
+async def live_generations(conn: asyncpg.Connection) -> list[int]:
+    return [r["generation"] for r in await conn.fetch(
+        "SELECT generation FROM generations WHERE state IN ('current', 'building') ORDER BY generation")]
+
+
+async def current_generation(conn: asyncpg.Connection) -> int | None:
+    return await conn.fetchval("SELECT generation FROM generations WHERE state = 'current'")
+
+
+async def ensure_first_generation(pool: asyncpg.Pool, base: str) -> int:
+    """At start-up: the current generation exists with its tables (generation 1 the first time)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE generations IN EXCLUSIVE MODE")
+        current = await current_generation(conn)
+        if current is None:
+            current = await conn.fetchval("SELECT COALESCE(max(generation), 0) + 1 FROM generations")
+            await conn.execute(_ddl(generation_schema(base, current)))
+            await conn.execute("INSERT INTO generations (generation, state, switched_at) VALUES ($1, 'current', now())",
+                               current)
+        await conn.execute(_ddl(generation_schema(base, current)))  # idempotent
+        await _load_regions(conn)
+    return current
+
+
+async def _load_regions(conn: asyncpg.Connection) -> None:
+    departments = Geography.load().departments
+    await conn.execute(
+        "INSERT INTO department_regions (department, region) SELECT * FROM unnest($1::text[], $2::text[]) "
+        "ON CONFLICT (department) DO UPDATE SET region = EXCLUDED.region",
+        list(departments), [d.region_code for d in departments.values()])
+
+
+async def start_generation(conn: asyncpg.Connection, base: str) -> int | None:
+    """Register a building generation with empty tables; None when one is already building."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE generations IN EXCLUSIVE MODE")
+        if await conn.fetchval("SELECT 1 FROM generations WHERE state = 'building'"):
+            return None
+        generation = await conn.fetchval("SELECT COALESCE(max(generation), 0) + 1 FROM generations")
+        schema = generation_schema(base, generation)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.execute(_ddl(schema))
+        await conn.execute("INSERT INTO generations (generation, state, started_at) VALUES ($1, 'building', now())",
+                           generation)
+        return generation
+
+
+async def switch_to(conn: asyncpg.Connection, base: str, generation: int, keep_retired: int = 1) -> None:
+    """The atomic switch-over: the building generation becomes current, the old one retired."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE generations IN EXCLUSIVE MODE")
+        await conn.execute("UPDATE generations SET state = 'retired' WHERE state = 'current'")
+        await conn.execute("UPDATE generations SET state = 'current', switched_at = now() WHERE generation = $1",
+                           generation)
+        # Old generations beyond the newest retired one are dropped (a reader may still hold the
+        # previous one for the duration of its query).
+        old = await conn.fetch("SELECT generation FROM generations WHERE state = 'retired' ORDER BY generation DESC "
+                               "OFFSET $1", keep_retired)
+        for r in old:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{generation_schema(base, r["generation"])}" CASCADE')
+            await conn.execute("UPDATE generations SET state = 'dropped' WHERE generation = $1", r["generation"])

@@ -1,0 +1,161 @@
+"""What an event contributes to the facts: pure functions, no I/O, shared by the live consumer
+(one event per transaction) and the replay (thousands of events folded in memory per batch).
+
+Facts are keyed (a referral, an offer, a declaration) and every column merges with a rule that
+does not depend on arrival order, so late, out-of-order and redelivered events give the same
+facts as the log read in order:
+
+* ``first`` columns are set by one event only (the request, the offer): keep the first non-null;
+* ``earliest`` groups are a time and its companions (``accepted_at`` + ``accepted_had``): the
+  group of the earliest event wins as a whole (ties keep what is stored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from reflexe.v1 import capacity_pb2 as cpb
+from reflexe.v1 import referral_pb2 as pb
+
+
+@dataclass(frozen=True)
+class FactTable:
+    name: str
+    key: tuple[str, ...]
+    types: dict[str, str]  # column → PostgreSQL type, key first
+    first: tuple[str, ...]  # COALESCE(stored, new)
+    earliest: tuple[tuple[str, tuple[str, ...]], ...]  # (time column, companions)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.types)
+
+
+REFERRALS = FactTable(
+    "referral_facts", ("referral_id",),
+    {"referral_id": "uuid", "department": "text", "source_kind": "text", "source_finess": "text",
+     "place_of_care": "text", "requested_at": "timestamptz",
+     "ineligible_at": "timestamptz", "ineligible_reason": "text",
+     "first_offer_at": "timestamptz", "first_offer_had": "text",
+     "accepted_at": "timestamptz", "accepted_had": "text",
+     "escalated_at": "timestamptz",
+     "admitted_at": "timestamptz", "admitted_had": "text", "admitted_place": "text",
+     "discharged_at": "timestamptz",
+     "cancelled_at": "timestamptz", "cancel_reason": "text"},
+    first=("department", "source_kind", "source_finess", "place_of_care", "requested_at"),
+    earliest=(("ineligible_at", ("ineligible_reason",)), ("first_offer_at", ("first_offer_had",)),
+              ("accepted_at", ("accepted_had",)), ("escalated_at", ()),
+              ("admitted_at", ("admitted_had", "admitted_place")), ("discharged_at", ()),
+              ("cancelled_at", ("cancel_reason",))),
+)
+OFFERS = FactTable(
+    "offer_facts", ("offer_id",),
+    {"offer_id": "text", "referral_id": "uuid", "department": "text", "had_finess": "text",
+     "made_at": "timestamptz", "by_desk": "boolean", "outcome_at": "timestamptz", "outcome": "text", "reason": "text"},
+    first=("referral_id", "department", "had_finess", "made_at", "by_desk"),
+    earliest=(("outcome_at", ("outcome", "reason")),),
+)
+DECLARATIONS = FactTable(
+    "declaration_facts", ("had_finess", "declared_at"),
+    {"had_finess": "text", "declared_at": "timestamptz", "department": "text", "authorised_places": "integer",
+     "places_available": "integer", "status": "text"},
+    first=("department", "authorised_places", "places_available", "status"),
+    earliest=(),
+)
+TABLES = (REFERRALS, OFFERS, DECLARATIONS)
+
+Delta = tuple[FactTable, dict[str, Any]]  # a partial row: key columns + what this event says
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time(value) -> datetime | None:
+    seconds, nanos = value.seconds, value.nanos
+    if seconds == 0 and nanos == 0:
+        return None
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def fold(m: Message) -> list[Delta]:
+    """The partial facts one event carries (empty for events that feed no indicator)."""
+    if isinstance(m, (cpb.CapacityDeclared,)):
+        at = _time(m.declared_at)
+        if not m.had_finess or at is None:
+            return []
+        return [(DECLARATIONS, {"had_finess": m.had_finess, "declared_at": at, "department": m.department or None,
+                                "authorised_places": m.authorised_places, "places_available": m.places_available,
+                                "status": m.status or None})]
+    header = getattr(m, "header", None)
+    if header is None or len(header.referral_id) != 36:
+        return []  # no referral or a malformed id: nothing to fold
+    rid = header.referral_id  # text; PostgreSQL casts it to uuid (and rejects a malformed one)
+    at = _time(header.occurred_at)
+    ref: dict[str, Any] = {"referral_id": rid, "department": header.department or None}
+    if isinstance(m, pb.ReferralRequested):
+        r = m.request
+        ref.update(source_kind=r.source.kind or None, source_finess=r.source.finess or None,
+                   place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at)
+    elif at is None:
+        return []
+    elif isinstance(m, pb.ReferralDeclaredIneligible):
+        ref.update(ineligible_at=at, ineligible_reason=m.reason or "OTHER")
+    elif isinstance(m, pb.OfferMade):
+        ref.update(first_offer_at=at, first_offer_had=m.had_finess)
+        return [(REFERRALS, ref), (OFFERS, {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
+                                            "had_finess": m.had_finess, "made_at": at, "by_desk": m.by_desk})]
+    elif isinstance(m, (pb.OfferAccepted, pb.OfferDeclined, pb.OfferExpired, pb.OfferWithdrawn)):
+        outcome = {pb.OfferAccepted: "ACCEPTED", pb.OfferDeclined: "DECLINED", pb.OfferExpired: "EXPIRED",
+                   pb.OfferWithdrawn: "WITHDRAWN"}[type(m)]
+        offer = {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
+                 "had_finess": m.had_finess or None, "outcome_at": at, "outcome": outcome,
+                 "reason": (m.reason or "OTHER") if outcome == "DECLINED" else None}
+        if outcome == "ACCEPTED":
+            ref.update(accepted_at=at, accepted_had=m.had_finess)
+            return [(REFERRALS, ref), (OFFERS, offer)]
+        return [(OFFERS, offer)]
+    elif isinstance(m, pb.ReferralEscalated):
+        ref.update(escalated_at=at)
+    elif isinstance(m, pb.PatientAdmitted):
+        ref.update(admitted_at=at, admitted_had=m.had_finess, admitted_place=m.place_of_care or None)
+    elif isinstance(m, pb.PatientDischarged):
+        ref.update(discharged_at=at)
+    elif isinstance(m, pb.ReferralCancelled):
+        ref.update(cancelled_at=at, cancel_reason=m.reason or "OTHER")
+    else:
+        return []
+    return [(REFERRALS, ref)]
+
+
+def merge(table: FactTable, stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The in-memory twin of the SQL upsert (adapters.store.upsert_sql): same rules."""
+    out = dict(stored)
+    for c in table.first:
+        if out.get(c) is None:
+            out[c] = new.get(c)
+    for t, companions in table.earliest:
+        nt = new.get(t)
+        if nt is not None and (out.get(t) is None or nt < out[t]):
+            out[t] = nt
+            for c in companions:
+                out[c] = new.get(c)
+    return out
+
+
+class Batch:
+    """Deltas folded in memory, one merged row per key (what the replay upserts per batch)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[tuple, dict[str, Any]]] = {t.name: {} for t in TABLES}
+        self.events = 0
+
+    def add(self, deltas: list[Delta]) -> None:
+        self.events += 1
+        for table, row in deltas:
+            rows = self.rows[table.name]
+            key = tuple(row[k] for k in table.key)
+            stored = rows.get(key)
+            rows[key] = merge(table, stored, row) if stored is not None else row

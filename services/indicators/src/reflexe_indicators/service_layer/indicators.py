@@ -1,0 +1,345 @@
+"""The indicator set of the ARS follow-up (shared/domain/indicators.md), computed in SQL over the
+facts of the current generation. The API, the exports and the Prometheus gauges all call
+`compute`, so they cannot disagree.
+
+Definitions where the brief is silent (also in the README of the service):
+
+* Periods are **Europe/Paris local** days and months; an event belongs to the period of its
+  event time (the time it carries), never of its arrival.
+* Levels: ``department`` (the referral's department), ``region`` (its region), ``source`` (the
+  sending establishment's FINESS), ``had`` (the HAD concerned by the event: offers by the HAD
+  offered to, acceptance by the accepting HAD, admissions and stays by the admitting HAD, first
+  offer by the HAD of the first offer). Referral counts that concern no single HAD (received,
+  ineligible, escalations, cancellations, conversion) are null at HAD level; HAD-day indicators
+  (occupancy, viability, freshness) are null at source level and, at department/region level,
+  aggregate the HADs whose latest declaration names that department.
+* Counts are attributed to the period of their event: received → request time, ineligible,
+  escalation (first one), cancellation, admission → their event time; offers made → offer
+  time; accepted/declined/expired → outcome time.
+* Conversion rate: same cohort — referrals requested in the period that were admitted (at any
+  time up to now) ÷ referrals requested in the period.
+* Durations (minutes) are attributed to the period of their end event (first offer, acceptance,
+  admission) and measured from the request time. Median and 90th percentile use
+  **percentile_cont** (linear interpolation between the two nearest ranks: the textbook median
+  of an even count, numpy's default percentile), exact over the facts of the period.
+* Admitted within 24 h share: admissions of the period whose request → admission ≤ 24 h ÷
+  admissions of the period with a known request time.
+* Reasons outside the national code list count as OTHER.
+* Active patients: a patient is active on local day D if admitted on or before D and not
+  discharged on or before D (the admission day counts, the discharge day does not; an
+  admission and discharge on the same day counts no day). Day row: active that day; month
+  row: distinct patients active on at least one day of the month (file active). Patient-days:
+  sum of active patients over the days. Days after today are never counted.
+* HAD-days: the days from the HAD's first capacity declaration to today. On each HAD-day the
+  capacity is the **authorised places** of the latest declaration made before the end of the
+  day (declared "places available" is free places, not capacity). Occupancy = patient-days ÷
+  capacity-days over the HAD-days of the period. Viability: HAD-days with < 50 active
+  patients. Declaration freshness: stale seconds ÷ observed seconds over the HAD-days, a
+  declaration being stale from ``declared_at + stale_after`` until the next declaration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from reflexe_common.vocabulary import Reason, SourceKind
+
+PARIS = ZoneInfo("Europe/Paris")
+TZ = "'Europe/Paris'"
+LEVELS = ("department", "region", "source", "had")
+PERIODS = ("day", "month")
+REASONS = [r.value for r in Reason]
+KINDS = [k.value for k in SourceKind]
+VIABILITY_THRESHOLD = 50
+
+COLUMNS: list[str] = [
+    "referrals_received", *[f"received_{k}" for k in KINDS],
+    "ineligible", *[f"ineligible_{r}" for r in REASONS],
+    "offers_made", "offers_accepted", "offers_declined", *[f"declined_{r}" for r in REASONS], "offers_expired",
+    "escalations", "admissions", "conversion_rate",
+    "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
+    "admission_median_min", "admission_p90_min", "admitted_within_24h", "admitted_within_24h_share",
+    "cancellations", *[f"cancelled_{r}" for r in REASONS],
+    "active_patients", "patient_days", "admissions_in_ehpad",
+    "had_days", "occupancy", "days_below_viability", "stale_share",
+]
+# Columns that mean nothing at a level (null there rather than 0).
+NOT_AT_HAD = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
+              *[f"ineligible_{r}" for r in REASONS], "escalations", "conversion_rate", "cancellations",
+              *[f"cancelled_{r}" for r in REASONS]}
+HAD_DAY_COLUMNS = {"had_days", "occupancy", "days_below_viability", "stale_share"}
+RATIOS = {"conversion_rate", "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min",
+          "acceptance_p90_min", "admission_median_min", "admission_p90_min", "admitted_within_24h_share",
+          "occupancy", "stale_share"}
+
+
+@dataclass(frozen=True)
+class Query:
+    level: str
+    period: str
+    start: date  # first day asked
+    end: date  # last day asked (inclusive)
+    departments: list[str] | None = None  # restrict to events of these departments
+    hads: list[str] | None = None  # at HAD level, restrict to these HADs
+    sources: list[str] | None = None  # at source level, restrict to these establishments
+
+
+def period_start(day: date, period: str) -> date:
+    return day.replace(day=1) if period == "month" else day
+
+
+def next_period(day: date, period: str) -> date:
+    if period == "day":
+        return day + timedelta(days=1)
+    return date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+
+
+def paris_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=PARIS).astimezone(UTC)
+
+
+def _reason(col: str, code: str) -> str:
+    known = ", ".join(f"'{r}'" for r in REASONS if r != "OTHER")
+    if code == "OTHER":
+        return f"({col} IS NULL OR {col} NOT IN ({known}))"
+    return f"{col} = '{code}'"
+
+
+def _minutes(end: str) -> str:
+    return f"(EXTRACT(EPOCH FROM ({end} - r.requested_at)) / 60)::float8"
+
+
+def _pct(expr: str, p: float) -> str:
+    return f"percentile_cont({p}) WITHIN GROUP (ORDER BY {expr})"
+
+
+class _Sql:
+    """Builds one family's statement with its parameters."""
+
+    def __init__(self, q: Query, schema: str) -> None:
+        self.q, self.s = q, f'"{schema}"'
+        self.params: list[Any] = []
+
+    def p(self, value: Any) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}"
+
+    def bucket(self, col: str) -> str:
+        return f"date_trunc('{self.q.period}', {col} AT TIME ZONE {TZ})::date"
+
+
+async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: str | None,
+                           selects: list[str]) -> list[asyncpg.Record]:
+    if q.level == "had" and had_col is None:
+        return []
+    sql = _Sql(q, schema)
+    key = {"department": "r.department", "region": "g.region", "source": "r.source_finess", "had": had_col}[q.level]
+    lo, hi = sql.p(paris_midnight(period_start(q.start, q.period))), sql.p(paris_midnight(next_period(period_start(q.end, q.period), q.period)))
+    where = [f"r.{time_col} >= {lo}", f"r.{time_col} < {hi}", f"{key} IS NOT NULL"]
+    where += _filters(sql, q, "r.department", key)
+    text = (f"SELECT {sql.bucket('r.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
+            f"FROM {sql.s}.referral_facts r LEFT JOIN department_regions g ON g.department = r.department "
+            f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
+    return await conn.fetch(text, *sql.params)
+
+
+async def _offer_family(conn, q: Query, schema: str, time_col: str, selects: list[str],
+                        extra: str = "TRUE") -> list[asyncpg.Record]:
+    sql = _Sql(q, schema)
+    key = {"department": "o.department", "region": "g.region", "source": "r.source_finess", "had": "o.had_finess"}[q.level]
+    lo, hi = sql.p(paris_midnight(period_start(q.start, q.period))), sql.p(paris_midnight(next_period(period_start(q.end, q.period), q.period)))
+    where = [f"o.{time_col} >= {lo}", f"o.{time_col} < {hi}", f"{key} IS NOT NULL", extra]
+    where += _filters(sql, q, "o.department", key)
+    join = f"LEFT JOIN {sql.s}.referral_facts r ON r.referral_id = o.referral_id " if q.level == "source" else ""
+    text = (f"SELECT {sql.bucket('o.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
+            f"FROM {sql.s}.offer_facts o {join}LEFT JOIN department_regions g ON g.department = o.department "
+            f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
+    return await conn.fetch(text, *sql.params)
+
+
+def _filters(sql: _Sql, q: Query, department_col: str, key: str) -> list[str]:
+    out = []
+    if q.departments is not None:
+        out.append(f"{department_col} = ANY({sql.p(q.departments)}::text[])")
+    if q.hads is not None and q.level == "had":
+        out.append(f"{key} = ANY({sql.p(q.hads)}::text[])")
+    if q.sources is not None and q.level == "source":
+        out.append(f"{key} = ANY({sql.p(q.sources)}::text[])")
+    return out
+
+
+def _cap_end(today: date) -> date:
+    return today + timedelta(days=1)  # days from this one on have not happened yet
+
+
+async def _stays(conn, q: Query, schema: str, today: date) -> list[asyncpg.Record]:
+    """Active patients and patient-days per period, from the stays (admission → discharge)."""
+    sql = _Sql(q, schema)
+    key = {"department": "s.department", "region": "g.region", "source": "s.source_finess", "had": "s.admitted_had"}[q.level]
+    first, last = period_start(q.start, q.period), period_start(q.end, q.period)
+    cap = sql.p(_cap_end(today))
+    where = [f"{key} IS NOT NULL", *_filters(sql, q, "s.department", key)]
+    text = f"""
+        WITH buckets AS (
+            SELECT b::date AS a, (b + interval '1 {q.period}')::date AS e
+            FROM generate_series({sql.p(first)}::date, {sql.p(last)}::date, interval '1 {q.period}') b
+            WHERE b::date < {cap}::date),
+        stays AS (
+            SELECT r.*, (r.admitted_at AT TIME ZONE {TZ})::date AS ad, (r.discharged_at AT TIME ZONE {TZ})::date AS dd
+            FROM {sql.s}.referral_facts r WHERE r.admitted_at IS NOT NULL)
+        SELECT bk.a AS period, {key} AS key, count(*) AS active_patients,
+               sum(LEAST(COALESCE(s.dd, bk.e), bk.e, {cap}::date) - GREATEST(s.ad, bk.a)) AS patient_days
+        FROM buckets bk
+        JOIN stays s ON s.ad < LEAST(bk.e, {cap}::date) AND (s.dd IS NULL OR (s.dd > bk.a AND s.dd > s.ad))
+        LEFT JOIN department_regions g ON g.department = s.department
+        WHERE {' AND '.join(where)}
+        GROUP BY 1, 2"""
+    return await conn.fetch(text, *sql.params)
+
+
+async def _had_days(conn, q: Query, schema: str, today: date, now: datetime, stale_after: timedelta) -> list[asyncpg.Record]:
+    if q.level == "source":
+        return []
+    sql = _Sql(q, schema)
+    key = {"department": "dy.department", "region": "g.region", "had": "dy.had_finess"}[q.level]
+    lo = sql.p(period_start(q.start, q.period))
+    hi = sql.p(min(next_period(period_start(q.end, q.period), q.period) - timedelta(days=1), today))
+    now_p, stale = sql.p(now), sql.p(stale_after)
+    stays_where = ""
+    where = [*_filters(sql, q, "dy.department", key)]
+    text = f"""
+        WITH h AS (
+            SELECT had_finess, min(declared_at) AS first_at,
+                   (array_agg(department ORDER BY declared_at DESC))[1] AS department
+            FROM {sql.s}.declaration_facts GROUP BY had_finess),
+        stays AS (
+            SELECT r.admitted_had AS had_finess, (r.admitted_at AT TIME ZONE {TZ})::date AS ad,
+                   (r.discharged_at AT TIME ZONE {TZ})::date AS dd
+            FROM {sql.s}.referral_facts r JOIN h ON h.had_finess = r.admitted_had
+            WHERE r.admitted_at IS NOT NULL {stays_where}),
+        daily AS (
+            SELECT had_finess, day, sum(n) AS n FROM (
+                SELECT had_finess, ad AS day, 1 AS n FROM stays WHERE dd IS NULL OR dd > ad
+                UNION ALL
+                SELECT had_finess, dd, -1 FROM stays WHERE dd > ad) x
+            WHERE day <= {hi}::date GROUP BY 1, 2),
+        starts AS (
+            SELECT h.had_finess, LEAST((h.first_at AT TIME ZONE {TZ})::date, min(daily.day)) AS s
+            FROM h LEFT JOIN daily USING (had_finess) GROUP BY h.had_finess, h.first_at),
+        cum AS (
+            SELECT se.had_finess, se.day,
+                   sum(COALESCE(dl.n, 0)) OVER (PARTITION BY se.had_finess ORDER BY se.day) AS active
+            FROM (SELECT st.had_finess, d::date AS day FROM starts st,
+                         generate_series(st.s, {hi}::date, interval '1 day') d) se
+            LEFT JOIN daily dl ON dl.had_finess = se.had_finess AND dl.day = se.day),
+        dy AS (
+            SELECT c.had_finess, c.day, c.active, h.department, h.first_at,
+                   (c.day::timestamp AT TIME ZONE {TZ}) AS d_start, ((c.day + 1)::timestamp AT TIME ZONE {TZ}) AS d_end
+            FROM cum c JOIN h USING (had_finess)
+            WHERE c.day >= {lo}::date AND c.day >= (h.first_at AT TIME ZONE {TZ})::date),
+        stale AS (
+            SELECT had_finess, declared_at + {stale}::interval AS s,
+                   COALESCE(lead(declared_at) OVER (PARTITION BY had_finess ORDER BY declared_at), {now_p}::timestamptz) AS e
+            FROM {sql.s}.declaration_facts),
+        per_day AS (
+            SELECT dy.*,
+                (SELECT d.authorised_places FROM {sql.s}.declaration_facts d
+                 WHERE d.had_finess = dy.had_finess AND d.declared_at < dy.d_end
+                 ORDER BY d.declared_at DESC LIMIT 1) AS capacity,
+                EXTRACT(EPOCH FROM GREATEST(LEAST(dy.d_end, {now_p}::timestamptz) - GREATEST(dy.d_start, dy.first_at),
+                                            interval '0'))::float8 AS observed,
+                COALESCE((SELECT sum(EXTRACT(EPOCH FROM LEAST(st.e, dy.d_end, {now_p}::timestamptz) - GREATEST(st.s, dy.d_start)))
+                          FROM stale st WHERE st.had_finess = dy.had_finess AND st.s < LEAST(st.e, dy.d_end, {now_p}::timestamptz)
+                            AND st.e > dy.d_start AND st.s < dy.d_end), 0)::float8 AS stale_s
+            FROM dy)
+        SELECT date_trunc('{q.period}', dy.day)::date AS period, {key} AS key, count(*) AS had_days,
+               count(*) FILTER (WHERE dy.active < {VIABILITY_THRESHOLD}) AS days_below_viability,
+               sum(dy.active) AS occupied_days, sum(dy.capacity) AS capacity_days,
+               sum(dy.observed) AS observed_s, sum(dy.stale_s) AS stale_s
+        FROM per_day dy LEFT JOIN department_regions g ON g.department = dy.department
+        WHERE {key} IS NOT NULL {''.join(' AND ' + w for w in where)}
+        GROUP BY 1, 2"""
+    return await conn.fetch(text, *sql.params)
+
+
+async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_after: timedelta,
+                  now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every indicator of the set, one row per (period, key) with any activity, sorted."""
+    now = now or datetime.now(UTC)
+    today = now.astimezone(PARIS).date()
+    rows: dict[tuple[date, str], dict[str, Any]] = {}
+
+    def put(records, fn) -> None:
+        for rec in records:
+            row = rows.setdefault((rec["period"], rec["key"]), {})
+            fn(row, rec)
+
+    def copy(row, rec) -> None:
+        for k, v in rec.items():
+            if k not in ("period", "key"):
+                row[k] = v
+
+    put(await _referral_family(conn, q, schema, "requested_at", None, [
+        "count(*) AS referrals_received", *[f"count(*) FILTER (WHERE r.source_kind = '{k}') AS \"received_{k}\"" for k in KINDS],
+        "count(*) FILTER (WHERE r.admitted_at IS NOT NULL) AS cohort_admitted"]), copy)
+    put(await _referral_family(conn, q, schema, "ineligible_at", None, [
+        "count(*) AS ineligible", *[f"count(*) FILTER (WHERE {_reason('r.ineligible_reason', c)}) AS \"ineligible_{c}\"" for c in REASONS]]), copy)
+    put(await _referral_family(conn, q, schema, "escalated_at", None, ["count(*) AS escalations"]), copy)
+    put(await _referral_family(conn, q, schema, "cancelled_at", None, [
+        "count(*) AS cancellations", *[f"count(*) FILTER (WHERE {_reason('r.cancel_reason', c)}) AS \"cancelled_{c}\"" for c in REASONS]]), copy)
+    put(await _referral_family(conn, q, schema, "first_offer_at", "r.first_offer_had", [
+        f"{_pct(_minutes('r.first_offer_at'), 0.5)} AS first_offer_median_min",
+        f"{_pct(_minutes('r.first_offer_at'), 0.9)} AS first_offer_p90_min"]), copy)
+    put(await _referral_family(conn, q, schema, "accepted_at", "r.accepted_had", [
+        f"{_pct(_minutes('r.accepted_at'), 0.5)} AS acceptance_median_min",
+        f"{_pct(_minutes('r.accepted_at'), 0.9)} AS acceptance_p90_min"]), copy)
+    put(await _referral_family(conn, q, schema, "admitted_at", "r.admitted_had", [
+        "count(*) AS admissions",
+        f"{_pct(_minutes('r.admitted_at'), 0.5)} AS admission_median_min",
+        f"{_pct(_minutes('r.admitted_at'), 0.9)} AS admission_p90_min",
+        "count(*) FILTER (WHERE r.admitted_at - r.requested_at <= interval '24 hours') AS admitted_within_24h",
+        "count(r.requested_at) AS admitted_with_request",
+        "count(*) FILTER (WHERE COALESCE(r.admitted_place, r.place_of_care) = 'EHPAD') AS admissions_in_ehpad"]), copy)
+    put(await _offer_family(conn, q, schema, "made_at", ["count(*) AS offers_made"]), copy)
+    put(await _offer_family(conn, q, schema, "outcome_at", [
+        "count(*) FILTER (WHERE o.outcome = 'ACCEPTED') AS offers_accepted",
+        "count(*) FILTER (WHERE o.outcome = 'DECLINED') AS offers_declined",
+        *[f"count(*) FILTER (WHERE o.outcome = 'DECLINED' AND {_reason('o.reason', c)}) AS \"declined_{c}\"" for c in REASONS],
+        "count(*) FILTER (WHERE o.outcome = 'EXPIRED') AS offers_expired"],
+        extra="o.outcome IN ('ACCEPTED', 'DECLINED', 'EXPIRED')"), copy)
+    put(await _stays(conn, q, schema, today), copy)
+    put(await _had_days(conn, q, schema, today, now, stale_after), copy)
+
+    out = []
+    for (period, key), raw in sorted(rows.items()):
+        row: dict[str, Any] = {"period": period.isoformat()[:7] if q.period == "month" else period.isoformat(),
+                               "key": key}
+        for c in COLUMNS:
+            row[c] = None if c in RATIOS else int(raw.get(c) or 0)
+        received, cohort = raw.get("referrals_received") or 0, raw.get("cohort_admitted") or 0
+        row["conversion_rate"] = cohort / received if received else None
+        for c in ("first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
+                  "admission_median_min", "admission_p90_min"):
+            row[c] = raw.get(c)
+        with_request = raw.get("admitted_with_request") or 0
+        row["admitted_within_24h_share"] = (raw.get("admitted_within_24h") or 0) / with_request if with_request else None
+        capacity_days = raw.get("capacity_days")
+        row["occupancy"] = (float(raw.get("occupied_days") or 0) / capacity_days) if capacity_days else None
+        observed = raw.get("observed_s")
+        row["stale_share"] = (raw.get("stale_s") or 0.0) / observed if observed else None
+        for c in RATIOS:  # 6 decimals: the API, the CSV and the spreadsheet carry the same digits
+            if row[c] is not None:
+                row[c] = round(float(row[c]), 6)
+        if q.level == "had":
+            for c in NOT_AT_HAD:
+                row[c] = None
+        if q.level == "source":
+            for c in HAD_DAY_COLUMNS:
+                row[c] = None
+        out.append(row)
+    return out

@@ -1,0 +1,479 @@
+"""A deterministic simulated month of referral and capacity events (plain records), their
+protobuf/CloudEvents encoding, and an independent oracle: the indicator set computed in plain
+Python straight from the raw records — no SQL, no code shared with the service.
+
+The month is March 2025 in departments 972 and 973 (one region each, used by no other test),
+with the DST change of 30 March, late and out-of-order deliveries, a cohort of long stays
+admitted in February, stale declarations, declines, expiries, escalations, desk offers,
+cancellations with withdrawn offers and negative avis.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from reflexe.v1 import capacity_pb2 as cpb
+from reflexe.v1 import referral_pb2 as pb
+
+from reflexe_common.envelope import ts, wrap
+
+PARIS = ZoneInfo("Europe/Paris")
+DEPARTMENTS = {"972": "02", "973": "03"}
+REASONS = ["NO_CAPACITY", "OUT_OF_ZONE", "CARE_NOT_PROVIDED", "MEDICAL_NOT_ELIGIBLE", "SOCIAL_NOT_ELIGIBLE",
+           "PATIENT_REFUSED", "GP_REFUSED", "INCOMPLETE_REQUEST", "PATIENT_HOSPITALISED", "PATIENT_DECEASED", "OTHER"]
+KINDS = ["ED", "UHCD", "EHPAD", "GP", "WARD"]
+NAMESPACE = uuid.UUID("6f1c1c3e-93a5-4f5e-9d0e-7d1b2c3a4b5c")
+
+
+@dataclass
+class Ev:
+    """One raw event: what happened, when, to what."""
+    kind: str
+    at: datetime
+    department: str
+    referral_id: str = ""
+    fields: dict = field(default_factory=dict)
+    event_id: str = ""
+
+
+def hads(dept: str) -> list[str]:
+    return [f"{dept}9900{n:02d}" for n in range(3)]
+
+
+def sources(dept: str) -> list[tuple[str, str]]:
+    return [(f"{dept}8800{n:02d}", KINDS[(n + (dept == "973")) % len(KINDS)]) for n in range(4)]
+
+
+def _t(rng: random.Random, start: datetime, end: datetime) -> datetime:
+    return start + timedelta(seconds=rng.randrange(int((end - start).total_seconds())))
+
+
+def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[Ev]:
+    rng = random.Random(seed)
+    events: list[Ev] = []
+    base = datetime(2025, 3, 1, tzinfo=PARIS).astimezone(UTC)
+
+    # Capacity declarations: frequent, with some gaps longer than the 12 h staleness threshold.
+    for dept in DEPARTMENTS:
+        for i, had in enumerate(hads(dept)):
+            authorised = 60 if (dept, i) == ("972", 0) else rng.choice([20, 30, 40])
+            at = base - timedelta(days=4, hours=rng.randrange(24))
+            while at < base + timedelta(days=36):
+                events.append(Ev("CapacityDeclared", at, dept, fields={
+                    "had": had, "authorised": authorised, "places": rng.randrange(0, 10), "status": "OPEN"}))
+                at += timedelta(hours=rng.choice([2, 3, 5, 8, 10, 11]) if rng.random() < 0.85 else rng.choice([13, 18, 30]),
+                                minutes=rng.randrange(60))
+            if i == 2:  # a later authorisation change
+                events.append(Ev("CapacityDeclared", base + timedelta(days=15, seconds=17), dept, fields={
+                    "had": had, "authorised": authorised + 10, "places": 3, "status": "SATURATED"}))
+
+    def referral(dept: str, requested: datetime, long_stay: bool = False) -> None:
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        finess, kind = rng.choice(sources(dept))
+        place = "EHPAD" if kind == "EHPAD" or rng.random() < 0.15 else "HOME"
+        e = lambda kind_, at, **f: events.append(Ev(kind_, at, dept, rid, f))  # noqa: E731
+        e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place)
+        t = requested
+        if long_stay:
+            had = hads(dept)[0]
+            oid = f"{rid}:1"
+            t += timedelta(minutes=rng.randrange(5, 90))
+            e("OfferMade", t, offer_id=oid, had=had, by_desk=False)
+            t += timedelta(minutes=rng.randrange(1, 25))
+            e("OfferAccepted", t, offer_id=oid, had=had)
+            t += timedelta(hours=rng.randrange(2, 60))
+            e("PatientAdmitted", t, had=had, place=place if rng.random() < 0.5 else "")
+            if rng.random() < 0.8:
+                e("PatientDischarged", _t(rng, base, base + timedelta(days=36)), had=had)
+            return
+        if rng.random() < 0.08:
+            e("ReferralDeclaredIneligible", t + timedelta(minutes=rng.randrange(5, 120)), reason=rng.choice(REASONS))
+            return
+        candidates = rng.sample(hads(dept), 3)
+        accepted = None
+        for n, had in enumerate(candidates):
+            oid = f"{rid}:{n + 1}"
+            t += timedelta(minutes=rng.randrange(1, 240))
+            e("OfferMade", t, offer_id=oid, had=had, by_desk=False)
+            roll = rng.random()
+            if roll < 0.06:  # cancelled while the offer is out: the offer is withdrawn
+                t += timedelta(minutes=rng.randrange(1, 20))
+                e("ReferralCancelled", t, reason=rng.choice(REASONS))
+                e("OfferWithdrawn", t + timedelta(seconds=1), offer_id=oid, had=had)
+                return
+            if roll < 0.55:
+                t += timedelta(minutes=rng.randrange(1, 29))
+                e("OfferAccepted", t, offer_id=oid, had=had)
+                accepted = had
+                break
+            if roll < 0.8:
+                t += timedelta(minutes=rng.randrange(1, 29))
+                e("OfferDeclined", t, offer_id=oid, had=had, reason=rng.choice(REASONS + ["SOMETHING_NEW"]))
+            else:
+                t += timedelta(minutes=30)
+                e("OfferExpired", t, offer_id=oid, had=had)
+        if accepted is None:
+            t += timedelta(seconds=5)
+            e("ReferralEscalated", t)
+            if rng.random() < 0.3:
+                t += timedelta(hours=rng.randrange(1, 6))
+                e("ReferralEscalated", t)  # escalated again: counted once, at the first
+            if rng.random() < 0.5:
+                had = rng.choice(hads(dept))
+                oid = f"{rid}:desk"
+                t += timedelta(minutes=rng.randrange(10, 300))
+                e("OfferMade", t, offer_id=oid, had=had, by_desk=True)
+                t += timedelta(minutes=rng.randrange(1, 29))
+                e("OfferAccepted", t, offer_id=oid, had=had)
+                accepted = had
+            elif rng.random() < 0.5:
+                e("ReferralCancelled", t + timedelta(hours=rng.randrange(1, 30)), reason=rng.choice(REASONS))
+                return
+            else:
+                return
+        if rng.random() < 0.07:
+            e("ReferralCancelled", t + timedelta(hours=rng.randrange(1, 10)), reason=rng.choice(REASONS))
+            return
+        t += timedelta(hours=rng.randrange(1, 40), minutes=rng.randrange(60))
+        e("PatientAdmitted", t, had=accepted, place=place if rng.random() < 0.5 else "")
+        if rng.random() < 0.7:
+            e("PatientDischarged", t + timedelta(days=rng.choice([0, 0, 1, 2, 3, 5, 8, 13, 21]), hours=rng.randrange(12)),
+              had=accepted)
+
+    for i in range(long_stays):
+        referral("972", base - timedelta(days=9) + timedelta(minutes=rng.randrange(6 * 24 * 60)), long_stay=True)
+    for i in range(referrals):
+        dept = rng.choice(list(DEPARTMENTS))
+        referral(dept, _t(rng, base - timedelta(days=2), base + timedelta(days=31)))
+
+    for n, ev in enumerate(events):
+        ev.event_id = str(uuid.uuid5(NAMESPACE, f"{seed}:{n}"))
+    # Delivery order: by time, then 15 % delivered late (at the end, shuffled) and a few
+    # referrals delivered backwards (outcomes before offers, admissions before requests).
+    ordered = sorted(events, key=lambda ev: (ev.at, ev.event_id))
+    late = [ev for ev in ordered if rng.random() < 0.15]
+    late_ids = {ev.event_id for ev in late}
+    ordered = [ev for ev in ordered if ev.event_id not in late_ids]
+    rng.shuffle(late)
+    backwards = set(rng.sample(sorted({ev.referral_id for ev in ordered if ev.referral_id}), 10))
+    tail = sorted((ev for ev in ordered if ev.referral_id in backwards), key=lambda ev: ev.at, reverse=True)
+    ordered = [ev for ev in ordered if ev.referral_id not in backwards] + tail + late
+    return ordered
+
+
+def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+    """(topic, value, headers) of a raw event."""
+    f = ev.fields
+    if ev.kind == "CapacityDeclared":
+        m = cpb.CapacityDeclared(had_finess=f["had"], department=ev.department, places_available=f["places"],
+                                 admissions_possible_today=1, status=f["status"], declared_at=ts(ev.at),
+                                 authorised_places=f["authorised"])
+        topic = "reflexe.capacity.events.v1"
+    else:
+        header = pb.ReferralEventHeader(referral_id=ev.referral_id, department=ev.department, occurred_at=ts(ev.at),
+                                        actor="system")
+        topic = "reflexe.referral.events.v1"
+        if ev.kind == "ReferralRequested":
+            m = pb.ReferralRequested(header=header, request=pb.ReferralRequest(
+                referral_id=ev.referral_id, department=ev.department,
+                source=pb.Source(kind=f["source_kind"], finess=f["source_finess"]),
+                patient=pb.Patient(pseudonym="p", birth_year=1940, sex="F", care_commune=f"{ev.department}209",
+                                   place_of_care=f["place"]),
+                requested_at=ts(ev.at)))
+        elif ev.kind == "ReferralDeclaredIneligible":
+            m = pb.ReferralDeclaredIneligible(header=header, reason=f["reason"])
+        elif ev.kind == "OfferMade":
+            m = pb.OfferMade(header=header, offer_id=f["offer_id"], had_finess=f["had"], by_desk=f["by_desk"],
+                             hold_until=ts(ev.at + timedelta(minutes=30)))
+        elif ev.kind == "OfferAccepted":
+            m = pb.OfferAccepted(header=header, offer_id=f["offer_id"], had_finess=f["had"])
+        elif ev.kind == "OfferDeclined":
+            m = pb.OfferDeclined(header=header, offer_id=f["offer_id"], had_finess=f["had"], reason=f["reason"])
+        elif ev.kind == "OfferExpired":
+            m = pb.OfferExpired(header=header, offer_id=f["offer_id"], had_finess=f["had"])
+        elif ev.kind == "OfferWithdrawn":
+            m = pb.OfferWithdrawn(header=header, offer_id=f["offer_id"], had_finess=f["had"], why="cancelled")
+        elif ev.kind == "ReferralEscalated":
+            m = pb.ReferralEscalated(header=header, why="no HAD left")
+        elif ev.kind == "PatientAdmitted":
+            m = pb.PatientAdmitted(header=header, had_finess=f["had"], place_of_care=f["place"])
+        elif ev.kind == "PatientDischarged":
+            m = pb.PatientDischarged(header=header, had_finess=f["had"])
+        elif ev.kind == "ReferralCancelled":
+            m = pb.ReferralCancelled(header=header, reason=f["reason"])
+        else:
+            raise ValueError(ev.kind)
+    envelope = wrap(m, "test:indicators-simulation", event_id=ev.event_id)
+    return topic, envelope.value(), envelope.headers()
+
+
+# -- the oracle ---------------------------------------------------------------------------------
+
+def local_day(t: datetime) -> date:
+    return t.astimezone(PARIS).date()
+
+
+def midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=PARIS).astimezone(UTC)
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = p * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _code(reason: str | None) -> str:
+    return reason if reason in REASONS else "OTHER"
+
+
+def oracle(events: list[Ev], level: str, period: str, first: date, last: date, today: date,
+           stale_after: timedelta = timedelta(minutes=720), now: datetime | None = None) -> dict[tuple[str, str], dict]:
+    """Every indicator for the days first..last (whole periods), by plain loops over the events."""
+    now = now or datetime.now(UTC)
+
+    def label(d: date) -> str:
+        return d.strftime("%Y-%m") if period == "month" else d.isoformat()
+
+    def in_range(d: date) -> bool:
+        if period == "month":
+            return (first.year, first.month) <= (d.year, d.month) <= (last.year, last.month)
+        return first <= d <= last
+
+    # Referrals and offers, folded by hand: earliest event of each kind.
+    refs: dict[str, dict] = {}
+    offers: dict[str, dict] = {}
+    for ev in events:
+        if not ev.referral_id:
+            continue
+        r = refs.setdefault(ev.referral_id, {"department": ev.department})
+        f = ev.fields
+
+        def earliest(name, **companions):
+            if r.get(name) is None or ev.at < r[name]:
+                r[name] = ev.at
+                r.update(companions)
+
+        if ev.kind == "ReferralRequested":
+            r.update(requested=ev.at, source=f["source_finess"], kind=f["source_kind"], place=f["place"])
+        elif ev.kind == "ReferralDeclaredIneligible":
+            earliest("ineligible", ineligible_reason=f["reason"])
+        elif ev.kind == "OfferMade":
+            earliest("first_offer", first_offer_had=f["had"])
+            offers.setdefault(f["offer_id"], {}).update(referral=ev.referral_id, department=ev.department, had=f["had"], made=ev.at)
+        elif ev.kind in ("OfferAccepted", "OfferDeclined", "OfferExpired", "OfferWithdrawn"):
+            o = offers.setdefault(f["offer_id"], {})
+            o.update(referral=ev.referral_id, department=ev.department, had=f["had"])
+            if o.get("outcome_at") is None or ev.at < o["outcome_at"]:
+                o.update(outcome_at=ev.at, outcome=ev.kind[5:].upper(), reason=f.get("reason"))
+            if ev.kind == "OfferAccepted":
+                earliest("accepted", accepted_had=f["had"])
+        elif ev.kind == "ReferralEscalated":
+            earliest("escalated")
+        elif ev.kind == "PatientAdmitted":
+            earliest("admitted", admitted_had=f["had"], admitted_place=f["place"] or None)
+        elif ev.kind == "PatientDischarged":
+            earliest("discharged")
+        elif ev.kind == "ReferralCancelled":
+            earliest("cancelled", cancel_reason=f["reason"])
+
+    def key_of(department: str | None, source: str | None, had: str | None) -> str | None:
+        return {"department": department, "region": DEPARTMENTS.get(department or ""), "source": source, "had": had}[level]
+
+    rows: dict[tuple[str, str], dict] = {}
+
+    def row(d: date, key: str) -> dict:
+        p = d.replace(day=1) if period == "month" else d
+        return rows.setdefault((label(p), key), {"_durations": {"first_offer": [], "acceptance": [], "admission": []}})
+
+    def add(r: dict, name: str, n: float = 1) -> None:
+        r[name] = r.get(name, 0) + n
+
+    for r in refs.values():
+        src = r.get("source")
+        if r.get("requested") and level != "had":
+            d = local_day(r["requested"])
+            k = key_of(r["department"], src, None)
+            if in_range(d) and k:
+                x = row(d, k)
+                add(x, "referrals_received")
+                add(x, f"received_{r['kind']}")
+                if r.get("admitted"):
+                    add(x, "_cohort")
+        for name, column, reason in (("ineligible", "ineligible", "ineligible_reason"), ("escalated", "escalations", None),
+                                     ("cancelled", "cancellations", "cancel_reason")):
+            if r.get(name) and level != "had":
+                d = local_day(r[name])
+                k = key_of(r["department"], src, None)
+                if in_range(d) and k:
+                    x = row(d, k)
+                    add(x, column)
+                    if reason:
+                        add(x, f"{'ineligible' if name == 'ineligible' else 'cancelled'}_{_code(r[reason])}")
+        for name, had_field in (("first_offer", "first_offer_had"), ("accepted", "accepted_had"), ("admitted", "admitted_had")):
+            if r.get(name):
+                d = local_day(r[name])
+                k = key_of(r["department"], src, r.get(had_field))
+                if not (in_range(d) and k):
+                    continue
+                x = row(d, k)
+                bucket = {"first_offer": "first_offer", "accepted": "acceptance", "admitted": "admission"}[name]
+                if r.get("requested"):
+                    x["_durations"][bucket].append((r[name] - r["requested"]).total_seconds() / 60)
+                if name == "admitted":
+                    add(x, "admissions")
+                    if r.get("requested"):
+                        add(x, "_with_request")
+                        if r["admitted"] - r["requested"] <= timedelta(hours=24):
+                            add(x, "admitted_within_24h")
+                    if (r.get("admitted_place") or r.get("place")) == "EHPAD":
+                        add(x, "admissions_in_ehpad")
+
+    for o in offers.values():
+        ref = refs.get(o["referral"], {})
+        k = key_of(o["department"], ref.get("source"), o["had"])
+        if not k:
+            continue
+        if o.get("made") and in_range(local_day(o["made"])):
+            add(row(local_day(o["made"]), k), "offers_made")
+        if o.get("outcome") in ("ACCEPTED", "DECLINED", "EXPIRED") and in_range(local_day(o["outcome_at"])):
+            x = row(local_day(o["outcome_at"]), k)
+            add(x, f"offers_{o['outcome'].lower()}")
+            if o["outcome"] == "DECLINED":
+                add(x, f"declined_{_code(o['reason'])}")
+
+    # Stays: day by day.
+    def days(a: date, b: date):
+        d = a
+        while d <= b:
+            yield d
+            d += timedelta(days=1)
+
+    span_first = first.replace(day=1) if period == "month" else first
+    span_last = last
+    if period == "month":
+        span_last = (date(last.year + (last.month == 12), last.month % 12 + 1, 1) - timedelta(days=1))
+    span_last = min(span_last, today)
+
+    def active_on(r: dict, d: date) -> bool:
+        ad = local_day(r["admitted"])
+        dd = local_day(r["discharged"]) if r.get("discharged") else None
+        return ad <= d and (dd is None or dd > d)
+
+    stays = [r for r in refs.values() if r.get("admitted")]
+    seen: set[tuple] = set()
+    for r in stays:
+        k = key_of(r["department"], r.get("source"), r.get("admitted_had"))
+        if not k:
+            continue
+        for d in days(span_first, span_last):
+            if active_on(r, d):
+                x = row(d, k)
+                add(x, "patient_days")
+                p = (label(d.replace(day=1) if period == "month" else d), k, id(r))
+                if p not in seen:
+                    seen.add(p)
+                    add(x, "active_patients")
+
+    # HAD-days.
+    if level != "source":
+        declarations: dict[str, list[Ev]] = {}
+        for ev in events:
+            if ev.kind == "CapacityDeclared":
+                declarations.setdefault(ev.fields["had"], []).append(ev)
+        for had, decls in declarations.items():
+            decls.sort(key=lambda ev: ev.at)
+            first_at = decls[0].at
+            department = decls[-1].department
+            k = key_of(department, None, had)
+            for d in days(max(span_first, local_day(first_at)), span_last):
+                start, end = midnight(d), midnight(d + timedelta(days=1))
+                x = row(d, k)
+                capacity = [ev.fields["authorised"] for ev in decls if ev.at < end][-1]
+                active = sum(1 for r in stays if r.get("admitted_had") == had and active_on(r, d))
+                add(x, "had_days")
+                add(x, "_capacity", capacity)
+                add(x, "_occupied", active)
+                if active < 50:
+                    add(x, "days_below_viability")
+                add(x, "_observed", max(0.0, (min(end, now) - max(start, first_at)).total_seconds()))
+                stale = 0.0
+                for i, ev in enumerate(decls):
+                    s = ev.at + stale_after
+                    e = decls[i + 1].at if i + 1 < len(decls) else now
+                    lo, hi = max(s, start), min(e, end, now)
+                    if hi > lo:
+                        stale += (hi - lo).total_seconds()
+                add(x, "_stale", stale)
+
+    not_at_had = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
+                  *[f"ineligible_{c}" for c in REASONS], "escalations", "conversion_rate", "cancellations",
+                  *[f"cancelled_{c}" for c in REASONS]}
+    out = {}
+    for (p, k), x in rows.items():
+        received = x.get("referrals_received", 0)
+        final = {
+            "conversion_rate": x.get("_cohort", 0) / received if received else None,
+            "first_offer_median_min": _pct(x["_durations"]["first_offer"], 0.5),
+            "first_offer_p90_min": _pct(x["_durations"]["first_offer"], 0.9),
+            "acceptance_median_min": _pct(x["_durations"]["acceptance"], 0.5),
+            "acceptance_p90_min": _pct(x["_durations"]["acceptance"], 0.9),
+            "admission_median_min": _pct(x["_durations"]["admission"], 0.5),
+            "admission_p90_min": _pct(x["_durations"]["admission"], 0.9),
+            "admitted_within_24h_share": x.get("admitted_within_24h", 0) / x["_with_request"] if x.get("_with_request") else None,
+            "occupancy": x.get("_occupied", 0) / x["_capacity"] if x.get("_capacity") else None,
+            "stale_share": x.get("_stale", 0.0) / x["_observed"] if x.get("_observed") else None,
+        }
+        for name, value in x.items():
+            if not name.startswith("_"):
+                final[name] = value
+        if level == "had":
+            for c in not_at_had:
+                final[c] = None
+        if level == "source":
+            for c in ("had_days", "occupancy", "days_below_viability", "stale_share"):
+                final[c] = None
+        out[(p, k)] = final
+    return out
+
+
+def my_keys(level: str) -> set[str]:
+    if level == "department":
+        return set(DEPARTMENTS)
+    if level == "region":
+        return set(DEPARTMENTS.values())
+    if level == "source":
+        return {s for d in DEPARTMENTS for s, _ in sources(d)}
+    return {h for d in DEPARTMENTS for h in hads(d)}
+
+
+def differences(api_rows: list[dict], expected: dict[tuple[str, str], dict], level: str) -> list[str]:
+    """Every disagreement between the service's rows (for our keys) and the oracle's."""
+    mine = {(r["period"], r["key"]): r for r in api_rows if r["key"] in my_keys(level)}
+    problems = []
+    for key in sorted(set(mine) | set(expected)):
+        if key not in mine:
+            problems.append(f"{level} {key}: missing from the service")
+            continue
+        if key not in expected:
+            problems.append(f"{level} {key}: unexpected row from the service")
+            continue
+        got, want = mine[key], expected[key]
+        for column, value in got.items():
+            if column in ("period", "key"):
+                continue
+            w = want.get(column, None if value is None else 0)
+            if w is None or value is None:
+                if w != value:
+                    problems.append(f"{level} {key} {column}: service {value!r}, oracle {w!r}")
+            elif abs(float(value) - float(w)) > 1e-6 * max(1.0, abs(float(w))):
+                problems.append(f"{level} {key} {column}: service {value!r}, oracle {w!r}")
+    return problems

@@ -1,0 +1,166 @@
+"""The indicator set on the real broker and database, checked against an independent oracle:
+a simulated month of events is published (late and out of order), the service folds it, and
+every indicator at every level and period equals the oracle's plain-Python figures — before
+and after a replay from the beginning of the log, which switches over while the API answers."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+from datetime import UTC, date, datetime
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from openpyxl import load_workbook
+
+from reflexe_indicators.entrypoints.app import build_app
+from reflexe_indicators.settings import IndicatorsSettings
+from tests.integration.indicators.simulation import PARIS, differences, encode, generate, oracle
+from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+
+pytestmark = pytest.mark.integration
+FIRST, LAST = date(2025, 2, 1), date(2025, 4, 30)
+LEVELS = ("department", "region", "source", "had")
+ADMIN = token("admin")
+
+
+@pytest.fixture(scope="module")
+async def service(topics):
+    settings = IndicatorsSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
+                                  JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING", INDICATORS_REPLAY_BATCH=5000)
+    async with serve_in_process(build_app(settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+async def simulated(service, topics):
+    events = generate()
+    producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for ev in events:
+            topic, value, headers = encode(ev)
+            await producer.send(topic, value, key=ev.department.encode(), headers=headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return events
+
+
+async def _rows(client: httpx.AsyncClient, level: str, period: str, headers=ADMIN, **params) -> list[dict]:
+    response = await client.get("/v1/indicators", headers=headers, params={
+        "level": level, "period": period, "from": FIRST.isoformat(), "to": LAST.isoformat(), **params})
+    assert response.status_code == 200, response.text
+    return response.json()["rows"]
+
+
+async def _all_agree(client, events) -> list[str]:
+    today = datetime.now(UTC).astimezone(PARIS).date()
+    problems = []
+    for level in LEVELS:
+        for period in ("day", "month"):
+            expected = oracle(events, level, period, FIRST, LAST, today)
+            problems += differences(await _rows(client, level, period), expected, level)
+    return problems
+
+
+async def _wait_agreement(client, events, what: str) -> None:
+    last: list[str] = []
+
+    async def agree():
+        nonlocal last
+        last = await _all_agree(client, events)
+        return not last
+
+    try:
+        await eventually(agree, timeout=120, interval=1, what=what)
+    except AssertionError:
+        columns = collections.Counter(p.split(" ")[3].rstrip(":") if p.count(" ") > 3 else p for p in last)
+        raise AssertionError(f"{what}: {len(last)} differences, by column {dict(columns)}, first ones:\n"
+                             + "\n".join(last[:40])) from None
+
+
+async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(service, simulated):
+    await _wait_agreement(service, simulated, "the live figures equal the oracle's")
+    # Sanity: the simulation exercises what it claims to.
+    month = {r["key"]: r for r in await _rows(service, "department", "month") if r["period"] == "2025-03"}
+    m972 = month["972"]
+    assert m972["offers_declined"] > 0 and m972["offers_expired"] > 0 and m972["escalations"] > 0
+    assert m972["cancellations"] > 0 and m972["ineligible"] > 0 and m972["admissions_in_ehpad"] > 0
+    assert 0 < m972["stale_share"] < 1 and m972["days_below_viability"] > 0
+    had_days = [r for r in await _rows(service, "had", "day") if r["key"] == "972990000"]
+    assert any(r["had_days"] and not r["days_below_viability"] for r in had_days), "the big HAD is above 50 patients some days"
+
+    before = (await service.get("/v1/indicators/replay", headers=ADMIN)).json()["current_generation"]
+    started = await service.post("/v1/indicators/replay", headers=ADMIN)
+    assert started.status_code == 202, started.text
+    assert (await service.post("/v1/indicators/replay", headers=ADMIN)).status_code in (202, 409)
+    answered = 0
+
+    async def switched():
+        nonlocal answered
+        answered += (await service.get("/v1/indicators", headers=ADMIN, params={
+            "level": "department", "period": "month", "from": "2025-03-01", "to": "2025-03-31"})).status_code == 200
+        status = (await service.get("/v1/indicators/replay", headers=ADMIN)).json()
+        assert status["replay"]["state"] != "failed", status
+        return status if status["current_generation"] == started.json()["generation"] else None
+
+    status = await eventually(switched, timeout=120, interval=0.2, what="the replay switching over")
+    assert status["current_generation"] > before and status["replay"]["events"] >= len(simulated)
+    assert answered >= 1, "the API answered during the replay"
+    assert not await _all_agree(service, simulated), "the rebuilt generation equals the oracle"
+
+
+async def test_the_exports_hold_the_same_numbers_as_the_api(service, simulated):
+    await _wait_agreement(service, simulated, "the live figures equal the oracle's")
+    headers = token("ars", region="02")
+    response = await service.get("/v1/indicators/export.xlsx", headers=headers,
+                                 params={"from_month": "2025-02", "to_month": "2025-04"})
+    assert response.status_code == 200, response.text
+    book = load_workbook(io.BytesIO(response.content))
+    assert book.sheetnames == ["department", "source", "had"]
+    for level in ("department", "source", "had"):
+        api = await _rows(service, level, "month", headers=headers)
+        sheet = list(book[level].iter_rows(values_only=True))
+        header, body = list(sheet[0]), sheet[1:]
+        exported = [dict(zip(header, r)) for r in body]
+        assert len(exported) == len(api) > 0, level
+        for got, want in zip(exported, api):
+            assert {k: v for k, v in got.items() if v != want[k]} == {}, (level, got["period"], got["key"])
+    csv_response = await service.get("/v1/indicators/export.csv", headers=headers,
+                                     params={"level": "source", "from_month": "2025-02", "to_month": "2025-04"})
+    assert csv_response.status_code == 200
+    parsed = list(csv.DictReader(io.StringIO(csv_response.text)))
+    api = await _rows(service, "source", "month", headers=headers)
+    assert len(parsed) == len(api) > 0
+    for got, want in zip(parsed, api):
+        for column, value in want.items():
+            assert got[column] == ("" if value is None else str(value) if not isinstance(value, float) else repr(value))
+
+
+async def test_scopes_and_authentication(service, simulated):
+    params = {"level": "department", "period": "month", "from": "2025-03-01", "to": "2025-03-31"}
+    assert (await service.get("/v1/indicators", params=params)).status_code == 401
+    assert (await service.get("/v1/indicators", params=params, headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (await service.get("/v1/indicators/export.xlsx", params={"month": "2025-03"})).status_code == 401
+    assert (await service.get("/v1/indicators", params=params, headers=token("hospital", finess="972880000"))).status_code == 403
+    desk = token("desk", department="972")
+    assert (await service.get("/v1/indicators", params={**params, "department": "973"}, headers=desk)).status_code == 403
+    assert {r["key"] for r in (await service.get("/v1/indicators", params=params, headers=desk)).json()["rows"]} == {"972"}
+    ars = token("ars", region="02")
+    assert (await service.get("/v1/indicators", params={**params, "department": "973"}, headers=ars)).status_code == 403
+    assert {r["key"] for r in (await service.get("/v1/indicators", params=params, headers=ars)).json()["rows"]} == {"972"}
+    region = (await service.get("/v1/indicators", params={**params, "level": "region"}, headers=ars)).json()["rows"]
+    assert {r["key"] for r in region} == {"02"}
+    had = token("had", finess="972990001")
+    assert (await service.get("/v1/indicators", params=params, headers=had)).status_code == 403
+    own = (await service.get("/v1/indicators", params={**params, "level": "had"}, headers=had)).json()["rows"]
+    assert own and {r["key"] for r in own} == {"972990001"}
+    for who in (desk, ars, had):
+        assert (await service.post("/v1/indicators/replay", headers=who)).status_code == 403
+        assert (await service.get("/v1/indicators/replay", headers=who)).status_code == 403
+    bad = await service.get("/v1/indicators", params={**params, "to": "2025-02-01"}, headers=ADMIN)
+    assert bad.status_code == 422

@@ -1,0 +1,77 @@
+"""Facts do not depend on the order events arrive in: the in-memory merge (replay) folds every
+permutation of a referral's events to the same row, and the SQL upsert states the same rules."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from reflexe.v1 import referral_pb2 as pb
+
+from reflexe_common.envelope import ts
+from reflexe_indicators.adapters.store import upsert_sql
+from reflexe_indicators.domain.facts import OFFERS, REFERRALS, Batch, fold
+from reflexe_indicators.service_layer.indicators import next_period, paris_midnight, period_start
+
+T0 = datetime(2025, 3, 30, 0, 30, tzinfo=UTC)
+RID = str(uuid.uuid4())
+
+
+def header(minutes: int) -> pb.ReferralEventHeader:
+    return pb.ReferralEventHeader(referral_id=RID, department="34", occurred_at=ts(T0 + timedelta(minutes=minutes)))
+
+
+def events() -> list:
+    return [
+        pb.ReferralRequested(header=header(0), request=pb.ReferralRequest(
+            referral_id=RID, source=pb.Source(kind="ED", finess="340000001"),
+            patient=pb.Patient(place_of_care="EHPAD"), requested_at=ts(T0))),
+        pb.OfferMade(header=header(5), offer_id="o1", had_finess="340000010"),
+        pb.OfferDeclined(header=header(9), offer_id="o1", had_finess="340000010", reason="NO_CAPACITY"),
+        pb.OfferMade(header=header(12), offer_id="o2", had_finess="340000020"),
+        pb.OfferAccepted(header=header(20), offer_id="o2", had_finess="340000020"),
+        pb.PatientAdmitted(header=header(600), had_finess="340000020"),
+        pb.PatientDischarged(header=header(6000), had_finess="340000020"),
+    ]
+
+
+def folded(order) -> dict:
+    batch = Batch()
+    for m in order:
+        batch.add(fold(m))
+    return {name: {k: dict(v) for k, v in rows.items()} for name, rows in batch.rows.items()}
+
+
+def test_every_arrival_order_gives_the_same_facts():
+    reference = folded(events())
+    ref = next(iter(reference["referral_facts"].values()))
+    assert ref["first_offer_at"] == T0 + timedelta(minutes=5) and ref["first_offer_had"] == "340000010"
+    assert ref["accepted_had"] == "340000020" and ref["admitted_at"] == T0 + timedelta(minutes=600)
+    assert reference["offer_facts"][("o1",)]["outcome"] == "DECLINED"
+    assert reference["offer_facts"][("o1",)]["made_at"] == T0 + timedelta(minutes=5)
+    rng = random.Random(1)
+    orders = list(itertools.permutations(events()))
+    for order in rng.sample(orders, 300) + [tuple(reversed(events()))]:
+        assert folded(order) == reference
+
+
+def test_redelivery_changes_nothing():
+    assert folded(events() + events()[::2]) == folded(events())
+
+
+def test_the_sql_upsert_keeps_the_earliest_group_and_the_first_values():
+    sql = upsert_sql("indicators_g1", REFERRALS)
+    assert "ON CONFLICT (referral_id) DO UPDATE" in sql and "unnest(" in sql
+    assert "accepted_had = CASE WHEN (EXCLUDED.accepted_at IS NOT NULL AND (f.accepted_at IS NULL OR EXCLUDED.accepted_at < f.accepted_at))" in sql
+    assert "source_finess = COALESCE(f.source_finess, EXCLUDED.source_finess)" in sql
+    assert "ON CONFLICT (offer_id)" in upsert_sql("indicators_g1", OFFERS)
+
+
+def test_periods_are_paris_local():
+    from datetime import date
+    assert paris_midnight(date(2025, 3, 30)) == datetime(2025, 3, 29, 23, 0, tzinfo=UTC)
+    assert paris_midnight(date(2025, 3, 31)) == datetime(2025, 3, 30, 22, 0, tzinfo=UTC)  # the DST day has 23 h
+    assert next_period(date(2025, 12, 1), "month") == date(2026, 1, 1)
+    assert period_start(date(2025, 3, 17), "month") == date(2025, 3, 1)
