@@ -7,6 +7,7 @@ own `infra.sh start` on the default ports.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import uuid
@@ -21,9 +22,10 @@ from aiokafka.errors import KafkaError
 
 from tests.support.infra import Infra, make_state_dir, run_infra_sh, start_infra, stop_infra
 
-KAFKA_PORT = 29092
-CONTROLLER_PORT = 29093
-PG_PORT = 25432
+_OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
+KAFKA_PORT = 29092 + _OFFSET
+CONTROLLER_PORT = 29093 + _OFFSET
+PG_PORT = 25432 + _OFFSET
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from reflexe_common.envelope import Envelope, Headers, PoisonRecord, unwrap
-from reflexe_common.metrics import CONSUMER_LAG, DEAD_LETTERS, DUPLICATES_SKIPPED, HANDLER_SECONDS
+from reflexe_common.metrics import CONSUMER_LAG, DEAD_LETTERS, DUPLICATES_SKIPPED, HANDLER_SECONDS, init_consumer
 from reflexe_common.topics import DEAD_LETTERS as DEAD_LETTER_TOPIC
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,9 @@ class RecordProcessor:
 
     async def process_batch(self, records: list[Record]) -> None:
         """Records of one partition, in order, handled in ONE transaction (a commit per batch, not
-        per record). If anything in the batch fails, it is rolled back and every record is
-        handled alone, so the good ones commit and only the bad one is retried or dead-lettered."""
+        per record). A poison record rolls the batch back, is dead-lettered and the rest runs
+        again; any other failure rolls it back and every record is then handled alone, so the
+        good ones commit and only the bad one is retried or dead-lettered."""
         if len(records) == 1:
             await self.process(records[0])
             return
@@ -105,22 +106,29 @@ class RecordProcessor:
                 decoded.append((record, unwrap(record.headers, record.value)))
             except PoisonRecord as exc:
                 await self._dead_letters.send(self.consumer, record, str(exc))
-        try:
-            duplicates = 0
-            async with self._pool.acquire() as conn, conn.transaction():
-                for _, envelope in decoded:
-                    if await self._claim(conn, envelope):
-                        await self._handler(conn, envelope)
-                    else:
-                        duplicates += 1
-        except Exception:
-            log.warning("batch failed; handling its records one by one", extra={"consumer": self.consumer,
-                                                                                "records": len(decoded)})
-            for record, envelope in decoded:
-                started_one = time.perf_counter()
-                outcome = await self._process_one(record, envelope)
-                HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started_one)
-            return
+        duplicates = 0
+        while decoded:
+            duplicates, current = 0, 0
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    for current, (_, envelope) in enumerate(decoded):
+                        if await self._claim(conn, envelope):
+                            await self._handler(conn, envelope)
+                        else:
+                            duplicates += 1
+                break
+            except PoisonRecord as exc:
+                # Rolled back: dead-letter the culprit and run the rest of the batch again.
+                record, _ = decoded.pop(current)
+                await self._dead_letters.send(self.consumer, record, str(exc))
+            except Exception:
+                log.warning("batch failed; handling its records one by one", extra={"consumer": self.consumer,
+                                                                                    "records": len(decoded)})
+                for record, envelope in decoded:
+                    started_one = time.perf_counter()
+                    outcome = await self._process_one(record, envelope)
+                    HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started_one)
+                return
         DUPLICATES_SKIPPED.labels(self.consumer).inc(duplicates)
         per_record = (time.perf_counter() - started) / max(1, len(decoded))
         for _ in decoded:
@@ -174,6 +182,7 @@ class ConsumerLoop:
         )
         self._group = group_id
         self._processor = processor
+        init_consumer(processor.consumer, group_id, list(topics))
         self.started = asyncio.Event()
 
     async def run(self) -> None:
