@@ -6,13 +6,31 @@ no tables (a restart cannot lose state) and no topic declaration (reflexe_common
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from reflexe_common.inbox import Record, RecordProcessor
+from reflexe_common.metrics import CONSUMER_LAG, init_consumer
 from reflexe_common.topics import Topic
 
 BATCH_SIZE = 200
 BATCH_WAIT_SECONDS = 0.002
+log = logging.getLogger(__name__)
+
+
+def record_lag(app: faust.App, group: str, topic: str, tp, last_offset: int) -> None:
+    """Consumer lag of a faust stream: the partition's highwater (the offset the next record
+    will get) minus the offset after the last record handled. The highwater is what the
+    consumer's last fetch saw, so this is exact when the stream keeps up and a lower bound
+    while it catches up; the same measure as ConsumerLoop's."""
+    try:
+        highwater = app.consumer.highwater(tp)
+    except Exception:  # no fetch yet, or a rebalance under way: keep the last value
+        log.debug("no highwater for %s", tp, exc_info=True)
+        return
+    if highwater is not None:
+        CONSUMER_LAG.labels(group, topic).set(max(0, highwater - (last_offset + 1)))
 
 
 def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProcessor, instance: str) -> faust.App:
@@ -27,6 +45,7 @@ def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProces
         consumer_auto_offset_reset="earliest",
         broker_client_id=f"{group}-{instance}",
     )
+    init_consumer(processor.consumer, group, [topic.name])
     source = app.topic(topic.name, value_serializer="raw", key_serializer="raw", partitions=topic.partitions)
 
     @app.agent(source, name=processor.consumer)
@@ -35,11 +54,15 @@ def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProces
         # instance handles its partitions in order (no agent concurrency: it would reorder).
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT_SECONDS):
             by_partition: dict[int, list[Record]] = {}
+            last = {}
             for event in events:
                 msg = event.message
                 by_partition.setdefault(msg.partition, []).append(
                     Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or ())))
+                last[msg.tp] = msg.offset
             for records in by_partition.values():
                 await processor.process_batch(records)
+            for tp, offset in last.items():
+                record_lag(app, group, tp.topic, tp, offset)
 
     return app

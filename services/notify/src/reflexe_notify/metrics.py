@@ -11,3 +11,6 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 PENDING = Gauge("reflexe_webhook_pending_deliveries", "Deliveries waiting for their first attempt or a retry.")
+
+for _outcome in ("delivered", "retry", "failed", "gone"):
+    DELIVERY_ATTEMPTS.labels(_outcome)  # every outcome at 0 from the start: rates are 0, not "no data"

@@ -10,10 +10,12 @@ from fastapi import FastAPI
 
 from reflexe_capacity.entrypoints.api import router
 from reflexe_capacity.entrypoints.consumers import declaration_handler
+from reflexe_capacity.metrics import GAUGES, REFRESH_SECONDS, snapshot
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
+from reflexe_common.metrics import refresh_periodically
 from reflexe_common.service import service_runtime
 from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS
 
@@ -38,6 +40,11 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         async with service_runtime(app, settings, SCHEMA, "reflexe_capacity.migrations", pool_size=20) as runtime:
             app.state.matcher = matcher
+            # Capacity gauges from the database: right from the first scrape, after a restart too.
+            stale_after = timedelta(minutes=settings.stale_after_minutes)
+            GAUGES.replace(await snapshot(runtime.pool, stale_after))
+            runtime.tasks.start("capacity-gauges", refresh_periodically(
+                GAUGES, lambda: snapshot(runtime.pool, stale_after), REFRESH_SECONDS))
             runtime.relay_outbox()
             runtime.consume("capacity-declarations", [CAPACITY_DECLARATIONS], declaration_handler(matcher))
             # The matcher: a faust agent following the referral log, its state in PostgreSQL.

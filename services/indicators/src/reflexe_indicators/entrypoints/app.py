@@ -28,10 +28,21 @@ SCHEMA = "indicators"
 GROUP = "reflexe-indicators"
 log = logging.getLogger(__name__)
 INDICATOR = Gauge("reflexe_indicator", "ARS follow-up indicators of the current day and month, per department "
-                  "(the same computation as the API).", ["indicator", "period", "department"])
+                  "(the same computation as the API; durations in seconds, shares as ratios 0-1).",
+                  ["indicator", "period", "department"])
+HAD_ACTIVE_PATIENTS = Gauge("reflexe_had_active_patients", "Patients in care at the HAD today (the indicators' "
+                            "active_patients at HAD level; the viability threshold is 50).", ["had"])
 GAUGED = [c for c in COLUMNS if "_" not in c or c in RATIOS or c in (
     "referrals_received", "offers_made", "offers_accepted", "offers_declined", "offers_expired", "active_patients",
     "patient_days", "admitted_within_24h", "admissions_in_ehpad", "days_below_viability")]
+
+
+def _base_unit(column: str, value: float) -> tuple[str, float]:
+    """Prometheus wants base units: the API's durations in minutes are exposed in seconds
+    (``admission_median_min`` → ``admission_median_seconds``)."""
+    if column.endswith("_min"):
+        return column.removesuffix("_min") + "_seconds", value * 60
+    return column, value
 
 
 async def refresh_gauges(app: FastAPI, every: float) -> None:
@@ -47,7 +58,12 @@ async def refresh_gauges(app: FastAPI, every: float) -> None:
                     for row in rows:
                         for c in GAUGED:
                             if row[c] is not None:
-                                INDICATOR.labels(c, period, row["key"]).set(row[c])
+                                name, value = _base_unit(c, row[c])
+                                INDICATOR.labels(name, period, row["key"]).set(value)
+                for row in await compute(conn, generation_schema(SCHEMA, generation), Query("had", "day", today, today),
+                                         stale_after=timedelta(minutes=settings.stale_after_minutes)):
+                    if row["active_patients"] is not None:
+                        HAD_ACTIVE_PATIENTS.labels(row["key"]).set(row["active_patients"])
         except Exception:
             log.exception("indicator gauges not refreshed")
         await asyncio.sleep(every)

@@ -9,34 +9,84 @@ was in the log when the replay read its end offsets (the replay folds it) or arr
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from reflexe.v1 import referral_pb2 as pb
 
 from reflexe_common.envelope import Envelope
+from reflexe_common.vocabulary import Reason
 from reflexe_indicators.adapters.store import apply, generation_schema, live_generations
 from reflexe_indicators.domain.facts import fold as fold_event
 
 REFERRALS = Counter("reflexe_referrals_total", "Referrals received.", ["department", "source_kind"])
-OFFERS = Counter("reflexe_offers_total", "Offer events, by outcome (made, accepted, declined, expired).",
+OFFERS = Counter("reflexe_offers_total", "Offer events, by outcome (made, accepted, declined, expired, withdrawn).",
                  ["department", "outcome"])
+OFFER_DECLINES = Counter("reflexe_offer_declines_total", "Offers declined by the HAD, by national reason code.",
+                         ["department", "reason"])
 ADMISSIONS = Counter("reflexe_admissions_total", "Patients admitted in HAD.", ["department"])
+REFERRAL_OUTCOMES = Counter(
+    "reflexe_referral_outcomes_total",
+    "Referral lifecycle outcomes other than admission (ineligible, escalated, cancelled, discharged).",
+    ["department", "outcome"])
+DESK_ALERTS = Counter("reflexe_desk_alerts_total", "Alerts raised to the desks (offer_unanswered, admission_overdue).",
+                      ["department", "alert"])
+# Request time to admission (event times). Buckets from 15 min to 7 days, plus short ones
+# for accelerated simulations and tests.
+REQUEST_TO_ADMISSION = Histogram(
+    "reflexe_request_to_admission_seconds", "Time from a referral's request to its patient's admission in HAD.",
+    ["department"],
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 6 * 3600, 12 * 3600, 24 * 3600,
+             48 * 3600, 72 * 3600, 7 * 86400),
+)
 
 
 def handler(base_schema: str):
     async def fold(conn: asyncpg.Connection, envelope: Envelope) -> None:
         deltas = fold_event(envelope.message)
-        if not deltas:
-            return
-        for generation in await live_generations(conn):
+        generations = await live_generations(conn) if deltas else []
+        for generation in generations:
             await apply(conn, generation_schema(base_schema, generation), deltas)
         _count(envelope.message)
+        if isinstance(envelope.message, pb.PatientAdmitted) and generations:
+            await _observe_admission(conn, generation_schema(base_schema, generations[0]), envelope.message)
 
     return fold
 
 
+async def _observe_admission(conn: asyncpg.Connection, schema: str, m: pb.PatientAdmitted) -> None:
+    """Request → admission delay, the request time read from the facts just folded."""
+    requested_at = await conn.fetchval(f'SELECT requested_at FROM "{schema}".referral_facts WHERE referral_id = $1',
+                                       m.header.referral_id)
+    admitted_at = m.header.occurred_at.ToDatetime(tzinfo=UTC) if m.header.HasField("occurred_at") else None
+    if requested_at is not None and admitted_at is not None:
+        REQUEST_TO_ADMISSION.labels(m.header.department).observe(max(0.0, (admitted_at - requested_at).total_seconds()))
+
+
+REASONS = frozenset(r.value for r in Reason)
+_departments: set[str] = set()
+
+
+def _init_department(department: str) -> None:
+    """Every outcome, reason and alert of a department at 0 from its first event: a refusal
+    panel shows every reason and a rate is 0, not "no data", before the first occurrence."""
+    _departments.add(department)
+    for outcome in ("made", "accepted", "declined", "expired", "withdrawn"):
+        OFFERS.labels(department, outcome)
+    for reason in REASONS:
+        OFFER_DECLINES.labels(department, reason)
+    for outcome in ("ineligible", "escalated", "cancelled", "discharged"):
+        REFERRAL_OUTCOMES.labels(department, outcome)
+    for alert in ("offer_unanswered", "admission_overdue"):
+        DESK_ALERTS.labels(department, alert)
+    ADMISSIONS.labels(department)
+
+
 def _count(m) -> None:
     department = m.header.department if hasattr(m, "header") else ""
+    if department and department not in _departments:
+        _init_department(department)
     match m:
         case pb.ReferralRequested():
             REFERRALS.labels(department, m.request.source.kind).inc()
@@ -46,7 +96,24 @@ def _count(m) -> None:
             OFFERS.labels(department, "accepted").inc()
         case pb.OfferDeclined():
             OFFERS.labels(department, "declined").inc()
+            # Codes outside the national list count as OTHER (as in the indicators), which
+            # also bounds the label's values.
+            OFFER_DECLINES.labels(department, m.reason if m.reason in REASONS else "OTHER").inc()
         case pb.OfferExpired():
             OFFERS.labels(department, "expired").inc()
+        case pb.OfferWithdrawn():
+            OFFERS.labels(department, "withdrawn").inc()
         case pb.PatientAdmitted():
             ADMISSIONS.labels(department).inc()
+        case pb.ReferralDeclaredIneligible():
+            REFERRAL_OUTCOMES.labels(department, "ineligible").inc()
+        case pb.ReferralEscalated():
+            REFERRAL_OUTCOMES.labels(department, "escalated").inc()
+        case pb.ReferralCancelled():
+            REFERRAL_OUTCOMES.labels(department, "cancelled").inc()
+        case pb.PatientDischarged():
+            REFERRAL_OUTCOMES.labels(department, "discharged").inc()
+        case pb.OfferUnanswered():
+            DESK_ALERTS.labels(department, "offer_unanswered").inc()
+        case pb.AdmissionOverdue():
+            DESK_ALERTS.labels(department, "admission_overdue").inc()

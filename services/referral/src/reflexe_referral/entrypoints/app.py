@@ -11,10 +11,12 @@ from fastapi import FastAPI
 
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
+from reflexe_common.metrics import refresh_periodically
 from reflexe_common.service import service_runtime
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_SUBMISSIONS
 from reflexe_referral.entrypoints.api import router
 from reflexe_referral.entrypoints.consumers import matching_handler, submission_handler
+from reflexe_referral.metrics import GAUGES, REFRESH_SECONDS, OpenReferrals
 from reflexe_referral.service_layer.handlers import ReferralService
 from reflexe_referral.settings import ReferralSettings
 
@@ -47,6 +49,9 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             runtime.consume("referral-matching", [MATCHING_EVENTS], matching_handler(unanswered_after))
             runtime.consume("referral-submissions", [REFERRAL_SUBMISSIONS], submission_handler(unanswered_after))
             runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
+            open_referrals = OpenReferrals(runtime.pool)
+            GAUGES.replace(await open_referrals.snapshot())
+            runtime.tasks.start("referral-gauges", refresh_periodically(GAUGES, open_referrals.snapshot, REFRESH_SECONDS))
             yield
 
     app = create_app("referral", settings.jwt_secret, lifespan,
