@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks.common import paced, percentiles, print_table
+from reflexe_common.envelope import unwrap
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_common.geography import Geography
 from tests.support.data import had_body, referral_body
 from tests.support.infra import Infra
@@ -56,6 +58,54 @@ async def raw_round_trip(bootstrap: str, rate: float, count: int) -> list[float]
     return latencies
 
 
+async def _record_times(bootstrap: str, topic: str, type_name: str) -> dict[str, float]:
+    """referral_id → broker record time (seconds) of the first `type_name` event on the topic."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                isolation_level="read_committed", group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[str, float] = {}
+    try:
+        idle = 0
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            for records in batch.values():
+                for r in records:
+                    headers = dict(r.headers)
+                    if headers.get("ce_type", b"").decode() == type_name:
+                        envelope = unwrap(list(r.headers), r.value)
+                        message = envelope.message
+                        rid = message.header.referral_id if hasattr(message, "header") else message.referral_id
+                        found.setdefault(rid, r.timestamp / 1000)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _hops(bootstrap: str, answered: dict[str, float], received: dict[str, float]) -> dict[str, list[float]]:
+    """Where the time goes, from the records' broker timestamps (same clock: one machine)."""
+    requested = await _record_times(bootstrap, REFERRAL_EVENTS.name, "reflexe.v1.ReferralRequested")
+    proposed = await _record_times(bootstrap, MATCHING_EVENTS.name, "reflexe.v1.OfferProposed")
+    ids = [rid for rid in answered if rid in requested and rid in proposed and rid in received]
+    return {
+        "POST answered -> event on Kafka": [requested[r] - answered[r] for r in ids],
+        "event on Kafka -> offer on Kafka": [proposed[r] - requested[r] for r in ids],
+        "offer on Kafka -> webhook received": [received[r] - proposed[r] for r in ids],
+    }
+
+
+async def _mean_from_metrics(url: str, metric: str, **labels: str) -> float:
+    """Mean of a histogram from a service's /metrics (sum over count, all matching series)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{url}/metrics")).text
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(metric + suffix) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals["_sum"] / totals["_count"] if totals["_count"] else float("nan")
+
+
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     count = int(rate * seconds)
     communes = [c.insee_code for c in Geography.load().communes_of_department("34")]
@@ -94,12 +144,22 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                              what="every webhook")
             received = {d.json["data"]["referral_id"]: d.received_at for d in receiver.of_type("offer.proposed")}
             slice_latencies = [received[rid] - t for rid, t in answered.items() if rid in received]
+            hops = await _hops(infra.kafka_bootstrap, answered, received)
+            internals = {name: await _mean_from_metrics(services[svc].url, metric, **labels) for name, (svc, metric, labels) in {
+                "matcher handler (mean per record)": ("capacity", "reflexe_handler_duration_seconds", {"consumer": "matcher"}),
+                "capacity outbox commit -> Kafka (mean)": ("capacity", "reflexe_outbox_publish_duration_seconds", {}),
+                "referral outbox commit -> Kafka (mean)": ("referral", "reflexe_outbox_publish_duration_seconds", {}),
+                "notify consumer handler (mean)": ("notify", "reflexe_handler_duration_seconds", {"consumer": "notify"}),
+            }.items()}
     raw = await raw_round_trip(infra.kafka_bootstrap, rate, count)
     slice_stats, raw_stats = percentiles(slice_latencies), percentiles(raw)
     print_table(f"Slice benchmark: {count} referrals at {rate:.0f}/s (posting took {elapsed:.1f} s)", {
         "POST sent -> 201 answered": percentiles(post_latencies),
         "POST answered -> webhook received": slice_stats,
+        **{f"  hop: {name}": percentiles(samples) for name, samples in hops.items()},
         "raw aiokafka produce -> consume": raw_stats,
     })
+    for name, value in internals.items():
+        print(f"  {name:<40} {value * 1000:.1f} ms")
     print(f"  ratio slice/raw: p50 x{slice_stats['p50_ms'] / raw_stats['p50_ms']:.1f}, "
           f"p99 x{slice_stats['p99_ms'] / raw_stats['p99_ms']:.1f}")

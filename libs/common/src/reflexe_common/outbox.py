@@ -96,6 +96,9 @@ class OutboxRelay:
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=1,
+                # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit
+                # markers are written; the default 100 ms backoff would then pace every batch.
+                retry_backoff_ms=5,
             )
             await producer.start()
             try:

@@ -14,7 +14,7 @@ from reflexe_common.inbox import Record, RecordProcessor
 from reflexe_common.metrics import CONSUMER_LAG, init_consumer
 from reflexe_common.topics import Topic
 
-BATCH_SIZE = 200
+BATCH_SIZE = 50  # bounds what the first record of a batch waits for the last
 BATCH_WAIT_SECONDS = 0.002
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     key          text        NOT NULL,
     headers      jsonb       NOT NULL,
     payload      bytea       NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now(),
+    -- clock_timestamp, not now(): the time of the insert, not of its transaction's start, so
+    -- the publication delay measured from it is true for events of long batch transactions.
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     published_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
