@@ -2,6 +2,7 @@
 
   slice    referral POST answered → HAD webhook received, p50/p95/p99, vs raw aiokafka round trip
   notify   event published → webhook and → SSE received, p50/p99; webhook deliveries per second
+  matcher  referral event → offer event latency at a steady rate, and sustained offers per second
   replay   indicators rebuilt from the log for a simulated national year (--rate 50 = one year)
 """
 
@@ -15,13 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import matcher as matcher_bench  # noqa: E402
 from benchmarks import notify as notify_bench  # noqa: E402
 from benchmarks import replay as replay_bench  # noqa: E402
 from benchmarks import slice as slice_bench  # noqa: E402
 from benchmarks.common import bench_infra  # noqa: E402
 from reflexe_common.topics import ensure_topics  # noqa: E402
 
-BENCHES = {"slice": slice_bench, "notify": notify_bench, "replay": replay_bench}
+BENCHES = {"slice": slice_bench, "matcher": matcher_bench, "notify": notify_bench, "replay": replay_bench}
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ async def _ensure_schema(database_url: str, schema: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except asyncpg.UniqueViolationError:
+        pass  # another instance created it at the same moment (IF NOT EXISTS is not atomic)
     finally:
         await conn.close()
 

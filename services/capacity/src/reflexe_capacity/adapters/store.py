@@ -84,8 +84,10 @@ class CapacityStore:
             ids,
         ):
             declaration = declarations.get(row["had_finess"])
-            # A conversion under an older declaration no longer counts: keep the ledger small.
-            if row["state"] == "CONVERTED" and (declaration is None or row["placed_under"] < declaration.declared_at):
+            # A conversion before the current declaration no longer counts: keep the ledger small.
+            # (One converted after it still takes its place, even if its hold was placed under an
+            # older declaration: see "conversions since the declaration" in domain/capacity.py.)
+            if row["state"] == "CONVERTED" and (declaration is None or row["converted_at"] < declaration.declared_at):
                 continue
             holds[row["had_finess"]].append(_hold(row))
         return {f: HadLedger(had_finess=f, declaration=declarations.get(f), holds=holds[f]) for f in ids}

@@ -18,7 +18,7 @@ from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, HoldConflict, NoPlaceLeft, UnknownHold
 from reflexe_capacity.domain.matching import Candidate, MatchDecision, MatchRequest, desk_offer, match
-from reflexe_common.envelope import Envelope, dt, ts, wrap
+from reflexe_common.envelope import Envelope, PoisonRecord, dt, ts, wrap
 from reflexe_common.outbox import enqueue
 from reflexe_common.topics import CAPACITY_EVENTS, MATCHING_EVENTS
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Urgency
@@ -61,6 +61,10 @@ class Matcher:
         match message:
             case referral_pb2.ReferralRequested():
                 request = message.request
+                try:
+                    _match_request(request, [], [], dt(message.header.occurred_at))
+                except ValueError as exc:  # the referral service validates: this did not come through it
+                    raise PoisonRecord(f"referral {request.referral_id} cannot be matched: {exc}") from exc
                 eligible = not request.HasField("avis") or request.avis.eligible
                 if await store.save_match_request(request.referral_id, request.department, request.SerializeToString()) and eligible:
                     await self._offer_next(store, request.referral_id, dt(message.header.occurred_at))
@@ -96,8 +100,11 @@ class Matcher:
         row = await store.lock_match_request(referral_id)
         if row is None or not row["open"]:
             return
-        if not desk_choice and await store.holding_holds_of_referral(referral_id):
-            return  # an offer is already out (a redelivered or reordered event)
+        if await store.holding_holds_of_referral(referral_id):
+            # An offer is already out (a redelivered or reordered event, or a desk pick sent again
+            # before the first offer reached the referral service, which refuses desk picks while
+            # an offer is pending): nothing to do; holding a second place would fail or double it.
+            return
         request = referral_pb2.ReferralRequest.FromString(row["request"])
         wanted = _match_request(request, list(row["departments"]), list(row["tried_hads"]), at)
         if desk_choice:

@@ -1,0 +1,220 @@
+"""The coordination desk steering referrals of its department, on the real broker and database
+(referral and capacity services in-process): offer to a chosen HAD, widen the search to a
+neighbouring department, close. Every desk action leaves an audit row, accepted or refused; a
+desk of another department is refused before anything happens."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from reflexe_capacity.entrypoints.app import build_app as build_capacity
+from reflexe_capacity.settings import CapacitySettings
+from reflexe_common.geography import Geography
+from reflexe_referral.entrypoints.app import build_app as build_referral
+from reflexe_referral.settings import ReferralSettings
+from tests.support.data import had_body, referral_body, unique_finess
+from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+
+pytestmark = pytest.mark.integration
+ADMIN = token("admin")
+DESK_34 = token("desk", department="34")
+DESK_31 = token("desk", department="31")
+# Communes only this module uses (test_durable_clocks.py keeps off them).
+ESCALATION_COMMUNE = "34035"  # La Boissière: no HAD serves it
+ELSEWHERE_COMMUNE = "34036"  # Le Bosc: the zone of the HAD the desk picks
+BORDER_COMMUNE = "34033"  # Boisseron, on the Vidourle: served by an HAD of the Gard (30) only
+GARD_COMMUNE = "30321"  # Sommières, across the river
+CLOSE_COMMUNE = "34037"  # Boujan-sur-Libron
+DOUBLE_CLICK_COMMUNE = "34038"  # Le Bousquet-d'Orb
+
+
+@pytest.fixture(scope="module")
+async def platform(topics):
+    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, JWT_SECRET=JWT_SECRET,
+               LOG_LEVEL="WARNING")
+    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
+            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
+        async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
+                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
+            conn = await asyncpg.connect(topics.database_url)
+            try:
+                await close_leftovers(capacity, conn)
+                # A new matcher first re-reads what its group had not committed: wait for it.
+                await wait_status(referral, await post(referral, ESCALATION_COMMUNE), "ESCALATED", timeout=120)
+                yield referral, capacity, conn
+            finally:
+                await conn.close()
+
+
+async def close_leftovers(capacity: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
+    """HADs an earlier run registered on these communes (same database) are closed."""
+    for commune in (ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE):
+        assert Geography.load().commune(commune).department_code == "34", commune
+    assert Geography.load().commune(GARD_COMMUNE).department_code == "30"
+    rows = await conn.fetch("SELECT finess FROM capacity.hads WHERE zone_communes && $1",
+                            [ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE])
+    for row in rows:
+        response = await capacity.post(f"/v1/hads/{row['finess']}/capacity", headers=token("had", finess=row["finess"]),
+                                       json={"places_available": 0, "admissions_possible_today": 0, "status": "CLOSED"})
+        assert response.status_code in (200, 201), response.text
+
+
+async def register(capacity: httpx.AsyncClient, communes: list[str], department: str = "34", places: int = 2) -> str:
+    finess = unique_finess(department)
+    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes, department=department),
+                                  headers=ADMIN)
+    assert response.status_code == 200, response.text
+    response = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
+                                   json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
+    assert response.status_code == 201, response.text
+    return finess
+
+
+async def post(referral: httpx.AsyncClient, commune: str) -> str:
+    hospital = unique_finess()
+    response = await referral.post("/v1/referrals", json=referral_body(hospital, commune),
+                                   headers=token("hospital", finess=hospital))
+    assert response.status_code == 201, response.text
+    return response.json()["referral_id"]
+
+
+async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str, timeout: float = 30) -> dict:
+    async def probe():
+        body = (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_34)).json()
+        return body if body["status"] == status else None
+
+    return await eventually(probe, timeout=timeout, interval=0.1, what=f"referral {referral_id} {status}")
+
+
+async def audit(conn: asyncpg.Connection, referral_id: str) -> list[dict]:
+    rows = await conn.fetch("SELECT actor, action, outcome, detail FROM referral.audit_log WHERE referral_id = $1 ORDER BY id",
+                            uuid.UUID(referral_id))
+    return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
+async def test_desk_offers_an_escalated_referral_to_a_chosen_had(platform):
+    referral, capacity, conn = platform
+    referral_id = await post(referral, ESCALATION_COMMUNE)
+    await wait_status(referral, referral_id, "ESCALATED")
+    # The desk knows an HAD that agreed on the phone, though the commune is outside its zone.
+    chosen = await register(capacity, [ELSEWHERE_COMMUNE])
+
+    other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
+                                     headers=DESK_31)
+    assert other_desk.status_code == 403 and other_desk.json()["code"] == "OUT_OF_SCOPE"
+    response = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
+                                   headers=DESK_34)
+    assert response.status_code == 200, response.text
+    offered = await wait_status(referral, referral_id, "OFFERED")
+    assert offered["current_offer"]["had_finess"] == chosen and offered["current_offer"]["by_desk"] is True
+    timeline = (await referral.get(f"/v1/referrals/{referral_id}/timeline", headers=DESK_34)).json()["events"]
+    desk_events = [e for e in timeline if e["type"] in ("DeskOfferRequested", "OfferMade")]
+    assert [(e["type"], e["actor"]) for e in desk_events] == [("DeskOfferRequested", "desk:34"), ("OfferMade", "desk:34")]
+    hold = await conn.fetchrow("SELECT had_finess, state, by_desk FROM capacity.holds WHERE hold_id = $1",
+                               offered["current_offer"]["offer_id"])
+    assert dict(hold) == {"had_finess": chosen, "state": "ACTIVE", "by_desk": True}
+
+    # While the HAD has not answered, a second desk pick is refused, and audited as such.
+    refused = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
+                                  headers=DESK_34)
+    assert refused.status_code == 409 and refused.json()["code"] == "OFFER_PENDING"
+    assert (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_34)).json()["version"] == offered["version"]
+    assert await audit(conn, referral_id) == [
+        {"actor": "desk:34", "action": "desk.offer", "outcome": "done", "detail": {}},
+        {"actor": "desk:34", "action": "desk.offer", "outcome": "refused", "detail": {"code": "OFFER_PENDING"}},
+    ]
+
+
+async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
+    referral, capacity, conn = platform
+    # An HAD of the Hérault elsewhere, and one of the Gard whose zone crosses the river.
+    await register(capacity, [ELSEWHERE_COMMUNE])
+    gard = await register(capacity, [GARD_COMMUNE, BORDER_COMMUNE], department="30")
+    referral_id = await post(referral, BORDER_COMMUNE)
+    escalated = await wait_status(referral, referral_id, "ESCALATED")  # the Gard is not searched yet
+    assert escalated["departments_searched"] == ["34"]
+
+    other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]},
+                                     headers=DESK_31)
+    assert other_desk.status_code == 403 and other_desk.json()["code"] == "OUT_OF_SCOPE"
+    response = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]},
+                                   headers=DESK_34)
+    assert response.status_code == 200, response.text
+    assert response.json()["departments_searched"] == ["30", "34"]
+    offered = await wait_status(referral, referral_id, "OFFERED")
+    assert offered["current_offer"]["had_finess"] == gard and offered["current_offer"]["by_desk"] is False
+    again = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]},
+                                headers=DESK_34)
+    assert again.status_code == 409 and again.json()["code"] == "OFFER_PENDING"
+    assert await audit(conn, referral_id) == [
+        {"actor": "desk:34", "action": "desk.widen", "outcome": "done", "detail": {}},
+        {"actor": "desk:34", "action": "desk.widen", "outcome": "refused", "detail": {"code": "OFFER_PENDING"}},
+    ]
+
+    # The desk closes it (e.g. the patient stays in hospital): CANCELLED, the Gard's hold given back.
+    other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_31,
+                                     json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
+    assert other_desk.status_code == 403
+    closed = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_34,
+                                 json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
+    assert closed.status_code == 200 and closed.json()["status"] == "CANCELLED"
+
+    async def released():
+        return await conn.fetchval("SELECT state = 'RELEASED' FROM capacity.holds WHERE hold_id = $1",
+                                   offered["current_offer"]["offer_id"])
+
+    await eventually(released, timeout=30, what="the Gard HAD's hold released")
+    actions = [(a["action"], a["outcome"]) for a in await audit(conn, referral_id)]
+    assert actions[-1] == ("desk.close", "done")
+
+
+async def test_desk_closes_a_referral_with_a_reason(platform):
+    referral, _, conn = platform
+    referral_id = await post(referral, CLOSE_COMMUNE)
+    await wait_status(referral, referral_id, "ESCALATED")
+    response = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_34,
+                                   json={"reason": "PATIENT_DECEASED", "text": "décédé aux urgences"})
+    assert response.status_code == 200 and response.json()["status"] == "CANCELLED"
+    timeline = (await referral.get(f"/v1/referrals/{referral_id}/timeline", headers=DESK_34)).json()["events"]
+    cancelled = timeline[-1]
+    assert (cancelled["type"], cancelled["actor"], cancelled["reason"], cancelled["text"]) == (
+        "ReferralCancelled", "desk:34", "PATIENT_DECEASED", "décédé aux urgences")
+    # Closed is closed: widening it now is refused, and audited.
+    refused = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]}, headers=DESK_34)
+    assert refused.status_code == 409 and refused.json()["code"] == "ALREADY_CLOSED"
+    assert await audit(conn, referral_id) == [
+        {"actor": "desk:34", "action": "desk.close", "outcome": "done", "detail": {}},
+        {"actor": "desk:34", "action": "desk.widen", "outcome": "refused", "detail": {"code": "ALREADY_CLOSED"}},
+    ]
+
+
+async def test_a_double_clicked_desk_offer_holds_one_place_and_is_handled(platform):
+    """Two desk picks sent before the first offer is back: the referral service accepts both (the
+    referral is still ESCALATED); the matcher holds one place and handles the second as a no-op
+    (it must not fail on it and dead-letter it)."""
+    referral, capacity, conn = platform
+    referral_id = await post(referral, DOUBLE_CLICK_COMMUNE)
+    await wait_status(referral, referral_id, "ESCALATED")
+    chosen = await register(capacity, [ELSEWHERE_COMMUNE])
+    clicks = [await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen}, headers=DESK_34)
+              for _ in range(2)]
+    assert [c.status_code for c in clicks] == [200, 200], [c.text for c in clicks]
+    offered = await wait_status(referral, referral_id, "OFFERED")
+    assert offered["current_offer"]["had_finess"] == chosen
+    requests = [str(r["event_id"]) for r in await conn.fetch(
+        "SELECT event_id FROM referral.referral_events WHERE referral_id = $1 AND type = 'reflexe.v1.DeskOfferRequested'",
+        uuid.UUID(referral_id))]
+    assert len(requests) == 2
+
+    async def both_handled():  # a record that failed is dead-lettered and never enters the inbox
+        return await conn.fetchval("SELECT count(*) = 2 FROM capacity.inbox WHERE consumer = 'matcher' AND event_id = ANY($1)",
+                                   requests)
+
+    await eventually(both_handled, timeout=30, what="both desk picks handled by the matcher")
+    holds = await conn.fetch("SELECT had_finess, state FROM capacity.holds WHERE referral_id = $1", uuid.UUID(referral_id))
+    assert [(h["had_finess"], h["state"]) for h in holds] == [(chosen, "ACTIVE")]

@@ -1,0 +1,236 @@
+"""Durable clocks of the referral service, with the services as separate processes.
+
+- HOLD_EXPIRY fires after a restart: the referral service is SIGKILLed while an offer waits and
+  restarted once the hold has ended; the referral gets OfferExpired from the restarted process
+  and the matcher cascades to the next HAD (then, that HAD declining, escalates).
+- OFFER_UNANSWERED emits OfferUnanswered once per offer.
+- ADMISSION_OVERDUE fires for a referral requested 25 h ago, once, and not again after a restart.
+
+"Only once" is checked after the clock loop has demonstrably run past the first clock's due time
+many times: a later referral's clock of the same kind must have fired too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from reflexe_common.geography import Geography
+from tests.support.data import had_body, referral_body, unique_finess
+from tests.support.infra import Infra
+from tests.support.services import ServiceProcess, eventually, service_env, token
+
+pytestmark = pytest.mark.integration
+
+RESERVED = {"34033", "34035", "34036", "34037", "34038"}  # test_desk_actions.py
+HOLD_SECONDS = 6.0  # CAPACITY_HOLD_MINUTES_WITHIN_24H=0.1: long enough to kill the service before it ends
+UNANSWERED_SECONDS = 1.8  # REFERRAL_OFFER_UNANSWERED_MINUTES=0.03
+ADMIN = token("admin")
+DESK = token("desk", department="34")
+
+
+async def fresh_communes(database_url: str, count: int) -> list[str]:
+    """Communes of 34020-34099 (this suite's range) that no HAD serves yet: an earlier run on the
+    same database, or another test, cannot interfere."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        served = {c for r in await conn.fetch("SELECT zone_communes FROM capacity.hads") for c in r["zone_communes"]}
+    except asyncpg.UndefinedTableError:  # no capacity service ran on this database yet
+        served = set()
+    finally:
+        await conn.close()
+    geography = Geography.load()
+    pool = [c for c in (str(n) for n in range(34020, 34100))
+            if geography.commune(c) is not None and c not in served and c not in RESERVED]
+    assert len(pool) >= count, "no fresh commune left in 34020-34099"
+    return random.sample(pool, count)
+
+
+@dataclass
+class Platform:
+    infra: Infra
+    log_dir: Path
+    capacity: ServiceProcess
+    referral: ServiceProcess
+    communes: list[str] = field(default_factory=list)  # expiry, unanswered, overdue
+
+    def referral_process(self) -> ServiceProcess:
+        env = service_env(self.infra, REFERRAL_OFFER_UNANSWERED_MINUTES=str(UNANSWERED_SECONDS / 60),
+                          REFERRAL_CLOCK_POLL_SECONDS="0.2")
+        return ServiceProcess("reflexe_referral", env, "REFERRAL_HTTP_PORT", self.log_dir)
+
+    async def restart_referral(self) -> None:
+        self.referral.kill()
+        self.referral = self.referral_process().start()
+        await self.referral.wait_ready()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.referral.url, timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def platform(topics, tmp_path_factory) -> AsyncIterator[Platform]:
+    log_dir = tmp_path_factory.mktemp("clocks")
+    capacity = ServiceProcess("reflexe_capacity", service_env(topics, CAPACITY_HOLD_MINUTES_WITHIN_24H=str(HOLD_SECONDS / 60)),
+                              "CAPACITY_HTTP_PORT", log_dir)
+    platform = Platform(topics, log_dir, capacity, None, await fresh_communes(topics.database_url, 3))  # type: ignore[arg-type]
+    platform.referral = platform.referral_process()
+    try:
+        capacity.start()
+        platform.referral.start()
+        await capacity.wait_ready()
+        await platform.referral.wait_ready()
+        # A new matcher first re-reads what its group had not committed yet; the clocks measured
+        # here must not include that catch-up: wait until a fresh referral has been matched.
+        async with platform.client() as client:
+            probe = await post(client, platform.communes[2])
+            await wait_for_event(client, probe, "ReferralEscalated", timeout=120)
+        yield platform
+    finally:
+        capacity.stop()
+        platform.referral.stop()
+
+
+async def register(platform: Platform, commune: str, places: int = 1) -> str:
+    finess = unique_finess()
+    async with httpx.AsyncClient(base_url=platform.capacity.url, timeout=30) as capacity:
+        response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", [commune]), headers=ADMIN)
+        assert response.status_code == 200, response.text
+        response = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
+                                       json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
+        assert response.status_code == 201, response.text
+    return finess
+
+
+async def post(client: httpx.AsyncClient, commune: str, **overrides) -> str:
+    hospital = unique_finess()
+    response = await client.post("/v1/referrals", json=referral_body(hospital, commune, **overrides),
+                                 headers=token("hospital", finess=hospital))
+    assert response.status_code == 201, response.text
+    return response.json()["referral_id"]
+
+
+async def timeline(client: httpx.AsyncClient, referral_id: str) -> list[dict]:
+    response = await client.get(f"/v1/referrals/{referral_id}/timeline", headers=DESK)
+    assert response.status_code == 200, response.text
+    return response.json()["events"]
+
+
+async def wait_for_event(client: httpx.AsyncClient, referral_id: str, event_type: str, count: int = 1,
+                         timeout: float = 30) -> list[dict]:
+    async def probe():
+        events = await timeline(client, referral_id)
+        return events if sum(e["type"] == event_type for e in events) >= count else None
+
+    return await eventually(probe, timeout=timeout, interval=0.1, what=f"{event_type} x{count} on {referral_id}")
+
+
+def types(events: list[dict], *only: str) -> list[str]:
+    return [e["type"] for e in events if not only or e["type"] in only]
+
+
+async def test_hold_expiry_fires_after_a_restart_and_the_matcher_cascades(platform):
+    commune = platform.communes[0]
+    first, second = sorted([await register(platform, commune), await register(platform, commune)])
+    async with platform.client() as client:
+        referral_id = await post(client, commune)
+        events = await wait_for_event(client, referral_id, "OfferMade")
+    offer = next(e for e in events if e["type"] == "OfferMade")
+    assert offer["had_finess"] == first  # equal places and size: FINESS breaks the tie
+    hold_until = datetime.fromisoformat(offer["hold_until"])
+    platform.referral.kill()  # SIGKILL while the offer waits for the HAD's answer
+    killed_at = datetime.now(UTC)
+    assert killed_at < hold_until, "the hold ended before the crash: the test proves nothing"
+
+    async def hold_ended():  # waiting for time to pass, not for the system
+        return datetime.now(UTC) > hold_until + timedelta(seconds=0.5)
+
+    await eventually(hold_ended, timeout=HOLD_SECONDS + 5, interval=0.1, what="the hold's end")
+    async with httpx.AsyncClient() as probe:  # nothing is listening: the service is really down
+        with pytest.raises(httpx.ConnectError):
+            await probe.get(f"{platform.referral.url}/healthz")
+    await platform.restart_referral()
+
+    async with platform.client() as client:
+        events = await wait_for_event(client, referral_id, "OfferMade", count=2)
+        expired = next(e for e in events if e["type"] == "OfferExpired")
+        assert expired["offer_id"] == offer["offer_id"] and expired["had_finess"] == first
+        assert datetime.fromisoformat(expired["occurred_at"]) >= hold_until
+        second_offer = [e for e in events if e["type"] == "OfferMade"][1]
+        assert second_offer["had_finess"] == second
+        assert types(events, "OfferMade", "OfferExpired") == ["OfferMade", "OfferExpired", "OfferMade"]
+        # The capacity side gave the first place back at the expiry's time.
+        conn = await asyncpg.connect(platform.infra.database_url)
+        try:
+            hold = await conn.fetchrow("SELECT state, released_at FROM capacity.holds WHERE hold_id = $1",
+                                       offer["offer_id"])
+        finally:
+            await conn.close()
+        assert hold["state"] == "RELEASED" and hold["released_at"] == datetime.fromisoformat(expired["occurred_at"])
+
+        # The second HAD declines: no HAD left, the referral is escalated to the desk.
+        declined = await client.post(f"/v1/referrals/{referral_id}/offers/{second_offer['offer_id']}/decline",
+                                     json={"reason": "NO_CAPACITY"}, headers=token("had", finess=second))
+        assert declined.status_code == 200, declined.text
+        events = await wait_for_event(client, referral_id, "ReferralEscalated")
+        assert types(events, "OfferMade", "OfferExpired", "OfferDeclined", "ReferralEscalated") == [
+            "OfferMade", "OfferExpired", "OfferMade", "OfferDeclined", "ReferralEscalated"]
+
+
+async def test_offer_unanswered_is_signalled_once(platform):
+    commune = platform.communes[1]
+    had = await register(platform, commune, places=2)
+    planned = {"clinical": {"urgency": "PLANNED", "planned_date": (datetime.now(UTC) + timedelta(days=2)).date().isoformat()}}
+    async with platform.client() as client:
+        referral_id = await post(client, commune, **planned)  # a 4 h hold: no expiry in sight
+        events = await wait_for_event(client, referral_id, "OfferUnanswered")
+        offer = next(e for e in events if e["type"] == "OfferMade")
+        signalled = next(e for e in events if e["type"] == "OfferUnanswered")
+        assert signalled["offer_id"] == offer["offer_id"] and signalled["had_finess"] == had
+        made_at = datetime.fromisoformat(offer["occurred_at"])
+        assert datetime.fromisoformat(signalled["occurred_at"]) >= made_at + timedelta(seconds=UNANSWERED_SECONDS)
+
+        # A later offer's reminder firing proves the clock loop ran past the first one's due time.
+        sentinel = await post(client, commune, **planned)
+        await wait_for_event(client, sentinel, "OfferUnanswered")
+        events = await timeline(client, referral_id)
+        assert types(events).count("OfferUnanswered") == 1
+        state = (await client.get(f"/v1/referrals/{referral_id}", headers=DESK)).json()
+        assert state["status"] == "OFFERED"  # a reminder, not an expiry
+        assert [c["kind"] for c in state["clocks"]].count("OFFER_UNANSWERED") == 0
+        assert "HOLD_EXPIRY" in [c["kind"] for c in state["clocks"]]
+        # The HAD can still answer after the reminder.
+        accepted = await client.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept",
+                                     headers=token("had", finess=had))
+        assert accepted.status_code == 200 and accepted.json()["status"] == "ACCEPTED"
+
+
+async def test_admission_overdue_fires_once_for_a_referral_requested_25_hours_ago(platform):
+    commune = platform.communes[2]  # no HAD there: the referrals are escalated
+    long_ago = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
+    async with platform.client() as client:
+        referral_id = await post(client, commune, requested_at=long_ago)
+        events = await wait_for_event(client, referral_id, "AdmissionOverdue")
+        assert types(events).count("AdmissionOverdue") == 1
+        state = (await client.get(f"/v1/referrals/{referral_id}", headers=DESK)).json()
+        assert state["requested_at"] == datetime.fromisoformat(long_ago).isoformat()
+        assert "ADMISSION_OVERDUE" not in [c["kind"] for c in state["clocks"]]
+
+    await platform.restart_referral()  # SIGKILL then a fresh process: the fired clock stays fired
+    async with platform.client() as client:
+        sentinel = await post(client, commune, requested_at=long_ago)
+        await wait_for_event(client, sentinel, "AdmissionOverdue")
+        events = await timeline(client, referral_id)
+        assert types(events).count("AdmissionOverdue") == 1
+        # A recent referral is not overdue.
+        recent = await post(client, commune)
+        state = (await client.get(f"/v1/referrals/{recent}", headers=DESK)).json()
+        overdue = [c for c in state["clocks"] if c["kind"] == "ADMISSION_OVERDUE"]
+        assert len(overdue) == 1 and datetime.fromisoformat(overdue[0]["due_at"]) > datetime.now(UTC) + timedelta(hours=23)
