@@ -15,7 +15,7 @@ import pytest
 
 from reflexe_common.auth import mint
 from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.desk import running_desk_platform
+from tests.support.platform import running_platform
 from tests.support.services import JWT_SECRET, REPO_ROOT, eventually, token
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
     from playwright.async_api import async_playwright, expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    async with running_desk_platform(topics, tmp_path) as services, async_playwright() as playwright:
+    async with running_platform(topics, tmp_path) as services, async_playwright() as playwright:
         capacity = httpx.AsyncClient(base_url=services["capacity"].url)
         referral = httpx.AsyncClient(base_url=services["referral"].url)
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)

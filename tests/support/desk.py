@@ -7,7 +7,6 @@ import asyncio
 import email
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -116,28 +115,3 @@ class SmtpSink:
     def stop(self) -> None:
         if self._controller:
             self._controller.stop()
-
-
-# ---------------------------------------------------------------- the whole platform, desk page wired
-
-
-@asynccontextmanager
-async def running_desk_platform(infra, log_dir, **env: str):
-    """All four services as processes (as tests.support.platform.running_platform), the notify
-    service told where the referral and capacity services are, for its desk page."""
-    from tests.support.platform import SERVICES
-    from tests.support.services import ServiceProcess, service_env
-
-    processes = {name: ServiceProcess(f"reflexe_{name}", service_env(infra, **env), port_env, log_dir)
-                 for name, port_env in SERVICES.items()}
-    processes["notify"].env.update(NOTIFY_REFERRAL_URL=processes["referral"].url,
-                                   NOTIFY_CAPACITY_URL=processes["capacity"].url)
-    try:
-        for process in processes.values():
-            process.start()
-        for process in processes.values():
-            await process.wait_ready()
-        yield processes
-    finally:
-        for process in processes.values():
-            process.stop()

@@ -18,6 +18,9 @@ SERVICES = {"referral": "REFERRAL_HTTP_PORT", "capacity": "CAPACITY_HTTP_PORT",
 async def running_platform(infra: Infra, log_dir: Path, **env: str) -> AsyncIterator[dict[str, ServiceProcess]]:
     processes = {name: ServiceProcess(f"reflexe_{name}", service_env(infra, **env), port_env, log_dir)
                  for name, port_env in SERVICES.items()}
+    # The desk page (in notify) reads and acts through the referral and capacity services.
+    processes["notify"].env.update(NOTIFY_REFERRAL_URL=processes["referral"].url,
+                                   NOTIFY_CAPACITY_URL=processes["capacity"].url)
     try:
         for process in processes.values():
             process.start()
