@@ -18,6 +18,7 @@ from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, HoldConflict, NoPlaceLeft, UnknownHold
 from reflexe_capacity.domain.matching import Candidate, MatchDecision, MatchRequest, desk_offer, match
+from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_common.envelope import Envelope, PoisonRecord, dt, ts, wrap
 from reflexe_common.outbox import enqueue
 from reflexe_common.topics import CAPACITY_EVENTS, MATCHING_EVENTS
@@ -125,10 +126,11 @@ class Matcher:
                 referral_id=referral_id, department=request.department, occurred_at=ts(at), explanation=explanation,
                 explanation_json=json.dumps(decision.as_dict() if decision else {}, ensure_ascii=False), by_desk=bool(desk_choice)), at)
             return
-        await self._hold_and_offer(store, request, ledgers[decision.chosen], decision, at, bool(desk_choice))
+        chosen = next(h for h in hads if h.finess == decision.chosen)
+        await self._hold_and_offer(store, request, chosen, ledgers[decision.chosen], decision, at, bool(desk_choice))
 
-    async def _hold_and_offer(self, store: CapacityStore, request: referral_pb2.ReferralRequest, ledger: HadLedger,
-                              decision: MatchDecision, at: datetime, by_desk: bool) -> None:
+    async def _hold_and_offer(self, store: CapacityStore, request: referral_pb2.ReferralRequest, had: HadEstablishment,
+                              ledger: HadLedger, decision: MatchDecision, at: datetime, by_desk: bool) -> None:
         referral_id = request.referral_id
         offer_id = offer_id_for(referral_id, await store.count_holds_of_referral(referral_id) + 1)
         hold_for = self.policy.hold_within_24h if request.clinical.urgency == Urgency.WITHIN_24H else self.policy.hold_planned
@@ -140,7 +142,7 @@ class Matcher:
             had_finess=ledger.had_finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
             explanation=decision.explain(), explanation_json=json.dumps(decision.as_dict(), ensure_ascii=False),
             by_desk=by_desk), at)
-        await self.emit_live_places(store, ledger, at)
+        await self.emit_live_places(store, ledger, at, had)
 
     async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime,
                            answered: bool = False) -> None:
@@ -175,7 +177,8 @@ class Matcher:
             await self.emit_live_places(store, ledger, declaration.declared_at, had)
         return True
 
-    async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime, had=None) -> None:
+    async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime,
+                               had: HadEstablishment | None = None) -> None:
         had = had or await store.had(ledger.had_finess)
         department = sorted(had.departments)[0]
         d = ledger.declaration
