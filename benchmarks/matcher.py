@@ -213,14 +213,14 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
           f"the first tenth, {last_rate:.0f} offers/s over the last (the live holds have piled up by then)")
     if handled:
         print(f"  matcher: {handled:.0f} events handled, {handler_s / handled * 1000:.2f} ms each on average "
-              f"(one record at a time: at most {handled / handler_s:.0f} events/s per process); "
+              f"(records handled in order, one after the other: at most {handled / handler_s:.0f} events/s per process); "
               f"{handler_s / duration:.0%} of the wall time inside the handler")
     if published:
         print(f"  outbox relay: {published:.0f} events published, {publish_s / published * 1000:.1f} ms on average "
               f"from commit to publication")
     print(f"  CPU over the run: capacity service {cpu_service / duration:.0%} of one core, "
           f"PostgreSQL {cpu_pg / duration:.0%} of one core ({os.cpu_count()} cores)")
-    print("  what limits it: the matcher is one faust agent handling one record at a time, so a process does at "
+    print("  what limits it: the matcher is one faust agent handling its records in order (small batches share a transaction, not the work), so a process does at "
           "most 1/handler-time events/s; the handler's time is the service's Python CPU plus some ten sequential "
           "PostgreSQL round trips per event (see the CPU split above), and it grows with the live holds of the searched department: lock_ledgers loads every ACTIVE/CONFIRMED hold of every "
           "HAD of the department (FOR UPDATE on all of them, which also serialises matching per department across "
