@@ -1,4 +1,4 @@
-"""The indicator set of the ARS follow-up (shared/domain/indicators.md), computed in SQL over the
+"""The indicator set of the ARS follow-up (docs/domain.md, "Indicators"), computed in SQL over the
 facts of the current generation. The API, the exports and the Prometheus gauges all call
 `compute`, so they cannot disagree.
 
