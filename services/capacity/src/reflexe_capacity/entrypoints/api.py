@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
+from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.errors import ApiError
@@ -39,6 +40,15 @@ def _check_had_scope(principal: Principal, finess: str, departments: frozenset[s
     raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see HAD {finess}")
 
 
+async def _visible_had(conn, finess: str, principal: Principal) -> HadEstablishment:
+    """The registered HAD, if the caller may see it (404 unknown, 403 out of scope)."""
+    had = await CapacityStore(conn).had(finess)
+    if had is None:
+        raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry")
+    _check_had_scope(principal, finess, had.departments)
+    return had
+
+
 @router.put("/hads/{finess}", summary="Register or update an HAD establishment (admin)")
 async def put_had(finess: str, body: HadIn, request: Request, principal: Principal = Depends(require(Role.ADMIN))) -> dict[str, Any]:
     if not re.fullmatch(FINESS, finess):
@@ -60,10 +70,7 @@ async def put_had(finess: str, body: HadIn, request: Request, principal: Princip
 async def get_had(finess: str, request: Request,
                   principal: Principal = Depends(require(Role.HAD, Role.DESK, Role.ARS))) -> dict[str, Any]:
     async with request.app.state.pool.acquire() as conn:
-        had = await CapacityStore(conn).had(finess)
-    if had is None:
-        raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry")
-    _check_had_scope(principal, finess, had.departments)
+        had = await _visible_had(conn, finess, principal)
     return had_view(had)
 
 
@@ -90,10 +97,7 @@ async def declare(finess: str, body: DeclarationIn, request: Request,
 async def history(finess: str, request: Request, limit: int = 100,
                   principal: Principal = Depends(require(Role.HAD, Role.DESK, Role.ARS))) -> dict[str, Any]:
     async with request.app.state.pool.acquire() as conn:
-        had = await CapacityStore(conn).had(finess)
-        if had is None:
-            raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry")
-        _check_had_scope(principal, finess, had.departments)
+        await _visible_had(conn, finess, principal)
         rows = await conn.fetch(
             "SELECT places_available, admissions_possible_today, status, declared_at, received_at, channel "
             "FROM declarations WHERE had_finess = $1 ORDER BY declared_at DESC LIMIT $2", finess, min(limit, 1000))

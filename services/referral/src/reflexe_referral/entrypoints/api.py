@@ -42,9 +42,12 @@ def _check_can_see(principal: Principal, referral: Referral) -> None:
 async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Principal, action: str) -> dict[str, Any]:
     service = _service(request)
     try:
-        referral, _ = await service.get(str(referral_id))
-        _check_scope_for_action(principal, referral, action)
-        referral = await service.act(str(referral_id), decide, actor=principal.actor, action=action)
+        def decide_in_scope(referral: Referral):
+            # Checked on the referral the decision loads under its lock: one read, not two.
+            _check_scope_for_action(principal, referral, action)
+            return decide(referral)
+
+        referral = await service.act(str(referral_id), decide_in_scope, actor=principal.actor, action=action)
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
     except IllegalTransition as exc:
