@@ -30,7 +30,8 @@ from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS
 from reflexe_indicators.entrypoints.app import GROUP, build_app
 from reflexe_indicators.settings import IndicatorsSettings
 from tests.support.infra import Infra
-from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.issuer import suite_issuer
 
 REFERRALS_PER_YEAR = 162_000
 HADS = 288
@@ -145,7 +146,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     await mark_caught_up(infra.kafka_bootstrap, GROUP, REFERRAL_EVENTS)
     await mark_caught_up(infra.kafka_bootstrap, f"{GROUP}-capacity", CAPACITY_EVENTS)
     settings = IndicatorsSettings(KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url,
-                                  JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING")
+                                  OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
     admin = token("admin")
     async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=300) as client:
         started = (await client.post("/v1/indicators/replay", headers=admin)).json()

@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reflexe_common.auth import mint
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.platform import running_platform
-from tests.support.services import JWT_SECRET, REPO_ROOT, eventually, token
+from tests.support.services import REPO_ROOT, bearer, eventually, token
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("REFLEXE_CHROMIUM", "/usr/bin/chromium")
@@ -47,7 +46,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
             notify = services["notify"].url
             await page.goto(f"{notify}/desk/34")
             assert page.url.startswith(f"{notify}/desk?next=")  # not logged in: the login form
-            await page.get_by_label("Jeton d’accès du bureau").fill(mint(JWT_SECRET, "desk", department="34"))
+            await page.get_by_label("Jeton d’accès du bureau").fill(bearer("desk", department="34"))
             await page.get_by_role("button", name="Se connecter").click()
             await page.wait_for_url(f"{notify}/desk/34")
             await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)

@@ -18,11 +18,10 @@ from typing import TypeVar
 import httpx
 import uvicorn
 
-from reflexe_common.auth import mint
 from tests.support.infra import Infra
+from tests.support.issuer import suite_issuer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JWT_SECRET = "test-secret-for-the-suite-0123456789abcdef"
 T = TypeVar("T")
 
 
@@ -32,13 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def bearer(role: str, **scope: str) -> str:
+    """An access token of the suite's issuer for this role and scope (finess, department, region)."""
+    return suite_issuer().token(role, **scope)
+
+
 def token(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint(JWT_SECRET, role, **scope)}"}
+    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 def service_env(infra: Infra, **extra: str) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url, "JWT_SECRET": JWT_SECRET,
-            "LOG_LEVEL": "WARNING", **extra}
+    return {"KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url,
+            "OIDC_ISSUER": suite_issuer().url, "LOG_LEVEL": "WARNING", **extra}
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.05,

@@ -11,14 +11,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from reflexe_common.auth import mint
 
 log = logging.getLogger("reflexe_simulator.client")
-TOKEN_TTL = 12 * 3600
 
 
 @dataclass(frozen=True)
@@ -46,29 +44,38 @@ class Result:
         return ""
 
 
-class Tokens:
-    """Mints and caches bearer tokens per (role, scope); re-mints before they expire."""
+class TokenSource(Protocol):
+    """Where the simulator's actors get their access tokens (the local identity provider)."""
 
-    def __init__(self, secret: str) -> None:
-        self.secret = secret
+    async def fetch(self, role: str, *, finess: str | None = None, department: str | None = None) -> tuple[str, float]:
+        """An access token for this role and scope, and when it expires (epoch seconds)."""
+        ...
+
+
+class Tokens:
+    """Caches an access token per (role, scope) and fetches a new one shortly before it expires."""
+
+    def __init__(self, source: TokenSource, renew_before_seconds: float = 60.0) -> None:
+        self.source = source
+        self.renew_before = renew_before_seconds
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
 
-    def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
+    async def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
         key = (role, finess or department or "-")
         token, expires = self._cache.get(key, ("", 0.0))
-        if time.time() > expires - 3600:
-            token = mint(self.secret, role, finess=finess, department=department, ttl_seconds=TOKEN_TTL)
-            self._cache[key] = (token, time.time() + TOKEN_TTL)
+        if time.time() > expires - self.renew_before:
+            token, expires = await self.source.fetch(role, finess=finess, department=department)
+            self._cache[key] = (token, expires)
         return token
 
 
 class PlatformClient:
-    def __init__(self, referral_url: str, capacity_url: str, notify_url: str, jwt_secret: str, counters: Any = None,
+    def __init__(self, referral_url: str, capacity_url: str, notify_url: str, tokens: TokenSource, counters: Any = None,
                  attempts: int = 5, backoff: float = 0.5, timeout: float = 10.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.urls = {"referral": referral_url.rstrip("/"), "capacity": capacity_url.rstrip("/"),
                      "notify": notify_url.rstrip("/")}
-        self.tokens = Tokens(jwt_secret)
+        self.tokens = Tokens(tokens)
         self.counters = counters
         self.attempts = attempts
         self.backoff = backoff
@@ -122,56 +129,56 @@ class PlatformClient:
     # -- referral service ----------------------------------------------------------------
 
     async def post_referral(self, source_finess: str, body: dict[str, Any]) -> Result:
-        return await self.call("referral", "POST", "/v1/referrals", self.tokens.get("hospital", finess=source_finess), body)
+        return await self.call("referral", "POST", "/v1/referrals", await self.tokens.get("hospital", finess=source_finess), body)
 
     async def accept(self, had: str, referral_id: str, offer_id: str) -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/accept",
-                               self.tokens.get("had", finess=had))
+                               await self.tokens.get("had", finess=had))
 
     async def decline(self, had: str, referral_id: str, offer_id: str, reason: str, text: str = "") -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/decline",
-                               self.tokens.get("had", finess=had), {"reason": reason, "text": text})
+                               await self.tokens.get("had", finess=had), {"reason": reason, "text": text})
 
     async def admit(self, had: str, referral_id: str) -> Result:
-        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/admission", self.tokens.get("had", finess=had))
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/admission", await self.tokens.get("had", finess=had))
 
     async def discharge(self, had: str, referral_id: str) -> Result:
-        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/discharge", self.tokens.get("had", finess=had))
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/discharge", await self.tokens.get("had", finess=had))
 
     async def cancel(self, source_finess: str, referral_id: str, reason: str, text: str = "") -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/cancel",
-                               self.tokens.get("hospital", finess=source_finess), {"reason": reason, "text": text})
+                               await self.tokens.get("hospital", finess=source_finess), {"reason": reason, "text": text})
 
     async def get_referral_as_desk(self, department: str, referral_id: str) -> Result:
-        return await self.call("referral", "GET", f"/v1/referrals/{referral_id}", self.tokens.get("desk", department=department))
+        return await self.call("referral", "GET", f"/v1/referrals/{referral_id}", await self.tokens.get("desk", department=department))
 
     async def desk_offer(self, department: str, referral_id: str, had_finess: str) -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/offer",
-                               self.tokens.get("desk", department=department), {"had_finess": had_finess})
+                               await self.tokens.get("desk", department=department), {"had_finess": had_finess})
 
     async def desk_widen(self, department: str, referral_id: str, departments: list[str]) -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/widen",
-                               self.tokens.get("desk", department=department), {"departments": departments})
+                               await self.tokens.get("desk", department=department), {"departments": departments})
 
     async def desk_close(self, department: str, referral_id: str, reason: str, text: str) -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/desk/close",
-                               self.tokens.get("desk", department=department), {"reason": reason, "text": text})
+                               await self.tokens.get("desk", department=department), {"reason": reason, "text": text})
 
     async def open_referrals(self, department: str) -> Result:
         return await self.call("referral", "GET", f"/v1/departments/{department}/referrals",
-                               self.tokens.get("desk", department=department))
+                               await self.tokens.get("desk", department=department))
 
     # -- capacity service ----------------------------------------------------------------
 
     async def register_had(self, finess: str, body: dict[str, Any]) -> Result:
-        return await self.call("capacity", "PUT", f"/v1/hads/{finess}", self.tokens.get("admin"), body)
+        return await self.call("capacity", "PUT", f"/v1/hads/{finess}", await self.tokens.get("admin"), body)
 
     async def declare(self, finess: str, body: dict[str, Any]) -> Result:
-        return await self.call("capacity", "POST", f"/v1/hads/{finess}/capacity", self.tokens.get("had", finess=finess), body)
+        return await self.call("capacity", "POST", f"/v1/hads/{finess}/capacity", await self.tokens.get("had", finess=finess), body)
 
     async def capacity_board(self, department: str) -> Result:
         return await self.call("capacity", "GET", f"/v1/departments/{department}/capacity",
-                               self.tokens.get("desk", department=department))
+                               await self.tokens.get("desk", department=department))
 
     # -- notify service ------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from reflexe_capacity.settings import CapacitySettings
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import MONTPELLIER, SETE, had_body, referral_body, unique_finess
-from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.issuer import suite_issuer
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
@@ -19,7 +20,7 @@ ADMIN = token("admin")
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING")
+    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:

@@ -18,7 +18,8 @@ from openpyxl import load_workbook
 from reflexe_indicators.entrypoints.app import build_app
 from reflexe_indicators.settings import IndicatorsSettings
 from tests.integration.indicators.simulation import PARIS, differences, encode, generate, oracle
-from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.issuer import suite_issuer
 
 pytestmark = pytest.mark.integration
 FIRST, LAST = date(2025, 2, 1), date(2025, 4, 30)
@@ -29,7 +30,7 @@ ADMIN = token("admin")
 @pytest.fixture(scope="module")
 async def service(topics):
     settings = IndicatorsSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                  JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING", INDICATORS_REPLAY_BATCH=5000)
+                                  OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING", INDICATORS_REPLAY_BATCH=5000)
     async with serve_in_process(build_app(settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             yield client

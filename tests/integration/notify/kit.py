@@ -21,7 +21,6 @@ from reflexe.v1 import matching_pb2, referral_pb2
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 
-JWT_SECRET = "notify-tests-secret-0123456789abcdef-0123456789"
 
 
 @dataclass(frozen=True)

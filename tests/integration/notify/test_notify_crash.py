@@ -21,10 +21,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from reflexe_common.auth import mint
 from reflexe_notify.domain.signing import verify
-from tests.integration.notify.kit import JWT_SECRET, Receiver, eventually, finess, offer_proposed, publish
+from tests.integration.notify.kit import Receiver, eventually, finess, offer_proposed, publish
 from tests.support.infra import Infra
+from tests.support.issuer import suite_issuer
+from tests.support.services import bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 BURST = 200
@@ -45,7 +46,7 @@ class NotifyProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._env = dict(os.environ, KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url,
-                         JWT_SECRET=JWT_SECRET, NOTIFY_HTTP_PORT=str(self.port), NOTIFY_CONCURRENCY=str(CONCURRENCY),
+                         OIDC_ISSUER=suite_issuer().url, NOTIFY_HTTP_PORT=str(self.port), NOTIFY_CONCURRENCY=str(CONCURRENCY),
                          NOTIFY_TIMEOUT_SECONDS="1", NOTIFY_BACKOFF_BASE_SECONDS="0.1", LOG_LEVEL="WARNING")
         self._log_dir = log_dir
         self._runs = 0
@@ -107,7 +108,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_acknowledged_tw
         had = finess()
         async with httpx.AsyncClient(base_url=notify.base_url) as api:
             created = await api.post("/v1/subscriptions", json={"url": slow_receiver.url},
-                                     headers={"Authorization": f"Bearer {mint(JWT_SECRET, 'had', finess=had)}"})
+                                     headers={"Authorization": f"Bearer {bearer('had', finess=had)}"})
         assert created.status_code == 201, created.text
         secret = created.json()["secret"]
 

@@ -15,22 +15,23 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from reflexe.v1 import capacity_pb2, referral_pb2
 
-from reflexe_common.auth import mint
 from reflexe_common.envelope import ts
 from reflexe_notify.adapters import store
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import AT, JWT_SECRET, eventually, header, publish, referral_requested
+from tests.integration.notify.kit import AT, eventually, header, publish, referral_requested
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
+from tests.support.issuer import suite_issuer
+from tests.support.services import bearer
 
 pytestmark = pytest.mark.integration
 STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
 
 
 def auth(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint(JWT_SECRET, role, **scope)}"}
+    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def smtp() -> SmtpSink:
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> AsyncIterator[Any]:
     settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, JWT_SECRET=JWT_SECRET,
+        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
         NOTIFY_MAX_ATTEMPTS=4, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
         NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
         NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=smtp.port, NOTIFY_SMTP_FROM="Réflexe <ne-pas-repondre@reflexe.test>",
@@ -163,14 +164,14 @@ async def test_desk_login_sets_a_strict_http_only_cookie_scoped_to_its_departmen
     assert page.status_code == 303 and page.headers["location"].startswith("/desk?next=")
     bad = await client.post("/desk/login", data={"token": "not-a-token"})
     assert bad.status_code == 401 and "Jeton invalide" in bad.text
-    had = await client.post("/desk/login", data={"token": mint(JWT_SECRET, "had", finess="340011295")})
+    had = await client.post("/desk/login", data={"token": bearer("had", finess="340011295")})
     assert had.status_code == 403
-    cross = await client.post("/desk/login", data={"token": mint(JWT_SECRET, "desk", department="34")},
+    cross = await client.post("/desk/login", data={"token": bearer("desk", department="34")},
                               headers={"Origin": "https://evil.example"})
     assert cross.status_code == 403
 
     async with httpx.AsyncClient(transport=client._transport, base_url="http://notify") as browser:
-        login = await browser.post("/desk/login", data={"token": mint(JWT_SECRET, "desk", department="34")})
+        login = await browser.post("/desk/login", data={"token": bearer("desk", department="34")})
         assert login.status_code == 303 and login.headers["location"] == "/desk/34"
         cookie = login.headers["set-cookie"]
         for attribute in ("HttpOnly", "SameSite=strict", "Path=/desk", "Max-Age="):

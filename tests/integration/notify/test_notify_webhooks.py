@@ -14,7 +14,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from reflexe.v1 import referral_pb2
 
-from reflexe_common.auth import mint
 from reflexe_common.envelope import wrap
 from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_notify.domain.signing import WebhookVerificationError, verify
@@ -22,9 +21,11 @@ from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.service_layer.notifications import event_handler
 from reflexe_notify.settings import NotifySettings
 from tests.integration.notify.kit import (
-    JWT_SECRET, Receiver, eventually, finess, header, offer_proposed, publish, referral_requested,
+    Receiver, eventually, finess, header, offer_proposed, publish, referral_requested,
 )
 from tests.support.infra import Infra
+from tests.support.issuer import suite_issuer
+from tests.support.services import bearer
 
 pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 4
@@ -39,13 +40,13 @@ def department() -> str:
 
 
 def auth(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint(JWT_SECRET, role, **scope)}"}
+    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
     settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, JWT_SECRET=JWT_SECRET,
+        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
         NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
         NOTIFY_TIMEOUT_SECONDS=2, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
     )

@@ -18,7 +18,8 @@ from reflexe_common.geography import Geography
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.issuer import suite_issuer
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
@@ -35,7 +36,7 @@ DOUBLE_CLICK_COMMUNE = "34038"  # Le Bousquet-d'Orb
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, JWT_SECRET=JWT_SECRET,
+    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
                LOG_LEVEL="WARNING")
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:

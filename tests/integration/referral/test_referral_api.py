@@ -13,7 +13,8 @@ from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS, REFERRAL_SUBMIS
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import referral_body, unique_finess
-from tests.support.services import JWT_SECRET, eventually, serve_in_process, token
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.issuer import suite_issuer
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def referral_url(topics):
     settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                JWT_SECRET=JWT_SECRET, LOG_LEVEL="WARNING")
+                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
     async with serve_in_process(build_app(settings)) as url:
         yield url
 

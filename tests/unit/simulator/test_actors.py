@@ -15,7 +15,14 @@ from reflexe_simulator.actors import PARIS, Counters, SimClock, World
 from reflexe_simulator.client import PlatformClient
 from reflexe_simulator.scenario import build_scenario
 
-SECRET = "test-secret-0123456789abcdef0123456789"
+
+
+class ClaimsOnlyTokens:
+    """Unsigned tokens that only carry the role and scope, for the fake platform to read."""
+
+    async def fetch(self, role, *, finess=None, department=None):
+        claims = {"role": role, **({"finess": finess} if finess else {}), **({"department": department} if department else {})}
+        return jwt.encode(claims, None, algorithm="none"), float("inf")
 
 
 class FakePlatform:
@@ -24,7 +31,7 @@ class FakePlatform:
         self.referral_status = referral_status
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        claims = jwt.decode(request.headers["authorization"].split()[1], SECRET, algorithms=["HS256"], issuer="reflexe")
+        claims = jwt.decode(request.headers["authorization"].split()[1], options={"verify_signature": False})
         body = json.loads(request.content) if request.content else {}
         self.calls.append((request.method, request.url.path, body, claims))
         if request.method == "GET" and request.url.path.startswith("/v1/referrals/"):
@@ -41,7 +48,7 @@ class FakePlatform:
 def _world(platform, speed=1e6):
     scenario = build_scenario(["34"], seed=2)
     counters = Counters()
-    client = PlatformClient("http://ref", "http://cap", "http://not", SECRET, counters, attempts=2, backoff=0,
+    client = PlatformClient("http://ref", "http://cap", "http://not", ClaimsOnlyTokens(), counters, attempts=2, backoff=0,
                             transport=httpx.MockTransport(platform))
     world = World(scenario, client, SimClock(datetime(2025, 3, 10, 10, tzinfo=PARIS), speed), counters, seed=2,
                   hold_minutes=1e9)
@@ -113,7 +120,7 @@ async def test_conflicts_are_counted_and_unreachable_services_do_not_raise():
     def conflict(request):
         return httpx.Response(409, json={"code": "OFFER_EXPIRED", "title": "the hold expired", "status": 409})
 
-    client = PlatformClient("http://ref", "http://cap", "http://not", SECRET, counters, attempts=2, backoff=0,
+    client = PlatformClient("http://ref", "http://cap", "http://not", ClaimsOnlyTokens(), counters, attempts=2, backoff=0,
                             transport=httpx.MockTransport(conflict))
     result = await client.accept("349000018", "00000000-0000-4000-8000-000000000001", "o1")
     assert result.conflict and result.code == "OFFER_EXPIRED" and counters["http_409"] == 1
@@ -122,7 +129,7 @@ async def test_conflicts_are_counted_and_unreachable_services_do_not_raise():
     def down(request):
         raise httpx.ConnectError("connection refused", request=request)
 
-    client = PlatformClient("http://ref", "http://cap", "http://not", SECRET, counters, attempts=2, backoff=0,
+    client = PlatformClient("http://ref", "http://cap", "http://not", ClaimsOnlyTokens(), counters, attempts=2, backoff=0,
                             transport=httpx.MockTransport(down))
     result = await client.post_referral("349100016", {})
     assert result.status == 0 and not result.ok and counters["unreachable"] == 1

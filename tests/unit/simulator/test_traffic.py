@@ -112,7 +112,7 @@ def test_referral_ids_are_deterministic_for_a_seed(scenario):
 
 
 def test_capacity_declarations_validate_against_the_capacity_schema(scenario):
-    client = PlatformClient("http://r", "http://c", "http://n", "secret")
+    client = PlatformClient("http://r", "http://c", "http://n", tokens=None)  # never called: no request is sent
     world = World(scenario, client, SimClock(datetime.now(PARIS), 60), Counters(), seed=3)
     for had in world.hads.values():
         for _ in range(50):

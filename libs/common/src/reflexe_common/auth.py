@@ -1,20 +1,29 @@
-"""Bearer-token authentication (JWT, HS256) and caller scoping for every endpoint.
+"""Bearer-token authentication (OpenID Connect access tokens) and caller scoping for every endpoint.
 
-A token names a role and the caller's scope: a hospital or an HAD by its FINESS, a desk by its
-department, the ARS by its region. Endpoints ask for roles with `require(...)` and then check
-the scope against the resource (a desk of 34 sees only department 34).
+People log in at the identity provider (Keycloak locally, the region's provider in production);
+hospital and HAD systems obtain tokens with their client credentials. A service trusts one issuer:
+it verifies the token's asymmetric signature (RS256 or ES256) against the issuer's published keys
+(JWKS, cached, fetched again when a token names an unknown key), then `iss`, `aud`, `exp`, `nbf`
+and a maximum lifetime. There is no shared secret and no default issuer: a service without
+OIDC_ISSUER refuses to start.
 
-Mint a token for local use:  python -m reflexe_common.auth desk --department 34
+The caller's role and scope come from claims whose names are settings (see AuthSettings): a
+hospital or an HAD by its FINESS, a desk by its department, the ARS by its region. Endpoints ask
+for roles with `require(...)` and then check the scope against the resource (a desk of 34 sees
+only department 34).
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+import httpx
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,7 +31,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
 
-ISSUER = "reflexe"
+log = logging.getLogger(__name__)
+
+# Asymmetric only: an HS256 token would let whoever holds the verification key mint tokens.
+ALGORITHMS = ("RS256", "ES256")
 
 
 class Role(StrEnum):
@@ -31,6 +43,11 @@ class Role(StrEnum):
     DESK = "desk"
     ARS = "ars"
     ADMIN = "admin"
+
+
+# The scope claim each role must carry.
+SCOPE_OF_ROLE = {Role.HOSPITAL: "finess", Role.HAD: "finess", Role.DESK: "department", Role.ARS: "region",
+                 Role.ADMIN: None}
 
 
 @dataclass(frozen=True)
@@ -43,35 +60,139 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """How audit records and events name the caller (no personal data)."""
+        """How events and audit records name the caller's organisation (no personal data)."""
         scope = self.finess or self.department or self.region or self.subject
         return f"{self.role}:{scope}"
 
 
-def mint(secret: str, role: Role | str, *, subject: str | None = None, finess: str | None = None,
-         department: str | None = None, region: str | None = None, ttl_seconds: int = 12 * 3600) -> str:
-    role = Role(role)
-    required = {Role.HOSPITAL: finess, Role.HAD: finess, Role.DESK: department, Role.ARS: region, Role.ADMIN: "-"}[role]
-    if not required:
-        raise ValueError(f"a {role} token needs its scope ({'finess' if role in (Role.HOSPITAL, Role.HAD) else 'department' if role == Role.DESK else 'region'})")
-    now = int(time.time())
-    claims = {"iss": ISSUER, "sub": subject or f"{role}:{finess or department or region or 'admin'}", "role": str(role),
-              "iat": now, "exp": now + ttl_seconds}
-    for name, value in (("finess", finess), ("department", department), ("region", region)):
-        if value:
-            claims[name] = value
-    return jwt.encode(claims, secret, algorithm="HS256")
+@dataclass(frozen=True)
+class AuthSettings:
+    """What a service needs to verify tokens; built from the service's settings."""
+
+    issuer: str
+    audience: str = "reflexe"
+    jwks_url: str | None = None  # None: taken from the issuer's discovery document
+    max_lifetime_seconds: int = 3600
+    leeway_seconds: int = 30
+    role_claim: str = "realm_access.roles"
+    finess_claim: str = "finess"
+    department_claim: str = "department"
+    region_claim: str = "region"
+
+    @classmethod
+    def of(cls, settings: Any) -> AuthSettings:
+        return cls(issuer=settings.oidc_issuer, audience=settings.oidc_audience, jwks_url=settings.oidc_jwks_url or None,
+                   max_lifetime_seconds=settings.oidc_max_token_lifetime_seconds,
+                   role_claim=settings.auth_role_claim, finess_claim=settings.auth_finess_claim,
+                   department_claim=settings.auth_department_claim, region_claim=settings.auth_region_claim)
 
 
-def decode(secret: str, token: str) -> Principal:
-    try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], issuer=ISSUER, options={"require": ["exp", "sub", "role"]})
-        return Principal(role=Role(claims["role"]), subject=claims["sub"], finess=claims.get("finess"),
-                         department=claims.get("department"), region=claims.get("region"))
-    except (jwt.InvalidTokenError, ValueError) as exc:
-        raise ApiError(401, "INVALID_TOKEN", f"invalid bearer token: {exc}") from exc
+def _invalid(message: str) -> ApiError:
+    return ApiError(401, "INVALID_TOKEN", f"invalid bearer token: {message}")
 
 
+class JwksCache:
+    """The issuer's signing keys by key id. An unknown `kid` triggers one refetch (the issuer may
+    have rotated its keys), at most once per `min_refresh_seconds` so that garbage tokens cannot
+    make the service hammer the issuer."""
+
+    def __init__(self, settings: AuthSettings, min_refresh_seconds: float = 10.0) -> None:
+        self._settings = settings
+        self._min_refresh = min_refresh_seconds
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._jwks_url = settings.jwks_url
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        if kid not in self._keys:
+            async with self._lock:
+                if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_refresh:
+                    await self._refresh()
+        try:
+            return self._keys[kid]
+        except KeyError:
+            raise _invalid(f"unknown signing key {kid!r}") from None
+
+    async def _refresh(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                if self._jwks_url is None:
+                    self._jwks_url = await self._discover(client)
+                response = await client.get(self._jwks_url)
+                response.raise_for_status()
+                key_set = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+            log.warning("could not fetch the issuer's keys", extra={"error": repr(exc)})
+            raise ApiError(503, "ISSUER_UNAVAILABLE", "the identity provider's keys cannot be fetched; try again") from exc
+        self._keys = {k.key_id: k for k in key_set.keys if k.key_id and k.algorithm_name in ALGORITHMS}
+
+    async def _discover(self, client: httpx.AsyncClient) -> str:
+        response = await client.get(self._settings.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        response.raise_for_status()
+        document = response.json()
+        if document.get("issuer") != self._settings.issuer:
+            raise ValueError(f"discovery document names issuer {document.get('issuer')!r}")
+        return document["jwks_uri"]
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    """A claim by dotted path (Keycloak puts realm roles in realm_access.roles)."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings, jwks: JwksCache | None = None) -> None:
+        self.settings = settings
+        self.jwks = jwks or JwksCache(settings)
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(str(exc)) from exc
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS:
+            raise _invalid(f"algorithm {algorithm!r} is not accepted (only {', '.join(ALGORITHMS)})")
+        key = await self.jwks.key(str(header.get("kid")))
+        if key.algorithm_name != algorithm:
+            raise _invalid("the token's algorithm does not match its key")
+        s = self.settings
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[algorithm], audience=s.audience, issuer=s.issuer,
+                                leeway=s.leeway_seconds, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(str(exc)) from exc
+        if claims["exp"] - claims["iat"] > s.max_lifetime_seconds:
+            raise _invalid(f"lifetime above {s.max_lifetime_seconds} s")
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        s = self.settings
+        granted = _claim(claims, s.role_claim)
+        granted = [granted] if isinstance(granted, str) else granted if isinstance(granted, list) else []
+        roles = {Role(r) for r in granted if r in _ROLE_NAMES}
+        if len(roles) != 1:
+            raise ApiError(403, "NO_PLATFORM_ROLE" if not roles else "AMBIGUOUS_ROLE",
+                           f"the token must grant exactly one platform role, found {sorted(roles) or 'none'}")
+        role = roles.pop()
+        scope = {name: _claim(claims, path) for name, path in
+                 (("finess", s.finess_claim), ("department", s.department_claim), ("region", s.region_claim))}
+        scope = {k: v for k, v in scope.items() if isinstance(v, str) and v}
+        needed = SCOPE_OF_ROLE[role]
+        if needed and needed not in scope:
+            raise ApiError(403, "MISSING_SCOPE", f"a {role} token must carry its {needed}")
+        # Only the scope the role is about: a stray claim never widens what a caller may see.
+        return Principal(role=role, subject=str(claims["sub"]), **({needed: scope[needed]} if needed else {}))
+
+
+_ROLE_NAMES = frozenset(r.value for r in Role)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -79,7 +200,9 @@ async def authenticated(request: Request, credentials: HTTPAuthorizationCredenti
     # async: FastAPI would run a plain function in a thread pool, a thread hop per request.
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "MISSING_TOKEN", "this endpoint needs an 'Authorization: Bearer <token>' header")
-    return decode(request.app.state.jwt_secret, credentials.credentials)
+    principal = await request.app.state.verifier.verify(credentials.credentials)
+    request.state.principal = principal
+    return principal
 
 
 def require(*roles: Role):
@@ -107,21 +230,3 @@ def ensure_department(principal: Principal, department: str, region_of: Callable
     if principal.role == Role.ARS and principal.region and region_of(department) == principal.region:
         return
     raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see or act on department {department}")
-
-
-def main() -> None:
-    from reflexe_common.settings import ServiceSettings
-
-    parser = argparse.ArgumentParser(description="Mint a Réflexe bearer token for local use.")
-    parser.add_argument("role", choices=[r.value for r in Role])
-    parser.add_argument("--finess")
-    parser.add_argument("--department")
-    parser.add_argument("--region")
-    parser.add_argument("--ttl-hours", type=float, default=12)
-    args = parser.parse_args()
-    print(mint(ServiceSettings().jwt_secret, args.role, finess=args.finess, department=args.department,
-               region=args.region, ttl_seconds=int(args.ttl_hours * 3600)))
-
-
-if __name__ == "__main__":
-    main()

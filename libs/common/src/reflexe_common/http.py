@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reflexe_common.auth import AuthSettings, TokenVerifier
 from reflexe_common.errors import ApiError
 from reflexe_common.metrics import HTTP_SECONDS
 
@@ -50,10 +51,11 @@ class RequestMetrics:
 PROBLEM_JSON = "application/problem+json"
 
 
-def create_app(service: str, jwt_secret: str, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]],
+def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]],
                description: str = "") -> FastAPI:
+    """settings: the service's settings (ServiceSettings); its OIDC fields say whose tokens to trust."""
     app = FastAPI(title=f"Réflexe {service}", description=description, lifespan=lifespan)
-    app.state.jwt_secret = jwt_secret
+    app.state.verifier = TokenVerifier(AuthSettings.of(settings))
     app.state.readiness_checks = {}
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

@@ -15,7 +15,18 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(
         "postgresql://reflexe:reflexe@127.0.0.1:15432/reflexe", validation_alias="DATABASE_URL"
     )
-    jwt_secret: str = Field("dev-only-secret-change-me-0123456789abcdef", validation_alias="JWT_SECRET")
+    # OpenID Connect: the one issuer whose tokens the service trusts. No default: a deployment
+    # must name its identity provider, and a service without one refuses to start.
+    oidc_issuer: str = Field(validation_alias="OIDC_ISSUER", min_length=1)
+    oidc_audience: str = Field("reflexe", validation_alias="OIDC_AUDIENCE")
+    # Where the issuer's keys are; by default read from its discovery document.
+    oidc_jwks_url: str | None = Field(None, validation_alias="OIDC_JWKS_URL")
+    oidc_max_token_lifetime_seconds: int = Field(3600, gt=0, validation_alias="OIDC_MAX_TOKEN_LIFETIME_SECONDS")
+    # Claims that carry the caller's role (a dotted path into the token) and scope.
+    auth_role_claim: str = Field("realm_access.roles", validation_alias="AUTH_ROLE_CLAIM")
+    auth_finess_claim: str = Field("finess", validation_alias="AUTH_FINESS_CLAIM")
+    auth_department_claim: str = Field("department", validation_alias="AUTH_DEPARTMENT_CLAIM")
+    auth_region_claim: str = Field("region", validation_alias="AUTH_REGION_CLAIM")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     http_host: str = Field("127.0.0.1", validation_alias="HTTP_HOST")
     # The instance name makes Kafka client ids and relay ownership readable in logs.

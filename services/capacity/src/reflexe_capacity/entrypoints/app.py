@@ -51,7 +51,7 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
             await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
             yield
 
-    app = create_app("capacity", settings.jwt_secret, lifespan,
+    app = create_app("capacity", settings, lifespan,
                      "HAD registry, live capacity declarations, and the matcher that holds places.")
     app.include_router(router)
     return app

@@ -90,6 +90,6 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
             finally:
                 await replayer.stop()
 
-    app = create_app("indicators", settings.jwt_secret, lifespan, "ARS follow-up indicators computed from the event log.")
+    app = create_app("indicators", settings, lifespan, "ARS follow-up indicators computed from the event log.")
     app.include_router(router)
     return app

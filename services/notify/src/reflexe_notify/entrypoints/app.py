@@ -43,7 +43,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
                 app.state.http = http
                 yield
 
-    app = create_app("notify", settings.jwt_secret, lifespan,
+    app = create_app("notify", settings, lifespan,
                      "Signed webhooks (Standard Webhooks) and e-mails to HADs, desks and hospitals, with a delivery log; "
                      "the desks' live stream (SSE) and the desk page (/desk).")
     app.include_router(router)

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from reflexe_common.auth import Principal, Role, decode, ensure_department, require
+from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
 from reflexe_notify.adapters import store
@@ -52,13 +52,13 @@ class _NoSession(Exception):
     pass
 
 
-def _session(request: Request) -> tuple[Principal, str]:
+async def _session(request: Request) -> tuple[Principal, str]:
     """The desk behind the cookie, and its token (to call the other services as itself)."""
     token = request.cookies.get(COOKIE)
     if not token:
         raise _NoSession()
     try:
-        principal = decode(request.app.state.jwt_secret, token)
+        principal = await request.app.state.verifier.verify(token)
     except ApiError as exc:
         raise _NoSession() from exc
     if principal.role not in (Role.DESK, Role.ADMIN):
@@ -72,10 +72,10 @@ def _scoped(principal: Principal, department: str) -> None:
     ensure_department(principal, department, _region_of)
 
 
-def _session_api(request: Request, department: str) -> tuple[Principal, str]:
+async def _session_api(request: Request, department: str) -> tuple[Principal, str]:
     """For the page's own calls: 401/403 as problem+json."""
     try:
-        principal, token = _session(request)
+        principal, token = await _session(request)
     except _NoSession:
         raise ApiError(401, "NO_SESSION", "log in at /desk first") from None
     _scoped(principal, department)
@@ -92,7 +92,7 @@ def _html(body: str, status: int = 200, **headers: str) -> HTMLResponse:
 @router.get("/desk", include_in_schema=False)
 async def login_form(request: Request, next: str = "") -> Response:
     try:
-        principal, _ = _session(request)
+        principal, _ = await _session(request)
         if principal.department and not next:
             return RedirectResponse(f"/desk/{principal.department}", status_code=303)
     except _NoSession:
@@ -128,7 +128,7 @@ async def login(request: Request) -> Response:
         token = token[7:].strip()
     next_path = form.get("next", "")
     try:
-        principal = decode(request.app.state.jwt_secret, token)
+        principal = await request.app.state.verifier.verify(token)
     except ApiError:
         return _html(views.login_page("Jeton invalide ou expiré.", next_path), 401)
     if principal.role != Role.DESK or not principal.department:
@@ -186,7 +186,7 @@ async def _snapshot(request: Request, department: str, token: str) -> tuple[dict
 @router.get("/desk/{department}", include_in_schema=False)
 async def desk_page(department: str, request: Request, msg: str | None = None) -> Response:
     try:
-        principal, token = _session(request)
+        principal, token = await _session(request)
     except _NoSession:
         return RedirectResponse(f"/desk?next={quote(request.url.path)}", status_code=303)
     try:
@@ -207,7 +207,7 @@ async def desk_page(department: str, request: Request, msg: str | None = None) -
 
 @router.get("/desk/{department}/fragments", include_in_schema=False)
 async def fragments(department: str, request: Request) -> JSONResponse:
-    _, token = _session_api(request, department)
+    _, token = await _session_api(request, department)
     head = await store.desk_head(request.app.state.pool, department)
     board, queue = await _snapshot(request, department, token)
     return JSONResponse({"head": head, "queue": views.queue_html(queue, board), "board": views.board_html(board),
@@ -222,7 +222,7 @@ _ACTIONS = {"offer": "Offre demandée à l’HAD choisie.", "widen": "Recherche 
 async def desk_action(department: str, action: str, request: Request) -> Response:
     """A desk action from the page, forwarded to the referral service with the desk's token."""
     _check_origin(request)
-    _, token = _session_api(request, department)
+    _, token = await _session_api(request, department)
     if action not in _ACTIONS:
         raise ApiError(404, "UNKNOWN_ACTION", f"no desk action {action}")
     form = await _form(request)
@@ -291,7 +291,7 @@ async def _stream(request: Request, department: str, after: int | None) -> Event
 @router.get("/desk/{department}/stream", include_in_schema=False)
 async def desk_stream_cookie(department: str, request: Request,
                              after: int | None = Query(None, ge=0)) -> EventSourceResponse:
-    _session_api(request, department)
+    await _session_api(request, department)
     return await _stream(request, department, after)
 
 

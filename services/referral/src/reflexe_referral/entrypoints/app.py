@@ -54,7 +54,7 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             runtime.tasks.start("referral-gauges", refresh_periodically(GAUGES, open_referrals.snapshot, REFRESH_SECONDS))
             yield
 
-    app = create_app("referral", settings.jwt_secret, lifespan,
+    app = create_app("referral", settings, lifespan,
                      "Referrals from hospitals to HAD establishments: the lifecycle, offers and desk actions.")
     app.include_router(router)
     return app
