@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -16,8 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reflexe_common.auth import AuthSettings, TokenVerifier
 from reflexe_common.errors import ApiError
+from reflexe_common.limits import KNOWN_METHODS, KnownMethodsOnly, install_limits
 from reflexe_common.metrics import HTTP_SECONDS
 
+log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
@@ -46,7 +49,9 @@ class RequestMetrics:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_SECONDS.labels(self.service, scope["method"], route, f"{status // 100}xx").observe(
+            # A label from a fixed set: KnownMethodsOnly answers other methods before this runs.
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            HTTP_SECONDS.labels(self.service, method, route, f"{status // 100}xx").observe(
                 time.perf_counter() - started)
 PROBLEM_JSON = "application/problem+json"
 
@@ -69,8 +74,9 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
             try:
                 await asyncio.wait_for(check(), timeout=2.0)
                 results[name] = "ok"
-            except Exception as exc:  # any failure means "not ready", with its reason
-                results[name] = f"unavailable: {exc!r}"[:200]
+            except Exception as exc:  # any failure means "not ready"; its reason goes to the log only
+                log.warning("readiness check failed", extra={"check": name, "error": repr(exc)[:500]})
+                results[name] = "unavailable"
         ready = bool(results) and all(v == "ok" for v in results.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": results}, status_code=200 if ready else 503)
 
@@ -92,8 +98,10 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(exc.status_code, "HTTP_ERROR")
         return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code, media_type=PROBLEM_JSON)
 
+    install_limits(app)  # inside the metrics: their 413 and 429 are measured
     app.add_middleware(RequestMetrics, service=service)
+    app.add_middleware(KnownMethodsOnly)  # outside the metrics: a method name never becomes a label
     return app
