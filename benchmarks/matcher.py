@@ -30,7 +30,7 @@ from benchmarks.common import paced, percentiles, print_table
 from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
 from reflexe_common.geography import Geography
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
-from tests.support.data import had_body, unique_finess
+from tests.support.data import had_body, pseudonym, unique_finess
 from tests.support.infra import Infra
 from tests.support.services import ServiceProcess, eventually, service_env, token
 
@@ -48,7 +48,7 @@ def referral_requested(referral_id: str, department: str, commune: str) -> refer
     return referral_pb2.ReferralRequested(header=header, request=referral_pb2.ReferralRequest(
         referral_id=referral_id, department=department,
         source=referral_pb2.Source(kind="ED", finess="130000001", unit="SAU"),
-        patient=referral_pb2.Patient(pseudonym=uuid.uuid4().hex, birth_year=1941, sex="F", care_commune=commune,
+        patient=referral_pb2.Patient(pseudonym=pseudonym(), birth_year=1941, sex="F", care_commune=commune,
                                      place_of_care="HOME"),
         clinical=referral_pb2.Clinical(main_mpp="03", associated_mpp=["09"], karnofsky=50, equipment=["SYRINGE_DRIVER"],
                                        urgency="WITHIN_24H", expected_duration_days=10),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import uuid
 from typing import Any
@@ -17,11 +18,16 @@ def unique_finess(department: str = "34") -> str:
     return f"{department}{uuid.uuid4().int % 10**7:07d}"
 
 
+def pseudonym(seed: str | None = None) -> str:
+    """A pseudonym in the platform's one format (docs/privacy.md): 64 lowercase hex, a SHA-256 digest."""
+    return hashlib.sha256((seed or uuid.uuid4().hex).encode()).hexdigest()
+
+
 def referral_body(source_finess: str, commune: str = MONTPELLIER, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "referral_id": str(uuid.uuid4()),
         "source": {"kind": "ED", "finess": source_finess, "unit": "SAU", "prescriber_id": "10001234567"},
-        "patient": {"pseudonym": uuid.uuid4().hex, "birth_year": 1941, "sex": "F", "care_commune": commune,
+        "patient": {"pseudonym": pseudonym(), "birth_year": 1941, "sex": "F", "care_commune": commune,
                     "place_of_care": "HOME", "ehpad_finess": None},
         "clinical": {"main_mpp": "03", "associated_mpp": ["09"], "karnofsky": 50, "equipment": ["SYRINGE_DRIVER"],
                      "palliative": False, "urgency": "WITHIN_24H", "planned_date": None, "expected_duration_days": 10},

@@ -19,6 +19,7 @@ commune's INSEE code; never a name, an INS or a birth date.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import uuid
@@ -264,7 +265,8 @@ class ReferralFactory:
             "source": {"kind": kind, "finess": source.finess, "unit": unit,
                        "prescriber_id": f"SIM{rng.randrange(10**6):06d}"},
             "patient": {
-                "pseudonym": f"{rng.getrandbits(128):032x}",
+                # The platform's one format (64 lowercase hex); the same random draw keeps runs replayable.
+                "pseudonym": hashlib.sha256(rng.getrandbits(128).to_bytes(16, "big")).hexdigest(),
                 "birth_year": birth_year,
                 "sex": sex,
                 "care_commune": care_commune,

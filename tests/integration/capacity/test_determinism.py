@@ -33,6 +33,7 @@ from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import dt, message_class, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS
 from reflexe_common.vocabulary import CapacityStatus, Equipment
+from tests.support.data import pseudonym
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def requested(referral_id: str, at: datetime, ehpad: bool = False) -> referral_p
     request = referral_pb2.ReferralRequest(
         referral_id=referral_id, department="34",
         source=referral_pb2.Source(kind="ED", finess="340780477", unit="SAU"),
-        patient=referral_pb2.Patient(pseudonym=f"p-{referral_id[-4:]}", birth_year=1940, sex="F", care_commune=COMMUNE,
+        patient=referral_pb2.Patient(pseudonym=pseudonym(referral_id), birth_year=1940, sex="F", care_commune=COMMUNE,
                                      place_of_care="EHPAD" if ehpad else "HOME", ehpad_finess=EHPAD if ehpad else ""),
         clinical=referral_pb2.Clinical(main_mpp="03", associated_mpp=["09"], karnofsky=50, equipment=["SYRINGE_DRIVER"],
                                        urgency="WITHIN_24H", expected_duration_days=10),

@@ -27,6 +27,7 @@ from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy, offer
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import message_class, ts, wrap
 from reflexe_common.vocabulary import CapacityStatus, Equipment
+from tests.support.data import pseudonym
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def header(referral_id: str, m: int) -> referral_pb2.ReferralEventHeader:
 def requested(referral_id: str, m: int) -> referral_pb2.ReferralRequested:
     return referral_pb2.ReferralRequested(header=header(referral_id, m), request=referral_pb2.ReferralRequest(
         referral_id=referral_id, department="34", source=referral_pb2.Source(kind="ED", finess="340780477"),
-        patient=referral_pb2.Patient(pseudonym="p-0001", birth_year=1940, sex="F", care_commune=COMMUNE, place_of_care="HOME"),
+        patient=referral_pb2.Patient(pseudonym=pseudonym("p-0001"), birth_year=1940, sex="F", care_commune=COMMUNE, place_of_care="HOME"),
         clinical=referral_pb2.Clinical(main_mpp="03", karnofsky=50, urgency="WITHIN_24H", expected_duration_days=10),
         conditions=referral_pb2.Conditions(patient_consent=True, gp_agreement=True, caregiver_present=True),
         requested_at=ts(at(m))))

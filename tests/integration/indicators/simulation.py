@@ -20,6 +20,7 @@ from reflexe.v1 import capacity_pb2 as cpb
 from reflexe.v1 import referral_pb2 as pb
 
 from reflexe_common.envelope import ts, wrap
+from tests.support.data import pseudonym
 
 PARIS = ZoneInfo("Europe/Paris")
 DEPARTMENTS = {"972": "02", "973": "03"}
@@ -181,7 +182,7 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
             m = pb.ReferralRequested(header=header, request=pb.ReferralRequest(
                 referral_id=ev.referral_id, department=ev.department,
                 source=pb.Source(kind=f["source_kind"], finess=f["source_finess"]),
-                patient=pb.Patient(pseudonym="p", birth_year=1940, sex="F", care_commune=f"{ev.department}209",
+                patient=pb.Patient(pseudonym=pseudonym(ev.referral_id), birth_year=1940, sex="F", care_commune=f"{ev.department}209",
                                    place_of_care=f["place"]),
                 requested_at=ts(ev.at)))
         elif ev.kind == "ReferralDeclaredIneligible":

@@ -20,6 +20,7 @@ from reflexe.v1 import matching_pb2, referral_pb2
 
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
+from tests.support.data import pseudonym
 
 
 
@@ -117,7 +118,7 @@ def referral_requested(department: str, hospital: str, referral_id: str) -> refe
     return referral_pb2.ReferralRequested(header=header(referral_id, department), request=referral_pb2.ReferralRequest(
         referral_id=referral_id, department=department,
         source=referral_pb2.Source(kind="ED", finess=hospital),
-        patient=referral_pb2.Patient(pseudonym="pseudo-0001", birth_year=1942, sex="F", care_commune="34172",
+        patient=referral_pb2.Patient(pseudonym=pseudonym("pseudo-0001"), birth_year=1942, sex="F", care_commune="34172",
                                      place_of_care="HOME"),
         clinical=referral_pb2.Clinical(main_mpp="04", urgency="WITHIN_24H", palliative=True),
     ))

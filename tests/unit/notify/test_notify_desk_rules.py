@@ -18,6 +18,7 @@ from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.routing import EventKind as K
 from reflexe_notify.domain.routing import recipients_for
 from reflexe_notify.entrypoints import desk_views as views
+from tests.support.data import pseudonym
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 RID = "0b8f5c3e-8d5e-4a53-9d1e-6f0a4c2b9e11"
@@ -91,10 +92,10 @@ def test_capacity_changes_reach_the_stream_of_the_hads_department() -> None:
 def test_the_stream_never_carries_the_patient_block() -> None:
     requested = referral_pb2.ReferralRequested(header=header(), request=referral_pb2.ReferralRequest(
         referral_id=RID, department="34", source=referral_pb2.Source(kind="ED", finess="340780477"),
-        patient=referral_pb2.Patient(pseudonym="pseudo-secret", birth_year=1938, care_commune="34172"),
+        patient=referral_pb2.Patient(pseudonym=pseudonym("pseudo-secret"), birth_year=1938, care_commune="34172"),
         clinical=referral_pb2.Clinical(main_mpp="04", urgency="WITHIN_24H")))
     payload = json.dumps(desk_event_from(wrap(requested, "tests")).payload(1))
-    assert "pseudo-secret" not in payload and "1938" not in payload and "34172" not in payload
+    assert pseudonym("pseudo-secret") not in payload and "1938" not in payload and "34172" not in payload
 
 
 def test_alert_kinds_and_french_wording() -> None:

@@ -13,6 +13,7 @@ from reflexe_notify.adapters.events import notice_from
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind as K
 from reflexe_notify.domain.routing import recipients_for
+from tests.support.data import pseudonym
 
 DESK, HAD, HOSPITAL = "desk:34", "had:340011295", "hospital:340780477"
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -73,12 +74,12 @@ def test_offer_proposed_becomes_the_documented_body() -> None:
 def test_referral_requested_carries_no_patient_data() -> None:
     event = referral_pb2.ReferralRequested(header=header(), request=referral_pb2.ReferralRequest(
         referral_id="r-1", department="34", source=referral_pb2.Source(kind="ED", finess="340780477"),
-        patient=referral_pb2.Patient(pseudonym="p-secret", birth_year=1940, care_commune="34172"),
+        patient=referral_pb2.Patient(pseudonym=pseudonym("p-secret"), birth_year=1940, care_commune="34172"),
         clinical=referral_pb2.Clinical(main_mpp="04", urgency="WITHIN_24H")))
     notice = notice_from(wrap(event, "referral"))
     assert notice.data == {"referral_id": "r-1", "department": "34", "source_kind": "ED", "main_mpp": "04",
                            "urgency": "WITHIN_24H"}
-    assert "p-secret" not in notice.body() and "1940" not in notice.body()
+    assert pseudonym("p-secret") not in notice.body() and "1940" not in notice.body()
 
 
 def test_offer_declined_carries_its_reason() -> None:

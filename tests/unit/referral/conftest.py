@@ -39,7 +39,7 @@ def make_request(**overrides: Any) -> ReferralRequest:
         department="34",
         source=Source(kind=SourceKind.ED, finess="340780477", unit="SAU", prescriber_id="p-1"),
         patient=Patient(
-            pseudonym="psn-7f3a9c",
+            pseudonym="7f3a9c" + "0" * 58,  # the one pseudonym format: 64 lowercase hex
             birth_year=1941,
             sex=Sex.F,
             care_commune="34172",

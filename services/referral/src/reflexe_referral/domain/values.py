@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from reflexe_common.privacy import PSEUDONYM_DESCRIPTION, find_direct_identifier, is_pseudonym
 from reflexe_common.vocabulary import (
     MAIN_MPP_CODES,
     MPP_CODES,
@@ -101,6 +102,7 @@ class ReferralRequest:
             *self._clinical_problems(),
             *self._time_problems(),
             *self._avis_problems(),
+            *self._free_text_problems(),
         ]
 
     def _source_problems(self) -> list[Problem]:
@@ -112,6 +114,8 @@ class ReferralRequest:
 
     def _patient_problems(self) -> list[Problem]:
         patient, problems = self.patient, []
+        if not is_pseudonym(patient.pseudonym):
+            problems.append(("patient.pseudonym", f"must be {PSEUDONYM_DESCRIPTION}"))
         if not OLDEST_BIRTH_YEAR <= patient.birth_year <= self.requested_at.year:
             problems.append(
                 (
@@ -169,6 +173,13 @@ class ReferralRequest:
             for name, value in stamps.items()
             if value is not None and value.utcoffset() is None
         ]
+
+    def _free_text_problems(self) -> list[Problem]:
+        # The API's schemas refuse these already; a referral arriving on Kafka is checked here.
+        texts = {"source.unit": self.source.unit, "source.prescriber_id": self.source.prescriber_id,
+                 "avis.text": self.avis.text if self.avis else ""}
+        return [(name, f"free text must not contain what looks like {found}")
+                for name, text in texts.items() if (found := find_direct_identifier(text))]
 
     def _avis_problems(self) -> list[Problem]:
         if self.avis is not None and not self.avis.eligible and self.avis.reason is None:

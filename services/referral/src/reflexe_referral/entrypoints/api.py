@@ -11,7 +11,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
+from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.geography import Geography
 from reflexe_referral.domain.errors import IllegalTransition
 from reflexe_referral.domain.model import Referral
@@ -83,7 +85,7 @@ async def post_referral(body: ReferralIn, request: Request,
         raise ApiError(422, "INVALID_REFERRAL", "the referral breaks domain rules: " + ", ".join(p for p, _ in problems),
                        [{"field": f"body.{path}", "message": message} for path, message in problems])
     try:
-        submitted = await service.submit(domain_request, request_fingerprint(domain_request))
+        submitted = await service.submit(domain_request, request_fingerprint(domain_request, body.requested_at is not None))
     except ConflictingDuplicate as exc:
         raise ApiError(409, "DUPLICATE_REFERRAL_ID", f"referral {referral_id} exists with a different body") from exc
     return JSONResponse(referral_view(submitted.referral), status_code=201 if submitted.created else 200)
@@ -164,11 +166,10 @@ async def desk_offer(referral_id: uuid.UUID, body: DeskOfferIn, request: Request
 @router.post("/referrals/{referral_id}/desk/widen", summary="Desk: widen the search to neighbouring departments")
 async def desk_widen(referral_id: uuid.UUID, body: WidenIn, request: Request,
                      principal: Principal = Depends(require(Role.DESK))) -> dict[str, Any]:
-    geography = Geography.load()
-    unknown = [d for d in body.departments if geography.department(d) is None]
+    unknown = [(i, d) for i, d in enumerate(body.departments) if not is_department(d)]
     if unknown:
-        raise ApiError(422, "UNKNOWN_DEPARTMENT", f"unknown departments: {', '.join(unknown)}",
-                       [{"field": "body.departments", "message": f"unknown department {d!r}"} for d in unknown])
+        raise ApiError(422, "UNKNOWN_DEPARTMENT", f"unknown departments: {', '.join(d for _, d in unknown)}",
+                       [{"field": f"body.departments[{i}]", "message": f"unknown department {d!r}"} for i, d in unknown])
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.widen(body.departments, now, actor=principal.actor),
                       principal, "desk.widen")
@@ -183,11 +184,12 @@ async def desk_close(referral_id: uuid.UUID, body: CloseIn, request: Request,
 
 
 @router.get("/departments/{department}/referrals", summary="The open referrals of a department, with their clocks")
-async def open_referrals(department: str, request: Request,
+async def open_referrals(department: str, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
                          principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
+    require_department(department)
     ensure_department(principal, department)
-    referrals = await _service(request).open_referrals(department)
+    referrals, next_offset = page.of(await _service(request).open_referrals(department, page.fetch_limit, page.offset))
     now = datetime.now(UTC)
-    return {"department": department, "as_of": now.isoformat(),
+    return {"department": department, "as_of": now.isoformat(), "next_offset": next_offset,
             "referrals": [{**referral_view(r), "waiting_seconds": int((now - r.request.requested_at).total_seconds())}
                           for r in referrals]}

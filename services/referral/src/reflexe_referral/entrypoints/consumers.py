@@ -51,7 +51,8 @@ def submission_handler(unanswered_after: timedelta):
         if commune is None:
             raise PoisonRecord(f"unknown INSEE code {message.request.patient.care_commune!r} in patient.care_commune")
         message.request.department = commune.department_code
-        if not message.request.HasField("requested_at"):
+        stamped_by_client = message.request.HasField("requested_at")
+        if not stamped_by_client:
             message.request.requested_at.FromDatetime(envelope.time)
         try:
             request = request_from_proto(message.request)
@@ -61,7 +62,7 @@ def submission_handler(unanswered_after: timedelta):
         if problems:
             raise PoisonRecord("the referral breaks domain rules: " + "; ".join(f"{p}: {m}" for p, m in problems))
         store = ReferralStore(conn, unanswered_after)
-        fingerprint = request_fingerprint(request)
+        fingerprint = request_fingerprint(request, stamped_by_client)
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", request.referral_id)
         existing = await store.request_hash(request.referral_id)
         if existing is not None:

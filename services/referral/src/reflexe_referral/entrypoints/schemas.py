@@ -9,9 +9,13 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from reflexe_common.privacy import FreeText, Pseudonym
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain import values
 from reflexe_referral.domain.model import Referral
+
+
+FREE_TEXT = "free text; refused if it holds what looks like a NIR/INS or a full date (see docs/privacy.md)"
 
 
 class _Strict(BaseModel):
@@ -21,12 +25,12 @@ class _Strict(BaseModel):
 class SourceIn(_Strict):
     kind: SourceKind
     finess: str = Field(pattern=r"^[0-9AB]{9}$", description="FINESS of the sending establishment")
-    unit: str = Field("", max_length=100)
-    prescriber_id: str = Field("", max_length=50, description="RPPS or local id of the prescriber")
+    unit: FreeText = Field("", max_length=100)
+    prescriber_id: FreeText = Field("", max_length=50, description="RPPS or local id of the prescriber")
 
 
 class PatientIn(_Strict):
-    pseudonym: str = Field(min_length=8, max_length=128, description="computed by the source; never a name or an INS")
+    pseudonym: Pseudonym
     birth_year: int
     sex: Sex
     care_commune: str = Field(pattern=r"^[0-9][0-9AB][0-9]{3}$", description="INSEE code of the commune where care takes place")
@@ -54,7 +58,7 @@ class ConditionsIn(_Strict):
 class AvisIn(_Strict):
     eligible: bool
     reason: Reason | None = None
-    text: str = Field("", max_length=2000)
+    text: FreeText = Field("", max_length=2000, description=FREE_TEXT)
 
 
 class ReferralIn(_Strict):
@@ -89,12 +93,12 @@ class ReferralIn(_Strict):
 
 class DeclineIn(_Strict):
     reason: Reason
-    text: str = Field("", max_length=2000)
+    text: FreeText = Field("", max_length=2000, description=FREE_TEXT)
 
 
 class CloseIn(_Strict):
     reason: Reason
-    text: str = Field("", max_length=2000)
+    text: FreeText = Field("", max_length=2000, description=FREE_TEXT)
 
 
 class DeskOfferIn(_Strict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -33,8 +33,15 @@ class Submitted:
     created: bool
 
 
-def request_fingerprint(request: ReferralRequest) -> str:
+# Stands for a requested_at the server filled in: a client retrying a body without one must get
+# the same fingerprint, whatever the time of each attempt.
+_SERVER_STAMPED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def request_fingerprint(request: ReferralRequest, stamped_by_client: bool = True) -> str:
     """Identifies a request body for idempotency, ignoring the time the server filled in."""
+    if not stamped_by_client:
+        request = replace(request, requested_at=_SERVER_STAMPED)
     message = request_to_proto(request)
     return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
 
@@ -88,12 +95,13 @@ class ReferralService:
             raise UnknownReferral(referral_id)
         return Referral.from_events(events), events
 
-    async def open_referrals(self, department: str, limit: int = 500) -> list[Referral]:
+    async def open_referrals(self, department: str, limit: int = 200, offset: int = 0) -> list[Referral]:
         async with self._pool.acquire() as conn:
             ids = await conn.fetch(
                 "SELECT referral_id FROM referrals WHERE department = $1 "
-                "AND status NOT IN ('INELIGIBLE', 'CANCELLED', 'DISCHARGED', 'ADMITTED') ORDER BY requested_at LIMIT $2",
-                department, limit,
+                "AND status NOT IN ('INELIGIBLE', 'CANCELLED', 'DISCHARGED', 'ADMITTED') "
+                "ORDER BY requested_at, referral_id LIMIT $2 OFFSET $3",
+                department, limit, offset,
             )
             store = ReferralStore(conn, self._unanswered_after)
             return [Referral.from_events(await store.events(str(r["referral_id"]))) for r in ids]
