@@ -92,9 +92,14 @@ async def subscribe(client: httpx.AsyncClient, url: str, role: str, event_types:
 
 
 async def deliveries(client: httpx.AsyncClient, role: str, **scope: str) -> list[dict[str, Any]]:
-    response = await client.get("/v1/deliveries", params={"limit": 1000}, headers=auth(role, **scope))
-    assert response.status_code == 200, response.text
-    return response.json()
+    """The caller's whole delivery log, page by page (pages are at most 200 rows)."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        response = await client.get("/v1/deliveries", params={"limit": 200, "offset": len(rows)}, headers=auth(role, **scope))
+        assert response.status_code == 200, response.text
+        rows += response.json()
+        if len(response.json()) < 200:
+            return rows
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,7 +15,9 @@ from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
 from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.checks import CLOCK_SKEW, in_the_future, is_department, require_department
 from reflexe_common.errors import ApiError
+from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.geography import Geography
 
 router = APIRouter(prefix="/v1")
@@ -55,7 +57,7 @@ async def put_had(finess: str, body: HadIn, request: Request, principal: Princip
         raise ApiError(422, "INVALID_FINESS", "a FINESS is 9 characters among 0-9, A, B", [{"field": "path.finess", "message": "invalid FINESS"}])
     geography = Geography.load()
     errors = [{"field": f"body.departments[{i}]", "message": f"unknown department {d!r}"}
-              for i, d in enumerate(body.departments) if geography.department(d) is None]
+              for i, d in enumerate(body.departments) if not is_department(d)]
     errors += [{"field": f"body.zone_communes[{i}]", "message": f"unknown INSEE code {c!r}"}
                for i, c in enumerate(body.zone_communes) if geography.commune(c) is None]
     if errors:
@@ -79,6 +81,10 @@ async def declare(finess: str, body: DeclarationIn, request: Request,
                   principal: Principal = Depends(require(Role.HAD))) -> JSONResponse:
     _check_had_scope(principal, finess, set())
     now = datetime.now(UTC)
+    if body.declared_at is not None and in_the_future(body.declared_at, now):
+        # It would never go stale and would hide every later declaration.
+        raise ApiError(422, "DECLARED_IN_THE_FUTURE", "declared_at is in the future",
+                       [{"field": "body.declared_at", "message": f"more than {CLOCK_SKEW} after the platform's clock"}])
     declaration = CapacityDeclaration(finess, body.places_available, body.admissions_possible_today, body.status,
                                       (body.declared_at or now).astimezone(UTC))
     matcher = request.app.state.matcher
@@ -94,24 +100,27 @@ async def declare(finess: str, body: DeclarationIn, request: Request,
 
 
 @router.get("/hads/{finess}/capacity/history", summary="The HAD's declarations, newest first")
-async def history(finess: str, request: Request, limit: int = 100,
+async def history(finess: str, request: Request, page: Page = Depends(pagination(100)),
                   principal: Principal = Depends(require(Role.HAD, Role.DESK, Role.ARS))) -> dict[str, Any]:
     async with request.app.state.pool.acquire() as conn:
         await _visible_had(conn, finess, principal)
-        rows = await conn.fetch(
+        rows, next_offset = page.of(await conn.fetch(
             "SELECT places_available, admissions_possible_today, status, declared_at, received_at, channel "
-            "FROM declarations WHERE had_finess = $1 ORDER BY declared_at DESC LIMIT $2", finess, min(limit, 1000))
-    return {"finess": finess, "declarations": [
+            "FROM declarations WHERE had_finess = $1 ORDER BY declared_at DESC, received_at DESC LIMIT $2 OFFSET $3",
+            finess, page.fetch_limit, page.offset))
+    return {"finess": finess, "next_offset": next_offset, "declarations": [
         {**dict(r), "declared_at": r["declared_at"].isoformat(), "received_at": r["received_at"].isoformat()} for r in rows]}
 
 
 @router.get("/departments/{department}/capacity", summary="The capacity board of a department")
-async def board(department: str, request: Request,
+async def board(department: str, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
                 principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
+    require_department(department)
     ensure_department(principal, department)
     now = datetime.now(UTC)
     async with request.app.state.pool.acquire() as conn:
-        lines = await CapacityStore(conn).board(department)
+        # A department has a handful of HADs: the page is cut from the board read in one go.
+        lines, next_offset = page.of((await CapacityStore(conn).board(department))[page.offset:page.offset + page.fetch_limit])
     stale_after = request.app.state.matcher.policy.stale_after
     return {"department": department, "as_of": now.isoformat(), "stale_after_seconds": int(stale_after.total_seconds()),
-            "hads": [board_line(had, ledger, now, stale_after) for had, ledger in lines]}
+            "next_offset": next_offset, "hads": [board_line(had, ledger, now, stale_after) for had, ledger in lines]}

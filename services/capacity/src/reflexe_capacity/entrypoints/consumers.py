@@ -3,7 +3,7 @@ Kafka by HAD systems (the matcher's stream is wired in app.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import asyncpg
 from reflexe.v1 import capacity_pb2
@@ -11,6 +11,7 @@ from reflexe.v1 import capacity_pb2
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.service_layer.matcher import Matcher
+from reflexe_common.checks import CLOCK_SKEW, in_the_future
 from reflexe_common.envelope import Envelope, PoisonRecord, dt
 from reflexe_common.vocabulary import CapacityStatus
 
@@ -25,6 +26,9 @@ def declaration_handler(matcher: Matcher):
                                               CapacityStatus(m.status), dt(m.declared_at) or envelope.time.astimezone(UTC))
         except ValueError as exc:
             raise PoisonRecord(f"invalid declaration: {exc}") from exc
+        if in_the_future(declaration.declared_at, datetime.now(UTC)):
+            # It would never go stale and would hide every later declaration.
+            raise PoisonRecord(f"declared_at {declaration.declared_at.isoformat()} is more than {CLOCK_SKEW} in the future")
         try:
             await matcher.declare(CapacityStore(conn), declaration, "kafka")
         except LookupError as exc:

@@ -42,7 +42,8 @@ class DeclarationIn(_Strict):
     places_available: int = Field(ge=0, le=5000)
     admissions_possible_today: int = Field(ge=0, le=5000)
     status: CapacityStatus
-    declared_at: AwareDatetime | None = Field(None, description="defaults to the time the platform receives it")
+    declared_at: AwareDatetime | None = Field(None, description="defaults to the time the platform receives it; "
+                                                 "refused if more than 5 minutes after the platform's clock")
 
 
 def had_view(had: HadEstablishment) -> dict[str, Any]:

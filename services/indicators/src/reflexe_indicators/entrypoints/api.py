@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query as Q, Request
 from fastapi.responses import Response
 
 from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
 from reflexe_indicators.adapters.store import current_generation, generation_schema
@@ -36,8 +37,9 @@ def scoped_query(principal: Principal, level: str, period: str, start: date, end
     if (end - start).days > MAX_DAYS * (31 if period == "month" else 1):
         raise ApiError(422, "RANGE_TOO_LONG", f"at most {MAX_DAYS} periods per request")
     if department is not None:
-        if Geography.load().department(department) is None:
-            raise ApiError(422, "UNKNOWN_DEPARTMENT", f"unknown department {department!r}")
+        if not is_department(department):
+            raise ApiError(422, "UNKNOWN_DEPARTMENT", f"unknown department {department!r}",
+                           [{"field": "query.department", "message": f"unknown department {department!r}"}])
         ensure_department(principal, department, _region_of)
     if principal.role == Role.HAD:
         if level != "had":
@@ -139,6 +141,7 @@ async def export_csv(request: Request, level: Literal["department", "region", "s
 async def daily_flow(department: str, request: Request, day: date | None = None,
                      principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
     """Kept for existing clients; the same figures as GET /v1/indicators (Europe/Paris day)."""
+    require_department(department)
     ensure_department(principal, department, _region_of)
     day = day or datetime.now(UTC).astimezone(PARIS).date()
     rows = await run_query(request, Query("department", "day", day, day, departments=[department]))

@@ -153,7 +153,7 @@ async def deactivate_subscription(conn: asyncpg.Connection, subscription_id: uui
 
 
 async def list_deliveries(pool: asyncpg.Pool, *, recipient: str | None, department: str | None,
-                          status: str | None, limit: int) -> list[dict[str, Any]]:
+                          status: str | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT webhook_id, subscription_id, recipient, department, event_type, status, attempts, next_attempt_at, "
         "       created_at, delivered_at, last_error, "
@@ -162,8 +162,8 @@ async def list_deliveries(pool: asyncpg.Pool, *, recipient: str | None, departme
         "               'error', a.error) ORDER BY a.id), '[]'::jsonb) "
         "          FROM delivery_attempts a WHERE a.webhook_id = d.webhook_id)::text AS attempt_log "
         "FROM deliveries d WHERE ($1::text IS NULL OR recipient = $1) AND ($2::text IS NULL OR department = $2) "
-        "AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, webhook_id LIMIT $4",
-        recipient, department, status, limit,
+        "AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, webhook_id LIMIT $4 OFFSET $5",
+        recipient, department, status, limit, offset,
     )
     return [dict(r) for r in rows]
 
@@ -204,10 +204,11 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> as
     return await pool.fetchrow("SELECT * FROM subscriptions WHERE id = $1 AND active", subscription_id)
 
 
-async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None) -> list[asyncpg.Record]:
+async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None, limit: int, offset: int = 0) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT * FROM subscriptions WHERE active AND ($1::text IS NULL OR recipient = $1) ORDER BY created_at",
-        recipient,
+        "SELECT * FROM subscriptions WHERE active AND ($1::text IS NULL OR recipient = $1) ORDER BY created_at, id "
+        "LIMIT $2 OFFSET $3",
+        recipient, limit, offset,
     )
 
 

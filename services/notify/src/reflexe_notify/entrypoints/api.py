@@ -7,10 +7,11 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from reflexe_common.auth import Principal, Role, require
 from reflexe_common.errors import ApiError
+from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_notify.adapters import store
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.signing import generate_secret
@@ -73,10 +74,12 @@ async def subscribe(body: SubscriptionIn, request: Request,
     return subscription_view(row, new_secret=secret)
 
 
-@router.get("/subscriptions", summary="The caller's subscriptions (secrets are never listed)")
-async def subscriptions(request: Request, principal: Principal = Depends(require(*RECIPIENTS))) -> list[dict[str, Any]]:
+@router.get("/subscriptions", summary="The caller's subscriptions, oldest first, one page (secrets are never listed)")
+async def subscriptions(request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
+                        principal: Principal = Depends(require(*RECIPIENTS))) -> list[dict[str, Any]]:
     own = own_recipient(principal)
-    return [subscription_view(r) for r in await store.list_subscriptions(_pool(request), str(own) if own else None)]
+    rows = await store.list_subscriptions(_pool(request), str(own) if own else None, page.limit, page.offset)
+    return [subscription_view(r) for r in rows]
 
 
 @router.post("/subscriptions/{subscription_id}/rotate", summary="Add a new secret; the old one stays valid")
@@ -109,11 +112,11 @@ async def unsubscribe(subscription_id: str, request: Request,
 
 
 @router.get("/deliveries", summary="The delivery log: the caller's webhooks (a desk: its department's)")
-async def deliveries(request: Request, status: DeliveryStatus | None = None, limit: int = Query(100, ge=1, le=1000),
+async def deliveries(request: Request, status: DeliveryStatus | None = None, page: Page = Depends(pagination(100)),
                      principal: Principal = Depends(require(*RECIPIENTS))) -> list[dict[str, Any]]:
     recipient, department = _log_scope(principal)
     rows = await store.list_deliveries(_pool(request), recipient=recipient, department=department,
-                                       status=status.value if status else None, limit=limit)
+                                       status=status.value if status else None, limit=page.limit, offset=page.offset)
     return [delivery_view(r) for r in rows]
 
 
