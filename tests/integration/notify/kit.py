@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from cryptography.fernet import Fernet
 from google.protobuf.message import Message
 from reflexe.v1 import matching_pb2, referral_pb2
 
@@ -37,12 +38,17 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every request.
+    """A webhook endpoint on 127.0.0.1 (or another loopback address) that records every request.
 
-    `answer(webhook_id, nth)` gives the status of the nth request (1, 2, ...) for a webhook id."""
+    `answer(webhook_id, nth)` gives the status of the nth request (1, 2, ...) for a webhook id;
+    `location` is sent as the Location header of every answer (a redirect, with a 3xx status)."""
 
     answer: Callable[[str, int], int] = lambda _id, _nth: 204
     delay_seconds: float = 0.0
+    host: str = "127.0.0.1"
+    location: str | None = None
+    answer_body: bytes = b""
+    port: int = 0
     received: list[Received] = field(default_factory=list)
     _seen: Counter = field(default_factory=Counter)
     _runner: web.AppRunner | None = None
@@ -50,13 +56,13 @@ class Receiver:
 
     async def start(self) -> Receiver:
         app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/hooks"
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}/hooks"
         return self
 
     async def stop(self) -> None:
@@ -70,7 +76,9 @@ class Receiver:
         self._seen[webhook_id] += 1
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
-        return web.Response(status=self.answer(webhook_id, self._seen[webhook_id]))
+        headers = {"Location": self.location} if self.location else None
+        return web.Response(status=self.answer(webhook_id, self._seen[webhook_id]), headers=headers,
+                            body=self.answer_body or None)
 
     def of_type(self, event_type: str) -> list[Received]:
         return [r for r in self.received if json.loads(r.body)["type"] == event_type]

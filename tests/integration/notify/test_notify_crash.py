@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from reflexe_notify.domain.signing import verify
-from tests.integration.notify.kit import Receiver, eventually, finess, offer_proposed, publish
+from tests.integration.notify.kit import NOTIFY_TEST_ENV, Receiver, eventually, finess, offer_proposed, publish
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
 from tests.support.services import bearer
@@ -47,7 +47,8 @@ class NotifyProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._env = dict(os.environ, KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url,
                          OIDC_ISSUER=suite_issuer().url, NOTIFY_HTTP_PORT=str(self.port), NOTIFY_CONCURRENCY=str(CONCURRENCY),
-                         NOTIFY_TIMEOUT_SECONDS="1", NOTIFY_BACKOFF_BASE_SECONDS="0.1", LOG_LEVEL="WARNING")
+                         NOTIFY_TIMEOUT_SECONDS="1", NOTIFY_BACKOFF_BASE_SECONDS="0.1", LOG_LEVEL="WARNING",
+                         **NOTIFY_TEST_ENV)
         self._log_dir = log_dir
         self._runs = 0
         self.process: subprocess.Popen | None = None

@@ -20,7 +20,7 @@ from reflexe_notify.adapters import store
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import AT, eventually, header, publish, referral_requested
+from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, eventually, header, publish, referral_requested
 from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
@@ -47,7 +47,7 @@ async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> Async
     settings = NotifySettings(
         KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
         NOTIFY_MAX_ATTEMPTS=4, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
+        NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING", **NOTIFY_TEST_ENV,
         NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=smtp.port, NOTIFY_SMTP_FROM="Réflexe <ne-pas-repondre@reflexe.test>",
         NOTIFY_PUBLIC_URL="https://reflexe.test",
     )

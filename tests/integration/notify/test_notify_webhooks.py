@@ -21,7 +21,7 @@ from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.service_layer.notifications import event_handler
 from reflexe_notify.settings import NotifySettings
 from tests.integration.notify.kit import (
-    Receiver, eventually, finess, header, offer_proposed, publish, referral_requested,
+    NOTIFY_TEST_ENV, Receiver, eventually, finess, header, offer_proposed, publish, referral_requested,
 )
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
@@ -48,7 +48,7 @@ async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
     settings = NotifySettings(
         KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
         NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=2, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
+        NOTIFY_TIMEOUT_SECONDS=2, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING", **NOTIFY_TEST_ENV,
     )
     application = build_app(settings)
     async with application.router.lifespan_context(application):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,7 +77,7 @@ class Claimed:
     attempts: int  # including the one being made
     attempt_limit: int
     url: str
-    secrets: list[str]
+    secrets: list[str]  # sealed (adapters/secret_box.py): opened only to sign
     channel: str = "webhook"  # or "email", url then being mailto:<address>
 
 
@@ -190,14 +190,27 @@ async def requeue(pool: asyncpg.Pool, webhook_id: str, more_attempts: int) -> bo
 # ---------------------------------------------------------------- subscriptions
 
 
-async def create_subscription(pool: asyncpg.Pool, recipient: str, url: str, event_types: list[str], secret: str | None,
-                              created_by: str, channel: str = "webhook") -> asyncpg.Record:
-    """A webhook subscription (url, secret) or an e-mail one (url = mailto:<address>, no secret)."""
-    return await pool.fetchrow(
-        "INSERT INTO subscriptions (id, recipient, event_types, url, secrets, created_by, channel) "
-        "VALUES ($1, $2, $3, $4, $5::text[], $6, $7) RETURNING *",
-        uuid.uuid4(), recipient, event_types, url, [secret] if secret else [], created_by, channel,
-    )
+class SubscriptionLimitReached(Exception):
+    """The recipient already holds as many active subscriptions as allowed."""
+
+
+async def create_subscription(pool: asyncpg.Pool, recipient: str, url: str, event_types: list[str],
+                              sealed_secret: str | None, created_by: str, channel: str = "webhook",
+                              limit: int | None = None) -> asyncpg.Record:
+    """A webhook subscription (url, sealed secret) or an e-mail one (url = mailto:<address>, no
+    secret); SubscriptionLimitReached when the recipient already has `limit` active ones."""
+    async with pool.acquire() as conn, conn.transaction():
+        if limit is not None:
+            # Serialises the recipient's subscribing: two at once cannot both see room for one.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('notify.subscriptions:' || $1))", recipient)
+            held = await conn.fetchval("SELECT count(*) FROM subscriptions WHERE active AND recipient = $1", recipient)
+            if held >= limit:
+                raise SubscriptionLimitReached(f"{recipient} already holds {held} active subscriptions (at most {limit})")
+        return await conn.fetchrow(
+            "INSERT INTO subscriptions (id, recipient, event_types, url, secrets, created_by, channel) "
+            "VALUES ($1, $2, $3, $4, $5::text[], $6, $7) RETURNING *",
+            uuid.uuid4(), recipient, event_types, url, [sealed_secret] if sealed_secret else [], created_by, channel,
+        )
 
 
 async def get_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> asyncpg.Record | None:
@@ -212,12 +225,12 @@ async def list_subscriptions(pool: asyncpg.Pool, recipient: str | None, limit: i
     )
 
 
-async def add_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID, secret: str) -> asyncpg.Record | None:
+async def add_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID, sealed_secret: str) -> asyncpg.Record | None:
     """Start a rotation; None when one is already under way."""
     return await pool.fetchrow(
         "UPDATE subscriptions SET secrets = array_append(secrets, $2::text) WHERE id = $1 AND active "
         "AND channel = 'webhook' AND cardinality(secrets) = 1 "
-        "RETURNING *", subscription_id, secret,
+        "RETURNING *", subscription_id, sealed_secret,
     )
 
 
@@ -232,6 +245,38 @@ async def drop_old_secret(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> asy
 async def delete_subscription(pool: asyncpg.Pool, subscription_id: uuid.UUID) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await deactivate_subscription(conn, subscription_id, "subscription deleted")
+
+
+# ---------------------------------------------------------------- secrets at rest
+
+SEALED_CONSTRAINT = "subscriptions_secrets_sealed"
+
+
+async def reseal_secrets(conn: asyncpg.Connection, reseal: Callable[[str], str], plaintext_only: bool) -> int:
+    """Rewrite stored secrets through `reseal` (in the caller's transaction, rows locked); the
+    number of subscriptions rewritten. `plaintext_only`: only those stored before sealing."""
+    rows = await conn.fetch(
+        "SELECT id, secrets FROM subscriptions WHERE cardinality(secrets) > 0 "
+        "AND (NOT $1 OR secrets[1] LIKE 'whsec\\_%' OR coalesce(secrets[2], '') LIKE 'whsec\\_%') "
+        "ORDER BY id FOR UPDATE", plaintext_only,
+    )
+    for row in rows:
+        await conn.execute("UPDATE subscriptions SET secrets = $2::text[] WHERE id = $1",
+                           row["id"], [reseal(s) for s in row["secrets"]])
+    return len(rows)
+
+
+async def validate_sealed_constraint(conn: asyncpg.Connection) -> bool:
+    """Make the database check every stored row is sealed (migration 004 added the check for new
+    rows only); True when it was validated now."""
+    validated = await conn.fetchval(
+        "SELECT convalidated FROM pg_constraint WHERE conname = $1 AND conrelid = 'subscriptions'::regclass",
+        SEALED_CONSTRAINT,
+    )
+    if validated is False:
+        await conn.execute(f"ALTER TABLE subscriptions VALIDATE CONSTRAINT {SEALED_CONSTRAINT}")
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- the desks' live stream

@@ -13,6 +13,8 @@ from reflexe_common.auth import Principal, Role, require
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_notify.adapters import store
+from reflexe_notify.adapters.secret_box import SecretBox
+from reflexe_notify.adapters.webhook_http import TargetRefused, TargetUnresolved, WebhookGuard
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.signing import generate_secret
 from reflexe_notify.entrypoints.schemas import RotateIn, SubscriptionIn, delivery_view, parse_id, subscription_view
@@ -68,10 +70,33 @@ async def subscribe(body: SubscriptionIn, request: Request,
         raise ApiError(422, "RECIPIENT_REQUIRED", "an admin must name the recipient",
                        [{"field": "body.recipient", "message": "required for an admin"}])
     _check_owner(principal, recipient)
+    if body.channel == "webhook":
+        await _check_webhook_url(request.app.state.webhook_guard, body.target)
     secret = None if body.channel == "email" else body.secret or generate_secret()
-    row = await store.create_subscription(_pool(request), recipient, body.target, [str(t) for t in body.event_types],
-                                          secret, principal.actor, body.channel)
+    try:
+        row = await store.create_subscription(
+            _pool(request), recipient, body.target, [str(t) for t in body.event_types],
+            _box(request).seal(secret) if secret else None, principal.actor, body.channel,
+            limit=request.app.state.settings.max_subscriptions_per_recipient)
+    except store.SubscriptionLimitReached as exc:
+        raise ApiError(409, "SUBSCRIPTION_LIMIT_REACHED", str(exc)) from None
     return subscription_view(row, new_secret=secret)
+
+
+async def _check_webhook_url(guard: WebhookGuard, url: str) -> None:
+    """422 on body.url when webhooks may not go there (checked again before every delivery)."""
+    try:
+        await guard.check(url)
+    except TargetRefused as exc:
+        raise ApiError(422, "WEBHOOK_URL_REFUSED", f"webhooks cannot be sent to this URL: {exc}",
+                       [{"field": "body.url", "message": str(exc)}]) from None
+    except TargetUnresolved as exc:
+        raise ApiError(422, "WEBHOOK_HOST_UNRESOLVED", f"webhooks cannot be sent to this URL: {exc}",
+                       [{"field": "body.url", "message": str(exc)}]) from None
+
+
+def _box(request: Request) -> SecretBox:
+    return request.app.state.secret_box
 
 
 @router.get("/subscriptions", summary="The caller's subscriptions, oldest first, one page (secrets are never listed)")
@@ -87,7 +112,7 @@ async def rotate(subscription_id: str, request: Request, body: RotateIn | None =
                  principal: Principal = Depends(require(*RECIPIENTS))) -> dict[str, Any]:
     row = await _own_subscription(request, subscription_id, principal)
     secret = (body.secret if body else None) or generate_secret()
-    updated = await store.add_secret(_pool(request), row["id"], secret)
+    updated = await store.add_secret(_pool(request), row["id"], _box(request).seal(secret))
     if updated is None:
         raise ApiError(409, "ROTATION_IN_PROGRESS", "complete the current rotation first")
     return subscription_view(updated, new_secret=secret)

@@ -10,20 +10,27 @@ from fastapi import FastAPI
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
 from reflexe_common.service import service_runtime
+from reflexe_notify.adapters.secret_box import SecretBox
+from reflexe_notify.adapters.webhook_http import Resolver, WebhookGuard, system_resolver
 from reflexe_notify.entrypoints.api import router
 from reflexe_notify.entrypoints.consumers import CONSUMER_GROUP, TOPICS
 from reflexe_notify.entrypoints.desk import router as desk_router
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub, prune_periodically
 from reflexe_notify.service_layer.dispatcher import Dispatcher
 from reflexe_notify.service_layer.notifications import event_handler
+from reflexe_notify.service_layer.secret_keys import seal_plaintext_secrets
 from reflexe_notify.settings import NotifySettings
 
 SCHEMA = "notify"
 
 
-def build_app(settings: NotifySettings | None = None) -> FastAPI:
+def build_app(settings: NotifySettings | None = None, resolver: Resolver = system_resolver) -> FastAPI:
+    """`resolver` answers the webhook hosts' addresses (tests replace it to play DNS tricks)."""
     settings = settings or NotifySettings()
     configure_logging("notify", settings.log_level)
+    guard = WebhookGuard(allow_insecure=settings.allow_insecure_webhooks, allowed_networks=settings.allowed_networks,
+                         resolver=resolver)
+    box = SecretBox(settings.secret_key_list)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -31,13 +38,16 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
         async with service_runtime(app, settings, SCHEMA, "reflexe_notify.migrations",
                                    pool_size=max(10, settings.concurrency + 4)) as runtime:
             app.state.settings = settings
+            app.state.webhook_guard = guard
+            app.state.secret_box = box
+            await seal_plaintext_secrets(runtime.pool, box)  # before anything reads or writes a secret
             hub = DeskStreamHub(runtime.pool, settings.database_url, SCHEMA)
             app.state.desk_hub = hub
             runtime.tasks.start("notify-desk-stream", hub.run())
             runtime.tasks.start("notify-desk-stream-pruning",
                                 prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts))
-            runtime.tasks.start("notify-dispatcher", Dispatcher(runtime.pool, settings, SCHEMA).run())
+            runtime.tasks.start("notify-dispatcher", Dispatcher(runtime.pool, settings, SCHEMA, guard, box).run())
             # The desk page reads the referral and capacity services as the desk.
             async with httpx.AsyncClient(timeout=5.0) as http:
                 app.state.http = http

@@ -32,7 +32,9 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
 
 
 class SubscriptionIn(_Strict):
-    url: AnyHttpUrl | None = Field(None, description="where webhooks are POSTed (http or https); or give `email`")
+    url: AnyHttpUrl | None = Field(None, description="where webhooks are POSTed: https (plain http only where the "
+                                              "deployment allows it, for local development), to a public address; "
+                                              "or give `email`")
     email: str | None = Field(None, max_length=254,
                               description="an e-mail address (MSSanté in production) instead of a webhook URL")
     event_types: list[EventKind] = Field(default_factory=list, description="the types wanted; empty for all")

@@ -1,5 +1,11 @@
 """The dispatcher: sends due deliveries, signed, and records each attempt's outcome.
 
+Webhooks go only to public addresses (or those the deployment allows): the URL is checked again
+before every attempt and the connection goes to the address checked (adapters/webhook_http.py).
+An attempt refused by that check is not sent; the delivery fails at once (the desk is told), as
+a retry would only be refused again. The log keeps the status and a short reason, never what a
+receiver answered.
+
 At least once: a delivery is claimed (committed) before it is sent, and its outcome recorded
 after. A crash in between leaves it claimed until the claim lapses, then it is sent again with
 the same webhook-id and body, which the receiver deduplicates. DELIVERED rows are never
@@ -20,7 +26,11 @@ import httpx
 
 from reflexe_notify.adapters import store
 from reflexe_notify.adapters.mailer import Mailer
+from reflexe_notify.adapters.secret_box import SecretBox, SecretUnreadable
 from reflexe_notify.adapters.store import Claimed
+from reflexe_notify.adapters.webhook_http import (
+    TargetRefused, TargetUnresolved, WebhookGuard, describe_failure, post, webhook_client,
+)
 from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.retry import Outcome, RetryPolicy
 from reflexe_notify.domain.signing import signed_headers
@@ -33,8 +43,11 @@ USER_AGENT = "Reflexe-Webhooks/1.0"
 
 
 class Dispatcher:
-    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings, schema: str, guard: WebhookGuard,
+                 box: SecretBox) -> None:
         self._pool = pool
+        self._guard = guard
+        self._box = box
         self._database_url = settings.database_url
         self._schema = schema
         self._policy = RetryPolicy(settings.max_attempts, settings.backoff_base_seconds, settings.backoff_max_seconds)
@@ -62,8 +75,7 @@ class Dispatcher:
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
         try:
             await listener.add_listener(store.CHANNEL, lambda *_: self._wake.set())
-            async with httpx.AsyncClient(limits=limits, follow_redirects=False, headers={"user-agent": USER_AGENT},
-                                         timeout=self._timeout) as client:
+            async with webhook_client(limits, self._timeout, {"user-agent": USER_AGENT}) as client:
                 try:
                     await self._dispatch(client)
                 finally:
@@ -120,23 +132,28 @@ class Dispatcher:
             await self._attempt_email(d)
             return
         body = d.body.encode()
-        headers = signed_headers(d.secrets, d.webhook_id, int(time.time()), body)
         started_at = datetime.now(UTC)
         started = time.perf_counter()
         http_status: int | None = None
         error: str | None = None
+        refused = False
         try:
-            async with asyncio.timeout(self._timeout):  # total, not per socket operation
-                response = await client.post(d.url, content=body, headers=headers)
-            http_status = response.status_code
+            async with asyncio.timeout(self._timeout):  # total: resolution, connection, answer
+                target = await self._guard.check(d.url)
+                headers = signed_headers([self._box.open(s) for s in d.secrets], d.webhook_id, int(time.time()), body)
+                http_status = await post(client, target, body, headers)
             if not 200 <= http_status < 300:
                 error = f"HTTP {http_status}"
+        except TargetRefused as exc:
+            refused, error = True, f"refused: {exc}"
+        except (TargetUnresolved, SecretUnreadable) as exc:
+            error = str(exc)
         except TimeoutError:
             error = f"no answer within {self._timeout:g} s"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = describe_failure(exc)
         duration = time.perf_counter() - started
-        outcome = self._policy.outcome(http_status, d.attempts, d.attempt_limit)
+        outcome = Outcome.FAILED if refused else self._policy.outcome(http_status, d.attempts, d.attempt_limit)
         DELIVERY_SECONDS.observe(duration)
         DELIVERY_ATTEMPTS.labels(str(outcome)).inc()
         await self._record(d, outcome, started_at, duration, http_status, error)

@@ -1,0 +1,232 @@
+"""Webhooks go only where they may: checked URL, checked addresses, and the connection made to
+the very address that was checked.
+
+`WebhookGuard.check` resolves the URL's host once and refuses it when any address it resolves to
+is not public (domain/addresses.py), or when the URL is plain http while only https is allowed.
+It runs when a subscription is made and again before every delivery (a name may be re-pointed
+after it was accepted: DNS rebinding).
+
+`post` then sends over `PinnedTransport`, whose connections go to the address `check` returned,
+not to a second DNS answer: the host name stays in the URL, so the Host header, the TLS SNI and
+the certificate check all use the name while the socket goes to the checked address. Connection
+pools are kept per host name, as usual. A connection is never opened for a host without a checked
+address. Redirects are not followed (the client is built with follow_redirects=False and no
+proxies from the environment), and the receiver's answer body is read (a little) and dropped,
+never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from reflexe_notify.domain.addresses import IPNetwork, refusal
+
+# (host, port) → the addresses it resolves to. Injectable: tests simulate DNS rebinding with it.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+RESOLVE_TIMEOUT_SECONDS = 5.0
+MAX_ANSWER_BYTES = 64 * 1024  # read to keep the connection reusable; more is not worth reading
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class TargetRefused(Exception):
+    """The URL may not receive webhooks. The message is safe to show and to log: it names a
+    category of address, never the address, nor anything the target answered."""
+
+
+class TargetUnresolved(Exception):
+    """The host has no address right now (may be temporary)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    host: str  # as the connection pool sees it: IDNA-encoded, lower case, IPv6 without brackets
+    port: int
+    address: str  # the checked address the connection goes to
+
+
+class WebhookGuard:
+    def __init__(self, *, allow_insecure: bool = False, allowed_networks: Iterable[IPNetwork] = (),
+                 resolver: Resolver = system_resolver, resolve_timeout: float = RESOLVE_TIMEOUT_SECONDS) -> None:
+        self._allow_insecure = allow_insecure
+        self._allowed = tuple(allowed_networks)
+        self._resolver = resolver
+        self._resolve_timeout = resolve_timeout
+
+    def check_scheme(self, url: str) -> httpx.URL:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise TargetRefused("not a valid URL") from None
+        if parsed.scheme == "https" or (parsed.scheme == "http" and self._allow_insecure):
+            if not parsed.raw_host:
+                raise TargetRefused("the URL has no host")
+            return parsed
+        raise TargetRefused("only https URLs are accepted")
+
+    async def check(self, url: str) -> Target:
+        """The address to send to; TargetRefused or TargetUnresolved otherwise."""
+        parsed = self.check_scheme(url)
+        host = parsed.raw_host.decode("ascii")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(self._resolve_timeout):
+                addresses = await self._resolver(host, port)
+        except (OSError, TimeoutError, UnicodeError):
+            raise TargetUnresolved("the host does not resolve") from None
+        if not addresses:
+            raise TargetUnresolved("the host does not resolve")
+        # Every address must pass, not just one: the connection must not pick an internal one.
+        for address in addresses:
+            try:
+                reason = refusal(address, self._allowed)
+            except ValueError:
+                reason = "an unparsable address"
+            if reason is not None:
+                raise TargetRefused(f"the host resolves to {reason}")
+        return Target(url=url, host=host, port=port, address=addresses[0])
+
+
+# The target of the attempt under way in this task; the network backend connects only to it.
+_pinned: ContextVar[Target | None] = ContextVar("webhook_target", default=None)
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self._network = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.AsyncNetworkStream:
+        target = _pinned.get()
+        if target is None or target.host != host or target.port != port:
+            raise httpcore.ConnectError("refused: no checked address for this host")
+        return await self._network.connect_tcp(target.address, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+                                  ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("refused: webhooks do not go to local sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._network.sleep(seconds)
+
+
+# httpcore's exceptions as httpx's, most specific first (what httpx's own transport does).
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout), (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout), (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException), (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError), (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError), (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError), (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request | None = None) -> Iterator[None]:
+    try:
+        yield
+    except tuple(core for core, _ in _EXCEPTIONS) as exc:
+        mapped = next(ours for core, ours in _EXCEPTIONS if isinstance(exc, core))
+        raise mapped(str(exc), request=request) from exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            with _as_httpx_errors():
+                await self._stream.aclose()
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """httpx's pooled HTTP/1.1 transport, its connections made to the checked address only."""
+
+    def __init__(self, limits: httpx.Limits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        limits = limits or httpx.Limits()
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(), max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_PinnedBackend(),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host, port=request.url.port,
+                             target=request.url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions,
+        )
+        with _as_httpx_errors(request):
+            response = await self._pool.handle_async_request(core_request)
+        return httpx.Response(status_code=response.status, headers=response.headers,
+                              stream=_ResponseStream(response.stream), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+def webhook_client(limits: httpx.Limits, timeout: float, headers: Mapping[str, str],
+                   ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    # trust_env=False: a proxy from the environment would make its own DNS lookup (no pinning).
+    return httpx.AsyncClient(transport=PinnedTransport(limits, ssl_context), follow_redirects=False, trust_env=False,
+                             headers=dict(headers), timeout=timeout)
+
+
+async def post(client: httpx.AsyncClient, target: Target, content: bytes, headers: Mapping[str, str]) -> int:
+    """POST to the checked target; its HTTP status. Redirects are answers, not followed."""
+    token = _pinned.set(target)
+    try:
+        async with client.stream("POST", target.url, content=content, headers=dict(headers)) as response:
+            read = 0
+            async for chunk in response.aiter_raw():  # dropped: an internal answer must not leak
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break  # the connection is closed rather than drained
+            return response.status_code
+    finally:
+        _pinned.reset(token)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short reason for the delivery log that repeats nothing the receiver sent."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in chain):
+        return "TLS certificate not valid for the host"
+    if any(isinstance(c, ssl.SSLError) for c in chain):
+        return "TLS handshake failed"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the receiver broke the HTTP protocol"
+    return type(exc).__name__
