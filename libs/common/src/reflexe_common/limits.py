@@ -123,8 +123,9 @@ class BodySizeLimit:
             await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        await send_problem(send, 413, "REQUEST_TOO_LARGE", f"the request body is larger than {self.max_bytes} bytes",
-                           {"Connection": "close"})
+        # No "Connection: close": the server would close with the body still arriving and the
+        # client would see a reset instead of the 413; kept alive, it discards the rest unparsed.
+        await send_problem(send, 413, "REQUEST_TOO_LARGE", f"the request body is larger than {self.max_bytes} bytes")
 
 
 class TokenBuckets:
