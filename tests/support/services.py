@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import httpx
 import uvicorn
+from cryptography.fernet import Fernet
 
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
@@ -42,7 +43,13 @@ def token(role: str, **scope: str) -> dict[str, str]:
 
 def service_env(infra: Infra, **extra: str) -> dict[str, str]:
     return {"KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url,
-            "OIDC_ISSUER": suite_issuer().url, "LOG_LEVEL": "WARNING", **extra}
+            "OIDC_ISSUER": suite_issuer().url, "LOG_LEVEL": "WARNING", **NOTIFY_ENV, **extra}
+
+
+# Notify seals webhook secrets with a key it must be given, and sends webhooks to the tests'
+# receivers on 127.0.0.1 over plain http only when told to (both refused by default).
+NOTIFY_ENV = {"NOTIFY_SECRET_KEYS": Fernet.generate_key().decode(), "NOTIFY_ALLOW_INSECURE_WEBHOOKS": "true",
+              "NOTIFY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.05,
