@@ -15,14 +15,17 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from cryptography.fernet import Fernet
 from google.protobuf.message import Message
 from reflexe.v1 import matching_pb2, referral_pb2
 
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import pseudonym
+from tests.support.services import NOTIFY_ENV
 
+# What the notify service needs to run in tests: a key sealing webhook secrets, and the local
+# receivers (plain http on 127.0.0.1) allowed, which a deployment refuses by default.
+NOTIFY_TEST_ENV = NOTIFY_ENV
 
 
 @dataclass(frozen=True)
