@@ -9,6 +9,10 @@
 #   REFLEXE_KAFKA_VERSION  [4.3.1]  org.apache.kafka:kafka_2.13 version fetched from Maven Central
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  PG_PORT [15432]
 # Everything listens on 127.0.0.1 only.
+#
+# As root, PostgreSQL runs as the 'postgres' OS user, which may not be able to enter the clone
+# (under /root, in a 0700 temporary dir): its cluster then lives in a directory of its own,
+# /var/tmp/reflexe-postgres/<hash of the state dir>, linked from the state dir and removed by clean.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,7 +37,13 @@ KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
 KAFKA_DIR="$STATE_DIR/kafka"
 KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
-PG_ROOT="$STATE_DIR/postgres"
+PG_SHARED_BASE=/var/tmp/reflexe-postgres
+# A cluster made in the state dir before this layout keeps its place (it was reachable).
+if [[ $EUID -eq 0 && ! ( -d $STATE_DIR/postgres/data && ! -L $STATE_DIR/postgres ) ]]; then
+    PG_ROOT="$PG_SHARED_BASE/$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-16)"
+else
+    PG_ROOT="$STATE_DIR/postgres"
+fi
 PGDATA="$PG_ROOT/data"
 PG_SOCKET_DIR="$PG_ROOT/socket"
 PG_LOG="$PG_ROOT/postgres.log"
@@ -269,13 +279,29 @@ psql_admin() {
     as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
 }
 
-init_pg() {
+# As root: the cluster's directory outside the state dir, where the postgres user can reach it.
+# /var/tmp is world-writable, so its base must be root's own real directory (no symlink planted
+# by another user), and each cluster's directory the postgres user's, private.
+make_shared_pg_root() {
+    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home postgres
+    [[ -L $PG_SHARED_BASE ]] && die "$PG_SHARED_BASE is a symbolic link; remove it"
+    mkdir -p -m 0755 "$PG_SHARED_BASE"
+    [[ "$(stat -c %u "$PG_SHARED_BASE")" == 0 ]] || die "$PG_SHARED_BASE is not owned by root; remove it"
+    chmod 0755 "$PG_SHARED_BASE"
+    [[ -L $PG_ROOT ]] && die "$PG_ROOT is a symbolic link; remove it"
     mkdir -p "$PG_ROOT"
+    chown postgres: "$PG_ROOT"
+    chmod 0700 "$PG_ROOT"
+    # So that the state dir shows where the cluster is.
+    [[ -e $STATE_DIR/postgres && ! -L $STATE_DIR/postgres ]] || ln -sfn "$PG_ROOT" "$STATE_DIR/postgres"
+}
+
+init_pg() {
     if is_root; then
-        id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home postgres
-        chown postgres: "$PG_ROOT"
-        runuser -u postgres -- test -w "$PG_ROOT" \
-            || die "user postgres cannot reach $PG_ROOT: every parent directory needs o+x (e.g. not under a 0700 temp dir)"
+        make_shared_pg_root
+        runuser -u postgres -- test -w "$PG_ROOT" || die "user postgres cannot write to $PG_ROOT"
+    else
+        mkdir -p "$PG_ROOT"
     fi
     as_pg mkdir -p "$PG_SOCKET_DIR"
     if [[ ! -f $PGDATA/PG_VERSION ]]; then
@@ -323,8 +349,12 @@ stop_pg() {
     PGBIN="$(pg_bin)"
     pg_running || return 0
     log "stopping PostgreSQL"
-    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null
+    # Bounded: a fast stop waits for no client; if even that stalls, stop without a checkpoint.
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null \
+        || as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null
 }
+
+pg_root_outside_state_dir() { [[ $PG_ROOT != "$STATE_DIR"/* ]]; }
 
 # ---------------------------------------------------------------- commands
 
@@ -335,6 +365,12 @@ print_env() {
 
 cmd_start() {
     mkdir -p "$STATE_DIR" "$LOG_DIR"
+    # A new state dir starts afresh: a cluster left outside it by an earlier state dir of the
+    # same path (deleted without clean) is not its own.
+    if [[ ! -f $STATE_MARKER ]] && pg_root_outside_state_dir && [[ -d $PG_ROOT ]]; then
+        stop_pg
+        rm -rf "$PG_ROOT"
+    fi
     touch "$STATE_MARKER"
     # PostgreSQL first: it is fast, and its own failure messages are clearer.
     start_pg
@@ -349,6 +385,10 @@ cmd_stop() {
 
 cmd_clean() {
     cmd_stop
+    if pg_root_outside_state_dir && [[ -d $PG_ROOT ]]; then
+        log "deleting $PG_ROOT"
+        rm -rf "$PG_ROOT"
+    fi
     [[ -d $STATE_DIR ]] || return 0
     # Guard against a mistyped REFLEXE_STATE_DIR wiping an unrelated directory.
     if [[ ! -f $STATE_MARKER && -n "$(ls -A "$STATE_DIR")" ]]; then
@@ -376,6 +416,7 @@ cmd_status() {
         echo "postgresql: stopped"; rc=3
     fi
     echo "state dir:  $STATE_DIR"
+    echo "pg dir:     $PG_ROOT"
     return "$rc"
 }
 
