@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,10 @@ BENCH_PG_PORT = 27432
 def bench_infra() -> Iterator[Infra]:
     state_dir = make_state_dir("reflexe-bench-")
     try:
-        yield start_infra(state_dir, BENCH_KAFKA_PORT, BENCH_CONTROLLER_PORT, BENCH_PG_PORT)
+        infra = start_infra(state_dir, BENCH_KAFKA_PORT, BENCH_CONTROLLER_PORT, BENCH_PG_PORT)
+        # As `eval "$(infra.sh start)"` would: in-process services connect as their own principals.
+        os.environ.update(infra.kafka_env())
+        yield infra
     finally:
         stop_infra(state_dir)
 

@@ -59,14 +59,14 @@ def referral_requested(referral_id: str, department: str, commune: str) -> refer
 class Offers:
     """Follows the matching log (read_committed) and notes when each referral's offer arrived."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: dict) -> None:
+        self.kafka = kafka
         self.received: dict[str, float] = {}
         self.ready = asyncio.Event()
 
     async def follow(self) -> None:
         tps = [TopicPartition(MATCHING_EVENTS.name, p) for p in range(MATCHING_EVENTS.partitions)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed",
+        consumer = AIOKafkaConsumer(**self.kafka, isolation_level="read_committed",
                                     enable_auto_commit=False, fetch_max_wait_ms=50)
         await consumer.start()
         try:
@@ -112,11 +112,11 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-async def mark_group_caught_up(bootstrap: str) -> None:
+async def mark_group_caught_up(kafka: dict) -> None:
     """The matcher group starts at the end of the log (as a service that was running would), so
     that earlier runs on the same broker are not part of the measure."""
     tps = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=MATCHER_GROUP, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka, group_id=MATCHER_GROUP, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -131,10 +131,10 @@ async def mark_group_caught_up(bootstrap: str) -> None:
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     geography = Geography.load()
     communes = {d: [c.insee_code for c in geography.communes_of_department(d)] for d in DEPARTMENTS}
-    await mark_group_caught_up(infra.kafka_bootstrap)
+    await mark_group_caught_up(infra.kafka_options())
     service = ServiceProcess("reflexe_capacity", service_env(infra, INSTANCE="bench"), "CAPACITY_HTTP_PORT", log_dir).start()
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    offers = Offers(infra.kafka_bootstrap)
+    producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", enable_idempotence=True, linger_ms=2)
+    offers = Offers(infra.kafka_options())
     follower = asyncio.create_task(offers.follow())
     try:
         await service.wait_ready()

@@ -55,7 +55,7 @@ async def _stream_reader(url: str, received: dict[str, float], opened: asyncio.E
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     count = int(rate * seconds)
     notify = ServiceProcess("reflexe_notify", service_env(infra, NOTIFY_CONCURRENCY="32"), "NOTIFY_HTTP_PORT", log_dir).start()
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", linger_ms=0)
     try:
         await notify.wait_ready()
         await producer.start()
@@ -131,7 +131,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="reflexe-bench-logs-"))
     print(f"service logs: {log_dir}")
     with bench_infra() as infra:
-        asyncio.run(ensure_topics(infra.kafka_bootstrap))
+        asyncio.run(ensure_topics(infra.kafka()))
         asyncio.run(run(infra, args.rate, args.seconds, log_dir))
 
 

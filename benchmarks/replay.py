@@ -102,8 +102,8 @@ def national_year(referrals: int, seed: int = 2024):
     return events
 
 
-async def produce(bootstrap: str, events) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
+async def produce(kafka: dict, events) -> float:
+    producer = AIOKafkaProducer(**kafka, acks=1, linger_ms=50, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     started = time.perf_counter()
@@ -121,9 +121,9 @@ async def produce(bootstrap: str, events) -> float:
     return time.perf_counter() - started
 
 
-async def mark_caught_up(bootstrap: str, group: str, topic) -> None:
+async def mark_caught_up(kafka: dict, group: str, topic) -> None:
     """Commit the end of the log for a live consumer group: the live service is up to date."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
@@ -139,12 +139,12 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     t0 = time.perf_counter()
     events = national_year(referrals)
     generated = time.perf_counter() - t0
-    produced = await produce(infra.kafka_bootstrap, events)
+    produced = await produce(infra.kafka_options(), events)
     print(f"\nReplay benchmark: {referrals} referrals, {len(events)} events generated in {generated:.1f} s, "
           f"produced in {produced:.1f} s ({len(events) / produced:,.0f} records/s)")
     del events
-    await mark_caught_up(infra.kafka_bootstrap, GROUP, REFERRAL_EVENTS)
-    await mark_caught_up(infra.kafka_bootstrap, f"{GROUP}-capacity", CAPACITY_EVENTS)
+    await mark_caught_up(infra.kafka_options(), GROUP, REFERRAL_EVENTS)
+    await mark_caught_up(infra.kafka_options(), f"{GROUP}-capacity", CAPACITY_EVENTS)
     settings = IndicatorsSettings(KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url,
                                   OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
     admin = token("admin")

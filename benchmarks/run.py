@@ -39,7 +39,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="reflexe-bench-logs-"))
     print(f"service logs: {log_dir}")
     with bench_infra() as infra:
-        asyncio.run(ensure_topics(infra.kafka_bootstrap))
+        asyncio.run(ensure_topics(infra.kafka()))
         for name in names:
             asyncio.run(BENCHES[name].run(infra, args.rate, args.seconds, log_dir))
 

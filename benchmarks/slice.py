@@ -23,15 +23,15 @@ from tests.support.platform import running_platform, webhook_receiver
 from tests.support.services import eventually, token
 
 
-async def raw_round_trip(bootstrap: str, rate: float, count: int) -> list[float]:
+async def raw_round_trip(kafka: dict, rate: float, count: int) -> list[float]:
     topic = f"bench.roundtrip.{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     await admin.create_topics([NewTopic(topic, 6, 1)])
     await admin.close()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"rt-{topic}",
+    consumer = AIOKafkaConsumer(topic, **kafka, auto_offset_reset="earliest", group_id=f"rt-{topic}",
                                 fetch_max_wait_ms=100)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1)
+    producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=True, linger_ms=1)
     await consumer.start()
     await producer.start()
     sent: dict[bytes, float] = {}
@@ -58,9 +58,9 @@ async def raw_round_trip(bootstrap: str, rate: float, count: int) -> list[float]
     return latencies
 
 
-async def _record_times(bootstrap: str, topic: str, type_name: str) -> dict[str, float]:
+async def _record_times(kafka: dict, topic: str, type_name: str) -> dict[str, float]:
     """referral_id → broker record time (seconds) of the first `type_name` event on the topic."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **kafka, auto_offset_reset="earliest",
                                 isolation_level="read_committed", group_id=None, enable_auto_commit=False)
     await consumer.start()
     found: dict[str, float] = {}
@@ -82,10 +82,10 @@ async def _record_times(bootstrap: str, topic: str, type_name: str) -> dict[str,
     return found
 
 
-async def _hops(bootstrap: str, answered: dict[str, float], received: dict[str, float]) -> dict[str, list[float]]:
+async def _hops(kafka: dict, answered: dict[str, float], received: dict[str, float]) -> dict[str, list[float]]:
     """Where the time goes, from the records' broker timestamps (same clock: one machine)."""
-    requested = await _record_times(bootstrap, REFERRAL_EVENTS.name, "reflexe.v1.ReferralRequested")
-    proposed = await _record_times(bootstrap, MATCHING_EVENTS.name, "reflexe.v1.OfferProposed")
+    requested = await _record_times(kafka, REFERRAL_EVENTS.name, "reflexe.v1.ReferralRequested")
+    proposed = await _record_times(kafka, MATCHING_EVENTS.name, "reflexe.v1.OfferProposed")
     ids = [rid for rid in answered if rid in requested and rid in proposed and rid in received]
     return {
         "POST answered -> event on Kafka": [requested[r] - answered[r] for r in ids],
@@ -144,14 +144,14 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                              what="every webhook")
             received = {d.json["data"]["referral_id"]: d.received_at for d in receiver.of_type("offer.proposed")}
             slice_latencies = [received[rid] - t for rid, t in answered.items() if rid in received]
-            hops = await _hops(infra.kafka_bootstrap, answered, received)
+            hops = await _hops(infra.kafka_options(), answered, received)
             internals = {name: await _mean_from_metrics(services[svc].url, metric, **labels) for name, (svc, metric, labels) in {
                 "matcher handler (mean per record)": ("capacity", "reflexe_handler_duration_seconds", {"consumer": "matcher"}),
                 "capacity outbox commit -> Kafka (mean)": ("capacity", "reflexe_outbox_publish_duration_seconds", {}),
                 "referral outbox commit -> Kafka (mean)": ("referral", "reflexe_outbox_publish_duration_seconds", {}),
                 "notify consumer handler (mean)": ("notify", "reflexe_handler_duration_seconds", {"consumer": "notify"}),
             }.items()}
-    raw = await raw_round_trip(infra.kafka_bootstrap, rate, count)
+    raw = await raw_round_trip(infra.kafka_options(), rate, count)
     slice_stats, raw_stats = percentiles(slice_latencies), percentiles(raw)
     print_table(f"Slice benchmark: {count} referrals at {rate:.0f}/s (posting took {elapsed:.1f} s)", {
         "POST sent -> 201 answered": percentiles(post_latencies),

@@ -1,7 +1,12 @@
 """Session-wide real infrastructure: one Kafka broker and one PostgreSQL cluster for the run.
 
 Set REFLEXE_TEST_KAFKA and REFLEXE_TEST_DATABASE_URL to reuse running ones (e.g. while
-iterating on one test); otherwise deploy/local/infra.sh starts throwaway ones on private ports.
+iterating on one test; the Kafka passwords then come from a shell that evaluated
+`infra.sh env`); otherwise deploy/local/infra.sh starts throwaway ones on private ports.
+
+Kafka authenticates every client: the session exports what `infra.sh start` prints (as a
+developer's shell does), so a service built in-process connects as its own principal, under its
+own ACLs; tests themselves observe and set up as the super user (Infra.kafka_options()).
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ SESSION_PG_PORT = 28432 + _OFFSET
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     if os.environ.get("REFLEXE_TEST_KAFKA") and os.environ.get("REFLEXE_TEST_DATABASE_URL"):
-        yield Infra(os.environ["REFLEXE_TEST_KAFKA"], os.environ["REFLEXE_TEST_DATABASE_URL"])
+        yield Infra.from_exports({**os.environ, "KAFKA_BOOTSTRAP": os.environ["REFLEXE_TEST_KAFKA"]},
+                                 os.environ["REFLEXE_TEST_DATABASE_URL"])
         return
     state_dir = make_state_dir("reflexe-test-session-")
     try:
-        yield start_infra(state_dir, SESSION_KAFKA_PORT, SESSION_CONTROLLER_PORT, SESSION_PG_PORT)
+        started = start_infra(state_dir, SESSION_KAFKA_PORT, SESSION_CONTROLLER_PORT, SESSION_PG_PORT)
+        os.environ.update(started.kafka_env())
+        yield started
     finally:
         stop_infra(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -37,5 +45,5 @@ def infra() -> Iterator[Infra]:
 
 @pytest.fixture(scope="session")
 async def topics(infra: Infra) -> Infra:
-    await ensure_topics(infra.kafka_bootstrap)
+    await ensure_topics(infra.kafka())
     return infra

@@ -8,7 +8,14 @@
 #   REFLEXE_CACHE_DIR      [${XDG_CACHE_HOME:-$HOME/.cache}/reflexe]  downloaded jars, shared by all clones
 #   REFLEXE_KAFKA_VERSION  [4.3.1]  org.apache.kafka:kafka_2.13 version fetched from Maven Central
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  PG_PORT [15432]
+#   REFLEXE_PYTHON         [<repo>/.venv/bin/python]  applies the Kafka ACLs (reflexe_common.kafka_acls)
 # Everything listens on 127.0.0.1 only.
+#
+# Kafka authenticates every client (SASL SCRAM-SHA-512 on the client listener) and authorizes
+# with ACLs (deny unless allowed): one principal per service, declared in
+# libs/common/src/reflexe_common/kafka_acls.py, plus the super user `admin` for this script,
+# tests and admin tooling. Passwords are random, made at the first start and kept in the state
+# dir; `env` prints them. No TLS locally (loopback only); production uses SASL_SSL.
 #
 # As root, PostgreSQL runs as the 'postgres' OS user, which may not be able to enter the clone
 # (under /root, in a 0700 temporary dir): its cluster then lives in a directory of its own,
@@ -37,6 +44,8 @@ KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
 KAFKA_DIR="$STATE_DIR/kafka"
 KAFKA_PID_FILE="$KAFKA_DIR/kafka.pid"
+KAFKA_CREDENTIALS="$KAFKA_DIR/credentials"
+KAFKA_SERVICES=(referral capacity indicators notify)
 PG_SHARED_BASE=/var/tmp/reflexe-postgres
 # A cluster made in the state dir before this layout keeps its place (it was reachable).
 if [[ $EUID -eq 0 && ! ( -d $STATE_DIR/postgres/data && ! -L $STATE_DIR/postgres ) ]]; then
@@ -138,8 +147,43 @@ EOF
     flock -u 9
 }
 
+# principal=password lines, one per Kafka principal (admin, the services, `controller` for the
+# controller listener), made once per state dir, readable by its owner only.
+make_kafka_credentials() {
+    [[ -f $KAFKA_CREDENTIALS ]] && return 0
+    mkdir -p "$KAFKA_DIR"
+    local name
+    (
+        umask 077
+        for name in admin controller "${KAFKA_SERVICES[@]}"; do
+            printf '%s=%s\n' "$name" "$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+        done >"$KAFKA_CREDENTIALS.tmp"
+    )
+    mv "$KAFKA_CREDENTIALS.tmp" "$KAFKA_CREDENTIALS"
+}
+
+kafka_password() {
+    sed -n "s/^$1=//p" "$KAFKA_CREDENTIALS"
+}
+
+# The exports a client needs: where the broker is, how to authenticate, every local
+# principal's password (each service picks its own: reflexe_common.kafka).
+kafka_env() {
+    echo "export KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+    echo "export KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"
+    echo "export KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+    [[ -f $KAFKA_CREDENTIALS ]] || return 0
+    local name
+    for name in admin "${KAFKA_SERVICES[@]}"; do
+        echo "export REFLEXE_KAFKA_${name^^}_PASSWORD=$(kafka_password "$name")"
+    done
+}
+
 write_kafka_config() {
     mkdir -p "$KAFKA_DIR/data" "$LOG_DIR"
+    local admin_password controller_password
+    admin_password="$(kafka_password admin)"
+    controller_password="$(kafka_password controller)"
     # Rewritten on every start so that port changes take effect. A static voter list
     # (rather than --standalone's dynamic quorum) keeps no endpoint in the metadata log,
     # so the controller port can change between runs of the same state dir.
@@ -147,11 +191,24 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+# Clients: SCRAM-SHA-512 without TLS, acceptable on loopback only (production: SASL_SSL).
+# The controller listener cannot use SCRAM (its credentials live in the metadata it serves), so
+# it takes SASL PLAIN with one static user, rather than PLAINTEXT's anonymous super user.
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin_password";
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="controller" password="$controller_password" user_controller="$controller_password";
+# Deny unless an ACL allows (ACLs: reflexe_common/kafka_acls.py).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin;User:controller
 log.dirs=$KAFKA_DIR/data
 # Topics are created explicitly by the platform; a typo must fail, not create a topic.
 auto.create.topics.enable=false
@@ -184,23 +241,52 @@ logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 logger.kafka.name = kafka.Kafka
 logger.kafka.level = INFO
+# Refused operations (an ACL missing, or a client overstepping) are logged at INFO.
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = INFO
+logger.authorizer.additivity = false
+logger.authorizer.appenderRef.file.ref = authorizer
+appender.authorizer.type = File
+appender.authorizer.name = authorizer
+appender.authorizer.fileName = $LOG_DIR/kafka-authorizer.log
+appender.authorizer.layout.type = PatternLayout
+appender.authorizer.layout.pattern = [%d] %p %m%n
 EOF
+    chmod 600 "$KAFKA_DIR/server.properties"
+}
+
+# The services' principals and their ACLs, from the one declaration in code (kafka_acls.py).
+apply_kafka_acls() {
+    local python="${REFLEXE_PYTHON:-$REPO_ROOT/.venv/bin/python}"
+    [[ -x $python ]] || die "no Python environment at $python to apply the Kafka ACLs with (./reflexe test or ./reflexe up installs it; or set REFLEXE_PYTHON)"
+    log "applying the Kafka principals and ACLs"
+    ( eval "$(kafka_env)"; "$python" -m reflexe_common.kafka_acls apply ) >"$LOG_DIR/kafka-acls.log" 2>&1 \
+        || { cat "$LOG_DIR/kafka-acls.log" >&2; die "applying the Kafka ACLs failed"; }
 }
 
 start_kafka() {
     if kafka_pid >/dev/null; then
         wait_for_kafka 30 || die "Kafka runs (pid $(kafka_pid)) but does not answer on 127.0.0.1:$KAFKA_PORT"
         log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+        apply_kafka_acls
         return 0
     fi
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is already used by another process"
     port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is already used by another process"
     fetch_kafka
+    if [[ -f $KAFKA_DIR/data/meta.properties && ! -f $KAFKA_CREDENTIALS ]]; then
+        die "the Kafka data in $KAFKA_DIR predates authentication (no admin credential in it); delete it with: $0 clean"
+    fi
+    make_kafka_credentials
     write_kafka_config
     if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
         log "formatting Kafka storage"
+        # The super user's SCRAM credential goes into the first metadata: nobody could create it
+        # over an authenticated listener before it exists.
         "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$KAFKA_CLUSTER_ID" \
-            -c "$KAFKA_DIR/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 \
+            -c "$KAFKA_DIR/server.properties" \
+            --add-scram "SCRAM-SHA-512=[name=admin,password=$(kafka_password admin)]" \
+            >"$LOG_DIR/kafka-format.log" 2>&1 \
             || { cat "$LOG_DIR/kafka-format.log" >&2; die "Kafka storage format failed"; }
     fi
     local server_log="$LOG_DIR/kafka-server.log" offset=0
@@ -225,6 +311,7 @@ start_kafka() {
         sleep 0.5
     done
     wait_for_kafka 30 || die "Kafka started but does not answer on 127.0.0.1:$KAFKA_PORT"
+    apply_kafka_acls
 }
 
 wait_for_kafka() {
@@ -359,7 +446,7 @@ pg_root_outside_state_dir() { [[ $PG_ROOT != "$STATE_DIR"/* ]]; }
 # ---------------------------------------------------------------- commands
 
 print_env() {
-    echo "export KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+    kafka_env
     echo "export DATABASE_URL=postgresql://reflexe:reflexe@127.0.0.1:$PG_PORT/reflexe"
 }
 

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from tests.support.infra import Infra, make_state_dir, run_infra_sh, start_infra, stop_infra
+from tests.support.infra import Infra, make_state_dir, parse_exports, run_infra_sh, start_infra, stop_infra
 
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
 KAFKA_PORT = 29092 + _OFFSET
@@ -46,7 +46,7 @@ def infra(state_dir: Path) -> Iterator[Infra]:
 @pytest.mark.asyncio
 async def test_kafka_create_topic_produce_consume(infra: Infra) -> None:
     topic = f"infra-smoke-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**infra.kafka_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
@@ -54,7 +54,7 @@ async def test_kafka_create_topic_produce_consume(infra: Infra) -> None:
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**infra.kafka_options(), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"hello", key=b"k1")
@@ -63,7 +63,7 @@ async def test_kafka_create_topic_produce_consume(infra: Infra) -> None:
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=infra.kafka_bootstrap,
+        **infra.kafka_options(),
         group_id=f"infra-smoke-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
     )
@@ -79,7 +79,7 @@ async def test_kafka_create_topic_produce_consume(infra: Infra) -> None:
 @pytest.mark.asyncio
 async def test_kafka_does_not_auto_create_topics(infra: Infra) -> None:
     topic = f"infra-missing-{uuid.uuid4().hex[:8]}"
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, request_timeout_ms=3000)
+    producer = AIOKafkaProducer(**infra.kafka_options(), request_timeout_ms=3000)
     await producer.start()
     try:
         with pytest.raises(KafkaError):
@@ -87,7 +87,7 @@ async def test_kafka_does_not_auto_create_topics(infra: Infra) -> None:
     finally:
         await producer.stop()
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**infra.kafka_options())
     await admin.start()
     try:
         assert topic not in await admin.list_topics()
@@ -125,7 +125,5 @@ def test_start_again_is_quick_and_status_reports_both(infra: Infra, state_dir: P
     assert "postgresql: running (pid" in status
 
     env = run_infra_sh("env", state_dir, 60, KAFKA_PORT, CONTROLLER_PORT, PG_PORT)
-    assert env.splitlines() == [
-        f"export KAFKA_BOOTSTRAP={infra.kafka_bootstrap}",
-        f"export DATABASE_URL={infra.database_url}",
-    ]
+    assert parse_exports(env) == {**infra.kafka_env(with_admin=True), "DATABASE_URL": infra.database_url}
+    assert len(env.splitlines()) == len(parse_exports(env))

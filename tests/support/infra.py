@@ -10,10 +10,14 @@ state dir: ``make_state_dir`` creates one outside pytest's 0700 ``tmp_path`` tre
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from reflexe_common.kafka import KafkaAccess, password_variable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA_SH = REPO_ROOT / "deploy" / "local" / "infra.sh"
@@ -27,6 +31,36 @@ STOP_TIMEOUT_S = 180
 class Infra:
     kafka_bootstrap: str
     database_url: str  # postgresql://reflexe:reflexe@127.0.0.1:PORT/reflexe
+    # Kafka principal -> SCRAM password: `admin` (the super user) and each service's own.
+    kafka_passwords: dict[str, str] = field(default_factory=dict)
+    kafka_security_protocol: str = "SASL_PLAINTEXT"
+
+    def kafka(self, principal: str = "admin") -> KafkaAccess:
+        """How `principal` connects; tests observe and set up as the super user by default."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return KafkaAccess(self.kafka_bootstrap)
+        return KafkaAccess(self.kafka_bootstrap, self.kafka_security_protocol, "SCRAM-SHA-512", principal,
+                           self.kafka_passwords.get(principal))
+
+    def kafka_options(self, principal: str = "admin") -> dict[str, Any]:
+        """aiokafka keyword arguments (bootstrap_servers included) for `principal`."""
+        return self.kafka(principal).options()
+
+    def kafka_env(self, with_admin: bool = False) -> dict[str, str]:
+        """What `infra.sh env` exports for Kafka: each service then connects as itself. The super
+        user's password only on request: no service process needs it."""
+        env = {"KAFKA_BOOTSTRAP": self.kafka_bootstrap, "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+               "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+        return env | {password_variable(name): password for name, password in self.kafka_passwords.items()
+                      if with_admin or name != "admin"}
+
+    @classmethod
+    def from_exports(cls, exports: dict[str, str], database_url: str | None = None) -> Infra:
+        """From infra.sh's exports (or a shell that evaluated them)."""
+        passwords = {m.group(1).lower(): value for name, value in exports.items()
+                     if (m := re.fullmatch(r"REFLEXE_KAFKA_([A-Z_]+)_PASSWORD", name))}
+        return cls(exports["KAFKA_BOOTSTRAP"], database_url or exports["DATABASE_URL"], passwords,
+                   exports.get("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"))
 
 
 class InfraError(RuntimeError):
@@ -75,11 +109,13 @@ def run_infra_sh(
 
 def start_infra(state_dir: Path, kafka_port: int, controller_port: int, pg_port: int) -> Infra:
     """Start (or reuse, if already running) Kafka and PostgreSQL with state in ``state_dir``."""
-    run_infra_sh("start", state_dir, START_TIMEOUT_S, kafka_port, controller_port, pg_port)
-    return Infra(
-        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-        database_url=f"postgresql://reflexe:reflexe@127.0.0.1:{pg_port}/reflexe",
-    )
+    out = run_infra_sh("start", state_dir, START_TIMEOUT_S, kafka_port, controller_port, pg_port)
+    return Infra.from_exports(parse_exports(out))
+
+
+def parse_exports(out: str) -> dict[str, str]:
+    """infra.sh's `export NAME=value` lines."""
+    return dict(m.groups() for m in re.finditer(r"^export ([A-Z0-9_]+)=(.*)$", out, re.MULTILINE))
 
 
 def stop_infra(

@@ -8,13 +8,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
 from reflexe_common.topics import ALL_TOPICS
+from tests.support.infra import Infra
 
 
-async def read_all(bootstrap: str, topic: str, predicate: Callable[[Envelope], bool] = lambda e: True) -> list[Envelope]:
-    """Every committed record of the topic from the beginning up to its current end."""
+async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], bool] = lambda e: True) -> list[Envelope]:
+    """Every committed record of the topic from the beginning up to its current end (read as the
+    super user)."""
     partitions = next(t.partitions for t in ALL_TOPICS if t.name == topic)
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**infra.kafka_options(), isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(tps)

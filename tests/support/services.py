@@ -42,7 +42,7 @@ def token(role: str, **scope: str) -> dict[str, str]:
 
 
 def service_env(infra: Infra, **extra: str) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url,
+    return {**infra.kafka_env(), "DATABASE_URL": infra.database_url,
             "OIDC_ISSUER": suite_issuer().url, "LOG_LEVEL": "WARNING", **NOTIFY_ENV, **extra}
 
 

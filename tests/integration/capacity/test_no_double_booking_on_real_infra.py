@@ -289,9 +289,9 @@ class Hads:
         self.tasks: set[asyncio.Task] = set()
         self.offers_seen = 0
 
-    async def follow(self, bootstrap: str, ready: asyncio.Event) -> None:
+    async def follow(self, kafka: dict, ready: asyncio.Event) -> None:
         tps = [TopicPartition(MATCHING_EVENTS.name, p) for p in range(MATCHING_EVENTS.partitions)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+        consumer = AIOKafkaConsumer(**kafka, isolation_level="read_committed",
                                     enable_auto_commit=False)
         await consumer.start()
         try:
@@ -362,11 +362,11 @@ class AtKill:
     handled: frozenset[str]  # event ids in the matcher's inbox
 
 
-async def offsets_and_inbox(bootstrap: str, conn: asyncpg.Connection, since: datetime) -> AtKill:
+async def offsets_and_inbox(kafka: dict, conn: asyncpg.Connection, since: datetime) -> AtKill:
     """Right after the kill: where the group had committed, where the log ended, what was handled."""
     tps = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**kafka)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
@@ -381,11 +381,11 @@ async def offsets_and_inbox(bootstrap: str, conn: asyncpg.Connection, since: dat
                   {tp.partition: end[tp] for tp in tps}, handled)
 
 
-async def handled_but_uncommitted(bootstrap: str, at_kill: AtKill) -> int:
+async def handled_but_uncommitted(kafka: dict, at_kill: AtKill) -> int:
     """Records past the committed offsets at the kill that had already been handled: the ones a
     rebalance redelivers."""
     tps = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
     await consumer.start()
     count = 0
     try:
@@ -527,7 +527,7 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
 
             had_side = Hads(referral, hads, hospital, rng)
             following = asyncio.Event()
-            background.append(asyncio.create_task(had_side.follow(topics.kafka_bootstrap, following)))
+            background.append(asyncio.create_task(had_side.follow(topics.kafka_options(), following)))
             await asyncio.wait_for(following.wait(), 30)
             sampler = Sampler(hads)
             background.append(asyncio.create_task(sampler.run(sampler_db)))
@@ -553,7 +553,7 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
                     victim.kill()
                     newcomer.start()
                     newcomer_ready = asyncio.create_task(newcomer.wait_ready())
-                    at_kill = await offsets_and_inbox(topics.kafka_bootstrap, capacity_db, run_started)
+                    at_kill = await offsets_and_inbox(topics.kafka_options(), capacity_db, run_started)
                 elif i == 200:
                     await declare(hads[0], 4)
                 elif i == 250:
@@ -588,7 +588,7 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
             duplicates = sum(metric(text, "reflexe_duplicate_events_total", consumer="matcher")
                              for text in await asyncio.gather(metrics_of(survivor), metrics_of(newcomer)))
             assert at_kill is not None
-            uncommitted = await handled_but_uncommitted(topics.kafka_bootstrap, at_kill)
+            uncommitted = await handled_but_uncommitted(topics.kafka_options(), at_kill)
 
         # ---- the independent check ----
         holds = [HoldRow(r["hold_id"], str(r["referral_id"]), r["had_finess"], r["made_at"], r["released_at"],

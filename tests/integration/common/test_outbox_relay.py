@@ -45,38 +45,38 @@ async def _store_events(pool: asyncpg.Pool, n: int) -> list[str]:
     return ids
 
 
-async def _published_ids(bootstrap: str, ids: list[str]) -> list[str]:
+async def _published_ids(infra, ids: list[str]) -> list[str]:
     wanted = set(ids)
-    return [e.id for e in await read_all(bootstrap, REFERRAL_EVENTS.name, lambda e: e.id in wanted)]
+    return [e.id for e in await read_all(infra, REFERRAL_EVENTS.name, lambda e: e.id in wanted)]
 
 
 async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
     pool, schema = await _fresh_schema(topics.database_url)
     try:
         ids = await _store_events(pool, 25)
-        crashed = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+        crashed = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
 
         async def crash(*_args, **_kwargs):
             raise Crash
 
         crashed._mark = crash  # dies after the Kafka commit, before marking the rows published
-        producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, transactional_id=f"reflexe-{schema}-outbox-relay",
+        producer = AIOKafkaProducer(**topics.kafka_options(), transactional_id=f"reflexe-{schema}-outbox-relay",
                                     enable_idempotence=True)
         await producer.start()
         with pytest.raises(Crash):
             await crashed._publish(producer, await crashed._next_batch())
         await producer.stop()
-        assert sorted(await _published_ids(topics.kafka_bootstrap, ids)) == sorted(ids)  # on Kafka, unmarked in PG
+        assert sorted(await _published_ids(topics, ids)) == sorted(ids)  # on Kafka, unmarked in PG
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 25
 
-        restarted = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+        restarted = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
         task = asyncio.create_task(restarted.run())
         try:
             await eventually(lambda: _all_marked(pool), timeout=30, what="the batch recovered")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        published = await _published_ids(topics.kafka_bootstrap, ids)
+        published = await _published_ids(topics, ids)
         assert sorted(published) == sorted(ids), "each event exactly once"
         assert await pool.fetchval("SELECT state FROM outbox_batches") == "DONE"
     finally:
@@ -88,12 +88,12 @@ async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_re
     pool, schema = await _fresh_schema(topics.database_url)
     try:
         ids = await _store_events(pool, 10)
-        producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, transactional_id=f"reflexe-{schema}-outbox-relay",
+        producer = AIOKafkaProducer(**topics.kafka_options(), transactional_id=f"reflexe-{schema}-outbox-relay",
                                     enable_idempotence=True)
         await producer.start()
         # The dead relay's transaction: records sent and journalled, never committed nor aborted.
         await producer.begin_transaction()
-        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap)
+        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
         rows = await relay._next_batch()
         sent = [await producer.send(r.topic, r.payload, key=r.key.encode(), headers=r.headers) for r in rows]
         first = await sent[0]
@@ -102,13 +102,13 @@ async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_re
                            "VALUES ($1, $2, $3, $4, $5, 'SENDING')", uuid.uuid4(), [r.id for r in rows], first.topic,
                            first.partition, first.offset)
         # No stop(): the process vanished. The restarted relay's producer fences it.
-        task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka_bootstrap).run())
+        task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka()).run())
         try:
             await eventually(lambda: _all_marked(pool), timeout=60, what="the batch resent")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        assert sorted(await _published_ids(topics.kafka_bootstrap, ids)) == sorted(ids)
+        assert sorted(await _published_ids(topics, ids)) == sorted(ids)
         assert await pool.fetchval("SELECT count(*) FROM outbox_batches WHERE state = 'ABORTED'") == 1
     finally:
         await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')

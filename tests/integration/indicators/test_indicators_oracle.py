@@ -39,7 +39,7 @@ async def service(topics):
 @pytest.fixture(scope="module")
 async def simulated(service, topics):
     events = generate()
-    producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**topics.kafka_options(), acks="all", linger_ms=5)
     await producer.start()
     try:
         for ev in events:

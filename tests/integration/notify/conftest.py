@@ -12,7 +12,7 @@ from tests.support.infra import Infra
 
 @pytest.fixture(scope="session")
 async def producer(topics: Infra) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, acks="all", linger_ms=0)
+    p = AIOKafkaProducer(**topics.kafka_options(), acks="all", linger_ms=0)
     await p.start()
     yield p
     await p.stop()

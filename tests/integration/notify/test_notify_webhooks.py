@@ -268,7 +268,7 @@ async def test_a_garbage_record_is_dead_lettered_and_the_consumer_carries_on(
     key = f"garbage-{uuid.uuid4()}".encode()
     await producer.send_and_wait(REFERRAL_EVENTS.name, b"\x00not protobuf", key=key,
                                  headers=[("ce_id", b"x"), ("ce_type", b"reflexe.v1.ReferralRequested")])
-    dead = AIOKafkaConsumer(bootstrap_servers=infra.kafka_bootstrap, enable_auto_commit=False)
+    dead = AIOKafkaConsumer(**infra.kafka_options(), enable_auto_commit=False)
     await dead.start()
     try:
         partition = TopicPartition(DEAD_LETTERS.name, 0)

@@ -9,7 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from reflexe_common.envelope import unwrap
-from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS, REFERRAL_SUBMISSIONS
+from reflexe_common.kafka_acls import register_system
+from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import referral_body, unique_finess
@@ -27,9 +28,9 @@ async def referral_url(topics):
         yield url
 
 
-async def _events_of(bootstrap: str, topic: str, predicate, timeout: float = 20) -> list:
+async def _events_of(kafka: dict, topic: str, predicate, timeout: float = 20) -> list:
     """Every record of the topic (read_committed) whose decoded envelope satisfies predicate."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **kafka, auto_offset_reset="earliest",
                                 isolation_level="read_committed", enable_auto_commit=False, group_id=None)
     await consumer.start()
     found = []
@@ -106,7 +107,7 @@ async def test_idempotent_on_the_clients_referral_id(referral_url, topics):
     assert first.json()["department"] == "34"
     assert again.status_code == 200 and again.json()["referral_id"] == body["referral_id"]
     assert different.status_code == 409 and different.json()["code"] == "DUPLICATE_REFERRAL_ID"
-    published = await _events_of(topics.kafka_bootstrap, REFERRAL_EVENTS.name,
+    published = await _events_of(topics.kafka_options(), REFERRAL_EVENTS.name,
                                  lambda e: e.type == "reflexe.v1.ReferralRequested" and e.message.header.referral_id == body["referral_id"])
     assert len(published) == 1
     assert published[0].message.request.patient.pseudonym == body["patient"]["pseudonym"]
@@ -116,13 +117,15 @@ async def test_a_poison_submission_goes_to_the_dead_letter_topic(referral_url, t
     from aiokafka import AIOKafkaProducer
 
     marker = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap)
+    hospital = await register_system(topics.kafka(), unique_finess(), "hospital")
+    # Straight onto Kafka, as the hospital's own system, on its own inbound topic.
+    producer = AIOKafkaProducer(**topics.kafka().as_principal(hospital.principal, hospital.password).options())
     await producer.start()
     try:
-        await producer.send_and_wait(REFERRAL_SUBMISSIONS.name, b"\x00garbage" + marker, key=b"340000000")
+        await producer.send_and_wait(hospital.topic, b"\x00garbage" + marker)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, bootstrap_servers=topics.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
     await consumer.start()
     try:
         async def dead_lettered():
@@ -133,7 +136,7 @@ async def test_a_poison_submission_goes_to_the_dead_letter_topic(referral_url, t
         await consumer.stop()
     headers = dict(record.headers)
     assert b"missing CloudEvents headers" in headers["dlq_reason"]
-    assert headers["dlq_topic"] == REFERRAL_SUBMISSIONS.name.encode()
+    assert headers["dlq_topic"] == hospital.topic.encode()
     # the consumer is alive: a valid referral posted afterwards is still processed by the API path
     async with httpx.AsyncClient(base_url=referral_url) as client:
         assert (await client.get("/readyz")).status_code == 200

@@ -33,7 +33,7 @@ async def test_sigkill_right_after_201_publishes_each_referral_exactly_once(topi
         await restarted.wait_ready()
 
         async def all_published():
-            found = await read_all(topics.kafka_bootstrap, REFERRAL_EVENTS.name,
+            found = await read_all(topics, REFERRAL_EVENTS.name,
                                    lambda e: e.type == "reflexe.v1.ReferralRequested" and e.message.header.referral_id in posted)
             return found if {e.message.header.referral_id for e in found} == set(posted) else None
 

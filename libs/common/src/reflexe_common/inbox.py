@@ -17,10 +17,12 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from reflexe_common.envelope import Envelope, Headers, PoisonRecord, unwrap
+from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, DEAD_LETTERS, DUPLICATES_SKIPPED, HANDLER_SECONDS, init_consumer
 from reflexe_common.topics import DEAD_LETTERS as DEAD_LETTER_TOPIC
 
 log = logging.getLogger(__name__)
+PATTERN_REFRESH_MS = 3000
 
 Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
 # Errors that say "the infrastructure is away", not "this record is bad": retry, never dead-letter.
@@ -38,11 +40,15 @@ class Record:
     headers: Headers
 
 
+# Checks a decoded record against where it came from (e.g. its sender); raises PoisonRecord.
+Verifier = Callable[[Record, Envelope], None]
+
+
 class DeadLetters:
     """Publishes poison records, untouched, with why and where they came from."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    def __init__(self, kafka: KafkaAccess) -> None:
+        self._producer = AIOKafkaProducer(**kafka.options(), enable_idempotence=True, acks="all")
 
     async def start(self) -> None:
         await self._producer.start()
@@ -71,8 +77,9 @@ class DeadLetters:
 
 class RecordProcessor:
     def __init__(self, consumer: str, pool: asyncpg.Pool, dead_letters: DeadLetters, handler: Handler,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, verify: Verifier | None = None) -> None:
         self.consumer = consumer
+        self._verify = verify
         self._pool = pool
         self._dead_letters = dead_letters
         self._handler = handler
@@ -82,7 +89,7 @@ class RecordProcessor:
         """Returns the outcome: handled, duplicate or dead-letter. Retries transient failures forever."""
         started = time.perf_counter()
         try:
-            envelope = unwrap(record.headers, record.value)
+            envelope = self._decode(record)
         except PoisonRecord as exc:
             await self._dead_letters.send(self.consumer, record, str(exc))
             outcome = "dead-letter"
@@ -103,7 +110,7 @@ class RecordProcessor:
         decoded: list[tuple[Record, Envelope]] = []
         for record in records:
             try:
-                decoded.append((record, unwrap(record.headers, record.value)))
+                decoded.append((record, self._decode(record)))
             except PoisonRecord as exc:
                 await self._dead_letters.send(self.consumer, record, str(exc))
         duplicates = 0
@@ -133,6 +140,12 @@ class RecordProcessor:
         per_record = (time.perf_counter() - started) / max(1, len(decoded))
         for _ in decoded:
             HANDLER_SECONDS.labels(self.consumer, "handled").observe(per_record)
+
+    def _decode(self, record: Record) -> Envelope:
+        envelope = unwrap(record.headers, record.value)
+        if self._verify is not None:
+            self._verify(record, envelope)
+        return envelope
 
     async def _claim(self, conn: asyncpg.Connection, envelope: Envelope) -> bool:
         return bool(await conn.fetchval(
@@ -169,17 +182,21 @@ class RecordProcessor:
 class ConsumerLoop:
     """A plain aiokafka consumer driving a RecordProcessor; offsets are committed after handling."""
 
-    def __init__(self, bootstrap: str, group_id: str, topics: list[str], processor: RecordProcessor,
-                 client_id: str | None = None) -> None:
+    def __init__(self, kafka: KafkaAccess, group_id: str, topics: list[str], processor: RecordProcessor,
+                 client_id: str | None = None, pattern: str | None = None) -> None:
         self._consumer = AIOKafkaConsumer(
             *topics,
-            bootstrap_servers=bootstrap,
+            **kafka.options(),
             group_id=group_id,
             client_id=client_id or group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            # A pattern subscription sees a topic created later (a newly registered sender) at
+            # the next metadata refresh: seconds, not the default 5 minutes.
+            **({"metadata_max_age_ms": PATTERN_REFRESH_MS} if pattern else {}),
         )
+        self._pattern = pattern
         self._group = group_id
         self._processor = processor
         init_consumer(processor.consumer, group_id, list(topics))
@@ -187,6 +204,8 @@ class ConsumerLoop:
 
     async def run(self) -> None:
         await self._consumer.start()
+        if self._pattern:
+            self._consumer.subscribe(pattern=self._pattern)
         self.started.set()
         try:
             while True:

@@ -23,12 +23,19 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from reflexe_common.envelope import Envelope
+from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_SECONDS, OUTBOX_PUBLISHED
 
 log = logging.getLogger(__name__)
 
 BATCH_HEADER = "reflexe-outbox-batch"
 _LEADER_LOCK_NAMESPACE = 7_263_002
+
+
+def outbox_transactional_id(schema: str) -> str:
+    """The relay's Kafka transactional id, shared by every instance (see above); its ACL is
+    declared in kafka_acls.py."""
+    return f"reflexe-{schema}-outbox-relay"
 
 
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Envelope) -> None:
@@ -59,14 +66,14 @@ class OutboxRelay:
         pool: asyncpg.Pool,
         database_url: str,
         schema: str,
-        bootstrap: str,
+        kafka: KafkaAccess,
         batch_size: int = 500,
         idle_poll_seconds: float = 1.0,
     ) -> None:
         self._pool = pool
         self._database_url = database_url
         self._schema = schema
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._batch_size = batch_size
         self._idle_poll = idle_poll_seconds
         self._wake = asyncio.Event()
@@ -91,8 +98,8 @@ class OutboxRelay:
                 await asyncio.sleep(2.0)
             await conn.add_listener(f"outbox_{self._schema}", lambda *_: self._wake.set())
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                transactional_id=f"reflexe-{self._schema}-outbox-relay",
+                **self._kafka.options(),
+                transactional_id=outbox_transactional_id(self._schema),
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=1,
@@ -182,7 +189,7 @@ class OutboxRelay:
 
     async def _committed(self, topic: str, partition: int, offset: int, batch_id: str) -> bool:
         tp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._kafka.options(), isolation_level="read_committed", enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign([tp])

@@ -16,10 +16,11 @@ from fastapi import FastAPI
 
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, RecordProcessor
+from reflexe_common.kafka import KafkaAccess, kafka_access
 from reflexe_common.outbox import OutboxRelay
 from reflexe_common.settings import ServiceSettings
 from reflexe_common.streams import stream_app
-from reflexe_common.topics import Topic, ensure_topics
+from reflexe_common.topics import InboundKind, Topic, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Runtime:
 
     settings: ServiceSettings
     schema: str
+    kafka: KafkaAccess
     pool: asyncpg.Pool
     dead_letters: DeadLetters
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
@@ -61,19 +63,29 @@ class Runtime:
 
     def relay_outbox(self) -> None:
         self.tasks.start("outbox-relay", OutboxRelay(self.pool, self.settings.database_url, self.schema,
-                                                     self.settings.kafka_bootstrap).run())
+                                                     self.kafka).run())
 
     def consume(self, group: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
         """A plain aiokafka consumer group feeding the idempotent processor."""
         processor = RecordProcessor(group, self.pool, self.dead_letters, handler)
-        loop = ConsumerLoop(self.settings.kafka_bootstrap, group, [t.name for t in topics], processor,
+        loop = ConsumerLoop(self.kafka, group, [t.name for t in topics], processor,
                             client_id=f"{group}-{self.settings.instance}")
+        self.tasks.start(group, loop.run())
+        return loop
+
+    def consume_inbound(self, group: str, kind: InboundKind, handler: Handler) -> ConsumerLoop:
+        """Every sender's inbound topic of this kind (subscribed by pattern, so a system registered
+        later is picked up); a command claiming another establishment than its sender's is
+        dead-lettered before the handler sees it."""
+        processor = RecordProcessor(group, self.pool, self.dead_letters, handler, verify=kind.verify_sender)
+        loop = ConsumerLoop(self.kafka, group, [], processor, client_id=f"{group}-{self.settings.instance}",
+                            pattern=kind.pattern)
         self.tasks.start(group, loop.run())
         return loop
 
     async def stream(self, group: str, topic: Topic, name: str, handler: Handler) -> None:
         """A faust stream processor (consumer group `group`) feeding the idempotent processor."""
-        app = stream_app(group, self.settings.kafka_bootstrap, topic,
+        app = stream_app(group, self.kafka, topic,
                          RecordProcessor(name, self.pool, self.dead_letters, handler), self.settings.instance)
         await app.start()
         self.streams.append(app)
@@ -83,15 +95,17 @@ class Runtime:
 async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, migrations: str,
                           pool_size: int = 10) -> AsyncIterator[Runtime]:
     """Topics, the schema's pool and migrations, dead letters and readiness checks; on exit,
-    streams and loops finish their record in hand and commit, then connections close."""
-    await ensure_topics(settings.kafka_bootstrap)
+    streams and loops finish their record in hand and commit, then connections close.
+    On Kafka the service is the principal named like its schema (kafka_acls.py)."""
+    kafka = kafka_access(settings, schema)
+    await ensure_topics(kafka)
     pool = await create_pool(settings.database_url, schema, max_size=pool_size)
     await migrate(pool, schema, migrations)
-    dead_letters = DeadLetters(settings.kafka_bootstrap)
+    dead_letters = DeadLetters(kafka)
     await dead_letters.start()
     app.state.pool = pool
     app.state.readiness_checks.update(postgres=postgres_check(pool), kafka=dead_letters.check)
-    runtime = Runtime(settings, schema, pool, dead_letters)
+    runtime = Runtime(settings, schema, kafka, pool, dead_letters)
     try:
         yield runtime
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +12,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     kafka_bootstrap: str = Field("127.0.0.1:19092", validation_alias="KAFKA_BOOTSTRAP")
+    # Kafka authentication (reflexe_common.kafka): SCRAM over SASL; SASL_SSL outside loopback.
+    # Without KAFKA_USERNAME/KAFKA_PASSWORD a service is its own principal, with the password
+    # that `infra.sh env` prints as REFLEXE_KAFKA_<SERVICE>_PASSWORD.
+    kafka_security_protocol: str = Field("SASL_PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM")
+    kafka_username: str | None = Field(None, validation_alias="KAFKA_USERNAME")
+    kafka_password: SecretStr | None = Field(None, validation_alias="KAFKA_PASSWORD")
+    kafka_ssl_cafile: str | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
     database_url: str = Field(
         "postgresql://reflexe:reflexe@127.0.0.1:15432/reflexe", validation_alias="DATABASE_URL"
     )

@@ -12,6 +12,7 @@ import faust
 from faust.transport.consumer import Consumer
 
 from reflexe_common.inbox import Record, RecordProcessor
+from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, init_consumer
 from reflexe_common.topics import Topic
 
@@ -50,10 +51,10 @@ def record_lag(app: faust.App, group: str, topic: str, tp, last_offset: int) -> 
         CONSUMER_LAG.labels(group, topic).set(max(0, highwater - (last_offset + 1)))
 
 
-def stream_app(group: str, bootstrap: str, topic: Topic, processor: RecordProcessor, instance: str) -> faust.App:
+def stream_app(group: str, kafka: KafkaAccess, topic: Topic, processor: RecordProcessor, instance: str) -> faust.App:
     app = faust.App(
         group,
-        broker=f"kafka://{bootstrap}",
+        **kafka.faust_options(),
         processing_guarantee="at_least_once",
         web_enabled=False,
         store="memory://",

@@ -8,10 +8,15 @@ a department owns all of its flows.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from reflexe_common.envelope import Envelope, PoisonRecord
+from reflexe_common.kafka import KafkaAccess
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +35,6 @@ class Topic:
 REFERRAL_EVENTS = Topic("reflexe.referral.events.v1", DEPARTMENT_PARTITIONS, {"retention.ms": FOREVER})
 MATCHING_EVENTS = Topic("reflexe.matching.events.v1", DEPARTMENT_PARTITIONS, {"retention.ms": FOREVER})
 CAPACITY_EVENTS = Topic("reflexe.capacity.events.v1", DEPARTMENT_PARTITIONS, {"retention.ms": FOREVER})
-# Inbound commands from hospital and HAD information systems.
-REFERRAL_SUBMISSIONS = Topic("reflexe.referral.submissions.v1", DEPARTMENT_PARTITIONS, {"retention.ms": str(14 * 86400_000)})
-CAPACITY_DECLARATIONS = Topic("reflexe.capacity.declarations.v1", DEPARTMENT_PARTITIONS, {"retention.ms": str(14 * 86400_000)})
 # Poison records, with the reason in headers; kept long enough for an operator to act.
 DEAD_LETTERS = Topic("reflexe.deadletter.v1", 1, {"retention.ms": str(30 * 86400_000)})
 
@@ -40,15 +42,70 @@ ALL_TOPICS: tuple[Topic, ...] = (
     REFERRAL_EVENTS,
     MATCHING_EVENTS,
     CAPACITY_EVENTS,
-    REFERRAL_SUBMISSIONS,
-    CAPACITY_DECLARATIONS,
     DEAD_LETTERS,
 )
 
 
-async def ensure_topics(bootstrap: str, topics: tuple[Topic, ...] = ALL_TOPICS) -> None:
+@dataclass(frozen=True)
+class InboundKind:
+    """Commands that hospital and HAD information systems publish straight onto Kafka. Each
+    sender has its own topic, `<prefix><FINESS>`, that only its principal may write to
+    (kafka_acls.py): the sender's FINESS is read from the topic the broker let it write to,
+    never from a field of the record, which the sender writes and could forge."""
+
+    name: str
+    sender_role: str  # hospital | had
+    claim_field: str  # the field of the command that names the establishment it acts for
+    retention_ms: str = str(14 * 86400_000)
+
+    @property
+    def prefix(self) -> str:
+        # The kind comes before the FINESS so that one PREFIXED ACL gives a service exactly
+        # its kind of inbound topic.
+        return f"reflexe.inbound.{self.name}.v1."
+
+    @property
+    def pattern(self) -> str:
+        return "^" + re.escape(self.prefix) + FINESS_PATTERN + "$"
+
+    def topic(self, finess: str) -> Topic:
+        if not re.fullmatch(FINESS_PATTERN, finess):
+            raise ValueError(f"{finess!r} is not a FINESS number")
+        # One partition: one sender's commands, in the order it sent them.
+        return Topic(self.prefix + finess, 1, {"retention.ms": self.retention_ms})
+
+    def verify_sender(self, record: Any, envelope: Envelope) -> None:
+        """A RecordProcessor verifier: the establishment the command claims to act for must be
+        the sender whose topic it came on; otherwise it is dead-lettered as SENDER_MISMATCH."""
+        sender = self.sender(record.topic)
+        if sender is None:
+            raise PoisonRecord(f"{SENDER_MISMATCH}: {record.topic} is not an inbound {self.name} topic")
+        claimed = getattr(envelope.message, self.claim_field, None)
+        if claimed is None:
+            return  # not this kind's command: the handler rejects it with its own reason
+        if claimed != sender:
+            raise PoisonRecord(f"{SENDER_MISMATCH}: {self.claim_field} {claimed!r} but the record was "
+                               f"published by {sender} (on {record.topic})")
+
+    def sender(self, topic: str) -> str | None:
+        """The FINESS whose topic this is, or None if it is not a topic of this kind."""
+        if topic.startswith(self.prefix) and re.fullmatch(FINESS_PATTERN, topic[len(self.prefix):]):
+            return topic[len(self.prefix):]
+        return None
+
+
+SENDER_MISMATCH = "SENDER_MISMATCH"
+FINESS_PATTERN = "[0-9AB]{9}"  # 2A/2B (Corsica) put letters in FINESS numbers
+# Referrals (reflexe.v1.SubmitReferral) from hospital systems; capacity declarations
+# (reflexe.v1.DeclareCapacity) from HAD systems.
+INBOUND_REFERRALS = InboundKind("referrals", "hospital", "submitted_by")
+INBOUND_CAPACITY = InboundKind("capacity", "had", "had_finess")
+INBOUND_KINDS = {kind.sender_role: kind for kind in (INBOUND_REFERRALS, INBOUND_CAPACITY)}
+
+
+async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS) -> None:
     """Create the missing topics; refuse to run on a topic whose partition count differs."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.options())
     await admin.start()
     try:
         existing = await admin.describe_topics([t.name for t in topics])

@@ -17,7 +17,7 @@ from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
 from reflexe_common.metrics import refresh_periodically
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS
+from reflexe_common.topics import INBOUND_CAPACITY, REFERRAL_EVENTS
 
 SCHEMA = "capacity"
 MATCHER_GROUP = "reflexe-matcher"
@@ -46,7 +46,7 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
             runtime.tasks.start("capacity-gauges", refresh_periodically(
                 GAUGES, lambda: snapshot(runtime.pool, stale_after), REFRESH_SECONDS))
             runtime.relay_outbox()
-            runtime.consume("capacity-declarations", [CAPACITY_DECLARATIONS], declaration_handler(matcher))
+            runtime.consume_inbound("capacity-declarations", INBOUND_CAPACITY, declaration_handler(matcher))
             # The matcher: a faust agent following the referral log, its state in PostgreSQL.
             await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
             yield

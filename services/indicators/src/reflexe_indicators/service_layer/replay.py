@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf import message_factory, symbol_database
 
+from reflexe_common.kafka import KafkaAccess
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS, Topic
 from reflexe_indicators.adapters.store import generation_schema, start_generation, switch_to, upsert_rows
 from reflexe_indicators.domain.facts import TABLES, Batch, fold
@@ -79,10 +80,10 @@ class ReplayProgress:
 
 
 class Replayer:
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, base_schema: str, group_prefix: str,
+    def __init__(self, pool: asyncpg.Pool, kafka: KafkaAccess, base_schema: str, group_prefix: str,
                  batch_size: int = 50_000, topics: tuple[Topic, ...] = REPLAYED_TOPICS) -> None:
         self.pool = pool
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.base = base_schema
         self.group_prefix = group_prefix
         self.batch_size = batch_size
@@ -134,7 +135,7 @@ class Replayer:
     async def _rebuild(self, progress: ReplayProgress) -> None:
         schema = generation_schema(self.base, progress.generation)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=f"{self.group_prefix}-replay-g{progress.generation}",
+            **self.kafka.options(), group_id=f"{self.group_prefix}-replay-g{progress.generation}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
             max_poll_records=self.batch_size)
