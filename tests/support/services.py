@@ -4,6 +4,8 @@ processes, plus polling with a deadline (tests never synchronise with fixed slee
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import signal
 import socket
@@ -17,7 +19,6 @@ from typing import TypeVar
 
 import httpx
 import uvicorn
-from cryptography.fernet import Fernet
 
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
@@ -47,8 +48,10 @@ def service_env(infra: Infra, **extra: str) -> dict[str, str]:
 
 
 # Notify seals webhook secrets with a key it must be given, and sends webhooks to the tests'
-# receivers on 127.0.0.1 over plain http only when told to (both refused by default).
-NOTIFY_ENV = {"NOTIFY_SECRET_KEYS": Fernet.generate_key().decode(), "NOTIFY_ALLOW_INSECURE_WEBHOOKS": "true",
+# receivers on 127.0.0.1 over plain http only when told to (both refused by default). The suite's
+# key is the same in every run, so a reused test database (REFLEXE_TEST_DATABASE_URL) stays readable.
+NOTIFY_TEST_KEY = base64.urlsafe_b64encode(hashlib.sha256(b"reflexe test suite: notify secret key").digest()).decode()
+NOTIFY_ENV = {"NOTIFY_SECRET_KEYS": NOTIFY_TEST_KEY, "NOTIFY_ALLOW_INSECURE_WEBHOOKS": "true",
               "NOTIFY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}
 
 
