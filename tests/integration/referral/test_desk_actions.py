@@ -93,8 +93,10 @@ async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str
 
 
 async def audit(conn: asyncpg.Connection, referral_id: str) -> list[dict]:
-    rows = await conn.fetch("SELECT actor, action, outcome, detail FROM referral.audit_log WHERE referral_id = $1 ORDER BY id",
-                            uuid.UUID(referral_id))
+    # Commands only (reads of the referral are in the same trail, under their route).
+    rows = await conn.fetch("SELECT actor, action, CASE WHEN status < 400 THEN 'done' ELSE 'refused' END AS outcome, detail "
+                            "FROM referral.audit_trail WHERE referral_ids @> ARRAY[$1::uuid] AND action NOT LIKE '% %' "
+                            "ORDER BY id", uuid.UUID(referral_id))
     return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reflexe_common.audit import record_refusal
 from reflexe_common.auth import AuthSettings, TokenVerifier
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import KNOWN_METHODS, KnownMethodsOnly, install_limits
@@ -85,7 +86,8 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        record_refusal(request, exc.status, exc.code)  # 401, 403 and 409 only; queued, never awaited
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
 
@@ -97,8 +99,9 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
         return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(exc.status_code, "HTTP_ERROR")
+        record_refusal(request, exc.status_code, code)
         return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code, media_type=PROBLEM_JSON)
 
     install_limits(app)  # inside the metrics: their 413 and 429 are measured

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
 # No `<name>_created` gauge beside every counter and histogram: it doubles the series for a
@@ -72,10 +72,10 @@ class SnapshotGauges:
     subject is gone (an HAD leaving a department) disappears, and a scrape never waits on
     the database. Registered once per process; the latest snapshot wins."""
 
-    def __init__(self, families: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+    def __init__(self, families: dict[str, tuple[str, tuple[str, ...]]], registry: CollectorRegistry = REGISTRY) -> None:
         self._families = families  # name -> (documentation, label names)
         self._samples: dict[str, list[tuple[tuple[str, ...], float]]] = {name: [] for name in families}
-        REGISTRY.register(self)
+        registry.register(self)
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily(name, doc, labels=labels) for name, (doc, labels) in self._families.items()]

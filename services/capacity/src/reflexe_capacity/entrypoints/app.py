@@ -13,11 +13,14 @@ from reflexe_capacity.entrypoints.consumers import declaration_handler
 from reflexe_capacity.metrics import GAUGES, REFRESH_SECONDS, snapshot
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.settings import CapacitySettings
+from reflexe_common.audit import router as audit_router
+from reflexe_common.audit import start_writer
 from reflexe_common.http import create_app
+from reflexe_common.leadership import lead_and_export
 from reflexe_common.logging import configure_logging
-from reflexe_common.metrics import refresh_periodically
+from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import INBOUND_CAPACITY, REFERRAL_EVENTS
+from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS
 
 SCHEMA = "capacity"
 MATCHER_GROUP = "reflexe-matcher"
@@ -40,13 +43,15 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         async with service_runtime(app, settings, SCHEMA, "reflexe_capacity.migrations", pool_size=20) as runtime:
             app.state.matcher = matcher
-            # Capacity gauges from the database: right from the first scrape, after a restart too.
+            runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
+            start_retention(runtime.pool, SCHEMA, runtime.tasks.start)
+            # Capacity gauges from the database: right from the first scrape, after a restart too,
+            # exported by one replica only (the leader): summed over two they would count twice.
             stale_after = timedelta(minutes=settings.stale_after_minutes)
-            GAUGES.replace(await snapshot(runtime.pool, stale_after))
-            runtime.tasks.start("capacity-gauges", refresh_periodically(
-                GAUGES, lambda: snapshot(runtime.pool, stale_after), REFRESH_SECONDS))
+            await lead_and_export(GAUGES, lambda: snapshot(runtime.pool, stale_after), REFRESH_SECONDS,
+                                  settings.database_url, SCHEMA, runtime.tasks.start)
             runtime.relay_outbox()
-            runtime.consume_inbound("capacity-declarations", INBOUND_CAPACITY, declaration_handler(matcher))
+            runtime.consume("capacity-declarations", [CAPACITY_DECLARATIONS], declaration_handler(matcher))
             # The matcher: a faust agent following the referral log, its state in PostgreSQL.
             await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
             yield
@@ -54,4 +59,5 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
     app = create_app("capacity", settings, lifespan,
                      "HAD registry, live capacity declarations, and the matcher that holds places.")
     app.include_router(router)
+    app.include_router(audit_router)
     return app

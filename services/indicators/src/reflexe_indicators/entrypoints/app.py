@@ -13,8 +13,12 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI
 from prometheus_client import Gauge
 
+from reflexe_common.audit import router as audit_router
+from reflexe_common.audit import start_writer
 from reflexe_common.http import create_app
+from reflexe_common.leadership import Leadership
 from reflexe_common.logging import configure_logging
+from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS
 from reflexe_indicators.adapters.store import current_generation, ensure_first_generation, generation_schema
@@ -45,9 +49,20 @@ def _base_unit(column: str, value: float) -> tuple[str, float]:
     return column, value
 
 
-async def refresh_gauges(app: FastAPI, every: float) -> None:
+def clear_gauges(leader: bool) -> None:
+    """A replica that does not lead exports none of these gauges: one series per indicator in all."""
+    if not leader:
+        INDICATOR.clear()
+        HAD_ACTIVE_PATIENTS.clear()
+
+
+async def refresh_gauges(app: FastAPI, every: float, leadership: Leadership) -> None:
     settings = app.state.settings
+    leadership.on_change(clear_gauges)
     while True:
+        if not leadership.is_leader:
+            await asyncio.sleep(every)
+            continue
         try:
             today = datetime.now(UTC).astimezone(PARIS).date()
             async with app.state.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -66,6 +81,7 @@ async def refresh_gauges(app: FastAPI, every: float) -> None:
                         HAD_ACTIVE_PATIENTS.labels(row["key"]).set(row["active_patients"])
         except Exception:
             log.exception("indicator gauges not refreshed")
+        clear_gauges(leadership.is_leader)  # leadership lost while refreshing: what was just set goes
         await asyncio.sleep(every)
 
 
@@ -81,10 +97,15 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
             fold = handler(SCHEMA)
             await runtime.stream(GROUP, REFERRAL_EVENTS, "indicators-facts", fold)
             runtime.consume(f"{GROUP}-capacity", [CAPACITY_EVENTS], fold)
-            replayer = Replayer(runtime.pool, runtime.kafka, SCHEMA, GROUP, settings.replay_batch)
+            replayer = Replayer(runtime.pool, settings.kafka_bootstrap, SCHEMA, GROUP, settings.replay_batch)
             app.state.replayer = replayer
             await replayer.resume()
-            runtime.tasks.start("indicator-gauges", refresh_gauges(app, settings.metrics_refresh_seconds))
+            runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
+            start_retention(runtime.pool, SCHEMA, runtime.tasks.start)
+            leadership = Leadership(settings.database_url, SCHEMA, "gauges")
+            await leadership.try_once()
+            runtime.tasks.start("indicator-gauges-leadership", leadership.run())
+            runtime.tasks.start("indicator-gauges", refresh_gauges(app, settings.metrics_refresh_seconds, leadership))
             try:
                 yield
             finally:
@@ -92,4 +113,5 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
 
     app = create_app("indicators", settings, lifespan, "ARS follow-up indicators computed from the event log.")
     app.include_router(router)
+    app.include_router(audit_router)
     return app

@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from reflexe_common.audit import router as audit_router
+from reflexe_common.audit import start_writer
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
+from reflexe_common.retention import RetentionSettings, delivery_attempts_purge, start_retention
 from reflexe_common.service import service_runtime
 from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import Resolver, WebhookGuard, system_resolver
@@ -47,6 +50,9 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
             runtime.tasks.start("notify-desk-stream-pruning",
                                 prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts))
+            runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
+            retention = RetentionSettings()
+            start_retention(runtime.pool, SCHEMA, runtime.tasks.start, [delivery_attempts_purge(retention)], retention)
             runtime.tasks.start("notify-dispatcher", Dispatcher(runtime.pool, settings, SCHEMA, guard, box).run())
             # The desk page reads the referral and capacity services as the desk.
             async with httpx.AsyncClient(timeout=5.0) as http:
@@ -58,4 +64,5 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
                      "the desks' live stream (SSE) and the desk page (/desk).")
     app.include_router(router)
     app.include_router(desk_router)
+    app.include_router(audit_router)
     return app

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from reflexe_common.audit import AuditEntry, insert
 from reflexe_common.envelope import message_class, wrap
 from reflexe_common.outbox import enqueue
 from reflexe_common.topics import REFERRAL_EVENTS
@@ -108,9 +109,12 @@ class ReferralStore:
             "DELETE FROM clocks WHERE referral_id = $1 AND kind = $2 AND offer_id = $3", uuid.UUID(referral_id), kind, offer_id
         )
 
-    async def audit(self, actor: str, action: str, referral_id: str | None, outcome: str, detail: str = "{}") -> None:
-        await self._conn.execute(
-            "INSERT INTO audit_log (actor, action, referral_id, outcome, detail) VALUES ($1, $2, $3, $4, $5)",
-            actor, action, uuid.UUID(referral_id) if referral_id else None, outcome, detail,
-        )
+    async def audit(self, subject: str, actor: str, action: str, referral_id: str | None, department: str | None,
+                    refused_code: str | None = None) -> None:
+        """A command's entry in the platform's audit trail, in the command's own transaction."""
+        await insert(self._conn, AuditEntry(
+            subject=subject, actor=actor, action=action, department=department,
+            referral_ids=(uuid.UUID(referral_id),) if referral_id else (),
+            status=409 if refused_code else 200, code=refused_code or "OK",
+            detail={"code": refused_code} if refused_code else {}))
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from reflexe_common import audit
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
@@ -45,14 +46,17 @@ async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Prin
     service = _service(request)
     try:
         def decide_in_scope(referral: Referral):
+            audit.about(request, department=referral.department)
             # Checked on the referral the decision loads under its lock: one read, not two.
             _check_scope_for_action(principal, referral, action)
             return decide(referral)
 
-        referral = await service.act(str(referral_id), decide_in_scope, actor=principal.actor, action=action)
+        referral = await service.act(str(referral_id), decide_in_scope, actor=principal.actor, action=action,
+                                     subject=principal.subject)
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
     except IllegalTransition as exc:
+        audit.already_recorded(request)  # by the command's own transaction
         raise ApiError(409, exc.code, exc.message) from exc
     return referral_view(referral)
 
@@ -98,7 +102,9 @@ async def get_referral(referral_id: uuid.UUID, request: Request,
         referral, _ = await _service(request).get(str(referral_id))
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
+    audit.about(request, department=referral.department)
     _check_can_see(principal, referral)
+    audit.record_read(request, principal, referral.department, [str(referral_id)])
     return referral_view(referral)
 
 
@@ -109,7 +115,9 @@ async def get_timeline(referral_id: uuid.UUID, request: Request,
         referral, events = await _service(request).get(str(referral_id))
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
+    audit.about(request, department=referral.department)
     _check_can_see(principal, referral)
+    audit.record_read(request, principal, referral.department, [str(referral_id)])
     return {"referral_id": str(referral_id), "events": [_event_view(e) for e in events]}
 
 
@@ -189,6 +197,7 @@ async def open_referrals(department: str, request: Request, page: Page = Depends
     require_department(department)
     ensure_department(principal, department)
     referrals, next_offset = page.of(await _service(request).open_referrals(department, page.fetch_limit, page.offset))
+    audit.record_read(request, principal, department, [r.referral_id for r in referrals])
     now = datetime.now(UTC)
     return {"department": department, "as_of": now.isoformat(), "next_offset": next_offset,
             "referrals": [{**referral_view(r), "waiting_seconds": int((now - r.request.requested_at).total_seconds())}

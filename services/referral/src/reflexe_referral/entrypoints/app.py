@@ -9,11 +9,14 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
+from reflexe_common.audit import router as audit_router
+from reflexe_common.audit import start_writer
 from reflexe_common.http import create_app
+from reflexe_common.leadership import lead_and_export
 from reflexe_common.logging import configure_logging
-from reflexe_common.metrics import refresh_periodically
+from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import INBOUND_REFERRALS, MATCHING_EVENTS
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_SUBMISSIONS
 from reflexe_referral.entrypoints.api import router
 from reflexe_referral.entrypoints.consumers import matching_handler, submission_handler
 from reflexe_referral.metrics import GAUGES, REFRESH_SECONDS, OpenReferrals
@@ -47,14 +50,17 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             app.state.referrals = service
             runtime.relay_outbox()
             runtime.consume("referral-matching", [MATCHING_EVENTS], matching_handler(unanswered_after))
-            runtime.consume_inbound("referral-submissions", INBOUND_REFERRALS, submission_handler(unanswered_after))
+            runtime.consume("referral-submissions", [REFERRAL_SUBMISSIONS], submission_handler(unanswered_after))
             runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
-            open_referrals = OpenReferrals(runtime.pool)
-            GAUGES.replace(await open_referrals.snapshot())
-            runtime.tasks.start("referral-gauges", refresh_periodically(GAUGES, open_referrals.snapshot, REFRESH_SECONDS))
+            runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
+            start_retention(runtime.pool, SCHEMA, runtime.tasks.start)
+            # Exported by one replica only (the leader): summed over two they would count twice.
+            await lead_and_export(GAUGES, OpenReferrals(runtime.pool).snapshot, REFRESH_SECONDS,
+                                  settings.database_url, SCHEMA, runtime.tasks.start)
             yield
 
     app = create_app("referral", settings, lifespan,
                      "Referrals from hospitals to HAD establishments: the lifecycle, offers and desk actions.")
     app.include_router(router)
+    app.include_router(audit_router)
     return app

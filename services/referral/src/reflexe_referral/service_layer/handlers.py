@@ -4,7 +4,6 @@ lock, lets the domain decide, and stores the resulting events (which the outbox 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -67,8 +66,9 @@ class ReferralService:
             return Submitted(await store.create(first, fingerprint, rest), created=True)
 
     async def act(self, referral_id: str, decide: Callable[[Referral], list[Event]],
-                  actor: str | None = None, action: str | None = None) -> Referral:
+                  actor: str | None = None, action: str | None = None, subject: str | None = None) -> Referral:
         """Run one decision; with an action name, an audit record is written whatever the outcome."""
+        department = None
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
@@ -76,15 +76,15 @@ class ReferralService:
                     referral = await store.load(referral_id)
                     if referral is None:
                         raise UnknownReferral(referral_id)
+                    department = referral.department
                     await store.append(referral, decide(referral))
                     if action:
-                        await store.audit(actor or "unknown", action, referral_id, "done")
+                        await store.audit(subject or "unknown", actor or "unknown", action, referral_id, department)
                     return referral
             except IllegalTransition as exc:
                 if action:
                     await ReferralStore(conn, self._unanswered_after).audit(
-                        actor or "unknown", action, referral_id, "refused", json.dumps({"code": exc.code})
-                    )
+                        subject or "unknown", actor or "unknown", action, referral_id, department, refused_code=exc.code)
                 raise
 
     async def get(self, referral_id: str) -> tuple[Referral, list[Event]]:
