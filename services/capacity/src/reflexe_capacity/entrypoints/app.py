@@ -20,7 +20,7 @@ from reflexe_common.leadership import lead_and_export
 from reflexe_common.logging import configure_logging
 from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import CAPACITY_DECLARATIONS, REFERRAL_EVENTS
+from reflexe_common.topics import INBOUND_CAPACITY, REFERRAL_EVENTS
 
 SCHEMA = "capacity"
 MATCHER_GROUP = "reflexe-matcher"
@@ -51,7 +51,7 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
             await lead_and_export(GAUGES, lambda: snapshot(runtime.pool, stale_after), REFRESH_SECONDS,
                                   settings.database_url, SCHEMA, runtime.tasks.start)
             runtime.relay_outbox()
-            runtime.consume("capacity-declarations", [CAPACITY_DECLARATIONS], declaration_handler(matcher))
+            runtime.consume_inbound("capacity-declarations", INBOUND_CAPACITY, declaration_handler(matcher))
             # The matcher: a faust agent following the referral log, its state in PostgreSQL.
             await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
             yield

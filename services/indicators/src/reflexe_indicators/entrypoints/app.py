@@ -97,7 +97,7 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
             fold = handler(SCHEMA)
             await runtime.stream(GROUP, REFERRAL_EVENTS, "indicators-facts", fold)
             runtime.consume(f"{GROUP}-capacity", [CAPACITY_EVENTS], fold)
-            replayer = Replayer(runtime.pool, settings.kafka_bootstrap, SCHEMA, GROUP, settings.replay_batch)
+            replayer = Replayer(runtime.pool, runtime.kafka, SCHEMA, GROUP, settings.replay_batch)
             app.state.replayer = replayer
             await replayer.resume()
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())

@@ -16,7 +16,7 @@ from reflexe_common.leadership import lead_and_export
 from reflexe_common.logging import configure_logging
 from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
-from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_SUBMISSIONS
+from reflexe_common.topics import INBOUND_REFERRALS, MATCHING_EVENTS
 from reflexe_referral.entrypoints.api import router
 from reflexe_referral.entrypoints.consumers import matching_handler, submission_handler
 from reflexe_referral.metrics import GAUGES, REFRESH_SECONDS, OpenReferrals
@@ -50,7 +50,7 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             app.state.referrals = service
             runtime.relay_outbox()
             runtime.consume("referral-matching", [MATCHING_EVENTS], matching_handler(unanswered_after))
-            runtime.consume("referral-submissions", [REFERRAL_SUBMISSIONS], submission_handler(unanswered_after))
+            runtime.consume_inbound("referral-submissions", INBOUND_REFERRALS, submission_handler(unanswered_after))
             runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
             start_retention(runtime.pool, SCHEMA, runtime.tasks.start)
