@@ -32,7 +32,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 needs_promtool = pytest.mark.skipif(not os.access(PROMTOOL, os.X_OK),
                                     reason="promtool is not installed (deploy/local/install-prometheus.sh)")
 # Every module that defines Réflexe metrics: importing them registers the whole catalogue.
-METRIC_MODULES = ["reflexe_common.metrics", "reflexe_notify.metrics", "reflexe_capacity.metrics",
+METRIC_MODULES = ["reflexe_common.metrics", "reflexe_common.audit", "reflexe_common.retention", "reflexe_notify.metrics", "reflexe_capacity.metrics",
                   "reflexe_referral.metrics", "reflexe_indicators.service_layer.facts",
                   "reflexe_indicators.entrypoints.app"]
 # Labels that would identify a person or a file: forbidden on every metric.
