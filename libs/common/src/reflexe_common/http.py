@@ -20,6 +20,7 @@ from reflexe_common.auth import AuthSettings, TokenVerifier
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import KNOWN_METHODS, KnownMethodsOnly, install_limits
 from reflexe_common.metrics import HTTP_SECONDS
+from reflexe_common.openapi import document_problems
 
 log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -63,6 +64,7 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
     app = FastAPI(title=f"Réflexe {service}", description=description, lifespan=lifespan)
     app.state.verifier = TokenVerifier(AuthSettings.of(settings))
     app.state.readiness_checks = {}
+    document_problems(app)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
