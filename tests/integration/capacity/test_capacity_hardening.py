@@ -13,7 +13,8 @@ from reflexe.v1 import capacity_pb2
 from reflexe_capacity.entrypoints.app import build_app
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import ts, wrap
-from reflexe_common.topics import CAPACITY_DECLARATIONS, DEAD_LETTERS
+from reflexe_common.kafka_acls import register_system
+from reflexe_common.topics import DEAD_LETTERS
 from tests.support.data import had_body, unique_finess
 from tests.support.issuer import suite_issuer
 from tests.support.services import eventually, serve_in_process, token
@@ -63,25 +64,26 @@ async def test_a_declaration_from_the_future_is_refused_on_rest(capacity):
 
 async def test_a_declaration_from_the_future_on_kafka_is_dead_lettered_with_its_reason(capacity, topics):
     finess = await _register(capacity)
+    # Straight onto Kafka, as the HAD's own system, on its own inbound topic.
+    had = await register_system(topics.kafka(), finess, "had")
     future = datetime.now(UTC) + timedelta(days=1)
-    producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap)
+    producer = AIOKafkaProducer(**topics.kafka().as_principal(had.principal, had.password).options())
     await producer.start()
     try:
         for places, at in ((7, future), (3, datetime.now(UTC))):
             envelope = wrap(capacity_pb2.DeclareCapacity(had_finess=finess, places_available=places, admissions_possible_today=1,
                                                          status="OPEN", declared_at=ts(at)), f"had/{finess}")
-            await producer.send_and_wait(CAPACITY_DECLARATIONS.name, envelope.value(), key=finess.encode(),
-                                         headers=envelope.headers())
+            await producer.send_and_wait(had.topic, envelope.value(), headers=envelope.headers())
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, bootstrap_servers=topics.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
     await consumer.start()
     try:
         async def dead_lettered():
             batch = await consumer.getmany(timeout_ms=200)
             return [r for records in batch.values() for r in records
-                    if r.value and finess.encode() in r.value and dict(r.headers).get("dlq_topic") == CAPACITY_DECLARATIONS.name.encode()]
+                    if r.value and finess.encode() in r.value and dict(r.headers).get("dlq_topic") == had.topic.encode()]
         [record] = await eventually(dead_lettered, timeout=30, what="the future declaration on the dead-letter topic")
     finally:
         await consumer.stop()
