@@ -5,9 +5,11 @@ the webhooks' retries and log, and the desk page's session is scoped to the desk
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import httpx
@@ -160,33 +162,81 @@ async def test_the_stream_and_alerts_are_authenticated_and_scoped(client: httpx.
     assert (await client.get("/desk/34/fragments")).status_code == 401
 
 
-async def test_desk_login_sets_a_strict_http_only_cookie_scoped_to_its_department(client: httpx.AsyncClient) -> None:
+async def _log_in(browser: httpx.AsyncClient, login_hint: str, next_path: str = "") -> httpx.Response:
+    """A browser's whole login: our login route, the provider (which logs in `login_hint`), our callback."""
+    start = await browser.get("/desk/login", params={"login_hint": login_hint, **({"next": next_path} if next_path else {})})
+    assert start.status_code == 303, start.text
+    authorize = urlsplit(start.headers["location"])
+    query = dict(parse_qsl(authorize.query))
+    assert query["code_challenge_method"] == "S256" and query["client_id"] == "reflexe-web" and query["nonce"]
+    async with httpx.AsyncClient() as provider:
+        back = await provider.get(start.headers["location"])
+    assert back.status_code == 302
+    returned = urlsplit(back.headers["location"])
+    assert returned.path == "/desk/callback"
+    return await browser.get(f"{returned.path}?{returned.query}")
+
+
+async def test_a_desk_logs_in_at_the_provider_and_keeps_only_an_opaque_session_id(
+        app: Any, client: httpx.AsyncClient) -> None:
     page = await client.get("/desk/34")
     assert page.status_code == 303 and page.headers["location"].startswith("/desk?next=")
-    bad = await client.post("/desk/login", data={"token": "not-a-token"})
-    assert bad.status_code == 401 and "Jeton invalide" in bad.text
-    had = await client.post("/desk/login", data={"token": bearer("had", finess="340011295")})
-    assert had.status_code == 403
-    cross = await client.post("/desk/login", data={"token": bearer("desk", department="34")},
-                              headers={"Origin": "https://evil.example"})
-    assert cross.status_code == 403
+    assert (await client.get("/desk/callback", params={"state": "forged", "code": "x"})).status_code == 400
 
-    async with httpx.AsyncClient(transport=client._transport, base_url="http://notify") as browser:
-        login = await browser.post("/desk/login", data={"token": bearer("desk", department="34")})
-        assert login.status_code == 303 and login.headers["location"] == "/desk/34"
-        cookie = login.headers["set-cookie"]
-        for attribute in ("HttpOnly", "SameSite=strict", "Path=/desk", "Max-Age="):
+    async with httpx.AsyncClient(transport=client._transport, base_url="https://notify") as browser:
+        login = await _log_in(browser, "desk:department=34", next_path="/desk/34")
+        assert login.status_code == 303 and login.headers["location"] == "/desk/34", login.text
+        cookie = next(c for c in login.headers.get_list("set-cookie") if c.startswith("reflexe_desk="))
+        for attribute in ("HttpOnly", "SameSite=lax", "Secure", "Path=/desk", "Max-Age="):
             assert attribute.lower() in cookie.lower(), cookie
-        other = await browser.get("/desk/31")
-        assert other.status_code == 403 and "ne peut pas voir le département 31" in other.text
-        assert (await browser.get("/desk/31/fragments")).status_code == 403
-        assert (await browser.get("/desk/31/stream")).status_code == 403
+        session_id = browser.cookies["reflexe_desk"]
+        stored = await app.state.pool.fetchrow("SELECT * FROM page_sessions WHERE subject <> '' ORDER BY created_at DESC LIMIT 1")
+        assert stored["access_token"].count(".") == 2 and session_id not in (stored["access_token"], stored["refresh_token"])
+        assert stored["id_hash"] == hashlib.sha256(session_id.encode()).digest(), "the table keeps the id's hash only"
+
         own = await browser.get("/desk/34")  # the other services are not running here: said so, not crashed
         assert own.status_code == 200 and "Bureau de coordination HAD — Hérault (34)" in own.text
         assert "service momentanément indisponible" in own.text
         assert own.headers["content-security-policy"].startswith("default-src 'self'")
+        assert own.headers["strict-transport-security"].startswith("max-age=")
+        other = await browser.get("/desk/31")
+        assert other.status_code == 403 and "ne peut pas voir le département 31" in other.text
+        assert (await browser.get("/desk/31/fragments")).status_code == 403
+        assert (await browser.get("/desk/31/stream")).status_code == 403
         static = await browser.get("/desk/static/desk.js")
         assert static.status_code == 200 and "EventSource" in static.text
+
+        # An access token about to expire is refreshed at the provider, server-side.
+        await app.state.pool.execute("UPDATE page_sessions SET access_expires_at = now() WHERE id_hash = $1", stored["id_hash"])
+        assert (await browser.get("/desk/34")).status_code == 200
+        renewed = await app.state.pool.fetchrow("SELECT access_token, access_expires_at FROM page_sessions WHERE id_hash = $1",
+                                                stored["id_hash"])
+        assert renewed["access_token"] != stored["access_token"]
+
+        cross = await browser.post("/desk/logout", headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403
+        logout = await browser.post("/desk/logout", headers={"Origin": "https://notify"})
+        assert logout.status_code == 303
+        provider_logout = urlsplit(logout.headers["location"])
+        assert provider_logout.path.endswith("/protocol/openid-connect/logout")
+        assert dict(parse_qsl(provider_logout.query))["id_token_hint"].count(".") == 2
+        assert await app.state.pool.fetchval("SELECT count(*) FROM page_sessions WHERE id_hash = $1", stored["id_hash"]) == 0
+        browser.cookies.set("reflexe_desk", session_id, domain="notify")  # a copy of the old cookie is worthless
+        assert (await browser.get("/desk/34")).status_code == 303
+
+
+async def test_only_desk_accounts_open_the_desk_page_and_a_callback_works_once(client: httpx.AsyncClient) -> None:
+    async with httpx.AsyncClient(transport=client._transport, base_url="https://notify") as browser:
+        had = await _log_in(browser, "had:finess=340011295")
+        assert had.status_code == 403 and "pas celui d’un bureau" in had.text
+        assert "reflexe_desk" not in browser.cookies
+    async with httpx.AsyncClient(transport=client._transport, base_url="https://notify") as browser:
+        start = await browser.get("/desk/login", params={"login_hint": "desk:department=34"})
+        async with httpx.AsyncClient() as provider:
+            back = urlsplit((await provider.get(start.headers["location"])).headers["location"])
+        assert (await browser.get(f"{back.path}?{back.query}")).status_code == 303
+        replayed = await browser.get(f"{back.path}?{back.query}")
+        assert replayed.status_code == 400, "a callback's state is good for one login only"
 
 
 async def test_an_escalation_is_emailed_in_french_and_logged(

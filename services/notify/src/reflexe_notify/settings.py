@@ -59,8 +59,12 @@ class NotifySettings(ServiceSettings):
     capacity_url: str = Field("http://127.0.0.1:8002", validation_alias="NOTIFY_CAPACITY_URL")
     # NOTIFY_PUBLIC_URL: where people reach this service (links in e-mails); none by default.
     public_url: str | None = Field(None, validation_alias="NOTIFY_PUBLIC_URL")
-    # NOTIFY_COOKIE_SECURE: mark the desk session cookie Secure (on behind HTTPS in production).
+    # NOTIFY_COOKIE_SECURE: mark the page cookies Secure even on localhost (they always are elsewhere).
     cookie_secure: bool = Field(False, validation_alias="NOTIFY_COOKIE_SECURE")
+    # The pages log in at OIDC_ISSUER through this public client (authorization code with PKCE).
+    oidc_client_id: str = Field("reflexe-web", validation_alias="NOTIFY_OIDC_CLIENT_ID")
+    # NOTIFY_SESSION_MAX_HOURS: a page session ends after this long even if kept active (a shift).
+    session_max_hours: float = Field(12.0, gt=0, validation_alias="NOTIFY_SESSION_MAX_HOURS")
     # NOTIFY_DESK_STREAM_KEEP_DAYS: how long the live stream's entries are kept for resumption.
     desk_stream_keep_days: float = Field(7.0, gt=0, validation_alias="NOTIFY_DESK_STREAM_KEEP_DAYS")
 

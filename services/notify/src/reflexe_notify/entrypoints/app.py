@@ -15,6 +15,8 @@ from reflexe_common.retention import RetentionSettings, delivery_attempts_purge,
 from reflexe_common.service import service_runtime
 from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import Resolver, WebhookGuard, system_resolver
+from reflexe_notify.adapters.oidc import OidcClient
+from reflexe_notify.adapters.sessions import prune_periodically as prune_sessions_periodically
 from reflexe_notify.entrypoints.api import router
 from reflexe_notify.entrypoints.consumers import CONSUMER_GROUP, TOPICS
 from reflexe_notify.entrypoints.desk import router as desk_router
@@ -57,6 +59,8 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
             # The desk page reads the referral and capacity services as the desk.
             async with httpx.AsyncClient(timeout=5.0) as http:
                 app.state.http = http
+                app.state.oidc = OidcClient(settings.oidc_issuer, settings.oidc_client_id, http, app.state.verifier.jwks)
+                runtime.tasks.start("notify-page-sessions-pruning", prune_sessions_periodically(runtime.pool))
                 yield
 
     app = create_app("notify", settings, lifespan,

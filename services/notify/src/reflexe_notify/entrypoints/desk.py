@@ -1,11 +1,14 @@
 """The desk page and the desks' live stream.
 
-Browser auth: the desk pastes its bearer token once (POST /desk/login); it is checked and kept
-in an HttpOnly, SameSite=Strict cookie scoped to /desk, which authenticates the page, its
-fragments, its actions and its event stream (an EventSource cannot send headers). The page reads
-the referral and capacity services and forwards the desk's actions to the referral service
-server-side, with the desk's own token: those services keep deciding what a desk may see and do,
-and the browser talks to one origin only (no CORS).
+Browser auth: the desk nurse logs in at the identity provider (OpenID Connect authorization code
+with PKCE, /desk/login → the provider's page → /desk/callback). The tokens stay on the server
+(adapters/sessions.py) and are refreshed there; the browser holds only an opaque session id in an
+HttpOnly, SameSite=Lax cookie scoped to /desk (Secure outside localhost), which authenticates the
+page, its fragments, its actions and its event stream (an EventSource cannot send headers).
+Logging out ends the session here and at the provider. The page reads the referral and capacity
+services and forwards the desk's actions to the referral service server-side, with the desk's own
+access token: those services keep deciding what a desk may see and do, and the browser talks to
+one origin only (no CORS).
 
 Programs use the bearer endpoints: GET /v1/desks/{d}/stream and GET /v1/desks/{d}/alerts.
 """
@@ -15,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
-import jwt
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -28,11 +31,16 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
-from reflexe_notify.adapters import store
+from reflexe_notify.adapters import sessions, store
+from reflexe_notify.adapters.oidc import Login, LoginFailed
 from reflexe_notify.entrypoints import desk_views as views
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub
 
 COOKIE = "reflexe_desk"
+LOGIN_COOKIE = "reflexe_login"
+# An access token this close to expiry is refreshed before use.
+REFRESH_BEFORE_SECONDS = 30
+_refresh_locks: dict[str, asyncio.Lock] = {}
 COOKIE_PATH = "/desk"
 router = APIRouter(tags=["desk"])
 _STATIC = {"desk.js": "text/javascript; charset=utf-8", "desk.css": "text/css; charset=utf-8"}
@@ -53,10 +61,15 @@ class _NoSession(Exception):
 
 
 async def _session(request: Request) -> tuple[Principal, str]:
-    """The desk behind the cookie, and its token (to call the other services as itself)."""
-    token = request.cookies.get(COOKIE)
-    if not token:
+    """The desk behind the session cookie, and its access token (to call the other services as
+    itself), refreshed at the provider when it is about to expire."""
+    session_id = request.cookies.get(COOKIE)
+    found = await sessions.session(request.app.state.pool, session_id) if session_id else None
+    if found is None:
         raise _NoSession()
+    token = found.access_token
+    if found.access_expires_at.timestamp() - time.time() < REFRESH_BEFORE_SECONDS:
+        token = await _refreshed(request, found)
     try:
         principal = await request.app.state.verifier.verify(token)
     except ApiError as exc:
@@ -64,6 +77,27 @@ async def _session(request: Request) -> tuple[Principal, str]:
     if principal.role not in (Role.DESK, Role.ADMIN):
         raise _NoSession()
     return principal, token
+
+
+async def _refreshed(request: Request, found: sessions.PageSession) -> str:
+    # One refresh per session at a time: the provider rotates refresh tokens, so a second
+    # concurrent refresh with the same token would end the session.
+    lock = _refresh_locks.setdefault(found.session_id, asyncio.Lock())
+    async with lock:
+        current = await sessions.session(request.app.state.pool, found.session_id)
+        if current is None or current.refresh_token is None:
+            raise _NoSession()
+        if current.access_expires_at.timestamp() - time.time() >= REFRESH_BEFORE_SECONDS:
+            return current.access_token  # refreshed meanwhile by another request
+        try:
+            tokens = await request.app.state.oidc.refresh(current.refresh_token)
+        except LoginFailed as exc:
+            await sessions.close_session(request.app.state.pool, found.session_id)
+            raise _NoSession() from exc
+        finally:
+            _refresh_locks.pop(found.session_id, None)
+        await sessions.renew(request.app.state.pool, found.session_id, tokens)
+        return tokens.access_token
 
 
 def _scoped(principal: Principal, department: str) -> None:
@@ -82,8 +116,15 @@ async def _session_api(request: Request, department: str) -> tuple[Principal, st
     return principal, token
 
 
-def _html(body: str, status: int = 200, **headers: str) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers={**_SECURITY_HEADERS, **headers})
+def _html(request: Request, body: str, status: int = 200) -> HTMLResponse:
+    headers = dict(_SECURITY_HEADERS)
+    # Logging out posts a form that the server redirects to the provider: form-action must allow it.
+    provider = urlsplit(request.app.state.settings.oidc_issuer)
+    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+        "form-action 'self'", f"form-action 'self' {provider.scheme}://{provider.netloc}")
+    if request.url.scheme == "https":
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return HTMLResponse(body, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------- login
@@ -97,7 +138,20 @@ async def login_form(request: Request, next: str = "") -> Response:
             return RedirectResponse(f"/desk/{principal.department}", status_code=303)
     except _NoSession:
         pass
-    return _html(views.login_page(next_path=next))
+    return _html(request, views.login_page(next_path=_local_path(next)))
+
+
+def _local_path(path: str) -> str:
+    """Only a path of the desk pages: never an open redirect to another site."""
+    return path if path.startswith("/desk/") and not path.startswith("//") and "\\" not in path else ""
+
+
+def _base_url(request: Request) -> str:
+    return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _is_local(request: Request) -> bool:
+    return request.url.hostname in ("localhost", "127.0.0.1", "::1") and not request.app.state.settings.cookie_secure
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -113,42 +167,70 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _check_origin(request: Request) -> None:
-    """State-changing calls come from this site only (on top of the SameSite=Strict cookie)."""
+    """State-changing calls come from this site only (on top of the SameSite cookie)."""
     origin = request.headers.get("origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
         raise ApiError(403, "CROSS_ORIGIN", "cross-site requests are refused")
 
 
-@router.post("/desk/login", include_in_schema=False)
-async def login(request: Request) -> Response:
-    _check_origin(request)
-    form = await _form(request)
-    token = form.get("token", "").strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    next_path = form.get("next", "")
+@router.get("/desk/login", include_in_schema=False)
+async def login(request: Request, next: str = "", login_hint: str | None = Query(None, max_length=200)) -> Response:
+    """Sends the browser to the provider's login page (authorization code with PKCE)."""
+    login = Login.new()
+    await sessions.start_login(request.app.state.pool, login, _local_path(next))
     try:
-        principal = await request.app.state.verifier.verify(token)
-    except ApiError:
-        return _html(views.login_page("Jeton invalide ou expiré.", next_path), 401)
+        target = await request.app.state.oidc.authorization_url(login, f"{_base_url(request)}/desk/callback", login_hint)
+    except (httpx.HTTPError, LoginFailed):
+        return _html(request, views.login_page("Le service d’identification ne répond pas ; réessayez dans un instant."), 503)
+    response = RedirectResponse(target, status_code=303)
+    # Lax, not Strict: the provider sends the browser back here with a cross-site redirect.
+    response.set_cookie(LOGIN_COOKIE, login.state, max_age=int(sessions.LOGIN_TIMEOUT.total_seconds()),
+                        path=COOKIE_PATH, httponly=True, samesite="lax", secure=not _is_local(request))
+    return response
+
+
+@router.get("/desk/callback", include_in_schema=False)
+async def callback(request: Request, state: str = "", code: str = "", error: str = "") -> Response:
+    """The provider's answer: the code becomes tokens kept in a new server-side session."""
+    pool = request.app.state.pool
+    pending = await sessions.finish_login(pool, state) if state and state == request.cookies.get(LOGIN_COOKIE) else None
+    if pending is None or error or not code:
+        return _html(request, views.login_page("La connexion n’a pas abouti ou a expiré ; recommencez."), 400)
+    login, next_path = pending
+    redirect_uri = f"{_base_url(request)}/desk/callback"
+    try:
+        tokens = await request.app.state.oidc.exchange(code, login, redirect_uri)
+        principal = await request.app.state.verifier.verify(tokens.access_token)
+    except (LoginFailed, ApiError):
+        return _html(request, views.login_page("Le service d’identification a refusé la connexion ; recommencez."), 401)
     if principal.role != Role.DESK or not principal.department:
-        return _html(views.login_page("Ce jeton n’est pas celui d’un bureau de coordination.", next_path), 403)
-    expires = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
+        return _html(request, views.forbidden_page("Ce compte n’est pas celui d’un bureau de coordination."), 403)
+    max_age = timedelta(hours=request.app.state.settings.session_max_hours)
+    session_id = await sessions.open_session(pool, principal.subject, tokens, max_age)
     target = f"/desk/{principal.department}"
     if next_path.startswith(target):  # only back to a page of its own department
         target = next_path
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, token, max_age=max(0, int(expires - time.time())), path=COOKIE_PATH, httponly=True,
-                        samesite="strict", secure=request.app.state.settings.cookie_secure)
+    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
+    response.set_cookie(COOKIE, session_id, max_age=int(max_age.total_seconds()), path=COOKIE_PATH, httponly=True,
+                        samesite="lax", secure=not _is_local(request))
     return response
 
 
 @router.post("/desk/logout", include_in_schema=False)
 async def logout(request: Request) -> Response:
+    """Ends the session here, then at the provider (its single sign-on session too)."""
     _check_origin(request)
-    response = RedirectResponse("/desk", status_code=303)
-    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict",
-                           secure=request.app.state.settings.cookie_secure)
+    session_id = request.cookies.get(COOKIE)
+    closed = await sessions.close_session(request.app.state.pool, session_id) if session_id else None
+    target = "/desk"
+    if closed is not None:
+        try:
+            target = await request.app.state.oidc.logout_url(closed.id_token, f"{_base_url(request)}/desk") or target
+        except (httpx.HTTPError, LoginFailed):
+            pass  # the local session is gone; the provider's own session expires by itself
+    response = RedirectResponse(target, status_code=303)
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax", secure=not _is_local(request))
     return response
 
 
@@ -192,7 +274,7 @@ async def desk_page(department: str, request: Request, msg: str | None = None) -
     try:
         _scoped(principal, department)
     except ApiError as exc:
-        return _html(views.forbidden_page(f"{principal.actor} ne peut pas voir le département {department}."),
+        return _html(request, views.forbidden_page(f"{principal.actor} ne peut pas voir le département {department}."),
                      exc.status)
     pool = request.app.state.pool
     head = await store.desk_head(pool, department)  # read first: the stream resumes from here
@@ -201,7 +283,7 @@ async def desk_page(department: str, request: Request, msg: str | None = None) -
     geography = Geography.load()
     found = geography.department(department)
     neighbours = sorted(geography.neighbours(department))
-    return _html(views.desk_page(department, found.name if found else department, principal.actor, board, queue,
+    return _html(request, views.desk_page(department, found.name if found else department, principal.actor, board, queue,
                                  alerts, head, neighbours, msg))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from html import escape
+from urllib.parse import quote
 from typing import Any
 
 from reflexe_common.vocabulary import Reason
@@ -170,24 +171,20 @@ def _layout(title: str, body: str, head_extra: str = "") -> str:
 
 def login_page(error: str | None = None, next_path: str = "") -> str:
     problem = f'<p class="problem" role="alert" id="login-error">{escape(error)}</p>' if error else ""
-    described = ' aria-describedby="login-error"' if error else ""
+    target = "/desk/login" + (f"?next={quote(next_path, safe='/')}" if next_path else "")
     return _layout("Réflexe — connexion du bureau de coordination", (
         '<main class="login"><h1>Réflexe — bureau de coordination</h1>'
         f"{problem}"
-        '<form method="post" action="/desk/login">'
-        f'<input type="hidden" name="next" value="{escape(next_path)}">'
-        '<label for="token">Jeton d’accès du bureau</label>'
-        '<p class="muted" id="token-help">Collez le jeton (bearer) délivré à votre bureau. Il reste sur ce poste '
-        "dans un cookie de session protégé.</p>"
-        f'<textarea id="token" name="token" rows="4" required autocomplete="off" spellcheck="false" '
-        f'aria-describedby="token-help"{described}></textarea>'
-        '<button type="submit">Se connecter</button></form></main>'))
+        '<p class="muted">Connectez-vous avec le compte de votre bureau, sur la page du service d’identification '
+        "de la région. Vos jetons restent sur le serveur.</p>"
+        f'<p><a class="button" id="login" href="{escape(target)}">Se connecter</a></p></main>'))
 
 
 def forbidden_page(message: str) -> str:
     return _layout("Réflexe — accès refusé", (
         f'<main class="login"><h1>Accès refusé</h1><p class="problem" role="alert">{escape(message)}</p>'
-        '<p><a href="/desk">Se connecter avec un autre jeton</a></p></main>'))
+        '<form method="post" action="/desk/logout"><button type="submit">Se connecter avec un autre compte</button></form>'
+        '</main>'))
 
 
 def desk_page(department: str, department_name: str, actor: str, board: dict[str, Any] | None,
