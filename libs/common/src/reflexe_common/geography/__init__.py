@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
+from zoneinfo import ZoneInfo
 
 __all__ = [
     "Commune",
@@ -35,6 +36,7 @@ __all__ = [
     "Geography",
     "Region",
     "is_department_code",
+    "time_zone_of",
 ]
 
 # 01–19, 21–95 (20 is no longer used: Corsica is 2A/2B), 2A, 2B, 971–974 and 976 (975, Saint-Pierre-et-Miquelon, is a collectivity).
@@ -59,12 +61,27 @@ class Commune:
     population: int | None
 
 
+# Where people read the clock: metropolitan France and Corsica on Paris time, the overseas
+# departments on their own (the desk page, and the day boundaries of indicators).
+_OVERSEAS_TIME_ZONES = {"971": "America/Guadeloupe", "972": "America/Martinique", "973": "America/Cayenne",
+                        "974": "Indian/Reunion", "976": "Indian/Mayotte"}
+
+
+def time_zone_of(department_code: str | None) -> ZoneInfo:
+    """The clock people of this department read (Paris time when unknown)."""
+    return ZoneInfo(_OVERSEAS_TIME_ZONES.get(department_code or "", "Europe/Paris"))
+
+
 @dataclass(frozen=True)
 class Department:
     code: str
     name: str
     region_code: str
     population: int
+
+    @property
+    def time_zone(self) -> ZoneInfo:
+        return time_zone_of(self.code)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import html
 import json
 from email.message import EmailMessage
-from email.utils import format_datetime
 from datetime import datetime
+from email.utils import format_datetime
+from zoneinfo import ZoneInfo
+
+from reflexe_common.geography import time_zone_of
 
 from reflexe_notify.domain.desk import describe
 
@@ -22,12 +25,12 @@ _LABELS = {
 }
 
 
-def _value(key: str, value: object) -> str:
+def _value(key: str, value: object, time_zone: ZoneInfo) -> str:
     if isinstance(value, bool):
         return "oui" if value else "non"
     if key == "hold_until" and isinstance(value, str):
         try:
-            return datetime.fromisoformat(value).strftime("%d/%m/%Y %H:%M UTC")
+            return datetime.fromisoformat(value).astimezone(time_zone).strftime("%d/%m/%Y %H:%M (heure locale)")
         except ValueError:
             return value
     return str(value)
@@ -40,7 +43,8 @@ def compose(body: str, webhook_id: str, sender: str, to: str, desk_url: str | No
     kind, data = notice["type"], notice.get("data", {})
     title, sentence = describe(kind, data)
     department = data.get("department")
-    rows = [(_LABELS.get(k, k), _value(k, v)) for k, v in data.items() if v not in (None, "")]
+    time_zone = time_zone_of(department)
+    rows = [(_LABELS.get(k, k), _value(k, v, time_zone)) for k, v in data.items() if v not in (None, "")]
 
     message = EmailMessage()
     message["Subject"] = f"[Réflexe] {title}" + (f" — département {department}" if department else "")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from html import escape
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
+from reflexe_common.geography import time_zone_of
 from reflexe_common.vocabulary import Reason
 from reflexe_notify.domain.desk import reason_fr, short
 
@@ -131,16 +133,17 @@ def queue_html(queue: dict[str, Any] | None, board: dict[str, Any] | None, now: 
             "<tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def alert_item(alert: dict[str, Any]) -> str:
+def alert_item(alert: dict[str, Any], time_zone: ZoneInfo) -> str:
+    """An alert, timed on the department's own clock (Paris, or the overseas department's)."""
     at = _parse(alert.get("occurred_at"))
-    when = at.astimezone(UTC).strftime("%d/%m %H:%M:%S UTC") if at else ""
+    when = at.astimezone(time_zone).strftime("%d/%m %H:%M:%S") if at else ""
     return (f'<li data-seq="{int(alert.get("seq", 0))}" class="alert alert-{escape(str(alert.get("type", "")).replace(".", "-"))}">'
             f'<time datetime="{escape(alert.get("occurred_at", ""))}">{escape(when)}</time> '
             f'<strong>{escape(alert.get("title", ""))}</strong> — {escape(alert.get("text", ""))}</li>')
 
 
-def alerts_html(alerts: list[dict[str, Any]]) -> str:
-    return "".join(alert_item(a) for a in alerts)
+def alerts_html(alerts: list[dict[str, Any]], time_zone: ZoneInfo) -> str:
+    return "".join(alert_item(a, time_zone) for a in alerts)
 
 
 def _referral_options(queue: dict[str, Any] | None) -> str:
@@ -190,7 +193,8 @@ def forbidden_page(message: str) -> str:
 def desk_page(department: str, department_name: str, actor: str, board: dict[str, Any] | None,
               queue: dict[str, Any] | None, alerts: list[dict[str, Any]], head: int, neighbours: list[str],
               flash: str | None = None) -> str:
-    config = json.dumps({"department": department, "head": head})
+    time_zone = time_zone_of(department)
+    config = json.dumps({"department": department, "head": head, "timeZone": time_zone.key})
     flash_html = escape(flash or "")
     body = f"""
 <a class="skip" href="#queue-h">Aller à la file des demandes</a>
@@ -249,7 +253,7 @@ def desk_page(department: str, department_name: str, actor: str, board: dict[str
     </section>
     <section aria-labelledby="alerts-h">
       <h2 id="alerts-h">Alertes <span class="muted">(les plus récentes en premier)</span></h2>
-      <ol id="alerts" aria-live="polite" aria-relevant="additions">{alerts_html(alerts)}</ol>
+      <ol id="alerts" aria-live="polite" aria-relevant="additions">{alerts_html(alerts, time_zone)}</ol>
       <p id="no-alerts" class="muted"{' hidden' if alerts else ''}>Aucune alerte.</p>
     </section>
   </div>

@@ -82,7 +82,7 @@
     li.className = `alert alert-${ev.type.replace(/\./g, "-")}`;
     const time = document.createElement("time");
     time.dateTime = ev.occurred_at;
-    time.textContent = new Date(ev.occurred_at).toLocaleTimeString("fr-FR");
+    time.textContent = new Date(ev.occurred_at).toLocaleString("fr-FR", {timeZone: config.timeZone, day: "2-digit", month: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit"});
     const title = document.createElement("strong");
     title.textContent = ev.title;
     li.append(time, " ", title, ` — ${ev.text}`);
