@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from reflexe_common import kafka_acls
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
+from reflexe_common.kafka_acls import RegisteredSystem
 from reflexe_common.topics import ALL_TOPICS
 from tests.support.infra import Infra
 
@@ -43,3 +46,14 @@ async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], boo
         return found
     finally:
         await consumer.stop()
+
+
+async def register_system(infra: Infra, finess: str, kind: str) -> RegisteredSystem:
+    """A hospital (kind hospital) or HAD (kind had) information system, registered as the
+    platform registers one: its principal, its own inbound topic, its ACLs."""
+    return await kafka_acls.register_system(infra.kafka(), finess, kind)
+
+
+def as_system(infra: Infra, system: RegisteredSystem) -> dict[str, Any]:
+    """aiokafka keyword arguments of that system's own connection."""
+    return infra.kafka().as_principal(system.principal, system.password).options()
