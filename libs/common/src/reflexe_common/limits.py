@@ -37,9 +37,11 @@ class LimitSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     request_body_max_bytes: int = Field(256 * 1024, ge=0, validation_alias="REQUEST_BODY_MAX_BYTES")
-    # Sustained requests per second per caller, and how many may come at once above it.
-    rate_limit_per_second: float = Field(50.0, gt=0, validation_alias="RATE_LIMIT_PER_SECOND")
-    rate_limit_burst: int = Field(100, ge=1, validation_alias="RATE_LIMIT_BURST")
+    # Sustained requests per second per caller, and how many may come at once above it: far
+    # above what a hospital, an HAD or a desk page sends, low enough that one caller's runaway
+    # loop cannot take a process's whole capacity.
+    rate_limit_per_second: float = Field(100.0, gt=0, validation_alias="RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(200, ge=1, validation_alias="RATE_LIMIT_BURST")
 
 
 async def send_problem(send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
