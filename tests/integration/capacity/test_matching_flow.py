@@ -75,7 +75,7 @@ async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
 
     other = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept",
                                 headers=token("had", finess=unique_finess()))
-    assert other.status_code == 409 and other.json()["code"] == "NOT_ADDRESSED_TO_CALLER"
+    assert other.status_code == 404 and other.json()["code"] == "UNKNOWN_REFERRAL"  # never offered to it
     accepted = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept",
                                    headers=token("had", finess=had))
     assert accepted.status_code == 200 and accepted.json()["status"] == "ACCEPTED"

@@ -109,7 +109,7 @@ async def test_desk_offers_an_escalated_referral_to_a_chosen_had(platform):
 
     other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
                                      headers=DESK_31)
-    assert other_desk.status_code == 403 and other_desk.json()["code"] == "OUT_OF_SCOPE"
+    assert other_desk.status_code == 404 and other_desk.json()["code"] == "UNKNOWN_REFERRAL"
     response = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
                                    headers=DESK_34)
     assert response.status_code == 200, response.text
@@ -144,7 +144,7 @@ async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
 
     other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]},
                                      headers=DESK_31)
-    assert other_desk.status_code == 403 and other_desk.json()["code"] == "OUT_OF_SCOPE"
+    assert other_desk.status_code == 404 and other_desk.json()["code"] == "UNKNOWN_REFERRAL"
     response = await referral.post(f"/v1/referrals/{referral_id}/desk/widen", json={"departments": ["30"]},
                                    headers=DESK_34)
     assert response.status_code == 200, response.text
@@ -162,7 +162,7 @@ async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
     # The desk closes it (e.g. the patient stays in hospital): CANCELLED, the Gard's hold given back.
     other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_31,
                                      json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
-    assert other_desk.status_code == 403
+    assert other_desk.status_code == 404
     closed = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_34,
                                  json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
     assert closed.status_code == 200 and closed.json()["status"] == "CANCELLED"

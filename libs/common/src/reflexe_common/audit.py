@@ -167,6 +167,12 @@ def record_read(request: Request, principal: Principal, department: str | None, 
     _record(request, principal, 200, "OK", department, referral_ids)
 
 
+def record_hidden(request: Request, principal: Principal, department: str | None, referral_ids: list[str]) -> None:
+    """A resource that exists but is not the caller's, answered 404 as if it did not exist
+    (docs/security.md): the trail keeps the refusal the answer does not tell."""
+    _record(request, principal, 404, "OUT_OF_SCOPE", department, referral_ids)
+
+
 def already_recorded(request: Request) -> None:
     """The refusal was written by the command's own transaction: the central handler skips it."""
     request.state.audit_recorded = True

@@ -55,9 +55,10 @@ def _check_owner(principal: Principal, recipient: str) -> None:
 
 async def _own_subscription(request: Request, subscription_id: str, principal: Principal) -> asyncpg.Record:
     row = await store.get_subscription(_pool(request), parse_id(subscription_id))
-    if row is None:
+    own = own_recipient(principal)
+    # Another recipient's subscription gets the answer of one that does not exist (docs/security.md).
+    if row is None or (own is not None and str(own) != row["recipient"]):
         raise ApiError(404, "UNKNOWN_SUBSCRIPTION", f"no subscription {subscription_id}")
-    _check_owner(principal, row["recipient"])
     return row
 
 
@@ -157,11 +158,10 @@ def _log_scope(principal: Principal) -> tuple[str | None, str | None]:
 async def retry(webhook_id: str, request: Request,
                 principal: Principal = Depends(require(*RECIPIENTS))) -> dict[str, str]:
     row = await store.get_delivery(_pool(request), webhook_id)
-    if row is None:
-        raise ApiError(404, "UNKNOWN_DELIVERY", f"no delivery {webhook_id}")
     recipient, department = _log_scope(principal)
-    if (recipient and row["recipient"] != recipient) or (department and row["department"] != department):
-        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not act on this delivery")
+    # Outside the caller's log: the answer of a delivery that does not exist (docs/security.md).
+    if row is None or (recipient and row["recipient"] != recipient) or (department and row["department"] != department):
+        raise ApiError(404, "UNKNOWN_DELIVERY", f"no delivery {webhook_id}")
     if not await store.requeue(_pool(request), webhook_id, request.app.state.settings.max_attempts):
         raise ApiError(409, "NOT_RETRYABLE", "only a FAILED delivery of an active subscription can be retried")
     return {"webhook_id": webhook_id, "status": "PENDING"}

@@ -11,18 +11,42 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from reflexe_common import audit
-from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.auth import Principal, Role, authenticated, ensure_department, require
 from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.geography import Geography
+from reflexe_referral.domain import events as ev
 from reflexe_referral.domain.errors import IllegalTransition
 from reflexe_referral.domain.model import Referral
-from reflexe_referral.entrypoints.schemas import CloseIn, DeclineIn, DeskOfferIn, ReferralIn, WidenIn, referral_view
+from reflexe_referral.entrypoints.schemas import (CloseIn, DeclineIn, DeskOfferIn, ReferralIn, WidenIn, had_referral_view,
+                                                  own_explanation, referral_view)
 from reflexe_referral.service_layer.handlers import ConflictingDuplicate, ReferralService, UnknownReferral, request_fingerprint
 
 router = APIRouter(prefix="/v1")
-ANYONE_WITH_A_SCOPE = (Role.HOSPITAL, Role.HAD, Role.DESK, Role.ARS)
+# Who reads referral rows (birth year, sex, commune): not the ARS, which reads indicators.
+ROW_READERS = (Role.HOSPITAL, Role.HAD, Role.DESK)
+
+
+def reads_rows(*roles: Role):
+    """require(*roles), with the ARS told where its figures are rather than a bare ROLE_FORBIDDEN."""
+    allowed = require(*roles)
+
+    async def dependency(principal: Principal = Depends(authenticated)) -> Principal:
+        if principal.role == Role.ARS:
+            raise ApiError(403, "ARS_READS_INDICATORS", "the ARS reads indicators (GET /v1/indicators on the indicators "
+                                                        "service) and the capacity board, not referral rows")
+        return await allowed(principal)
+
+    return dependency
+
+
+async def the_had_itself(principal: Principal = Depends(require(Role.HAD))) -> Principal:
+    """Answering an offer, reporting an admission or a discharge are the HAD's own acts: an admin
+    does not speak for an HAD (it has no FINESS the domain could check)."""
+    if principal.role != Role.HAD:
+        raise ApiError(403, "ROLE_FORBIDDEN", "only the HAD itself answers offers and reports admissions and discharges")
+    return principal
 
 
 def _service(request: Request) -> ReferralService:
@@ -30,16 +54,55 @@ def _service(request: Request) -> ReferralService:
 
 
 
-def _check_can_see(principal: Principal, referral: Referral) -> None:
-    """Hospitals see their own referrals, HADs those offered to them, desks and the ARS their area."""
-    if principal.role == Role.HOSPITAL and referral.request.source.finess == principal.finess:
-        return
-    if principal.role == Role.HAD and principal.finess in referral.tried_hads:
-        return
-    if principal.role in (Role.DESK, Role.ARS, Role.ADMIN):
-        ensure_department(principal, referral.department)
-        return
-    raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see this referral")
+def _may_see(principal: Principal, referral: Referral) -> bool:
+    """Hospitals see their own referrals; an HAD one while the current offer is its own or once it
+    accepted it (not after declining, nor once its offer expired or went to another); desks their
+    department; admins all."""
+    if principal.role == Role.ADMIN:
+        return True
+    if principal.role == Role.HOSPITAL:
+        return referral.request.source.finess == principal.finess
+    if principal.role == Role.HAD:
+        offer = referral.current_offer
+        return principal.finess is not None and (
+            (offer is not None and offer.had_finess == principal.finess)
+            or principal.finess in (referral.accepted_had, referral.admitted_had))
+    if principal.role == Role.DESK:
+        return referral.department == principal.department
+    return False
+
+
+def _check_can_see(request: Request, principal: Principal, referral: Referral) -> None:
+    if not _may_see(principal, referral):
+        raise _hidden(request, principal, referral)
+
+
+def _hidden(request: Request, principal: Principal, referral: Referral) -> ApiError:
+    """The same answer as for a referral that does not exist: its existence is not the caller's to
+    know. The audit trail keeps the refusal all the same."""
+    audit.record_hidden(request, principal, referral.department, [referral.referral_id])
+    return _unknown(referral.referral_id)
+
+
+def _unknown(referral_id) -> ApiError:
+    return ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}")
+
+
+def _view_for(principal: Principal, referral: Referral) -> dict[str, Any]:
+    if principal.role == Role.HAD:
+        return had_referral_view(referral, principal.finess or "")
+    return referral_view(referral)
+
+
+# Events about the search among HADs: an HAD sees only those naming itself.
+_SEARCH_EVENTS = (ev.ReferralEscalated, ev.SearchWidened, ev.ReferralDeclaredIneligible)
+
+
+def _events_for(principal: Principal, events: list) -> list:
+    if principal.role != Role.HAD:
+        return events
+    return [e for e in events if not isinstance(e, _SEARCH_EVENTS)
+            and getattr(e, "had_finess", principal.finess) == principal.finess]
 
 
 async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Principal, action: str) -> dict[str, Any]:
@@ -48,7 +111,7 @@ async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Prin
         def decide_in_scope(referral: Referral):
             audit.about(request, department=referral.department)
             # Checked on the referral the decision loads under its lock: one read, not two.
-            _check_scope_for_action(principal, referral, action)
+            _check_scope_for_action(request, principal, referral, action)
             return decide(referral)
 
         referral = await service.act(str(referral_id), decide_in_scope, actor=principal.actor, action=action,
@@ -58,18 +121,18 @@ async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Prin
     except IllegalTransition as exc:
         audit.already_recorded(request)  # by the command's own transaction
         raise ApiError(409, exc.code, exc.message) from exc
-    return referral_view(referral)
+    return _view_for(principal, referral)
 
 
-def _check_scope_for_action(principal: Principal, referral: Referral, action: str) -> None:
-    if action.startswith("desk."):
-        ensure_department(principal, referral.department)
-    elif action == "hospital.cancel":
-        if principal.role == Role.HOSPITAL and referral.request.source.finess != principal.finess:
-            raise ApiError(403, "OUT_OF_SCOPE", "a hospital may cancel only its own referrals")
-        if principal.role == Role.DESK:
-            ensure_department(principal, referral.department)
-    # HAD actions: the domain refuses an HAD answering an offer made to another (409, NOT_ADDRESSED_TO_CALLER).
+def _check_scope_for_action(request: Request, principal: Principal, referral: Referral, action: str) -> None:
+    if principal.role == Role.HAD:
+        # An HAD that was never offered the referral does not know it exists. One that was (its offer
+        # since expired, declined or superseded) gets the domain's answer about its own offer (409).
+        if principal.finess not in referral.tried_hads:
+            raise _hidden(request, principal, referral)
+        return
+    if not _may_see(principal, referral):
+        raise _hidden(request, principal, referral)
 
 
 @router.post("/referrals", status_code=201, summary="Post a referral (hospital, EHPAD or GP system)")
@@ -97,60 +160,64 @@ async def post_referral(body: ReferralIn, request: Request,
 
 @router.get("/referrals/{referral_id}", summary="One referral's state and clocks")
 async def get_referral(referral_id: uuid.UUID, request: Request,
-                       principal: Principal = Depends(require(*ANYONE_WITH_A_SCOPE))) -> dict[str, Any]:
+                       principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
         referral, _ = await _service(request).get(str(referral_id))
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
     audit.about(request, department=referral.department)
-    _check_can_see(principal, referral)
+    _check_can_see(request, principal, referral)
     audit.record_read(request, principal, referral.department, [str(referral_id)])
-    return referral_view(referral)
+    return _view_for(principal, referral)
 
 
 @router.get("/referrals/{referral_id}/timeline", summary="One referral's events, oldest first")
 async def get_timeline(referral_id: uuid.UUID, request: Request,
-                       principal: Principal = Depends(require(*ANYONE_WITH_A_SCOPE))) -> dict[str, Any]:
+                       principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
         referral, events = await _service(request).get(str(referral_id))
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
     audit.about(request, department=referral.department)
-    _check_can_see(principal, referral)
+    _check_can_see(request, principal, referral)
     audit.record_read(request, principal, referral.department, [str(referral_id)])
-    return {"referral_id": str(referral_id), "events": [_event_view(e) for e in events]}
+    return {"referral_id": str(referral_id), "events": [_event_view(e, principal) for e in _events_for(principal, events)]}
 
 
-def _event_view(event) -> dict[str, Any]:
+def _event_view(event, principal: Principal) -> dict[str, Any]:
     skip = {"referral_id", "occurred_at", "actor", "request"}
+    if principal.role == Role.HAD:
+        skip.add("explanation_json")  # the matcher's figures about every candidate
     detail = {k: (v.isoformat() if isinstance(v, datetime) else sorted(v) if isinstance(v, (set, frozenset)) else v)
               for k, v in vars(event).items() if k not in skip}
+    if principal.role == Role.HAD and "explanation" in detail:
+        detail["explanation"] = own_explanation(detail["explanation"], principal.finess or "")
     return {"type": type(event).__name__, "occurred_at": event.occurred_at.isoformat(), "actor": event.actor, **detail}
 
 
 @router.post("/referrals/{referral_id}/offers/{offer_id}/accept", summary="The HAD accepts the offer made to it")
 async def accept(referral_id: uuid.UUID, offer_id: str, request: Request,
-                 principal: Principal = Depends(require(Role.HAD))) -> dict[str, Any]:
+                 principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.accept(offer_id, principal.finess, now), principal, "had.accept")
 
 
 @router.post("/referrals/{referral_id}/offers/{offer_id}/decline", summary="The HAD declines the offer, with a reason")
 async def decline(referral_id: uuid.UUID, offer_id: str, body: DeclineIn, request: Request,
-                  principal: Principal = Depends(require(Role.HAD))) -> dict[str, Any]:
+                  principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.decline(offer_id, principal.finess, body.reason, body.text, now),
                       principal, "had.decline")
 
 
 @router.post("/referrals/{referral_id}/admission", summary="The HAD reports the patient admitted")
-async def admit(referral_id: uuid.UUID, request: Request, principal: Principal = Depends(require(Role.HAD))) -> dict[str, Any]:
+async def admit(referral_id: uuid.UUID, request: Request, principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.admit(principal.finess, now), principal, "had.admit")
 
 
 @router.post("/referrals/{referral_id}/discharge", summary="The HAD reports the end of the HAD stay")
-async def discharge(referral_id: uuid.UUID, request: Request, principal: Principal = Depends(require(Role.HAD))) -> dict[str, Any]:
+async def discharge(referral_id: uuid.UUID, request: Request, principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.discharge(principal.finess, now), principal, "had.discharge")
 
@@ -193,7 +260,7 @@ async def desk_close(referral_id: uuid.UUID, body: CloseIn, request: Request,
 
 @router.get("/departments/{department}/referrals", summary="The open referrals of a department, with their clocks")
 async def open_referrals(department: str, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
-                         principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
+                         principal: Principal = Depends(reads_rows(Role.DESK))) -> dict[str, Any]:
     require_department(department)
     ensure_department(principal, department)
     referrals, next_offset = page.of(await _service(request).open_referrals(department, page.fetch_limit, page.offset))

@@ -133,3 +133,24 @@ def referral_view(referral: Referral) -> dict[str, Any]:
         "departments_searched": sorted(referral.departments),
         "clocks": [{"kind": str(c.kind), "due_at": c.due_at.isoformat(), "offer_id": c.offer_id} for c in referral.clocks()],
     }
+
+
+def own_explanation(explanation: str, finess: str) -> str:
+    """The part of the matcher's explanation about `finess` only: the explanation also ranks the
+    other candidates with their live places and response times, which are theirs, not this HAD's."""
+    first = explanation.split("; ensuite : ", 1)[0].split("; exclus : ", 1)[0].rstrip(".")
+    return first + "." if f"({finess})" in first else ""
+
+
+def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
+    """What an HAD sees of a referral offered to it or in its care: no other HAD's name, figures or answer."""
+    view = referral_view(referral)
+    offer = view["current_offer"]
+    if offer is not None:
+        # Only its own offer is ever current while an HAD may see the referral; checked again all the same.
+        view["current_offer"] = ({**offer, "explanation": own_explanation(offer["explanation"], finess)}
+                                 if offer["had_finess"] == finess else None)
+    view["tried_hads"] = [finess] if finess in referral.tried_hads else []
+    own_offer_id = referral.current_offer.offer_id if view["current_offer"] else None
+    view["clocks"] = [c for c in view["clocks"] if c["offer_id"] in (None, own_offer_id)]
+    return view
