@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,29 @@ from reflexe_common.streams import stream_app
 from reflexe_common.topics import InboundKind, Topic, ensure_topics
 
 log = logging.getLogger(__name__)
+
+# Every step of a stop is bounded: with the broker or the database gone, a client's stop can wait
+# forever (faust's consumer thread dies on a cancelled fetch and never reports back), and a
+# process that lingers keeps its place in its consumer groups. Worst case, all steps together stay
+# well under serve.STOP_DEADLINE_SECONDS, the process's own last resort.
+STREAMS_STOP_SECONDS = 4.0
+TASKS_STOP_SECONDS = 3.0
+CLIENT_STOP_SECONDS = 2.0
+
+
+async def bounded_stop(what: str, stop: Awaitable[Any], seconds: float) -> bool:
+    """Run one stop step for at most ``seconds``; True if it finished. A step that overruns is
+    cancelled and not awaited (a stop that ignores cancellation must not hold the process)."""
+    task = asyncio.ensure_future(stop)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("stop step timed out; carrying on", extra={"step": what, "seconds": seconds})
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("stop step failed; carrying on", exc_info=task.exception(), extra={"step": what})
+        return False
+    return True
 
 
 class BackgroundTasks:
@@ -43,10 +66,14 @@ class BackgroundTasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task died", exc_info=task.exception(), extra={"task": task.get_name()})
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = TASKS_STOP_SECONDS) -> None:
         for task in reversed(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            if pending:  # e.g. a consumer's final offset commit waiting for a broker that is gone
+                log.warning("background tasks still stopping; leaving them",
+                            extra={"tasks": sorted(t.get_name() for t in pending), "seconds": timeout})
 
 
 @dataclass
@@ -109,11 +136,12 @@ async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, 
     try:
         yield runtime
     finally:
-        for stream in runtime.streams:
-            await stream.stop()
+        await bounded_stop("streams", asyncio.gather(*(stream.stop() for stream in runtime.streams)),
+                           STREAMS_STOP_SECONDS)
         await runtime.tasks.stop()
-        await dead_letters.stop()
-        await pool.close()
+        await bounded_stop("dead letters", dead_letters.stop(), CLIENT_STOP_SECONDS)
+        if not await bounded_stop("database pool", pool.close(), CLIENT_STOP_SECONDS):
+            pool.terminate()
 
 
 def postgres_check(pool: asyncpg.Pool):
