@@ -109,6 +109,18 @@ async def test_https_goes_to_the_checked_address_with_the_name_in_sni_certificat
     assert tls_receiver.hosts == [f"{NAME}:{tls_receiver.port}"] * 2
 
 
+async def test_an_unreachable_checked_address_falls_back_to_the_next_checked_one(tls_receiver: TlsReceiver) -> None:
+    async def resolve(_host: str, _port: int) -> list[str]:
+        return ["127.0.0.3", "127.0.0.1"]  # nothing listens on the first one
+
+    checking = WebhookGuard(allowed_networks=parse_networks("127.0.0.0/8"), resolver=resolve)
+    async with webhook_client(httpx.Limits(), 5.0, {}, ssl_context=tls_receiver.client_context) as client:
+        target = await checking.check(f"https://{NAME}:{tls_receiver.port}/in")
+        assert target.addresses == ("127.0.0.3", "127.0.0.1")
+        assert await post(client, target, b"{}", {}) == 204
+    assert tls_receiver.server_names == [NAME]
+
+
 async def test_a_certificate_for_another_name_is_refused(tls_receiver: TlsReceiver) -> None:
     url = f"https://impostor.pinned.test:{tls_receiver.port}/in"
     async with webhook_client(httpx.Limits(), 5.0, {}, ssl_context=tls_receiver.client_context) as client:

@@ -56,7 +56,11 @@ class Target:
     url: str
     host: str  # as the connection pool sees it: IDNA-encoded, lower case, IPv6 without brackets
     port: int
-    address: str  # the checked address the connection goes to
+    addresses: tuple[str, ...]  # the checked addresses, in the resolver's order of preference
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
 
 
 class WebhookGuard:
@@ -98,7 +102,7 @@ class WebhookGuard:
                 reason = "an unparsable address"
             if reason is not None:
                 raise TargetRefused(f"the host resolves to {reason}")
-        return Target(url=url, host=host, port=port, address=addresses[0])
+        return Target(url=url, host=host, port=port, addresses=tuple(addresses))
 
 
 # The target of the attempt under way in this task; the network backend connects only to it.
@@ -114,7 +118,14 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         target = _pinned.get()
         if target is None or target.host != host or target.port != port:
             raise httpcore.ConnectError("refused: no checked address for this host")
-        return await self._network.connect_tcp(target.address, port, timeout, local_address, socket_options)
+        failure: Exception | None = None
+        for address in target.addresses:  # the next checked one when one is unreachable (no IPv6 route...)
+            try:
+                return await self._network.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # a Target always has an address
+        raise failure
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
