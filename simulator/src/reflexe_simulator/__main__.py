@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 from datetime import datetime, time as dtime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notify service base URL (env NOTIFY_URL; default http://127.0.0.1:8004)")
     g.add_argument("--jwt-secret", default=env.get("JWT_SECRET") or ServiceSettings().jwt_secret,
                    help="HS256 secret used to mint tokens (env JWT_SECRET; default: the services' dev secret)")
+    g.add_argument("--identities-out", type=Path, default=None, metavar="FILE",
+                   help="append the hospitals' own patient records (fictional names, NIR, birth dates: never sent) "
+                        "to FILE as JSON lines, for a privacy scan to look for them")
     g.add_argument("--no-register", action="store_true", help="do not (re)register the HADs in the capacity registry")
     g.add_argument("--dry-run", action="store_true",
                    help="call no service: log the referrals and declarations that would be sent")
@@ -230,6 +234,14 @@ async def run(args: argparse.Namespace) -> Counters:
     start = args.start or datetime.combine(datetime.now(PARIS).date(), dtime(7, 0), tzinfo=PARIS)
     clock = SimClock(start, args.speed)
     world = World(scenario, client, clock, counters, seed=args.seed, hold_minutes=args.hold_minutes, dry_run=args.dry_run)
+    if args.identities_out:
+        identities = args.identities_out.open("a", encoding="utf-8")
+
+        def keep_identity(record) -> None:
+            identities.write(json.dumps(record.as_json()) + "\n")
+            identities.flush()  # the scan may read while the simulator runs
+
+        world.identity_sink = keep_identity
     receiver = WebhookReceiver(world.on_delivery, counters)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -28,7 +28,7 @@ from reflexe_common.vocabulary import CapacityStatus, Reason
 
 from reflexe_simulator.client import PlatformClient, Result
 from reflexe_simulator.scenario import DepartmentScenario, HadSpec, Scenario
-from reflexe_simulator.traffic import GeneratedReferral, ReferralFactory, day_arrivals
+from reflexe_simulator.traffic import GeneratedReferral, PatientRecord, ReferralFactory, day_arrivals
 from reflexe_simulator.webhooks import Delivery
 
 log = logging.getLogger("reflexe_simulator")
@@ -120,6 +120,8 @@ class World:
         self.rng = random.Random(f"reflexe-simulator-behaviour:{seed}")
         self.hold_minutes = hold_minutes
         self.dry_run = dry_run
+        # Where the hospitals' own patient records go, if anywhere (the privacy scan reads them).
+        self.identity_sink: Callable[[PatientRecord], None] | None = None
         self.referrals: dict[str, TrackedReferral] = {}
         self.tasks: set[asyncio.Task] = set()
         self.hads: dict[str, HadActor] = {h.finess: HadActor(self, h) for h in scenario.hads}
@@ -441,7 +443,7 @@ class DeskActor:
 async def traffic_loop(world: World, department: DepartmentScenario, daily_volume: float, seed: int) -> None:
     """Post the department's referrals following the daily profile, day after day."""
     rng = random.Random(f"traffic:{seed}:{department.code}")
-    factory = ReferralFactory(department, random.Random(f"referrals:{seed}:{department.code}"))
+    factory = ReferralFactory(department, random.Random(f"referrals:{seed}:{department.code}"), world.identity_sink)
     day = world.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
     while True:
         for at, kind in day_arrivals(rng, day, daily_volume):

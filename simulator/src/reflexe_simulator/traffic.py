@@ -13,18 +13,23 @@ Clinical mix (seeds: ARS Occitanie 2021 call for projects; ANAP 2023: 25% pallia
 antibiotics (MPP 03), complex dressings (09), pain with PCA pump / MEOPA / syringe driver (07),
 palliative care (04) about 25%, heavy nursing (14, Karnofsky ≤ 50), some réadaptation (11/12).
 
-Bodies carry only the minimal data set: a random hex pseudonym, a birth year, sex, the care
-commune's INSEE code; never a name, an INS or a birth date.
+Each patient also has the record the hospital keeps (a fictional name, NIR and birth date): it
+stays in the simulated hospital, which sends only the minimal data set: the pseudonym it computes
+from the NIR with a keyed hash whose key never leaves it, a birth year, sex, the care commune's
+INSEE code. The records can be written to a file (`--identities-out`) so that a privacy scan can
+look for them everywhere the platform keeps or says anything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, SourceKind, Urgency
@@ -135,6 +140,37 @@ def day_arrivals(rng: random.Random, local_midnight: datetime, daily_volume: flo
     return arrivals
 
 
+FAMILY_NAMES = ("MARTIN", "BERNARD", "THOMAS", "PETIT", "ROBERT", "RICHARD", "DURAND", "DUBOIS", "MOREAU", "LAURENT",
+                "SIMON", "MICHEL", "LEFEBVRE", "LEROY", "ROUX", "DAVID", "BERTRAND", "MOREL", "FOURNIER", "GIRARD")
+GIVEN_NAMES = {"F": ("Jeanne", "Marie", "Yvette", "Simone", "Odette", "Colette", "Paulette", "Huguette", "Lucienne"),
+               "M": ("Jean", "Pierre", "Marcel", "Roger", "André", "Robert", "Raymond", "Lucien", "Gaston")}
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """What the referring hospital knows of its patient: never sent to the platform."""
+
+    family_name: str
+    given_name: str
+    nir: str  # 13 digits and the 2-digit key
+    birth_date: date
+
+    @classmethod
+    def draw(cls, rng: random.Random, sex: str, birth_year: int, department: str) -> PatientRecord:
+        birth = date(birth_year, 1, 1) + timedelta(days=rng.randrange(365))
+        place = department if department.isdigit() and len(department) == 2 else "99"
+        body = f"{1 if sex == 'M' else 2}{birth.year % 100:02d}{birth.month:02d}{place}{rng.randrange(1, 999):03d}{rng.randrange(1, 999):03d}"
+        return cls(rng.choice(FAMILY_NAMES), rng.choice(GIVEN_NAMES[sex]), f"{body}{97 - int(body) % 97:02d}", birth)
+
+    def pseudonym(self, hospital_key: bytes) -> str:
+        """The platform's pseudonym format: HMAC-SHA-256 of the NIR under the hospital's own key."""
+        return hmac.new(hospital_key, self.nir.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def as_json(self) -> dict[str, str]:
+        return {"family_name": self.family_name, "given_name": self.given_name, "nir": self.nir,
+                "birth_date": self.birth_date.isoformat()}
+
+
 @dataclass
 class GeneratedReferral:
     """A referral body and what the simulated world knows about it (not sent)."""
@@ -144,6 +180,7 @@ class GeneratedReferral:
     source: SourceSpec
     negative_avis: bool
     palliative: bool
+    patient: PatientRecord | None = None
 
     @property
     def referral_id(self) -> str:
@@ -159,9 +196,11 @@ def _weighted(rng: random.Random, pairs):
 class ReferralFactory:
     """Builds realistic referral bodies (``POST /v1/referrals``) for one department."""
 
-    def __init__(self, department: DepartmentScenario, rng: random.Random) -> None:
+    def __init__(self, department: DepartmentScenario, rng: random.Random,
+                 identity_sink: Callable[[PatientRecord], None] | None = None) -> None:
         self.department = department
         self.rng = rng
+        self.identity_sink = identity_sink
         self._codes = [c for c, _ in department.communes]
         self._weights = [max(p, 1) for _, p in department.communes]
 
@@ -260,13 +299,15 @@ class ReferralFactory:
 
         unit = {SourceKind.ED: "SAU", SourceKind.UHCD: "UHCD", SourceKind.WARD: rng.choice(["Médecine interne", "Gériatrie aiguë", "Pneumologie"]),
                 SourceKind.EHPAD: "Infirmerie", SourceKind.GP: "Cabinet"}[SourceKind(kind)]
+        patient = PatientRecord.draw(random.Random(rng.getrandbits(64)), sex, birth_year, dept.code)
+        if self.identity_sink:
+            self.identity_sink(patient)
         body: dict[str, Any] = {
             "referral_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "source": {"kind": kind, "finess": source.finess, "unit": unit,
                        "prescriber_id": f"SIM{rng.randrange(10**6):06d}"},
             "patient": {
-                # The platform's one format (64 lowercase hex); the same random draw keeps runs replayable.
-                "pseudonym": hashlib.sha256(rng.getrandbits(128).to_bytes(16, "big")).hexdigest(),
+                "pseudonym": patient.pseudonym(hashlib.sha256(f"hospital-key:{source.finess}".encode()).digest()),
                 "birth_year": birth_year,
                 "sex": sex,
                 "care_commune": care_commune,
@@ -289,4 +330,5 @@ class ReferralFactory:
             "desired_admission_at": desired.astimezone(UTC).isoformat() if desired else None,
             "avis": avis,
         }
-        return GeneratedReferral(body=body, department=dept.code, source=source, negative_avis=negative, palliative=palliative)
+        return GeneratedReferral(body=body, department=dept.code, source=source, negative_avis=negative, palliative=palliative,
+                                 patient=patient)
