@@ -100,8 +100,16 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
         body = ApiError(422, "INVALID_REQUEST", f"invalid request: {fields}", errors).body()
         return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
+    async def invalid_body(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        errors = [{"field": "body", "message": str(exc.detail)}]
+        body = ApiError(422, "INVALID_REQUEST", "invalid request: body", errors).body()
+        return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot read (e.g. not UTF-8): bad input like any other.
+            return await invalid_body(request, exc)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}.get(exc.status_code, "HTTP_ERROR")
         record_refusal(request, exc.status_code, code)
         return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code, media_type=PROBLEM_JSON)

@@ -90,6 +90,10 @@ def add_problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
     if readyz is not None:
         readyz["responses"]["503"] = {"description": "Kafka or PostgreSQL is unreachable (each check says which)",
                                       "content": {"application/json": {"schema": {"type": "object"}}}}
+    metrics = schema.get("paths", {}).get("/metrics", {}).get("get")
+    if metrics is not None:  # Prometheus' text format, not the JSON FastAPI assumes
+        metrics["responses"]["200"] = {"description": "Prometheus text exposition format",
+                                       "content": {"text/plain": {"schema": {"type": "string"}}}}
     schemas = schema["components"]["schemas"]
     if not any("HTTPValidationError" in str(op) for ops in schema.get("paths", {}).values() for op in ops.values()):
         schemas.pop("HTTPValidationError", None)

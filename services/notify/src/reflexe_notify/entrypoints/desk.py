@@ -378,6 +378,9 @@ async def desk_stream_cookie(department: str, request: Request,
 
 
 @router.get("/v1/desks/{department}/stream", summary="The desk's live stream (server-sent events)",
+            response_class=EventSourceResponse,
+            responses={200: {"description": "Server-sent events, one `desk` event per change",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
             description="Events `desk`, each with an `id`; reconnect with `Last-Event-ID` to resume without a gap. "
                         "`after` starts after a given id (0: from the oldest kept); default: from now.")
 async def desk_stream_bearer(department: str, request: Request, after: int | None = Query(None, ge=0),
