@@ -70,14 +70,20 @@ def message_class(type_name: str) -> type[Message]:
 def unwrap(headers: Headers | None, value: bytes | None) -> Envelope:
     """Decode a Kafka record; raise PoisonRecord with a readable reason when it cannot be."""
     attrs = {k: v for k, v in (headers or [])}
-    missing = [h for h in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time") if h not in attrs]
+    # Kafka lets a header carry no value at all (null): as good as missing.
+    missing = [h for h in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time") if attrs.get(h) is None]
     if missing:
         raise PoisonRecord(f"missing CloudEvents headers: {', '.join(missing)}")
     try:
         text = {k: attrs[k].decode() for k in ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time")}
-        content_type = attrs.get("content-type", CONTENT_TYPE.encode()).decode()
+        declared = attrs.get("content-type")
+        content_type = CONTENT_TYPE if declared is None else declared.decode()
     except UnicodeDecodeError as exc:
         raise PoisonRecord("CloudEvents headers are not UTF-8") from exc
+    for name in ("ce_id", "ce_type", "ce_source"):
+        if not text[name] or "\x00" in text[name]:
+            # An empty ce_id would collide in every consumer's inbox; PostgreSQL stores no NUL.
+            raise PoisonRecord(f"{name} is empty or holds a NUL character")
     if text["ce_specversion"] != SPEC_VERSION:
         raise PoisonRecord(f"unsupported ce_specversion {text['ce_specversion']!r}")
     if content_type != CONTENT_TYPE:
@@ -88,6 +94,10 @@ def unwrap(headers: Headers | None, value: bytes | None) -> Envelope:
         raise PoisonRecord(f"ce_time is not an RFC 3339 time: {text['ce_time']!r}") from exc
     if time.tzinfo is None:
         raise PoisonRecord("ce_time has no time zone")
+    try:
+        time.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00, which is before year 1 in UTC
+        raise PoisonRecord(f"ce_time is out of range in UTC: {text['ce_time']!r}") from exc
     if value is None:
         raise PoisonRecord("record has no value")
     message = message_class(text["ce_type"])()
@@ -95,7 +105,28 @@ def unwrap(headers: Headers | None, value: bytes | None) -> Envelope:
         message.ParseFromString(value)
     except DecodeError as exc:
         raise PoisonRecord(f"value is not a valid {text['ce_type']}: {exc}") from exc
+    _check_values(message, text["ce_type"])
     return Envelope(id=text["ce_id"], type=text["ce_type"], source=text["ce_source"], time=time, message=message)
+
+
+def _check_values(message: Message, path: str) -> None:
+    """What protobuf parses but no handler can use: a Timestamp outside its defined range (years
+    1-9999), which fails when converted to a datetime, and a NUL character, which PostgreSQL
+    refuses in text. Refused here, once, so that every consumer dead-letters them with a reason."""
+    if isinstance(message, Timestamp):
+        try:
+            message.ToDatetime()
+        except (ValueError, OverflowError) as exc:
+            raise PoisonRecord(f"{path} is not a valid time: {exc}") from exc
+        return
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        items = value if field.is_repeated else [value]
+        for item in items:
+            if isinstance(item, Message):
+                _check_values(item, where)
+            elif isinstance(item, str) and "\x00" in item:
+                raise PoisonRecord(f"{where} holds a NUL character")
 
 
 def ts(value: datetime | None) -> Timestamp:
