@@ -31,6 +31,8 @@ async def register(capacity: httpx.AsyncClient, communes: list[str], places: int
     finess = unique_finess()
     response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes, **overrides), headers=ADMIN)
     assert response.status_code == 200, response.text
+    connect = response.json()["connect"]  # how the HAD's own system will connect, said at registration
+    assert connect["oidc_issuer"] == suite_issuer().url and connect["kafka_inbound_topic"].endswith(finess)
     declared = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
                                    json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
     assert declared.status_code == 201, declared.text

@@ -230,3 +230,20 @@ def ensure_department(principal: Principal, department: str, region_of: Callable
     if principal.role == Role.ARS and principal.region and region_of(department) == principal.region:
         return
     raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see or act on department {department}")
+
+
+def how_to_connect(issuer: str, role: Role, finess: str) -> dict[str, str]:
+    """What an establishment's information system needs to act on the platform as itself: told
+    when the establishment is registered, so that its integrator knows where to start."""
+    from reflexe_common.topics import INBOUND_KINDS
+
+    return {
+        "oidc_issuer": issuer,
+        "oidc_discovery": issuer.rstrip("/") + "/.well-known/openid-configuration",
+        "oidc_client": (f"a confidential client (client credentials grant) whose service account has the realm "
+                        f"role '{role}' and the attribute finess={finess}, created by the identity provider's "
+                        f"administrator; locally: ./reflexe token {role} --finess {finess}"),
+        "kafka_inbound_topic": INBOUND_KINDS[str(role)].topic(finess).name,
+        "kafka_principal": (f"a SCRAM principal of its own, bound to this FINESS: python -m reflexe_common.kafka_acls "
+                            f"register-system --finess {finess} --kind {role}"),
+    }

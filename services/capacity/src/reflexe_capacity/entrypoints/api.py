@@ -14,7 +14,7 @@ from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
-from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.auth import Principal, Role, ensure_department, how_to_connect, require
 from reflexe_common.checks import CLOCK_SKEW, in_the_future, is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
@@ -65,7 +65,7 @@ async def put_had(finess: str, body: HadIn, request: Request, principal: Princip
     had = body.to_domain(finess)
     async with request.app.state.pool.acquire() as conn:
         await CapacityStore(conn).upsert_had(had)
-    return had_view(had)
+    return {**had_view(had), "connect": how_to_connect(request.app.state.verifier.settings.issuer, Role.HAD, finess)}
 
 
 @router.get("/hads/{finess}", summary="One HAD establishment of the registry")
