@@ -137,6 +137,14 @@ async def test_open_referrals_come_in_bounded_pages(client):
         assert _fields(response) == ["query.limit"]
     response = await client.get("/v1/departments/48/referrals", params={"offset": "-3"}, headers=desk)
     assert response.status_code == 422 and _fields(response) == ["query.offset"]
+    # A referral's timeline is paged the same way.
+    whole = (await client.get(f"/v1/referrals/{ids[0]}/timeline", headers=desk)).json()
+    assert whole["events"] and whole["next_offset"] is None
+    one = (await client.get(f"/v1/referrals/{ids[0]}/timeline", params={"limit": 1}, headers=desk)).json()
+    assert one["events"] == whole["events"][:1]
+    assert one["next_offset"] == (1 if len(whole["events"]) > 1 else None)
+    response = await client.get(f"/v1/referrals/{ids[0]}/timeline", params={"limit": 0}, headers=desk)
+    assert response.status_code == 422 and _fields(response) == ["query.limit"]
 
 
 async def test_a_body_above_the_limit_is_413_before_parsing(client):

@@ -12,9 +12,10 @@ import pytest
 from fastapi import Depends, Request
 from prometheus_client import REGISTRY
 
-from reflexe_common.auth import Principal, Role
+from reflexe_common.auth import Principal, Role, authenticated
+from reflexe_common.errors import ApiError
 from reflexe_common.http import create_app
-from reflexe_common.limits import MAX_PAGE_SIZE, LimitSettings, Page, TokenBuckets, pagination
+from reflexe_common.limits import MAX_PAGE_SIZE, LimitSettings, Page, TokenBuckets, VerifiedOnce, pagination
 from reflexe_common.settings import ServiceSettings
 
 
@@ -23,7 +24,7 @@ class FakeVerifier:
 
     async def verify(self, token: str) -> Principal:
         if not token.startswith("good-"):
-            raise ValueError("bad token")
+            raise ApiError(401, "INVALID_TOKEN", "invalid bearer token")
         return Principal(role=Role.ADMIN, subject=token.removeprefix("good-"))
 
 
@@ -183,6 +184,30 @@ def test_full_buckets_are_forgotten_when_the_table_grows():
     buckets.take("newcomer")
     assert len(buckets) == 0 or len(buckets) <= 1
     assert buckets.take("caller-1") == 0.0
+
+
+async def test_a_token_is_verified_once_per_request(monkeypatch):
+    app = build(monkeypatch)
+    verified: list[str] = []
+
+    class Counting(FakeVerifier):
+        async def verify(self, token: str) -> Principal:
+            verified.append(token)
+            return await super().verify(token)
+
+    app.state.verifier = VerifiedOnce(Counting())
+
+    @app.get("/me")
+    async def me(principal: Principal = Depends(authenticated)) -> dict[str, str]:
+        return {"subject": principal.subject}
+
+    async with client(app) as c:
+        for name in ("alice", "bob"):
+            response = await c.get("/me", headers={"Authorization": f"Bearer good-{name}"})
+            assert response.json() == {"subject": name}
+        assert (await c.get("/me", headers={"Authorization": "Bearer forged"})).status_code == 401
+    # Once by the rate limit, reused by the endpoint; a token that fails is tried again by the endpoint.
+    assert verified == ["good-alice", "good-bob", "forged", "forged"]
 
 
 def test_limit_settings_defaults():

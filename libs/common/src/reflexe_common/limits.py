@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -163,6 +164,29 @@ class TokenBuckets:
         return len(self._buckets)
 
 
+# The token the rate limit verified for this request, and its principal. A context variable is
+# per request: uvicorn runs each request in its own task, which the middleware and the
+# endpoint's dependencies share.
+_verified_in_this_request: ContextVar[tuple[str, Any] | None] = ContextVar("verified_in_this_request", default=None)
+
+
+class VerifiedOnce:
+    """Wraps the app's token verifier so that the endpoint's authentication reuses what the rate
+    limit verified moments before in the same request, instead of checking the signature twice."""
+
+    def __init__(self, verifier) -> None:
+        self.inner = verifier
+
+    async def verify(self, token: str):
+        verified = _verified_in_this_request.get()
+        if verified is not None and verified[0] == token:
+            return verified[1]
+        return await self.inner.verify(token)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class RateLimit:
     """429 with Retry-After once a caller exceeds its bucket. The caller is the verified token's
     subject (an unverified `sub` would let anyone drain someone else's bucket), else the client
@@ -190,7 +214,9 @@ class RateLimit:
         verifier = getattr(getattr(scope.get("app"), "state", None), "verifier", None)
         if scheme.lower() == "bearer" and credentials and verifier is not None:
             try:
-                principal = await verifier.verify(credentials.strip())
+                token = credentials.strip()
+                principal = await verifier.verify(token)
+                _verified_in_this_request.set((token, principal))
                 return f"sub:{principal.subject}"
             except Exception:  # an invalid token is limited by address; the endpoint answers 401
                 pass
@@ -202,6 +228,8 @@ def install_limits(app, settings: LimitSettings | None = None) -> LimitSettings:
     """Adds the body and rate limits (inside the metrics) — call before adding RequestMetrics;
     `KnownMethodsOnly` goes outside it (see create_app)."""
     settings = settings or LimitSettings()
+    if getattr(app.state, "verifier", None) is not None and not isinstance(app.state.verifier, VerifiedOnce):
+        app.state.verifier = VerifiedOnce(app.state.verifier)
     app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst))
     app.add_middleware(BodySizeLimit, max_bytes=settings.request_body_max_bytes)
     app.state.limits = settings

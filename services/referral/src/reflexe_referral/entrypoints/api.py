@@ -172,7 +172,7 @@ async def get_referral(referral_id: uuid.UUID, request: Request,
 
 
 @router.get("/referrals/{referral_id}/timeline", summary="One referral's events, oldest first")
-async def get_timeline(referral_id: uuid.UUID, request: Request,
+async def get_timeline(referral_id: uuid.UUID, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
                        principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
         referral, events = await _service(request).get(str(referral_id))
@@ -181,7 +181,9 @@ async def get_timeline(referral_id: uuid.UUID, request: Request,
     audit.about(request, department=referral.department)
     _check_can_see(request, principal, referral)
     audit.record_read(request, principal, referral.department, [str(referral_id)])
-    return {"referral_id": str(referral_id), "events": [_event_view(e, principal) for e in _events_for(principal, events)]}
+    # The whole history rebuilds the referral; the answer is one page of it.
+    shown, next_offset = page.of(_events_for(principal, events)[page.offset:page.offset + page.fetch_limit])
+    return {"referral_id": str(referral_id), "next_offset": next_offset, "events": [_event_view(e, principal) for e in shown]}
 
 
 def _event_view(event, principal: Principal) -> dict[str, Any]:
