@@ -50,9 +50,10 @@ What it does
     desk (desk token) to the notify service (POST /v1/subscriptions) with its own secret;
     deliveries are verified (Standard Webhooks signature; bad ones get 401 and are counted)
     and deduplicated by webhook-id;
-  * HADs answer offer.proposed after a lognormal delay (median 13 simulated minutes, doubled
-    at night): ~70% accept, ~25% decline with a reason, ~5% never answer; a delay longer
-    than --hold-minutes means the answer arrives after the hold has expired; accepted
+  * HADs answer offer.proposed within the hold they were given, after a share of what is left
+    of it (median a third, slower at night; never longer than --hold-minutes simulated
+    minutes), and a few (~4% by day, ~8% at night) only after it has expired: ~70% accept,
+    ~25% decline with a reason, ~5% never answer; accepted
     patients are admitted a few simulated hours later (by day), then discharged after their
     expected stay;
   * desks log alerts and act on escalations: widen to neighbouring departments (~40%),
@@ -61,8 +62,9 @@ What it does
   * prints one line per event and running counters every --report-every seconds.
 
 Time: the simulated clock runs --speed times faster than real time; the platform keeps real
-time (its 30-minute hold is 30 real minutes), so delays sampled in simulated time are
-divided by --speed and timestamps sent are real ones.
+time (./reflexe up scales its holds and clocks by the same speed; a platform left at 30-minute
+holds works too), so delays sampled in simulated time are divided by --speed, answers are timed
+against each offer's real hold_until, and timestamps sent are real ones.
 
 Environment: REFERRAL_URL, CAPACITY_URL, NOTIFY_URL, JWT_SECRET (flags take precedence).
 """
@@ -108,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_start, default=None, metavar="HH:MM|ISO",
                    help="simulated start time, local (Europe/Paris) (default: today 07:00)")
     g.add_argument("--hold-minutes", type=float, default=30.0,
-                   help="the platform's hold for WITHIN_24H offers, in simulated minutes: an HAD whose sampled answer "
-                        "delay exceeds it answers after the real hold has expired (default: 30)")
+                   help="the platform's hold for WITHIN_24H offers, in simulated minutes: HADs answer within it (and "
+                        "within the real hold the offer carries), except the few modelled late ones (default: 30)")
     g = p.add_argument_group("platform")
     g.add_argument("--referral-url", default=env.get("REFERRAL_URL", "http://127.0.0.1:8001"),
                    help="referral service base URL (env REFERRAL_URL; default http://127.0.0.1:8001)")

@@ -3,15 +3,21 @@
 Time: the simulator's clock runs ``speed`` times faster than real time (60 = one simulated
 minute per real second). The platform keeps real time, so every delay the actors sample in
 simulated time is divided by ``speed`` before sleeping, and timestamps sent to the platform
-are real ones. The platform's hold (30 real minutes by default) is NOT accelerated: an HAD
-that "answers after the hold" (its sampled delay exceeds ``hold_minutes`` simulated minutes)
-really waits until the offer's ``hold_until`` has passed, so expiries happen at the modelled
-rate whatever the platform's hold setting.
+are real ones.
+
+HAD answers are timed against the hold they were given (see ``answer_timing``): the platform's
+hold may be scaled to the demo speed (``./reflexe up`` makes the 30-minute hold 7.5 real
+seconds at 240x) or not, and the offer's journey to the HAD (matcher, relay, webhook or
+polling) takes real time that no speed scales. So an on-time answer is drawn as a share of the
+hold LEFT when the HAD hears of the offer (capped by ``hold_minutes`` simulated minutes), and
+the few late ones really wait until the offer's ``hold_until`` has passed: the modelled rates
+hold whatever the speed, the hold setting and the platform's latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import random
@@ -46,19 +52,29 @@ DECLINE_REASONS: tuple[tuple[Reason, str, float], ...] = (
     (Reason.PATIENT_REFUSED, "le patient refuse l'HAD", 0.07),
     (Reason.INCOMPLETE_REQUEST, "prescription incomplète", 0.08),
 )
-ANSWER_MEDIAN_MIN, ANSWER_SIGMA = 13.0, 0.6  # lognormal, simulated minutes
+# When HADs answer, as a share of the time left on the hold (lognormal, capped): median a third
+# of it, slower at night; a small share answers only after the hold has expired.
+ANSWER_MEDIAN_SHARE, ANSWER_SIGMA, ANSWER_MAX_SHARE = 0.35, 0.5, 0.85
+NIGHT_SLOWDOWN = 1.5
+LATE_SHARE_DAY, LATE_SHARE_NIGHT = 0.04, 0.08
+ANSWER_MARGIN_SECONDS = 1.0  # real time the answer's own round trip needs before the hold ends
+LATE_AFTER_HOLD_SECONDS = (1.0, 4.0)  # how long after the hold a late answer comes (real seconds)
+# An answer that beats the platform's own record of the offer (the webhook can outrun the referral
+# service's consumer) is sent again, while the hold runs.
+NOT_YET_KNOWN_RETRY_SECONDS, NOT_YET_KNOWN_RETRIES = 0.5, 4
 ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulated hours
 AVERAGE_STAY_DAYS = 28.0  # background patients' mean length of stay
 
 
 class Counters:
     ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
-             "no_answer", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
+             "no_answer", "answers_after_hold", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
              "discharged", "cancelled", "overdue_alerts", "declarations", "webhooks_received", "webhooks_duplicate",
              "bad_signatures", "http_409", "http_errors", "unreachable")
     SHORT = {"referrals_posted": "posted", "ineligible_posted": "ineligible", "offers_received": "offers",
              "offers_polled": "polled", "webhooks_received": "webhooks", "webhooks_duplicate": "dup",
-             "bad_signatures": "bad_sig", "http_409": "409", "http_errors": "errors", "overdue_alerts": "overdue"}
+             "bad_signatures": "bad_sig", "http_409": "409", "answers_after_hold": "after_hold", "http_errors": "errors",
+             "overdue_alerts": "overdue"}
 
     def __init__(self) -> None:
         self.values: Counter[str] = Counter()
@@ -103,6 +119,29 @@ def _is_night(t: datetime) -> bool:
     return t.hour >= 21 or t.hour < 7
 
 
+@dataclass(frozen=True)
+class AnswerTiming:
+    real_delay: float  # real seconds from when the HAD hears of the offer to its answer
+    sim_minutes: float  # the same delay in simulated minutes (what the output says)
+    late: bool  # planned to come after the hold has expired
+
+
+def answer_timing(rng: random.Random, hold_left_seconds: float, clock_speed: float, night: bool,
+                  hold_minutes: float = 30.0) -> AnswerTiming:
+    """When an HAD answers an offer whose hold ends in ``hold_left_seconds`` (real seconds).
+
+    On time: a share of the usable window (the hold left, less the answer's round trip, and no
+    longer than ``hold_minutes`` simulated minutes), so it lands within the hold; late (a few
+    percent): shortly after the hold has really ended, so the platform expires the offer first."""
+    if rng.random() < (LATE_SHARE_NIGHT if night else LATE_SHARE_DAY):
+        real = max(0.0, hold_left_seconds) + rng.uniform(*LATE_AFTER_HOLD_SECONDS)
+        return AnswerTiming(real, real * clock_speed / 60, True)
+    window = min(max(0.0, hold_left_seconds - ANSWER_MARGIN_SECONDS), hold_minutes * 60 / clock_speed)
+    share = min(ANSWER_MAX_SHARE, _lognormal(rng, ANSWER_MEDIAN_SHARE, ANSWER_SIGMA) * (NIGHT_SLOWDOWN if night else 1.0))
+    real = share * window
+    return AnswerTiming(real, real * clock_speed / 60, False)
+
+
 @dataclass
 class TrackedReferral:
     generated: GeneratedReferral
@@ -143,6 +182,9 @@ class World:
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if inspect.iscoroutine(coro):
+            # Cancelled before its time (the run is ending): closed quietly, not "never awaited".
+            task.add_done_callback(lambda _: coro.close())
         return task
 
     async def on_delivery(self, delivery: Delivery) -> None:
@@ -249,22 +291,27 @@ class HadActor:
             world.counters.inc("no_answer")
             world.say(self.spec.department, "no-answer", f"{self.spec.name} will not answer {referral_id[:8]}")
             return
-        sim_minutes = _lognormal(rng, ANSWER_MEDIAN_MIN, ANSWER_SIGMA) * (2.0 if _is_night(world.clock.now()) else 1.0)
-        hold_left = (hold_until - datetime.now(UTC)).total_seconds()
-        if sim_minutes > world.hold_minutes:  # answers after the hold: really wait until it has expired
-            real_delay = max(0.0, hold_left) + rng.uniform(2, 8)
-        else:
-            real_delay = min(world.clock.real_seconds(sim_minutes * 60), max(0.0, hold_left - 1.0))
-        world.spawn(self.answer(referral_id, offer_id, decision, reason, sim_minutes), real_delay=real_delay)
+        timing = answer_timing(rng, (hold_until - datetime.now(UTC)).total_seconds(), world.clock.speed,
+                               _is_night(world.clock.now()), world.hold_minutes)
+        if timing.late:
+            world.counters.inc("answers_after_hold")
+        world.spawn(self.answer(referral_id, offer_id, decision, reason, timing.sim_minutes, hold_until),
+                    real_delay=timing.real_delay)
 
     async def answer(self, referral_id: str, offer_id: str, decision: str, reason: tuple[Reason, str] | None,
-                     sim_minutes: float) -> None:
+                     sim_minutes: float, hold_until: datetime | None = None) -> None:
         world = self.world
-        if decision == "accept":
-            result = await world.client.accept(self.spec.finess, referral_id, offer_id)
-        else:
-            assert reason is not None
-            result = await world.client.decline(self.spec.finess, referral_id, offer_id, str(reason[0]), reason[1])
+        for attempt in range(NOT_YET_KNOWN_RETRIES + 1):
+            if decision == "accept":
+                result = await world.client.accept(self.spec.finess, referral_id, offer_id)
+            else:
+                assert reason is not None
+                result = await world.client.decline(self.spec.finess, referral_id, offer_id, str(reason[0]), reason[1])
+            still_held = hold_until is not None and \
+                datetime.now(UTC) + timedelta(seconds=NOT_YET_KNOWN_RETRY_SECONDS) < hold_until
+            if not (result.conflict and result.code == "NO_CURRENT_OFFER" and still_held) or attempt == NOT_YET_KNOWN_RETRIES:
+                break
+            await asyncio.sleep(NOT_YET_KNOWN_RETRY_SECONDS)
         after = f"after {sim_minutes:.0f} min"
         if result.conflict:
             world.counters.inc("late_answers")

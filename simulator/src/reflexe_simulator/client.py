@@ -1,13 +1,15 @@
 """Calls to the platform's public HTTP APIs, each with the token of the role playing it.
 
 Never raises for an HTTP outcome: every call returns a :class:`Result`. Connection errors,
-timeouts, 429 and 5xx are retried with exponential backoff; 409 (a race lost: offer expired,
-already decided...) is expected and counted, not retried.
+timeouts, 429 and 5xx are retried with exponential backoff, with the very same body bytes (a
+POST whose first answer was lost is then answered 200 as a replay); 409 (a race lost: offer
+expired, already decided...) is expected and counted, not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -95,9 +97,16 @@ class PlatformClient:
         delay = self.backoff
         attempts = attempts or self.attempts
         last = Result(0, error="not attempted")
+        # Serialised once: a retry (its first attempt's answer lost or late) sends the very same
+        # bytes, which the platform answers as a replay (200), not as a conflicting duplicate.
+        headers = {"Authorization": f"Bearer {token}"}
+        content = None
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+                response = await self._http.request(method, url, content=content, headers=headers)
             except (httpx.TransportError, OSError) as exc:
                 last = Result(0, error=f"{type(exc).__name__}: {exc}".strip())
                 if not self._down.get(service):
