@@ -16,12 +16,12 @@ The endpoints are read from each app's routes: an endpoint added without a line 
 
 from __future__ import annotations
 
-import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -648,8 +648,21 @@ async def test_an_had_sees_only_what_concerns_itself(world: World):
     x = await register(capacity, IN, [TWO_HADS_COMMUNE], places=20)
     y = await register(capacity, IN, [TWO_HADS_COMMUNE], places=5)
     as_x, as_y, desk = token("had", finess=x), token("had", finess=y), token("desk", department=IN)
+    await world.subscription(f"had:{x}")  # the desk of 34 is subscribed already
     referral_id = await world.post_referral(world.hospital_a, TWO_HADS_COMMUNE)
     offer = (await world.status(referral_id, "OFFERED", had=x))["current_offer"]
+
+    # Its webhook too: the desk's offer.proposed has the whole ranking, the HAD's its own sentence.
+    async def offer_webhooks():
+        bodies = [json.loads(r.body) for r in world.receiver.received]
+        explanations = {b["data"]["explanation"] for b in bodies
+                        if b["type"] == "offer.proposed" and b["data"]["referral_id"] == referral_id}
+        return explanations if len(explanations) == 2 else None
+
+    explanations = await eventually(offer_webhooks, timeout=30, what="the offer's webhooks to the desk and to X")
+    assert any("ensuite" in e and y in e for e in explanations), explanations
+    own = [e for e in explanations if "ensuite" not in e]
+    assert own == [offer["explanation"].split("; ensuite : ")[0].rstrip(".") + "."] and y not in own[0]
 
     seen_by_x = (await referral.get(f"/v1/referrals/{referral_id}", headers=as_x)).json()
     assert seen_by_x["tried_hads"] == [x] and seen_by_x["current_offer"]["had_finess"] == x

@@ -83,3 +83,11 @@ def test_hospitals_desks_admins_and_the_ars():
     assert _may_see(DESK_34, referral) and not _may_see(DESK_31, referral)
     assert _may_see(ADMIN, referral)
     assert not _may_see(ARS, referral), "the ARS reads indicators, not rows"
+
+
+def test_own_explanation_keeps_the_hads_own_sentence_only():
+    from reflexe_common.visibility import own_explanation
+
+    assert own_explanation(EXPLANATION, X) == f"Proposé à HAD X ({X}) : déclaration fraîche, 3/40 places libres, réponse médiane 12 min."
+    assert own_explanation(EXPLANATION, Y) == "", "a sentence proposing another HAD says nothing to this one"
+    assert own_explanation(f"Proposé à HAD Y ({Y}) : déclaration fraîche.", Y) == f"Proposé à HAD Y ({Y}) : déclaration fraîche."

@@ -3,12 +3,14 @@ is never lost to a crash (it is stored before the Kafka offset is committed)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
 from reflexe.v1 import referral_pb2
 
 from reflexe_common.envelope import Envelope
+from reflexe_common.visibility import own_explanation
 from reflexe_notify.adapters import store
 from reflexe_notify.adapters.events import desk_event_from, notice_from
 from reflexe_notify.adapters.store import Claimed
@@ -34,6 +36,13 @@ def event_handler(attempt_limit: int):
             return
         source = await store.source_finess(conn, notice.referral_id) if notice.referral_id else None
         recipients = recipients_for(notice.kind, notice.department, notice.had_finess, source)
+        if notice.kind == EventKind.OFFER_PROPOSED and notice.had_finess:
+            # The HAD hears only its own part of the matcher's explanation (docs/security.md).
+            had = Recipient.had(notice.had_finess)
+            own = replace(notice, data={**notice.data, "explanation": own_explanation(
+                notice.data.get("explanation") or "", notice.had_finess)})
+            await store.enqueue(conn, envelope.id, notice.kind, notice.department, own.body(), [had], attempt_limit)
+            recipients = [r for r in recipients if r != had]
         await store.enqueue(conn, envelope.id, notice.kind, notice.department, notice.body(), recipients, attempt_limit)
 
     return handle

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from reflexe_common.privacy import FreeText, Pseudonym
+from reflexe_common.visibility import own_explanation
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain import values
 from reflexe_referral.domain.model import Referral
@@ -133,13 +134,6 @@ def referral_view(referral: Referral) -> dict[str, Any]:
         "departments_searched": sorted(referral.departments),
         "clocks": [{"kind": str(c.kind), "due_at": c.due_at.isoformat(), "offer_id": c.offer_id} for c in referral.clocks()],
     }
-
-
-def own_explanation(explanation: str, finess: str) -> str:
-    """The part of the matcher's explanation about `finess` only: the explanation also ranks the
-    other candidates with their live places and response times, which are theirs, not this HAD's."""
-    first = explanation.split("; ensuite : ", 1)[0].split("; exclus : ", 1)[0].rstrip(".")
-    return first + "." if f"({finess})" in first else ""
 
 
 def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
