@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from reflexe_common.local_idp import LocalIdentityProvider
 from reflexe_simulator.actors import PARIS, Counters, HadActor, SimClock, World, traffic_loop
 from reflexe_simulator.client import PlatformClient, Result
 from reflexe_simulator.scenario import Scenario, build_scenario
@@ -89,8 +90,6 @@ def _start(value: str) -> datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reflexe_common.settings import ServiceSettings
-
     env = os.environ
     p = argparse.ArgumentParser(prog="reflexe-simulator", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capacity service base URL (env CAPACITY_URL; default http://127.0.0.1:8002)")
     g.add_argument("--notify-url", default=env.get("NOTIFY_URL", "http://127.0.0.1:8004"),
                    help="notify service base URL (env NOTIFY_URL; default http://127.0.0.1:8004)")
-    g.add_argument("--jwt-secret", default=env.get("JWT_SECRET") or ServiceSettings().jwt_secret,
-                   help="HS256 secret used to mint tokens (env JWT_SECRET; default: the services' dev secret)")
+    g.add_argument("--oidc-issuer", default=env.get("OIDC_ISSUER"),
+                   help="the local identity provider's realm (env OIDC_ISSUER, as deploy/local/keycloak.sh env "
+                        "prints it): every actor gets its tokens there, systems by client credentials, desks "
+                        "and the admin as their demo users (admin: env KEYCLOAK_ADMIN_USER/PASSWORD)")
     g.add_argument("--identities-out", type=Path, default=None, metavar="FILE",
                    help="append the hospitals' own patient records (fictional names, NIR, birth dates: never sent) "
                         "to FILE as JSON lines, for a privacy scan to look for them")
@@ -148,6 +149,24 @@ class DryRunClient(PlatformClient):
     async def call(self, service: str, method: str, path: str, token: str, body: Any = None) -> Result:
         log.debug("dry-run %s %s %s %s", service, method, path, json.dumps(body, ensure_ascii=False) if body else "")
         return Result(201 if method in ("POST", "PUT") else 200, {})
+
+
+class _IdentityProviderTokens:
+    """The actors' tokens from the local identity provider (clients and demo users made on demand)."""
+
+    def __init__(self, idp: LocalIdentityProvider) -> None:
+        self.idp = idp
+
+    async def fetch(self, role: str, *, finess: str | None = None, department: str | None = None) -> tuple[str, float]:
+        return await self.idp.issue(role, finess=finess, department=department)
+
+    async def aclose(self) -> None:
+        await self.idp.aclose()
+
+
+class _NoTokens:
+    async def fetch(self, role: str, *, finess: str | None = None, department: str | None = None) -> tuple[str, float]:
+        return "dry-run", float("inf")
 
 
 class _Server(uvicorn.Server):
@@ -231,8 +250,14 @@ async def _reporter(world: World, every: float) -> None:
 async def run(args: argparse.Namespace) -> Counters:
     scenario: Scenario = build_scenario(args.departments, args.seed)
     counters = Counters()
-    client_cls = DryRunClient if args.dry_run else PlatformClient
-    client = client_cls(args.referral_url, args.capacity_url, args.notify_url, args.jwt_secret, counters)
+    if args.dry_run:
+        client: PlatformClient = DryRunClient(args.referral_url, args.capacity_url, args.notify_url, _NoTokens(), counters)
+    else:
+        if not args.oidc_issuer:
+            raise SystemExit("the simulator needs the identity provider: --oidc-issuer or OIDC_ISSUER")
+        idp = LocalIdentityProvider.from_env({**os.environ, "OIDC_ISSUER": args.oidc_issuer})
+        client = PlatformClient(args.referral_url, args.capacity_url, args.notify_url, _IdentityProviderTokens(idp),
+                                counters)
     start = args.start or datetime.combine(datetime.now(PARIS).date(), dtime(7, 0), tzinfo=PARIS)
     clock = SimClock(start, args.speed)
     world = World(scenario, client, clock, counters, seed=args.seed, hold_minutes=args.hold_minutes, dry_run=args.dry_run)

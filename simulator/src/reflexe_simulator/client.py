@@ -86,6 +86,9 @@ class PlatformClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        close_source = getattr(self.tokens.source, "aclose", None)
+        if close_source:
+            await close_source()
 
     def _count(self, name: str) -> None:
         if self.counters is not None:
