@@ -19,6 +19,7 @@ import pytest
 
 from reflexe_common.topics import ensure_topics
 from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
+from tests.support.keycloak import keycloak  # noqa: F401  (the session fixture of the real Keycloak)
 
 # REFLEXE_TEST_PORT_OFFSET lets two test runs on one machine each have their own broker and database.
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))
