@@ -206,7 +206,7 @@ class Subscriptions:
 
     async def _subscribe(self, kind: str, key: str) -> None:
         client = self.world.client
-        token = client.tokens.get("had", finess=key) if kind == "had" else client.tokens.get("desk", department=key)
+        token = await (client.tokens.get("had", finess=key) if kind == "had" else client.tokens.get("desk", department=key))
         url = f"{self.base}/hooks/{kind}/{key}"
         result = await client.subscribe(token, url, self.receiver.secret_for(kind, key))
         if result.ok or result.conflict:
