@@ -1,7 +1,9 @@
 """The desk page in a real browser (Debian's Chromium, driven by Playwright), the four services
-as separate processes on real Kafka and PostgreSQL: the desk logs in, a referral posted through
-the API appears on its page within 2 s without a reload, moves when the HAD accepts, and the
-desk closes it from the page, keyboard only. A screenshot is kept in test-artifacts/."""
+as separate processes on real Kafka and PostgreSQL, trusting the real Keycloak: the desk nurse
+logs in on Keycloak's page with her user name and password, a referral posted through the API
+appears on her page within 2 s without a reload, moves when the HAD accepts, and she closes it
+from the page, keyboard only; logging out ends her session at Keycloak too. Every API call of the
+test carries a token from the same Keycloak. Screenshots are kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.platform import running_platform
-from tests.support.services import REPO_ROOT, bearer, eventually, token
+from tests.support.keycloak import Keycloak
+from tests.support.services import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("REFLEXE_CHROMIUM", "/usr/bin/chromium")
@@ -25,30 +28,37 @@ COMMUNE = "34019"  # Avène: only this test's HAD serves it
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
-async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp_path: Path) -> None:
+async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, keycloak: Keycloak, tmp_path: Path) -> None:
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run deploy/local/install-browser.sh"
     from playwright.async_api import async_playwright, expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    async with running_platform(topics, tmp_path) as services, async_playwright() as playwright:
+    async with running_platform(topics, tmp_path, OIDC_ISSUER=keycloak.issuer) as services, \
+            async_playwright() as playwright, keycloak.client() as idp:
+
+        async def token(role: str, **scope: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {await idp.token_for(role, **scope)}"}
+
         capacity = httpx.AsyncClient(base_url=services["capacity"].url)
         referral = httpx.AsyncClient(base_url=services["referral"].url)
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             had = unique_finess()
-            had_token = token("had", finess=had)
+            had_token = await token("had", finess=had)
             assert (await capacity.put(f"/v1/hads/{had}", json=had_body("HAD Avène", [COMMUNE]),
-                                       headers=token("admin"))).status_code == 200
+                                       headers=await token("admin"))).status_code == 200
             assert (await capacity.post(f"/v1/hads/{had}/capacity", headers=had_token, json={
                 "places_available": 2, "admissions_possible_today": 2, "status": "OPEN"})).status_code == 201
 
             page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 900})).new_page()
             notify = services["notify"].url
             await page.goto(f"{notify}/desk/34")
-            assert page.url.startswith(f"{notify}/desk?next=")  # not logged in: the login form
-            await page.get_by_label("Jeton d’accès du bureau").fill(bearer("desk", department="34"))
-            await page.get_by_role("button", name="Se connecter").click()
+            assert page.url.startswith(f"{notify}/desk?next=")  # not logged in: the login page
+            await log_in(page, keycloak, "desk34", "desk34")
             await page.wait_for_url(f"{notify}/desk/34")
+            cookies = {c["name"]: c for c in await page.context.cookies()}
+            assert cookies["reflexe_desk"]["httpOnly"] and cookies["reflexe_desk"]["sameSite"] == "Lax"
+            assert cookies["reflexe_desk"]["value"].count(".") < 2, "the browser holds a session id, never a token"
             await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
             await expect(page.locator(f'#board tr[data-finess="{had}"]')).to_contain_text("HAD Avène")
 
@@ -58,7 +68,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
 
             hospital = unique_finess()
             posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
-                                         headers=token("hospital", finess=hospital))
+                                         headers=await token("hospital", finess=hospital))
             assert posted.status_code == 201
             answered = time.monotonic()
             referral_id = posted.json()["referral_id"]
@@ -71,7 +81,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
             await expect(row).to_contain_text("Proposée", timeout=10_000)
             await expect(row).to_contain_text("HAD Avène")
             await expect(row.locator("[data-until]")).to_contain_text("expire dans")
-            offer = (await referral.get(f"/v1/referrals/{referral_id}", headers=token("desk", department="34"))).json()
+            offer = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department="34"))).json()
             assert row.locator(".explanation") and offer["current_offer"]["explanation"]
             await expect(row.locator(".explanation")).to_have_text(offer["current_offer"]["explanation"])
 
@@ -95,7 +105,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
             await page.keyboard.press("Enter")
             await expect(page.locator("#action-result")).to_have_text("Demande clôturée.", timeout=5_000)
             await expect(row).to_have_count(0, timeout=5_000)  # no longer open
-            closed = (await referral.get(f"/v1/referrals/{referral_id}", headers=token("desk", department="34"))).json()
+            closed = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department="34"))).json()
             assert closed["status"] == "CANCELLED"
             await expect(page.locator("#alerts")).to_be_attached()
 
@@ -105,7 +115,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
             await expect(page.locator("#stream-banner")).to_be_visible(timeout=10_000)
             await expect(page.locator("#live-text")).to_have_text("Hors ligne — reconnexion…")
             missed = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
-                                         headers=token("hospital", finess=hospital))
+                                         headers=await token("hospital", finess=hospital))
             assert missed.status_code == 201
             services["notify"].start()
             await services["notify"].wait_ready()
@@ -113,7 +123,26 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, tmp
             await expect(page.locator(f"#ref-{missed.json()['referral_id']}")).to_be_visible(timeout=10_000)
 
             await page.screenshot(path=str(ARTIFACTS / "desk-page.png"), full_page=True)
+
+            # Logging out ends the session here and at Keycloak: the next login asks for the password again.
+            await page.get_by_role("button", name="Se déconnecter").click()
+            await page.wait_for_url(f"{notify}/desk")
+            assert (await page.request.get(f"{notify}/desk/34", max_redirects=0)).status == 303
+            await page.get_by_role("link", name="Se connecter").click()
+            await expect(page.locator("#username")).to_be_visible(timeout=15_000)
         finally:
             await browser.close()
             await capacity.aclose()
             await referral.aclose()
+
+
+async def log_in(page, keycloak: Keycloak, username: str, password: str) -> None:
+    """From the page's login link to Keycloak's own form, as a person does."""
+    from playwright.async_api import expect
+
+    await page.get_by_role("link", name="Se connecter").click()
+    await expect(page.locator("#username")).to_be_visible(timeout=15_000)
+    assert page.url.startswith(keycloak.issuer), page.url
+    await page.locator("#username").fill(username)
+    await page.locator("#password").fill(password)
+    await page.locator("#kc-login").click()
