@@ -31,6 +31,11 @@ def _valid_nir(match: re.Match[str]) -> bool:
     return int(match.group(7)) == 97 - int(digits) % 97
 
 
+def _column_as_text(name: str, data_type: str) -> str:
+    quoted = '"' + name.replace('"', '""') + '"'
+    return f"encode({quoted}, 'escape')" if data_type == "bytea" else f"{quoted}::text"
+
+
 @dataclass
 class Findings:
     scanned: dict[str, int] = field(default_factory=dict)
@@ -99,15 +104,21 @@ class PrivacyScan:
                 self.check(f"metric:{name}", line, findings)
 
     async def database(self, database_url: str, schemas: list[str], findings: Findings) -> None:
-        """Every row of every table of these schemas, as text (all its columns)."""
+        """Every row of every table of these schemas (LIKE patterns), as text (all its columns)."""
         conn = await asyncpg.connect(database_url)
         try:
             tables = await conn.fetch("SELECT table_schema, table_name FROM information_schema.tables "
-                                      "WHERE table_type = 'BASE TABLE' AND table_schema = ANY($1::text[])", schemas)
+                                      "WHERE table_type = 'BASE TABLE' AND table_schema LIKE ANY($1::text[])", schemas)
             for table in tables:
                 qualified = f'"{table["table_schema"]}"."{table["table_name"]}"'
+                columns = await conn.fetch("SELECT column_name, data_type FROM information_schema.columns "
+                                           "WHERE table_schema = $1 AND table_name = $2",
+                                           table["table_schema"], table["table_name"])
+                # Binary payloads (protobuf) as the bytes' own text, not as a hex dump whose digit
+                # runs would look like anything.
+                parts = [_column_as_text(c["column_name"], c["data_type"]) for c in columns]
                 async with conn.transaction():
-                    async for row in conn.cursor(f"SELECT t::text AS row FROM {qualified} t"):
+                    async for row in conn.cursor(f"SELECT concat_ws(' ', {', '.join(parts)}) AS row FROM {qualified}"):
                         self.check(f"table:{qualified}", row["row"], findings)
         finally:
             await conn.close()
