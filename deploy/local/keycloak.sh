@@ -139,6 +139,7 @@ fetch_keycloak() {
         mvn -B -q -Dmaven.repo.local="$CACHE_DIR/m2" \
             org.apache.maven.plugins:maven-dependency-plugin:3.8.1:unpack \
             -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" -DoutputDirectory="$tmp" \
+            -DmarkersDirectory="$KC_ROOT/maven-markers" \
             >"$KC_ROOT/maven.log" 2>&1 \
             || { tail -n 30 "$KC_ROOT/maven.log" >&2; die "maven could not fetch org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION"; }
         [[ -f $tmp/keycloak-$KEYCLOAK_VERSION/bin/kc.sh ]] || die "unexpected layout of the Keycloak distribution in $tmp"
