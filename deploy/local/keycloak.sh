@@ -21,7 +21,12 @@
 # The realm deploy/local/keycloak/reflexe-realm.json is imported at the first start of a state
 # dir (an existing realm is kept: `clean` to start again from the file). It holds demo accounts
 # whose password is their user name, and system clients whose secret is `local-<client id>`:
-# acceptable for a local demo realm, never for a real one.
+# acceptable for a local demo realm, never for a real one. Demo people: desk34, desk31 (desks of
+# 34 and 31), ars76 (ARS Occitanie), admin-reflexe, had<FINESS> (coordinator of each simulated
+# HAD); systems: system-hospital-<FINESS> and system-had-<FINESS> for each simulated hospital and
+# HAD (client credentials); reflexe-web (the pages: public, PKCE S256, loopback redirects);
+# reflexe-cli (password grant, local tooling only). Access tokens last 15 minutes.
+# reflexe_common.local_idp (`./reflexe token`) creates more clients and users on demand.
 #
 # The distribution is unpacked once per cache dir and built there once (`kc.sh build`: dev-file
 # database, health endpoints), so that every state dir starts it `--optimized`, without the
@@ -217,15 +222,15 @@ start_keycloak() {
     log "starting Keycloak $KEYCLOAK_VERSION on 127.0.0.1:$KEYCLOAK_PORT (Java: $JAVA_HOME)"
     # setsid + closed stdio: the server must outlive this script and must not hold the caller's
     # pipes open. launcher.pid is kc.sh's shell; the JVM, its child, goes in keycloak.pid.
-    # Production mode on plain http is fine on loopback; the hostname follows the request
-    # (the issuer is then the http://127.0.0.1:PORT every local client uses).
+    # Production mode on plain http is fine on loopback. The hostname is fixed, so the issuer is
+    # the same whether a client calls 127.0.0.1 or localhost (services compare it exactly).
     # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
     KC_BOOTSTRAP_ADMIN_USERNAME="$ADMIN_USER" KC_BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         JAVA_HOME="$JAVA_HOME" JAVA_OPTS_KC_HEAP="-Xms64m -Xmx512m" JAVA_OPTS_APPEND="${JVM_STARTUP_OPTIONS[*]}" \
         setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KC_STATE/launcher.pid" \
         bash "$KC_HOME/bin/kc.sh" start --optimized \
         --http-enabled=true --http-host=127.0.0.1 --http-port="$KEYCLOAK_PORT" \
-        --http-management-port="$KEYCLOAK_MANAGEMENT_PORT" --hostname-strict=false \
+        --http-management-port="$KEYCLOAK_MANAGEMENT_PORT" --hostname="http://127.0.0.1:$KEYCLOAK_PORT" \
         --cache=local --import-realm --log-level=info \
         </dev/null >>"$KC_LOG" 2>&1 &
     local launched=$SECONDS deadline=$((SECONDS + START_TIMEOUT_S))
