@@ -109,3 +109,12 @@ def test_the_consumers_pattern_matches_exactly_the_inbound_topics_of_its_kind() 
     for other in (INBOUND_CAPACITY.topic("340000001").name, REFERRAL_EVENTS.name,
                   INBOUND_REFERRALS.prefix + "3400000011", INBOUND_REFERRALS.prefix + "34000000"):
         assert not pattern.match(other), other
+
+
+def test_metric_labels_count_every_senders_inbound_topic_of_a_kind_as_one() -> None:
+    from reflexe_common.topics import INBOUND_CAPACITY, INBOUND_REFERRALS, REFERRAL_EVENTS, topic_label
+
+    assert topic_label(INBOUND_REFERRALS.topic("340780477").name) == "reflexe.inbound.referrals.v1.*"
+    assert topic_label(INBOUND_REFERRALS.topic("310781406").name) == "reflexe.inbound.referrals.v1.*"
+    assert topic_label(INBOUND_CAPACITY.topic("340780477").name) == "reflexe.inbound.capacity.v1.*"
+    assert topic_label(REFERRAL_EVENTS.name) == REFERRAL_EVENTS.name

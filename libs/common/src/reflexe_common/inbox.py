@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from reflexe_common.envelope import Envelope, Headers, PoisonRecord, unwrap
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, DEAD_LETTERS, DUPLICATES_SKIPPED, HANDLER_SECONDS, init_consumer
 from reflexe_common.topics import DEAD_LETTERS as DEAD_LETTER_TOPIC
+from reflexe_common.topics import topic_label
 
 log = logging.getLogger(__name__)
 PATTERN_REFRESH_MS = 3000
@@ -70,7 +71,7 @@ class DeadLetters:
             ("dlq_offset", str(record.offset).encode()),
         ]
         await self._producer.send_and_wait(DEAD_LETTER_TOPIC.name, record.value, key=record.key, headers=headers)
-        DEAD_LETTERS.labels(consumer, record.topic).inc()
+        DEAD_LETTERS.labels(consumer, topic_label(record.topic)).inc()
         log.warning("record dead-lettered", extra={"consumer": consumer, "topic": record.topic,
                                                   "partition": record.partition, "offset": record.offset, "reason": reason})
 
@@ -199,7 +200,8 @@ class ConsumerLoop:
         self._pattern = pattern
         self._group = group_id
         self._processor = processor
-        init_consumer(processor.consumer, group_id, list(topics))
+        init_consumer(processor.consumer, group_id, [topic_label(t) for t in topics])
+        self._lag: dict[TopicPartition, int] = {}
         self.started = asyncio.Event()
 
     async def run(self) -> None:
@@ -214,9 +216,10 @@ class ConsumerLoop:
                     await self._processor.process_batch(
                         [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
                     )
-                    CONSUMER_LAG.labels(self._group, tp.topic).set(
-                        max(0, (self._consumer.highwater(tp) or 0) - await self._consumer.position(tp))
-                    )
+                    self._lag[tp] = max(0, (self._consumer.highwater(tp) or 0) - await self._consumer.position(tp))
+                    label = topic_label(tp.topic)
+                    CONSUMER_LAG.labels(self._group, label).set(
+                        sum(lag for other, lag in self._lag.items() if topic_label(other.topic) == label))
                 if batches:
                     await self._consumer.commit()
         finally:

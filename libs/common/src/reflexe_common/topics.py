@@ -103,6 +103,15 @@ INBOUND_CAPACITY = InboundKind("capacity", "had", "had_finess")
 INBOUND_KINDS = {kind.sender_role: kind for kind in (INBOUND_REFERRALS, INBOUND_CAPACITY)}
 
 
+def topic_label(topic: str) -> str:
+    """A topic as a metric label: every sender's inbound topic of a kind counts as one
+    (`reflexe.inbound.referrals.v1.*`), so the series do not grow with the establishments."""
+    for kind in INBOUND_KINDS.values():
+        if topic.startswith(kind.prefix):
+            return kind.prefix + "*"
+    return topic
+
+
 async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS) -> None:
     """Create the missing topics; refuse to run on a topic whose partition count differs."""
     admin = AIOKafkaAdminClient(**kafka.options())
