@@ -43,11 +43,14 @@ class Role(StrEnum):
     DESK = "desk"
     ARS = "ars"
     ADMIN = "admin"
+    # The HL7 gateway's system client: reports hospitals' and HADs' patient movements (no scope:
+    # it speaks for the senders its own allow-list admits; only POST /v1/patient-events takes it).
+    GATEWAY = "gateway"
 
 
 # The scope claim each role must carry.
 SCOPE_OF_ROLE = {Role.HOSPITAL: "finess", Role.HAD: "finess", Role.DESK: "department", Role.ARS: "region",
-                 Role.ADMIN: None}
+                 Role.ADMIN: None, Role.GATEWAY: None}
 
 
 @dataclass(frozen=True)

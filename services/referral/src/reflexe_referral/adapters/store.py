@@ -44,9 +44,10 @@ class ReferralStore:
     async def create(self, first: ReferralRequested, request_hash: str, rest: list[Event]) -> Referral:
         request = first.request
         await self._conn.execute(
-            "INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, requested_at, updated_at) "
-            "VALUES ($1, $2, $3, $4, 'REQUESTED', 0, $5, $5)",
+            "INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, requested_at, "
+            "updated_at, patient_pseudonym) VALUES ($1, $2, $3, $4, 'REQUESTED', 0, $5, $5, $6)",
             uuid.UUID(request.referral_id), request.department, request.source.finess, request_hash, request.requested_at,
+            request.patient.pseudonym,
         )
         referral = Referral.from_events([first])
         await self._persist(referral, first)
