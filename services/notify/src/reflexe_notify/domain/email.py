@@ -36,9 +36,20 @@ def _value(key: str, value: object, time_zone: ZoneInfo) -> str:
     return str(value)
 
 
+def page_url(public_url: str | None, recipient: str, department: str | None) -> str | None:
+    """The page a recipient acts from: an HAD's own page, else the department's desk page."""
+    if not public_url:
+        return None
+    kind, _, scope = recipient.partition(":")
+    if kind == "had" and scope:
+        return f"{public_url.rstrip('/')}/had/{scope}"
+    return f"{public_url.rstrip('/')}/desk/{department}" if department else None
+
+
 def compose(body: str, webhook_id: str, sender: str, to: str, desk_url: str | None = None,
-            at: datetime | None = None) -> EmailMessage:
-    """The multipart (text/plain + text/html) message for a stored webhook body."""
+            at: datetime | None = None, for_had: bool = False) -> EmailMessage:
+    """The multipart (text/plain + text/html) message for a stored webhook body. `desk_url` is the
+    page to act from: the desk's, or with `for_had` the HAD's own."""
     notice = json.loads(body)
     kind, data = notice["type"], notice.get("data", {})
     title, sentence = describe(kind, data)
@@ -56,7 +67,8 @@ def compose(body: str, webhook_id: str, sender: str, to: str, desk_url: str | No
     message["X-Reflexe-Event"] = kind
     message["Content-Language"] = "fr"
 
-    link_text = f"\nTableau de bord du bureau : {desk_url}\n" if desk_url else ""
+    link_label = "Page de votre HAD" if for_had else "Tableau de bord du bureau"
+    link_text = f"\n{link_label} : {desk_url}\n" if desk_url else ""
     text = (f"{title}\n\n{sentence}\n\n" + "\n".join(f"{label} : {value}" for label, value in rows)
             + f"\n{link_text}\n--\nMessage automatique de Réflexe, ne pas répondre.\n"
               "Il ne contient aucune donnée directement identifiante : les demandes sont désignées par leur numéro.\n")
@@ -65,7 +77,8 @@ def compose(body: str, webhook_id: str, sender: str, to: str, desk_url: str | No
     esc = html.escape
     table = "".join(f"<tr><th scope=\"row\" style=\"text-align:left;padding:2px 12px 2px 0\">{esc(label)}</th>"
                     f"<td>{esc(value)}</td></tr>" for label, value in rows)
-    link_html = f'<p><a href="{esc(desk_url)}">Ouvrir le tableau de bord du bureau</a></p>' if desk_url else ""
+    link_action = "Ouvrir la page de votre HAD" if for_had else "Ouvrir le tableau de bord du bureau"
+    link_html = f'<p><a href="{esc(desk_url)}">{link_action}</a></p>' if desk_url else ""
     page = (f'<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>{esc(title)}</title></head>'
             f'<body style="font-family:sans-serif;color:#1a1a1a;background:#fff">'
             f"<h1 style=\"font-size:1.2em\">{esc(title)}</h1><p>{esc(sentence)}</p>"

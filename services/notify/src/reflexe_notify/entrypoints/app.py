@@ -20,7 +20,9 @@ from reflexe_notify.adapters.sessions import prune_periodically as prune_session
 from reflexe_notify.entrypoints.api import router
 from reflexe_notify.entrypoints.consumers import CONSUMER_GROUP, TOPICS
 from reflexe_notify.entrypoints.desk import router as desk_router
+from reflexe_notify.entrypoints.had_page import router as had_router
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub, prune_periodically
+from reflexe_notify.service_layer import had_stream
 from reflexe_notify.service_layer.dispatcher import Dispatcher
 from reflexe_notify.service_layer.notifications import event_handler
 from reflexe_notify.service_layer.secret_keys import seal_plaintext_secrets
@@ -51,6 +53,8 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
             runtime.tasks.start("notify-desk-stream", hub.run())
             runtime.tasks.start("notify-desk-stream-pruning",
                                 prune_periodically(runtime.pool, settings.desk_stream_keep_days))
+            runtime.tasks.start("notify-had-referrals-pruning",
+                                had_stream.prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
             retention = RetentionSettings()
@@ -65,8 +69,9 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
 
     app = create_app("notify", settings, lifespan,
                      "Signed webhooks (Standard Webhooks) and e-mails to HADs, desks and hospitals, with a delivery log; "
-                     "the desks' live stream (SSE) and the desk page (/desk).")
+                     "the desks' live stream (SSE), the desk page (/desk) and the HADs' page (/had).")
     app.include_router(router)
     app.include_router(desk_router)
+    app.include_router(had_router)
     app.include_router(audit_router)
     return app

@@ -16,39 +16,24 @@ Programs use the bearer endpoints: GET /v1/desks/{d}/stream and GET /v1/desks/{d
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from datetime import timedelta
-from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
-from reflexe_notify.adapters import sessions, store
-from reflexe_notify.adapters.oidc import Login, LoginFailed
+from reflexe_notify.adapters import store
 from reflexe_notify.entrypoints import desk_views as views
+from reflexe_notify.entrypoints.web_session import NoSession, PageAuth, check_origin, form, html, problem_fr
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub
 
 COOKIE = "reflexe_desk"
-LOGIN_COOKIE = "reflexe_login"
-# An access token this close to expiry is refreshed before use.
-REFRESH_BEFORE_SECONDS = 30
-_refresh_locks: dict[str, asyncio.Lock] = {}
 COOKIE_PATH = "/desk"
-router = APIRouter(tags=["desk"])
-_STATIC = {"desk.js": "text/javascript; charset=utf-8", "desk.css": "text/css; charset=utf-8"}
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-}
 
 
 def _region_of(department: str) -> str | None:
@@ -56,48 +41,13 @@ def _region_of(department: str) -> str | None:
     return found.region_code if found else None
 
 
-class _NoSession(Exception):
-    pass
-
-
-async def _session(request: Request) -> tuple[Principal, str]:
-    """The desk behind the session cookie, and its access token (to call the other services as
-    itself), refreshed at the provider when it is about to expire."""
-    session_id = request.cookies.get(COOKIE)
-    found = await sessions.session(request.app.state.pool, session_id) if session_id else None
-    if found is None:
-        raise _NoSession()
-    token = found.access_token
-    if found.access_expires_at.timestamp() - time.time() < REFRESH_BEFORE_SECONDS:
-        token = await _refreshed(request, found)
-    try:
-        principal = await request.app.state.verifier.verify(token)
-    except ApiError as exc:
-        raise _NoSession() from exc
-    if principal.role not in (Role.DESK, Role.ADMIN):
-        raise _NoSession()
-    return principal, token
-
-
-async def _refreshed(request: Request, found: sessions.PageSession) -> str:
-    # One refresh per session at a time: the provider rotates refresh tokens, so a second
-    # concurrent refresh with the same token would end the session.
-    lock = _refresh_locks.setdefault(found.session_id, asyncio.Lock())
-    async with lock:
-        current = await sessions.session(request.app.state.pool, found.session_id)
-        if current is None or current.refresh_token is None:
-            raise _NoSession()
-        if current.access_expires_at.timestamp() - time.time() >= REFRESH_BEFORE_SECONDS:
-            return current.access_token  # refreshed meanwhile by another request
-        try:
-            tokens = await request.app.state.oidc.refresh(current.refresh_token)
-        except LoginFailed as exc:
-            await sessions.close_session(request.app.state.pool, found.session_id)
-            raise _NoSession() from exc
-        finally:
-            _refresh_locks.pop(found.session_id, None)
-        await sessions.renew(request.app.state.pool, found.session_id, tokens)
-        return tokens.access_token
+PAGE = PageAuth(
+    path=COOKIE_PATH, cookie=COOKIE, roles=frozenset({Role.DESK, Role.ADMIN}),
+    home=lambda p: f"/desk/{p.department}" if p.role == Role.DESK and p.department else None,
+    login_page=views.login_page, forbidden_page=views.forbidden_page,
+    wrong_account="Ce compte n’est pas celui d’un bureau de coordination.")
+router = APIRouter(tags=["desk"])
+router.include_router(PAGE.router())
 
 
 def _scoped(principal: Principal, department: str) -> None:
@@ -108,139 +58,9 @@ def _scoped(principal: Principal, department: str) -> None:
 
 async def _session_api(request: Request, department: str) -> tuple[Principal, str]:
     """For the page's own calls: 401/403 as problem+json."""
-    try:
-        principal, token = await _session(request)
-    except _NoSession:
-        raise ApiError(401, "NO_SESSION", "log in at /desk first") from None
+    principal, token = await PAGE.session_api(request)
     _scoped(principal, department)
     return principal, token
-
-
-def _html(request: Request, body: str, status: int = 200) -> HTMLResponse:
-    headers = dict(_SECURITY_HEADERS)
-    # Logging out posts a form that the server redirects to the provider: form-action must allow it.
-    provider = urlsplit(request.app.state.settings.oidc_issuer)
-    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
-        "form-action 'self'", f"form-action 'self' {provider.scheme}://{provider.netloc}")
-    if request.url.scheme == "https":
-        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-    return HTMLResponse(body, status_code=status, headers=headers)
-
-
-# ---------------------------------------------------------------- login
-
-
-@router.get("/desk", include_in_schema=False)
-async def login_form(request: Request, next: str = "") -> Response:
-    try:
-        principal, _ = await _session(request)
-        if principal.department and not next:
-            return RedirectResponse(f"/desk/{principal.department}", status_code=303)
-    except _NoSession:
-        pass
-    return _html(request, views.login_page(next_path=_local_path(next)))
-
-
-def _local_path(path: str) -> str:
-    """Only a path of the desk pages: never an open redirect to another site."""
-    return path if path.startswith("/desk/") and not path.startswith("//") and "\\" not in path else ""
-
-
-def _base_url(request: Request) -> str:
-    return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
-
-
-def _is_local(request: Request) -> bool:
-    return request.url.hostname in ("localhost", "127.0.0.1", "::1") and not request.app.state.settings.cookie_secure
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form or a JSON object, as a flat dict of strings."""
-    raw = await request.body()
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            raise ApiError(400, "INVALID_BODY", "the body is not JSON") from None
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
-
-
-def _check_origin(request: Request) -> None:
-    """State-changing calls come from this site only (on top of the SameSite cookie)."""
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise ApiError(403, "CROSS_ORIGIN", "cross-site requests are refused")
-
-
-@router.get("/desk/login", include_in_schema=False)
-async def login(request: Request, next: str = "", login_hint: str | None = Query(None, max_length=200)) -> Response:
-    """Sends the browser to the provider's login page (authorization code with PKCE)."""
-    login = Login.new()
-    await sessions.start_login(request.app.state.pool, login, _local_path(next))
-    try:
-        target = await request.app.state.oidc.authorization_url(login, f"{_base_url(request)}/desk/callback", login_hint)
-    except (httpx.HTTPError, LoginFailed):
-        return _html(request, views.login_page("Le service d’identification ne répond pas ; réessayez dans un instant."), 503)
-    response = RedirectResponse(target, status_code=303)
-    # Lax, not Strict: the provider sends the browser back here with a cross-site redirect.
-    response.set_cookie(LOGIN_COOKIE, login.state, max_age=int(sessions.LOGIN_TIMEOUT.total_seconds()),
-                        path=COOKIE_PATH, httponly=True, samesite="lax", secure=not _is_local(request))
-    return response
-
-
-@router.get("/desk/callback", include_in_schema=False)
-async def callback(request: Request, state: str = "", code: str = "", error: str = "") -> Response:
-    """The provider's answer: the code becomes tokens kept in a new server-side session."""
-    pool = request.app.state.pool
-    pending = await sessions.finish_login(pool, state) if state and state == request.cookies.get(LOGIN_COOKIE) else None
-    if pending is None or error or not code:
-        return _html(request, views.login_page("La connexion n’a pas abouti ou a expiré ; recommencez."), 400)
-    login, next_path = pending
-    redirect_uri = f"{_base_url(request)}/desk/callback"
-    try:
-        tokens = await request.app.state.oidc.exchange(code, login, redirect_uri)
-        principal = await request.app.state.verifier.verify(tokens.access_token)
-    except (LoginFailed, ApiError):
-        return _html(request, views.login_page("Le service d’identification a refusé la connexion ; recommencez."), 401)
-    if principal.role != Role.DESK or not principal.department:
-        return _html(request, views.forbidden_page("Ce compte n’est pas celui d’un bureau de coordination."), 403)
-    max_age = timedelta(hours=request.app.state.settings.session_max_hours)
-    session_id = await sessions.open_session(pool, principal.subject, tokens, max_age)
-    target = f"/desk/{principal.department}"
-    if next_path.startswith(target):  # only back to a page of its own department
-        target = next_path
-    response = RedirectResponse(target, status_code=303)
-    response.delete_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
-    response.set_cookie(COOKIE, session_id, max_age=int(max_age.total_seconds()), path=COOKIE_PATH, httponly=True,
-                        samesite="lax", secure=not _is_local(request))
-    return response
-
-
-@router.post("/desk/logout", include_in_schema=False)
-async def logout(request: Request) -> Response:
-    """Ends the session here, then at the provider (its single sign-on session too)."""
-    _check_origin(request)
-    session_id = request.cookies.get(COOKIE)
-    closed = await sessions.close_session(request.app.state.pool, session_id) if session_id else None
-    target = "/desk"
-    if closed is not None:
-        try:
-            target = await request.app.state.oidc.logout_url(closed.id_token, f"{_base_url(request)}/desk") or target
-        except (httpx.HTTPError, LoginFailed):
-            pass  # the local session is gone; the provider's own session expires by itself
-    response = RedirectResponse(target, status_code=303)
-    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax", secure=not _is_local(request))
-    return response
-
-
-@router.get("/desk/static/{name}", include_in_schema=False)
-async def static(name: str) -> Response:
-    if name not in _STATIC:
-        raise ApiError(404, "NOT_FOUND", f"no {name}")
-    text = resources.files("reflexe_notify").joinpath("static", name).read_text(encoding="utf-8")
-    return Response(text, media_type=_STATIC[name], headers={"Cache-Control": "no-cache",
-                                                              "X-Content-Type-Options": "nosniff"})
 
 
 # ---------------------------------------------------------------- reading the other services
@@ -268,13 +88,13 @@ async def _snapshot(request: Request, department: str, token: str) -> tuple[dict
 @router.get("/desk/{department}", include_in_schema=False)
 async def desk_page(department: str, request: Request, msg: str | None = None) -> Response:
     try:
-        principal, token = await _session(request)
-    except _NoSession:
+        principal, token = await PAGE.session(request)
+    except NoSession:
         return RedirectResponse(f"/desk?next={quote(request.url.path)}", status_code=303)
     try:
         _scoped(principal, department)
     except ApiError as exc:
-        return _html(request, views.forbidden_page(f"{principal.actor} ne peut pas voir le département {department}."),
+        return html(request, views.forbidden_page(f"{principal.actor} ne peut pas voir le département {department}."),
                      exc.status)
     pool = request.app.state.pool
     head = await store.desk_head(pool, department)  # read first: the stream resumes from here
@@ -283,7 +103,7 @@ async def desk_page(department: str, request: Request, msg: str | None = None) -
     geography = Geography.load()
     found = geography.department(department)
     neighbours = sorted(geography.neighbours(department))
-    return _html(request, views.desk_page(department, found.name if found else department, principal.actor, board, queue,
+    return html(request, views.desk_page(department, found.name if found else department, principal.actor, board, queue,
                                  alerts, head, neighbours, msg))
 
 
@@ -303,19 +123,19 @@ _ACTIONS = {"offer": "Offre demandée à l’HAD choisie.", "widen": "Recherche 
 @router.post("/desk/{department}/actions/{action}", include_in_schema=False)
 async def desk_action(department: str, action: str, request: Request) -> Response:
     """A desk action from the page, forwarded to the referral service with the desk's token."""
-    _check_origin(request)
+    check_origin(request)
     _, token = await _session_api(request, department)
     if action not in _ACTIONS:
         raise ApiError(404, "UNKNOWN_ACTION", f"no desk action {action}")
-    form = await _form(request)
-    referral_id = form.get("referral_id", "")
+    fields = await form(request)
+    referral_id = fields.get("referral_id", "")
     if action == "offer":
-        body: dict[str, Any] = {"had_finess": form.get("had_finess", "")}
+        body: dict[str, Any] = {"had_finess": fields.get("had_finess", "")}
     elif action == "widen":
         body = {"departments": [d.strip().upper() if d.strip().isalpha() else d.strip()
-                                for d in form.get("departments", "").replace(";", ",").split(",") if d.strip()]}
+                                for d in fields.get("departments", "").replace(";", ",").split(",") if d.strip()]}
     else:
-        body = {"reason": form.get("reason", ""), "text": form.get("text", "")}
+        body = {"reason": fields.get("reason", ""), "text": fields.get("text", "")}
     wants_json = "application/json" in request.headers.get("accept", "")
     if not referral_id:
         status, message = 422, "Choisissez d’abord une demande."
@@ -324,22 +144,12 @@ async def desk_action(department: str, action: str, request: Request) -> Respons
         try:
             answer = await request.app.state.http.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
             status = answer.status_code
-            message = _ACTIONS[action] if status == 200 else _problem_fr(answer)
+            message = _ACTIONS[action] if status == 200 else problem_fr(answer)
         except httpx.HTTPError:
             status, message = 502, "Le service des demandes ne répond pas : action non transmise, réessayez."
     if wants_json:
         return JSONResponse({"ok": status == 200, "message": message}, status_code=status)
     return RedirectResponse(f"/desk/{department}?msg={quote(message)}", status_code=303)
-
-
-def _problem_fr(answer: httpx.Response) -> str:
-    try:
-        problem = answer.json()
-    except ValueError:
-        return f"Action refusée (HTTP {answer.status_code})."
-    detail = problem.get("detail") or problem.get("title") or ""
-    code = problem.get("code") or ""
-    return f"Action refusée ({answer.status_code}{' ' + code if code else ''}) : {detail}"
 
 
 # ---------------------------------------------------------------- the live stream

@@ -31,7 +31,7 @@ from reflexe_notify.adapters.store import Claimed
 from reflexe_notify.adapters.webhook_http import (
     TargetRefused, TargetUnresolved, WebhookGuard, describe_failure, post, webhook_client,
 )
-from reflexe_notify.domain.email import compose
+from reflexe_notify.domain.email import compose, page_url
 from reflexe_notify.domain.retry import Outcome, RetryPolicy
 from reflexe_notify.domain.signing import signed_headers
 from reflexe_notify.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS, PENDING
@@ -166,8 +166,9 @@ class Dispatcher:
         error: str | None = None
         try:
             department = d.department
-            desk_url = f"{self._public_url.rstrip('/')}/desk/{department}" if self._public_url and department else None
-            message = compose(d.body, d.webhook_id, self._mailer.sender, d.url.removeprefix("mailto:"), desk_url)
+            link = page_url(self._public_url, d.recipient, department)
+            message = compose(d.body, d.webhook_id, self._mailer.sender, d.url.removeprefix("mailto:"), link,
+                              for_had=d.recipient.startswith("had:"))
             async with asyncio.timeout(self._timeout):
                 await self._mailer.send(message)
         except TimeoutError:

@@ -18,6 +18,7 @@ from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.notices import Notice
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind, recipients_for
+from reflexe_notify.service_layer import had_stream
 
 
 def event_handler(attempt_limit: int):
@@ -31,6 +32,7 @@ def event_handler(attempt_limit: int):
         desk_event = desk_event_from(envelope)
         if desk_event is not None:  # the desks' live stream, committed with the inbox record
             await store.append_desk_event(conn, desk_event)
+            await had_stream.record(conn, desk_event)  # and the stream of each HAD it concerns
         notice = notice_from(envelope)
         if notice is None:
             return

@@ -147,4 +147,15 @@ def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
     view["tried_hads"] = [finess] if finess in referral.tried_hads else []
     own_offer_id = referral.current_offer.offer_id if view["current_offer"] else None
     view["clocks"] = [c for c in view["clocks"] if c["offer_id"] in (None, own_offer_id)]
+    # What the HAD's coordinating nurse needs to decide (the HAD page shows it).
+    request = referral.request
+    view["clinical"].update(karnofsky=request.clinical.karnofsky, expected_duration_days=request.clinical.expected_duration_days,
+                            planned_date=request.clinical.planned_date.isoformat() if request.clinical.planned_date else None)
+    view["conditions"] = {"patient_consent": request.conditions.patient_consent,
+                          "gp_agreement": request.conditions.gp_agreement,
+                          "caregiver_present": request.conditions.caregiver_present}
+    view["desired_admission_at"] = request.desired_admission_at.isoformat() if request.desired_admission_at else None
+    view["avis"] = (None if request.avis is None else
+                    {"eligible": request.avis.eligible, "reason": request.avis.reason and str(request.avis.reason),
+                     "text": request.avis.text})
     return view

@@ -1,0 +1,103 @@
+"""Each HAD's live stream: the events that concern it (offers made to it and their end, its
+patients' admission, discharge, cancellation, an overdue admission, its own capacity), told to
+its page without a reload.
+
+Stored like a department's stream (store.append_desk_event, in the consumer's transaction, under
+the key 'had:<FINESS>'), so the same hub follows it with Last-Event-ID resumption and the same
+pruning ages it. An HAD's entry carries only what the HAD may know: its own sentence of the
+matcher's explanation, never another HAD's name or answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import replace
+
+import asyncpg
+
+from reflexe_common.visibility import own_explanation
+from reflexe_notify.adapters import store
+from reflexe_notify.domain.desk import DeskEvent
+
+log = logging.getLogger(__name__)
+
+# What ends an HAD's part in a referral, and what (re)opens it.
+_ENDS = frozenset({"offer.declined", "offer.expired", "offer.withdrawn", "referral.discharged", "referral.cancelled",
+                   "referral.ineligible"})
+_OPENS = frozenset({"offer.proposed", "offer.accepted", "referral.admitted"})
+# Told to the HADs the referral concerns (the events name no HAD).
+_TO_CONCERNED = frozenset({"referral.cancelled", "admission.overdue", "referral.discharged"})
+# What an HAD's entry may carry.
+_KEPT = ("referral_id", "department", "offer_id", "had_finess", "hold_until", "reason", "by_desk", "explanation",
+         "live_places", "declared_places", "status", "authorised_places")
+
+
+def stream_key(finess: str) -> str:
+    """An HAD's stream among the departments' (a department code never has a colon)."""
+    return f"had:{finess}"
+
+
+def _for_had(event: DeskEvent, finess: str) -> DeskEvent:
+    data = {k: v for k, v in event.data.items() if k in _KEPT}
+    if "explanation" in data:
+        data["explanation"] = own_explanation(data["explanation"] or "", finess)
+    if event.data.get("had_finess") not in (None, "", finess):
+        data.pop("had_finess", None)
+    return replace(event, department=stream_key(finess), data=data)
+
+
+async def record(conn: asyncpg.Connection, event: DeskEvent) -> None:
+    """Tell the HADs concerned by this desk stream entry; in the consumer's transaction."""
+    had = event.data.get("had_finess") or ""
+    referral_id = event.data.get("referral_id") or ""
+    if event.kind == "capacity.changed":
+        if had:
+            await store.append_desk_event(conn, _for_had(event, had))
+        return
+    concerned: list[str] = []
+    if had and referral_id and event.kind not in ("referral.desk_offer",):
+        # A desk's choice is told by the offer it makes (OfferMade), with its hold.
+        concerned = [had]
+    elif referral_id and event.kind in _TO_CONCERNED:
+        concerned = [r["had_finess"] for r in await conn.fetch(
+            "SELECT had_finess FROM had_referrals WHERE referral_id = $1 AND concerned", referral_id)]
+    for finess in concerned:
+        if event.kind in _OPENS or event.kind in _ENDS:
+            await conn.execute(
+                "INSERT INTO had_referrals (had_finess, referral_id, department, concerned, last_event, updated_at) "
+                "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (had_finess, referral_id) DO UPDATE SET "
+                "concerned = EXCLUDED.concerned, last_event = EXCLUDED.last_event, updated_at = now()",
+                finess, referral_id, event.data.get("department") or event.department, event.kind in _OPENS, event.kind)
+        else:
+            await conn.execute("UPDATE had_referrals SET last_event = $3, updated_at = now() "
+                               "WHERE had_finess = $1 AND referral_id = $2", finess, referral_id, event.kind)
+        await store.append_desk_event(conn, _for_had(event, finess))
+
+
+async def concerned_referrals(pool: asyncpg.Pool, finess: str, limit: int = 50) -> list[str]:
+    """The referrals this HAD is still part of (an offer pending, a patient accepted or in care), newest first."""
+    rows = await pool.fetch("SELECT referral_id FROM had_referrals WHERE had_finess = $1 AND concerned "
+                            "ORDER BY updated_at DESC LIMIT $2", finess, limit)
+    return [r["referral_id"] for r in rows]
+
+
+async def history(pool: asyncpg.Pool, finess: str, limit: int = 30) -> list[dict]:
+    """The HAD's latest stream entries, newest first (its offers and their outcomes)."""
+    rows = await pool.fetch("SELECT payload FROM desk_events WHERE department = $1 AND type <> 'capacity.changed' "
+                            "ORDER BY seq DESC LIMIT $2", stream_key(finess), limit)
+    return [json.loads(r["payload"]) for r in rows]
+
+
+async def prune_periodically(pool: asyncpg.Pool, keep_days: float, every_seconds: float = 3600) -> None:
+    """Referrals an HAD has not heard of for the stream's retention are forgotten with its entries."""
+    while True:
+        try:
+            await pool.execute("DELETE FROM had_referrals WHERE updated_at < now() - make_interval(secs => $1)",
+                               keep_days * 86400)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pruning the HADs' referrals failed")
+        await asyncio.sleep(every_seconds)
