@@ -30,6 +30,9 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 
 SERVICES = sorted(p.parent.name for p in (REPO / "services").glob("*/pyproject.toml"))
+# A service is deployed once it has a Dockerfile; until then its deployment checks are skipped
+# (visibly), as its settings checks are while its settings module is not written.
+DEPLOYED = [s for s in SERVICES if (REPO / "services" / s / "Dockerfile").is_file()]
 APP_UID = 10001
 # Read from the environment by a library rather than by a settings class: asyncpg takes the
 # database password from PGPASSWORD when DATABASE_URL has none (the Kubernetes manifests keep
@@ -93,6 +96,11 @@ def _settings(service: str) -> ServiceConfig | None:
     assert "http_port" in cls.model_fields, f"{cls.__name__} has no http_port field"
     port_env = sorted(_field_env(cls, "http_port"))
     return ServiceConfig(frozenset(names), int(cls.model_fields["http_port"].default), port_env[0])
+
+
+def _deployed_or_skip(service: str) -> None:
+    if service not in DEPLOYED:
+        pytest.skip(f"services/{service}/Dockerfile is not written yet: {service} is not deployed")
 
 
 def _settings_or_skip(service: str) -> ServiceConfig:
@@ -181,8 +189,8 @@ def _console_script_module(service: str) -> str:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_is_hardened_and_runs_the_service(service: str) -> None:
+    _deployed_or_skip(service)
     path = REPO / "services" / service / "Dockerfile"
-    assert path.is_file(), f"{path.relative_to(REPO)} is missing"
     stages = _parse_dockerfile(path)
     final = stages[-1]
 
@@ -284,10 +292,11 @@ def _published_ports(definition: dict[str, Any]) -> list[tuple[int | None, int]]
 
 
 def _built_services() -> dict[str, str]:
-    """compose service name -> the services/<svc> its Dockerfile builds."""
+    """compose service name -> the services/<svc> its Dockerfile builds and runs (a compose service
+    that overrides the entrypoint runs a tool from that image instead, e.g. the Kafka ACL job)."""
     built: dict[str, str] = {}
     for name, definition in _compose_services().items():
-        if "build" not in definition:
+        if "build" not in definition or "entrypoint" in definition:
             continue
         build = definition["build"]
         context = REPO / (build if isinstance(build, str) else build.get("context", "."))
@@ -306,7 +315,7 @@ def _built_services() -> dict[str, str]:
 
 def test_compose_builds_every_service_once() -> None:
     built = _built_services()
-    assert sorted(built.values()) == SERVICES, f"compose builds {sorted(built.values())}, want {SERVICES}"
+    assert sorted(built.values()) == DEPLOYED, f"compose builds {sorted(built.values())}, want {DEPLOYED}"
     for name, service in built.items():
         assert name == service, f"compose service {name} runs {service}: Prometheus scrapes by service name"
 
@@ -323,6 +332,7 @@ def test_compose_host_ports_do_not_collide() -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_compose_service_env_and_ports_match_its_settings(service: str) -> None:
+    _deployed_or_skip(service)
     by_service = {svc: name for name, svc in _built_services().items()}
     assert service in by_service, f"docker-compose.yml does not build {service}"
     definition = _compose_services()[by_service[service]]
@@ -350,11 +360,73 @@ def test_compose_service_env_and_ports_match_its_settings(service: str) -> None:
     assert targets == [config.http_port], f"{service}: container ports {targets}, service listens on {config.http_port}"
 
 
-def test_compose_services_trust_one_issuer_and_share_no_signing_secret() -> None:
+_COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
+
+
+def _interpolate(value: str, environment: dict[str, str] | None = None) -> str:
+    """A compose value as a container sees it, for the given host environment (default: none set,
+    so every fallback applies); a required variable that is unset fails the test."""
+    environment = environment or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        if environment.get(name):
+            return environment[name]
+        assert operator != ":?", f"${{{name}}} is required: {argument}"
+        return argument if operator == ":-" else ""
+
+    return _COMPOSE_VARIABLE.sub(substitute, value).replace("$$", "$")
+
+
+def _one_sided(value: str, variable: str) -> bool:
+    """Whether the compose value follows the host variable (two different values give two results)."""
+    return _interpolate(value, {variable: "first-value"}) != _interpolate(value, {variable: "second-value"})
+
+
+def test_compose_and_manifests_share_no_signing_secret() -> None:
+    for path in [COMPOSE_FILE, *K8S_DIR.rglob("*.yaml")]:
+        text = path.read_text(encoding="utf-8")
+        assert "JWT_SECRET" not in text, f"{path.relative_to(REPO)}: tokens are verified with the issuer's keys, never a shared secret"
+
+
+def _keycloak_version() -> str:
+    match = re.search(r'KEYCLOAK_VERSION="\$\{REFLEXE_KEYCLOAK_VERSION:-([0-9.]+)\}"',
+                      (REPO / "deploy/local/keycloak.sh").read_text(encoding="utf-8"))
+    assert match, "deploy/local/keycloak.sh no longer pins its Keycloak version as expected"
+    return match.group(1)
+
+
+def test_compose_services_trust_the_compose_keycloak_realm() -> None:
+    realm_file = REPO / "deploy/local/keycloak/reflexe-realm.json"
+    realm = json.loads(realm_file.read_text(encoding="utf-8"))["realm"]
+    keycloaks = {n: d for n, d in _compose_services().items() if str(d.get("image", "")).startswith("quay.io/keycloak/keycloak:")}
+    assert len(keycloaks) == 1, "one quay.io/keycloak/keycloak service in compose"
+    (kc_name, keycloak), = keycloaks.items()
+    assert keycloak["image"].split(":", 1)[1] == _keycloak_version(), "compose and keycloak.sh run different Keycloak versions"
+    command = keycloak.get("command") or []
+    command = shlex.split(command) if isinstance(command, str) else command
+    assert "start-dev" in command and "--import-realm" in command, f"keycloak command {command}"
+    mounts = [str(v) for v in keycloak.get("volumes") or []]
+    imported = [v for v in mounts if v.split(":")[0].startswith(".") and (REPO / v.split(":")[0]).resolve() == realm_file.resolve()]
+    assert imported, "the demo realm file must be mounted into the Keycloak container"
+    target, _, mode = imported[0].split(":", 1)[1].partition(":")
+    assert target.startswith("/opt/keycloak/data/import/") and mode == "ro", f"realm mounted at {target} ({mode or 'rw'})"
+    kc_env = _compose_env(keycloak)
+    public = urlsplit(_interpolate(kc_env["KC_HOSTNAME"]))
+    assert public.hostname in ("localhost", "127.0.0.1") and public.scheme == "http", f"KC_HOSTNAME {public.geturl()}"
+    assert (public.port, 8080) in _published_ports(keycloak), "KC_HOSTNAME's port must be the published Keycloak port"
+    assert "healthcheck" in keycloak, "services wait for a ready Keycloak"
+
     issuers = {_compose_env(_compose_services()[name]).get("OIDC_ISSUER") for name in _built_services()}
     assert len(issuers) == 1 and None not in issuers, "every service must trust the same identity provider"
-    text = (REPO / "docker-compose.yml").read_text(encoding="utf-8")
-    assert "JWT_SECRET" not in text, "tokens are verified with the issuer's public keys, never a shared secret"
+    issuer = _interpolate(issuers.pop() or "")
+    assert issuer == f"{public.scheme}://{public.netloc}/realms/{realm}", f"issuer {issuer}: not the browser-facing realm URL"
+    for name in _built_services():
+        definition = _compose_services()[name]
+        jwks = urlsplit(_interpolate(_compose_env(definition).get("OIDC_JWKS_URL", "")))
+        assert (jwks.hostname, jwks.port) == (kc_name, 8080), f"{name}: OIDC_JWKS_URL must reach {kc_name}:8080 in-network"
+        assert jwks.path == f"/realms/{realm}/protocol/openid-connect/certs", f"{name}: OIDC_JWKS_URL path {jwks.path}"
+        assert definition["depends_on"].get(kc_name, {}).get("condition") == "service_healthy", f"{name}: wait for {kc_name}"
 
 
 def _broker() -> dict[str, Any]:
@@ -381,6 +453,135 @@ def test_compose_broker_is_kraft_single_node_without_topic_auto_creation() -> No
     assert (19092, 19092) in _published_ports(broker), "the EXTERNAL listener must be published on host 19092"
     service_hosts = {_compose_env(_compose_services()[name])["KAFKA_BOOTSTRAP"] for name in _built_services()}
     assert service_hosts <= set(advertised.values()), f"services bootstrap from {service_hosts}, not an advertised listener"
+
+
+def _broker_properties(environment: dict[str, str] | None = None) -> dict[str, str]:
+    """The server.properties the apache/kafka image writes from the broker's KAFKA_* variables
+    (its KafkaDockerWrapper: prefix dropped, lower case, _ -> ., __ -> _, ___ -> -)."""
+    image_settings = {"KAFKA_VERSION", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_OPTS", "KAFKA_JMX_OPTS",
+                      "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_GC_LOG_OPTS", "KAFKA_LOG4J_ROOT_LOGLEVEL",
+                      "KAFKA_LOG4J_LOGGERS", "KAFKA_TOOLS_LOG4J_LOGLEVEL", "KAFKA_JMX_HOSTNAME"}
+    properties = {}
+    for key, value in _compose_env(_broker()).items():
+        if key.startswith("KAFKA_") and key not in image_settings:
+            name = key.removeprefix("KAFKA_").lower().replace("_", ".").replace("...", "-").replace("..", "_")
+            properties[name] = _interpolate(value, environment)
+    return properties
+
+
+_JAAS = re.compile(r"(?P<module>[\w.]+) required(?P<options>(?: \w+=\"[^\"]*\")*);")
+
+
+def _jaas(value: str) -> tuple[str, dict[str, str]]:
+    match = _JAAS.fullmatch(" ".join(value.split()))
+    assert match, f"not a one-module JAAS configuration: {value!r}"
+    return match["module"], dict(re.findall(r'(\w+)="([^"]*)"', match["options"]))
+
+
+def test_compose_broker_authenticates_every_client_and_denies_without_an_acl() -> None:
+    props = _broker_properties()
+    protocols = dict(x.split(":") for x in props["listener.security.protocol.map"].split(","))
+    listeners = [x.split("://")[0] for x in props["listeners"].split(",")]
+    controller = props["controller.listener.names"]
+    for listener in listeners:
+        assert protocols[listener] in ("SASL_PLAINTEXT", "SASL_SSL"), f"listener {listener} is {protocols[listener]}"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    inter_broker = props["inter.broker.listener.name"]
+    for listener in set(listeners) - {controller}:
+        module, options = _jaas(props[f"listener.name.{listener.lower()}.scram-sha-512.sasl.jaas.config"])
+        assert module == "org.apache.kafka.common.security.scram.ScramLoginModule", listener
+        if listener == inter_broker:
+            assert options.get("username") == "admin" and options.get("password"), "the broker talks to itself as admin"
+    # The controller listener cannot use SCRAM (its credentials live in the metadata it serves).
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props[f"listener.name.{controller.lower()}.sasl.enabled.mechanisms"] == "PLAIN"
+    module, options = _jaas(props[f"listener.name.{controller.lower()}.plain.sasl.jaas.config"])
+    assert module == "org.apache.kafka.common.security.plain.PlainLoginModule"
+    assert options["password"] == options[f"user_{options['username']}"], "the controller's own user must log in"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert set(props["super.users"].split(";")) == {"User:admin", f"User:{options['username']}"}
+
+    # The super user's SCRAM credential is written at format time, with the password the broker uses.
+    broker = _broker()
+    command = broker.get("command") or []
+    script = command[-1] if isinstance(command, list) else command
+    assert "kafka-storage.sh format" in script and "exec /etc/kafka/docker/run" in script, "format, then the image's start"
+    assert '--add-scram "SCRAM-SHA-512=[name=admin,password=$$REFLEXE_KAFKA_ADMIN_PASSWORD]"' in script
+    env = _compose_env(broker)
+    for chosen in ({}, {"REFLEXE_KAFKA_ADMIN_PASSWORD": "chosen-admin-password"}):
+        inter = _jaas(_broker_properties(chosen)[f"listener.name.{inter_broker.lower()}.scram-sha-512.sasl.jaas.config"])[1]
+        assert _interpolate(env["REFLEXE_KAFKA_ADMIN_PASSWORD"], chosen) == inter["password"], "two admin passwords"
+    healthcheck = " ".join(broker["healthcheck"]["test"][1:])
+    assert "--command-config" in healthcheck and "$$REFLEXE_KAFKA_ADMIN_PASSWORD" in healthcheck, "healthcheck must authenticate"
+
+
+def _acl_job() -> tuple[str, dict[str, Any]]:
+    jobs = {n: d for n, d in _compose_services().items()
+            if d.get("entrypoint") == ["python", "-m", "reflexe_common.kafka_acls", "apply"]}
+    assert len(jobs) == 1, "one compose service runs `python -m reflexe_common.kafka_acls apply`"
+    return next(iter(jobs.items()))
+
+
+def test_compose_applies_the_declared_kafka_principals_and_acls_before_the_services_start() -> None:
+    from reflexe_common.kafka import password_variable
+    from reflexe_common.kafka_acls import ADMIN, SERVICES as PRINCIPALS
+
+    name, job = _acl_job()
+    build = job["build"]
+    dockerfile = (REPO / build["context"] / build["dockerfile"]).resolve()
+    assert dockerfile in {(REPO / "services" / s / "Dockerfile").resolve() for s in SERVICES}, "a service image has reflexe_common"
+    assert str(job.get("restart", "no")) == "no", "a one-shot job"
+    assert job["depends_on"]["kafka"]["condition"] == "service_healthy"
+    env = _compose_env(job)
+    advertised = dict(x.split("://", 1) for x in _compose_env(_broker())["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert env["KAFKA_BOOTSTRAP"] in advertised.values()
+    assert env["KAFKA_SECURITY_PROTOCOL"].startswith("SASL_") and env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert env[password_variable(ADMIN)] == _compose_env(_broker())["REFLEXE_KAFKA_ADMIN_PASSWORD"], "one admin password"
+    assert _one_sided(env[password_variable(ADMIN)], password_variable(ADMIN))
+
+    built = _built_services()
+    assert sorted(built.values()) == sorted(PRINCIPALS), "a principal per service (kafka_acls.SERVICES)"
+    passwords = {}
+    for compose_name, service in built.items():
+        definition = _compose_services()[compose_name]
+        service_env = _compose_env(definition)
+        assert service_env.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"), f"{service}: Kafka without SASL"
+        assert service_env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512") == "SCRAM-SHA-512"
+        assert service_env.get("KAFKA_USERNAME") == service, f"{service} must connect as its own principal"
+        variable = password_variable(service)
+        assert service_env.get("KAFKA_PASSWORD") == env.get(variable), f"{service}: KAFKA_PASSWORD is not the job's {variable}"
+        assert _one_sided(service_env["KAFKA_PASSWORD"], variable), f"{service}: set its password with {variable}"
+        passwords[service] = _interpolate(service_env["KAFKA_PASSWORD"])
+        assert definition["depends_on"].get(name, {}).get("condition") == "service_completed_successfully", (
+            f"{service} must start after {name} created its principal")
+    assert len(set(passwords.values())) == len(passwords), "each principal its own password, even in development"
+
+
+# Logins of the local tools, with the same development defaults as deploy/local/ (README).
+LOCAL_TOOL_LOGINS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "KEYCLOAK_ADMIN_PASSWORD"}
+
+
+def test_compose_secrets_have_no_default_a_deployment_could_keep_unknowingly() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for name, operator, argument in _COMPOSE_VARIABLE.findall(text):
+        if re.search(r"PASSWORD|SECRET|KEY", name) and operator == ":-" and name not in LOCAL_TOOL_LOGINS:
+            assert "dev-only" in argument, f"${{{name}}} falls back to {argument!r}: mark it dev-only, or require it"
+    notify = _compose_services()["notify"]
+    env = _compose_env(notify)
+    assert re.fullmatch(r"\$\{NOTIFY_SECRET_KEYS:\?[^}]+\}", env.get("NOTIFY_SECRET_KEYS", "")), (
+        "NOTIFY_SECRET_KEYS must be required (${NOTIFY_SECRET_KEYS:?...}): a key in the file seals every copy's secrets")
+
+
+def test_compose_notify_reaches_the_services_its_desk_page_calls() -> None:
+    env = _compose_env(_compose_services()["notify"])
+    for variable, service in (("NOTIFY_REFERRAL_URL", "referral"), ("NOTIFY_CAPACITY_URL", "capacity")):
+        url = urlsplit(env.get(variable, ""))
+        config = _settings_or_skip(service)
+        assert (url.hostname, url.port) == (service, config.http_port), f"{variable}={env.get(variable)}"
+    public = urlsplit(_interpolate(env.get("NOTIFY_PUBLIC_URL", "")))
+    assert (public.port, 8004) in _published_ports(_compose_services()["notify"]), "NOTIFY_PUBLIC_URL: the published port"
 
 
 def _bind_mounts(definition: dict[str, Any]) -> dict[str, Path]:
@@ -444,17 +645,73 @@ def _k8s(kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [d for d in _k8s_documents() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
+K8S_EXAMPLES = K8S_DIR / "examples"
+
+
+@cache
+def _k8s_examples() -> list[dict[str, Any]]:
+    """The documented examples (Secrets, the Kafka ACL Job): never applied by a kustomization."""
+    return [d for path in sorted(K8S_EXAMPLES.glob("*.yaml"))
+            for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def _example_secret_keys(name: str) -> dict[str, str]:
+    secrets = [d for d in _k8s_examples() if d["kind"] == "Secret" and d["metadata"]["name"] == name]
+    assert len(secrets) == 1, f"Secret {name} is not documented in deploy/k8s/examples/"
+    return {**secrets[0].get("data", {}), **secrets[0].get("stringData", {})}
+
+
+def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """env name -> (Secret, key) for the container's secretKeyRef variables."""
+    refs = {}
+    for ref in container.get("env", []):
+        secret_ref = ref.get("valueFrom", {}).get("secretKeyRef")
+        if secret_ref:
+            refs[ref["name"]] = (secret_ref["name"], secret_ref["key"])
+    return refs
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
     on_disk = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
     assert on_disk == set(kustomization["resources"]), "kustomization.yaml and deploy/k8s/*.yaml disagree"
-    for required in ("namespace.yaml", "config.yaml", "secret.example.yaml", *(f"{s}.yaml" for s in SERVICES)):
+    for required in ("namespace.yaml", "config.yaml", *(f"{s}.yaml" for s in DEPLOYED)):
         assert required in on_disk, f"deploy/k8s/{required} is missing"
     namespaces = {d["metadata"]["name"] for d in _k8s("Namespace")}
     assert namespaces == {kustomization["namespace"]}
     for document in _k8s_documents():
         if document["kind"] != "Namespace":
             assert document["metadata"].get("namespace", kustomization["namespace"]) == kustomization["namespace"]
+
+
+def test_no_example_secret_is_applied_by_a_kustomization() -> None:
+    monitoring = K8S_DIR / "monitoring"
+    for directory in (K8S_DIR, monitoring):
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+        for resource in kustomization["resources"]:
+            assert "example" not in resource, f"{directory.relative_to(REPO)} applies {resource}"
+            documents = yaml.safe_load_all((directory / resource).read_text(encoding="utf-8"))
+            kinds = {d["kind"] for d in documents if d}
+            assert "Secret" not in kinds, f"{directory.relative_to(REPO)}/{resource}: Secrets are created out of band"
+    # Every Secret a manifest reads is documented by an example, and every example is read.
+    referenced = set()
+    for path in [*K8S_DIR.glob("*.yaml"), *monitoring.glob("*.yaml"), *K8S_EXAMPLES.glob("*.yaml")]:
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if document and document.get("kind") in ("Deployment", "Job"):
+                for container in document["spec"]["template"]["spec"]["containers"]:
+                    for secret, key in _secret_refs(container).values():
+                        assert key in _example_secret_keys(secret), f"{path.name}: Secret {secret} has no key {key}"
+                        referenced.add(secret)
+    examples = {d["metadata"]["name"] for d in _k8s_examples() if d["kind"] == "Secret"}
+    assert examples == referenced, f"example Secrets nobody reads: {sorted(examples - referenced)}"
+    for document in _k8s_examples():
+        if document["kind"] == "Secret":
+            for value in document.get("stringData", {}).values():
+                if document["metadata"]["name"] != "reflexe-notify-secret-keys" and "password" in str(value).lower():
+                    assert "EXAMPLE" in value, f"{document['metadata']['name']}: example values say so"
+    guide = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
+    for secret in referenced:
+        assert secret in guide, f"docs/deployment.md does not say how to create the Secret {secret}"
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +745,7 @@ def _container_port(container: dict[str, Any], port: int | str) -> int:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_k8s_deployment_is_hardened_and_probed(service: str) -> None:
+    _deployed_or_skip(service)
     deployments = _k8s("Deployment", service)
     assert len(deployments) == 1, f"one Deployment named {service}"
     deployment = deployments[0]
@@ -534,6 +792,7 @@ def test_k8s_deployment_is_hardened_and_probed(service: str) -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_k8s_service_and_env_match_the_settings(service: str) -> None:
+    _deployed_or_skip(service)
     deployment = _k8s("Deployment", service)[0]
     container = _container(deployment)
     port = container["ports"][0]["containerPort"]
@@ -548,13 +807,9 @@ def test_k8s_service_and_env_match_the_settings(service: str) -> None:
         target = _container_port(container, service_port.get("targetPort", service_port["port"]))
         assert target == port, f"Service targetPort {target}, container listens on {port}"
 
-    for ref in container.get("env", []):
-        secret_ref = ref.get("valueFrom", {}).get("secretKeyRef")
-        if secret_ref:
-            secrets = _k8s("Secret", secret_ref["name"])
-            assert secrets, f"Secret {secret_ref['name']} is not defined"
-            keys = {**secrets[0].get("data", {}), **secrets[0].get("stringData", {})}
-            assert secret_ref["key"] in keys, f"Secret {secret_ref['name']} has no key {secret_ref['key']}"
+    secret_refs = _secret_refs(container)
+    for secret, key in secret_refs.values():
+        assert key in _example_secret_keys(secret), f"Secret {secret} has no key {key}"
 
     names = _k8s_env_names(container)
     for key in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "OIDC_ISSUER"):
@@ -569,9 +824,61 @@ def test_k8s_service_and_env_match_the_settings(service: str) -> None:
         assert int(env[config.port_env]) == config.http_port
 
 
+def test_k8s_services_are_their_own_kafka_principals_and_notify_has_its_keys() -> None:
+    from reflexe_common.kafka_acls import SERVICES as PRINCIPALS
+
+    secrets = {}
+    for service in DEPLOYED:
+        refs = _secret_refs(_container(_k8s("Deployment", service)[0]))
+        assert {"KAFKA_USERNAME", "KAFKA_PASSWORD"} <= set(refs), f"{service}: Kafka credentials from a Secret"
+        assert refs["KAFKA_USERNAME"][0] == refs["KAFKA_PASSWORD"][0], f"{service}: user and password from one Secret"
+        secrets[service] = refs["KAFKA_PASSWORD"][0]
+        if service in PRINCIPALS:
+            username = _example_secret_keys(refs["KAFKA_USERNAME"][0])[refs["KAFKA_USERNAME"][1]]
+            assert username == service, f"{service}: its principal is named {service} (kafka_acls.py), not {username}"
+    assert len(set(secrets.values())) == len(secrets), f"one Kafka Secret per service: {secrets}"
+
+    refs = _secret_refs(_container(_k8s("Deployment", "notify")[0]))
+    assert "NOTIFY_SECRET_KEYS" in refs, "notify's Fernet keys come from a Secret"
+    from reflexe_notify.adapters.secret_box import parse_keys
+
+    assert parse_keys(_example_secret_keys(refs["NOTIFY_SECRET_KEYS"][0])[refs["NOTIFY_SECRET_KEYS"][1]])
+
+
+def test_k8s_kafka_acl_job_example_gives_each_service_the_password_its_deployment_reads() -> None:
+    from reflexe_common.kafka import password_variable
+    from reflexe_common.kafka_acls import ADMIN, SERVICES as PRINCIPALS
+
+    jobs = [d for d in _k8s_examples() if d["kind"] == "Job"]
+    assert len(jobs) == 1, "one example Job applying the Kafka ACLs"
+    pod = jobs[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "reflexe_common.kafka_acls", "apply"]
+    assert container["image"].split(":")[0] in {f"reflexe/{s}" for s in DEPLOYED}, "a service image has reflexe_common"
+    assert [s["configMapRef"]["name"] for s in container.get("envFrom", [])] == ["reflexe-config"]
+    refs = _secret_refs(container)
+    assert password_variable(ADMIN) in refs, "the ACLs are applied as the broker's super user"
+    for service in PRINCIPALS:
+        deployment_refs = _secret_refs(_container(_k8s("Deployment", service)[0]))
+        assert refs.get(password_variable(service)) == deployment_refs["KAFKA_PASSWORD"], (
+            f"the job sets {service}'s SCRAM password from another Secret than its Deployment reads")
+    admin_secret = refs[password_variable(ADMIN)][0]
+    for deployment in _k8s("Deployment"):
+        assert admin_secret not in {s for s, _ in _secret_refs(_container(deployment)).values()}, "no service is admin"
+    sc = container.get("securityContext", {})
+    assert pod["securityContext"].get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True
+    assert sc.get("allowPrivilegeEscalation") is False and "ALL" in sc.get("capabilities", {}).get("drop", [])
+
+
 def test_k8s_config_points_at_in_cluster_kafka_and_postgres() -> None:
     data = _k8s("ConfigMap", "reflexe-config")[0]["data"]
     assert data["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    # Production: SCRAM over TLS; the credentials are per service, in Secrets, never here.
+    assert data.get("KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    assert data.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512") == "SCRAM-SHA-512"
+    for secret in ("KAFKA_USERNAME", "KAFKA_PASSWORD", "NOTIFY_SECRET_KEYS", "PGPASSWORD"):
+        assert secret not in data, f"{secret} belongs in a Secret"
+    assert urlsplit(data.get("OIDC_ISSUER", "")).scheme == "https", "the issuer is reached over https"
     url = urlsplit(data["DATABASE_URL"])
     assert (url.hostname, url.port) == ("postgres", 5432)
     assert url.password is None, "no password in a ConfigMap: it belongs in the Secret"
