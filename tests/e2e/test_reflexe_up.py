@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.issuer import suite_issuer
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
-# ./reflexe up's ports are 8001-8004, 8090, 19092, 19093 and 15432 plus this offset; kept clear
-# of the other tests' ports and below the ephemeral range.
+# ./reflexe up's ports are 8001-8004, 8090, 19092, 19093, 15432 and Keycloak's 18080 and 19000 plus
+# this offset; kept clear of the other tests' ports and below the ephemeral range.
 UP_OFFSET = 12000 + _OFFSET
 SERVICE_PORTS = {name: port + UP_OFFSET for name, port in
                  (("referral", 8001), ("capacity", 8002), ("indicators", 8003), ("notify", 8004))}
 SIMULATOR_PORT = 8090 + UP_OFFSET
 KAFKA_PORT, CONTROLLER_PORT, PG_PORT = 19092 + UP_OFFSET, 19093 + UP_OFFSET, 15432 + UP_OFFSET
-ALL_PORTS = [*SERVICE_PORTS.values(), SIMULATOR_PORT, KAFKA_PORT, CONTROLLER_PORT, PG_PORT]
+KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT = 18080 + UP_OFFSET, 19000 + UP_OFFSET
+ALL_PORTS = [*SERVICE_PORTS.values(), SIMULATOR_PORT, KAFKA_PORT, CONTROLLER_PORT, PG_PORT, KEYCLOAK_PORT,
+             KEYCLOAK_MANAGEMENT_PORT]
 START_SECONDS = 420  # Kafka's first start may download it; four services start on shared cores
 STOP_SECONDS = 60  # services 20 s grace at most, then Kafka and PostgreSQL stop
 
@@ -55,9 +55,9 @@ class Up:
         self.local_dir = local_dir
         self.output = local_dir / "up.out"
         local_dir.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "REFLEXE_LOCAL_DIR": str(local_dir), "REFLEXE_PORT_OFFSET": str(UP_OFFSET),
-                    "OIDC_ISSUER": suite_issuer().url, **env}
-        for name in ("REFLEXE_STATE_DIR", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "PG_PORT"):
+        full_env = {**os.environ, "REFLEXE_LOCAL_DIR": str(local_dir), "REFLEXE_PORT_OFFSET": str(UP_OFFSET), **env}
+        for name in ("REFLEXE_STATE_DIR", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "PG_PORT", "KEYCLOAK_PORT",
+                     "KEYCLOAK_MANAGEMENT_PORT"):
             full_env.pop(name, None)
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen([str(REPO_ROOT / "reflexe"), "up"], env=full_env, stdin=subprocess.DEVNULL,
@@ -73,14 +73,16 @@ class Up:
             raise AssertionError(f"./reflexe up still running after {timeout} s:\n{self.text()[-3000:]}") from None
 
     def kill_all(self) -> None:
-        """Cleanup after a failed test: the whole session, then the infrastructure it started."""
+        """Cleanup after a failed test: the whole session, then what runs in sessions of its own."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         env = {**os.environ, "REFLEXE_STATE_DIR": str(self.local_dir / "infra"), "KAFKA_PORT": str(KAFKA_PORT),
-               "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT), "PG_PORT": str(PG_PORT)}
-        subprocess.run([str(REPO_ROOT / "deploy" / "local" / "infra.sh"), "clean"], env=env, capture_output=True,
-                       timeout=180)
+               "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT), "PG_PORT": str(PG_PORT),
+               "KEYCLOAK_PORT": str(KEYCLOAK_PORT), "KEYCLOAK_MANAGEMENT_PORT": str(KEYCLOAK_MANAGEMENT_PORT)}
+        for script in ("keycloak.sh", "infra.sh"):
+            subprocess.run([str(REPO_ROOT / "deploy" / "local" / script), "stop"], env=env, capture_output=True,
+                           timeout=180)
 
 
 @pytest.fixture
