@@ -63,6 +63,9 @@ class NotifySettings(ServiceSettings):
     cookie_secure: bool = Field(False, validation_alias="NOTIFY_COOKIE_SECURE")
     # The pages log in at OIDC_ISSUER through this public client (authorization code with PKCE).
     oidc_client_id: str = Field("reflexe-web", validation_alias="NOTIFY_OIDC_CLIENT_ID")
+    # NOTIFY_OIDC_DISCOVERY_URL: the provider's metadata as this server reaches it, when that differs
+    # from the browser-facing issuer (compose: http://keycloak:8080/realms/reflexe/.well-known/...).
+    oidc_discovery_url: str | None = Field(None, validation_alias="NOTIFY_OIDC_DISCOVERY_URL")
     # NOTIFY_SESSION_MAX_HOURS: a page session ends after this long even if kept active (a shift).
     session_max_hours: float = Field(12.0, gt=0, validation_alias="NOTIFY_SESSION_MAX_HOURS")
     # NOTIFY_DESK_STREAM_KEEP_DAYS: how long the live stream's entries are kept for resumption.

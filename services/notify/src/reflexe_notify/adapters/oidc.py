@@ -55,8 +55,12 @@ class LoginFailed(Exception):
 
 
 class OidcClient:
-    def __init__(self, issuer: str, client_id: str, http: httpx.AsyncClient, jwks: JwksCache) -> None:
+    def __init__(self, issuer: str, client_id: str, http: httpx.AsyncClient, jwks: JwksCache,
+                 discovery_url: str | None = None) -> None:
         self.issuer = issuer
+        # Where this server reads the provider's metadata: the issuer's own, unless the provider is
+        # reached on another address from here than from browsers (a container network).
+        self.discovery_url = discovery_url or issuer.rstrip("/") + "/.well-known/openid-configuration"
         self.client_id = client_id
         self._http = http
         self._jwks = jwks
@@ -64,7 +68,7 @@ class OidcClient:
 
     async def _endpoint(self, name: str) -> str | None:
         if self._discovery is None:
-            response = await self._http.get(self.issuer.rstrip("/") + "/.well-known/openid-configuration")
+            response = await self._http.get(self.discovery_url)
             response.raise_for_status()
             document = response.json()
             if document.get("issuer") != self.issuer:

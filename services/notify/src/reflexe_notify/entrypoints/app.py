@@ -55,7 +55,7 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
                                 prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.tasks.start("notify-had-referrals-pruning",
                                 had_stream.prune_periodically(runtime.pool, settings.desk_stream_keep_days))
-            runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts))
+            runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts, settings.public_url))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
             retention = RetentionSettings()
             start_retention(runtime.pool, SCHEMA, runtime.tasks.start, [delivery_attempts_purge(retention)], retention)
@@ -63,7 +63,8 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
             # The desk page reads the referral and capacity services as the desk.
             async with httpx.AsyncClient(timeout=5.0) as http:
                 app.state.http = http
-                app.state.oidc = OidcClient(settings.oidc_issuer, settings.oidc_client_id, http, app.state.verifier.jwks)
+                app.state.oidc = OidcClient(settings.oidc_issuer, settings.oidc_client_id, http, app.state.verifier.jwks,
+                                           settings.oidc_discovery_url)
                 runtime.tasks.start("notify-page-sessions-pruning", prune_sessions_periodically(runtime.pool))
                 yield
 
