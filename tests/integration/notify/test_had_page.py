@@ -8,6 +8,7 @@ nor an HAD's a desk page."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -22,6 +23,7 @@ from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.platform import webhook_receiver
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
@@ -87,6 +89,10 @@ async def offered_on_page(client: httpx.AsyncClient, finess: str, referral_id: s
     return await eventually(probe, timeout=timeout, interval=0.2, what=f"offer {referral_id} on the page of {finess}")
 
 
+async def _delivered(receiver: Any, referral_id: str) -> dict | None:
+    return next((d.json for d in receiver.of_type("offer.proposed") if d.json["data"]["referral_id"] == referral_id), None)
+
+
 async def status_of(referral: httpx.AsyncClient, referral_id: str) -> dict:
     return (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_34)).json()
 
@@ -94,13 +100,19 @@ async def status_of(referral: httpx.AsyncClient, referral_id: str) -> dict:
 async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
     had = await register(capacity, ACCEPT_COMMUNE)
-    async with browser(platform) as page:
+    async with browser(platform) as page, AsyncExitStack() as stack:
         assert (await page.get(f"/had/{had}")).headers["location"] == f"/had?next=/had/{had}"
         login = await log_in(page, "had", f"had:finess={had}")
         assert login.status_code == 303 and login.headers["location"] == f"/had/{had}", login.text
         cookie = next(c for c in login.headers.get_list("set-cookie") if c.startswith("reflexe_had="))
         for attribute in ("HttpOnly", "SameSite=lax", "Secure", "Path=/had"):
             assert attribute.lower() in cookie.lower(), cookie
+
+        # The HAD's system hears of its offers by webhook, with the link to the page to answer from.
+        receiver, hook_url = await stack.enter_async_context(webhook_receiver())
+        subscribed = await page.post("/v1/subscriptions", json={"url": hook_url, "event_types": ["offer.proposed"]},
+                                     headers=token("had", finess=had))
+        assert subscribed.status_code == 201, subscribed.text
 
         referral_id = await post_referral(referral, ACCEPT_COMMUNE, clinical={"karnofsky": 40, "associated_mpp": ["09"]},
                                           desired_admission_at="2031-05-04T08:00:00+00:00",
@@ -117,6 +129,8 @@ async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[s
         assert 'aria-live="assertive"' in whole.text and whole.headers["content-security-policy"].startswith("default-src")
 
         offer_id = (await status_of(referral, referral_id))["current_offer"]["offer_id"]
+        told = await eventually(lambda: _delivered(receiver, referral_id), what="the offer's webhook")
+        assert told["data"]["page_url"] == f"https://notify/had/{had}"
         incomplete = await page.post(f"/had/{had}/actions/decline", data={"referral_id": referral_id, "offer_id": offer_id})
         assert incomplete.status_code == 422 and incomplete.json()["errors"][0]["field"] == "reason"
         accepted = await page.post(f"/had/{had}/actions/accept", data={"referral_id": referral_id, "offer_id": offer_id},

@@ -55,7 +55,8 @@ def compose(body: str, webhook_id: str, sender: str, to: str, desk_url: str | No
     title, sentence = describe(kind, data)
     department = data.get("department")
     time_zone = time_zone_of(department)
-    rows = [(_LABELS.get(k, k), _value(k, v, time_zone)) for k, v in data.items() if v not in (None, "")]
+    # page_url is the link below, not a row.
+    rows = [(_LABELS.get(k, k), _value(k, v, time_zone)) for k, v in data.items() if v not in (None, "") and k != "page_url"]
 
     message = EmailMessage()
     message["Subject"] = f"[Réflexe] {title}" + (f" — département {department}" if department else "")

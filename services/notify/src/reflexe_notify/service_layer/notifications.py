@@ -15,14 +15,16 @@ from reflexe_notify.adapters import store
 from reflexe_notify.adapters.events import desk_event_from, notice_from
 from reflexe_notify.adapters.store import Claimed
 from reflexe_notify.domain.desk import DeskEvent
+from reflexe_notify.domain.email import page_url
 from reflexe_notify.domain.notices import Notice
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind, recipients_for
 from reflexe_notify.service_layer import had_stream
 
 
-def event_handler(attempt_limit: int):
-    """The idempotent consumer's handler: runs in the transaction that records the event id."""
+def event_handler(attempt_limit: int, public_url: str | None = None):
+    """The idempotent consumer's handler: runs in the transaction that records the event id.
+    With `public_url`, an HAD's offer carries `page_url`, its page to answer from."""
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         message = envelope.message
@@ -43,6 +45,9 @@ def event_handler(attempt_limit: int):
             had = Recipient.had(notice.had_finess)
             own = replace(notice, data={**notice.data, "explanation": own_explanation(
                 notice.data.get("explanation") or "", notice.had_finess)})
+            link = page_url(public_url, str(had), notice.department)
+            if link:
+                own = replace(own, data={**own.data, "page_url": link})
             await store.enqueue(conn, envelope.id, notice.kind, notice.department, own.body(), [had], attempt_limit)
             recipients = [r for r in recipients if r != had]
         await store.enqueue(conn, envelope.id, notice.kind, notice.department, notice.body(), recipients, attempt_limit)
