@@ -23,11 +23,12 @@ _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conf
 # this offset; kept clear of the other tests' ports and below the ephemeral range.
 UP_OFFSET = 12000 + _OFFSET
 SERVICE_PORTS = {name: port + UP_OFFSET for name, port in
-                 (("referral", 8001), ("capacity", 8002), ("indicators", 8003), ("notify", 8004))}
+                 (("referral", 8001), ("capacity", 8002), ("indicators", 8003), ("notify", 8004), ("gateway", 8005))}
+MLLP_PORT = 2575 + UP_OFFSET  # the gateway's HL7 listener
 SIMULATOR_PORT = 8090 + UP_OFFSET
 KAFKA_PORT, CONTROLLER_PORT, PG_PORT = 19092 + UP_OFFSET, 19093 + UP_OFFSET, 15432 + UP_OFFSET
 KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT = 18080 + UP_OFFSET, 19000 + UP_OFFSET
-ALL_PORTS = [*SERVICE_PORTS.values(), SIMULATOR_PORT, KAFKA_PORT, CONTROLLER_PORT, PG_PORT, KEYCLOAK_PORT,
+ALL_PORTS = [*SERVICE_PORTS.values(), MLLP_PORT, SIMULATOR_PORT, KAFKA_PORT, CONTROLLER_PORT, PG_PORT, KEYCLOAK_PORT,
              KEYCLOAK_MANAGEMENT_PORT]
 START_SECONDS = 420  # Kafka's first start may download it; four services start on shared cores
 STOP_SECONDS = 60  # services 20 s grace at most, then Kafka and PostgreSQL stop
