@@ -81,8 +81,9 @@ class Up:
         env = {**os.environ, "REFLEXE_STATE_DIR": str(self.local_dir / "infra"), "KAFKA_PORT": str(KAFKA_PORT),
                "KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT), "PG_PORT": str(PG_PORT),
                "KEYCLOAK_PORT": str(KEYCLOAK_PORT), "KEYCLOAK_MANAGEMENT_PORT": str(KEYCLOAK_MANAGEMENT_PORT)}
-        for script in ("keycloak.sh", "infra.sh"):
-            subprocess.run([str(REPO_ROOT / "deploy" / "local" / script), "stop"], env=env, capture_output=True,
+        # clean: as root, the PostgreSQL cluster lives outside the test's directory (infra.sh).
+        for script, command in (("keycloak.sh", "stop"), ("infra.sh", "clean")):
+            subprocess.run([str(REPO_ROOT / "deploy" / "local" / script), command], env=env, capture_output=True,
                            timeout=180)
 
 
