@@ -553,6 +553,20 @@ MATRIX: list[Endpoint] = [
     Endpoint("notify", "POST", "/desk/{department}/actions/{action}", page(401), desk_action),
     Endpoint("notify", "GET", "/desk/{department}/stream", page(401), by_department("/desk/{department}/stream"),
              stream=True),
+    # The HAD's page: its own cookie on /had (no bearer token, nor the desk's session, opens it);
+    # an HAD's session on its own and another HAD's page: tests/integration/notify/test_had_page.py.
+    Endpoint("notify", "GET", "/had", public(OK), fixed("/had")),
+    Endpoint("notify", "GET", "/had/login", public(303), fixed("/had/login")),
+    Endpoint("notify", "GET", "/had/callback", public(400), fixed("/had/callback")),
+    Endpoint("notify", "GET", "/had/static/{name}", public(OK), fixed("/had/static/had.js")),
+    Endpoint("notify", "GET", "/had/{finess}", public(303), by_had("/had/{finess}")),
+    Endpoint("notify", "GET", "/had/{finess}/fragments", public(401), by_had("/had/{finess}/fragments")),
+    Endpoint("notify", "POST", "/had/{finess}/actions/{action}", public(401),
+             by_had("/had/{finess}/actions/accept", data={"referral_id": "x", "offer_id": "y"})),
+    Endpoint("notify", "POST", "/had/{finess}/capacity", public(401), by_had("/had/{finess}/capacity", data={
+        "places_available": "1", "admissions_possible_today": "1", "status": "OPEN"})),
+    Endpoint("notify", "GET", "/had/{finess}/stream", public(401), by_had("/had/{finess}/stream"), stream=True),
+    Endpoint("notify", "POST", "/had/logout", public(303), fixed("/had/logout", headers={"Origin": "ORIGIN"})),
     # Last: it ends the page session (then, without one, it just goes back to the login form).
     Endpoint("notify", "POST", "/desk/logout", public(303), fixed("/desk/logout", headers={"Origin": "ORIGIN"})),
 ]
