@@ -7,8 +7,9 @@ nor an HAD's a desk page."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,13 +25,15 @@ from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
 from tests.support.platform import webhook_receiver
-from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
+from tests.support.desk import SseCollector
+from tests.integration.notify.kit import eventually
+from tests.support.services import NOTIFY_ENV, free_port, serve_in_process, token
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 # Communes only this module uses: each test's HAD is the only one serving its commune.
-ACCEPT_COMMUNE, DECLINE_COMMUNE, SCOPE_COMMUNE = "34040", "34041", "34042"
+ACCEPT_COMMUNE, DECLINE_COMMUNE, SCOPE_COMMUNE, STREAM_COMMUNE = "34040", "34041", "34042", "34044"
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +243,67 @@ async def test_each_had_sees_only_its_own_page_and_desk_sessions_stay_apart(plat
         out = await page.post("/had/logout")
         assert out.status_code == 303
         assert (await page.get(f"/had/{had}/fragments")).status_code == 401
+
+
+
+async def test_each_had_hears_live_of_its_own_referrals_only(platform: dict[str, Any]) -> None:
+    referral, capacity = platform["referral"], platform["capacity"]
+    had = await register(capacity, STREAM_COMMUNE)
+    async with browser(platform) as page, served(platform["notify"]) as url, httpx.AsyncClient() as http:
+        await log_in(page, "had", f"had:finess={had}")
+        cookie = {"Cookie": f"reflexe_had={page.cookies['reflexe_had']}"}
+        stream = SseCollector(http, f"{url}/had/{had}/stream", cookie)
+        await asyncio.wait_for(stream.opened.wait(), 10)
+        assert stream.status == 200
+
+        hospital = unique_finess()
+        posted = await referral.post("/v1/referrals", json=referral_body(hospital, STREAM_COMMUNE),
+                                     headers=token("hospital", finess=hospital))
+        referral_id = posted.json()["referral_id"]
+        await eventually(lambda: any(e.json["type"] == "offer.proposed" for e in stream.events), timeout=120,
+                         what="the offer on the HAD's stream")
+        offered = next(e for e in stream.events if e.json["type"] == "offer.proposed").json
+        assert offered["data"]["referral_id"] == referral_id and offered["data"]["had_finess"] == had
+        assert offered["data"]["explanation"].startswith("Proposé à") and "ensuite" not in offered["data"]["explanation"]
+
+        # The hospital cancels: the HAD it was offered to is told, live.
+        cancelled = await referral.post(f"/v1/referrals/{referral_id}/cancel", json={"reason": "PATIENT_REFUSED"},
+                                        headers=token("hospital", finess=hospital))
+        assert cancelled.status_code == 200, cancelled.text
+        await eventually(lambda: any(e.json["type"] == "referral.cancelled" for e in stream.events),
+                         what="the cancellation on the HAD's stream")
+        first_id = stream.events[0].id
+        await stream.stop()
+        assert (await page.get(f"/had/{had}/fragments")).json()["offer_ids"] == []
+
+        # Resumed with Last-Event-ID: what came after, once.
+        resumed = SseCollector(http, f"{url}/had/{had}/stream", {**cookie, "Last-Event-ID": first_id})
+        await eventually(lambda: len(resumed.events) >= len(stream.events) - 1, what="the resumed stream")
+        await resumed.stop()
+        ids = [int(e.id) for e in resumed.events]
+        # Later entries may follow (its places freed by the cancellation): in order, without a gap or a repeat.
+        assert ids[:len(stream.events) - 1] == [int(e.id) for e in stream.events[1:]]
+        assert ids == list(range(int(first_id) + 1, int(first_id) + 1 + len(ids)))
+
+        # No other HAD's stream names this referral (its entries are written with this HAD's).
+        pool = platform["notify"].state.pool
+        others = await pool.fetchval("SELECT count(*) FROM desk_events WHERE department LIKE 'had:%' "
+                                     "AND department <> $1 AND payload LIKE $2", f"had:{had}", f"%{referral_id}%")
+        assert others == 0
+        assert (await http.get(f"{url}/had/{unique_finess('34')}/stream", headers=cookie)).status_code == 403
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    # Streaming needs a real server: ASGITransport buffers the whole response.
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, timeout=20, what="uvicorn")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
