@@ -210,10 +210,10 @@ start_keycloak() {
     fetch_keycloak
     make_home
     # Startup is CPU-bound class loading and JIT: C1 only (a local IdP needs no peak speed), and
-    # a class-data archive of this JVM, written at the first clean stop and read at each start;
-    # shared through the cache so that a new state dir (a test run) starts with one too.
+    # a class-data archive of this JVM, written at the first clean stop and read at each restart
+    # of the same state dir. Never shared between state dirs: each has its own Keycloak home, and
+    # an archive of another home's class paths breaks Quarkus ("CodeSource.getLocation() is null").
     archive_paths
-    [[ -f $ARCHIVE || ! -f $SHARED_ARCHIVE ]] || { cp "$SHARED_ARCHIVE" "$ARCHIVE.tmp" && mv "$ARCHIVE.tmp" "$ARCHIVE"; }
     # (-Xlog: its messages about options that differ from the JDK's base archive are noise.)
     local JVM_STARTUP_OPTIONS=(-XX:TieredStopAtLevel=1 -XX:+AutoCreateSharedArchive "-XX:SharedArchiveFile=$ARCHIVE"
         "-Xlog:cds*=off")
@@ -255,17 +255,7 @@ start_keycloak() {
 archive_paths() {
     local name
     name="jvm-$(printf '%s' "$JAVA_HOME" | sha256sum | cut -c1-12).jsa"
-    ARCHIVE="$KC_STATE/$name" SHARED_ARCHIVE="$KC_DIST/$name"
-}
-
-# After a clean stop, the JVM has written its archive: the first one becomes the shared one.
-share_archive() {
-    local archive
-    for archive in "$KC_STATE"/jvm-*.jsa; do
-        [[ -f $archive && -d $KC_DIST && ! -f $KC_DIST/${archive##*/} ]] || continue
-        cp "$archive" "$KC_DIST/${archive##*/}.tmp.$$" && mv "$KC_DIST/${archive##*/}.tmp.$$" "$KC_DIST/${archive##*/}"
-    done
-    return 0
+    ARCHIVE="$KC_STATE/$name"
 }
 
 launcher_alive() {
@@ -320,7 +310,6 @@ stop_keycloak() {
         sleep 0.2
     done
     rm -f "$KC_PID_FILE" "$KC_STATE/launcher.pid"
-    share_archive
 }
 
 # ---------------------------------------------------------------- commands
