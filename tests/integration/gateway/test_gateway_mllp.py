@@ -264,3 +264,15 @@ async def test_no_name_nir_birth_date_or_address_in_the_gateways_tables_or_logs(
     for secret in (SURNAME, GIVEN, NIR, BIRTH_DATE, STREET, "PAT-PRIV", PSEUDONYM_KEY):
         assert secret not in dump, secret
     assert not columns & {"raw", "message", "payload", "name", "birth_date", "nir", "ins"}
+
+
+async def test_only_the_gateway_reports_patient_events(gateway, referral):
+    body = {"message_key": f"{gateway.hospital}/AUTH-1", "sender_finess": gateway.hospital, "effect": "HOSPITALISED",
+            "pseudonym": gateway.pseudonym("P"), "occurred_at": "2026-11-26T09:00:00+00:00"}
+    assert (await referral.post("/v1/patient-events", json=body)).status_code == 401
+    for role, scope in (("hospital", {"finess": gateway.hospital}), ("had", {"finess": gateway.had}),
+                        ("desk", {"department": "34"}), ("admin", {})):
+        answer = await referral.post("/v1/patient-events", json=body, headers=token(role, **scope))
+        assert answer.status_code == 403, (role, answer.text)
+    bad = await referral.post("/v1/patient-events", json={**body, "pseudonym": "DUPONT"}, headers=token("gateway"))
+    assert bad.status_code == 422 and "body.pseudonym" in [e["field"] for e in bad.json()["errors"]]

@@ -497,6 +497,11 @@ MATRIX: list[Endpoint] = [
              waiting_referral("/v1/referrals/{referral_id}/desk/close", lambda w, scope: CLOSE)),
     Endpoint("referral", "GET", "/v1/departments/{department}/referrals", api(desk=SCOPED, ars=(ARS_ROWS, ARS_ROWS)),
              by_department("/v1/departments/{department}/referrals")),
+    # Only the HL7 gateway's system token (role gateway, no caller of this matrix) reports movements.
+    Endpoint("referral", "POST", "/v1/patient-events", api(admin=(403, 403)),
+             fixed("/v1/patient-events", json={"message_key": "340780477/MATRIX-1", "sender_finess": "340780477",
+                                               "effect": "HOSPITALISED", "pseudonym": "0" * 64,
+                                               "occurred_at": "2026-11-26T09:00:00+00:00"})),
     audit_trail("referral"),
     *ops("referral"),
     # ---- capacity: establishment data; the ARS keeps the board of its region
