@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reflexe_gateway.adapters import store as store_module
 from reflexe_gateway.domain.ack import build_ack
 from reflexe_gateway.domain.hl7 import AdtMessage, Rejection, read_adt, read_header
-from reflexe_gateway.entrypoints.mllp import END, START, Deframer, frame
+from reflexe_gateway.entrypoints.mllp import Deframer, frame
 from reflexe_gateway.service_layer.gateway import Gateway
 from reflexe_gateway.settings import Sender
 from tests.unit.gateway.hl7_samples import BIRTH_DATE, NIR, SURNAME, adt
