@@ -19,8 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka import AIOKafkaProducer
 from reflexe.v1 import capacity_pb2 as cpb
 from reflexe.v1 import referral_pb2 as pb
 
@@ -32,6 +31,7 @@ from reflexe_indicators.settings import IndicatorsSettings
 from tests.support.infra import Infra
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.issuer import suite_issuer
+from tests.support.kafka import mark_caught_up
 
 REFERRALS_PER_YEAR = 162_000
 HADS = 288
@@ -119,19 +119,6 @@ async def produce(kafka: dict, events) -> float:
     finally:
         await producer.stop()
     return time.perf_counter() - started
-
-
-async def mark_caught_up(kafka: dict, group: str, topic) -> None:
-    """Commit the end of the log for a live consumer group: the live service is up to date."""
-    consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        await consumer.commit({tp: OffsetAndMetadata(end[tp], "") for tp in tps})
-    finally:
-        await consumer.stop()
 
 
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:

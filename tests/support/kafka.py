@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from reflexe_common import kafka_acls
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
@@ -57,3 +58,17 @@ async def register_system(infra: Infra, finess: str, kind: str) -> RegisteredSys
 def as_system(infra: Infra, system: RegisteredSystem) -> dict[str, Any]:
     """aiokafka keyword arguments of that system's own connection."""
     return infra.kafka().as_principal(system.principal, system.password).options()
+
+
+async def mark_caught_up(kafka: dict[str, Any], group: str, topic) -> None:
+    """Commit the end of the log for a consumer group with no live member: a service started
+    afterwards begins with what comes next, not with a backlog other tests left behind."""
+    consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.commit({tp: OffsetAndMetadata(end[tp], "") for tp in tps})
+    finally:
+        await consumer.stop()

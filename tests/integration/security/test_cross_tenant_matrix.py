@@ -31,9 +31,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import Mount, Route
 
+from reflexe_capacity.entrypoints.app import MATCHER_GROUP
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.geography import Geography
+from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_indicators.entrypoints.app import build_app as build_indicators
 from reflexe_indicators.settings import IndicatorsSettings
 from reflexe_notify.entrypoints.app import build_app as build_notify
@@ -43,6 +45,7 @@ from reflexe_referral.settings import ReferralSettings
 from tests.integration.notify.kit import Receiver
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.kafka import mark_caught_up
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
@@ -182,6 +185,9 @@ def _foreign_key() -> rsa.RSAPrivateKey:
 async def apps(topics) -> AsyncIterator[dict[str, Any]]:
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    # The matcher starts at the end of the referral log: other tests' referrals (posted with no
+    # matcher running) are not this test's, and working through them first could take minutes.
+    await mark_caught_up(topics.kafka_options(), MATCHER_GROUP, REFERRAL_EVENTS)
     referral_app = build_referral(ReferralSettings(**env))
     capacity_app = build_capacity(CapacitySettings(**env))
     indicators_app = build_indicators(IndicatorsSettings(**env))
