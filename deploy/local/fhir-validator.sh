@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# HAPI FHIR's official R4 validator, run offline: fetched from Maven Central (once, with Maven,
+# into the shared cache as infra.sh does for Kafka), then run with the machine's Java 17.
+#
+#   deploy/local/fhir-validator.sh fetch         download the jars and compile the driver (idempotent)
+#   deploy/local/fhir-validator.sh serve         one resource per stdin line -> one JSON verdict per line
+#   deploy/local/fhir-validator.sh FILE.json...  validate files, print verdicts, exit 1 on any error
+#
+# Environment: REFLEXE_CACHE_DIR [${XDG_CACHE_HOME:-$HOME/.cache}/reflexe],
+#   REFLEXE_HAPI_FHIR_VERSION [8.0.0] (ca.uhn.hapi.fhir, Java 17).
+# The R4 core definitions come from hapi-fhir-validation-resources-r4, terminology from the
+# validator's in-memory services: no FHIR package registry, no terminology server at run time.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
+HAPI_VERSION="${REFLEXE_HAPI_FHIR_VERSION:-8.0.0}"
+HOME_DIR="$CACHE_DIR/fhir-validator-$HAPI_VERSION"
+LIBS="$HOME_DIR/libs"
+SOURCE="$REPO_ROOT/deploy/local/fhir-validator/ValidateFhir.java"
+CLASSES="$HOME_DIR/classes-$(sha256sum "$SOURCE" | cut -c1-12)"
+
+die() { echo "fhir-validator: $*" >&2; exit 1; }
+
+fetch() {
+    if [[ ! -f $LIBS/.complete ]]; then
+        command -v mvn >/dev/null || die "maven is required (apt-get install maven)"
+        mkdir -p "$HOME_DIR"
+        exec 9>"$HOME_DIR/.lock"
+        flock 9
+        if [[ ! -f $LIBS/.complete ]]; then
+            echo "fhir-validator: downloading HAPI FHIR $HAPI_VERSION validator (once per cache dir)" >&2
+            cat >"$HOME_DIR/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.reflexe</groupId>
+  <artifactId>fhir-validator-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-structures-r4</artifactId><version>$HAPI_VERSION</version></dependency>
+    <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-validation</artifactId><version>$HAPI_VERSION</version></dependency>
+    <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-validation-resources-r4</artifactId><version>$HAPI_VERSION</version></dependency>
+    <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-caching-caffeine</artifactId><version>$HAPI_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-nop</artifactId><version>2.0.17</version></dependency>
+  </dependencies>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId><version>3.8.1</version>
+  </plugin></plugins></build>
+</project>
+POM
+            rm -rf "$LIBS.tmp"
+            mvn -B -q -f "$HOME_DIR/pom.xml" -Dmaven.repo.local="$CACHE_DIR/m2" \
+                dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" \
+                >"$HOME_DIR/maven.log" 2>&1 \
+                || { tail -n 30 "$HOME_DIR/maven.log" >&2; die "maven could not fetch HAPI FHIR $HAPI_VERSION"; }
+            rm -rf "$LIBS"
+            mv "$LIBS.tmp" "$LIBS"
+            touch "$LIBS/.complete"
+        fi
+        flock -u 9
+    fi
+    if [[ ! -f $CLASSES/ValidateFhir.class ]]; then
+        mkdir -p "$CLASSES.tmp"
+        javac -nowarn -cp "$LIBS/*" -d "$CLASSES.tmp" "$SOURCE" || die "could not compile $SOURCE"
+        rm -rf "$CLASSES"
+        mv "$CLASSES.tmp" "$CLASSES"
+    fi
+}
+
+serve() {
+    fetch
+    exec java -Xss4m -cp "$CLASSES:$LIBS/*" ValidateFhir
+}
+
+case "${1:-}" in
+    fetch) fetch ;;
+    serve) serve ;;
+    "") die "usage: $0 fetch | serve | FILE.json..." ;;
+    *)
+        fetch
+        # Each file becomes one line (the driver reads single-line JSON).
+        verdicts="$(for f in "$@"; do python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$f"; done \
+                    | java -Xss4m -cp "$CLASSES:$LIBS/*" ValidateFhir | tail -n +2)"
+        status=0
+        i=0
+        files=("$@")
+        while IFS= read -r verdict; do
+            echo "${files[$i]}: $verdict"
+            [[ $verdict == *'"errors": 0,'* ]] || status=1
+            i=$((i + 1))
+        done <<<"$verdicts"
+        exit $status
+        ;;
+esac
