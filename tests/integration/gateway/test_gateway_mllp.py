@@ -22,8 +22,8 @@ from tests.unit.gateway.hl7_samples import BIRTH_DATE, GIVEN, NIR, STREET, SURNA
 pytestmark = pytest.mark.integration
 
 
-async def open_referral(referral, gateway, patient_id: str) -> str:
-    body = referral_body(gateway.hospital)
+async def open_referral(referral, gateway, patient_id: str, **overrides) -> str:
+    body = referral_body(gateway.hospital, **overrides)
     body["patient"]["pseudonym"] = gateway.pseudonym(patient_id)
     answer = await referral.post("/v1/referrals", json=body, headers=token("hospital", finess=gateway.hospital))
     assert answer.status_code == 201, answer.text
@@ -160,16 +160,45 @@ async def test_an_unknown_patient_is_acknowledged_and_kept_as_unmatched(gateway,
     await eventually(counted, what="unmatched gauge")
 
 
-async def test_an_ed_exit_matches_the_open_referral_without_changing_it(gateway, referral, topics):
-    referral_id = await open_referral(referral, gateway, "PAT-EXIT")
+async def test_an_ed_exit_is_recorded_on_the_open_referral_once_and_its_cancellation_kept_for_a_person(
+        gateway, referral, topics, http):
+    referral_id = await open_referral(referral, gateway, "PAT-EXIT", ed_arrival_at="2026-11-26T06:10:00+01:00")
     client = await mllp(gateway.mllp_port)
     try:
-        assert msa(await client.send(adt("A03", gateway.hospital, "PAT-EXIT", control_id="EXIT-1")))[1] == "AA"
+        # 09:29 Paris time (no offset, as PAM FR systems send it) is 08:29 UTC.
+        assert msa(await client.send(adt("A03", gateway.hospital, "PAT-EXIT", control_id="EXIT-1",
+                                         movement_id="MVT-EXIT", event_time="20261126092900")))[1] == "AA"
+        row = await wait_row(topics, gateway.hospital, "EXIT-1", "APPLIED")
+        # A second A03 for the same stay records nothing more.
+        assert msa(await client.send(adt("A03", gateway.hospital, "PAT-EXIT", control_id="EXIT-2",
+                                         event_time="20261126093500")))[1] == "AA"
+        await wait_row(topics, gateway.hospital, "EXIT-2", "MATCHED")
+        assert msa(await client.send(adt("A13", gateway.hospital, "PAT-EXIT", control_id="EXIT-A13",
+                                         movement_id="MVT-EXIT", action="CANCEL", event_time="20261126100000")))[1] == "AA"
+        await wait_row(topics, gateway.hospital, "EXIT-A13", "NOT_UNDONE")
     finally:
         await client.close()
-    row = await wait_row(topics, gateway.hospital, "EXIT-1", "MATCHED")
     assert str(row["referral_id"]) == referral_id
     assert (await referral_state(referral, gateway, referral_id))["status"] == "REQUESTED"
+    timeline = await referral.get(f"/v1/referrals/{referral_id}/timeline", headers=token("hospital", finess=gateway.hospital))
+    exits = [e for e in timeline.json()["events"] if e["type"] == "EdExitRecorded"]
+    assert len(exits) == 1
+    assert exits[0]["exited_at"] == "2026-11-26T08:29:00+00:00"
+    assert exits[0]["actor"] == f"hospital:{gateway.hospital}"
+
+
+async def test_an_ed_exit_dated_before_the_ed_arrival_is_refused(gateway, referral, topics):
+    referral_id = await open_referral(referral, gateway, "PAT-EARLY", ed_arrival_at="2026-11-26T10:00:00+01:00")
+    client = await mllp(gateway.mllp_port)
+    try:
+        assert msa(await client.send(adt("A03", gateway.hospital, "PAT-EARLY", control_id="EARLY-1",
+                                         event_time="20261126092900")))[1] == "AA"
+    finally:
+        await client.close()
+    row = await wait_row(topics, gateway.hospital, "EARLY-1", "REFUSED")
+    assert str(row["referral_id"]) == referral_id
+    timeline = await referral.get(f"/v1/referrals/{referral_id}/timeline", headers=token("hospital", finess=gateway.hospital))
+    assert "EdExitRecorded" not in [e["type"] for e in timeline.json()["events"]]
 
 
 async def test_a_cancellation_arriving_first_keeps_its_movement_from_being_applied(gateway, referral, topics):

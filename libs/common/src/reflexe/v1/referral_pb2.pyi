@@ -262,3 +262,11 @@ class AdmissionOverdue(_message.Message):
     HEADER_FIELD_NUMBER: _ClassVar[int]
     header: ReferralEventHeader
     def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ...) -> None: ...
+
+class EdExitRecorded(_message.Message):
+    __slots__ = ("header", "exited_at")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    EXITED_AT_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    exited_at: _timestamp_pb2.Timestamp
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -154,8 +154,11 @@ class Applier:
         if target["status"] == st.PENDING:
             await conn.execute("UPDATE messages SET status = 'CANCELLED', done_at = now() WHERE id = $1", target["id"])
             return st.APPLIED, None, "the cancelled movement was not carried out yet: it never will be"
-        if target["status"] in (st.APPLIED, st.MATCHED) and target["effect"] != Effect.ED_EXIT:
-            # Cancelling or admitting a referral cannot be reversed by the domain: a person decides.
+        recorded = target["status"] == st.APPLIED or (target["status"] == st.MATCHED
+                                                     and target["effect"] != Effect.ED_EXIT)
+        if recorded:
+            # Cancelling or admitting a referral, or its recorded ED exit, cannot be reversed by the
+            # domain: a person decides. A repeated ED exit (MATCHED) recorded nothing.
             return st.NOT_UNDONE, referral_id, f"{target['effect']} cannot be undone automatically"
         return st.NO_EFFECT, referral_id, "the cancelled movement had no effect to undo"
 

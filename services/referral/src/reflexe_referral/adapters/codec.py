@@ -102,6 +102,8 @@ def to_proto(event: ev.Event, department: str, place_of_care: str = "") -> Messa
             return pb.SearchWidened(header=header, departments=list(event.departments))
         case ev.PatientAdmitted():
             return pb.PatientAdmitted(header=header, had_finess=event.had_finess, place_of_care=place_of_care)
+        case ev.EdExitRecorded():
+            return pb.EdExitRecorded(header=header, exited_at=ts(event.exited_at))
     proto_cls, fields = _PAIRS[type(event)]
     return proto_cls(header=header, **{f: str(getattr(event, f)) for f in fields})
 
@@ -120,6 +122,8 @@ def from_proto(message: Message) -> ev.Event:
             return ev.SearchWidened(**common, departments=tuple(message.departments))
         case pb.PatientAdmitted():
             return ev.PatientAdmitted(**common, had_finess=message.had_finess)
+        case pb.EdExitRecorded():
+            return ev.EdExitRecorded(**common, exited_at=dt(message.exited_at))
     cls, fields = _BY_PROTO[message.DESCRIPTOR.full_name]
     values = {f: Reason(getattr(message, f)) if f in _REASON_FIELDS else getattr(message, f) for f in fields}
     return cls(**common, **values)

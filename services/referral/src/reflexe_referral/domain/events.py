@@ -127,6 +127,19 @@ class AdmissionOverdue(_ReferralEvent):
     """Clock: the patient is not admitted 24 h after the request (the target missed)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class EdExitRecorded(_ReferralEvent):
+    """The referring hospital reported the patient left its ED (HL7 A03 via the gateway);
+    occurred_at is when it was recorded, exited_at when the hospital dates the exit."""
+
+    exited_at: datetime
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.exited_at.utcoffset() is None:
+            raise ValueError("EdExitRecorded.exited_at must carry a time zone")
+
+
 Event = Union[
     ReferralRequested,
     ReferralDeclaredIneligible,
@@ -143,4 +156,5 @@ Event = Union[
     ReferralCancelled,
     OfferUnanswered,
     AdmissionOverdue,
+    EdExitRecorded,
 ]

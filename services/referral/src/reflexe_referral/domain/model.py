@@ -26,6 +26,7 @@ from .events import (
     SYSTEM,
     AdmissionOverdue,
     DeskOfferRequested,
+    EdExitRecorded,
     Event,
     OfferAccepted,
     OfferDeclined,
@@ -160,6 +161,7 @@ class Referral:
     discharged_at: datetime | None = None
     closed_at: datetime | None = None
     admission_overdue_signalled: bool = False
+    ed_exited_at: datetime | None = None  # the referring hospital's report (HL7 A03)
     version: int = 1  # events applied, for optimistic concurrency
 
     # ---- folding -------------------------------------------------------------------
@@ -256,6 +258,11 @@ class Referral:
                     self._awaiting_admission and not self.admission_overdue_signalled, event
                 )
                 self.admission_overdue_signalled = True
+            case EdExitRecorded():
+                # Keeps the status: the search for an HAD goes on whether or not the patient
+                # is still in the ED. Recorded once (see record_ed_exit).
+                self._expect(self.ed_exited_at is None, event)
+                self.ed_exited_at = event.exited_at
             case _:
                 # ReferralRequested only starts a history (see from_events).
                 raise InconsistentHistory(f"{type(event).__name__} cannot be applied here")
@@ -473,6 +480,20 @@ class Referral:
         ):
             return []
         return [AdmissionOverdue(**self._meta(at, SYSTEM))]
+
+    def record_ed_exit(self, exited_at: datetime, at: datetime, actor: str) -> list[Event]:
+        """The referring hospital reports the patient left its ED. The first report is kept: a
+        repeated one changes nothing (an exit time is corrected at the hospital, not here)."""
+        self._refuse_if_closed()
+        if self.ed_exited_at is not None:
+            return []
+        arrival = self.data.ed_arrival_at
+        if arrival is not None and exited_at < arrival:
+            raise IllegalTransition(
+                ErrorCode.INVALID_STATE,
+                f"ED exit {exited_at.isoformat()} is before the ED arrival {arrival.isoformat()}",
+            )
+        return [EdExitRecorded(**self._meta(at, actor), exited_at=exited_at)]
 
     # ---- guards --------------------------------------------------------------------
 

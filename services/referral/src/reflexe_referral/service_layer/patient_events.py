@@ -2,6 +2,9 @@
 with the same domain decisions as the REST commands: a hospitalisation or a death cancels the
 referral, an HAD's admission and discharge are the HAD's own reports.
 
+An ED exit (a hospital's A03) is recorded on the referral as EdExitRecorded with the hospital's
+exit time, once; a repeated one is MATCHED with no new event.
+
 The gateway names the patient by pseudonym (and an HAD may name the referral id); the referral is
 the open one of that patient from that sender. Each report is recorded by its message key in the
 same transaction as its effect, so a retried report is answered with the first outcome.
@@ -52,7 +55,9 @@ def _decide(referral: Referral, event: PatientEvent, now: datetime) -> list:
             return referral.admit(event.sender_finess, now)
         case "HAD_DISCHARGED":
             return referral.discharge(event.sender_finess, now)
-    return []  # ED_EXIT: matched and acknowledged; no referral event records it yet
+        case "ED_EXIT":
+            return referral.record_ed_exit(event.occurred_at, now, actor=actor)
+    raise ValueError(f"unknown patient event effect {event.effect!r}")
 
 
 async def apply_patient_event(pool: asyncpg.Pool, unanswered_after: timedelta, event: PatientEvent,
