@@ -5,7 +5,8 @@ Python straight from the raw records — no SQL, no code shared with the service
 The month is March 2025 in departments 972 and 973 (one region each, used by no other test),
 with the DST change of 30 March, late and out-of-order deliveries, a cohort of long stays
 admitted in February, stale declarations, declines, expiries, escalations, desk offers,
-cancellations with withdrawn offers and negative avis.
+cancellations with withdrawn offers and negative avis, and ED arrivals and exits (exits recorded
+up to a day after they happened, some referrals without a known arrival).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def _t(rng: random.Random, start: datetime, end: datetime) -> datetime:
 
 def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[Ev]:
     rng = random.Random(seed)
+    # ED arrivals and exits draw from their own stream: the rest of the month stays as it was.
+    ed_rng = random.Random(seed * 1009 + 1)
     events: list[Ev] = []
     base = datetime(2025, 3, 1, tzinfo=PARIS).astimezone(UTC)
 
@@ -77,7 +80,16 @@ def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[
         finess, kind = rng.choice(sources(dept))
         place = "EHPAD" if kind == "EHPAD" or rng.random() < 0.15 else "HOME"
         e = lambda kind_, at, **f: events.append(Ev(kind_, at, dept, rid, f))  # noqa: E731
-        e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place)
+        arrival = None
+        if kind in ("ED", "UHCD") and ed_rng.random() < 0.85:
+            arrival = requested - timedelta(minutes=ed_rng.randrange(20, 900))
+        e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place, ed_arrival=arrival)
+        if kind in ("ED", "UHCD") and ed_rng.random() < 0.75:
+            # The exit is recorded when the hospital's A03 reaches the platform, up to a day later.
+            exited = requested + timedelta(minutes=ed_rng.randrange(-10, 2000))
+            if arrival is not None:
+                exited = max(exited, arrival)
+            e("EdExitRecorded", exited + timedelta(minutes=ed_rng.randrange(0, 1500)), exited=exited)
         t = requested
         if long_stay:
             had = hads(dept)[0]
@@ -184,7 +196,9 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
                 source=pb.Source(kind=f["source_kind"], finess=f["source_finess"]),
                 patient=pb.Patient(pseudonym=pseudonym(ev.referral_id), birth_year=1940, sex="F", care_commune=f"{ev.department}209",
                                    place_of_care=f["place"]),
-                requested_at=ts(ev.at)))
+                requested_at=ts(ev.at), ed_arrival_at=ts(f["ed_arrival"]) if f.get("ed_arrival") else None))
+        elif ev.kind == "EdExitRecorded":
+            m = pb.EdExitRecorded(header=header, exited_at=ts(f["exited"]))
         elif ev.kind == "ReferralDeclaredIneligible":
             m = pb.ReferralDeclaredIneligible(header=header, reason=f["reason"])
         elif ev.kind == "OfferMade":
@@ -264,7 +278,11 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
                 r.update(companions)
 
         if ev.kind == "ReferralRequested":
-            r.update(requested=ev.at, source=f["source_finess"], kind=f["source_kind"], place=f["place"])
+            r.update(requested=ev.at, source=f["source_finess"], kind=f["source_kind"], place=f["place"],
+                     ed_arrival=f.get("ed_arrival"))
+        elif ev.kind == "EdExitRecorded":
+            if r.get("ed_exit") is None or f["exited"] < r["ed_exit"]:
+                r["ed_exit"] = f["exited"]
         elif ev.kind == "ReferralDeclaredIneligible":
             earliest("ineligible", ineligible_reason=f["reason"])
         elif ev.kind == "OfferMade":
@@ -293,7 +311,8 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
 
     def row(d: date, key: str) -> dict:
         p = d.replace(day=1) if period == "month" else d
-        return rows.setdefault((label(p), key), {"_durations": {"first_offer": [], "acceptance": [], "admission": []}})
+        return rows.setdefault((label(p), key), {"_durations": {"first_offer": [], "acceptance": [], "admission": [],
+                                                                 "ed_stay": []}})
 
     def add(r: dict, name: str, n: float = 1) -> None:
         r[name] = r.get(name, 0) + n
@@ -319,6 +338,14 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
                     add(x, column)
                     if reason:
                         add(x, f"{'ineligible' if name == 'ineligible' else 'cancelled'}_{_code(r[reason])}")
+        if r.get("ed_exit") and level != "had":  # the referring hospital's ED stay, by the exit's period
+            d = local_day(r["ed_exit"])
+            k = key_of(r["department"], src, None)
+            if in_range(d) and k:
+                x = row(d, k)
+                add(x, "ed_exits")
+                if r.get("ed_arrival"):
+                    x["_durations"]["ed_stay"].append((r["ed_exit"] - r["ed_arrival"]).total_seconds() / 60)
         for name, had_field in (("first_offer", "first_offer_had"), ("accepted", "accepted_had"), ("admitted", "admitted_had")):
             if r.get(name):
                 d = local_day(r[name])
@@ -417,7 +444,7 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
 
     not_at_had = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
                   *[f"ineligible_{c}" for c in REASONS], "escalations", "conversion_rate", "cancellations",
-                  *[f"cancelled_{c}" for c in REASONS]}
+                  *[f"cancelled_{c}" for c in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min"}
     out = {}
     for (p, k), x in rows.items():
         received = x.get("referrals_received", 0)
@@ -429,6 +456,8 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
             "acceptance_p90_min": _pct(x["_durations"]["acceptance"], 0.9),
             "admission_median_min": _pct(x["_durations"]["admission"], 0.5),
             "admission_p90_min": _pct(x["_durations"]["admission"], 0.9),
+            "ed_stay_median_min": _pct(x["_durations"]["ed_stay"], 0.5),
+            "ed_stay_p90_min": _pct(x["_durations"]["ed_stay"], 0.9),
             "admitted_within_24h_share": x.get("admitted_within_24h", 0) / x["_with_request"] if x.get("_with_request") else None,
             "occupancy": x.get("_occupied", 0) / x["_capacity"] if x.get("_capacity") else None,
             "stale_share": x.get("_stale", 0.0) / x["_observed"] if x.get("_observed") else None,

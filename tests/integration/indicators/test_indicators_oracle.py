@@ -92,6 +92,7 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
     assert m972["offers_declined"] > 0 and m972["offers_expired"] > 0 and m972["escalations"] > 0
     assert m972["cancellations"] > 0 and m972["ineligible"] > 0 and m972["admissions_in_ehpad"] > 0
     assert 0 < m972["stale_share"] < 1 and m972["days_below_viability"] > 0
+    assert m972["ed_exits"] > 0 and 0 < m972["ed_stay_median_min"] <= m972["ed_stay_p90_min"]
     had_days = [r for r in await _rows(service, "had", "day") if r["key"] == "972990000"]
     assert any(r["had_days"] and not r["days_below_viability"] for r in had_days), "the big HAD is above 50 patients some days"
 

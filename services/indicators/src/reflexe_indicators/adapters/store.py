@@ -24,6 +24,9 @@ def _ddl(schema: str) -> str:
     for t in TABLES:
         cols = ", ".join(f"{c} {ty}" for c, ty in t.types.items())
         tables.append(f'CREATE TABLE IF NOT EXISTS "{schema}".{t.name} ({cols}, PRIMARY KEY ({", ".join(t.key)}))')
+        # A generation created before a column was added gets it empty (a replay fills it).
+        added = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in t.types.items())
+        tables.append(f'ALTER TABLE "{schema}".{t.name} {added}')
     return ";\n".join([
         f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables,
         f'CREATE INDEX IF NOT EXISTS rf_requested ON "{schema}".referral_facts (requested_at)',

@@ -37,19 +37,20 @@ class FactTable:
 REFERRALS = FactTable(
     "referral_facts", ("referral_id",),
     {"referral_id": "uuid", "department": "text", "source_kind": "text", "source_finess": "text",
-     "place_of_care": "text", "requested_at": "timestamptz",
+     "place_of_care": "text", "requested_at": "timestamptz", "ed_arrival_at": "timestamptz",
      "ineligible_at": "timestamptz", "ineligible_reason": "text",
      "first_offer_at": "timestamptz", "first_offer_had": "text",
      "accepted_at": "timestamptz", "accepted_had": "text",
      "escalated_at": "timestamptz",
      "admitted_at": "timestamptz", "admitted_had": "text", "admitted_place": "text",
      "discharged_at": "timestamptz",
-     "cancelled_at": "timestamptz", "cancel_reason": "text"},
-    first=("department", "source_kind", "source_finess", "place_of_care", "requested_at"),
+     "cancelled_at": "timestamptz", "cancel_reason": "text",
+     "ed_exited_at": "timestamptz"},
+    first=("department", "source_kind", "source_finess", "place_of_care", "requested_at", "ed_arrival_at"),
     earliest=(("ineligible_at", ("ineligible_reason",)), ("first_offer_at", ("first_offer_had",)),
               ("accepted_at", ("accepted_had",)), ("escalated_at", ()),
               ("admitted_at", ("admitted_had", "admitted_place")), ("discharged_at", ()),
-              ("cancelled_at", ("cancel_reason",))),
+              ("cancelled_at", ("cancel_reason",)), ("ed_exited_at", ())),
 )
 OFFERS = FactTable(
     "offer_facts", ("offer_id",),
@@ -98,7 +99,14 @@ def fold(m: Message) -> list[Delta]:
     if isinstance(m, pb.ReferralRequested):
         r = m.request
         ref.update(source_kind=r.source.kind or None, source_finess=r.source.finess or None,
-                   place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at)
+                   place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at,
+                   ed_arrival_at=_time(r.ed_arrival_at))
+    elif isinstance(m, pb.EdExitRecorded):
+        # The hospital's exit time, not when it was recorded: the ED stay is measured with it.
+        exited = _time(m.exited_at)
+        if exited is None:
+            return []
+        ref.update(ed_exited_at=exited)
     elif at is None:
         return []
     elif isinstance(m, pb.ReferralDeclaredIneligible):

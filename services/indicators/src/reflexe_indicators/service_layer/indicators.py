@@ -24,6 +24,12 @@ Definitions where the brief is silent (also in the README of the service):
   of an even count, numpy's default percentile), exact over the facts of the period.
 * Admitted within 24 h share: admissions of the period whose request → admission ≤ 24 h ÷
   admissions of the period with a known request time.
+* ED stay of referred patients (``ed_exits``, ``ed_stay_median_min``, ``ed_stay_p90_min``): from
+  the request's ED arrival time to the ED exit the referring hospital reported (EdExitRecorded,
+  an HL7 A03 through the gateway; its exit time, not when it was recorded), attributed to the
+  period of the exit. ``ed_exits`` counts the exits recorded in the period; the median and 90th
+  percentile are over those whose referral has an ED arrival time. Null at HAD level (the stay
+  is the referring hospital's).
 * Reasons outside the national code list count as OTHER.
 * Active patients: a patient is active on local day D if admitted on or before D and not
   discharged on or before D (the admission day counts, the discharge day does not; an
@@ -64,6 +70,7 @@ COLUMNS: list[str] = [
     "escalations", "admissions", "conversion_rate",
     "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
     "admission_median_min", "admission_p90_min", "admitted_within_24h", "admitted_within_24h_share",
+    "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
     "cancellations", *[f"cancelled_{r}" for r in REASONS],
     "active_patients", "patient_days", "admissions_in_ehpad",
     "had_days", "occupancy", "days_below_viability", "stale_share",
@@ -71,11 +78,11 @@ COLUMNS: list[str] = [
 # Columns that mean nothing at a level (null there rather than 0).
 NOT_AT_HAD = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
               *[f"ineligible_{r}" for r in REASONS], "escalations", "conversion_rate", "cancellations",
-              *[f"cancelled_{r}" for r in REASONS]}
+              *[f"cancelled_{r}" for r in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min"}
 HAD_DAY_COLUMNS = {"had_days", "occupancy", "days_below_viability", "stale_share"}
 RATIOS = {"conversion_rate", "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min",
           "acceptance_p90_min", "admission_median_min", "admission_p90_min", "admitted_within_24h_share",
-          "occupancy", "stale_share"}
+          "ed_stay_median_min", "ed_stay_p90_min", "occupancy", "stale_share"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,9 @@ def _reason(col: str, code: str) -> str:
 
 def _minutes(end: str) -> str:
     return f"(EXTRACT(EPOCH FROM ({end} - r.requested_at)) / 60)::float8"
+
+
+ED_STAY_MIN = "(EXTRACT(EPOCH FROM (r.ed_exited_at - r.ed_arrival_at)) / 60)::float8"  # null without an arrival
 
 
 def _pct(expr: str, p: float) -> str:
@@ -305,6 +315,10 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         "count(*) FILTER (WHERE r.admitted_at - r.requested_at <= interval '24 hours') AS admitted_within_24h",
         "count(r.requested_at) AS admitted_with_request",
         "count(*) FILTER (WHERE COALESCE(r.admitted_place, r.place_of_care) = 'EHPAD') AS admissions_in_ehpad"]), copy)
+    put(await _referral_family(conn, q, schema, "ed_exited_at", None, [
+        "count(*) AS ed_exits",
+        f"{_pct(ED_STAY_MIN, 0.5)} AS ed_stay_median_min",
+        f"{_pct(ED_STAY_MIN, 0.9)} AS ed_stay_p90_min"]), copy)
     put(await _offer_family(conn, q, schema, "made_at", ["count(*) AS offers_made"]), copy)
     put(await _offer_family(conn, q, schema, "outcome_at", [
         "count(*) FILTER (WHERE o.outcome = 'ACCEPTED') AS offers_accepted",
@@ -324,7 +338,7 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         received, cohort = raw.get("referrals_received") or 0, raw.get("cohort_admitted") or 0
         row["conversion_rate"] = cohort / received if received else None
         for c in ("first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
-                  "admission_median_min", "admission_p90_min"):
+                  "admission_median_min", "admission_p90_min", "ed_stay_median_min", "ed_stay_p90_min"):
             row[c] = raw.get(c)
         with_request = raw.get("admitted_with_request") or 0
         row["admitted_within_24h_share"] = (raw.get("admitted_within_24h") or 0) / with_request if with_request else None
