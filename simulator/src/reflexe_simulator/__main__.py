@@ -305,7 +305,11 @@ async def run(args: argparse.Namespace) -> Counters:
                 subscriptions = Subscriptions(world, receiver, args.webhook_base or f"http://127.0.0.1:{args.webhook_port}")
                 subscriptions.poll_meanwhile = args.poll != "never"
                 background.append(loop.create_task(subscriptions.keep_subscribing()))
-        await asyncio.gather(*(_setup_had(world, had, not args.no_register) for had in world.hads.values()))
+        setups = await asyncio.gather(*(_setup_had(world, had, not args.no_register) for had in world.hads.values()),
+                                      return_exceptions=True)
+        for had, outcome in zip(world.hads.values(), setups):
+            if isinstance(outcome, BaseException):  # that HAD sits the day out; the others play on
+                log.error("could not set up %s: %r", had.spec.name, outcome, exc_info=outcome)
         for code, dept in scenario.departments.items():
             volume = args.rate if args.rate is not None else default_daily_volume(dept.population)
             background.append(loop.create_task(traffic_loop(world, dept, volume, args.seed)))

@@ -61,13 +61,17 @@ class Tokens:
         self.source = source
         self.renew_before = renew_before_seconds
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
         key = (role, finess or department or "-")
-        token, expires = self._cache.get(key, ("", 0.0))
-        if time.time() > expires - self.renew_before:
-            token, expires = await self.source.fetch(role, finess=finess, department=department)
-            self._cache[key] = (token, expires)
+        # One fetch per actor at a time: concurrent callers wait for it instead of each asking the
+        # identity provider (and each creating the same client or user).
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            token, expires = self._cache.get(key, ("", 0.0))
+            if time.time() > expires - self.renew_before:
+                token, expires = await self.source.fetch(role, finess=finess, department=department)
+                self._cache[key] = (token, expires)
         return token
 
 
