@@ -21,7 +21,8 @@ from reflexe_referral.domain.errors import IllegalTransition
 from reflexe_referral.domain.model import Referral
 from reflexe_referral.entrypoints.schemas import (CloseIn, DeclineIn, DeskOfferIn, ReferralIn, WidenIn, had_referral_view,
                                                   own_explanation, referral_view)
-from reflexe_referral.service_layer.handlers import ConflictingDuplicate, ReferralService, UnknownReferral, request_fingerprint
+from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, ReferralService, Submitted, UnknownReferral,
+                                                     request_fingerprint)
 
 router = APIRouter(prefix="/v1")
 # Who reads referral rows (birth year, sex, commune): not the ARS, which reads indicators.
@@ -138,6 +139,12 @@ def _check_scope_for_action(request: Request, principal: Principal, referral: Re
 @router.post("/referrals", status_code=201, summary="Post a referral (hospital, EHPAD or GP system)")
 async def post_referral(body: ReferralIn, request: Request,
                         principal: Principal = Depends(require(Role.HOSPITAL))) -> JSONResponse:
+    submitted = await submit_referral(body, request, principal)
+    return JSONResponse(referral_view(submitted.referral), status_code=201 if submitted.created else 200)
+
+
+async def submit_referral(body: ReferralIn, request: Request, principal: Principal) -> Submitted:
+    """The one way in for a referral over HTTP, REST or FHIR (which translates into a ReferralIn)."""
     if principal.role == Role.HOSPITAL and body.source.finess != principal.finess:
         raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only post referrals as itself (source.finess)")
     commune = Geography.load().commune(body.patient.care_commune)
@@ -155,7 +162,7 @@ async def post_referral(body: ReferralIn, request: Request,
         submitted = await service.submit(domain_request, request_fingerprint(domain_request, body.requested_at is not None))
     except ConflictingDuplicate as exc:
         raise ApiError(409, "DUPLICATE_REFERRAL_ID", f"referral {referral_id} exists with a different body") from exc
-    return JSONResponse(referral_view(submitted.referral), status_code=201 if submitted.created else 200)
+    return submitted
 
 
 @router.get("/referrals/{referral_id}", summary="One referral's state and clocks")

@@ -18,6 +18,7 @@ from reflexe_common.retention import start_retention
 from reflexe_common.service import service_runtime
 from reflexe_common.topics import INBOUND_REFERRALS, MATCHING_EVENTS
 from reflexe_referral.entrypoints.api import router
+from reflexe_referral.entrypoints.fhir import router as fhir_router
 from reflexe_referral.entrypoints.patient_events import router as patient_events_router
 from reflexe_referral.entrypoints.consumers import matching_handler, submission_handler
 from reflexe_referral.metrics import GAUGES, REFRESH_SECONDS, OpenReferrals
@@ -64,6 +65,7 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
     app = create_app("referral", settings, lifespan,
                      "Referrals from hospitals to HAD establishments: the lifecycle, offers and desk actions.")
     app.include_router(router)
+    app.include_router(fhir_router)
     app.include_router(patient_events_router)
     app.include_router(audit_router)
     return app

@@ -106,6 +106,21 @@ class ReferralService:
             store = ReferralStore(conn, self._unanswered_after)
             return [Referral.from_events(await store.events(str(r["referral_id"]))) for r in ids]
 
+    async def offered_to(self, had_finess: str, limit: int = 200) -> list[Referral]:
+        """Referrals whose live offer awaits this HAD's answer. The row does not name the HAD, so
+        the OFFERED ones are folded and filtered: few at a time, each offer living one hold."""
+        async with self._pool.acquire() as conn:
+            ids = await conn.fetch("SELECT referral_id FROM referrals WHERE status = 'OFFERED' ORDER BY requested_at, referral_id")
+            store = ReferralStore(conn, self._unanswered_after)
+            offered = []
+            for row in ids:
+                referral = Referral.from_events(await store.events(str(row["referral_id"])))
+                if referral.current_offer is not None and referral.current_offer.had_finess == had_finess:
+                    offered.append(referral)
+                    if len(offered) >= limit:
+                        break
+            return offered
+
     async def fire_due_clocks(self) -> int:
         """Fire every clock that is due; returns how many fired. Survives restarts: clocks live in PostgreSQL."""
         now = self.now()

@@ -1,0 +1,287 @@
+"""The referral service's FHIR R4 API under /fhir (docs/integration-fhir.md). It only translates:
+a ServiceRequest goes through the REST API's submit_referral, a Task update through the same
+accept and decline commands, and reads through the same scope checks and audit."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+
+from reflexe_common import audit
+from reflexe_common.audit import record_refusal
+from reflexe_common.auth import Principal, Role, authenticated, require
+from reflexe_common.errors import ApiError
+from reflexe_common.privacy import find_direct_identifier
+from reflexe_common.vocabulary import Reason
+from reflexe_referral.domain.model import Referral
+from reflexe_referral.entrypoints import fhir_mapping as fm
+from reflexe_referral.entrypoints.api import (ROW_READERS, _act, _check_can_see, _may_see, _service, reads_rows,
+                                              submit_referral, the_had_itself)
+from reflexe_referral.entrypoints.schemas import ReferralIn
+from reflexe_referral.service_layer.handlers import UnknownReferral
+
+# FHIR's issue type for each HTTP status we answer with.
+_ISSUE_CODE = {400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+               409: "conflict", 412: "multiple-matches", 413: "too-costly", 415: "not-supported", 422: "invalid",
+               429: "throttled"}
+
+
+def fhir_response(resource: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(resource, status_code=status, media_type=fm.FHIR_JSON, headers=headers)
+
+
+def outcome(status: int, problems: list[tuple[str | None, str]], code: str | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    return fhir_response(fm.operation_outcome(problems, code or _ISSUE_CODE.get(status, "processing")), status, headers)
+
+
+class FhirRoute(APIRoute):
+    """Every answer of the FHIR API is FHIR: the platform's errors (auth, scope, the REST rules'
+    problem+json) become an OperationOutcome naming the element, with the same status and audit."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def fhir_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except fm.FhirInvalid as exc:
+                return outcome(exc.status, list(exc.problems), exc.code)
+            except ApiError as exc:
+                record_refusal(request, exc.status, exc.code)
+                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                origin = getattr(request.state, "fhir_origin", None)
+                problems: list[tuple[str | None, str]] = [
+                    (fm.expression_of(e["field"], origin) if origin is not None else None, f"{exc.code}: {e['message']}")
+                    for e in exc.errors] or [(None, f"{exc.code}: {exc.message}")]
+                return outcome(exc.status, problems, headers=headers)
+            except RequestValidationError as exc:
+                return outcome(400, [(None, f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()])
+
+        return fhir_handler
+
+
+router = APIRouter(prefix="/fhir", route_class=FhirRoute, tags=["FHIR R4"])
+
+
+async def _read_resource(request: Request, resource_type: str) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (fm.FHIR_JSON, "application/json"):
+        raise fm.FhirInvalid([(resource_type, f"send {fm.FHIR_JSON}")], status=415, code="not-supported")
+    try:
+        resource = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fm.FhirInvalid([(resource_type, f"not JSON: {exc}")], status=400, code="structure") from exc
+    return resource
+
+
+def _referral_id(value: str, expression: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise fm.FhirInvalid([(expression, "a referral id is a UUID")], status=404, code="not-found") from exc
+
+
+def _detailed(principal: Principal, referral: Referral) -> bool:
+    """The REST API shows Karnofsky, conditions and avis to the referring hospital and the HAD deciding."""
+    return principal.role in (Role.HOSPITAL, Role.HAD)
+
+
+async def _visible(request: Request, principal: Principal, referral_id: str) -> Referral:
+    try:
+        referral, _ = await _service(request).get(referral_id)
+    except UnknownReferral as exc:
+        raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
+    audit.about(request, department=referral.department)
+    _check_can_see(request, principal, referral)
+    audit.record_read(request, principal, referral.department, [referral_id])
+    return referral
+
+
+def _conditional_ids(if_none_exist: str) -> list[str]:
+    """The referral ids an If-None-Exist query names: identifier=<system>|<id>[,<system>|<id>...]."""
+    name, _, value = if_none_exist.partition("=")
+    if name.strip() != "identifier" or not value:
+        raise fm.FhirInvalid([("If-None-Exist", "only identifier=<system>|<referral id> is supported")],
+                             status=400, code="not-supported")
+    ids = []
+    for token in value.split(","):
+        system, bar, code = token.partition("|")
+        if not bar or system != fm.REFERRAL_ID_SYSTEM:
+            raise fm.FhirInvalid([("If-None-Exist", f"identifier=<{fm.REFERRAL_ID_SYSTEM}>|<referral id>")],
+                                 status=400, code="not-supported")
+        try:
+            ids.append(str(uuid.UUID(code)))
+        except ValueError as exc:
+            raise fm.FhirInvalid([("If-None-Exist", f"{code!r} is not a referral id (a UUID)")], status=400) from exc
+    return ids
+
+
+@router.get("/metadata", summary="CapabilityStatement: what this FHIR server implements")
+async def metadata(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
+    issuer = request.app.state.verifier.settings.issuer
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    return fhir_response(fm.capability_statement(base, issuer, _PUBLISHED))
+
+
+_PUBLISHED = datetime(2026, 11, 26, tzinfo=UTC)  # when this API's capabilities last changed
+
+
+@router.post("/ServiceRequest", summary="Post a referral as a ServiceRequest (conditional create)")
+async def create_service_request(request: Request, principal: Principal = Depends(require(Role.HOSPITAL))) -> Response:
+    resource = await _read_resource(request, "ServiceRequest")
+    body, origin = fm.referral_in_from_service_request(resource)
+    request.state.fhir_origin = origin
+    if if_none_exist := request.headers.get("if-none-exist"):
+        ids = _conditional_ids(if_none_exist)
+        existing = [r for r in [await _existing(request, principal, i) for i in ids] if r is not None]
+        if len(existing) > 1:
+            raise fm.FhirInvalid([("If-None-Exist", f"{len(existing)} referrals match")], status=412, code="multiple-matches")
+        if body.get("referral_id") is None:
+            if len(ids) != 1:
+                raise fm.FhirInvalid([("ServiceRequest.identifier", "required when If-None-Exist names several ids")])
+            body["referral_id"] = ids[0]
+        elif str(body["referral_id"]) not in ids:
+            raise fm.FhirInvalid([("ServiceRequest.identifier", "differs from the If-None-Exist identifier")])
+    try:
+        referral_in = ReferralIn.model_validate(body)
+    except ValidationError as exc:
+        raise fm.FhirInvalid([(fm.expression_of(".".join(str(p) for p in e["loc"]), origin), e["msg"])
+                              for e in exc.errors()]) from exc
+    # The same command as POST /v1/referrals: 201 new, 200 the same body again, 409 another body under that id.
+    submitted = await submit_referral(referral_in, request, principal)
+    referral = submitted.referral
+    created = fm.service_request(referral, _detailed(principal, referral))
+    location = f"{str(request.base_url).rstrip('/')}/fhir/ServiceRequest/{referral.referral_id}/_history/{referral.version}"
+    return fhir_response(created, 201 if submitted.created else 200,
+                         {"Location": location, "ETag": f'W/"{referral.version}"'})
+
+
+async def _existing(request: Request, principal: Principal, referral_id: str) -> Referral | None:
+    """A referral of the caller's under this id (another's is answered as absent, as everywhere)."""
+    try:
+        referral, _ = await _service(request).get(referral_id)
+    except UnknownReferral:
+        return None
+    return referral if _may_see(principal, referral) else None
+
+
+@router.get("/ServiceRequest/{referral_id}", summary="One referral as a ServiceRequest")
+async def read_service_request(referral_id: str, request: Request,
+                               principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
+    referral = await _visible(request, principal, _referral_id(referral_id, "ServiceRequest.id"))
+    return fhir_response(fm.service_request(referral, _detailed(principal, referral)),
+                         headers={"ETag": f'W/"{referral.version}"'})
+
+
+@router.get("/Task/{referral_id}", summary="One referral's progress as a Task")
+async def read_task(referral_id: str, request: Request,
+                    principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
+    referral = await _visible(request, principal, _referral_id(referral_id, "Task.id"))
+    return fhir_response(fm.task(referral), headers={"ETag": f'W/"{referral.version}"'})
+
+
+@router.get("/Task", summary="Search Tasks: focus=ServiceRequest/{id}, or owner=Organization/{FINESS}&status=requested")
+async def search_tasks(request: Request, principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
+    params = request.query_params
+    unknown = sorted(set(params) - {"focus", "owner", "status", "_format"})
+    if unknown:
+        raise fm.FhirInvalid([(None, f"unsupported search parameter {name!r}") for name in unknown], 400, "not-supported")
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    if "focus" in params:
+        if set(params) - {"focus", "_format"}:
+            raise fm.FhirInvalid([(None, "focus is searched alone")], 400, "not-supported")
+        focus = params["focus"]
+        if not focus.startswith("ServiceRequest/"):
+            raise fm.FhirInvalid([(None, "focus=ServiceRequest/{id}")], 400, "not-supported")
+        try:
+            referral_id = str(uuid.UUID(focus.removeprefix("ServiceRequest/")))
+        except ValueError:
+            return fhir_response(fm.bundle([], base))
+        try:
+            referral = await _visible(request, principal, referral_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return fhir_response(fm.bundle([], base))  # none of the caller's: an empty result, as a search should
+        return fhir_response(fm.bundle([fm.task(referral)], base))
+    if "owner" in params:
+        if params.get("status") != "requested":
+            raise fm.FhirInvalid([(None, "owner is searched with status=requested (the offers awaiting an answer)")],
+                                 400, "not-supported")
+        finess = params["owner"].removeprefix("Organization/")
+        if principal.role == Role.HAD and finess != principal.finess:
+            raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only search its own Tasks")
+        if principal.role not in (Role.HAD, Role.ADMIN, Role.DESK):
+            raise ApiError(403, "ROLE_FORBIDDEN", "an HAD's offers are for the HAD, its desk and admins")
+        referrals = [r for r in await _service(request).offered_to(finess) if _may_see(principal, r)]
+        audit.record_read(request, principal, None, [r.referral_id for r in referrals])
+        return fhir_response(fm.bundle([fm.task(r) for r in referrals], base))
+    raise fm.FhirInvalid([(None, "search Tasks by focus, or by owner with status=requested")], 400, "not-supported")
+
+
+@router.put("/Task/{referral_id}", summary="The HAD answers its offer: status accepted, or rejected with a statusReason")
+async def update_task(referral_id: str, request: Request, principal: Principal = Depends(the_had_itself)) -> JSONResponse:
+    referral_id = _referral_id(referral_id, "Task.id")
+    resource = await _read_resource(request, "Task")
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Task":
+        raise fm.FhirInvalid([("Task", "the body must be a Task resource")], 400, "structure")
+    _check_task_structure(resource)
+    if resource.get("id") != referral_id:
+        raise fm.FhirInvalid([("Task.id", "must be the id in the URL")], 400)
+    offer_id = fm.offer_id_of(resource)
+    if not offer_id:
+        raise fm.FhirInvalid([("Task.input", f"the offer answered: input of type {fm.TASK_INPUT_SYSTEM}|{fm.OFFER_INPUT}, "
+                                             "as read from the Task")])
+    now = _service(request).now()
+    match resource.get("status"):
+        case "accepted":
+            await _act(request, uuid.UUID(referral_id), lambda r: r.accept(offer_id, principal.finess, now),
+                       principal, "had.accept")
+            return fhir_response(fm.task(await _reload(request, referral_id)))
+        case "rejected":
+            reason, text = _decline_reason(resource)
+            await _act(request, uuid.UUID(referral_id),
+                       lambda r: r.decline(offer_id, principal.finess, reason, text, now), principal, "had.decline")
+            # The HAD's own answer: the referral itself went back to the search, which is not the HAD's to see.
+            return fhir_response(fm.task(await _reload(request, referral_id), principal.finess, (reason, text)))
+        case _:
+            raise fm.FhirInvalid([("Task.status", "an HAD answers with accepted or rejected")])
+
+
+def _check_task_structure(resource: dict[str, Any]) -> None:
+    from fhir.resources.R4B.task import Task
+
+    try:
+        Task.model_validate(resource)
+    except ValidationError as exc:
+        raise fm.FhirInvalid([("Task." + ".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()],
+                             400, "structure") from exc
+
+
+def _decline_reason(resource: dict[str, Any]) -> tuple[Reason, str]:
+    status_reason = resource.get("statusReason") or {}
+    codes = [c.get("code") for c in status_reason.get("coding") or [] if c.get("system") == fm.REASON_SYSTEM]
+    if len(codes) != 1 or codes[0] not in Reason.__members__.values():
+        raise fm.FhirInvalid([("Task.statusReason", f"one coding of {fm.REASON_SYSTEM}: "
+                                                    + ", ".join(r.value for r in Reason))])
+    text = status_reason.get("text") or ""
+    if len(text) > 2000:
+        raise fm.FhirInvalid([("Task.statusReason.text", "at most 2000 characters")])
+    if found := find_direct_identifier(text):
+        raise fm.FhirInvalid([("Task.statusReason.text", f"free text must not contain what looks like {found}")])
+    return Reason(codes[0]), text
+
+
+async def _reload(request: Request, referral_id: str) -> Referral:
+    referral, _ = await _service(request).get(referral_id)
+    return referral

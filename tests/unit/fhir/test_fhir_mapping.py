@@ -1,0 +1,183 @@
+"""The FHIR translation of referrals, without I/O: a ServiceRequest reads into the REST body the
+REST rules check, every lifecycle state renders as a Task, and every resource the mapping emits or
+accepts passes HAPI FHIR's official R4 validator (run offline) with 0 errors."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reflexe_common.vocabulary import Reason
+from reflexe_referral.domain.model import Referral, Status
+from reflexe_referral.entrypoints import fhir_mapping as fm
+from reflexe_referral.entrypoints.schemas import ReferralIn
+from tests.support.data import pseudonym, unique_finess
+from tests.support.fhir_validator import shared_validator
+
+AT = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+
+def service_request_resource(hospital: str, referral_id: str | None = None, **changes) -> dict:
+    resource = {
+        "resourceType": "ServiceRequest",
+        "contained": [{"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1941",
+                       "identifier": [{"system": fm.PSEUDONYM_SYSTEM, "value": pseudonym()}]}],
+        "extension": [
+            {"url": fm.EXT_URGENCY, "valueCode": "WITHIN_24H"},
+            {"url": fm.EXT_KARNOFSKY, "valueInteger": 50},
+            {"url": fm.EXT_SOURCE_KIND, "valueCode": "ED"},
+            {"url": fm.EXT_SOURCE_UNIT, "valueString": "SAU"},
+            {"url": fm.EXT_CARE_COMMUNE, "valueCode": "34172"},
+            {"url": fm.EXT_PATIENT_CONSENT, "valueBoolean": True},
+            {"url": fm.EXT_GP_AGREEMENT, "valueBoolean": True},
+            {"url": fm.EXT_CAREGIVER, "valueBoolean": True},
+            {"url": fm.EXT_AVIS, "extension": [{"url": "eligible", "valueBoolean": True},
+                                               {"url": "text", "valueString": "domicile adapté"}]},
+        ],
+        "identifier": [{"system": fm.REFERRAL_ID_SYSTEM, "value": referral_id or str(uuid.uuid4())}],
+        "status": "active",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"coding": [{"system": fm.MPP_SYSTEM, "code": "03"}]},
+        "orderDetail": [{"coding": [{"system": fm.MPP_SYSTEM, "code": "09"}]},
+                        {"coding": [{"system": fm.EQUIPMENT_SYSTEM, "code": "SYRINGE_DRIVER"}]}],
+        "subject": {"reference": "#p"},
+        "authoredOn": "2026-11-22T08:00:00Z",
+        "requester": {"type": "Organization", "identifier": {"system": fm.FINESS_SYSTEM, "value": hospital}},
+    }
+    resource.update(changes)
+    return resource
+
+
+def referral_from(resource: dict) -> Referral:
+    body, _ = fm.referral_in_from_service_request(resource)
+    request = ReferralIn.model_validate(body).to_domain("34", body["referral_id"], AT)
+    return Referral.from_events(Referral.request(request, AT))
+
+
+@pytest.fixture(scope="module")
+def validator():
+    return shared_validator()
+
+
+def test_a_service_request_reads_into_the_rest_body():
+    hospital = unique_finess()
+    resource = service_request_resource(hospital)
+    body, origin = fm.referral_in_from_service_request(resource)
+    assert body["source"] == {"finess": hospital, "kind": "ED", "unit": "SAU", "prescriber_id": ""}
+    assert body["patient"]["pseudonym"] == resource["contained"][0]["identifier"][0]["value"]
+    assert (body["patient"]["birth_year"], body["patient"]["sex"], body["patient"]["care_commune"]) == (1941, "F", "34172")
+    assert body["clinical"]["main_mpp"] == "03" and body["clinical"]["associated_mpp"] == ["09"]
+    assert body["clinical"]["equipment"] == ["SYRINGE_DRIVER"] and body["clinical"]["karnofsky"] == 50
+    assert body["conditions"] == {"patient_consent": True, "gp_agreement": True, "caregiver_present": True}
+    assert body["avis"] == {"eligible": True, "reason": None, "text": "domicile adapté"}
+    ReferralIn.model_validate(body)  # the REST schema takes it as is
+    assert fm.expression_of("body.clinical.associated_mpp.0", origin) == "ServiceRequest.orderDetail[0]"
+    assert fm.expression_of("body.patient.care_commune", origin) == f"ServiceRequest.extension('{fm.EXT_CARE_COMMUNE}')"
+
+
+@pytest.mark.parametrize("change, expression", [
+    ({"intent": "plan"}, "ServiceRequest.intent"),
+    ({"subject": {"identifier": {"system": fm.PSEUDONYM_SYSTEM, "value": "x"}}}, "ServiceRequest.subject"),
+    ({"requester": {"reference": "Organization/1"}}, "ServiceRequest.requester"),
+    ({"code": {"text": "HAD"}}, "ServiceRequest.code"),
+    ({"note": [{"text": "Mme Jeanne Martin"}]}, "ServiceRequest.note"),
+])
+def test_what_cannot_be_taken_is_named(change, expression):
+    with pytest.raises(fm.FhirInvalid) as refused:
+        fm.referral_in_from_service_request(service_request_resource(unique_finess(), **change))
+    assert expression in [e for e, _ in refused.value.problems]
+
+
+def test_a_patient_with_a_name_or_a_birth_date_is_refused():
+    resource = service_request_resource(unique_finess())
+    resource["contained"][0].update(name=[{"family": "Martin"}], birthDate="1941-03-02")
+    with pytest.raises(fm.FhirInvalid) as refused:
+        fm.referral_in_from_service_request(resource)
+    assert {e for e, _ in refused.value.problems} >= {"ServiceRequest.contained[0].name", "ServiceRequest.contained[0].birthDate"}
+
+
+def test_structural_errors_name_the_element():
+    with pytest.raises(fm.FhirInvalid) as refused:
+        fm.referral_in_from_service_request(service_request_resource(unique_finess(), authoredOn="yesterday"))
+    assert refused.value.status == 400
+    assert any(e.startswith("ServiceRequest.authoredOn") for e, _ in refused.value.problems)
+
+
+def _in_every_state(hospital: str, had: str) -> list[tuple[str, Referral]]:
+    """One referral per lifecycle state reachable through the domain's own decisions."""
+    def fresh():
+        return referral_from(service_request_resource(hospital))
+
+    def offered(referral):
+        at = AT + timedelta(minutes=1)
+        for event in referral.record_offer("offer-1", had, at + timedelta(hours=1), "la plus proche", False, at):
+            referral.apply(event)
+        return referral
+
+    def then(referral, decide):
+        for event in decide(referral):
+            referral.apply(event)
+        return referral
+
+    later = AT + timedelta(minutes=5)
+    states = [("requested", fresh()), ("offered", offered(fresh()))]
+    states.append(("accepted", then(offered(fresh()), lambda r: r.accept("offer-1", had, later))))
+    states.append(("declined", then(offered(fresh()), lambda r: r.decline("offer-1", had, Reason.NO_CAPACITY, "", later))))
+    admitted = then(then(offered(fresh()), lambda r: r.accept("offer-1", had, later)), lambda r: r.admit(had, later))
+    states.append(("admitted", admitted))
+    states.append(("discharged", then(copy.deepcopy(admitted), lambda r: r.discharge(had, later + timedelta(days=9)))))
+    states.append(("cancelled", then(fresh(), lambda r: r.cancel(Reason.PATIENT_HOSPITALISED, "", later, "hospital:x"))))
+    states.append(("escalated", then(fresh(), lambda r: r.escalate("aucune HAD", later))))
+    ineligible = service_request_resource(hospital)
+    ineligible["extension"] = [e for e in ineligible["extension"] if e["url"] != fm.EXT_AVIS] + [
+        {"url": fm.EXT_AVIS, "extension": [{"url": "eligible", "valueBoolean": False},
+                                           {"url": "reason", "valueCoding": {"system": fm.REASON_SYSTEM,
+                                                                             "code": "MEDICAL_NOT_ELIGIBLE"}}]}]
+    states.append(("ineligible", referral_from(ineligible)))
+    return states
+
+
+def test_every_state_as_a_task():
+    hospital, had = unique_finess(), unique_finess()
+    tasks = {name: fm.task(referral) for name, referral in _in_every_state(hospital, had)}
+    assert {name: t["status"] for name, t in tasks.items()} == {
+        "requested": "ready", "offered": "requested", "accepted": "accepted", "declined": "ready",
+        "admitted": "in-progress", "discharged": "completed", "cancelled": "cancelled", "escalated": "on-hold",
+        "ineligible": "rejected"}
+    assert tasks["offered"]["owner"]["identifier"]["value"] == had
+    assert fm.offer_id_of(tasks["offered"]) == "offer-1"
+    assert "owner" not in tasks["requested"] and "owner" not in tasks["declined"]
+    assert tasks["cancelled"]["statusReason"]["coding"][0]["code"] == "PATIENT_HOSPITALISED"
+    assert tasks["ineligible"]["statusReason"]["coding"][0]["code"] == "MEDICAL_NOT_ELIGIBLE"
+    assert tasks["escalated"]["businessStatus"]["coding"][0]["code"] == Status.ESCALATED
+
+
+def test_every_resource_emitted_and_accepted_is_valid_r4(validator):
+    """ServiceRequest in and out, a Task in every state (and an HAD's own rejection), the
+    CapabilityStatement, an OperationOutcome: 0 errors from the official validator."""
+    hospital, had = unique_finess(), unique_finess()
+    resources = [service_request_resource(hospital)]
+    for _, referral in _in_every_state(hospital, had):
+        resources += [fm.service_request(referral, detailed=True), fm.service_request(referral, detailed=False),
+                      fm.task(referral)]
+    offered = dict(_in_every_state(hospital, had))["offered"]
+    resources.append(fm.task(offered, had, (Reason.NO_CAPACITY, "plus de place ce soir")))
+    answer = {**fm.task(offered), "status": "accepted"}
+    resources.append(answer)
+    resources.append(fm.bundle([fm.task(offered)], "http://127.0.0.1/fhir"))
+    resources.append(fm.capability_statement("http://127.0.0.1/fhir", "http://127.0.0.1/realms/reflexe", AT))
+    resources.append(fm.operation_outcome([("ServiceRequest.code", "unknown MPP code")]))
+    for resource in resources:
+        validator.assert_valid(resource)
+    assert {r["resourceType"] for r in resources} == {"ServiceRequest", "Task", "Bundle", "CapabilityStatement", "OperationOutcome"}
+
+
+def test_the_validator_does_find_errors(validator):
+    """The control: a Task with a status outside FHIR's required value set fails."""
+    offered = dict(_in_every_state(unique_finess(), unique_finess()))["offered"]
+    verdict = validator.validate({**fm.task(offered), "status": "offered"})
+    assert verdict.errors >= 1 and any(i["location"] == "Task.status" for i in verdict.issues)
