@@ -45,10 +45,26 @@ BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|make|clang|cc|libc6-dev|
 
 def test_the_service_list_is_the_expected_one() -> None:
     # Guards the parametrisation below: a service dir without pyproject would be skipped silently.
-    assert {"referral", "capacity", "indicators", "notify"} <= set(SERVICES)
+    assert {"referral", "capacity", "indicators", "notify", "gateway"} <= set(SERVICES)
+
+
+def _uses_kafka(service: str) -> bool:
+    """A service uses Kafka when it has a principal of its own (kafka_acls.SERVICES); the HL7
+    gateway has none (it reports over HTTP) and gets no Kafka settings nor credentials."""
+    from reflexe_common.kafka_acls import SERVICES as PRINCIPALS
+
+    return service in PRINCIPALS
+
+
+KAFKA_CREDENTIALS = {"KAFKA_USERNAME", "KAFKA_PASSWORD"}
 
 
 # --------------------------------------------------------------------------- settings
+
+
+# Settings fields of the ports a service listens on besides http_port (other `*_port` settings,
+# like notify's SMTP port, are ports it connects to).
+LISTENING_PORTS = {"gateway": ("mllp_port",)}
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,13 @@ class ServiceConfig:
     env_names: frozenset[str]
     http_port: int
     port_env: str
+    # Every port the service listens on, by the variable that sets it: HTTP, plus those of
+    # LISTENING_PORTS (the gateway's MLLP).
+    port_envs: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def ports(self) -> set[int]:
+        return {port for _, port in self.port_envs}
 
 
 def _field_env(settings_cls: type, name: str) -> set[str]:
@@ -95,7 +118,9 @@ def _settings(service: str) -> ServiceConfig | None:
     names = _aliases(cls) | _aliases(ServiceSettings)
     assert "http_port" in cls.model_fields, f"{cls.__name__} has no http_port field"
     port_env = sorted(_field_env(cls, "http_port"))
-    return ServiceConfig(frozenset(names), int(cls.model_fields["http_port"].default), port_env[0])
+    port_envs = tuple((env, int(cls.model_fields[name].default)) for name in ("http_port", *LISTENING_PORTS.get(service, ()))
+                      for env in sorted(_field_env(cls, name)))
+    return ServiceConfig(frozenset(names), int(cls.model_fields["http_port"].default), port_env[0], port_envs)
 
 
 def _deployed_or_skip(service: str) -> None:
@@ -226,7 +251,7 @@ def test_dockerfile_is_hardened_and_runs_the_service(service: str) -> None:
     exposed = {int(p.split("/")[0]) for e in final.all("EXPOSE") for p in e.split()}
     config = _settings(service)
     if config is not None:
-        assert exposed == {config.http_port}, f"EXPOSE {exposed}: the service listens on {config.http_port}"
+        assert exposed == config.ports, f"EXPOSE {exposed}: the service listens on {sorted(config.ports)}"
         service_env = set(env) - IMAGE_ENV
         assert service_env <= config.env_names, f"ENV the service does not read: {service_env - config.env_names}"
         port = env.get(config.port_env, str(config.http_port))
@@ -339,14 +364,22 @@ def test_compose_service_env_and_ports_match_its_settings(service: str) -> None:
     env = _compose_env(definition)
     names = _compose_services().keys()
 
-    for key in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "OIDC_ISSUER"):
+    for key in ("DATABASE_URL", "OIDC_ISSUER"):
         assert key in env, f"{service}: {key} is not set in compose"
-    kafka_host = env["KAFKA_BOOTSTRAP"].split(",")[0].rsplit(":", 1)[0]
-    assert kafka_host in names, f"{service}: KAFKA_BOOTSTRAP host {kafka_host} is not a compose service"
     db_host = urlsplit(env["DATABASE_URL"]).hostname
     assert db_host in names, f"{service}: DATABASE_URL host {db_host} is not a compose service"
     depends = definition.get("depends_on") or {}
-    for dependency in (kafka_host, db_host):
+    dependencies = [db_host]
+    if _uses_kafka(service):
+        assert "KAFKA_BOOTSTRAP" in env, f"{service}: KAFKA_BOOTSTRAP is not set in compose"
+        kafka_host = env["KAFKA_BOOTSTRAP"].split(",")[0].rsplit(":", 1)[0]
+        assert kafka_host in names, f"{service}: KAFKA_BOOTSTRAP host {kafka_host} is not a compose service"
+        dependencies.append(kafka_host)
+    else:
+        kafka = sorted(k for k in env if k.startswith("KAFKA_"))
+        assert not kafka, f"{service} uses no Kafka, yet compose sets {kafka}"
+        assert not {"kafka", "kafka-acls"} & set(depends), f"{service} uses no Kafka: it must not wait for it"
+    for dependency in dependencies:
         assert isinstance(depends, dict) and dependency in depends, f"{service} must depend on {dependency}"
         assert depends[dependency].get("condition") == "service_healthy", f"{service}: wait for {dependency} healthy"
         assert "healthcheck" in _compose_services()[dependency], f"{dependency} needs a healthcheck"
@@ -356,8 +389,12 @@ def test_compose_service_env_and_ports_match_its_settings(service: str) -> None:
     assert not unknown, f"{service}: compose sets variables its settings do not read: {sorted(unknown)}"
     if config.port_env in env:
         assert int(env[config.port_env]) == config.http_port, f"{service}: compose moves the port"
+    for variable, port in config.port_envs:
+        if variable in env:
+            assert int(env[variable]) == port, f"{service}: compose moves {variable}"
     targets = [target for _, target in _published_ports(definition)]
-    assert targets == [config.http_port], f"{service}: container ports {targets}, service listens on {config.http_port}"
+    assert targets[:1] == [config.http_port], f"{service}: the first published port must be HTTP {config.http_port}"
+    assert sorted(targets) == sorted(config.ports), f"{service}: container ports {targets}, it listens on {sorted(config.ports)}"
 
 
 _COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
@@ -451,7 +488,8 @@ def test_compose_broker_is_kraft_single_node_without_topic_auto_creation() -> No
     assert advertised.get("EXTERNAL") == "localhost:19092", "host clients reach the broker on localhost:19092"
     assert listeners.get("EXTERNAL", "").endswith(":19092")
     assert (19092, 19092) in _published_ports(broker), "the EXTERNAL listener must be published on host 19092"
-    service_hosts = {_compose_env(_compose_services()[name])["KAFKA_BOOTSTRAP"] for name in _built_services()}
+    service_hosts = {_compose_env(_compose_services()[name])["KAFKA_BOOTSTRAP"]
+                     for name, service in _built_services().items() if _uses_kafka(service)}
     assert service_hosts <= set(advertised.values()), f"services bootstrap from {service_hosts}, not an advertised listener"
 
 
@@ -541,7 +579,7 @@ def test_compose_applies_the_declared_kafka_principals_and_acls_before_the_servi
     assert env[password_variable(ADMIN)] == _compose_env(_broker())["REFLEXE_KAFKA_ADMIN_PASSWORD"], "one admin password"
     assert _one_sided(env[password_variable(ADMIN)], password_variable(ADMIN))
 
-    built = _built_services()
+    built = {name: service for name, service in _built_services().items() if _uses_kafka(service)}
     assert sorted(built.values()) == sorted(PRINCIPALS), "a principal per service (kafka_acls.SERVICES)"
     passwords = {}
     for compose_name, service in built.items():
@@ -775,15 +813,22 @@ def test_k8s_deployment_is_hardened_and_probed(service: str) -> None:
         assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"resources.{bound} needs cpu and memory"
 
     ports = [p["containerPort"] for p in container.get("ports", [])]
-    assert len(ports) == 1, "one container port"
+    assert len(ports) == len(set(ports)) >= 1, "container ports, each once"
+    http_port = _container_port(container, "http")  # the one probed and scraped, named http
+    config = _settings(service)
+    if config is not None:
+        assert set(ports) == config.ports, f"container ports {ports}: the service listens on {sorted(config.ports)}"
+        assert http_port == config.http_port, f"the port named http is {http_port}, not HTTP {config.http_port}"
+    else:
+        assert len(ports) == 1, "one container port"
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container.get(probe, {}).get("httpGet")
         assert get and get["path"] == path, f"{probe} must GET {path}"
-        assert _container_port(container, get["port"]) == ports[0], f"{probe} probes another port"
+        assert _container_port(container, get["port"]) == http_port, f"{probe} probes another port than http"
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     assert annotations.get("prometheus.io/scrape") == "true"
-    assert int(annotations.get("prometheus.io/port", -1)) == ports[0]
+    assert int(annotations.get("prometheus.io/port", -1)) == http_port
     assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
 
     if service == "capacity":
@@ -795,7 +840,8 @@ def test_k8s_service_and_env_match_the_settings(service: str) -> None:
     _deployed_or_skip(service)
     deployment = _k8s("Deployment", service)[0]
     container = _container(deployment)
-    port = container["ports"][0]["containerPort"]
+    port = _container_port(container, "http")
+    container_ports = {p["containerPort"] for p in container["ports"]}
 
     services = _k8s("Service", service)
     assert len(services) == 1, f"one Service named {service}"
@@ -803,16 +849,15 @@ def test_k8s_service_and_env_match_the_settings(service: str) -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert spec["selector"].items() <= pod_labels.items(), "the Service selects no pod of the Deployment"
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    for service_port in spec["ports"]:
-        target = _container_port(container, service_port.get("targetPort", service_port["port"]))
-        assert target == port, f"Service targetPort {target}, container listens on {port}"
+    targets = {_container_port(container, p.get("targetPort", p["port"])) for p in spec["ports"]}
+    assert targets == container_ports, f"Service targets {sorted(targets)}, the container listens on {sorted(container_ports)}"
 
     secret_refs = _secret_refs(container)
     for secret, key in secret_refs.values():
         assert key in _example_secret_keys(secret), f"Secret {secret} has no key {key}"
 
     names = _k8s_env_names(container)
-    for key in ("KAFKA_BOOTSTRAP", "DATABASE_URL", "OIDC_ISSUER"):
+    for key in ("DATABASE_URL", "OIDC_ISSUER", *(["KAFKA_BOOTSTRAP"] if _uses_kafka(service) else [])):
         assert key in names, f"{service}: {key} is not set in the manifests"
 
     config = _settings_or_skip(service)
@@ -830,7 +875,11 @@ def test_k8s_services_are_their_own_kafka_principals_and_notify_has_its_keys() -
     secrets = {}
     for service in DEPLOYED:
         refs = _secret_refs(_container(_k8s("Deployment", service)[0]))
-        assert {"KAFKA_USERNAME", "KAFKA_PASSWORD"} <= set(refs), f"{service}: Kafka credentials from a Secret"
+        if not _uses_kafka(service):
+            names = _k8s_env_names(_container(_k8s("Deployment", service)[0]))
+            assert not KAFKA_CREDENTIALS & (set(refs) | names), f"{service} uses no Kafka: no Kafka credentials"
+            continue
+        assert KAFKA_CREDENTIALS <= set(refs), f"{service}: Kafka credentials from a Secret"
         assert refs["KAFKA_USERNAME"][0] == refs["KAFKA_PASSWORD"][0], f"{service}: user and password from one Secret"
         secrets[service] = refs["KAFKA_PASSWORD"][0]
         if service in PRINCIPALS:
@@ -883,3 +932,27 @@ def test_k8s_config_points_at_in_cluster_kafka_and_postgres() -> None:
     assert (url.hostname, url.port) == ("postgres", 5432)
     assert url.password is None, "no password in a ConfigMap: it belongs in the Secret"
     assert data.get("HTTP_HOST", "0.0.0.0") == "0.0.0.0"
+
+
+def test_the_gateways_pseudonym_key_and_client_secret_are_secrets_everywhere() -> None:
+    _deployed_or_skip("gateway")
+    secret_settings = ("GATEWAY_PSEUDONYM_KEY", "GATEWAY_CLIENT_SECRET")
+    env = _compose_env(_compose_services()["gateway"])
+    for variable in secret_settings:
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", env.get(variable, "")), (
+            f"compose must require {variable} (${{{variable}:?...}}): no fallback for a secret")
+    assert urlsplit(env["GATEWAY_REFERRAL_URL"]).hostname == "referral", "the gateway reports to the referral service"
+    discovery = urlsplit(env.get("GATEWAY_OIDC_DISCOVERY_URL", ""))
+    assert discovery.hostname == "keycloak", "its token comes from Keycloak in-network, not the issuer's host address"
+
+    container = _container(_k8s("Deployment", "gateway")[0])
+    refs = _secret_refs(container)
+    for variable in secret_settings:
+        assert variable in refs, f"the gateway reads {variable} from a Secret"
+    assert refs["GATEWAY_PSEUDONYM_KEY"][0] == refs["GATEWAY_CLIENT_SECRET"][0] == "reflexe-gateway"
+    plain = {e["name"] for e in container.get("env", []) if "value" in e}
+    from_maps = {key for source in container.get("envFrom", []) if "configMapRef" in source
+                 for key in _k8s("ConfigMap", source["configMapRef"]["name"])[0].get("data", {})}
+    assert not set(secret_settings) & (plain | from_maps), "a gateway secret in plain env or a ConfigMap"
+    env_values = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env_values.get("GATEWAY_MLLP_HOST") == "0.0.0.0", "in a pod MLLP must listen beyond loopback"

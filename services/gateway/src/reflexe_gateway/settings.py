@@ -6,6 +6,7 @@ import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from reflexe_common.settings import ServiceSettings
 
@@ -32,6 +33,10 @@ class Sender(BaseModel):
 
 
 class GatewaySettings(ServiceSettings):
+    # An empty variable means unset (compose passes `${GATEWAY_SENDERS:-}` through as ""): the
+    # default applies, and a required setting left empty still stops the start.
+    model_config = SettingsConfigDict(env_ignore_empty=True)
+
     http_port: int = Field(8005, validation_alias="GATEWAY_HTTP_PORT")
     mllp_host: str = Field("127.0.0.1", validation_alias="GATEWAY_MLLP_HOST")
     mllp_port: int = Field(2575, validation_alias="GATEWAY_MLLP_PORT")
@@ -43,5 +48,8 @@ class GatewaySettings(ServiceSettings):
     # The gateway's own confidential client at the identity provider (client-credentials grant).
     client_id: str = Field("reflexe-gateway", validation_alias="GATEWAY_CLIENT_ID")
     client_secret: SecretStr | None = Field(None, validation_alias="GATEWAY_CLIENT_SECRET")
+    # The provider's metadata as the gateway reaches it, when that differs from OIDC_ISSUER's
+    # address (compose: keycloak:8080 in-network, while tokens name localhost:18080).
+    oidc_discovery_url: str | None = Field(None, validation_alias="GATEWAY_OIDC_DISCOVERY_URL")
     apply_poll_seconds: float = Field(0.2, gt=0, validation_alias="GATEWAY_APPLY_POLL_SECONDS")
     max_message_bytes: int = Field(1_048_576, gt=0, validation_alias="GATEWAY_MAX_MESSAGE_BYTES")

@@ -19,15 +19,16 @@ class ClientCredentials:
     """Access tokens of the gateway's confidential client (client-credentials grant), renewed
     before they expire."""
 
-    def __init__(self, issuer: str, client_id: str, client_secret: str) -> None:
-        self._issuer, self._id, self._secret = issuer.rstrip("/"), client_id, client_secret
+    def __init__(self, issuer: str, client_id: str, client_secret: str, discovery_url: str | None = None) -> None:
+        self._discovery = discovery_url or issuer.rstrip("/") + "/.well-known/openid-configuration"
+        self._id, self._secret = client_id, client_secret
         self._token, self._expires = "", 0.0
 
     async def __call__(self) -> str:
         if self._token and time.monotonic() < self._expires - 30:
             return self._token
         async with httpx.AsyncClient(timeout=10) as client:
-            discovery = (await client.get(f"{self._issuer}/.well-known/openid-configuration")).json()
+            discovery = (await client.get(self._discovery)).json()
             answer = await client.post(discovery["token_endpoint"], data={
                 "grant_type": "client_credentials", "client_id": self._id, "client_secret": self._secret})
             answer.raise_for_status()

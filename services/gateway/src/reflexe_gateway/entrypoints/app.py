@@ -30,7 +30,8 @@ def build_app(settings: GatewaySettings | None = None, tokens: TokenSource | Non
     if tokens is None:
         if settings.client_secret is None:
             raise ValueError("GATEWAY_CLIENT_SECRET is required to obtain the gateway's access tokens")
-        tokens = ClientCredentials(settings.oidc_issuer, settings.client_id, settings.client_secret.get_secret_value())
+        tokens = ClientCredentials(settings.oidc_issuer, settings.client_id, settings.client_secret.get_secret_value(),
+                                   settings.oidc_discovery_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
