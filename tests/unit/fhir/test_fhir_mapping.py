@@ -14,42 +14,11 @@ from reflexe_common.vocabulary import Reason
 from reflexe_referral.domain.model import Referral, Status
 from reflexe_referral.entrypoints import fhir_mapping as fm
 from reflexe_referral.entrypoints.schemas import ReferralIn
-from tests.support.data import pseudonym, unique_finess
+from tests.support.data import unique_finess
+from tests.support.fhir_data import service_request_resource
 from tests.support.fhir_validator import shared_validator
 
 AT = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def service_request_resource(hospital: str, referral_id: str | None = None, **changes) -> dict:
-    resource = {
-        "resourceType": "ServiceRequest",
-        "contained": [{"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1941",
-                       "identifier": [{"system": fm.PSEUDONYM_SYSTEM, "value": pseudonym()}]}],
-        "extension": [
-            {"url": fm.EXT_URGENCY, "valueCode": "WITHIN_24H"},
-            {"url": fm.EXT_KARNOFSKY, "valueInteger": 50},
-            {"url": fm.EXT_SOURCE_KIND, "valueCode": "ED"},
-            {"url": fm.EXT_SOURCE_UNIT, "valueString": "SAU"},
-            {"url": fm.EXT_CARE_COMMUNE, "valueCode": "34172"},
-            {"url": fm.EXT_PATIENT_CONSENT, "valueBoolean": True},
-            {"url": fm.EXT_GP_AGREEMENT, "valueBoolean": True},
-            {"url": fm.EXT_CAREGIVER, "valueBoolean": True},
-            {"url": fm.EXT_AVIS, "extension": [{"url": "eligible", "valueBoolean": True},
-                                               {"url": "text", "valueString": "domicile adapté"}]},
-        ],
-        "identifier": [{"system": fm.REFERRAL_ID_SYSTEM, "value": referral_id or str(uuid.uuid4())}],
-        "status": "active",
-        "intent": "order",
-        "priority": "urgent",
-        "code": {"coding": [{"system": fm.MPP_SYSTEM, "code": "03"}]},
-        "orderDetail": [{"coding": [{"system": fm.MPP_SYSTEM, "code": "09"}]},
-                        {"coding": [{"system": fm.EQUIPMENT_SYSTEM, "code": "SYRINGE_DRIVER"}]}],
-        "subject": {"reference": "#p"},
-        "authoredOn": "2026-11-22T08:00:00Z",
-        "requester": {"type": "Organization", "identifier": {"system": fm.FINESS_SYSTEM, "value": hospital}},
-    }
-    resource.update(changes)
-    return resource
 
 
 def referral_from(resource: dict) -> Referral:
@@ -169,6 +138,7 @@ def test_every_resource_emitted_and_accepted_is_valid_r4(validator):
     answer = {**fm.task(offered), "status": "accepted"}
     resources.append(answer)
     resources.append(fm.bundle([fm.task(offered)], "http://127.0.0.1/fhir"))
+    resources.append(fm.bundle([], "http://127.0.0.1/fhir"))
     resources.append(fm.capability_statement("http://127.0.0.1/fhir", "http://127.0.0.1/realms/reflexe", AT))
     resources.append(fm.operation_outcome([("ServiceRequest.code", "unknown MPP code")]))
     for resource in resources:

@@ -446,9 +446,11 @@ def offer_id_of(task_resource: dict[str, Any]) -> str | None:
 
 
 def bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                      for r in resources]}
+    found: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
+    if resources:  # FHIR forbids an empty array: no match, no entry element
+        found["entry"] = [{"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r,
+                           "search": {"mode": "match"}} for r in resources]
+    return found
 
 
 def capability_statement(base_url: str, issuer: str | None, published: datetime) -> dict[str, Any]:
