@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC
 
 import asyncpg
 import pytest
@@ -13,9 +14,10 @@ from aiokafka import AIOKafkaProducer
 from reflexe.v1 import matching_pb2
 
 from reflexe_common.envelope import wrap
-from reflexe_common.topics import MATCHING_EVENTS
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.integration.gateway.conftest import PSEUDONYM_KEY, mllp, msa
 from tests.support.data import referral_body, unique_finess
+from tests.support.kafka import read_all
 from tests.support.services import eventually, token
 from tests.unit.gateway.hl7_samples import BIRTH_DATE, GIVEN, NIR, STREET, SURNAME, adt
 
@@ -185,6 +187,15 @@ async def test_an_ed_exit_is_recorded_on_the_open_referral_once_and_its_cancella
     assert len(exits) == 1
     assert exits[0]["exited_at"] == "2026-11-26T08:29:00+00:00"
     assert exits[0]["actor"] == f"hospital:{gateway.hospital}"
+
+    # Published through the referral's outbox, as every referral event, for its consumers.
+    async def published():
+        found = await read_all(topics, REFERRAL_EVENTS.name, lambda e: e.type == "reflexe.v1.EdExitRecorded"
+                               and e.message.header.referral_id == referral_id)
+        return found or None
+
+    [record] = await eventually(published, timeout=30, what="EdExitRecorded on the referral events topic")
+    assert record.message.exited_at.ToDatetime(tzinfo=UTC).isoformat() == "2026-11-26T08:29:00+00:00"
 
 
 async def test_an_ed_exit_dated_before_the_ed_arrival_is_refused(gateway, referral, topics):
