@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -72,6 +72,35 @@ class FhirRoute(APIRoute):
 
 router = APIRouter(prefix="/fhir", route_class=FhirRoute, tags=["FHIR R4"])
 
+_RESOURCE_SCHEMA = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
+_OUTCOME_DESCRIPTIONS = {
+    "400": "Not a FHIR R4 resource of the expected type, or an unsupported search or If-None-Exist (OperationOutcome)",
+    "401": "No token, or a token this service does not trust (OperationOutcome)",
+    "403": "The caller's role or scope does not allow this (OperationOutcome)",
+    "404": "Nothing of that id visible to the caller (OperationOutcome)",
+    "409": "The referral's state or an earlier request conflicts with this one (OperationOutcome)",
+    "412": "If-None-Exist matches several referrals (OperationOutcome)",
+    "415": "Not application/fhir+json (OperationOutcome)",
+    "422": "The resource breaks the referral's rules; issue.expression names each element (OperationOutcome)",
+}
+
+
+def _documented(*statuses: str, answer: str = "200", created: bool = False, body: bool = False) -> dict[str, Any]:
+    """The OpenAPI document of a FHIR operation: FHIR resources in and out. The shared problem+json
+    answers (reflexe_common.openapi) are added for the statuses not listed here (413, 429)."""
+    responses: dict[str, Any] = {answer: {"description": "The resource", "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}}
+    if created:
+        responses["201"] = {"description": "Created", "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}
+    for status in ("401", *statuses):
+        responses[status] = {"description": _OUTCOME_DESCRIPTIONS[status],
+                             "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}
+    responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
+    extra: dict[str, Any] = {}
+    if body:
+        extra["requestBody"] = {"required": True, "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA},
+                                                              "application/json": {"schema": _RESOURCE_SCHEMA}}}
+    return {"responses": responses, "openapi_extra": extra, "response_class": JSONResponse}
+
 
 async def _read_resource(request: Request, resource_type: str) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -126,7 +155,7 @@ def _conditional_ids(if_none_exist: str) -> list[str]:
     return ids
 
 
-@router.get("/metadata", summary="CapabilityStatement: what this FHIR server implements")
+@router.get("/metadata", summary="CapabilityStatement: what this FHIR server implements", **_documented("403"))
 async def metadata(request: Request, principal: Principal = Depends(authenticated)) -> JSONResponse:
     issuer = request.app.state.verifier.settings.issuer
     base = str(request.base_url).rstrip("/") + "/fhir"
@@ -136,7 +165,8 @@ async def metadata(request: Request, principal: Principal = Depends(authenticate
 _PUBLISHED = datetime(2026, 11, 26, tzinfo=UTC)  # when this API's capabilities last changed
 
 
-@router.post("/ServiceRequest", summary="Post a referral as a ServiceRequest (conditional create)")
+@router.post("/ServiceRequest", summary="Post a referral as a ServiceRequest (conditional create)",
+             **_documented("400", "403", "409", "412", "415", "422", created=True, body=True))
 async def create_service_request(request: Request, principal: Principal = Depends(require(Role.HOSPITAL))) -> Response:
     resource = await _read_resource(request, "ServiceRequest")
     body, origin = fm.referral_in_from_service_request(resource)
@@ -175,7 +205,7 @@ async def _existing(request: Request, principal: Principal, referral_id: str) ->
     return referral if _may_see(principal, referral) else None
 
 
-@router.get("/ServiceRequest/{referral_id}", summary="One referral as a ServiceRequest")
+@router.get("/ServiceRequest/{referral_id}", summary="One referral as a ServiceRequest", **_documented("403", "404", "422"))
 async def read_service_request(referral_id: str, request: Request,
                                principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
     referral = await _visible(request, principal, _referral_id(referral_id, "ServiceRequest.id"))
@@ -183,15 +213,19 @@ async def read_service_request(referral_id: str, request: Request,
                          headers={"ETag": f'W/"{referral.version}"'})
 
 
-@router.get("/Task/{referral_id}", summary="One referral's progress as a Task")
+@router.get("/Task/{referral_id}", summary="One referral's progress as a Task", **_documented("403", "404", "422"))
 async def read_task(referral_id: str, request: Request,
                     principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
     referral = await _visible(request, principal, _referral_id(referral_id, "Task.id"))
     return fhir_response(fm.task(referral), headers={"ETag": f'W/"{referral.version}"'})
 
 
-@router.get("/Task", summary="Search Tasks: focus=ServiceRequest/{id}, or owner=Organization/{FINESS}&status=requested")
-async def search_tasks(request: Request, principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
+@router.get("/Task", summary="Search Tasks: focus=ServiceRequest/{id}, or owner=Organization/{FINESS}&status=requested",
+            **_documented("400", "403", "422"))
+async def search_tasks(request: Request, principal: Principal = Depends(reads_rows(*ROW_READERS)),
+                       focus: str | None = Query(None, description="ServiceRequest/{id}"),
+                       owner: str | None = Query(None, description="Organization/{FINESS}, with status=requested"),
+                       status: str | None = Query(None, description="requested (with owner)")) -> JSONResponse:
     params = request.query_params
     unknown = sorted(set(params) - {"focus", "owner", "status", "_format"})
     if unknown:
@@ -229,7 +263,8 @@ async def search_tasks(request: Request, principal: Principal = Depends(reads_ro
     raise fm.FhirInvalid([(None, "search Tasks by focus, or by owner with status=requested")], 400, "not-supported")
 
 
-@router.put("/Task/{referral_id}", summary="The HAD answers its offer: status accepted, or rejected with a statusReason")
+@router.put("/Task/{referral_id}", summary="The HAD answers its offer: status accepted, or rejected with a statusReason",
+            **_documented("400", "403", "404", "409", "415", "422", body=True))
 async def update_task(referral_id: str, request: Request, principal: Principal = Depends(the_had_itself)) -> JSONResponse:
     referral_id = _referral_id(referral_id, "Task.id")
     resource = await _read_resource(request, "Task")
