@@ -5,7 +5,6 @@ accepts passes HAPI FHIR's official R4 validator (run offline) with 0 errors."""
 from __future__ import annotations
 
 import copy
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reflexe_common.vocabulary import MPP_LABELS, Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
+from reflexe_common.vocabulary import MPP_LABELS, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain.model import Referral, Status
 
 FHIR_JSON = "application/fhir+json"
