@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from reflexe_referral.entrypoints import fhir_mapping as fm
 from tests.support.data import pseudonym
@@ -33,7 +34,8 @@ def service_request_resource(hospital: str, referral_id: str | None = None, **ch
         "orderDetail": [{"coding": [{"system": fm.MPP_SYSTEM, "code": "09"}]},
                         {"coding": [{"system": fm.EQUIPMENT_SYSTEM, "code": "SYRINGE_DRIVER"}]}],
         "subject": {"reference": "#p"},
-        "authoredOn": "2026-11-22T08:00:00Z",
+        # Now: a referral requested over 24 h ago would soon be marked overdue by its clock.
+        "authoredOn": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "requester": {"type": "Organization", "identifier": {"system": fm.FINESS_SYSTEM, "value": hospital}},
     }
     resource.update(changes)
