@@ -40,10 +40,12 @@ from reflexe_indicators.entrypoints.app import build_app as build_indicators
 from reflexe_indicators.settings import IndicatorsSettings
 from reflexe_notify.entrypoints.app import build_app as build_notify
 from reflexe_notify.settings import NotifySettings
+from reflexe_referral.entrypoints import fhir_mapping as fm
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.integration.notify.kit import Receiver
 from tests.support.data import had_body, referral_body, unique_finess
+from tests.support.fhir_data import service_request_resource
 from tests.support.issuer import suite_issuer
 from tests.support.kafka import mark_caught_up
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
@@ -381,6 +383,24 @@ def had_stay(action: str) -> Build:
     return build
 
 
+async def fhir_task_answer(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    """PUT /fhir/Task/{id}: the FHIR form of had_answer("accept"), on the same offers."""
+    path = (await had_answer("accept")(w, caller, scope, allowed))["url"]  # /v1/referrals/{id}/offers/{offer}/accept
+    referral_id, offer_id = path.split("/")[3], path.split("/")[5]
+    task = {"resourceType": "Task", "id": referral_id, "status": "accepted", "intent": "order",
+            "input": [{"type": {"coding": [{"system": fm.TASK_INPUT_SYSTEM, "code": fm.OFFER_INPUT}]},
+                       "valueString": offer_id}]}
+    return {"url": f"/fhir/Task/{referral_id}", "json": task, "headers": {"Content-Type": fm.FHIR_JSON}}
+
+
+async def fhir_post_referral(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    resource = service_request_resource(w.hospital_a if scope == "in" else w.hospital_b)
+    for extension in resource["extension"]:
+        if extension["url"] == fm.EXT_CARE_COMMUNE:
+            extension["valueCode"] = NO_HAD_COMMUNE
+    return {"url": "/fhir/ServiceRequest", "json": resource, "headers": {"Content-Type": fm.FHIR_JSON}}
+
+
 async def post_referral(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
     return {"url": "/v1/referrals", "json": referral_body(w.hospital_a if scope == "in" else w.hospital_b, NO_HAD_COMMUNE)}
 
@@ -508,6 +528,17 @@ MATRIX: list[Endpoint] = [
              fixed("/v1/patient-events", json={"message_key": "340780477/MATRIX-1", "sender_finess": "340780477",
                                                "effect": "HOSPITALISED", "pseudonym": "0" * 64,
                                                "occurred_at": "2026-11-26T09:00:00+00:00"})),
+    # The FHIR API: the same rules as the REST endpoints above (a search answers only the caller's own).
+    Endpoint("referral", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), desk=(OK, OK), ars=(OK, OK)),
+             fixed("/fhir/metadata")),
+    Endpoint("referral", "POST", "/fhir/ServiceRequest", api(hospital=SCOPED), fhir_post_referral),
+    Endpoint("referral", "GET", "/fhir/ServiceRequest/{referral_id}", api(hospital=OWN, had=OWN, desk=OWN),
+             shared_referral("/fhir/ServiceRequest/{referral_id}")),
+    Endpoint("referral", "GET", "/fhir/Task/{referral_id}", api(hospital=OWN, had=OWN, desk=OWN),
+             shared_referral("/fhir/Task/{referral_id}")),
+    Endpoint("referral", "GET", "/fhir/Task", api(had=SCOPED, desk=(OK, OK)),
+             by_had("/fhir/Task?owner=Organization/{finess}&status=requested")),
+    Endpoint("referral", "PUT", "/fhir/Task/{referral_id}", api(had=OWN, admin=(403, 403)), fhir_task_answer),
     audit_trail("referral"),
     *ops("referral"),
     # ---- capacity: establishment data; the ARS keeps the board of its region
