@@ -22,9 +22,20 @@ CLASSES="$HOME_DIR/classes-$(sha256sum "$SOURCE" | cut -c1-12)"
 
 die() { echo "fhir-validator: $*" >&2; exit 1; }
 
+# As infra.sh: a JDK (javac compiles the driver) and Maven, from apt when missing and root.
+ensure_tools() {
+    local missing=()
+    command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
+    command -v mvn >/dev/null || missing+=(maven)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; install it (apt-get install ${missing[*]}) or rerun as root"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
 fetch() {
+    ensure_tools
     if [[ ! -f $LIBS/.complete ]]; then
-        command -v mvn >/dev/null || die "maven is required (apt-get install maven)"
         mkdir -p "$HOME_DIR"
         exec 9>"$HOME_DIR/.lock"
         flock 9
