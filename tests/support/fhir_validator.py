@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import json
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,18 @@ class FhirValidator:
                                      + "\n  ".join(verdict.error_messages()) + f"\n{json.dumps(resource, indent=1)}")
         return verdict
 
+    def summary(self) -> str:
+        by_type: dict[str, int] = {}
+        for resource_type, _ in self.validated:
+            by_type[resource_type] = by_type.get(resource_type, 0) + 1
+        invalid = sum(1 for _, v in self.validated if v.errors)
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(by_type.items()))
+        # A resource with errors is either a test's deliberate control or a failed assert_valid.
+        return f"FHIR validator (HAPI FHIR, offline): {len(self.validated)} resources ({kinds}); {invalid} with errors"
+
     def close(self) -> None:
+        if self.validated:
+            print("\n" + self.summary(), file=sys.stderr)
         if self._process.poll() is None:
             self._process.stdin.close()
             try:
