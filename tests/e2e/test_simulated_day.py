@@ -217,7 +217,8 @@ async def test_no_patient_identity_reaches_kafka_logs_metrics_or_tables(day: Sim
             scan.metrics(name, (await http.get(f"{process.url}/metrics")).text, findings)
     # indicators%: the service's schema and every replay generation of it.
     await scan.database(topics.database_url, ["referral", "capacity", "indicators%", "notify"], findings)
-    assert {"kafka", "log", "metric", "table"} <= set(findings.scanned), findings.scanned
+    assert {"kafka", "metric", "table"} <= set(findings.scanned), findings.scanned
+    assert findings.scanned["log file"] == len(day.services), findings.scanned
     assert findings.scanned["kafka"] > 100 and findings.scanned["table"] > 100, findings.scanned
     assert not findings.found, f"{len(findings.found)} leaks:\n" + "\n".join(findings.found[:20])
 
