@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date
 from pathlib import Path
 
@@ -60,9 +61,18 @@ class PrivacyScan:
                         born.strftime("%Y%m%d"), born.strftime("%d%m%Y")}
         return cls(tuple(sorted(needles)))
 
+    @cached_property
+    def _digit_canaries(self) -> re.Pattern[str] | None:
+        """All-digit canaries (NIR, compact birth dates) count only as a whole digit run: a
+        birth date 06051939 is not a leak inside the duration 0.0605193910."""
+        digits = [re.escape(c) for c in self.canaries if c.isdigit()]
+        return re.compile(r"(?<![0-9])(?:" + "|".join(digits) + r")(?![0-9])") if digits else None
+
     def check(self, where: str, text: str, findings: Findings) -> None:
         findings.count(where.split(":", 1)[0])
-        hits = [c for c in self.canaries if c in text]
+        hits = [c for c in self.canaries if not c.isdigit() and c in text]
+        if self._digit_canaries is not None:
+            hits += self._digit_canaries.findall(text)
         hits += [m.group(0) for m in _NIR.finditer(text) if _valid_nir(m)]
         hits += _OLD_DATE.findall(text)
         if hits:
