@@ -1,6 +1,6 @@
 """Live places once a promised patient is admitted after the HAD re-declared its capacity.
 
-referral.md: live places = declared places − active holds − admissions since the declaration.
+docs/domain.md: live places = declared places − active holds − admissions since the declaration.
 An HAD declares 2 places; a referral is offered and accepted (a CONFIRMED hold); the HAD then
 declares 1 place (the accepted patient is grandfathered: the platform did nothing wrong); the
 patient is admitted, after that declaration. Live places: 1 − 0 active − 1 admission since the

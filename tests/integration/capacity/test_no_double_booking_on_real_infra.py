@@ -1,4 +1,4 @@
-"""No double booking, ever (referral.md, matching rule 4), on the real broker and database.
+"""No double booking, ever (docs/domain.md, "Capacity and matching"), on the real broker and database.
 
 Hundreds of referrals race for the twelve places of four HADs (3 places each) whose zone spans
 six departments, one commune each, chosen so that their referral events land on the six

@@ -141,7 +141,7 @@ def test_rules_follow_the_conventions() -> None:
         assert alert["labels"].get("team") in {"desk", "ars", "platform"}, alert["alert"]
         assert alert.get("annotations", {}).get("summary"), f"{alert['alert']} has no summary"
     names = {a["alert"] for a in alerts}
-    # The list: SLA breaches, consumer lag, stale declarations, dead letters, outbox backlog.
+    # What an operator on call must hear about: SLA breaches, consumer lag, stale declarations, dead letters, outbox backlog.
     assert {"ReflexeAdmittedWithin24hBelowTarget", "ReflexeOffersUnanswered", "ReflexeConsumerLagHigh",
             "ReflexeStaleCapacityDeclarations", "ReflexeDeadLettersGrowing", "ReflexeOutboxBacklog"} <= names
 

@@ -28,7 +28,7 @@ def header() -> referral_pb2.ReferralEventHeader:
     return referral_pb2.ReferralEventHeader(referral_id=RID, department="34", occurred_at=ts(AT), actor="system")
 
 
-# ---------------------------------------------------------------- escalations (issue 4, item 6)
+# ---------------------------------------------------------------- escalations when a clock runs out
 
 ESCALATIONS = [
     (referral_pb2.OfferUnanswered(header=header(), offer_id="o1", had_finess="340011295"), K.OFFER_UNANSWERED),

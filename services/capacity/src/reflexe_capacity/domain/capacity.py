@@ -4,7 +4,7 @@ Vocabulary
 ----------
 - A *declaration* is pushed by the HAD: places available for new admissions, admissions it
   can still do today, status, time of declaration. The declared figures know nothing of the
-  platform's outstanding holds, hence (referral.md):
+  platform's outstanding holds, hence (docs/domain.md, "Capacity and matching"):
 
       live places = declared places − ACTIVE/CONFIRMED holds − conversions since the declaration
 

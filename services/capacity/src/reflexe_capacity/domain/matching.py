@@ -1,4 +1,4 @@
-"""Matching a referral to the HAD that should receive the next offer (referral.md, "Matching rules").
+"""Matching a referral to the HAD that should receive the next offer (docs/domain.md, "Capacity and matching").
 
 ``match`` is a pure function: the same request, candidates (in any order), time and staleness
 threshold always give the same decision, which is how replaying events reproduces decisions.

@@ -2,7 +2,7 @@
 facts of the current generation. The API, the exports and the Prometheus gauges all call
 `compute`, so they cannot disagree.
 
-Definitions where the brief is silent (also in the README of the service):
+Definitions where the ARS follow-up set is silent (also in the README of the service):
 
 * Periods are **Europe/Paris local** days and months; an event belongs to the period of its
   event time (the time it carries), never of its arrival.
