@@ -20,57 +20,19 @@ LIBS="$HOME_DIR/libs"
 SOURCE="$REPO_ROOT/deploy/local/fhir-validator/ValidateFhir.java"
 CLASSES="$HOME_DIR/classes-$(sha256sum "$SOURCE" | cut -c1-12)"
 
-die() { echo "fhir-validator: $*" >&2; exit 1; }
-
-# As infra.sh: a JDK (javac compiles the driver) and Maven, from apt when missing and root.
-ensure_tools() {
-    local missing=()
-    command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
-    command -v mvn >/dev/null || missing+=(maven)
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; install it (apt-get install ${missing[*]}) or rerun as root"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-}
+LOG_NAME=fhir-validator
+# shellcheck source=deploy/local/lib.sh
+source "$REPO_ROOT/deploy/local/lib.sh"
 
 fetch() {
-    ensure_tools
-    if [[ ! -f $LIBS/.complete ]]; then
-        mkdir -p "$HOME_DIR"
-        exec 9>"$HOME_DIR/.lock"
-        flock 9
-        if [[ ! -f $LIBS/.complete ]]; then
-            echo "fhir-validator: downloading HAPI FHIR $HAPI_VERSION validator (once per cache dir)" >&2
-            cat >"$HOME_DIR/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.reflexe</groupId>
-  <artifactId>fhir-validator-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
+    # A JDK: javac compiles the driver.
+    command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+    maven_runtime "$HOME_DIR" "HAPI FHIR $HAPI_VERSION validator" "\
     <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-structures-r4</artifactId><version>$HAPI_VERSION</version></dependency>
     <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-validation</artifactId><version>$HAPI_VERSION</version></dependency>
     <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-validation-resources-r4</artifactId><version>$HAPI_VERSION</version></dependency>
     <dependency><groupId>ca.uhn.hapi.fhir</groupId><artifactId>hapi-fhir-caching-caffeine</artifactId><version>$HAPI_VERSION</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-nop</artifactId><version>2.0.17</version></dependency>
-  </dependencies>
-  <build><plugins><plugin>
-    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId><version>3.8.1</version>
-  </plugin></plugins></build>
-</project>
-POM
-            rm -rf "$LIBS.tmp"
-            mvn -B -q -f "$HOME_DIR/pom.xml" -Dmaven.repo.local="$CACHE_DIR/m2" \
-                dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" \
-                >"$HOME_DIR/maven.log" 2>&1 \
-                || { tail -n 30 "$HOME_DIR/maven.log" >&2; die "maven could not fetch HAPI FHIR $HAPI_VERSION"; }
-            rm -rf "$LIBS"
-            mv "$LIBS.tmp" "$LIBS"
-            touch "$LIBS/.complete"
-        fi
-        flock -u 9
-    fi
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-nop</artifactId><version>2.0.17</version></dependency>"
     if [[ ! -f $CLASSES/ValidateFhir.class ]]; then
         mkdir -p "$CLASSES.tmp"
         javac -nowarn -cp "$LIBS/*" -d "$CLASSES.tmp" "$SOURCE" || die "could not compile $SOURCE"

@@ -61,18 +61,9 @@ STATE_MARKER="$STATE_DIR/.reflexe-infra"
 KAFKA_JAVA=(java -Xms256m -Xmx1g -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=file:$KAFKA_DIR/log4j2.properties" -cp "$KAFKA_LIBS/*")
 
-log() { printf '[infra] %s\n' "$*" >&2; }
-die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
-is_root() { [[ $EUID -eq 0 ]]; }
-
-apt_install() {
-    is_root || die "missing $*; install it (apt-get install $*) or rerun as root"
-    log "installing $* with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_NAME=infra
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- Kafka
 
@@ -100,51 +91,15 @@ kafka_answers() {
     [[ ${reply:8:12} == 000000010000 ]]
 }
 
-ensure_java_tools() {
-    command -v java >/dev/null || apt_install openjdk-17-jre-headless
-    command -v mvn >/dev/null || apt_install maven
-}
-
 fetch_kafka() {
     [[ -f $KAFKA_LIBS/.complete ]] && return 0
-    ensure_java_tools
-    mkdir -p "$KAFKA_HOME"
-    # Several clones/test sessions may share the cache: serialise the download.
-    exec 9>"$KAFKA_HOME/.lock"
-    flock 9
-    if [[ ! -f $KAFKA_LIBS/.complete ]]; then
-        log "downloading Kafka $KAFKA_VERSION and its runtime dependencies (once per cache dir)"
-        cat >"$KAFKA_HOME/pom.xml" <<EOF
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.reflexe</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
+    command -v java >/dev/null || apt_install openjdk-17-jre-headless
+    maven_runtime "$KAFKA_HOME" "Kafka $KAFKA_VERSION" "\
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
-  </dependencies>
-  <build><plugins><plugin>
-    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId><version>3.8.1</version>
-  </plugin></plugins></build>
-</project>
-EOF
-        rm -rf "$KAFKA_LIBS.tmp"
-        # Output to a file: our stdout carries only the export lines (eval "$(infra.sh start)").
-        mvn -B -q -f "$KAFKA_HOME/pom.xml" -Dmaven.repo.local="$CACHE_DIR/m2" \
-            dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" \
-            >"$KAFKA_HOME/maven.log" 2>&1 \
-            || { tail -n 30 "$KAFKA_HOME/maven.log" >&2; die "maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"; }
-        # Swap in only a complete set, so an interrupted download is simply retried.
-        rm -rf "$KAFKA_LIBS"
-        mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
-        touch "$KAFKA_LIBS/.complete"
-    fi
-    flock -u 9
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>"
 }
 
 # principal=password lines, one per Kafka principal (admin, the services, `controller` for the

@@ -12,29 +12,26 @@ PROMETHEUS=/usr/bin/prometheus
 if [ -x "$PROMETHEUS" ] && [ -x /usr/bin/promtool ]; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "install-prometheus: root or sudo is needed to install prometheus" >&2; exit 1; }
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
+LOG_NAME=install-prometheus
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 # Never start the packaged daemon during the install (exit 101: "action forbidden"); only
 # when no policy exists yet, and removed afterwards.
 POLICY=/usr/sbin/policy-rc.d
 ADDED_POLICY=""
 if [ ! -e "$POLICY" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
-  $SUDO chmod 755 "$POLICY"
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY" >/dev/null
+  as_root chmod 755 "$POLICY"
   ADDED_POLICY=1
 fi
-cleanup() { if [ -n "$ADDED_POLICY" ]; then $SUDO rm -f "$POLICY"; fi; }
+cleanup() { if [ -n "$ADDED_POLICY" ]; then as_root rm -f "$POLICY"; fi; }
 trap cleanup EXIT
-$SUDO apt-get update -q
 # --no-install-recommends: the node exporter and friends are not needed.
-$SUDO apt-get install -y -q --no-install-recommends prometheus || {
+apt_install --no-install-recommends prometheus || {
   # A postinst that could not start the service leaves the package half-configured; the
   # binaries are there all the same.
   [ -x "$PROMETHEUS" ] || exit 1
-  echo "install-prometheus: the package's service could not be started (ignored)" >&2
+  log "the package's service could not be started (ignored)"
 }
 "$PROMETHEUS" --version 2>&1 | head -1 >&2

@@ -60,10 +60,9 @@ KC_LOG="$KC_STATE/keycloak.log"
 STATE_MARKER="$KC_STATE/.reflexe-keycloak"
 ISSUER="http://127.0.0.1:$KEYCLOAK_PORT/realms/$REALM"
 
-log() { printf '[keycloak] %s\n' "$*" >&2; }
-die() { printf '[keycloak] ERROR: %s\n' "$*" >&2; exit 1; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_NAME=keycloak
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- Java >= 21
 
