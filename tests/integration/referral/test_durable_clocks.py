@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -34,6 +35,7 @@ HOLD_SECONDS = 6.0  # CAPACITY_HOLD_MINUTES_WITHIN_24H=0.1: long enough to kill 
 UNANSWERED_SECONDS = 1.8  # REFERRAL_OFFER_UNANSWERED_MINUTES=0.03
 ADMIN = token("admin")
 DESK = token("desk", department="34")
+PARIS = ZoneInfo("Europe/Paris")
 
 
 async def fresh_communes(database_url: str, count: int) -> list[str]:
@@ -234,3 +236,20 @@ async def test_admission_overdue_fires_once_for_a_referral_requested_25_hours_ag
         state = (await client.get(f"/v1/referrals/{recent}", headers=DESK)).json()
         overdue = [c for c in state["clocks"] if c["kind"] == "ADMISSION_OVERDUE"]
         assert len(overdue) == 1 and datetime.fromisoformat(overdue[0]["due_at"]) > datetime.now(UTC) + timedelta(hours=23)
+
+        # A planned referral counts from its planned date: requested 25 h ago for tomorrow, it is due
+        # at the end of tomorrow in Montpellier; one whose planned day is over is overdue, with its date.
+        tomorrow = datetime.now(PARIS).date() + timedelta(days=1)
+        ahead = await post(client, commune, requested_at=long_ago,
+                           clinical={"urgency": "PLANNED", "planned_date": tomorrow.isoformat()})
+        state = (await client.get(f"/v1/referrals/{ahead}", headers=DESK)).json()
+        [clock] = [c for c in state["clocks"] if c["kind"] == "ADMISSION_OVERDUE"]
+        end_of_tomorrow = datetime.combine(tomorrow + timedelta(days=1), datetime.min.time(), PARIS)
+        assert datetime.fromisoformat(clock["due_at"]) == end_of_tomorrow
+        past_day = datetime.now(PARIS).date() - timedelta(days=2)
+        late = await post(client, commune, requested_at=(datetime.now(UTC) - timedelta(days=3)).isoformat(),
+                          clinical={"urgency": "PLANNED", "planned_date": past_day.isoformat()})
+        [signal] = [e for e in await wait_for_event(client, late, "AdmissionOverdue") if e["type"] == "AdmissionOverdue"]
+        assert signal["planned_date"] == past_day.isoformat()
+        assert datetime.fromisoformat(signal["due_at"]) == datetime.combine(past_day + timedelta(days=1), datetime.min.time(), PARIS)
+        assert types(await timeline(client, ahead)).count("AdmissionOverdue") == 0

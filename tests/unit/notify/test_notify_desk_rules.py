@@ -176,3 +176,15 @@ def test_the_page_is_french_labelled_and_announces_alerts() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5 s"), (125, "2 min"), (3900, "1 h 05 min"), (90000, "1 j 1 h")])
 def test_durations(seconds: int, text: str) -> None:
     assert views.duration_fr(seconds) == text
+
+
+def test_an_overdue_planned_admission_tells_the_desk_its_planned_date_not_24_hours() -> None:
+    due = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)
+    planned = referral_pb2.AdmissionOverdue(header=header(), due_at=ts(due), planned_date="2026-11-24")
+    notice = notice_from(wrap(planned, "tests"))
+    assert notice is not None and notice.data["due_at"] == due.isoformat() and notice.data["planned_date"] == "2026-11-24"
+    entry = desk_event_from(wrap(planned, "tests")).payload(1)
+    assert entry["title"] == "Admission en retard" and entry["alert"]
+    assert "date prévue (24/11/2026)" in entry["text"] and "24 h" not in entry["text"]
+    urgent = desk_event_from(wrap(referral_pb2.AdmissionOverdue(header=header(), due_at=ts(due)), "tests")).payload(1)
+    assert urgent["data"]["planned_date"] is None and "sous 24 h après la demande" in urgent["text"]

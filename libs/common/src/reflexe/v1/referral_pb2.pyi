@@ -258,10 +258,14 @@ class ReferralCancelled(_message.Message):
     def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., reason: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class AdmissionOverdue(_message.Message):
-    __slots__ = ("header",)
+    __slots__ = ("header", "due_at", "planned_date")
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_DATE_FIELD_NUMBER: _ClassVar[int]
     header: ReferralEventHeader
-    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ...) -> None: ...
+    due_at: _timestamp_pb2.Timestamp
+    planned_date: str
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., planned_date: _Optional[str] = ...) -> None: ...
 
 class EdExitRecorded(_message.Message):
     __slots__ = ("header", "exited_at")

@@ -66,7 +66,7 @@ def notice_from(envelope: Envelope) -> Notice | None:
     if isinstance(m, referral_pb2.ReferralCancelled):
         return notice(K.REFERRAL_CANCELLED, reason=m.reason)
     if isinstance(m, referral_pb2.AdmissionOverdue):
-        return notice(K.ADMISSION_OVERDUE)
+        return notice(K.ADMISSION_OVERDUE, due_at=_iso(dt(m.due_at)), planned_date=m.planned_date or None)
     return None
 
 

@@ -71,7 +71,10 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
         case "referral.desk_offer":
             return "Choix du bureau", f"Demande {ref} : le bureau a choisi l'HAD {had}."
         case "admission.overdue":
-            return "Admission en retard", f"Demande {ref} acceptée mais patient non admis sous 24 h."
+            if planned := data.get("planned_date"):  # ISO date: the end of that day was the deadline
+                day = "/".join(reversed(planned.split("-")))
+                return "Admission en retard", f"Demande {ref} : patient non admis à la date prévue ({day})."
+            return "Admission en retard", f"Demande {ref} : patient non admis sous 24 h après la demande."
         case "delivery.failed":
             return ("Notification non remise",
                     f"La notification {data.get('event_type', '')} à {data.get('recipient', '')} n'a pas pu être remise "

@@ -25,7 +25,6 @@ _PAIRS: dict[type, tuple[type[Message], tuple[str, ...]]] = {
     ev.DeskOfferRequested: (pb.DeskOfferRequested, ("had_finess",)),
     ev.PatientDischarged: (pb.PatientDischarged, ("had_finess",)),
     ev.ReferralCancelled: (pb.ReferralCancelled, ("reason", "text")),
-    ev.AdmissionOverdue: (pb.AdmissionOverdue, ()),
 }
 _BY_PROTO = {proto.DESCRIPTOR.full_name: (cls, fields) for cls, (proto, fields) in _PAIRS.items()}
 _REASON_FIELDS = {"reason"}
@@ -104,6 +103,9 @@ def to_proto(event: ev.Event, department: str, place_of_care: str = "") -> Messa
             return pb.PatientAdmitted(header=header, had_finess=event.had_finess, place_of_care=place_of_care)
         case ev.EdExitRecorded():
             return pb.EdExitRecorded(header=header, exited_at=ts(event.exited_at))
+        case ev.AdmissionOverdue():
+            return pb.AdmissionOverdue(header=header, due_at=ts(event.due_at),
+                                       planned_date=event.planned_date.isoformat() if event.planned_date else "")
     proto_cls, fields = _PAIRS[type(event)]
     return proto_cls(header=header, **{f: str(getattr(event, f)) for f in fields})
 
@@ -124,6 +126,9 @@ def from_proto(message: Message) -> ev.Event:
             return ev.PatientAdmitted(**common, had_finess=message.had_finess)
         case pb.EdExitRecorded():
             return ev.EdExitRecorded(**common, exited_at=dt(message.exited_at))
+        case pb.AdmissionOverdue():
+            return ev.AdmissionOverdue(**common, due_at=dt(message.due_at),
+                                       planned_date=date.fromisoformat(message.planned_date) if message.planned_date else None)
     cls, fields = _BY_PROTO[message.DESCRIPTOR.full_name]
     values = {f: Reason(getattr(message, f)) if f in _REASON_FIELDS else getattr(message, f) for f in fields}
     return cls(**common, **values)

@@ -31,6 +31,8 @@ from .model import (
     Offer,
     Referral,
     Status,
+    admission_due_at,
+    end_of_planned_day,
 )
 from .values import (
     AvisHad,
@@ -82,5 +84,7 @@ __all__ = [
     "SearchWidened",
     "Source",
     "Status",
+    "admission_due_at",
+    "end_of_planned_day",
     "is_valid_finess",
 ]

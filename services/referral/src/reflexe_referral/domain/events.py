@@ -8,7 +8,7 @@ or "system" (matcher, clocks). Fields are keyword-only so the shared ones can co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Union
 
 from reflexe_common.vocabulary import Reason
@@ -124,7 +124,11 @@ class OfferUnanswered(_ReferralEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class AdmissionOverdue(_ReferralEvent):
-    """Clock: the patient is not admitted 24 h after the request (the target missed)."""
+    """Clock: the patient is not admitted by `due_at` (the target missed): 24 h after the request,
+    or the end of the planned day (`planned_date`) for a planned referral."""
+
+    due_at: datetime | None = None  # None: signalled before the event carried it (24 h target)
+    planned_date: date | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from reflexe_common.vocabulary import Reason, SourceKind
+from reflexe_common.geography import time_zone_of
+from reflexe_common.vocabulary import Reason, SourceKind, Urgency
 
 from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest
 from .events import (
@@ -112,6 +113,23 @@ _SOURCE_ACTOR_PREFIX = {
     SourceKind.EHPAD: "ehpad",
     SourceKind.GP: "gp",
 }
+
+
+def end_of_planned_day(planned: date, department: str) -> datetime:
+    """When a planned admission stops being on time: the midnight ending the planned day on the
+    clock of the department (docs/domain.md, "Planned referrals"; overseas departments on theirs)."""
+    next_day = planned + timedelta(days=1)
+    return datetime(next_day.year, next_day.month, next_day.day, tzinfo=time_zone_of(department))
+
+
+def admission_due_at(request: ReferralRequest) -> datetime:
+    """When the patient should be admitted at the latest: 24 h after the request, or for a planned
+    referral the end of its planned day. A PLANNED request without a date is refused at the door;
+    one found in an older history is held to the 24-hour target, so it never escapes the alarm."""
+    clinical = request.clinical
+    if clinical.urgency is Urgency.PLANNED and clinical.planned_date is not None:
+        return end_of_planned_day(clinical.planned_date, request.department)
+    return request.requested_at + ADMISSION_TARGET
 
 
 def source_actor(source: Source) -> str:
@@ -298,6 +316,10 @@ class Referral:
         return self.status not in CLOSED_STATUSES
 
     @property
+    def admission_due_at(self) -> datetime:
+        return admission_due_at(self.data)
+
+    @property
     def _awaiting_admission(self) -> bool:
         return self.is_open and self.status is not Status.ADMITTED
 
@@ -310,8 +332,7 @@ class Referral:
                 due = offer.made_at + unanswered_after
                 clocks.append(Clock(ClockKind.OFFER_UNANSWERED, due, offer.offer_id))
         if self._awaiting_admission and not self.admission_overdue_signalled:
-            due = self.data.requested_at + ADMISSION_TARGET
-            clocks.append(Clock(ClockKind.ADMISSION_OVERDUE, due, None))
+            clocks.append(Clock(ClockKind.ADMISSION_OVERDUE, self.admission_due_at, None))
         return sorted(clocks, key=lambda clock: clock.due_at)
 
     # ---- decisions -----------------------------------------------------------------
@@ -476,10 +497,11 @@ class Referral:
         if (
             not self._awaiting_admission
             or self.admission_overdue_signalled
-            or at < self.data.requested_at + ADMISSION_TARGET
+            or at < self.admission_due_at
         ):
             return []
-        return [AdmissionOverdue(**self._meta(at, SYSTEM))]
+        planned = self.data.clinical.planned_date if self.data.clinical.urgency is Urgency.PLANNED else None
+        return [AdmissionOverdue(**self._meta(at, SYSTEM), due_at=self.admission_due_at, planned_date=planned)]
 
     def record_ed_exit(self, exited_at: datetime, at: datetime, actor: str) -> list[Event]:
         """The referring hospital reports the patient left its ED. The first report is kept: a
