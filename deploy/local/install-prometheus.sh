@@ -2,7 +2,7 @@
 # Installs Debian's Prometheus (/usr/bin/prometheus and /usr/bin/promtool) for the
 # observability tests: promtool checks the rule files and the config
 # (tests/unit/deploy/test_observability.py); a real Prometheus scrapes the running platform
-# and answers every dashboard query (tests/e2e/test_dashboards.py).
+# and answers every dashboard query (tests/e2e/test_simulated_day.py).
 # Idempotent: does nothing when /usr/bin/prometheus is already there. The package's systemd
 # service is irrelevant here (the tests start their own Prometheus): policy-rc.d keeps it from
 # being started where an init system exists, and a failure to start it is not an error.

@@ -4,7 +4,8 @@ database (notify's notices and desk events, the indicators' fold, the referral c
 other than PoisonRecord escaping them is a defect: the idempotent consumer would retry a record
 that can never succeed instead of dead-lettering it with its reason.
 
-The handlers that need PostgreSQL are driven by tests/integration/fuzz/test_kafka_handlers_fuzz.py.
+On the real broker and database, tests/integration/fuzz/test_dead_letters_fuzz.py sends generated bad
+records to every consumer, which must dead-letter them and carry on.
 REFLEXE_FUZZ_RECORDS sets the examples per property (default 200); derandomized for CI.
 """
 

@@ -4,7 +4,7 @@ the Grafana dashboards, the Kubernetes monitoring manifests, and the metric cata
 
 promtool comes with deploy/local/install-prometheus.sh; kubectl (for the kustomize build) is
 optional. Whether the dashboards' queries return data on a running platform is
-tests/e2e/test_dashboards.py."""
+tests/e2e/test_simulated_day.py."""
 
 from __future__ import annotations
 
