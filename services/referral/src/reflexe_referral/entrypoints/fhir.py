@@ -4,22 +4,18 @@ accept and decline commands, and reads through the same scope checks and audit."
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from reflexe_common import audit
-from reflexe_common.audit import record_refusal
 from reflexe_common.auth import Principal, Role, authenticated, require
 from reflexe_common.errors import ApiError
+from reflexe_common.fhir import FhirRoute, documented, fhir_response, read_resource
 from reflexe_common.privacy import find_direct_identifier
 from reflexe_common.vocabulary import Reason
 from reflexe_referral.domain.model import Referral
@@ -29,50 +25,8 @@ from reflexe_referral.entrypoints.api import (ROW_READERS, _act, _check_can_see,
 from reflexe_referral.entrypoints.schemas import ReferralIn
 from reflexe_referral.service_layer.handlers import UnknownReferral
 
-# FHIR's issue type for each HTTP status we answer with.
-_ISSUE_CODE = {400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-               409: "conflict", 412: "multiple-matches", 413: "too-costly", 415: "not-supported", 422: "invalid",
-               429: "throttled"}
-
-
-def fhir_response(resource: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(resource, status_code=status, media_type=fm.FHIR_JSON, headers=headers)
-
-
-def outcome(status: int, problems: list[tuple[str | None, str]], code: str | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
-    return fhir_response(fm.operation_outcome(problems, code or _ISSUE_CODE.get(status, "processing")), status, headers)
-
-
-class FhirRoute(APIRoute):
-    """Every answer of the FHIR API is FHIR: the platform's errors (auth, scope, the REST rules'
-    problem+json) become an OperationOutcome naming the element, with the same status and audit."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def fhir_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except fm.FhirInvalid as exc:
-                return outcome(exc.status, list(exc.problems), exc.code)
-            except ApiError as exc:
-                record_refusal(request, exc.status, exc.code)
-                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-                origin = getattr(request.state, "fhir_origin", None)
-                problems: list[tuple[str | None, str]] = [
-                    (fm.expression_of(e["field"], origin) if origin is not None else None, f"{exc.code}: {e['message']}")
-                    for e in exc.errors] or [(None, f"{exc.code}: {exc.message}")]
-                return outcome(exc.status, problems, headers=headers)
-            except RequestValidationError as exc:
-                return outcome(400, [(None, f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()])
-
-        return fhir_handler
-
-
 router = APIRouter(prefix="/fhir", route_class=FhirRoute, tags=["FHIR R4"])
 
-_RESOURCE_SCHEMA = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
 _OUTCOME_DESCRIPTIONS = {
     "400": "Not a FHIR R4 resource of the expected type, or an unsupported search or If-None-Exist (OperationOutcome)",
     "401": "No token, or a token this service does not trust (OperationOutcome)",
@@ -85,32 +39,12 @@ _OUTCOME_DESCRIPTIONS = {
 }
 
 
-def _documented(*statuses: str, answer: str = "200", created: bool = False, body: bool = False) -> dict[str, Any]:
-    """The OpenAPI document of a FHIR operation: FHIR resources in and out. The shared problem+json
-    answers (reflexe_common.openapi) are added for the statuses not listed here (413, 429)."""
-    responses: dict[str, Any] = {answer: {"description": "The resource", "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}}
-    if created:
-        responses["201"] = {"description": "Created", "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}
-    for status in ("401", *statuses):
-        responses[status] = {"description": _OUTCOME_DESCRIPTIONS[status],
-                             "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA}}}
-    responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}}
-    extra: dict[str, Any] = {}
-    if body:
-        extra["requestBody"] = {"required": True, "content": {fm.FHIR_JSON: {"schema": _RESOURCE_SCHEMA},
-                                                              "application/json": {"schema": _RESOURCE_SCHEMA}}}
-    return {"responses": responses, "openapi_extra": extra, "response_class": JSONResponse}
+def _documented(*statuses: str, **options: Any) -> dict[str, Any]:
+    return documented(_OUTCOME_DESCRIPTIONS, *statuses, **options)
 
 
 async def _read_resource(request: Request, resource_type: str) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in (fm.FHIR_JSON, "application/json"):
-        raise fm.FhirInvalid([(resource_type, f"send {fm.FHIR_JSON}")], status=415, code="not-supported")
-    try:
-        resource = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise fm.FhirInvalid([(resource_type, f"not JSON: {exc}")], status=400, code="structure") from exc
-    return resource
+    return await read_resource(request, resource_type)
 
 
 def _referral_id(value: str, expression: str) -> str:
@@ -170,7 +104,7 @@ _PUBLISHED = datetime(2026, 11, 26, tzinfo=UTC)  # when this API's capabilities 
 async def create_service_request(request: Request, principal: Principal = Depends(require(Role.HOSPITAL))) -> Response:
     resource = await _read_resource(request, "ServiceRequest")
     body, origin = fm.referral_in_from_service_request(resource)
-    request.state.fhir_origin = origin
+    request.state.fhir_expression_of = lambda field: fm.expression_of(field, origin)
     if if_none_exist := request.headers.get("if-none-exist"):
         ids = _conditional_ids(if_none_exist)
         existing = [r for r in [await _existing(request, principal, i) for i in ids] if r is not None]

@@ -8,19 +8,18 @@ carries MPP codes, equipment or our refusal reasons); FINESS is the national OID
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from reflexe_common.fhir import BASE, EXTENSION_BASE, FHIR_VERSION, FINESS_SYSTEM, FhirInvalid, finess_reference
+from reflexe_common.fhir import FHIR_JSON, bundle, operation_outcome  # noqa: F401  (the routes and tests use them as fm.*)
+from reflexe_common.fhir import coding as _coding
+from reflexe_common.fhir import iso as _iso
 from reflexe_common.vocabulary import MPP_LABELS, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain.model import Referral, Status
 
-FHIR_JSON = "application/fhir+json"
-FHIR_VERSION = "4.0.1"
-
-FINESS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
-BASE = "https://reflexe.example/fhir"
 REFERRAL_ID_SYSTEM = f"{BASE}/sid/referral-id"
 PSEUDONYM_SYSTEM = f"{BASE}/sid/patient-pseudonym"
 MPP_SYSTEM = f"{BASE}/CodeSystem/mpp"
@@ -28,7 +27,7 @@ EQUIPMENT_SYSTEM = f"{BASE}/CodeSystem/equipment"
 REASON_SYSTEM = f"{BASE}/CodeSystem/reason"
 STATUS_SYSTEM = f"{BASE}/CodeSystem/referral-status"
 TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/task-input"
-EXT = f"{BASE}/StructureDefinition"
+EXT = EXTENSION_BASE
 EXT_URGENCY = f"{EXT}/urgency"
 EXT_KARNOFSKY = f"{EXT}/karnofsky"
 EXT_PALLIATIVE = f"{EXT}/palliative"
@@ -67,40 +66,6 @@ STATUS_LABELS = {
     Status.OFFERED: "Proposée à une HAD", Status.ACCEPTED: "Acceptée par l'HAD", Status.ADMITTED: "Patient admis en HAD",
     Status.DISCHARGED: "Sortie d'HAD", Status.CANCELLED: "Annulée", Status.INELIGIBLE: "Non éligible (avis HAD)",
 }
-
-
-class FhirInvalid(Exception):
-    """A resource that cannot be taken: each problem names its element (a FHIRPath expression)."""
-
-    def __init__(self, problems: list[tuple[str, str]], status: int = 422, code: str = "invalid") -> None:
-        super().__init__("; ".join(f"{e}: {m}" for e, m in problems))
-        self.problems, self.status, self.code = problems, status, code
-
-
-def operation_outcome(problems: list[tuple[str | None, str]], code: str = "invalid",
-                      severity: str = "error") -> dict[str, Any]:
-    issues = []
-    for expression, message in problems:
-        issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
-        if expression:
-            issue["expression"] = [expression]
-        issues.append(issue)
-    return {"resourceType": "OperationOutcome", "issue": issues}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def finess_reference(finess: str) -> dict[str, Any]:
-    return {"type": "Organization", "identifier": {"system": FINESS_SYSTEM, "value": finess}}
-
-
-def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
-    coding = {"system": system, "code": code}
-    if display:
-        coding["display"] = display
-    return coding
 
 
 # ---------------------------------------------------------------------------- inbound
@@ -443,14 +408,6 @@ def offer_id_of(task_resource: dict[str, Any]) -> str | None:
         if (TASK_INPUT_SYSTEM, OFFER_INPUT) in codes:
             return item.get("valueString")
     return None
-
-
-def bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
-    found: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(resources)}
-    if resources:  # FHIR forbids an empty array: no match, no entry element
-        found["entry"] = [{"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r,
-                           "search": {"mode": "match"}} for r in resources]
-    return found
 
 
 def capability_statement(base_url: str, issuer: str | None, published: datetime) -> dict[str, Any]:
