@@ -1,10 +1,12 @@
-"""FHIR resources for tests: a referral as a ServiceRequest (docs/integration-fhir.md)."""
+"""FHIR resources for tests: a referral as a ServiceRequest, an HAD's capacity as a HealthcareService
+(docs/integration-fhir.md)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
+from reflexe_capacity.entrypoints import fhir_mapping as cm
 from reflexe_referral.entrypoints import fhir_mapping as fm
 from tests.support.data import pseudonym
 
@@ -40,3 +42,43 @@ def service_request_resource(hospital: str, referral_id: str | None = None, **ch
     }
     resource.update(changes)
     return resource
+
+
+def healthcare_service_declaration(had: str, places: int = 5, admissions: int = 3, status: str = "OPEN",
+                                   declared_at: str | None = None) -> dict:
+    """An HAD's capacity declaration as a HealthcareService (docs/integration-fhir.md, "HAD capacity")."""
+    def declared(kind: str, number: int) -> dict:
+        parts = [{"url": "capacityType", "valueCodeableConcept": {"coding": [{"system": cm.CAPACITY_TYPE_SYSTEM, "code": kind}]}},
+                 {"url": "capacityStatus", "valueCodeableConcept": {"coding": [{"system": cm.CAPACITY_COUNT_SYSTEM, "code": "declared"}]}},
+                 {"url": "nbCapacity", "valueInteger": number}]
+        if declared_at is not None:
+            parts.append({"url": "capacityUpdateDate", "valueDateTime": declared_at})
+        return {"url": cm.EXT_CAPACITY, "extension": parts}
+
+    return {
+        "resourceType": "HealthcareService",
+        "id": had,
+        "extension": [declared("places", places), declared("admissions", admissions),
+                      {"url": cm.EXT_CAPACITY_STATUS,
+                       "valueCodeableConcept": {"coding": [{"system": cm.STATUS_SYSTEM, "code": status}]}}],
+        "active": True,
+        "providedBy": {"type": "Organization", "identifier": {"system": fm.FINESS_SYSTEM, "value": had}},
+    }
+
+
+def kind_and_count(extension: dict) -> tuple[str, str]:
+    """(capacityType, capacityStatus) of one had-capacity record."""
+    parts = {p["url"]: p for p in extension["extension"]}
+    return (parts["capacityType"]["valueCodeableConcept"]["coding"][0]["code"],
+            parts["capacityStatus"]["valueCodeableConcept"]["coding"][0]["code"])
+
+
+def declared_figures(resource: dict) -> dict[tuple[str, str], int]:
+    """The figures a HealthcareService carries: {(capacityType, capacityStatus): nbCapacity}."""
+    return {kind_and_count(e): next(p["valueInteger"] for p in e["extension"] if p["url"] == "nbCapacity")
+            for e in resource["extension"] if e["url"] == cm.EXT_CAPACITY}
+
+
+def capacity_status(resource: dict) -> str:
+    [status] = [e["valueCodeableConcept"]["coding"][0]["code"] for e in resource["extension"] if e["url"] == cm.EXT_CAPACITY_STATUS]
+    return status

@@ -161,7 +161,14 @@ class CapacityStore:
 
     async def board(self, department: str) -> list[tuple[HadEstablishment, HadLedger]]:
         """Every HAD serving the department with its ledger, without locking (a read view)."""
-        hads = await self.hads_serving([department])
+        return await self._read_ledgers(await self.hads_serving([department]))
+
+    async def capacity_view(self, finess: str) -> tuple[HadEstablishment, HadLedger] | None:
+        """One HAD with its ledger, without locking (a read view); None if not registered."""
+        had = await self.had(finess)
+        return None if had is None else (await self._read_ledgers([had]))[0]
+
+    async def _read_ledgers(self, hads: list[HadEstablishment]) -> list[tuple[HadEstablishment, HadLedger]]:
         ids = [h.finess for h in hads]
         declarations = {r["had_finess"]: _declaration(r) for r in await self.conn.fetch(
             "SELECT DISTINCT ON (had_finess) * FROM declarations WHERE had_finess = ANY($1) ORDER BY had_finess, declared_at DESC", ids)}

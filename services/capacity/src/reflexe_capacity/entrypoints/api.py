@@ -4,6 +4,7 @@ department capacity board the coordination desk watches."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from reflexe_capacity.adapters.store import CapacityStore
-from reflexe_capacity.domain.capacity import CapacityDeclaration
+from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
 from reflexe_common.auth import Principal, Role, ensure_department, how_to_connect, require
@@ -76,9 +77,20 @@ async def get_had(finess: str, request: Request,
     return had_view(had)
 
 
-@router.post("/hads/{finess}/capacity", status_code=201, summary="The HAD declares its capacity")
-async def declare(finess: str, body: DeclarationIn, request: Request,
-                  principal: Principal = Depends(require(Role.HAD))) -> JSONResponse:
+@dataclass(frozen=True)
+class Declared:
+    """A declaration's outcome: whether it was recorded (False: the same one again), and the
+    HAD's capacity after it."""
+
+    stored: bool
+    had: HadEstablishment
+    ledger: HadLedger
+    at: datetime
+
+
+async def declare_capacity(finess: str, body: DeclarationIn, request: Request, principal: Principal,
+                           channel: str) -> Declared:
+    """The one way in for a declaration over HTTP, REST or FHIR (which translates into a DeclarationIn)."""
     _check_had_scope(principal, finess, set())
     now = datetime.now(UTC)
     if body.declared_at is not None and in_the_future(body.declared_at, now):
@@ -91,12 +103,20 @@ async def declare(finess: str, body: DeclarationIn, request: Request,
     async with request.app.state.pool.acquire() as conn, conn.transaction():
         store = CapacityStore(conn)
         try:
-            stored = await matcher.declare(store, declaration, "rest")
+            stored = await matcher.declare(store, declaration, channel)
         except LookupError as exc:
             raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry") from exc
         had = await store.had(finess)
         ledger = (await store.lock_ledgers([finess]))[finess]
-    return JSONResponse(board_line(had, ledger, now, matcher.policy.stale_after), status_code=201 if stored else 200)
+    return Declared(stored, had, ledger, now)
+
+
+@router.post("/hads/{finess}/capacity", status_code=201, summary="The HAD declares its capacity")
+async def declare(finess: str, body: DeclarationIn, request: Request,
+                  principal: Principal = Depends(require(Role.HAD))) -> JSONResponse:
+    declared = await declare_capacity(finess, body, request, principal, "rest")
+    return JSONResponse(board_line(declared.had, declared.ledger, declared.at, request.app.state.matcher.policy.stale_after),
+                        status_code=201 if declared.stored else 200)
 
 
 @router.get("/hads/{finess}/capacity/history", summary="The HAD's declarations, newest first")

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from reflexe_capacity.entrypoints.api import router
 from reflexe_capacity.entrypoints.consumers import declaration_handler
+from reflexe_capacity.entrypoints.fhir import router as fhir_router
 from reflexe_capacity.metrics import GAUGES, REFRESH_SECONDS, snapshot
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.settings import CapacitySettings
@@ -59,5 +60,6 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
     app = create_app("capacity", settings, lifespan,
                      "HAD registry, live capacity declarations, and the matcher that holds places.")
     app.include_router(router)
+    app.include_router(fhir_router)
     app.include_router(audit_router)
     return app
