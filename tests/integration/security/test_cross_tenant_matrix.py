@@ -45,7 +45,7 @@ from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.integration.notify.kit import Receiver
 from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.fhir_data import service_request_resource
+from tests.support.fhir_data import healthcare_service_declaration, service_request_resource
 from tests.support.issuer import suite_issuer
 from tests.support.kafka import mark_caught_up
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
@@ -393,6 +393,13 @@ async def fhir_task_answer(w: World, caller: str, scope: str, allowed: bool) -> 
     return {"url": f"/fhir/Task/{referral_id}", "json": task, "headers": {"Content-Type": fm.FHIR_JSON}}
 
 
+async def fhir_declare(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    """PUT /fhir/HealthcareService/{finess}: the FHIR form of the REST declaration, with the same figures."""
+    finess = w.had_a if scope == "in" else w.had_b
+    return {"url": f"/fhir/HealthcareService/{finess}", "headers": {"Content-Type": fm.FHIR_JSON},
+            "json": healthcare_service_declaration(finess, places=30, admissions=30)}
+
+
 async def fhir_post_referral(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
     resource = service_request_resource(w.hospital_a if scope == "in" else w.hospital_b)
     for extension in resource["extension"]:
@@ -551,6 +558,14 @@ MATRIX: list[Endpoint] = [
              by_had("/v1/hads/{finess}/capacity/history")),
     Endpoint("capacity", "GET", "/v1/departments/{department}/capacity", api(desk=SCOPED, ars=SCOPED),
              by_department("/v1/departments/{department}/capacity")),
+    # The FHIR API: the same rules as the REST endpoints above.
+    Endpoint("capacity", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), desk=(OK, OK), ars=(OK, OK)),
+             fixed("/fhir/metadata")),
+    Endpoint("capacity", "GET", "/fhir/HealthcareService/{finess}", api(had=SCOPED, desk=SCOPED, ars=SCOPED),
+             by_had("/fhir/HealthcareService/{finess}")),
+    Endpoint("capacity", "PUT", "/fhir/HealthcareService/{finess}", api(had=SCOPED), fhir_declare),
+    Endpoint("capacity", "GET", "/fhir/HealthcareService", api(desk=SCOPED, ars=SCOPED),
+             by_department("/fhir/HealthcareService?department={department}")),
     audit_trail("capacity"),
     *ops("capacity"),
     # ---- indicators: the ARS's own; an HAD its HAD-level figures only

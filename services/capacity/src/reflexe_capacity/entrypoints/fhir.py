@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -59,12 +59,12 @@ async def read_healthcare_service(finess: str, request: Request,
 @router.get("/HealthcareService", summary="Search: the HADs serving a department (as its capacity board)",
             **_documented("400", "403", "404"))
 async def search_healthcare_services(request: Request,
-                                     principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> JSONResponse:
-    params = request.query_params
-    unknown = sorted(set(params) - {"department", "_format"})
+                                     principal: Principal = Depends(require(Role.DESK, Role.ARS)),
+                                     department: str | None = Query(None, description="INSEE code of the department, e.g. 34")
+                                     ) -> JSONResponse:
+    unknown = sorted(set(request.query_params) - {"department", "_format"})
     if unknown:
         raise FhirInvalid([(None, f"unsupported search parameter {name!r}") for name in unknown], 400, "not-supported")
-    department = params.get("department")
     if not department:
         raise FhirInvalid([(None, "search HealthcareServices by department (its INSEE code, e.g. department=34)")],
                           400, "not-supported")
