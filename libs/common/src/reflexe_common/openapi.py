@@ -81,7 +81,7 @@ def add_problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
             responses = operation["responses"]
             for status in problem_statuses(method, operation):
                 if "application/fhir+json" in responses.get(status, {}).get("content", {}):
-                    continue  # a FHIR route answers its refusals as OperationOutcome (referral's entrypoints/fhir.py)
+                    continue  # a FHIR route answers its refusals as OperationOutcome (reflexe_common.fhir.FhirRoute)
                 # FastAPI's own 422 describes its default body, which the services never send.
                 responses[status] = {
                     "description": _DESCRIPTIONS[status],
