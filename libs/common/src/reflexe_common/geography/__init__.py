@@ -25,6 +25,7 @@ import io
 import re
 import threading
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "Department",
     "Geography",
     "Region",
+    "end_of_local_day",
     "is_department_code",
     "time_zone_of",
 ]
@@ -70,6 +72,13 @@ _OVERSEAS_TIME_ZONES = {"971": "America/Guadeloupe", "972": "America/Martinique"
 def time_zone_of(department_code: str | None) -> ZoneInfo:
     """The clock people of this department read (Paris time when unknown)."""
     return ZoneInfo(_OVERSEAS_TIME_ZONES.get(department_code or "", "Europe/Paris"))
+
+
+def end_of_local_day(day: date, department_code: str | None) -> datetime:
+    """The midnight ending `day` on the department's clock (a DST day has 23 or 25 hours): a
+    planned admission is on time before it (docs/domain.md, "Planned referrals")."""
+    next_day = day + timedelta(days=1)
+    return datetime(next_day.year, next_day.month, next_day.day, tzinfo=time_zone_of(department_code))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from reflexe_common.geography import time_zone_of
+from reflexe_common.geography import end_of_local_day
 from reflexe_common.vocabulary import Reason, SourceKind, Urgency
 
 from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest
@@ -118,8 +118,7 @@ _SOURCE_ACTOR_PREFIX = {
 def end_of_planned_day(planned: date, department: str) -> datetime:
     """When a planned admission stops being on time: the midnight ending the planned day on the
     clock of the department (docs/domain.md, "Planned referrals"; overseas departments on theirs)."""
-    next_day = planned + timedelta(days=1)
-    return datetime(next_day.year, next_day.month, next_day.day, tzinfo=time_zone_of(department))
+    return end_of_local_day(planned, department)
 
 
 def admission_due_at(request: ReferralRequest) -> datetime:
