@@ -2,19 +2,24 @@
 protobuf/CloudEvents encoding, and an independent oracle: the indicator set computed in plain
 Python straight from the raw records — no SQL, no code shared with the service.
 
-The month is March 2025 in departments 972 and 973 (one region each, used by no other test),
-with the DST change of 30 March, late and out-of-order deliveries, a cohort of long stays
+The month is March 2025 in departments 972, 973 and 974 (overseas, each on its own clock: UTC-4,
+UTC-3, UTC+4) and 2A (Paris time, with the DST change of 30 March), each its own region and
+used by no other test in 2025, with late and out-of-order deliveries, a cohort of long stays
 admitted in February, stale declarations, declines, expiries, escalations, desk offers,
-cancellations with withdrawn offers and negative avis, and ED arrivals and exits (exits recorded
-up to a day after they happened, some referrals without a known arrival).
+cancellations with withdrawn offers and negative avis, ED arrivals and exits (exits recorded up
+to a day after they happened, some referrals without a known arrival), planned referrals
+(admitted before, on or after their planned day; a few PLANNED without a date, as older events
+may be), and favourable avis HAD.
 """
 
 from __future__ import annotations
 
+import csv
 import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from reflexe.v1 import capacity_pb2 as cpb
@@ -24,7 +29,11 @@ from reflexe_common.envelope import ts, wrap
 from tests.support.data import pseudonym
 
 PARIS = ZoneInfo("Europe/Paris")
-DEPARTMENTS = {"972": "02", "973": "03"}
+DEPARTMENTS = {"972": "02", "973": "03", "974": "04", "2A": "94"}  # department -> its region
+# Each department's clock, written out here rather than read from the platform's geography.
+ZONES = {"972": ZoneInfo("America/Martinique"), "973": ZoneInfo("America/Cayenne"), "974": ZoneInfo("Indian/Reunion"),
+         "2A": PARIS}
+DEPARTMENTS_CSV = Path(__file__).resolve().parents[3] / "libs/common/src/reflexe_common/geography/data/departments.csv"
 REASONS = ["NO_CAPACITY", "OUT_OF_ZONE", "CARE_NOT_PROVIDED", "MEDICAL_NOT_ELIGIBLE", "SOCIAL_NOT_ELIGIBLE",
            "PATIENT_REFUSED", "GP_REFUSED", "INCOMPLETE_REQUEST", "PATIENT_HOSPITALISED", "PATIENT_DECEASED", "OTHER"]
 KINDS = ["ED", "UHCD", "EHPAD", "GP", "WARD"]
@@ -54,10 +63,12 @@ def _t(rng: random.Random, start: datetime, end: datetime) -> datetime:
     return start + timedelta(seconds=rng.randrange(int((end - start).total_seconds())))
 
 
-def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[Ev]:
+def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[Ev]:
     rng = random.Random(seed)
-    # ED arrivals and exits draw from their own stream: the rest of the month stays as it was.
+    # ED arrivals and exits, planned dates and avis draw from their own streams: the rest of the
+    # month stays as it was.
     ed_rng = random.Random(seed * 1009 + 1)
+    plan_rng = random.Random(seed * 2003 + 5)
     events: list[Ev] = []
     base = datetime(2025, 3, 1, tzinfo=PARIS).astimezone(UTC)
 
@@ -83,7 +94,17 @@ def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[
         arrival = None
         if kind in ("ED", "UHCD") and ed_rng.random() < 0.85:
             arrival = requested - timedelta(minutes=ed_rng.randrange(20, 900))
-        e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place, ed_arrival=arrival)
+        # A planned referral: a date from the request's local day to a week later; a few PLANNED
+        # without a date (older events), measured as urgent.
+        urgency, planned_date = "WITHIN_24H", None
+        if not long_stay and plan_rng.random() < 0.3:
+            urgency = "PLANNED"
+            if plan_rng.random() < 0.9:
+                planned_date = requested.astimezone(ZONES[dept]).date() + timedelta(days=plan_rng.randrange(0, 8))
+        ineligible = not long_stay and rng.random() < 0.08
+        avis = "UNFAVOURABLE" if ineligible else ("FAVOURABLE" if plan_rng.random() < 0.3 else None)
+        e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place, ed_arrival=arrival,
+          urgency=urgency, planned_date=planned_date, avis=avis)
         if kind in ("ED", "UHCD") and ed_rng.random() < 0.75:
             # The exit is recorded when the hospital's A03 reaches the platform, up to a day later.
             exited = requested + timedelta(minutes=ed_rng.randrange(-10, 2000))
@@ -103,7 +124,7 @@ def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[
             if rng.random() < 0.8:
                 e("PatientDischarged", _t(rng, base, base + timedelta(days=36)), had=had)
             return
-        if rng.random() < 0.08:
+        if ineligible:
             e("ReferralDeclaredIneligible", t + timedelta(minutes=rng.randrange(5, 120)), reason=rng.choice(REASONS))
             return
         candidates = rng.sample(hads(dept), 3)
@@ -152,6 +173,10 @@ def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[
             e("ReferralCancelled", t + timedelta(hours=rng.randrange(1, 10)), reason=rng.choice(REASONS))
             return
         t += timedelta(hours=rng.randrange(1, 40), minutes=rng.randrange(60))
+        if planned_date is not None:
+            # Around the planned day, on the department's clock: before it, during it, or late.
+            day_start = datetime.combine(planned_date, datetime.min.time(), ZONES[dept])
+            t = max(t, day_start + timedelta(hours=plan_rng.randrange(-20, 40), minutes=plan_rng.randrange(60)))
         e("PatientAdmitted", t, had=accepted, place=place if rng.random() < 0.5 else "")
         if rng.random() < 0.7:
             e("PatientDischarged", t + timedelta(days=rng.choice([0, 0, 1, 2, 3, 5, 8, 13, 21]), hours=rng.randrange(12)),
@@ -159,6 +184,12 @@ def generate(seed: int = 7, referrals: int = 260, long_stays: int = 80) -> list[
 
     for i in range(long_stays):
         referral("972", base - timedelta(days=9) + timedelta(minutes=rng.randrange(6 * 24 * 60)), long_stay=True)
+    # Near the overseas midnights: each lands on another local day than in Paris.
+    for dept in ("972", "974"):
+        for day in (3, 17):
+            local_midnight = datetime(2025, 3, day, tzinfo=ZONES[dept])
+            for minutes in (-25, -5, 5, 25):
+                referral(dept, local_midnight + timedelta(minutes=minutes))
     for i in range(referrals):
         dept = rng.choice(list(DEPARTMENTS))
         referral(dept, _t(rng, base - timedelta(days=2), base + timedelta(days=31)))
@@ -191,12 +222,18 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
                                         actor="system")
         topic = "reflexe.referral.events.v1"
         if ev.kind == "ReferralRequested":
+            avis = None
+            if f.get("avis"):
+                avis = pb.AvisHad(eligible=f["avis"] == "FAVOURABLE",
+                                  reason="" if f["avis"] == "FAVOURABLE" else "MEDICAL_NOT_ELIGIBLE")
             m = pb.ReferralRequested(header=header, request=pb.ReferralRequest(
                 referral_id=ev.referral_id, department=ev.department,
                 source=pb.Source(kind=f["source_kind"], finess=f["source_finess"]),
                 patient=pb.Patient(pseudonym=pseudonym(ev.referral_id), birth_year=1940, sex="F", care_commune=f"{ev.department}209",
                                    place_of_care=f["place"]),
-                requested_at=ts(ev.at), ed_arrival_at=ts(f["ed_arrival"]) if f.get("ed_arrival") else None))
+                clinical=pb.Clinical(main_mpp="04", urgency=f.get("urgency", "WITHIN_24H"),
+                                     planned_date=f["planned_date"].isoformat() if f.get("planned_date") else ""),
+                requested_at=ts(ev.at), ed_arrival_at=ts(f["ed_arrival"]) if f.get("ed_arrival") else None, avis=avis))
         elif ev.kind == "EdExitRecorded":
             m = pb.EdExitRecorded(header=header, exited_at=ts(f["exited"]))
         elif ev.kind == "ReferralDeclaredIneligible":
@@ -228,12 +265,15 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
 
 # -- the oracle ---------------------------------------------------------------------------------
 
-def local_day(t: datetime) -> date:
-    return t.astimezone(PARIS).date()
-
-
-def midnight(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=PARIS).astimezone(UTC)
+def population(level: str, key: str) -> int | None:
+    """Inhabitants of a department or region, summed from the geography data file by hand."""
+    with DEPARTMENTS_CSV.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if level == "department":
+        return next((int(r["population"]) for r in rows if r["code"] == key), None)
+    if level == "region":
+        return sum(int(r["population"]) for r in rows if r["region_code"] == key) or None
+    return None
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -250,10 +290,17 @@ def _code(reason: str | None) -> str:
     return reason if reason in REASONS else "OTHER"
 
 
-def oracle(events: list[Ev], level: str, period: str, first: date, last: date, today: date,
-           stale_after: timedelta = timedelta(minutes=720), now: datetime | None = None) -> dict[tuple[str, str], dict]:
-    """Every indicator for the days first..last (whole periods), by plain loops over the events."""
-    now = now or datetime.now(UTC)
+def oracle(events: list[Ev], level: str, period: str, first: date, last: date, now: datetime,
+           stale_after: timedelta = timedelta(minutes=720), zones: dict | None = None) -> dict[tuple[str, str], dict]:
+    """Every indicator for the days first..last (whole periods), by plain loops over the events.
+    `zones` replaces the departments' clocks (to show they matter)."""
+    zones = ZONES if zones is None else zones
+
+    def local_day(t: datetime, department: str) -> date:
+        return t.astimezone(zones.get(department, PARIS)).date()
+
+    def midnight(d: date, department: str) -> datetime:
+        return datetime(d.year, d.month, d.day, tzinfo=zones.get(department, PARIS)).astimezone(UTC)
 
     def label(d: date) -> str:
         return d.strftime("%Y-%m") if period == "month" else d.isoformat()
@@ -279,7 +326,9 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
 
         if ev.kind == "ReferralRequested":
             r.update(requested=ev.at, source=f["source_finess"], kind=f["source_kind"], place=f["place"],
-                     ed_arrival=f.get("ed_arrival"))
+                     ed_arrival=f.get("ed_arrival"), avis=f.get("avis"),
+                     # Planned: PLANNED with a date; anything else is held to the 24-hour target.
+                     planned_date=f.get("planned_date") if f.get("urgency") == "PLANNED" else None)
         elif ev.kind == "EdExitRecorded":
             if r.get("ed_exit") is None or f["exited"] < r["ed_exit"]:
                 r["ed_exit"] = f["exited"]
@@ -318,29 +367,36 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
         r[name] = r.get(name, 0) + n
 
     for r in refs.values():
-        src = r.get("source")
+        src, dept = r.get("source"), r["department"]
         if r.get("requested") and level != "had":
-            d = local_day(r["requested"])
-            k = key_of(r["department"], src, None)
+            d = local_day(r["requested"], dept)
+            k = key_of(dept, src, None)
             if in_range(d) and k:
                 x = row(d, k)
                 add(x, "referrals_received")
                 add(x, f"received_{r['kind']}")
+                add(x, "received_planned" if r.get("planned_date") else "received_urgent")
                 if r.get("admitted"):
                     add(x, "_cohort")
+                if r.get("avis"):
+                    add(x, "avis_given")
+                    add(x, f"avis_{r['avis'].lower()}")
+                    for outcome in ("admitted", "cancelled", "ineligible"):
+                        if r.get(outcome):
+                            add(x, f"avis_{outcome}")
         for name, column, reason in (("ineligible", "ineligible", "ineligible_reason"), ("escalated", "escalations", None),
                                      ("cancelled", "cancellations", "cancel_reason")):
             if r.get(name) and level != "had":
-                d = local_day(r[name])
-                k = key_of(r["department"], src, None)
+                d = local_day(r[name], dept)
+                k = key_of(dept, src, None)
                 if in_range(d) and k:
                     x = row(d, k)
                     add(x, column)
                     if reason:
                         add(x, f"{'ineligible' if name == 'ineligible' else 'cancelled'}_{_code(r[reason])}")
         if r.get("ed_exit") and level != "had":  # the referring hospital's ED stay, by the exit's period
-            d = local_day(r["ed_exit"])
-            k = key_of(r["department"], src, None)
+            d = local_day(r["ed_exit"], dept)
+            k = key_of(dept, src, None)
             if in_range(d) and k:
                 x = row(d, k)
                 add(x, "ed_exits")
@@ -348,20 +404,27 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
                     x["_durations"]["ed_stay"].append((r["ed_exit"] - r["ed_arrival"]).total_seconds() / 60)
         for name, had_field in (("first_offer", "first_offer_had"), ("accepted", "accepted_had"), ("admitted", "admitted_had")):
             if r.get(name):
-                d = local_day(r[name])
-                k = key_of(r["department"], src, r.get(had_field))
+                d = local_day(r[name], dept)
+                k = key_of(dept, src, r.get(had_field))
                 if not (in_range(d) and k):
                     continue
                 x = row(d, k)
                 bucket = {"first_offer": "first_offer", "accepted": "acceptance", "admitted": "admission"}[name]
-                if r.get("requested"):
+                planned = r.get("planned_date")
+                if r.get("requested") and not (name == "admitted" and planned):
                     x["_durations"][bucket].append((r[name] - r["requested"]).total_seconds() / 60)
                 if name == "admitted":
                     add(x, "admissions")
-                    if r.get("requested"):
-                        add(x, "_with_request")
-                        if r["admitted"] - r["requested"] <= timedelta(hours=24):
-                            add(x, "admitted_within_24h")
+                    if planned:
+                        add(x, "admissions_planned")
+                        if r["admitted"] < midnight(planned + timedelta(days=1), dept):
+                            add(x, "admitted_on_time")
+                    else:
+                        add(x, "admissions_urgent")
+                        if r.get("requested"):
+                            add(x, "_with_request")
+                            if r["admitted"] - r["requested"] <= timedelta(hours=24):
+                                add(x, "admitted_within_24h")
                     if (r.get("admitted_place") or r.get("place")) == "EHPAD":
                         add(x, "admissions_in_ehpad")
 
@@ -370,15 +433,15 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
         k = key_of(o["department"], ref.get("source"), o["had"])
         if not k:
             continue
-        if o.get("made") and in_range(local_day(o["made"])):
-            add(row(local_day(o["made"]), k), "offers_made")
-        if o.get("outcome") in ("ACCEPTED", "DECLINED", "EXPIRED") and in_range(local_day(o["outcome_at"])):
-            x = row(local_day(o["outcome_at"]), k)
+        if o.get("made") and in_range(local_day(o["made"], o["department"])):
+            add(row(local_day(o["made"], o["department"]), k), "offers_made")
+        if o.get("outcome") in ("ACCEPTED", "DECLINED", "EXPIRED") and in_range(local_day(o["outcome_at"], o["department"])):
+            x = row(local_day(o["outcome_at"], o["department"]), k)
             add(x, f"offers_{o['outcome'].lower()}")
             if o["outcome"] == "DECLINED":
                 add(x, f"declined_{_code(o['reason'])}")
 
-    # Stays: day by day.
+    # Stays: day by day, on the clock of the referral's department, up to its today.
     def days(a: date, b: date):
         d = a
         while d <= b:
@@ -389,11 +452,13 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
     span_last = last
     if period == "month":
         span_last = (date(last.year + (last.month == 12), last.month % 12 + 1, 1) - timedelta(days=1))
-    span_last = min(span_last, today)
 
-    def active_on(r: dict, d: date) -> bool:
-        ad = local_day(r["admitted"])
-        dd = local_day(r["discharged"]) if r.get("discharged") else None
+    def today(department: str) -> date:
+        return now.astimezone(zones.get(department, PARIS)).date()
+
+    def active_on(r: dict, d: date, department: str) -> bool:
+        ad = local_day(r["admitted"], department)
+        dd = local_day(r["discharged"], department) if r.get("discharged") else None
         return ad <= d and (dd is None or dd > d)
 
     stays = [r for r in refs.values() if r.get("admitted")]
@@ -402,8 +467,8 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
         k = key_of(r["department"], r.get("source"), r.get("admitted_had"))
         if not k:
             continue
-        for d in days(span_first, span_last):
-            if active_on(r, d):
+        for d in days(span_first, min(span_last, today(r["department"]))):
+            if active_on(r, d, r["department"]):
                 x = row(d, k)
                 add(x, "patient_days")
                 p = (label(d.replace(day=1) if period == "month" else d), k, id(r))
@@ -411,7 +476,7 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
                     seen.add(p)
                     add(x, "active_patients")
 
-    # HAD-days.
+    # HAD-days, on the clock of the department of the HAD's latest declaration.
     if level != "source":
         declarations: dict[str, list[Ev]] = {}
         for ev in events:
@@ -422,11 +487,11 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
             first_at = decls[0].at
             department = decls[-1].department
             k = key_of(department, None, had)
-            for d in days(max(span_first, local_day(first_at)), span_last):
-                start, end = midnight(d), midnight(d + timedelta(days=1))
+            for d in days(max(span_first, local_day(first_at, department)), min(span_last, today(department))):
+                start, end = midnight(d, department), midnight(d + timedelta(days=1), department)
                 x = row(d, k)
                 capacity = [ev.fields["authorised"] for ev in decls if ev.at < end][-1]
-                active = sum(1 for r in stays if r.get("admitted_had") == had and active_on(r, d))
+                active = sum(1 for r in stays if r.get("admitted_had") == had and active_on(r, d, department))
                 add(x, "had_days")
                 add(x, "_capacity", capacity)
                 add(x, "_occupied", active)
@@ -442,12 +507,15 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
                         stale += (hi - lo).total_seconds()
                 add(x, "_stale", stale)
 
+    avis = ["avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible"]
     not_at_had = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
                   *[f"ineligible_{c}" for c in REASONS], "escalations", "conversion_rate", "cancellations",
-                  *[f"cancelled_{c}" for c in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min"}
+                  *[f"cancelled_{c}" for c in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
+                  "received_urgent", "received_planned", *avis}
     out = {}
     for (p, k), x in rows.items():
         received = x.get("referrals_received", 0)
+        inhabitants = population(level, k)
         final = {
             "conversion_rate": x.get("_cohort", 0) / received if received else None,
             "first_offer_median_min": _pct(x["_durations"]["first_offer"], 0.5),
@@ -459,9 +527,14 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, t
             "ed_stay_median_min": _pct(x["_durations"]["ed_stay"], 0.5),
             "ed_stay_p90_min": _pct(x["_durations"]["ed_stay"], 0.9),
             "admitted_within_24h_share": x.get("admitted_within_24h", 0) / x["_with_request"] if x.get("_with_request") else None,
+            "admitted_on_time_share": (x.get("admitted_on_time", 0) / x["admissions_planned"]
+                                       if x.get("admissions_planned") else None),
             "occupancy": x.get("_occupied", 0) / x["_capacity"] if x.get("_capacity") else None,
             "stale_share": x.get("_stale", 0.0) / x["_observed"] if x.get("_observed") else None,
         }
+        for rate, count in (("referrals_received_per_100k", "referrals_received"), ("admissions_per_100k", "admissions"),
+                            ("patient_days_per_100k", "patient_days")):
+            final[rate] = x.get(count, 0) * 100_000 / inhabitants if inhabitants else None
         for name, value in x.items():
             if not name.startswith("_"):
                 final[name] = value

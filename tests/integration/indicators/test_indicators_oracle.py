@@ -17,7 +17,7 @@ from openpyxl import load_workbook
 
 from reflexe_indicators.entrypoints.app import build_app
 from reflexe_indicators.settings import IndicatorsSettings
-from tests.integration.indicators.simulation import PARIS, differences, encode, generate, oracle
+from tests.integration.indicators.simulation import DEPARTMENTS, PARIS, differences, encode, generate, oracle
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.issuer import suite_issuer
 
@@ -58,22 +58,30 @@ async def _rows(client: httpx.AsyncClient, level: str, period: str, headers=ADMI
     return response.json()["rows"]
 
 
-async def _all_agree(client, events) -> list[str]:
-    today = datetime.now(UTC).astimezone(PARIS).date()
+def _expected(events) -> dict[tuple[str, str], dict]:
+    """The oracle's figures for every level and period (the simulated months are long past, so
+    they do not change while the service catches up: computed once)."""
+    now = datetime.now(UTC)
+    return {(level, period): oracle(events, level, period, FIRST, LAST, now)
+            for level in LEVELS for period in ("day", "month")}
+
+
+async def _all_agree(client, events, expected: dict | None = None) -> list[str]:
+    expected = expected or _expected(events)
     problems = []
     for level in LEVELS:
         for period in ("day", "month"):
-            expected = oracle(events, level, period, FIRST, LAST, today)
-            problems += differences(await _rows(client, level, period), expected, level)
+            problems += differences(await _rows(client, level, period), expected[level, period], level)
     return problems
 
 
 async def _wait_agreement(client, events, what: str) -> None:
     last: list[str] = []
+    expected = _expected(events)
 
     async def agree():
         nonlocal last
-        last = await _all_agree(client, events)
+        last = await _all_agree(client, events, expected)
         return not last
 
     try:
@@ -95,6 +103,27 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
     assert m972["ed_exits"] > 0 and 0 < m972["ed_stay_median_min"] <= m972["ed_stay_p90_min"]
     had_days = [r for r in await _rows(service, "had", "day") if r["key"] == "972990000"]
     assert any(r["had_days"] and not r["days_below_viability"] for r in had_days), "the big HAD is above 50 patients some days"
+    # Urgent and planned, their shares, the avis and their outcomes, the rates per inhabitant.
+    for department in DEPARTMENTS:
+        m = month[department]
+        assert m["received_urgent"] > 0 and m["received_planned"] > 0, department
+        assert m["received_urgent"] + m["received_planned"] == m["referrals_received"], department
+        assert m["admissions_urgent"] + m["admissions_planned"] == m["admissions"], department
+        assert 0 < m["admitted_within_24h_share"] < 1 and 0 < m["admitted_on_time_share"] < 1, department
+        assert m["avis_favourable"] > 0 and m["avis_unfavourable"] > 0 and m["avis_admitted"] > 0, department
+        assert m["avis_given"] == m["avis_favourable"] + m["avis_unfavourable"], department
+        assert m["referrals_received_per_100k"] > 0 and m["patient_days_per_100k"] > 0, department
+    assert sum(month[d]["avis_cancelled"] for d in DEPARTMENTS) > 0
+    region = {r["key"]: r for r in await _rows(service, "region", "month") if r["period"] == "2025-03"}
+    assert region["02"]["admissions_per_100k"] == m972["admissions_per_100k"], "Martinique is a region of one department"
+    # The departments' clocks matter: on Paris time, the overseas days would count other referrals.
+    local = oracle(simulated, "department", "day", FIRST, LAST, datetime.now(UTC))
+    on_paris_time = oracle(simulated, "department", "day", FIRST, LAST, datetime.now(UTC),
+                           zones={d: PARIS for d in DEPARTMENTS})
+    for department in ("972", "973", "974"):
+        days = {k for k in set(local) | set(on_paris_time) if k[1] == department}
+        assert any(local.get(k, {}).get("referrals_received") != on_paris_time.get(k, {}).get("referrals_received")
+                   for k in days), department
 
     before = (await service.get("/v1/indicators/replay", headers=ADMIN)).json()["current_generation"]
     started = await service.post("/v1/indicators/replay", headers=ADMIN)

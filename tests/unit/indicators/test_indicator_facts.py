@@ -75,3 +75,20 @@ def test_periods_are_paris_local():
     assert paris_midnight(date(2025, 3, 31)) == datetime(2025, 3, 30, 22, 0, tzinfo=UTC)  # the DST day has 23 h
     assert next_period(date(2025, 12, 1), "month") == date(2026, 1, 1)
     assert period_start(date(2025, 3, 17), "month") == date(2025, 3, 1)
+
+
+def test_the_request_brings_its_urgency_planned_date_and_avis():
+    def requested(**clinical_and_avis) -> dict:
+        avis = clinical_and_avis.pop("avis", None)
+        message = pb.ReferralRequested(header=header(0), request=pb.ReferralRequest(
+            referral_id=RID, clinical=pb.Clinical(**clinical_and_avis), avis=avis, requested_at=ts(T0)))
+        [(_, row)] = fold(message)
+        return {k: row[k] for k in ("urgency", "planned_date", "avis")}
+
+    from datetime import date
+    assert requested(urgency="PLANNED", planned_date="2025-04-02", avis=pb.AvisHad(eligible=True)) == {
+        "urgency": "PLANNED", "planned_date": date(2025, 4, 2), "avis": "FAVOURABLE"}
+    assert requested(urgency="WITHIN_24H", avis=pb.AvisHad(eligible=False, reason="MEDICAL_NOT_ELIGIBLE")) == {
+        "urgency": "WITHIN_24H", "planned_date": None, "avis": "UNFAVOURABLE"}
+    # No avis at all is not an unfavourable one; a malformed date is no date (measured as urgent).
+    assert requested(urgency="PLANNED", planned_date="02/04/2025") == {"urgency": "PLANNED", "planned_date": None, "avis": None}

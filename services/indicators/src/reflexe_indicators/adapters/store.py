@@ -96,9 +96,11 @@ async def ensure_first_generation(pool: asyncpg.Pool, base: str) -> int:
 async def _load_regions(conn: asyncpg.Connection) -> None:
     departments = Geography.load().departments
     await conn.execute(
-        "INSERT INTO department_regions (department, region) SELECT * FROM unnest($1::text[], $2::text[]) "
-        "ON CONFLICT (department) DO UPDATE SET region = EXCLUDED.region",
-        list(departments), [d.region_code for d in departments.values()])
+        "INSERT INTO department_regions (department, region, time_zone) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+        "ON CONFLICT (department) DO UPDATE SET region = EXCLUDED.region, time_zone = EXCLUDED.time_zone",
+        list(departments), [d.region_code for d in departments.values()],
+        [d.time_zone.key for d in departments.values()])
 
 
 async def start_generation(conn: asyncpg.Connection, base: str) -> int | None:

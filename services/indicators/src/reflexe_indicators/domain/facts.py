@@ -13,7 +13,7 @@ facts as the log read in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
@@ -38,6 +38,7 @@ REFERRALS = FactTable(
     "referral_facts", ("referral_id",),
     {"referral_id": "uuid", "department": "text", "source_kind": "text", "source_finess": "text",
      "place_of_care": "text", "requested_at": "timestamptz", "ed_arrival_at": "timestamptz",
+     "urgency": "text", "planned_date": "date", "avis": "text",
      "ineligible_at": "timestamptz", "ineligible_reason": "text",
      "first_offer_at": "timestamptz", "first_offer_had": "text",
      "accepted_at": "timestamptz", "accepted_had": "text",
@@ -46,7 +47,8 @@ REFERRALS = FactTable(
      "discharged_at": "timestamptz",
      "cancelled_at": "timestamptz", "cancel_reason": "text",
      "ed_exited_at": "timestamptz"},
-    first=("department", "source_kind", "source_finess", "place_of_care", "requested_at", "ed_arrival_at"),
+    first=("department", "source_kind", "source_finess", "place_of_care", "requested_at", "ed_arrival_at",
+           "urgency", "planned_date", "avis"),
     earliest=(("ineligible_at", ("ineligible_reason",)), ("first_offer_at", ("first_offer_had",)),
               ("accepted_at", ("accepted_had",)), ("escalated_at", ()),
               ("admitted_at", ("admitted_had", "admitted_place")), ("discharged_at", ()),
@@ -81,6 +83,20 @@ def _time(value) -> datetime | None:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
+def _planned_date(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None  # a malformed date counts as none: the referral is measured as urgent
+
+
+def _avis(request) -> str | None:
+    """The avis HAD the request carried: FAVOURABLE, UNFAVOURABLE, or None when it had none."""
+    if not request.HasField("avis"):
+        return None
+    return "FAVOURABLE" if request.avis.eligible else "UNFAVOURABLE"
+
+
 def fold(m: Message) -> list[Delta]:
     """The partial facts one event carries (empty for events that feed no indicator)."""
     if isinstance(m, (cpb.CapacityDeclared,)):
@@ -100,7 +116,8 @@ def fold(m: Message) -> list[Delta]:
         r = m.request
         ref.update(source_kind=r.source.kind or None, source_finess=r.source.finess or None,
                    place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at,
-                   ed_arrival_at=_time(r.ed_arrival_at))
+                   ed_arrival_at=_time(r.ed_arrival_at), urgency=r.clinical.urgency or None,
+                   planned_date=_planned_date(r.clinical.planned_date), avis=_avis(r))
     elif isinstance(m, pb.EdExitRecorded):
         # The hospital's exit time, not when it was recorded: the ED stay is measured with it.
         exited = _time(m.exited_at)

@@ -15,9 +15,9 @@ from fastapi.responses import Response
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
-from reflexe_common.geography import Geography
+from reflexe_common.geography import Geography, time_zone_of
 from reflexe_indicators.adapters.store import current_generation, generation_schema
-from reflexe_indicators.service_layer.indicators import COLUMNS, PARIS, Query, compute, next_period
+from reflexe_indicators.service_layer.indicators import COLUMNS, Query, compute, next_period
 
 router = APIRouter(prefix="/v1", tags=["indicators"])
 MAX_DAYS = 400
@@ -80,7 +80,7 @@ async def indicators(request: Request,
     q = scoped_query(principal, level, period, from_, to, department)
     rows = await run_query(request, q)
     return {"level": level, "period": period, "from": from_.isoformat(), "to": to.isoformat(),
-            "time_zone": "Europe/Paris", "columns": ["period", "key", *COLUMNS], "rows": rows}
+            "time_zone": "local time of each department", "columns": ["period", "key", *COLUMNS], "rows": rows}
 
 
 def _months(month: str | None, from_month: str | None, to_month: str | None) -> tuple[date, date]:
@@ -140,10 +140,10 @@ async def export_csv(request: Request, level: Literal["department", "region", "s
 @router.get("/indicators/departments/{department}/daily", summary="One day's referral flow in a department")
 async def daily_flow(department: str, request: Request, day: date | None = None,
                      principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
-    """Kept for existing clients; the same figures as GET /v1/indicators (Europe/Paris day)."""
+    """Kept for existing clients; the same figures as GET /v1/indicators (the department's local day)."""
     require_department(department)
     ensure_department(principal, department, _region_of)
-    day = day or datetime.now(UTC).astimezone(PARIS).date()
+    day = day or datetime.now(UTC).astimezone(time_zone_of(department)).date()
     rows = await run_query(request, Query("department", "day", day, day, departments=[department]))
     row = next((r for r in rows if r["key"] == department), {})
     return {"department": department, "day": day.isoformat(), "referrals_received": row.get("referrals_received", 0),

@@ -24,7 +24,8 @@ from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS
 from reflexe_indicators.adapters.store import current_generation, ensure_first_generation, generation_schema
 from reflexe_indicators.entrypoints.api import router
 from reflexe_indicators.service_layer.facts import handler
-from reflexe_indicators.service_layer.indicators import COLUMNS, PARIS, RATIOS, Query, compute
+from reflexe_common.geography import time_zone_of
+from reflexe_indicators.service_layer.indicators import AVIS_COLUMNS, COLUMNS, PARIS, RATIOS, Query, compute
 from reflexe_indicators.service_layer.replay import Replayer
 from reflexe_indicators.settings import IndicatorsSettings
 
@@ -38,7 +39,9 @@ HAD_ACTIVE_PATIENTS = Gauge("reflexe_had_active_patients", "Patients in care at 
                             "active_patients at HAD level; the viability threshold is 50).", ["had"])
 GAUGED = [c for c in COLUMNS if "_" not in c or c in RATIOS or c in (
     "referrals_received", "offers_made", "offers_accepted", "offers_declined", "offers_expired", "active_patients",
-    "patient_days", "admitted_within_24h", "admissions_in_ehpad", "days_below_viability")]
+    "patient_days", "admitted_within_24h", "admissions_in_ehpad", "days_below_viability",
+    "admissions_urgent", "admissions_planned", "admitted_on_time", "received_urgent", "received_planned",
+    *AVIS_COLUMNS)]
 
 
 def _base_unit(column: str, value: float) -> tuple[str, float]:
@@ -64,19 +67,25 @@ async def refresh_gauges(app: FastAPI, every: float, leadership: Leadership) -> 
             await asyncio.sleep(every)
             continue
         try:
-            today = datetime.now(UTC).astimezone(PARIS).date()
+            now = datetime.now(UTC)
+            today = now.astimezone(PARIS).date()
+            # Each department's own today and month: overseas, the local day is Paris's day before or after.
+            around = (today - timedelta(days=1), today + timedelta(days=1))
             async with app.state.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 generation = await current_generation(conn)
-                for period, start in (("day", today), ("month", today.replace(day=1))):
-                    rows = await compute(conn, generation_schema(SCHEMA, generation), Query("department", period, start, today),
-                                         stale_after=timedelta(minutes=settings.stale_after_minutes))
+                for period, label in (("day", lambda d: d.isoformat()), ("month", lambda d: d.isoformat()[:7])):
+                    rows = await compute(conn, generation_schema(SCHEMA, generation), Query("department", period, *around),
+                                         stale_after=timedelta(minutes=settings.stale_after_minutes), now=now)
                     for row in rows:
+                        if row["period"] != label(now.astimezone(time_zone_of(row["key"])).date()):
+                            continue
                         for c in GAUGED:
                             if row[c] is not None:
                                 name, value = _base_unit(c, row[c])
                                 INDICATOR.labels(name, period, row["key"]).set(value)
-                for row in await compute(conn, generation_schema(SCHEMA, generation), Query("had", "day", today, today),
-                                         stale_after=timedelta(minutes=settings.stale_after_minutes)):
+                # Days after an HAD's own today are not counted: its last row is its today (rows come sorted by day).
+                for row in await compute(conn, generation_schema(SCHEMA, generation), Query("had", "day", *around),
+                                         stale_after=timedelta(minutes=settings.stale_after_minutes), now=now):
                     if row["active_patients"] is not None:
                         HAD_ACTIVE_PATIENTS.labels(row["key"]).set(row["active_patients"])
         except Exception:

@@ -4,8 +4,11 @@ facts of the current generation. The API, the exports and the Prometheus gauges 
 
 Definitions where the ARS follow-up set is silent (also in the README of the service):
 
-* Periods are **Europe/Paris local** days and months; an event belongs to the period of its
-  event time (the time it carries), never of its arrival.
+* Periods are **local days and months of the department** (``time_zone_of``: Europe/Paris for
+  metropolitan France and Corsica, America/Martinique, Indian/Reunion... overseas); an event
+  belongs to the period of its event time (the time it carries), never of its arrival, read on the
+  clock of its referral's department (offers: the offer's department; HAD-days: the department of
+  the HAD's latest declaration). "Today" is the department's today.
 * Levels: ``department`` (the referral's department), ``region`` (its region), ``source`` (the
   sending establishment's FINESS), ``had`` (the HAD concerned by the event: offers by the HAD
   offered to, acceptance by the accepting HAD, admissions and stays by the admitting HAD, first
@@ -22,8 +25,26 @@ Definitions where the ARS follow-up set is silent (also in the README of the ser
   admission) and measured from the request time. Median and 90th percentile use
   **percentile_cont** (linear interpolation between the two nearest ranks: the textbook median
   of an even count, numpy's default percentile), exact over the facts of the period.
-* Admitted within 24 h share: admissions of the period whose request → admission ≤ 24 h ÷
-  admissions of the period with a known request time.
+* Urgent and planned: a referral is **planned** when its urgency is PLANNED and it has a planned
+  date (the API refuses PLANNED without one; an older event without it is measured as urgent, as
+  the referral service's clock does); every other referral is **urgent**. ``received_urgent`` /
+  ``received_planned`` by request period, ``admissions_urgent`` / ``admissions_planned`` by
+  admission period.
+* Admitted within 24 h share: **urgent** admissions of the period whose request → admission
+  ≤ 24 h ÷ urgent admissions of the period with a known request time. The admission delay
+  (``admission_median_min``, ``admission_p90_min``) is over urgent admissions too: a planned
+  admission's delay from its request is the date chosen, not a performance.
+* On-time share of planned admissions: planned admissions of the period admitted before the end
+  of their planned day (midnight ending it, on the department's clock; an admission before the
+  planned day is on time) ÷ planned admissions of the period.
+* Avis HAD (the eligibility opinion the request carried): ``avis_given``, ``avis_favourable``,
+  ``avis_unfavourable`` by request period; what became of the referrals with an avis, same cohort
+  as the conversion rate (requested in the period, outcome up to now): ``avis_admitted``,
+  ``avis_cancelled``, ``avis_ineligible`` (the rest are still open). Null at HAD level.
+* Rates per 100,000 inhabitants (department and region levels only): referrals received,
+  admissions and patient-days of the period ÷ the population × 100,000, not annualised. The
+  population is the sum of the communes' populations of the COG data the platform carries
+  (``reflexe_common.geography``, ``Department.population``; a region: its departments').
 * ED stay of referred patients (``ed_exits``, ``ed_stay_median_min``, ``ed_stay_p90_min``): from
   the request's ED arrival time to the ED exit the referring hospital reported (EdExitRecorded,
   an HL7 A03 through the gateway; its exit time, not when it was recorded), attributed to the
@@ -53,10 +74,18 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from reflexe_common.geography import Geography
 from reflexe_common.vocabulary import Reason, SourceKind
 
 PARIS = ZoneInfo("Europe/Paris")
-TZ = "'Europe/Paris'"
+# The clock of the department of the row being read (department_regions g joined on it).
+ZONE = "COALESCE(g.time_zone, 'Europe/Paris')"
+PLANNED = "(r.urgency IS NOT DISTINCT FROM 'PLANNED' AND r.planned_date IS NOT NULL)"
+URGENT = f"(NOT {PLANNED})"
+# Midnight ending the planned day, on the department's clock: a planned admission is on time before it.
+END_OF_PLANNED_DAY = f"((r.planned_date + 1)::timestamp AT TIME ZONE {ZONE})"
+# Every local day is within a day of Paris's: the time filter is widened by as much, then exact on local dates.
+ZONE_MARGIN = timedelta(days=1)
 LEVELS = ("department", "region", "source", "had")
 PERIODS = ("day", "month")
 REASONS = [r.value for r in Reason]
@@ -70,19 +99,27 @@ COLUMNS: list[str] = [
     "escalations", "admissions", "conversion_rate",
     "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
     "admission_median_min", "admission_p90_min", "admitted_within_24h", "admitted_within_24h_share",
+    "received_urgent", "received_planned", "admissions_urgent", "admissions_planned",
+    "admitted_on_time", "admitted_on_time_share",
+    "avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible",
+    "referrals_received_per_100k", "admissions_per_100k", "patient_days_per_100k",
     "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
     "cancellations", *[f"cancelled_{r}" for r in REASONS],
     "active_patients", "patient_days", "admissions_in_ehpad",
     "had_days", "occupancy", "days_below_viability", "stale_share",
 ]
+AVIS_COLUMNS = ["avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible"]
 # Columns that mean nothing at a level (null there rather than 0).
 NOT_AT_HAD = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
               *[f"ineligible_{r}" for r in REASONS], "escalations", "conversion_rate", "cancellations",
-              *[f"cancelled_{r}" for r in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min"}
+              *[f"cancelled_{r}" for r in REASONS], "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
+              "received_urgent", "received_planned", *AVIS_COLUMNS}
+PER_100K = {"referrals_received_per_100k": "referrals_received", "admissions_per_100k": "admissions",
+            "patient_days_per_100k": "patient_days"}
 HAD_DAY_COLUMNS = {"had_days", "occupancy", "days_below_viability", "stale_share"}
 RATIOS = {"conversion_rate", "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min",
           "acceptance_p90_min", "admission_median_min", "admission_p90_min", "admitted_within_24h_share",
-          "ed_stay_median_min", "ed_stay_p90_min", "occupancy", "stale_share"}
+          "ed_stay_median_min", "ed_stay_p90_min", "occupancy", "stale_share", "admitted_on_time_share", *PER_100K}
 
 
 @dataclass(frozen=True)
@@ -94,6 +131,17 @@ class Query:
     departments: list[str] | None = None  # restrict to events of these departments
     hads: list[str] | None = None  # at HAD level, restrict to these HADs
     sources: list[str] | None = None  # at source level, restrict to these establishments
+
+
+def _population(level: str, key: str) -> int | None:
+    """Inhabitants of a department or a region (the COG data's communes summed); None elsewhere."""
+    geography = Geography.load()
+    if level == "department":
+        department = geography.department(key)
+        return department.population if department else None
+    if level == "region":
+        return sum(d.population for d in geography.departments_of_region(key)) or None
+    return None
 
 
 def period_start(day: date, period: str) -> date:
@@ -140,7 +188,15 @@ class _Sql:
         return f"${len(self.params)}"
 
     def bucket(self, col: str) -> str:
-        return f"date_trunc('{self.q.period}', {col} AT TIME ZONE {TZ})::date"
+        return f"date_trunc('{self.q.period}', {col} AT TIME ZONE {ZONE})::date"
+
+    def in_periods(self, col: str) -> list[str]:
+        """The rows whose `col`, on their department's clock, falls in the periods asked."""
+        first, last = period_start(self.q.start, self.q.period), period_start(self.q.end, self.q.period)
+        lo = self.p(paris_midnight(first) - ZONE_MARGIN)
+        hi = self.p(paris_midnight(next_period(last, self.q.period)) + ZONE_MARGIN)
+        return [f"{col} >= {lo}", f"{col} < {hi}",
+                f"{self.bucket(col)} BETWEEN {self.p(first)}::date AND {self.p(last)}::date"]
 
 
 async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: str | None,
@@ -149,8 +205,7 @@ async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: 
         return []
     sql = _Sql(q, schema)
     key = {"department": "r.department", "region": "g.region", "source": "r.source_finess", "had": had_col}[q.level]
-    lo, hi = sql.p(paris_midnight(period_start(q.start, q.period))), sql.p(paris_midnight(next_period(period_start(q.end, q.period), q.period)))
-    where = [f"r.{time_col} >= {lo}", f"r.{time_col} < {hi}", f"{key} IS NOT NULL"]
+    where = [*sql.in_periods(f"r.{time_col}"), f"{key} IS NOT NULL"]
     where += _filters(sql, q, "r.department", key)
     text = (f"SELECT {sql.bucket('r.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
             f"FROM {sql.s}.referral_facts r LEFT JOIN department_regions g ON g.department = r.department "
@@ -162,8 +217,7 @@ async def _offer_family(conn, q: Query, schema: str, time_col: str, selects: lis
                         extra: str = "TRUE") -> list[asyncpg.Record]:
     sql = _Sql(q, schema)
     key = {"department": "o.department", "region": "g.region", "source": "r.source_finess", "had": "o.had_finess"}[q.level]
-    lo, hi = sql.p(paris_midnight(period_start(q.start, q.period))), sql.p(paris_midnight(next_period(period_start(q.end, q.period), q.period)))
-    where = [f"o.{time_col} >= {lo}", f"o.{time_col} < {hi}", f"{key} IS NOT NULL", extra]
+    where = [*sql.in_periods(f"o.{time_col}"), f"{key} IS NOT NULL", extra]
     where += _filters(sql, q, "o.department", key)
     join = f"LEFT JOIN {sql.s}.referral_facts r ON r.referral_id = o.referral_id " if q.level == "source" else ""
     text = (f"SELECT {sql.bucket('o.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
@@ -183,75 +237,77 @@ def _filters(sql: _Sql, q: Query, department_col: str, key: str) -> list[str]:
     return out
 
 
-def _cap_end(today: date) -> date:
-    return today + timedelta(days=1)  # days from this one on have not happened yet
-
-
-async def _stays(conn, q: Query, schema: str, today: date) -> list[asyncpg.Record]:
-    """Active patients and patient-days per period, from the stays (admission → discharge)."""
+async def _stays(conn, q: Query, schema: str, now: datetime) -> list[asyncpg.Record]:
+    """Active patients and patient-days per period, from the stays (admission → discharge), on the
+    clock of the referral's department; days from the department's tomorrow on are not counted."""
     sql = _Sql(q, schema)
-    key = {"department": "s.department", "region": "g.region", "source": "s.source_finess", "had": "s.admitted_had"}[q.level]
+    key = {"department": "s.department", "region": "s.region", "source": "s.source_finess", "had": "s.admitted_had"}[q.level]
     first, last = period_start(q.start, q.period), period_start(q.end, q.period)
-    cap = sql.p(_cap_end(today))
     where = [f"{key} IS NOT NULL", *_filters(sql, q, "s.department", key)]
     text = f"""
         WITH buckets AS (
             SELECT b::date AS a, (b + interval '1 {q.period}')::date AS e
-            FROM generate_series({sql.p(first)}::date, {sql.p(last)}::date, interval '1 {q.period}') b
-            WHERE b::date < {cap}::date),
+            FROM generate_series({sql.p(first)}::date, {sql.p(last)}::date, interval '1 {q.period}') b),
         stays AS (
-            SELECT r.*, (r.admitted_at AT TIME ZONE {TZ})::date AS ad, (r.discharged_at AT TIME ZONE {TZ})::date AS dd
-            FROM {sql.s}.referral_facts r WHERE r.admitted_at IS NOT NULL)
+            SELECT r.*, g.region, (r.admitted_at AT TIME ZONE {ZONE})::date AS ad,
+                   (r.discharged_at AT TIME ZONE {ZONE})::date AS dd,
+                   ({sql.p(now)}::timestamptz AT TIME ZONE {ZONE})::date + 1 AS cap
+            FROM {sql.s}.referral_facts r LEFT JOIN department_regions g ON g.department = r.department
+            WHERE r.admitted_at IS NOT NULL)
         SELECT bk.a AS period, {key} AS key, count(*) AS active_patients,
-               sum(LEAST(COALESCE(s.dd, bk.e), bk.e, {cap}::date) - GREATEST(s.ad, bk.a)) AS patient_days
+               sum(LEAST(COALESCE(s.dd, bk.e), bk.e, s.cap) - GREATEST(s.ad, bk.a)) AS patient_days
         FROM buckets bk
-        JOIN stays s ON s.ad < LEAST(bk.e, {cap}::date) AND (s.dd IS NULL OR (s.dd > bk.a AND s.dd > s.ad))
-        LEFT JOIN department_regions g ON g.department = s.department
+        JOIN stays s ON bk.a < s.cap AND s.ad < LEAST(bk.e, s.cap) AND (s.dd IS NULL OR (s.dd > bk.a AND s.dd > s.ad))
         WHERE {' AND '.join(where)}
         GROUP BY 1, 2"""
     return await conn.fetch(text, *sql.params)
 
 
-async def _had_days(conn, q: Query, schema: str, today: date, now: datetime, stale_after: timedelta) -> list[asyncpg.Record]:
+async def _had_days(conn, q: Query, schema: str, now: datetime, stale_after: timedelta) -> list[asyncpg.Record]:
+    """HAD-days on the clock of the HAD's department (that of its latest declaration), up to the
+    department's today."""
     if q.level == "source":
         return []
     sql = _Sql(q, schema)
     key = {"department": "dy.department", "region": "g.region", "had": "dy.had_finess"}[q.level]
     lo = sql.p(period_start(q.start, q.period))
-    hi = sql.p(min(next_period(period_start(q.end, q.period), q.period) - timedelta(days=1), today))
+    last = sql.p(next_period(period_start(q.end, q.period), q.period) - timedelta(days=1))
     now_p, stale = sql.p(now), sql.p(stale_after)
-    stays_where = ""
     where = [*_filters(sql, q, "dy.department", key)]
     text = f"""
-        WITH h AS (
+        WITH latest AS (
             SELECT had_finess, min(declared_at) AS first_at,
                    (array_agg(department ORDER BY declared_at DESC))[1] AS department
             FROM {sql.s}.declaration_facts GROUP BY had_finess),
+        h AS (
+            SELECT latest.*, {ZONE} AS tz, LEAST({last}::date, ({now_p}::timestamptz AT TIME ZONE {ZONE})::date) AS hi
+            FROM latest LEFT JOIN department_regions g ON g.department = latest.department),
         stays AS (
-            SELECT r.admitted_had AS had_finess, (r.admitted_at AT TIME ZONE {TZ})::date AS ad,
-                   (r.discharged_at AT TIME ZONE {TZ})::date AS dd
+            SELECT r.admitted_had AS had_finess, (r.admitted_at AT TIME ZONE h.tz)::date AS ad,
+                   (r.discharged_at AT TIME ZONE h.tz)::date AS dd
             FROM {sql.s}.referral_facts r JOIN h ON h.had_finess = r.admitted_had
-            WHERE r.admitted_at IS NOT NULL {stays_where}),
+            WHERE r.admitted_at IS NOT NULL),
         daily AS (
-            SELECT had_finess, day, sum(n) AS n FROM (
+            SELECT x.had_finess, x.day, sum(x.n) AS n FROM (
                 SELECT had_finess, ad AS day, 1 AS n FROM stays WHERE dd IS NULL OR dd > ad
                 UNION ALL
                 SELECT had_finess, dd, -1 FROM stays WHERE dd > ad) x
-            WHERE day <= {hi}::date GROUP BY 1, 2),
+            JOIN h ON h.had_finess = x.had_finess
+            WHERE x.day <= h.hi GROUP BY 1, 2),
         starts AS (
-            SELECT h.had_finess, LEAST((h.first_at AT TIME ZONE {TZ})::date, min(daily.day)) AS s
-            FROM h LEFT JOIN daily USING (had_finess) GROUP BY h.had_finess, h.first_at),
+            SELECT h.had_finess, h.hi, LEAST((h.first_at AT TIME ZONE h.tz)::date, min(daily.day)) AS s
+            FROM h LEFT JOIN daily USING (had_finess) GROUP BY h.had_finess, h.first_at, h.tz, h.hi),
         cum AS (
             SELECT se.had_finess, se.day,
                    sum(COALESCE(dl.n, 0)) OVER (PARTITION BY se.had_finess ORDER BY se.day) AS active
             FROM (SELECT st.had_finess, d::date AS day FROM starts st,
-                         generate_series(st.s, {hi}::date, interval '1 day') d) se
+                         generate_series(st.s, st.hi, interval '1 day') d) se
             LEFT JOIN daily dl ON dl.had_finess = se.had_finess AND dl.day = se.day),
         dy AS (
             SELECT c.had_finess, c.day, c.active, h.department, h.first_at,
-                   (c.day::timestamp AT TIME ZONE {TZ}) AS d_start, ((c.day + 1)::timestamp AT TIME ZONE {TZ}) AS d_end
+                   (c.day::timestamp AT TIME ZONE h.tz) AS d_start, ((c.day + 1)::timestamp AT TIME ZONE h.tz) AS d_end
             FROM cum c JOIN h USING (had_finess)
-            WHERE c.day >= {lo}::date AND c.day >= (h.first_at AT TIME ZONE {TZ})::date),
+            WHERE c.day >= {lo}::date AND c.day >= (h.first_at AT TIME ZONE h.tz)::date),
         stale AS (
             SELECT had_finess, declared_at + {stale}::interval AS s,
                    COALESCE(lead(declared_at) OVER (PARTITION BY had_finess ORDER BY declared_at), {now_p}::timestamptz) AS e
@@ -281,7 +337,6 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
                   now: datetime | None = None) -> list[dict[str, Any]]:
     """Every indicator of the set, one row per (period, key) with any activity, sorted."""
     now = now or datetime.now(UTC)
-    today = now.astimezone(PARIS).date()
     rows: dict[tuple[date, str], dict[str, Any]] = {}
 
     def put(records, fn) -> None:
@@ -296,7 +351,13 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
 
     put(await _referral_family(conn, q, schema, "requested_at", None, [
         "count(*) AS referrals_received", *[f"count(*) FILTER (WHERE r.source_kind = '{k}') AS \"received_{k}\"" for k in KINDS],
-        "count(*) FILTER (WHERE r.admitted_at IS NOT NULL) AS cohort_admitted"]), copy)
+        "count(*) FILTER (WHERE r.admitted_at IS NOT NULL) AS cohort_admitted",
+        f"count(*) FILTER (WHERE {URGENT}) AS received_urgent", f"count(*) FILTER (WHERE {PLANNED}) AS received_planned",
+        "count(r.avis) AS avis_given", "count(*) FILTER (WHERE r.avis = 'FAVOURABLE') AS avis_favourable",
+        "count(*) FILTER (WHERE r.avis = 'UNFAVOURABLE') AS avis_unfavourable",
+        "count(r.avis) FILTER (WHERE r.admitted_at IS NOT NULL) AS avis_admitted",
+        "count(r.avis) FILTER (WHERE r.cancelled_at IS NOT NULL) AS avis_cancelled",
+        "count(r.avis) FILTER (WHERE r.ineligible_at IS NOT NULL) AS avis_ineligible"]), copy)
     put(await _referral_family(conn, q, schema, "ineligible_at", None, [
         "count(*) AS ineligible", *[f"count(*) FILTER (WHERE {_reason('r.ineligible_reason', c)}) AS \"ineligible_{c}\"" for c in REASONS]]), copy)
     put(await _referral_family(conn, q, schema, "escalated_at", None, ["count(*) AS escalations"]), copy)
@@ -310,10 +371,12 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         f"{_pct(_minutes('r.accepted_at'), 0.9)} AS acceptance_p90_min"]), copy)
     put(await _referral_family(conn, q, schema, "admitted_at", "r.admitted_had", [
         "count(*) AS admissions",
-        f"{_pct(_minutes('r.admitted_at'), 0.5)} AS admission_median_min",
-        f"{_pct(_minutes('r.admitted_at'), 0.9)} AS admission_p90_min",
-        "count(*) FILTER (WHERE r.admitted_at - r.requested_at <= interval '24 hours') AS admitted_within_24h",
-        "count(r.requested_at) AS admitted_with_request",
+        f"{_pct(_minutes('r.admitted_at'), 0.5)} FILTER (WHERE {URGENT}) AS admission_median_min",
+        f"{_pct(_minutes('r.admitted_at'), 0.9)} FILTER (WHERE {URGENT}) AS admission_p90_min",
+        f"count(*) FILTER (WHERE {URGENT}) AS admissions_urgent", f"count(*) FILTER (WHERE {PLANNED}) AS admissions_planned",
+        f"count(*) FILTER (WHERE {URGENT} AND r.admitted_at - r.requested_at <= interval '24 hours') AS admitted_within_24h",
+        f"count(r.requested_at) FILTER (WHERE {URGENT}) AS admitted_with_request",
+        f"count(*) FILTER (WHERE {PLANNED} AND r.admitted_at < {END_OF_PLANNED_DAY}) AS admitted_on_time",
         "count(*) FILTER (WHERE COALESCE(r.admitted_place, r.place_of_care) = 'EHPAD') AS admissions_in_ehpad"]), copy)
     put(await _referral_family(conn, q, schema, "ed_exited_at", None, [
         "count(*) AS ed_exits",
@@ -326,8 +389,8 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         *[f"count(*) FILTER (WHERE o.outcome = 'DECLINED' AND {_reason('o.reason', c)}) AS \"declined_{c}\"" for c in REASONS],
         "count(*) FILTER (WHERE o.outcome = 'EXPIRED') AS offers_expired"],
         extra="o.outcome IN ('ACCEPTED', 'DECLINED', 'EXPIRED')"), copy)
-    put(await _stays(conn, q, schema, today), copy)
-    put(await _had_days(conn, q, schema, today, now, stale_after), copy)
+    put(await _stays(conn, q, schema, now), copy)
+    put(await _had_days(conn, q, schema, now, stale_after), copy)
 
     out = []
     for (period, key), raw in sorted(rows.items()):
@@ -342,6 +405,11 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
             row[c] = raw.get(c)
         with_request = raw.get("admitted_with_request") or 0
         row["admitted_within_24h_share"] = (raw.get("admitted_within_24h") or 0) / with_request if with_request else None
+        planned = row["admissions_planned"]
+        row["admitted_on_time_share"] = row["admitted_on_time"] / planned if planned else None
+        population = _population(q.level, key)
+        for rate, count in PER_100K.items():
+            row[rate] = row[count] * 100_000 / population if population else None
         capacity_days = raw.get("capacity_days")
         row["occupancy"] = (float(raw.get("occupied_days") or 0) / capacity_days) if capacity_days else None
         observed = raw.get("observed_s")
