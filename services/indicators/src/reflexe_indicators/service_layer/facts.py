@@ -16,7 +16,8 @@ from prometheus_client import Counter, Histogram
 from reflexe.v1 import referral_pb2 as pb
 
 from reflexe_common.envelope import Envelope
-from reflexe_common.vocabulary import Reason
+from reflexe_common.geography import end_of_local_day
+from reflexe_common.vocabulary import Reason, Urgency
 from reflexe_indicators.adapters.store import apply, generation_schema, live_generations
 from reflexe_indicators.domain.facts import fold as fold_event
 
@@ -32,14 +33,23 @@ REFERRAL_OUTCOMES = Counter(
     ["department", "outcome"])
 DESK_ALERTS = Counter("reflexe_desk_alerts_total", "Alerts raised to the desks (offer_unanswered, admission_overdue).",
                       ["department", "alert"])
-# Request time to admission (event times). Buckets from 15 min to 7 days, plus short ones
-# for accelerated simulations and tests.
+# Request time to admission (event times) of urgent referrals: a planned one is measured against
+# its planned day instead (PLANNED_ADMISSIONS). Buckets from 15 min to 7 days, plus short ones for
+# accelerated simulations and tests.
 REQUEST_TO_ADMISSION = Histogram(
-    "reflexe_request_to_admission_seconds", "Time from a referral's request to its patient's admission in HAD.",
+    "reflexe_request_to_admission_seconds",
+    "Time from an urgent referral's request to its patient's admission in HAD (planned referrals: "
+    "reflexe_planned_admissions_total).",
     ["department"],
     buckets=(10, 30, 60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 6 * 3600, 12 * 3600, 24 * 3600,
              48 * 3600, 72 * 3600, 7 * 86400),
 )
+
+
+PLANNED_ADMISSIONS = Counter(
+    "reflexe_planned_admissions_total",
+    "Admissions of planned referrals, on time (before the end of the planned day, local time) or late.",
+    ["department", "timing"])
 
 
 def handler(base_schema: str):
@@ -56,12 +66,19 @@ def handler(base_schema: str):
 
 
 async def _observe_admission(conn: asyncpg.Connection, schema: str, m: pb.PatientAdmitted) -> None:
-    """Request → admission delay, the request time read from the facts just folded."""
-    requested_at = await conn.fetchval(f'SELECT requested_at FROM "{schema}".referral_facts WHERE referral_id = $1',
-                                       m.header.referral_id)
+    """An urgent referral's request → admission delay, or whether a planned one came on time, read
+    from the facts just folded (the same rules as service_layer.indicators)."""
+    fact = await conn.fetchrow(f'SELECT requested_at, urgency, planned_date FROM "{schema}".referral_facts '
+                               "WHERE referral_id = $1", m.header.referral_id)
     admitted_at = m.header.occurred_at.ToDatetime(tzinfo=UTC) if m.header.HasField("occurred_at") else None
-    if requested_at is not None and admitted_at is not None:
-        REQUEST_TO_ADMISSION.labels(m.header.department).observe(max(0.0, (admitted_at - requested_at).total_seconds()))
+    if fact is None or admitted_at is None:
+        return
+    department = m.header.department
+    if fact["urgency"] == Urgency.PLANNED and fact["planned_date"] is not None:
+        on_time = admitted_at < end_of_local_day(fact["planned_date"], department)
+        PLANNED_ADMISSIONS.labels(department, "on_time" if on_time else "late").inc()
+    elif fact["requested_at"] is not None:
+        REQUEST_TO_ADMISSION.labels(department).observe(max(0.0, (admitted_at - fact["requested_at"]).total_seconds()))
 
 
 REASONS = frozenset(r.value for r in Reason)
@@ -81,6 +98,8 @@ def _init_department(department: str) -> None:
     for alert in ("offer_unanswered", "admission_overdue"):
         DESK_ALERTS.labels(department, alert)
     ADMISSIONS.labels(department)
+    for timing in ("on_time", "late"):
+        PLANNED_ADMISSIONS.labels(department, timing)
 
 
 def _count(m) -> None:
