@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MONTPELLIER = "34172"
@@ -47,3 +48,21 @@ def had_body(name: str, communes: list[str], department: str = "34", places: int
         "equipment": ["SYRINGE_DRIVER", "PCA_PUMP", "OXYGEN"], "zone_communes": communes, "ehpad_conventions": [],
         "authorised_places": places, **overrides,
     }
+
+
+def full_referral_body(source_finess: str, commune: str = MONTPELLIER) -> dict[str, Any]:
+    """A referral with every optional field of the data set filled (an EHPAD resident, a planned
+    admission, an avis), each value recognisable, for the tests of what its views show."""
+    now = datetime.now(UTC)
+    return referral_body(
+        source_finess, commune,
+        source={"kind": "EHPAD", "unit": "Unité protégée", "prescriber_id": "10009876543"},
+        patient={"birth_year": 1936, "sex": "M", "place_of_care": "EHPAD", "ehpad_finess": unique_finess()},
+        clinical={"main_mpp": "04", "associated_mpp": ["09", "25"], "karnofsky": 30, "equipment": ["OXYGEN", "PCA_PUMP"],
+                  "palliative": True, "urgency": "PLANNED", "planned_date": (now + timedelta(days=3)).date().isoformat(),
+                  "expected_duration_days": 23},
+        conditions={"patient_consent": True, "gp_agreement": False, "caregiver_present": True},
+        ed_arrival_at=(now - timedelta(hours=3, minutes=20)).isoformat(),
+        desired_admission_at=(now + timedelta(days=2, hours=5)).replace(minute=0, second=0, microsecond=0).isoformat(),
+        avis={"eligible": True, "reason": None, "text": "Avis favorable, équipe de liaison"},
+    )

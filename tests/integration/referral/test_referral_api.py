@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from reflexe_common.kafka_acls import register_system
 from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
-from tests.support.data import referral_body, unique_finess
+from tests.support.data import full_referral_body, referral_body, unique_finess
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.issuer import suite_issuer
 
@@ -93,6 +94,29 @@ async def test_bad_input_names_the_field(referral_url):
         assert with_a_name.status_code == 422
         assert any(e["field"] == "body.patient.name" for e in with_a_name.json()["errors"])
         assert (await client.get(f"/v1/referrals/{uuid.uuid4()}", headers=token("desk", department="34"))).status_code == 404
+
+
+async def test_the_referral_view_shows_the_whole_request_to_its_hospital_and_its_desk_only(referral_url):
+    finess = unique_finess()
+    body = full_referral_body(finess)
+    async with httpx.AsyncClient(base_url=referral_url) as client:
+        posted = await client.post("/v1/referrals", json=body, headers=token("hospital", finess=finess))
+        assert posted.status_code == 201, posted.text
+        referral_id = body["referral_id"]
+        for reader in (token("hospital", finess=finess), token("desk", department="34"), token("admin")):
+            view = (await client.get(f"/v1/referrals/{referral_id}", headers=reader)).json()
+            for section in ("source", "patient", "clinical", "conditions", "avis"):
+                assert view[section] == body[section], section
+            for stamp in ("ed_arrival_at", "desired_admission_at"):
+                assert datetime.fromisoformat(view[stamp]) == datetime.fromisoformat(body[stamp]), stamp
+            assert view["department"] == "34" and view["status"] == "REQUESTED" and view["closed_reason"] is None
+            assert "birth_date" not in view["patient"]
+        assert posted.json() == view, "the answer to the post is the same view"
+        for outsider in (token("desk", department="31"), token("hospital", finess=unique_finess()),
+                         token("had", finess=unique_finess())):
+            assert (await client.get(f"/v1/referrals/{referral_id}", headers=outsider)).status_code == 404
+        timeline = (await client.get(f"/v1/referrals/{referral_id}/timeline", headers=token("desk", department="34"))).json()
+        assert [(e["type"], e["actor"]) for e in timeline["events"]] == [("ReferralRequested", f"ehpad:{finess}")]
 
 
 async def test_idempotent_on_the_clients_referral_id(referral_url, topics):

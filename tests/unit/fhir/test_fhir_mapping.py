@@ -130,7 +130,7 @@ def test_every_resource_emitted_and_accepted_is_valid_r4(validator):
     hospital, had = unique_finess(), unique_finess()
     resources = [service_request_resource(hospital)]
     for _, referral in _in_every_state(hospital, had):
-        resources += [fm.service_request(referral, detailed=True), fm.service_request(referral, detailed=False),
+        resources += [fm.service_request(referral),
                       fm.task(referral)]
     offered = dict(_in_every_state(hospital, had))["offered"]
     resources.append(fm.task(offered, had, (Reason.NO_CAPACITY, "plus de place ce soir")))
@@ -150,3 +150,17 @@ def test_the_validator_does_find_errors(validator):
     offered = dict(_in_every_state(unique_finess(), unique_finess()))["offered"]
     verdict = validator.validate({**fm.task(offered), "status": "offered"})
     assert verdict.errors >= 1 and any(i["location"] == "Task.status" for i in verdict.issues)
+
+
+def test_the_whole_request_renders_as_a_valid_service_request_that_reads_back_the_same(validator):
+    """Every field of the data set goes out (EHPAD, prescriber, ED arrival, planned and desired dates,
+    consents, avis, sex) to whoever may read the ServiceRequest, and reads back into the same request."""
+    from tests.unit.referral.conftest import make_full_request
+
+    request = make_full_request()
+    referral = Referral.from_events(Referral.request(request, AT))
+    resource = fm.service_request(referral)
+    validator.assert_valid(resource)
+    body, _ = fm.referral_in_from_service_request(resource)
+    again = ReferralIn.model_validate(body).to_domain(request.department, request.referral_id, AT)
+    assert again == request

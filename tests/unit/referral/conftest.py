@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Sex, SourceKind, Urgency
-from reflexe_referral.domain import Clinical, Conditions, Patient, ReferralRequest, Source
+from reflexe_referral.domain import AvisHad, Clinical, Conditions, Patient, ReferralRequest, Source
 
 REQUESTED_AT = datetime(2025, 3, 10, 14, 0, tzinfo=UTC)
 
@@ -66,6 +66,21 @@ def make_request(**overrides: Any) -> ReferralRequest:
     for section, fields in nested.items():
         request = replace(request, **{section: replace(getattr(request, section), **fields)})
     return request
+
+
+def make_full_request() -> ReferralRequest:
+    """Every optional field filled, each with a value found nowhere else in the request."""
+    return make_request(
+        source__kind=SourceKind.EHPAD, source__unit="Unité Alzheimer", source__prescriber_id="10101010101",
+        patient__sex=Sex.M, patient__birth_year=1937, patient__place_of_care=PlaceOfCare.EHPAD,
+        patient__ehpad_finess="340011113",
+        clinical__main_mpp="03", clinical__associated_mpp=("09", "25"), clinical__karnofsky=30,
+        clinical__equipment=frozenset({Equipment.OXYGEN, Equipment.PCA_PUMP}), clinical__palliative=False,
+        clinical__urgency=Urgency.PLANNED, clinical__planned_date=date(2025, 3, 13), clinical__expected_duration_days=21,
+        conditions__patient_consent=True, conditions__gp_agreement=False, conditions__caregiver_present=True,
+        desired_admission_at=REQUESTED_AT + timedelta(days=2, hours=1),
+        avis=AvisHad(eligible=True, reason=None, text="Avis favorable de l'IDE de liaison"),
+    )
 
 
 @pytest.fixture(name="make_request", scope="session")

@@ -54,11 +54,6 @@ def _referral_id(value: str, expression: str) -> str:
         raise fm.FhirInvalid([(expression, "a referral id is a UUID")], status=404, code="not-found") from exc
 
 
-def _detailed(principal: Principal, referral: Referral) -> bool:
-    """The REST API shows Karnofsky, conditions and avis to the referring hospital and the HAD deciding."""
-    return principal.role in (Role.HOSPITAL, Role.HAD)
-
-
 async def _visible(request: Request, principal: Principal, referral_id: str) -> Referral:
     try:
         referral, _ = await _service(request).get(referral_id)
@@ -124,7 +119,7 @@ async def create_service_request(request: Request, principal: Principal = Depend
     # The same command as POST /v1/referrals: 201 new, 200 the same body again, 409 another body under that id.
     submitted = await submit_referral(referral_in, request, principal)
     referral = submitted.referral
-    created = fm.service_request(referral, _detailed(principal, referral))
+    created = fm.service_request(referral)
     location = f"{str(request.base_url).rstrip('/')}/fhir/ServiceRequest/{referral.referral_id}/_history/{referral.version}"
     return fhir_response(created, 201 if submitted.created else 200,
                          {"Location": location, "ETag": f'W/"{referral.version}"'})
@@ -143,7 +138,7 @@ async def _existing(request: Request, principal: Principal, referral_id: str) ->
 async def read_service_request(referral_id: str, request: Request,
                                principal: Principal = Depends(reads_rows(*ROW_READERS))) -> JSONResponse:
     referral = await _visible(request, principal, _referral_id(referral_id, "ServiceRequest.id"))
-    return fhir_response(fm.service_request(referral, _detailed(principal, referral)),
+    return fhir_response(fm.service_request(referral),
                          headers={"ETag": f'W/"{referral.version}"'})
 
 

@@ -281,45 +281,48 @@ def _ext(url: str, kind: str, value: Any) -> dict[str, Any]:
     return {"url": url, f"value{kind}": value}
 
 
-def service_request(referral: Referral, detailed: bool) -> dict[str, Any]:
-    """The referral as a ServiceRequest. `detailed` adds what the REST API shows only to the
-    referral's own hospital and to the HAD deciding on it (Karnofsky, conditions, avis)."""
+def service_request(referral: Referral) -> dict[str, Any]:
+    """The referral as a ServiceRequest: every field of the request, as the REST view shows it to
+    whoever may see the referral (its hospital, the HAD deciding or caring, its desk, an admin)."""
     request = referral.request
-    clinical, patient = request.clinical, request.patient
+    clinical, patient, source = request.clinical, request.patient, request.source
     extensions = [
         _ext(EXT_URGENCY, "Code", str(clinical.urgency)),
         _ext(EXT_PALLIATIVE, "Boolean", clinical.palliative),
-        _ext(EXT_SOURCE_KIND, "Code", str(request.source.kind)),
+        _ext(EXT_SOURCE_KIND, "Code", str(source.kind)),
         _ext(EXT_CARE_COMMUNE, "Code", patient.care_commune),
         _ext(EXT_PLACE_OF_CARE, "Code", str(patient.place_of_care)),
     ]
-    if request.source.unit:
-        extensions.append(_ext(EXT_SOURCE_UNIT, "String", request.source.unit))
-    if detailed:
-        extensions += [
-            _ext(EXT_KARNOFSKY, "Integer", clinical.karnofsky),
-            _ext(EXT_EXPECTED_DURATION, "Integer", clinical.expected_duration_days),
-            _ext(EXT_PATIENT_CONSENT, "Boolean", request.conditions.patient_consent),
-            _ext(EXT_GP_AGREEMENT, "Boolean", request.conditions.gp_agreement),
-            _ext(EXT_CAREGIVER, "Boolean", request.conditions.caregiver_present),
-        ]
-        if request.desired_admission_at:
-            extensions.append(_ext(EXT_DESIRED_ADMISSION, "DateTime", _iso(request.desired_admission_at)))
-        if request.avis is not None:
-            parts = [_ext("eligible", "Boolean", request.avis.eligible)]
-            if request.avis.reason:
-                parts.append(_ext("reason", "Coding", _coding(REASON_SYSTEM, str(request.avis.reason))))
-            if request.avis.text:
-                parts.append(_ext("text", "String", request.avis.text))
-            extensions.append({"url": EXT_AVIS, "extension": parts})
-    gender = GENDER_OF_SEX[patient.sex] if detailed else None
+    if source.unit:
+        extensions.append(_ext(EXT_SOURCE_UNIT, "String", source.unit))
+    if source.prescriber_id:
+        extensions.append(_ext(EXT_PRESCRIBER, "String", source.prescriber_id))
+    if patient.ehpad_finess:
+        extensions.append(_ext(EXT_EHPAD, "Identifier", {"system": FINESS_SYSTEM, "value": patient.ehpad_finess}))
+    extensions += [
+        _ext(EXT_KARNOFSKY, "Integer", clinical.karnofsky),
+        _ext(EXT_EXPECTED_DURATION, "Integer", clinical.expected_duration_days),
+        _ext(EXT_PATIENT_CONSENT, "Boolean", request.conditions.patient_consent),
+        _ext(EXT_GP_AGREEMENT, "Boolean", request.conditions.gp_agreement),
+        _ext(EXT_CAREGIVER, "Boolean", request.conditions.caregiver_present),
+    ]
+    if request.ed_arrival_at:
+        extensions.append(_ext(EXT_ED_ARRIVAL, "DateTime", _iso(request.ed_arrival_at)))
+    if request.desired_admission_at:
+        extensions.append(_ext(EXT_DESIRED_ADMISSION, "DateTime", _iso(request.desired_admission_at)))
+    if request.avis is not None:
+        parts = [_ext("eligible", "Boolean", request.avis.eligible)]
+        if request.avis.reason:
+            parts.append(_ext("reason", "Coding", _coding(REASON_SYSTEM, str(request.avis.reason))))
+        if request.avis.text:
+            parts.append(_ext("text", "String", request.avis.text))
+        extensions.append({"url": EXT_AVIS, "extension": parts})
     contained_patient: dict[str, Any] = {
         "resourceType": "Patient", "id": "patient",
         "identifier": [{"system": PSEUDONYM_SYSTEM, "value": patient.pseudonym}],
         "birthDate": f"{patient.birth_year:04d}",
+        "gender": GENDER_OF_SEX[patient.sex],
     }
-    if gender:
-        contained_patient["gender"] = gender
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "id": referral.referral_id,
@@ -333,13 +336,13 @@ def service_request(referral: Referral, detailed: bool) -> dict[str, Any]:
         "code": {"coding": [_coding(MPP_SYSTEM, clinical.main_mpp, MPP_LABELS.get(clinical.main_mpp))]},
         "subject": {"reference": "#patient"},
         "authoredOn": _iso(request.requested_at),
-        "requester": finess_reference(request.source.finess),
+        "requester": finess_reference(source.finess),
     }
     details = [{"coding": [_coding(MPP_SYSTEM, code, MPP_LABELS.get(code))]} for code in clinical.associated_mpp]
     details += [{"coding": [_coding(EQUIPMENT_SYSTEM, str(e))]} for e in sorted(clinical.equipment)]
     if details:
         resource["orderDetail"] = details
-    if detailed and clinical.planned_date:
+    if clinical.planned_date:
         resource["occurrenceDateTime"] = clinical.planned_date.isoformat()
     return resource
 

@@ -110,26 +110,58 @@ class WidenIn(_Strict):
     departments: list[str] = Field(min_length=1, max_length=10)
 
 
-def referral_view(referral: Referral) -> dict[str, Any]:
-    """What callers see of a referral: its state and clocks, never a direct identifier."""
-    offer = referral.current_offer
-    request = referral.request
+def _iso(value: datetime | date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def request_view(request: values.ReferralRequest) -> dict[str, Any]:
+    """Every field of the request's data set, as the hospital sent it: those who may see the
+    referral need all of it to decide (a birth year, never a birth date; a pseudonym, never a name)."""
+    source, patient, clinical, conditions, avis = (request.source, request.patient, request.clinical,
+                                                   request.conditions, request.avis)
     return {
-        "referral_id": referral.referral_id,
-        "department": referral.department,
+        "referral_id": request.referral_id,
+        "department": request.department,
+        "source": {"kind": str(source.kind), "finess": source.finess, "unit": source.unit,
+                   "prescriber_id": source.prescriber_id},
+        "patient": {"pseudonym": patient.pseudonym, "birth_year": patient.birth_year, "sex": str(patient.sex),
+                    "care_commune": patient.care_commune, "place_of_care": str(patient.place_of_care),
+                    "ehpad_finess": patient.ehpad_finess},
+        "clinical": {"main_mpp": clinical.main_mpp, "associated_mpp": list(clinical.associated_mpp),
+                     "karnofsky": clinical.karnofsky, "equipment": sorted(clinical.equipment),
+                     "palliative": clinical.palliative, "urgency": str(clinical.urgency),
+                     "planned_date": _iso(clinical.planned_date),
+                     "expected_duration_days": clinical.expected_duration_days},
+        "conditions": {"patient_consent": conditions.patient_consent, "gp_agreement": conditions.gp_agreement,
+                       "caregiver_present": conditions.caregiver_present},
+        "ed_arrival_at": _iso(request.ed_arrival_at),
+        "requested_at": _iso(request.requested_at),
+        "desired_admission_at": _iso(request.desired_admission_at),
+        "avis": None if avis is None else {"eligible": avis.eligible, "reason": avis.reason and str(avis.reason),
+                                           "text": avis.text},
+    }
+
+
+def referral_view(referral: Referral) -> dict[str, Any]:
+    """What callers allowed to see a referral get: the whole request, its state and clocks, never a
+    direct identifier."""
+    offer = referral.current_offer
+    return {
+        **request_view(referral.request),
         "status": str(referral.status),
         "version": referral.version,
-        "source": {"kind": str(request.source.kind), "finess": request.source.finess, "unit": request.source.unit},
-        "patient": {"pseudonym": request.patient.pseudonym, "birth_year": request.patient.birth_year,
-                    "care_commune": request.patient.care_commune, "place_of_care": str(request.patient.place_of_care)},
-        "clinical": {"main_mpp": request.clinical.main_mpp, "associated_mpp": list(request.clinical.associated_mpp),
-                     "equipment": sorted(request.clinical.equipment), "urgency": str(request.clinical.urgency),
-                     "palliative": request.clinical.palliative},
-        "requested_at": request.requested_at.isoformat(),
         "current_offer": None if offer is None else {
             "offer_id": offer.offer_id, "had_finess": offer.had_finess, "hold_until": offer.hold_until.isoformat(),
             "made_at": offer.made_at.isoformat(), "explanation": offer.explanation, "by_desk": offer.by_desk,
         },
+        "accepted_had": referral.accepted_had,
+        "admitted_had": referral.admitted_had,
+        "closed_reason": referral.closed_reason and str(referral.closed_reason),
+        "accepted_at": _iso(referral.accepted_at),
+        "admitted_at": _iso(referral.admitted_at),
+        "discharged_at": _iso(referral.discharged_at),
+        "closed_at": _iso(referral.closed_at),
+        "ed_exited_at": _iso(referral.ed_exited_at),
         "tried_hads": sorted(referral.tried_hads),
         "departments_searched": sorted(referral.departments),
         "clocks": [{"kind": str(c.kind), "due_at": c.due_at.isoformat(), "offer_id": c.offer_id} for c in referral.clocks()],
@@ -137,7 +169,8 @@ def referral_view(referral: Referral) -> dict[str, Any]:
 
 
 def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
-    """What an HAD sees of a referral offered to it or in its care: no other HAD's name, figures or answer."""
+    """What an HAD sees of a referral offered to it or in its care: the whole request, but no other
+    HAD's name, figures or answer."""
     view = referral_view(referral)
     offer = view["current_offer"]
     if offer is not None:
@@ -145,17 +178,9 @@ def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
         view["current_offer"] = ({**offer, "explanation": own_explanation(offer["explanation"], finess)}
                                  if offer["had_finess"] == finess else None)
     view["tried_hads"] = [finess] if finess in referral.tried_hads else []
+    for key in ("accepted_had", "admitted_had"):
+        if view[key] != finess:
+            view[key] = None
     own_offer_id = referral.current_offer.offer_id if view["current_offer"] else None
     view["clocks"] = [c for c in view["clocks"] if c["offer_id"] in (None, own_offer_id)]
-    # What the HAD's coordinating nurse needs to decide (the HAD page shows it).
-    request = referral.request
-    view["clinical"].update(karnofsky=request.clinical.karnofsky, expected_duration_days=request.clinical.expected_duration_days,
-                            planned_date=request.clinical.planned_date.isoformat() if request.clinical.planned_date else None)
-    view["conditions"] = {"patient_consent": request.conditions.patient_consent,
-                          "gp_agreement": request.conditions.gp_agreement,
-                          "caregiver_present": request.conditions.caregiver_present}
-    view["desired_admission_at"] = request.desired_admission_at.isoformat() if request.desired_admission_at else None
-    view["avis"] = (None if request.avis is None else
-                    {"eligible": request.avis.eligible, "reason": request.avis.reason and str(request.avis.reason),
-                     "text": request.avis.text})
     return view
