@@ -70,6 +70,8 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
             return "Recherche élargie", f"Demande {ref} : recherche élargie à {', '.join(data.get('departments', []))}."
         case "referral.desk_offer":
             return "Choix du bureau", f"Demande {ref} : le bureau a choisi l'HAD {had}."
+        case "referral.ed_exit":
+            return "Sortie des urgences", f"Demande {ref} : l'établissement a signalé la sortie du patient de ses urgences."
         case "admission.overdue":
             if planned := data.get("planned_date"):  # ISO date: the end of that day was the deadline
                 day = "/".join(reversed(planned.split("-")))
@@ -82,6 +84,23 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
         case "capacity.changed":
             return "Capacité", f"HAD {had} : {data.get('live_places', '?')} place(s) disponible(s)."
     return kind, ref
+
+
+# The referral service's event types (a referral's timeline) as the kinds described above.
+TIMELINE_KINDS = {
+    "ReferralRequested": "referral.requested", "ReferralDeclaredIneligible": "referral.ineligible",
+    "OfferMade": "offer.proposed", "OfferAccepted": "offer.accepted", "OfferDeclined": "offer.declined",
+    "OfferExpired": "offer.expired", "OfferWithdrawn": "offer.withdrawn", "OfferUnanswered": "offer.unanswered",
+    "ReferralEscalated": "referral.escalated", "SearchWidened": "referral.widened",
+    "DeskOfferRequested": "referral.desk_offer", "PatientAdmitted": "referral.admitted",
+    "PatientDischarged": "referral.discharged", "ReferralCancelled": "referral.cancelled",
+    "AdmissionOverdue": "admission.overdue", "EdExitRecorded": "referral.ed_exit",
+}
+
+
+def describe_timeline_event(event_type: str, data: dict[str, Any]) -> tuple[str, str]:
+    """(title, sentence) in French for one event of a referral's timeline, worded as the alerts are."""
+    return describe(TIMELINE_KINDS.get(event_type, event_type), data)
 
 
 def _urgency(code: str | None) -> str:

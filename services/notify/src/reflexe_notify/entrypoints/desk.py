@@ -27,9 +27,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from reflexe_common.auth import Principal, Role, ensure_department, require
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography
+from reflexe_common.limits import MAX_PAGE_SIZE
 from reflexe_notify.adapters import store
 from reflexe_notify.entrypoints import desk_views as views
-from reflexe_notify.entrypoints.web_session import NoSession, PageAuth, check_origin, form, html, problem_fr
+from reflexe_notify.entrypoints.web_session import (NoSession, PageAuth, check_origin, form, html, problem_fr,
+                                                    read_json)
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub
 
 COOKIE = "reflexe_desk"
@@ -67,11 +69,8 @@ async def _session_api(request: Request, department: str) -> tuple[Principal, st
 
 
 async def _get(request: Request, url: str, token: str) -> dict[str, Any] | None:
-    try:
-        response = await request.app.state.http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError:
-        return None
-    return response.json() if response.status_code == 200 else None
+    status, body = await read_json(request, url, token)
+    return body if status == 200 and isinstance(body, dict) else None
 
 
 async def _snapshot(request: Request, department: str, token: str) -> tuple[dict | None, dict | None]:
@@ -85,26 +84,89 @@ async def _snapshot(request: Request, department: str, token: str) -> tuple[dict
 # ---------------------------------------------------------------- the page
 
 
-@router.get("/desk/{department}", include_in_schema=False)
-async def desk_page(department: str, request: Request, msg: str | None = None) -> Response:
+class _PageRefused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _page_session(request: Request, department: str) -> tuple[Principal, str]:
+    """Every desk page's prologue: no session → the login page (then back here); another
+    department's page → 403."""
     try:
         principal, token = await PAGE.session(request)
     except NoSession:
-        return RedirectResponse(f"/desk?next={quote(request.url.path)}", status_code=303)
+        raise _PageRefused(RedirectResponse(f"/desk?next={quote(request.url.path)}", status_code=303)) from None
     try:
         _scoped(principal, department)
     except ApiError as exc:
-        return html(request, views.forbidden_page(f"{principal.actor} ne peut pas voir le département {department}."),
-                     exc.status)
+        raise _PageRefused(html(request, views.forbidden_page(
+            f"{principal.actor} ne peut pas voir le département {department}."), exc.status)) from None
+    return principal, token
+
+
+def _department_name(department: str) -> str:
+    found = Geography.load().department(department)
+    return found.name if found else department
+
+
+@router.get("/desk/{department}", include_in_schema=False)
+async def desk_page(department: str, request: Request, msg: str | None = None) -> Response:
+    try:
+        principal, token = await _page_session(request, department)
+    except _PageRefused as refused:
+        return refused.response
     pool = request.app.state.pool
     head = await store.desk_head(pool, department)  # read first: the stream resumes from here
     board, queue = await _snapshot(request, department, token)
     alerts = await store.desk_alerts(pool, department, 50)
-    geography = Geography.load()
-    found = geography.department(department)
-    neighbours = sorted(geography.neighbours(department))
-    return html(request, views.desk_page(department, found.name if found else department, principal.actor, board, queue,
-                                 alerts, head, neighbours, msg))
+    neighbours = sorted(Geography.load().neighbours(department))
+    return html(request, views.desk_page(department, _department_name(department), principal.actor, board, queue,
+                                         alerts, head, neighbours, msg))
+
+
+# Timeline pages read for one referral page: a referral's history is tens of events, not thousands.
+_TIMELINE_PAGES = 20
+
+
+async def _timeline(request: Request, referral_url: str, token: str) -> list[dict[str, Any]] | None:
+    events: list[dict[str, Any]] = []
+    offset: int | None = 0
+    for _ in range(_TIMELINE_PAGES):
+        page = await _get(request, f"{referral_url}/timeline?limit={MAX_PAGE_SIZE}&offset={offset}", token)
+        if page is None:
+            return None
+        events += page.get("events", [])
+        offset = page.get("next_offset")
+        if offset is None:
+            return events
+    return events
+
+
+@router.get("/desk/{department}/referrals/{referral_id}", include_in_schema=False)
+async def referral_page(department: str, referral_id: str, request: Request) -> Response:
+    """One referral in full: the whole request, the current offer and clocks, the timeline with who
+    did what. Read with the desk's own token: the referral service decides what the desk may see."""
+    try:
+        principal, token = await _page_session(request, department)
+    except _PageRefused as refused:
+        return refused.response
+    settings = request.app.state.settings
+    referral_url = f"{settings.referral_url}/v1/referrals/{quote(referral_id, safe='')}"
+    (status, referral), events, board = await asyncio.gather(
+        read_json(request, referral_url, token), _timeline(request, referral_url, token),
+        _get(request, f"{settings.capacity_url}/v1/departments/{department}/capacity", token))
+    if status == 0 or status >= 500:
+        return html(request, views.unavailable_page(department, "Service indisponible",
+                                                    "Le service des demandes ne répond pas ; réessayez dans un instant."),
+                    502)
+    # Another department's referral is not this page's, even for an admin who may read it.
+    if status != 200 or not isinstance(referral, dict) or referral.get("department") != department:
+        return html(request, views.unavailable_page(department, "Demande introuvable",
+                                                    f"Aucune demande {referral_id} dans le département {department}."),
+                    404)
+    had_names = {h["finess"]: h.get("name") or h["finess"] for h in (board or {}).get("hads", [])}
+    return html(request, views.referral_page(department, _department_name(department), principal.actor, referral,
+                                             events, had_names))
 
 
 @router.get("/desk/{department}/fragments", include_in_schema=False)

@@ -1,4 +1,5 @@
-"""The desk page's HTML, server-rendered (every value escaped), in French.
+"""The desk page's HTML, server-rendered (every value escaped), in French, and the French labels
+of what the desk and HAD pages show (statuses, urgencies, equipment, actors...), kept here only.
 
 The page is three regions the script refreshes from /desk/{d}/fragments when the live stream
 says they changed (queue, board), one it feeds from the stream itself (alerts), and the desk
@@ -13,9 +14,12 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from reflexe_common.geography import time_zone_of
-from reflexe_common.vocabulary import Reason
-from reflexe_notify.domain.desk import reason_fr, short
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from reflexe_common.geography import Geography, time_zone_of
+from reflexe_common.vocabulary import MPP_LABELS, Reason
+from reflexe_notify.domain.desk import TIMELINE_KINDS, describe_timeline_event, reason_fr, short
 
 STATUS_FR = {
     "REQUESTED": "En recherche", "OFFERED": "Proposée", "ACCEPTED": "Acceptée", "ESCALATED": "Sans HAD — à traiter",
@@ -24,6 +28,54 @@ STATUS_FR = {
 BOARD_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée", "UNDECLARED": "Non déclarée"}
 URGENCY_FR = {"WITHIN_24H": "Sous 24 h", "PLANNED": "Programmée"}
 SOURCE_FR = {"ED": "Urgences", "UHCD": "UHCD", "WARD": "Service", "EHPAD": "EHPAD", "GP": "Médecin traitant"}
+EQUIPMENT_FR = {
+    "PCA_PUMP": "Pompe PCA", "SYRINGE_DRIVER": "Pousse-seringue électrique", "MEOPA": "MEOPA", "OXYGEN": "Oxygène",
+    "PARENTERAL_NUTRITION": "Nutrition parentérale", "TRANSFUSION": "Transfusion", "ISOLATION": "Isolement",
+}
+CAPACITY_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée"}
+PLACE_FR = {"HOME": "Domicile", "EHPAD": "EHPAD"}
+SEX_FR = {"F": "Femme", "M": "Homme", "U": "Non précisé"}
+CLOCK_FR = {"HOLD_EXPIRY": "Fin de la réservation de place", "OFFER_UNANSWERED": "Relance de l’HAD sans réponse",
+            "ADMISSION_OVERDUE": "Objectif d’admission sous 24 h"}
+# Who acted on a referral, from the actor of its events ("kind:id").
+ACTOR_FR = {"hospital": "Établissement de santé", "ehpad": "EHPAD", "gp": "Médecin traitant", "had": "HAD",
+            "desk": "Bureau de coordination", "system": "Réflexe (automatique)"}
+
+
+def mpp_label(code: str) -> str:
+    label = MPP_LABELS.get(code)
+    return f"{code} — {label}" if label else code
+
+
+def yes_no(value: Any) -> str:
+    return "non renseigné" if value is None else ("oui" if value else "non")
+
+
+def when_fr(value: str | None, time_zone: ZoneInfo, with_time: bool = True) -> str:
+    """A time on the department's own clock; a date alone as a date."""
+    at = _parse(value)
+    if at is None:
+        return value or "—"
+    if at.tzinfo is None:  # a date alone
+        return at.strftime("%d/%m/%Y")
+    return at.astimezone(time_zone).strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
+
+
+def commune_label(code: str) -> str:
+    found = Geography.load().commune(code)
+    return f"{found.name} ({code})" if found else code
+
+
+def actor_label(actor: str | None, had_names: dict[str, str]) -> str:
+    """'HAD Avène (HAD, FINESS 340000011)', 'EHPAD (FINESS 340011113)', 'Bureau de coordination (34)'."""
+    kind, _, who = (actor or "system").partition(":")
+    label = ACTOR_FR.get(kind, kind)
+    if not who:
+        return label
+    if kind == "desk":
+        return f"{label} ({who})"
+    name = had_names.get(who) if kind == "had" else None
+    return f"{name} ({label}, FINESS {who})" if name else f"{label} (FINESS {who})"
 
 
 def duration_fr(seconds: float) -> str:
@@ -117,7 +169,9 @@ def queue_html(queue: dict[str, Any] | None, board: dict[str, Any] | None, now: 
             offer_cell, hold = '<span class="muted">Aucune</span>', "—"
         rows.append(
             f'<tr id="ref-{escape(rid)}" data-referral="{escape(rid)}" data-status="{escape(status)}">'
-            f'<th scope="row"><code title="{escape(rid)}">{escape(short(rid))}</code><br>'
+            f'<th scope="row"><a class="detail" href="/desk/{quote(r.get("department", ""), safe="")}/referrals/'
+            f'{quote(rid, safe="")}" data-referral="{escape(rid)}" aria-label="Voir toute la demande {escape(short(rid))}">'
+            f'<code title="{escape(rid)}">{escape(short(rid))}</code></a><br>'
             f'<span class="muted">{escape(SOURCE_FR.get(r.get("source", {}).get("kind", ""), ""))}</span></th>'
             f'<td><span class="tag tag-{escape(status.lower())}">{escape(STATUS_FR.get(status, status))}</span></td>'
             f'<td>{escape(URGENCY_FR.get(clinical.get("urgency", ""), clinical.get("urgency", "")))}'
@@ -188,6 +242,13 @@ def forbidden_page(message: str) -> str:
         f'<main class="login"><h1>Accès refusé</h1><p class="problem" role="alert">{escape(message)}</p>'
         '<form method="post" action="/desk/logout"><button type="submit">Se connecter avec un autre compte</button></form>'
         '</main>'))
+
+
+def unavailable_page(department: str, title: str, message: str) -> str:
+    """A referral page that cannot be shown (unknown here, or its service down): say why, and the way back."""
+    return _layout(f"Réflexe — {title.lower()}", (
+        f'<main class="login"><h1>{escape(title)}</h1><p class="problem" role="alert">{escape(message)}</p>'
+        f'<p><a href="/desk/{escape(department)}">Retour à la file des demandes</a></p></main>'))
 
 
 def desk_page(department: str, department_name: str, actor: str, board: dict[str, Any] | None,
@@ -262,3 +323,52 @@ def desk_page(department: str, department_name: str, actor: str, board: dict[str
 <noscript><p class="problem">Sans JavaScript, rechargez la page pour la mettre à jour.</p></noscript>
 <script src="/desk/static/desk.js" defer></script>"""
     return _layout(f"Réflexe — bureau {department}", body)
+
+
+# ---------------------------------------------------------------- one referral, in full
+
+
+def _had_name(finess: str, had_names: dict[str, str]) -> str:
+    name = had_names.get(finess)
+    return f"{name} ({finess})" if name else finess
+
+
+def _templates() -> Jinja2Templates:
+    env = Environment(loader=PackageLoader("reflexe_notify", "templates"), autoescape=True,
+                      undefined=StrictUndefined)
+    env.filters.update(
+        fr=lambda code, table: table.get(code, code), short=short, mpp=mpp_label, yes_no=yes_no, when=when_fr,
+        commune=commune_label, reason=reason_fr, actor=actor_label, had_name=_had_name,
+        hold=lambda until: hold_text(until, datetime.now(UTC)))
+    env.globals.update(STATUS_FR=STATUS_FR, URGENCY_FR=URGENCY_FR, SOURCE_FR=SOURCE_FR, EQUIPMENT_FR=EQUIPMENT_FR,
+                       PLACE_FR=PLACE_FR, SEX_FR=SEX_FR, CLOCK_FR=CLOCK_FR)
+    return Jinja2Templates(env=env)
+
+
+TEMPLATES = _templates()
+
+
+def timeline_entries(referral: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each event of the timeline in French: what happened (worded as the alerts are), when, by whom."""
+    entries = []
+    for event in events:
+        data = {**event, "referral_id": referral["referral_id"]}
+        if event["type"] == "ReferralRequested":  # the request itself is shown whole beside it
+            data.update(main_mpp=referral["clinical"]["main_mpp"], urgency=referral["clinical"]["urgency"])
+        title, text = describe_timeline_event(event["type"], data)
+        entries.append({"type": event["type"], "kind": TIMELINE_KINDS.get(event["type"], event["type"]),
+                        "occurred_at": event["occurred_at"], "actor": event.get("actor"), "title": title,
+                        "text": text, "note": event.get("text") or ""})
+    return entries
+
+
+def referral_page(department: str, department_name: str, viewer: str, referral: dict[str, Any],
+                  events: list[dict[str, Any]] | None, had_names: dict[str, str], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    requested = _parse(referral.get("requested_at"))
+    body = TEMPLATES.get_template("desk_referral.html").render(
+        r=referral, department=department, department_name=department_name, viewer=viewer, had_names=had_names,
+        tz=time_zone_of(department), now=now.isoformat(),
+        waiting=duration_fr((now - requested).total_seconds()) if requested else "—",
+        timeline=None if events is None else timeline_entries(referral, events))
+    return _layout(f"Réflexe — demande {short(referral['referral_id'])} ({department})", body)

@@ -30,7 +30,8 @@ from reflexe_common.errors import ApiError
 from reflexe_common.geography import time_zone_of
 from reflexe_notify.adapters import store
 from reflexe_notify.entrypoints import had_views as views
-from reflexe_notify.entrypoints.web_session import NoSession, PageAuth, check_origin, form, html, problem_fr
+from reflexe_notify.entrypoints.web_session import (NoSession, PageAuth, check_origin, form, html, problem_fr,
+                                                    read_json)
 from reflexe_notify.service_layer import had_stream
 
 FINESS = re.compile(r"^[0-9AB]{9}$")
@@ -59,23 +60,11 @@ async def _session_api(request: Request, finess: str) -> tuple[Principal, str]:
 # ---------------------------------------------------------------- reading the other services
 
 
-async def _get(request: Request, url: str, token: str) -> tuple[int, Any]:
-    """(status, body); status 0 when the service does not answer."""
-    try:
-        response = await request.app.state.http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError:
-        return 0, None
-    try:
-        return response.status_code, response.json()
-    except ValueError:
-        return response.status_code, None
-
-
 async def _referrals(request: Request, finess: str, token: str) -> tuple[list | None, list | None]:
     """(offers to decide, patients accepted or in care); None when the referral service is down."""
     referral_url = request.app.state.settings.referral_url
     ids = await had_stream.concerned_referrals(request.app.state.pool, finess)
-    answers = await asyncio.gather(*(_get(request, f"{referral_url}/v1/referrals/{quote(i, safe='')}", token)
+    answers = await asyncio.gather(*(read_json(request, f"{referral_url}/v1/referrals/{quote(i, safe='')}", token)
                                      for i in ids))
     if any(status == 0 or status >= 500 for status, _ in answers):
         return None, None
@@ -90,8 +79,8 @@ async def _referrals(request: Request, finess: str, token: str) -> tuple[list | 
 async def _capacity(request: Request, finess: str, token: str) -> tuple[dict | None, dict | None]:
     capacity_url = request.app.state.settings.capacity_url
     (had_status, had), (_, history) = await asyncio.gather(
-        _get(request, f"{capacity_url}/v1/hads/{finess}", token),
-        _get(request, f"{capacity_url}/v1/hads/{finess}/capacity/history?limit=1", token))
+        read_json(request, f"{capacity_url}/v1/hads/{finess}", token),
+        read_json(request, f"{capacity_url}/v1/hads/{finess}/capacity/history?limit=1", token))
     latest = ((history or {}).get("declarations") or [None])[0] if isinstance(history, dict) else None
     return (had if had_status == 200 else None), latest
 

@@ -14,40 +14,12 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from reflexe_common.geography import Geography, time_zone_of
-from reflexe_common.vocabulary import MPP_LABELS, CapacityStatus, Reason
+from reflexe_common.geography import time_zone_of
+from reflexe_common.vocabulary import CapacityStatus, Reason
 from reflexe_notify.domain.desk import reason_fr, short
-from reflexe_notify.entrypoints.desk_views import SOURCE_FR, STATUS_FR, URGENCY_FR, _parse, hold_text, unavailable
-
-EQUIPMENT_FR = {
-    "PCA_PUMP": "Pompe PCA", "SYRINGE_DRIVER": "Pousse-seringue électrique", "MEOPA": "MEOPA", "OXYGEN": "Oxygène",
-    "PARENTERAL_NUTRITION": "Nutrition parentérale", "TRANSFUSION": "Transfusion", "ISOLATION": "Isolement",
-}
-CAPACITY_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée"}
-PLACE_FR = {"HOME": "Domicile", "EHPAD": "EHPAD"}
-
-
-def _mpp(code: str) -> str:
-    label = MPP_LABELS.get(code)
-    return f"{code} — {label}" if label else code
-
-
-def _yes(value: Any) -> str:
-    return "non renseigné" if value is None else ("oui" if value else "non")
-
-
-def _when(value: str | None, time_zone: ZoneInfo, with_time: bool = True) -> str:
-    at = _parse(value)
-    if at is None:
-        return value or "—"
-    if at.tzinfo is None:  # a date alone
-        return at.strftime("%d/%m/%Y")
-    return at.astimezone(time_zone).strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
-
-
-def _commune(code: str) -> str:
-    found = Geography.load().commune(code)
-    return f"{found.name} ({code})" if found else code
+from reflexe_notify.entrypoints.desk_views import (CAPACITY_STATUS_FR, EQUIPMENT_FR, PLACE_FR, SOURCE_FR, STATUS_FR,
+                                                   URGENCY_FR, _parse, commune_label, hold_text, mpp_label, unavailable,
+                                                   when_fr, yes_no)
 
 
 def offer_ids(offers: list[dict[str, Any]]) -> list[str]:
@@ -72,7 +44,7 @@ def offer_html(r: dict[str, Any], finess: str, now: datetime) -> str:
     patient = r.get("patient", {})
     avis = r.get("avis")
     time_zone = time_zone_of(r.get("department"))
-    associated = ", ".join(_mpp(c) for c in clinical.get("associated_mpp", [])) or "aucun"
+    associated = ", ".join(mpp_label(c) for c in clinical.get("associated_mpp", [])) or "aucun"
     equipment = ", ".join(EQUIPMENT_FR.get(e, e) for e in clinical.get("equipment", [])) or "aucun"
     avis_text = ("non donné" if not avis else
                  ("favorable" if avis.get("eligible") else f"défavorable ({reason_fr(avis.get('reason'))})")
@@ -80,20 +52,20 @@ def offer_html(r: dict[str, Any], finess: str, now: datetime) -> str:
     urgency = URGENCY_FR.get(clinical.get("urgency", ""), clinical.get("urgency", ""))
     planned = clinical.get("planned_date")
     rows = [
-        ("MPP principal", _mpp(clinical.get("main_mpp", ""))),
+        ("MPP principal", mpp_label(clinical.get("main_mpp", ""))),
         ("MPP associés", associated),
         ("Indice de Karnofsky", f"{clinical['karnofsky']} %" if clinical.get("karnofsky") is not None else "—"),
         ("Équipements", equipment),
-        ("Soins palliatifs", _yes(clinical.get("palliative"))),
-        ("Urgence", urgency + (f", le {_when(planned, time_zone)}" if planned else "")),
-        ("Admission souhaitée", _when(r.get("desired_admission_at"), time_zone) if r.get("desired_admission_at") else "—"),
+        ("Soins palliatifs", yes_no(clinical.get("palliative"))),
+        ("Urgence", urgency + (f", le {when_fr(planned, time_zone)}" if planned else "")),
+        ("Admission souhaitée", when_fr(r.get("desired_admission_at"), time_zone) if r.get("desired_admission_at") else "—"),
         ("Durée prévue", f"{clinical['expected_duration_days']} jours" if clinical.get("expected_duration_days") else "—"),
-        ("Demandée le", _when(r.get("requested_at"), time_zone)),
-        ("Consentement du patient", _yes(conditions.get("patient_consent"))),
-        ("Accord du médecin traitant", _yes(conditions.get("gp_agreement"))),
-        ("Aidant présent", _yes(conditions.get("caregiver_present"))),
+        ("Demandée le", when_fr(r.get("requested_at"), time_zone)),
+        ("Consentement du patient", yes_no(conditions.get("patient_consent"))),
+        ("Accord du médecin traitant", yes_no(conditions.get("gp_agreement"))),
+        ("Aidant présent", yes_no(conditions.get("caregiver_present"))),
         ("Avis HAD", avis_text),
-        ("Commune de prise en charge", _commune(patient.get("care_commune", ""))),
+        ("Commune de prise en charge", commune_label(patient.get("care_commune", ""))),
         ("Lieu de soins", PLACE_FR.get(patient.get("place_of_care", ""), patient.get("place_of_care", ""))),
         ("Origine", SOURCE_FR.get(r.get("source", {}).get("kind", ""), r.get("source", {}).get("kind", ""))),
     ]
@@ -151,8 +123,8 @@ def patients_html(patients: list[dict[str, Any]] | None, finess: str) -> str:
             f'<tr id="patient-{escape(rid)}" data-referral="{escape(rid)}" data-status="{escape(status)}">'
             f'<th scope="row"><code title="{escape(rid)}">{sid}</code></th>'
             f'<td><span class="tag tag-{escape(status.lower())}">{escape(STATUS_FR.get(status, status))}</span></td>'
-            f'<td>{escape(_mpp(clinical.get("main_mpp", "")))}</td>'
-            f'<td>{escape(_commune(r.get("patient", {}).get("care_commune", "")))}</td>'
+            f'<td>{escape(mpp_label(clinical.get("main_mpp", "")))}</td>'
+            f'<td>{escape(commune_label(r.get("patient", {}).get("care_commune", "")))}</td>'
             f'<td><form class="had-action" method="post" action="/had/{escape(finess)}/actions/{action}">'
             f'<input type="hidden" name="referral_id" value="{escape(rid)}">'
             f'<button type="submit" data-referral="{escape(rid)}" aria-label="{escape(label)} — demande {sid}">'
@@ -173,7 +145,7 @@ def capacity_html(had: dict[str, Any] | None, latest: dict[str, Any] | None, tim
             f'sur {escape(str(authorised))} autorisées, <strong>{escape(str(latest.get("admissions_possible_today")))}'
             f'</strong> admission(s) encore possible(s) aujourd’hui, '
             f'<span class="tag tag-{escape(status.lower())}">{escape(CAPACITY_STATUS_FR.get(status, status))}</span>'
-            f'<br><span class="muted">Déclarée le {escape(_when(latest.get("declared_at"), time_zone))}</span></p>')
+            f'<br><span class="muted">Déclarée le {escape(when_fr(latest.get("declared_at"), time_zone))}</span></p>')
 
 
 def history_html(entries: list[dict[str, Any]], time_zone: ZoneInfo) -> str:

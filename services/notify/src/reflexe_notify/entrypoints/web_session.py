@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -203,6 +204,18 @@ async def _refreshed(request: Request, found: sessions.PageSession) -> str:
 
 
 # ---------------------------------------------------------------- helpers of every page
+
+
+async def read_json(request: Request, url: str, token: str) -> tuple[int, Any]:
+    """GET another service as the person logged in: (status, body); status 0 when it does not answer."""
+    try:
+        response = await request.app.state.http.get(url, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return 0, None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None
 
 
 def html(request: Request, body: str, status: int = 200) -> HTMLResponse:

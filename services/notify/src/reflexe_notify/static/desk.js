@@ -1,10 +1,6 @@
 // Réflexe desk page: live updates from the SSE stream, running clocks, desk actions.
 (() => {
   "use strict";
-  const main = document.getElementById("desk");
-  const config = JSON.parse(main.dataset.config);
-  const base = `/desk/${encodeURIComponent(config.department)}`;
-  let head = config.head;
   const $ = (id) => document.getElementById(id);
 
   // ------------------------------------------------------------ clocks
@@ -29,6 +25,13 @@
   }
   setInterval(tick, 1000);
   tick();
+
+  // A referral's own page has running clocks only; the queue's page has everything below.
+  const main = $("desk");
+  if (!main) return;
+  const config = JSON.parse(main.dataset.config);
+  const base = `/desk/${encodeURIComponent(config.department)}`;
+  let head = config.head;
 
   // ------------------------------------------------------------ refreshing the regions
   let timer = null, inFlight = false, again = false;
@@ -60,11 +63,12 @@
   }
   function swap(id, html) {
     const el = $(id);
-    const focused = document.activeElement && el.contains(document.activeElement) ? document.activeElement.dataset.referral : null;
+    const active = document.activeElement;
+    const focused = active && el.contains(active) && active.dataset.referral
+      ? `${active.localName}[data-referral="${CSS.escape(active.dataset.referral)}"]` : null;
     el.innerHTML = html;
-    if (focused) {  // keep the keyboard where it was
-      const back = el.querySelector(`button.pick[data-referral="${CSS.escape(focused)}"]`);
-      (back || $("queue-h")).focus();
+    if (focused) {  // keep the keyboard where it was: the same row's link or button
+      (el.querySelector(focused) || $("queue-h")).focus();
     }
   }
   function syncSelect(select, html) {

@@ -165,7 +165,13 @@ async def submit_referral(body: ReferralIn, request: Request, principal: Princip
     return submitted
 
 
-@router.get("/referrals/{referral_id}", summary="One referral's state and clocks")
+@router.get("/referrals/{referral_id}", summary="One referral: its whole request, its state and clocks",
+            description="Every field of the request's data set (`source`, `patient` with a pseudonym and a birth year, "
+                        "`clinical`, `conditions`, `avis`, the times), then the state: `status`, `current_offer`, "
+                        "`accepted_had`, `admitted_had`, `closed_reason` and the lifecycle's times, `tried_hads`, "
+                        "`departments_searched`, `clocks`. For the referral's hospital, the desk of its department "
+                        "and admins; an HAD gets it while the offer is its own or once it took the patient, without "
+                        "anything about another HAD (docs/security.md).")
 async def get_referral(referral_id: uuid.UUID, request: Request,
                        principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
@@ -178,7 +184,9 @@ async def get_referral(referral_id: uuid.UUID, request: Request,
     return _view_for(principal, referral)
 
 
-@router.get("/referrals/{referral_id}/timeline", summary="One referral's events, oldest first")
+@router.get("/referrals/{referral_id}/timeline", summary="One referral's events, oldest first",
+            description="Each event with its `type`, `occurred_at` and `actor` (`hospital:<finess>`, `ehpad:<finess>`, "
+                        "`gp:<finess>`, `had:<finess>`, `desk:<department>` or `system`), then its own fields.")
 async def get_timeline(referral_id: uuid.UUID, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
                        principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
