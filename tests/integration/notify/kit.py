@@ -8,20 +8,30 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from reflexe.v1 import matching_pb2, referral_pb2
 
+from reflexe_capacity.entrypoints.app import build_app as build_capacity
+from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
-from tests.support.data import pseudonym
-from tests.support.services import NOTIFY_ENV
+from reflexe_notify.entrypoints.app import build_app as build_notify
+from reflexe_notify.settings import NotifySettings
+from reflexe_referral.entrypoints.app import build_app as build_referral
+from reflexe_referral.settings import ReferralSettings
+from tests.support.data import had_body, pseudonym, unique_finess
+from tests.support.issuer import suite_issuer
+from tests.support.services import NOTIFY_ENV, serve_in_process, token
 
 # What the notify service needs to run in tests: a key sealing webhook secrets, and the local
 # receivers (plain http on 127.0.0.1) allowed, which a deployment refuses by default.
@@ -146,3 +156,50 @@ async def publish(producer: AIOKafkaProducer, message: Message, envelope: Envelo
     await producer.send_and_wait(topic_of(message), envelope.value(), key=department.encode(),
                                  headers=envelope.headers())
     return envelope
+
+
+# ---------------------------------------------------------------- the pages, on the real services
+
+
+@asynccontextmanager
+async def in_process_platform(topics) -> AsyncIterator[dict[str, Any]]:
+    """Referral and capacity served in process on the real broker and database, notify's app (its
+    pages read them), and clients of the first two."""
+    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
+               LOG_LEVEL="WARNING")
+    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
+            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
+        notify = build_notify(NotifySettings(**env, **NOTIFY_ENV, NOTIFY_REFERRAL_URL=referral_url,
+                                             NOTIFY_CAPACITY_URL=capacity_url, NOTIFY_PUBLIC_URL="https://notify"))
+        async with notify.router.lifespan_context(notify), \
+                httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
+                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
+            yield {"notify": notify, "referral": referral, "capacity": capacity}
+
+
+def page_browser(platform: dict[str, Any]) -> httpx.AsyncClient:
+    """A browser of notify's pages: it keeps their cookies."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=platform["notify"]), base_url="https://notify", timeout=30)
+
+
+async def log_in(client: httpx.AsyncClient, page: str, login_hint: str) -> httpx.Response:
+    """A browser's whole login: the page's login route, the provider (logging in `login_hint`), its callback."""
+    start = await client.get(f"/{page}/login", params={"login_hint": login_hint})
+    assert start.status_code == 303, start.text
+    query = dict(parse_qsl(urlsplit(start.headers["location"]).query))
+    assert query["code_challenge_method"] == "S256" and query["redirect_uri"] == f"https://notify/{page}/callback"
+    async with httpx.AsyncClient() as provider:
+        back = await provider.get(start.headers["location"])
+    returned = urlsplit(back.headers["location"])
+    assert returned.path == f"/{page}/callback"
+    return await client.get(f"{returned.path}?{returned.query}")
+
+
+async def register_had(capacity: httpx.AsyncClient, commune: str, name: str | None = None, **overrides: Any) -> str:
+    """A new HAD of the Hérault serving `commune`, open with 3 places."""
+    finess = unique_finess("34")
+    assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name or f"HAD de test {finess}", [commune], **overrides),
+                               headers=token("admin"))).status_code == 200
+    assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess), json={
+        "places_available": 3, "admissions_possible_today": 3, "status": "OPEN"})).status_code == 201
+    return finess

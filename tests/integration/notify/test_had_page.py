@@ -11,23 +11,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
-from reflexe_notify.entrypoints.app import build_app as build_notify
-from reflexe_notify.settings import NotifySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
+from tests.support.data import referral_body, unique_finess
 from tests.support.platform import webhook_receiver
 from tests.support.desk import SseCollector
-from tests.integration.notify.kit import eventually
-from tests.support.services import NOTIFY_ENV, free_port, serve_in_process, token
+from tests.integration.notify.kit import eventually, in_process_platform, log_in, page_browser, register_had
+from tests.support.services import free_port, token
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
@@ -38,42 +30,8 @@ ACCEPT_COMMUNE, DECLINE_COMMUNE, SCOPE_COMMUNE, STREAM_COMMUNE = "34040", "34041
 
 @pytest.fixture(scope="module")
 async def platform(topics) -> AsyncIterator[dict[str, Any]]:
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
-               LOG_LEVEL="WARNING")
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        notify = build_notify(NotifySettings(**env, **NOTIFY_ENV, NOTIFY_REFERRAL_URL=referral_url,
-                                             NOTIFY_CAPACITY_URL=capacity_url, NOTIFY_PUBLIC_URL="https://notify"))
-        async with notify.router.lifespan_context(notify), \
-                httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
-                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
-            yield {"notify": notify, "referral": referral, "capacity": capacity}
-
-
-def browser(platform: dict[str, Any]) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=platform["notify"]), base_url="https://notify", timeout=30)
-
-
-async def log_in(client: httpx.AsyncClient, page: str, login_hint: str) -> httpx.Response:
-    """A browser's whole login: the page's login route, the provider (logging in `login_hint`), its callback."""
-    start = await client.get(f"/{page}/login", params={"login_hint": login_hint})
-    assert start.status_code == 303, start.text
-    query = dict(parse_qsl(urlsplit(start.headers["location"]).query))
-    assert query["code_challenge_method"] == "S256" and query["redirect_uri"] == f"https://notify/{page}/callback"
-    async with httpx.AsyncClient() as provider:
-        back = await provider.get(start.headers["location"])
-    returned = urlsplit(back.headers["location"])
-    assert returned.path == f"/{page}/callback"
-    return await client.get(f"{returned.path}?{returned.query}")
-
-
-async def register(capacity: httpx.AsyncClient, commune: str) -> str:
-    finess = unique_finess("34")
-    assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD de test {finess}", [commune]),
-                               headers=ADMIN)).status_code == 200
-    assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess), json={
-        "places_available": 3, "admissions_possible_today": 3, "status": "OPEN"})).status_code == 201
-    return finess
+    async with in_process_platform(topics) as running:
+        yield running
 
 
 async def post_referral(referral: httpx.AsyncClient, commune: str, **overrides: Any) -> str:
@@ -102,8 +60,8 @@ async def status_of(referral: httpx.AsyncClient, referral_id: str) -> dict:
 
 async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
-    had = await register(capacity, ACCEPT_COMMUNE)
-    async with browser(platform) as page, AsyncExitStack() as stack:
+    had = await register_had(capacity, ACCEPT_COMMUNE)
+    async with page_browser(platform) as page, AsyncExitStack() as stack:
         assert (await page.get(f"/had/{had}")).headers["location"] == f"/had?next=/had/{had}"
         login = await log_in(page, "had", f"had:finess={had}")
         assert login.status_code == 303 and login.headers["location"] == f"/had/{had}", login.text
@@ -166,8 +124,8 @@ async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[s
 
 async def test_the_had_declines_with_a_reason_and_declares_capacity(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
-    had = await register(capacity, DECLINE_COMMUNE)
-    async with browser(platform) as page:
+    had = await register_had(capacity, DECLINE_COMMUNE)
+    async with page_browser(platform) as page:
         await log_in(page, "had", f"had:finess={had}")
         referral_id = await post_referral(referral, DECLINE_COMMUNE)
         await offered_on_page(page, had, referral_id, timeout=120)
@@ -206,9 +164,9 @@ async def test_the_had_declines_with_a_reason_and_declares_capacity(platform: di
 
 async def test_each_had_sees_only_its_own_page_and_desk_sessions_stay_apart(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
-    had = await register(capacity, SCOPE_COMMUNE)
+    had = await register_had(capacity, SCOPE_COMMUNE)
     other = unique_finess("34")
-    async with browser(platform) as page, browser(platform) as desk:
+    async with page_browser(platform) as page, page_browser(platform) as desk:
         await log_in(page, "had", f"had:finess={had}")
         refused = await page.get(f"/had/{other}")
         assert refused.status_code == 403 and f"ne peut pas voir la page de l’HAD {other}" in refused.text
@@ -230,11 +188,11 @@ async def test_each_had_sees_only_its_own_page_and_desk_sessions_stay_apart(plat
         assert (await log_in(desk, "desk", "desk:department=34")).status_code == 303
         desk_session = desk.cookies["reflexe_desk"]
         had_session = page.cookies["reflexe_had"]
-        async with browser(platform) as forged:
+        async with page_browser(platform) as forged:
             forged.cookies.set("reflexe_had", desk_session)
             assert (await forged.get(f"/had/{had}")).status_code == 303  # to the HAD login: no HAD session
             assert (await forged.get(f"/had/{had}/fragments")).status_code == 401
-        async with browser(platform) as forged:
+        async with page_browser(platform) as forged:
             forged.cookies.set("reflexe_desk", had_session)
             assert (await forged.get("/desk/34")).status_code == 303
             assert (await forged.get("/desk/34/fragments")).status_code == 401
@@ -248,8 +206,8 @@ async def test_each_had_sees_only_its_own_page_and_desk_sessions_stay_apart(plat
 
 async def test_each_had_hears_live_of_its_own_referrals_only(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
-    had = await register(capacity, STREAM_COMMUNE)
-    async with browser(platform) as page, served(platform["notify"]) as url, httpx.AsyncClient() as http:
+    had = await register_had(capacity, STREAM_COMMUNE)
+    async with page_browser(platform) as page, served(platform["notify"]) as url, httpx.AsyncClient() as http:
         await log_in(page, "had", f"had:finess={had}")
         cookie = {"Cookie": f"reflexe_had={page.cookies['reflexe_had']}"}
         stream = SseCollector(http, f"{url}/had/{had}/stream", cookie)
