@@ -1,9 +1,10 @@
 """The desk page in a real browser (Debian's Chromium, driven by Playwright), the four services
 as separate processes on real Kafka and PostgreSQL, trusting the real Keycloak: the desk nurse
 logs in on Keycloak's page with her user name and password, a referral posted through the API
-appears on her page within 2 s without a reload, moves when the HAD accepts, and she closes it
-from the page, keyboard only; logging out ends her session at Keycloak too. Every API call of the
-test carries a token from the same Keycloak. Screenshots are kept in test-artifacts/."""
+appears on her page within 2 s without a reload, moves when the HAD accepts, she opens the whole
+request and its timeline from the queue and comes back, and she closes it from the page, keyboard
+only; logging out ends her session at Keycloak too. Every API call of the test carries a token
+from the same Keycloak. Screenshots are kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -89,6 +90,23 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
                 f"/v1/referrals/{referral_id}/offers/{offer['current_offer']['offer_id']}/accept", headers=had_token)
             assert accepted.status_code == 200
             await expect(row).to_contain_text("Acceptée", timeout=5_000)  # it moves, live
+
+            # The whole request, from the queue, with the keyboard: every field, the timeline with who did what.
+            await row.get_by_role("link", name=f"Voir toute la demande {referral_id[:8]}").focus()
+            await page.keyboard.press("Enter")
+            await page.wait_for_url(f"{notify}/desk/34/referrals/{referral_id}")
+            await expect(page.locator("#patient-facts")).to_contain_text(posted.json()["patient"]["pseudonym"])
+            await expect(page.locator("#clinical-facts")).to_contain_text("Indice de Karnofsky")
+            await expect(page.locator("#state-facts")).to_contain_text("Acceptée par")
+            timeline = page.locator("#timeline li")
+            await expect(timeline).to_have_count(3)
+            await expect(timeline.nth(0)).to_contain_text(f"Par : Établissement de santé (FINESS {hospital})")
+            await expect(timeline.nth(2)).to_contain_text(f"Par : HAD Avène (HAD, FINESS {had})")
+            await page.screenshot(path=str(ARTIFACTS / "desk-referral-page.png"), full_page=True)
+            await page.locator("#back").focus()
+            await page.keyboard.press("Enter")
+            await page.wait_for_url(f"{notify}/desk/34#ref-{referral_id}")
+            await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
 
             # The desk closes it from the page, with the keyboard only.
             await row.get_by_role("button", name="Sélectionner").focus()
