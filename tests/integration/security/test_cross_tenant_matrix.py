@@ -488,6 +488,12 @@ async def desk_action(w: World, caller: str, scope: str, allowed: bool) -> dict[
             "headers": {"Origin": w.urls["notify"], "Accept": "application/json"}}
 
 
+async def desk_referral_page(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    """A referral's page on its own department's desk page, or another department's on that one's."""
+    department = IN if scope == "in" else OUT
+    return {"url": f"/desk/{department}/referrals/{w.shared[f'referral_{scope}']}"}
+
+
 def ops(service: str) -> list[Endpoint]:
     """What every service answers without a token: probes, metrics and the API's own documentation."""
     return [Endpoint(service, "GET", path, public(), fixed(path))
@@ -608,6 +614,7 @@ MATRIX: list[Endpoint] = [
     Endpoint("notify", "GET", "/desk/{department}", page(303), by_department("/desk/{department}")),
     Endpoint("notify", "GET", "/desk/{department}/fragments", page(401), by_department("/desk/{department}/fragments")),
     Endpoint("notify", "POST", "/desk/{department}/actions/{action}", page(401), desk_action),
+    Endpoint("notify", "GET", "/desk/{department}/referrals/{referral_id}", page(303), desk_referral_page),
     Endpoint("notify", "GET", "/desk/{department}/stream", page(401), by_department("/desk/{department}/stream"),
              stream=True),
     # The HAD's page: its own cookie on /had (no bearer token, nor the desk's session, opens it);
