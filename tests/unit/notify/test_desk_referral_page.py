@@ -64,7 +64,8 @@ def test_every_field_of_the_request_is_shown_in_french() -> None:
     ]:
         assert f"{label} {value}" in text, (label, value)
     assert "25 — " in text.split("MPP associés")[1].split("Indice")[0]
-    assert "Fin de la réservation de place" in text and "Objectif d’admission sous 24 h" in text
+    assert "Fin de la réservation de place" in text
+    assert "Objectif d’admission (24 h après la demande, ou le jour programmé) : 14/03/2025 00:00" in text, "the end of the planned day"
     assert f'data-until="{view["current_offer"]["hold_until"]}"' in page
     assert "choix du bureau" in text and "Proposé à HAD Y" in text
 

@@ -36,7 +36,7 @@ CAPACITY_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fer
 PLACE_FR = {"HOME": "Domicile", "EHPAD": "EHPAD"}
 SEX_FR = {"F": "Femme", "M": "Homme", "U": "Non précisé"}
 CLOCK_FR = {"HOLD_EXPIRY": "Fin de la réservation de place", "OFFER_UNANSWERED": "Relance de l’HAD sans réponse",
-            "ADMISSION_OVERDUE": "Objectif d’admission sous 24 h"}
+            "ADMISSION_OVERDUE": "Objectif d’admission (24 h après la demande, ou le jour programmé)"}
 # Who acted on a referral, from the actor of its events ("kind:id").
 ACTOR_FR = {"hospital": "Établissement de santé", "ehpad": "EHPAD", "gp": "Médecin traitant", "had": "HAD",
             "desk": "Bureau de coordination", "system": "Réflexe (automatique)"}
