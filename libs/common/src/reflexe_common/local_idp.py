@@ -35,13 +35,14 @@ from typing import Any
 
 import httpx
 
+from reflexe_common.finess import FINESS_SHAPE, is_finess
+
 CLI_CLIENT_ID = "reflexe-cli"
 DEFAULT_CLI_SECRET = "local-reflexe-cli"
 # Roles played by a system (client credentials) rather than a person; their scope is a FINESS.
 SYSTEM_ROLES = frozenset({"hospital", "had"})
 SCOPE_ATTRIBUTES = ("finess", "department", "region")
-FINESS_RE = re.compile(r"^[0-9AB]{9}$")
-SCOPE_RE = {"finess": FINESS_RE, "department": re.compile(r"^([0-9]{2}|2A|2B|97[1-6])$"),
+SCOPE_RE = {"finess": re.compile(rf"^{FINESS_SHAPE.pattern}$"), "department": re.compile(r"^([0-9]{2}|2A|2B|97[1-6])$"),
             "region": re.compile(r"^[0-9]{2}$")}
 # Refresh the admin token this long before it expires (master's admin tokens last 60 s).
 ADMIN_TOKEN_MARGIN_S = 10.0
@@ -65,7 +66,7 @@ def _check_scope(scope: dict[str, str | None]) -> dict[str, str]:
         raise ValueError(f"unknown scope attributes {sorted(unknown)}; expected {SCOPE_ATTRIBUTES}")
     given = {name: value for name, value in scope.items() if value is not None}
     for name, value in given.items():
-        if not SCOPE_RE[name].match(value):
+        if not SCOPE_RE[name].match(value) or (name == "finess" and not is_finess(value)):
             raise ValueError(f"invalid {name} {value!r}")
     return given
 
@@ -157,7 +158,7 @@ class LocalIdentityProvider:
         """The confidential client ``system-<role>-<finess>`` (client credentials only) whose service
         account holds the realm role and the ``finess`` attribute, created if missing; returns
         (client_id, secret)."""
-        if not FINESS_RE.match(finess):
+        if not is_finess(finess):
             raise ValueError(f"invalid FINESS {finess!r}")
         role_representation = await self._realm_role(role)
         client_id = f"system-{role}-{finess}"

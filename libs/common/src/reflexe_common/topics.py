@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from reflexe_common.envelope import Envelope, PoisonRecord
+from reflexe_common.finess import FINESS_SHAPE, is_finess
 from reflexe_common.kafka import KafkaAccess
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class InboundKind:
         return "^" + re.escape(self.prefix) + FINESS_PATTERN + "$"
 
     def topic(self, finess: str) -> Topic:
-        if not re.fullmatch(FINESS_PATTERN, finess):
+        if not is_finess(finess):
             raise ValueError(f"{finess!r} is not a FINESS number")
         # One partition: one sender's commands, in the order it sent them.
         return Topic(self.prefix + finess, 1, {"retention.ms": self.retention_ms})
@@ -95,7 +96,7 @@ class InboundKind:
 
 
 SENDER_MISMATCH = "SENDER_MISMATCH"
-FINESS_PATTERN = "[0-9AB]{9}"  # 2A/2B (Corsica) put letters in FINESS numbers
+FINESS_PATTERN = FINESS_SHAPE.pattern  # 2A/2B (Corsica) put letters in FINESS numbers
 # Referrals (reflexe.v1.SubmitReferral) from hospital systems; capacity declarations
 # (reflexe.v1.DeclareCapacity) from HAD systems.
 INBOUND_REFERRALS = InboundKind("referrals", "hospital", "submitted_by")

@@ -114,5 +114,15 @@ MENTION_REQUIRED_BY_MPP: dict[str, Mention] = {
     "22": Mention.ENFANTS_MOINS_3_ANS,
 }
 
+# Clinical coherence of MPP codes with the patient (checked at the door, docs/domain.md):
+# 19 (grossesse à risque) and 21 (post-partum pathologique) are for a woman of child-bearing
+# age; 22 (nouveau-né à risque) for a child under 3; 14 (nursing lourd) implies a dependent
+# patient, Karnofsky index 50 % or less.
+MPP_FOR_CHILDBEARING_WOMEN: frozenset[str] = frozenset({"19", "21"})
+CHILDBEARING_AGES = (12, 55)  # inclusive, wide on purpose: refused only when surely outside
+MPP_FOR_UNDER_3: frozenset[str] = frozenset({"22"})
+UNDER_3_YEARS = 3
+KARNOFSKY_MAX_BY_MPP: dict[str, int] = {"14": 50}
+
 # The economic viability threshold of an HAD (ANAP, 2023): about 50 patients a day.
 VIABILITY_ACTIVE_PATIENTS = 50

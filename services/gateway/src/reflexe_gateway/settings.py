@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from reflexe_common.finess import FINESS_PROBLEM, is_finess
 from reflexe_common.settings import ServiceSettings
 
 
@@ -44,6 +45,15 @@ class GatewaySettings(ServiceSettings):
     pseudonym_key: SecretStr = Field(validation_alias="GATEWAY_PSEUDONYM_KEY", min_length=16)
     # The allow-list, as JSON: {"<FINESS>": {"kind": "hospital"|"had", "networks": ["10.1.2.0/24"]}}.
     senders: dict[str, Sender] = Field(default_factory=dict, validation_alias="GATEWAY_SENDERS")
+
+    @field_validator("senders")
+    @classmethod
+    def _senders_are_finess(cls, value: dict[str, Sender]) -> dict[str, Sender]:
+        # A mistyped FINESS in the allow-list would silently refuse that sender's every message.
+        for finess in value:
+            if not is_finess(finess):
+                raise ValueError(f"GATEWAY_SENDERS key {finess!r}: {FINESS_PROBLEM}")
+        return value
     referral_url: str = Field("http://127.0.0.1:8001", validation_alias="GATEWAY_REFERRAL_URL")
     # The gateway's own confidential client at the identity provider (client-credentials grant).
     client_id: str = Field("reflexe-gateway", validation_alias="GATEWAY_CLIENT_ID")

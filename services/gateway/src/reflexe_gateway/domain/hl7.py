@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 import hl7
 
+from reflexe_common.finess import is_finess
+
 # HL7 table 0357 (message error condition codes).
 SEGMENT_SEQUENCE_ERROR = "100"
 REQUIRED_FIELD_MISSING = "101"
@@ -41,7 +43,6 @@ ERROR_TEXT = {
 
 # French hospital systems send local time without an offset (IHE PAM FR): read it as Paris time.
 LOCAL_TIME = ZoneInfo("Europe/Paris")
-_FINESS = re.compile(r"^(?:[0-9]{2}|2[AB])[0-9]{7}$")
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 MAX_CONTROL_ID = 199
@@ -176,9 +177,10 @@ def sender_finess(header: Header, raw: str) -> str:
     fields = first.split(sep)
     parts = fields[3].split(component) if len(fields) > 3 else []
     for part in parts[:2]:
-        if _FINESS.fullmatch(part):
+        if is_finess(part):
             return part
-    raise Rejection("AR", UNKNOWN_KEY_IDENTIFIER, "MSH^1^4", "MSH-4 carries no FINESS")
+    raise Rejection("AR", UNKNOWN_KEY_IDENTIFIER, "MSH^1^4", "MSH-4 carries no FINESS (9 characters whose 9th is the "
+                                                             "Luhn key of the first eight)")
 
 
 def read_adt(raw: str) -> AdtMessage:

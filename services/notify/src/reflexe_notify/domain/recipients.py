@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reflexe_common.finess import is_finess
+
 
 class RecipientKind(StrEnum):
     HAD = "had"
@@ -14,9 +16,9 @@ class RecipientKind(StrEnum):
 
 
 _SCOPE = {
-    RecipientKind.HAD: re.compile(r"^[0-9AB]{9}$"),
-    RecipientKind.HOSPITAL: re.compile(r"^[0-9AB]{9}$"),
-    RecipientKind.DESK: re.compile(r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])$"),
+    RecipientKind.HAD: is_finess,
+    RecipientKind.HOSPITAL: is_finess,
+    RecipientKind.DESK: re.compile(r"^(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B|97[1-6])$").match,
 }
 
 
@@ -26,7 +28,7 @@ class Recipient:
     scope: str  # a FINESS for an HAD or a hospital, a department code for a desk
 
     def __post_init__(self) -> None:
-        if not _SCOPE[self.kind].match(self.scope):
+        if not _SCOPE[self.kind](self.scope):
             raise ValueError(f"invalid {self.kind} scope {self.scope!r}")
 
     def __str__(self) -> str:

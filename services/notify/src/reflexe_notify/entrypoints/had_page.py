@@ -16,7 +16,6 @@ the page refreshes its regions from /had/{f}/fragments when an entry arrives.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +26,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from reflexe_common.auth import Principal, Role
 from reflexe_common.errors import ApiError
+from reflexe_common.finess import is_finess
 from reflexe_common.geography import time_zone_of
 from reflexe_notify.adapters import store
 from reflexe_notify.entrypoints import had_views as views
@@ -34,7 +34,6 @@ from reflexe_notify.entrypoints.web_session import (NoSession, PageAuth, check_o
                                                     read_json)
 from reflexe_notify.service_layer import had_stream
 
-FINESS = re.compile(r"^[0-9AB]{9}$")
 PAGE = PageAuth(
     path="/had", cookie="reflexe_had", roles=frozenset({Role.HAD}),
     home=lambda p: f"/had/{p.finess}" if p.role == Role.HAD and p.finess else None,
@@ -45,7 +44,7 @@ router.include_router(PAGE.router())
 
 
 def _scoped(principal: Principal, finess: str) -> None:
-    if not FINESS.match(finess):
+    if not is_finess(finess):
         raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess}")
     if principal.finess != finess:
         raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see HAD {finess}")

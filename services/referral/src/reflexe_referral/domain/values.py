@@ -9,14 +9,21 @@ geography elsewhere.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from reflexe_common.finess import FINESS_PROBLEM, is_finess
 from reflexe_common.privacy import PSEUDONYM_DESCRIPTION, find_direct_identifier, is_pseudonym
+from reflexe_common.ages import PossibleAges
 from reflexe_common.vocabulary import (
+    CHILDBEARING_AGES,
+    KARNOFSKY_MAX_BY_MPP,
     MAIN_MPP_CODES,
     MPP_CODES,
+    MPP_FOR_CHILDBEARING_WOMEN,
+    MPP_FOR_UNDER_3,
+    MPP_LABELS,
+    UNDER_3_YEARS,
     Equipment,
     PlaceOfCare,
     Reason,
@@ -27,12 +34,11 @@ from reflexe_common.vocabulary import (
 
 Problem = tuple[str, str]  # (field_path, message)
 
-_FINESS = re.compile(r"[0-9AB]{9}")  # 2A/2B (Corsica) put letters in FINESS numbers
 OLDEST_BIRTH_YEAR = 1900
 
 
 def is_valid_finess(value: str) -> bool:
-    return _FINESS.fullmatch(value) is not None
+    return is_finess(value)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class ReferralRequest:
             *self._source_problems(),
             *self._patient_problems(),
             *self._clinical_problems(),
+            *self._coherence_problems(),
             *self._time_problems(),
             *self._avis_problems(),
             *self._free_text_problems(),
@@ -109,7 +116,7 @@ class ReferralRequest:
         # An EHPAD source usually means place of care EHPAD, but a resident can be cared
         # for at a relative's home: deliberately not enforced.
         if not is_valid_finess(self.source.finess):
-            return [("source.finess", "a FINESS is 9 characters among 0-9, A, B")]
+            return [("source.finess", FINESS_PROBLEM)]
         return []
 
     def _patient_problems(self) -> list[Problem]:
@@ -127,9 +134,7 @@ class ReferralRequest:
             if patient.ehpad_finess is None:
                 problems.append(("patient.ehpad_finess", "required when care is in an EHPAD"))
             elif not is_valid_finess(patient.ehpad_finess):
-                problems.append(
-                    ("patient.ehpad_finess", "a FINESS is 9 characters among 0-9, A, B")
-                )
+                problems.append(("patient.ehpad_finess", FINESS_PROBLEM))
         elif patient.ehpad_finess is not None:
             problems.append(("patient.ehpad_finess", "must be empty when care is at home"))
         return problems
@@ -159,6 +164,35 @@ class ReferralRequest:
             problems.append(("clinical.planned_date", "required for a planned admission"))
         if clinical.expected_duration_days < 1:
             problems.append(("clinical.expected_duration_days", "must be at least 1"))
+        return problems
+
+    def _coherence_problems(self) -> list[Problem]:
+        """MPP codes the patient cannot have. With a birth year only, the patient's age is one
+        of two values (reflexe_common.ages): a code is refused only when every possible age
+        rules it out, so a real patient is never turned away for the missing birthday."""
+        clinical, patient = self.clinical, self.patient
+        if not OLDEST_BIRTH_YEAR <= patient.birth_year <= self.requested_at.year:
+            return []  # reported on patient.birth_year
+        ages = PossibleAges.on(patient.birth_year, self.requested_at.date())
+        coded = [("clinical.main_mpp", clinical.main_mpp),
+                 *((f"clinical.associated_mpp[{i}]", code) for i, code in enumerate(clinical.associated_mpp))]
+        problems: list[Problem] = []
+        for path, code in coded:
+            what = f"MPP {code} ({MPP_LABELS.get(code, '?')})"
+            if code in MPP_FOR_CHILDBEARING_WOMEN:
+                low, high = CHILDBEARING_AGES
+                if patient.sex is not Sex.F:
+                    problems.append((path, f"{what} is for a female patient; patient.sex is {patient.sex}"))
+                elif not ages.may_be_within(low, high):
+                    problems.append((path, f"{what} is for a woman aged {low} to {high}; born in "
+                                           f"{patient.birth_year}, the patient is {ages}"))
+            if code in MPP_FOR_UNDER_3 and not ages.may_be_under(UNDER_3_YEARS):
+                problems.append((path, f"{what} is for a child under {UNDER_3_YEARS}; born in {patient.birth_year}, "
+                                       f"the patient is at least {ages.youngest}"))
+            limit = KARNOFSKY_MAX_BY_MPP.get(code)
+            if limit is not None and clinical.karnofsky > limit:
+                problems.append(("clinical.karnofsky", f"{what} implies a Karnofsky index of {limit} % or less "
+                                                       f"(a dependent patient), not {clinical.karnofsky} %"))
         return problems
 
     def _time_problems(self) -> list[Problem]:

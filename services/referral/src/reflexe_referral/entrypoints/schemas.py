@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from reflexe_common.finess import Finess
 from reflexe_common.privacy import FreeText, Pseudonym
 from reflexe_common.visibility import own_explanation
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
@@ -25,7 +26,7 @@ class _Strict(BaseModel):
 
 class SourceIn(_Strict):
     kind: SourceKind
-    finess: str = Field(pattern=r"^[0-9AB]{9}$", description="FINESS of the sending establishment")
+    finess: Finess = Field(description="FINESS of the sending establishment")
     unit: FreeText = Field("", max_length=100)
     prescriber_id: FreeText = Field("", max_length=50, description="RPPS or local id of the prescriber")
 
@@ -36,7 +37,7 @@ class PatientIn(_Strict):
     sex: Sex
     care_commune: str = Field(pattern=r"^[0-9][0-9AB][0-9]{3}$", description="INSEE code of the commune where care takes place")
     place_of_care: PlaceOfCare
-    ehpad_finess: str | None = None
+    ehpad_finess: Finess | None = Field(None, description="FINESS of the EHPAD where care takes place")
 
 
 class ClinicalIn(_Strict):
@@ -103,7 +104,7 @@ class CloseIn(_Strict):
 
 
 class DeskOfferIn(_Strict):
-    had_finess: str = Field(pattern=r"^[0-9AB]{9}$")
+    had_finess: Finess
 
 
 class WidenIn(_Strict):
