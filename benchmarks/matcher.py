@@ -44,10 +44,10 @@ MATCHER_GROUP = "reflexe-matcher"
 def referral_requested(referral_id: str, department: str, commune: str) -> referral_pb2.ReferralRequested:
     now = datetime.now(UTC)
     header = referral_pb2.ReferralEventHeader(referral_id=referral_id, department=department, occurred_at=ts(now),
-                                              actor="hospital:130000001")
+                                              actor="hospital:130000011")
     return referral_pb2.ReferralRequested(header=header, request=referral_pb2.ReferralRequest(
         referral_id=referral_id, department=department,
-        source=referral_pb2.Source(kind="ED", finess="130000001", unit="SAU"),
+        source=referral_pb2.Source(kind="ED", finess="130000011", unit="SAU"),
         patient=referral_pb2.Patient(pseudonym=pseudonym(), birth_year=1941, sex="F", care_commune=commune,
                                      place_of_care="HOME"),
         clinical=referral_pb2.Clinical(main_mpp="03", associated_mpp=["09"], karnofsky=50, equipment=["SYRINGE_DRIVER"],

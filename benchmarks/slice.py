@@ -121,7 +121,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                                   json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"]})
                 await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
                                     json={"places_available": 5000, "admissions_possible_today": 5000, "status": "OPEN"})
-            hospital = "340000001"
+            hospital = "340000017"
             headers = token("hospital", finess=hospital)
             answered: dict[str, float] = {}
             post_latencies: list[float] = []

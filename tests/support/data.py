@@ -8,15 +8,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reflexe_common.finess import with_key
+
 MONTPELLIER = "34172"
 SETE = "34301"
 TOULOUSE = "31555"
 _counter = itertools.count(1)
 
 
+_finess_base = uuid.uuid4().int
+
+
 def unique_finess(department: str = "34") -> str:
-    """A syntactically valid, fictional FINESS, unique within the test run."""
-    return f"{department}{uuid.uuid4().int % 10**7:07d}"
+    """A valid (check key included), fictional FINESS, unique within the test run: a random start
+    (so that two runs against the same database differ) then a sequence."""
+    width = 8 - len(department)
+    return with_key(f"{department}{(_finess_base + next(_counter)) % 10**width:0{width}d}")
 
 
 def pseudonym(seed: str | None = None) -> str:

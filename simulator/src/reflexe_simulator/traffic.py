@@ -265,7 +265,7 @@ class ReferralFactory:
         for code, p in (("25", 0.2), ("15", 0.12), ("14", 0.1), ("09", 0.05)):
             if code != main and code not in associated and rng.random() < p:
                 associated.append(code)
-        if main == "14" or palliative:
+        if main == "14" or "14" in associated or palliative:  # heavy nursing means a dependent patient
             karnofsky = rng.choice((20, 30, 30, 40, 40, 50))
         else:
             karnofsky = rng.choice((40, 50, 50, 60, 60, 70, 80))

@@ -39,8 +39,8 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 COMMUNE = "34172"  # each run has a schema of its own: no other test can interfere
-EHPAD = "340012345"
-H1, H2, H3 = "340100001", "340100002", "340100003"
+EHPAD = "340123454"
+H1, H2, H3 = "340000017", "340000025", "340000033"
 R = [str(uuid.UUID(int=0xD0_0000 + n)) for n in range(9)]  # fixed referral ids
 
 

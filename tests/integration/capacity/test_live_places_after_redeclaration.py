@@ -32,7 +32,7 @@ from tests.support.data import pseudonym
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-HAD = "340200001"
+HAD = "340000017"
 COMMUNE = "34172"  # a schema of its own: nothing else competes
 
 

@@ -230,7 +230,7 @@ def steps_from_outbox(rows: list[tuple[int, str, bytes]], holds: list[HoldRow], 
 def test_the_checker_flags_a_double_booking_and_accepts_grandfathered_holds():
     """The checker itself must be able to fail (no infrastructure needed)."""
     t = [datetime.fromisoformat(f"2025-01-01T10:00:{s:02d}+00:00") for s in range(20)]
-    had = "110000001"
+    had = "110000015"
     d1, d2 = DeclarationRow(had, t[0], 2, "OPEN"), DeclarationRow(had, t[5], 1, "OPEN")
 
     def hold(n: int, made: int, released: int | None, under: datetime) -> HoldRow:

@@ -47,7 +47,7 @@ async def places(infra):
     schema = f"gauges_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(infra.database_url)
     await conn.execute(f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".places (department text, had text, n int)')
-    await conn.execute(f'INSERT INTO "{schema}".places VALUES (\'34\', \'340000001\', 2), (\'34\', \'340000002\', 1)')
+    await conn.execute(f'INSERT INTO "{schema}".places VALUES (\'34\', \'340000017\', 2), (\'34\', \'340000025\', 1)')
     pool = await asyncpg.create_pool(infra.database_url, min_size=1, max_size=2, server_settings={"search_path": schema})
     try:
         yield pool, schema
@@ -89,7 +89,7 @@ async def test_two_replicas_export_the_gauge_once_and_hand_over(infra, places):
         def exported_once():
             leaders = [r for r in (a, b) if r.leadership.is_leader]
             followers = [r for r in (a, b) if not r.leadership.is_leader]
-            return (len(leaders) == 1 and leaders[0].exported() == {("34", "340000001"): 2.0, ("34", "340000002"): 1.0}
+            return (len(leaders) == 1 and leaders[0].exported() == {("34", "340000017"): 2.0, ("34", "340000025"): 1.0}
                     and all(f.exported() == {} for f in followers)) and leaders[0]
 
         leader = await eventually(lambda: asyncio.sleep(0, exported_once()), timeout=10, what="one leader exporting")

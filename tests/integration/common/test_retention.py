@@ -47,11 +47,11 @@ async def outbox_row(conn: asyncpg.Connection, published_at: str | None) -> int:
 
 async def delivery(conn: asyncpg.Connection, status: str, attempts_started: list[str]) -> str:
     subscription = await conn.fetchval(
-        "INSERT INTO subscriptions (id, recipient, url, secrets, created_by) VALUES ($1, 'had:340000001', "
+        "INSERT INTO subscriptions (id, recipient, url, secrets, created_by) VALUES ($1, 'had:340000017', "
         "'https://had.example/hook', ARRAY['sealed:test-secret'], 'test') RETURNING id", uuid.uuid4())
     webhook_id = f"msg_{uuid.uuid4()}"
     await conn.execute("INSERT INTO deliveries (webhook_id, subscription_id, recipient, event_type, body, status, "
-                       "attempt_limit) VALUES ($1, $2, 'had:340000001', 't', '{}', $3, 8)", webhook_id, subscription, status)
+                       "attempt_limit) VALUES ($1, $2, 'had:340000017', 't', '{}', $3, 8)", webhook_id, subscription, status)
     for n, started in enumerate(attempts_started, 1):
         await conn.execute(f"INSERT INTO delivery_attempts (webhook_id, attempt, started_at, duration_seconds, outcome) "
                            f"VALUES ($1, $2, {started}, 0.1, 'retry')", webhook_id, n)

@@ -116,7 +116,7 @@ async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], ti
 
 
 def finess() -> str:
-    return f"{random.randrange(10**8, 10**9):09d}"
+    return with_key(f"{random.randrange(10**7, 10**8):08d}")
 
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)

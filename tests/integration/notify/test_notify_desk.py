@@ -251,7 +251,7 @@ async def test_an_escalation_is_emailed_in_french_and_logged(
     assert both.status_code == 422
 
     referral_id = str(uuid.uuid4())
-    await publish(producer, referral_requested(MAIL_DEPARTMENT, "972000001", referral_id))
+    await publish(producer, referral_requested(MAIL_DEPARTMENT, "972000012", referral_id))
     await publish(producer, referral_pb2.ReferralEscalated(header=header(referral_id, MAIL_DEPARTMENT),
                                                            why="aucune HAD ne couvre la commune"))
 

@@ -18,7 +18,7 @@ from reflexe_capacity.domain import (
 )
 from reflexe_common.vocabulary import CapacityStatus
 
-FINESS = "340000100"
+FINESS = "340001007"
 T0 = datetime(2024, 3, 12, 9, 0, tzinfo=UTC)
 HOLD_FOR = timedelta(minutes=30)
 
@@ -169,7 +169,7 @@ def test_out_of_order_and_duplicate_declarations_are_ignored():
 
 def test_a_declaration_for_another_had_is_refused():
     with pytest.raises(ValueError):
-        HadLedger(FINESS).declare(CapacityDeclaration("999999999", 1, 1, CapacityStatus.OPEN, T0))
+        HadLedger(FINESS).declare(CapacityDeclaration("999999998", 1, 1, CapacityStatus.OPEN, T0))
 
 
 def test_negative_figures_are_refused():

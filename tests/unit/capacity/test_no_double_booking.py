@@ -16,7 +16,7 @@ HAD without a live place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,7 +39,7 @@ from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention, PlaceO
 T0 = datetime(2024, 3, 12, 8, 0, tzinfo=UTC)
 STALE_AFTER = timedelta(hours=2)
 HOLD_FOR = timedelta(minutes=30)
-EHPAD = "340009999"
+EHPAD = "340099993"
 COMMUNES = ("34172", "34032", "34301")
 
 
@@ -60,9 +60,9 @@ def _had(finess: str, communes: set[str], size: int, conventions: frozenset[str]
 HADS = {
     h.finess: h
     for h in (
-        _had("340000001", {"34172", "34032"}, 10),
-        _had("340000002", {"34032", "34301"}, 4, frozenset({EHPAD})),
-        _had("340000003", {"34172", "34301"}, 25),
+        _had("340000017", {"34172", "34032"}, 10),
+        _had("340000025", {"34032", "34301"}, 4, frozenset({EHPAD})),
+        _had("340000033", {"34172", "34301"}, 25),
     )
 }
 FINESS = tuple(HADS)
@@ -113,7 +113,8 @@ class CapacityMachine(RuleBasedStateMachine):
             main_mpp="04",
             associated_mpp=("07",),
             equipment=frozenset({Equipment.SYRINGE_DRIVER}),
-            patient_age_years=80,
+            patient_birth_year=1946,
+            requested_on=date(2026, 11, 22),
             urgency=urgency,
             excluded_hads=frozenset(self.tried.get(referral_id, ())),
         )

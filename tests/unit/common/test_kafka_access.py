@@ -75,29 +75,29 @@ def test_each_service_writes_only_its_own_events_and_the_dead_letters() -> None:
 
 
 def test_a_system_may_only_write_its_own_inbound_topic() -> None:
-    acls = system_acls("340000001", "hospital")
+    acls = system_acls("340000017", "hospital")
     assert {(a.principal, a.resource_name, a.operation, a.pattern) for a in acls} == {
-        ("system-340000001", "reflexe.inbound.referrals.v1.340000001", "WRITE", "LITERAL"),
-        ("system-340000001", "reflexe.inbound.referrals.v1.340000001", "DESCRIBE", "LITERAL"),
+        ("system-340000017", "reflexe.inbound.referrals.v1.340000017", "WRITE", "LITERAL"),
+        ("system-340000017", "reflexe.inbound.referrals.v1.340000017", "DESCRIBE", "LITERAL"),
     }
     with pytest.raises(ValueError):
         system_acls("34000000*", "hospital")  # no wildcard can sneak into a topic name
 
 
 def test_the_sender_is_the_topics_and_a_claim_for_another_is_a_sender_mismatch() -> None:
-    own = wrap(submission_pb2.SubmitReferral(submitted_by="340000001"), "test")
-    INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000001").name), own)
+    own = wrap(submission_pb2.SubmitReferral(submitted_by="340000017"), "test")
+    INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000017").name), own)
     with pytest.raises(PoisonRecord, match=f"^{SENDER_MISMATCH}"):
-        INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000002").name), own)
-    declaration = wrap(capacity_pb2.DeclareCapacity(had_finess="2A0000001"), "test")
-    INBOUND_CAPACITY.verify_sender(_Record(INBOUND_CAPACITY.topic("2A0000001").name), declaration)
+        INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000025").name), own)
+    declaration = wrap(capacity_pb2.DeclareCapacity(had_finess="2A0000014"), "test")
+    INBOUND_CAPACITY.verify_sender(_Record(INBOUND_CAPACITY.topic("2A0000014").name), declaration)
     with pytest.raises(PoisonRecord, match=f"^{SENDER_MISMATCH}"):
-        INBOUND_CAPACITY.verify_sender(_Record(INBOUND_CAPACITY.topic("2B0000001").name), declaration)
+        INBOUND_CAPACITY.verify_sender(_Record(INBOUND_CAPACITY.topic("2B0000012").name), declaration)
     # Another kind's topic is no sender of this kind.
     with pytest.raises(PoisonRecord, match=f"^{SENDER_MISMATCH}"):
-        INBOUND_CAPACITY.verify_sender(_Record(INBOUND_REFERRALS.topic("2A0000001").name), declaration)
+        INBOUND_CAPACITY.verify_sender(_Record(INBOUND_REFERRALS.topic("2A0000014").name), declaration)
     # A message without the claim is left to the handler, which refuses it with its own reason.
-    INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000001").name),
+    INBOUND_REFERRALS.verify_sender(_Record(INBOUND_REFERRALS.topic("340000017").name),
                                     wrap(matching_pb2.MatchExhausted(), "test"))
 
 
@@ -105,8 +105,8 @@ def test_the_consumers_pattern_matches_exactly_the_inbound_topics_of_its_kind() 
     import re
 
     pattern = re.compile(INBOUND_REFERRALS.pattern)
-    assert pattern.match(INBOUND_REFERRALS.topic("2B1234567").name)
-    for other in (INBOUND_CAPACITY.topic("340000001").name, REFERRAL_EVENTS.name,
+    assert pattern.match(INBOUND_REFERRALS.topic("2B1345671").name)
+    for other in (INBOUND_CAPACITY.topic("340000017").name, REFERRAL_EVENTS.name,
                   INBOUND_REFERRALS.prefix + "3400000011", INBOUND_REFERRALS.prefix + "34000000"):
         assert not pattern.match(other), other
 

@@ -388,11 +388,11 @@ def test_snapshot_gauges_serve_the_latest_snapshot_only() -> None:
 
     gauges = SnapshotGauges({"reflexe_test_snapshot_places": ("test", ("department", "had"))})
     try:
-        gauges.replace({"reflexe_test_snapshot_places": [(("34", "340000001"), 3), (("31", "310000001"), 1)]})
-        gauges.replace({"reflexe_test_snapshot_places": [(("34", "340000001"), 2)]})
+        gauges.replace({"reflexe_test_snapshot_places": [(("34", "340000017"), 3), (("31", "310000013"), 1)]})
+        gauges.replace({"reflexe_test_snapshot_places": [(("34", "340000017"), 2)]})
         text = generate_latest().decode()
-        assert 'reflexe_test_snapshot_places{department="34",had="340000001"} 2.0' in text
-        assert "310000001" not in text, "a series missing from the latest snapshot must disappear"
+        assert 'reflexe_test_snapshot_places{department="34",had="340000017"} 2.0' in text
+        assert "310000013" not in text, "a series missing from the latest snapshot must disappear"
         with pytest.raises(ValueError):
             gauges.replace({"reflexe_unknown": []})
     finally:

@@ -26,14 +26,14 @@ def header(minutes: int) -> pb.ReferralEventHeader:
 def events() -> list:
     return [
         pb.ReferralRequested(header=header(0), request=pb.ReferralRequest(
-            referral_id=RID, source=pb.Source(kind="ED", finess="340000001"),
+            referral_id=RID, source=pb.Source(kind="ED", finess="340000017"),
             patient=pb.Patient(place_of_care="EHPAD"), requested_at=ts(T0))),
-        pb.OfferMade(header=header(5), offer_id="o1", had_finess="340000010"),
-        pb.OfferDeclined(header=header(9), offer_id="o1", had_finess="340000010", reason="NO_CAPACITY"),
-        pb.OfferMade(header=header(12), offer_id="o2", had_finess="340000020"),
-        pb.OfferAccepted(header=header(20), offer_id="o2", had_finess="340000020"),
-        pb.PatientAdmitted(header=header(600), had_finess="340000020"),
-        pb.PatientDischarged(header=header(6000), had_finess="340000020"),
+        pb.OfferMade(header=header(5), offer_id="o1", had_finess="340000108"),
+        pb.OfferDeclined(header=header(9), offer_id="o1", had_finess="340000108", reason="NO_CAPACITY"),
+        pb.OfferMade(header=header(12), offer_id="o2", had_finess="340000207"),
+        pb.OfferAccepted(header=header(20), offer_id="o2", had_finess="340000207"),
+        pb.PatientAdmitted(header=header(600), had_finess="340000207"),
+        pb.PatientDischarged(header=header(6000), had_finess="340000207"),
     ]
 
 
@@ -47,8 +47,8 @@ def folded(order) -> dict:
 def test_every_arrival_order_gives_the_same_facts():
     reference = folded(events())
     ref = next(iter(reference["referral_facts"].values()))
-    assert ref["first_offer_at"] == T0 + timedelta(minutes=5) and ref["first_offer_had"] == "340000010"
-    assert ref["accepted_had"] == "340000020" and ref["admitted_at"] == T0 + timedelta(minutes=600)
+    assert ref["first_offer_at"] == T0 + timedelta(minutes=5) and ref["first_offer_had"] == "340000108"
+    assert ref["accepted_had"] == "340000207" and ref["admitted_at"] == T0 + timedelta(minutes=600)
     assert reference["offer_facts"][("o1",)]["outcome"] == "DECLINED"
     assert reference["offer_facts"][("o1",)]["made_at"] == T0 + timedelta(minutes=5)
     rng = random.Random(1)

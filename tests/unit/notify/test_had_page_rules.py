@@ -17,26 +17,26 @@ RID = "0b8f5c3e-1111-4222-8333-444455556666"
 
 def test_an_had_entry_keeps_only_its_own_part_of_the_explanation() -> None:
     event = DeskEvent("34", "evt-1", "offer.proposed", AT, {
-        "referral_id": RID, "department": "34", "offer_id": "o1", "had_finess": "340000001", "by_desk": False,
+        "referral_id": RID, "department": "34", "offer_id": "o1", "had_finess": "340000017", "by_desk": False,
         "hold_until": AT.isoformat(),
-        "explanation": "Proposé à HAD A (340000001) : 2 places; ensuite : HAD B (340000002) 5 places; exclus : HAD C (340000003) (saturée).",
-        "ranking": ["340000002"]})
-    entry = _for_had(event, "340000001")
-    assert entry.department == stream_key("340000001") == "had:340000001"
-    assert "340000002" not in json.dumps(entry.payload(1)), "no other HAD's name or figures"
-    assert entry.data["explanation"].startswith("Proposé à HAD A (340000001)") and "ranking" not in entry.data
+        "explanation": "Proposé à HAD A (340000017) : 2 places; ensuite : HAD B (340000025) 5 places; exclus : HAD C (340000033) (saturée).",
+        "ranking": ["340000025"]})
+    entry = _for_had(event, "340000017")
+    assert entry.department == stream_key("340000017") == "had:340000017"
+    assert "340000025" not in json.dumps(entry.payload(1)), "no other HAD's name or figures"
+    assert entry.data["explanation"].startswith("Proposé à HAD A (340000017)") and "ranking" not in entry.data
 
 
 def test_e_mails_and_webhooks_to_an_had_link_to_its_own_page() -> None:
-    assert page_url("https://reflexe.example/", "had:340000001", "34") == "https://reflexe.example/had/340000001"
+    assert page_url("https://reflexe.example/", "had:340000017", "34") == "https://reflexe.example/had/340000017"
     assert page_url("https://reflexe.example", "desk:34", "34") == "https://reflexe.example/desk/34"
-    assert page_url(None, "had:340000001", "34") is None
+    assert page_url(None, "had:340000017", "34") is None
     body = json.dumps({"type": "offer.proposed", "timestamp": AT.isoformat(), "data": {
-        "referral_id": RID, "department": "34", "had_finess": "340000001", "page_url": "https://r.example/had/340000001"}})
-    message = compose(body, "msg_1", "a@b.test", "had@c.test", "https://r.example/had/340000001", for_had=True)
+        "referral_id": RID, "department": "34", "had_finess": "340000017", "page_url": "https://r.example/had/340000017"}})
+    message = compose(body, "msg_1", "a@b.test", "had@c.test", "https://r.example/had/340000017", for_had=True)
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
-    assert "Page de votre HAD : https://r.example/had/340000001" in text and "page_url" not in text
+    assert "Page de votre HAD : https://r.example/had/340000017" in text and "page_url" not in text
     assert "Ouvrir la page de votre HAD" in html and "tableau de bord du bureau" not in html
 
 
@@ -49,10 +49,10 @@ def test_an_offer_shows_what_is_needed_to_decide_escaped() -> None:
         "conditions": {"patient_consent": True, "gp_agreement": False, "caregiver_present": True},
         "avis": {"eligible": True, "reason": None, "text": "<script>x</script>"},
         "desired_admission_at": None,
-        "current_offer": {"offer_id": "o1", "had_finess": "340000001", "hold_until": "2026-11-22T10:45:00+00:00",
+        "current_offer": {"offer_id": "o1", "had_finess": "340000017", "hold_until": "2026-11-22T10:45:00+00:00",
                           "explanation": "Proposé à HAD A", "by_desk": True},
     }
-    html = had_views.offers_html([referral], "340000001", now=AT)
+    html = had_views.offers_html([referral], "340000017", now=AT)
     for fact in ("04 — Soins palliatifs", "30 %", "Pompe PCA", "Programmée, le 24/11/2026", "20 jours",
                  "Accord du médecin traitant</dt><dd>non", "Montpellier (34172)", "expire dans 30 min",
                  "Choix du bureau", "&lt;script&gt;"):

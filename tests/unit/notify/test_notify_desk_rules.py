@@ -134,7 +134,7 @@ def test_the_email_is_french_multipart_and_identifies_its_delivery() -> None:
 BOARD = {"department": "34", "stale_after_seconds": 43200, "hads": [
     {"finess": "340011295", "name": "HAD <Montpellier>", "authorised_places": 40, "declared_places": 3, "live_places": 2,
      "status": "OPEN", "declaration_age_seconds": 600, "stale": False},
-    {"finess": "340022222", "name": "HAD Sète", "authorised_places": 20, "declared_places": 1, "live_places": 1,
+    {"finess": "340222223", "name": "HAD Sète", "authorised_places": 20, "declared_places": 1, "live_places": 1,
      "status": "SATURATED", "declaration_age_seconds": 90000, "stale": True},
 ]}
 QUEUE = {"department": "34", "referrals": [{
@@ -148,7 +148,7 @@ QUEUE = {"department": "34", "referrals": [{
 def test_the_board_marks_stale_declarations_in_words_not_only_colour() -> None:
     html = views.board_html(BOARD)
     assert "HAD &lt;Montpellier&gt;" in html and "<Montpellier>" not in html
-    stale_row = html[html.index('data-finess="340022222"'):]
+    stale_row = html[html.index('data-finess="340222223"'):]
     assert "Périmée" in stale_row.split("</tr>")[0] and "Saturée" in stale_row.split("</tr>")[0]
     assert "Périmée" not in html[html.index('data-finess="340011295"'):].split("</tr>")[0]
     assert views.board_html(None).startswith('<p class="problem" role="alert">')

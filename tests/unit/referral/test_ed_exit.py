@@ -14,7 +14,7 @@ from reflexe_referral.adapters import codec
 from reflexe_referral.domain import EdExitRecorded, ErrorCode, IllegalTransition, InconsistentHistory, Referral, Status
 
 HOSPITAL = "hospital:340780477"
-HAD = "340000018"
+HAD = "340000181"
 
 
 def opened(request) -> tuple[Referral, list]:

@@ -32,7 +32,7 @@ from reflexe_referral.domain import (
     Status,
 )
 
-HAD_A, HAD_B, HAD_C = "340000018", "340000026", "34000003A"
+HAD_A, HAD_B, HAD_C = "340000181", "340000264", "34000003A"
 HOLD = timedelta(minutes=30)
 MINUTE = timedelta(minutes=1)
 
@@ -153,7 +153,7 @@ def test_the_builder_request_is_valid(make_request):
         ({"clinical__urgency": Urgency.PLANNED}, "clinical.planned_date"),
         ({"clinical__expected_duration_days": 0}, "clinical.expected_duration_days"),
         ({"patient__place_of_care": PlaceOfCare.EHPAD}, "patient.ehpad_finess"),
-        ({"patient__ehpad_finess": "340011111"}, "patient.ehpad_finess"),  # at HOME
+        ({"patient__ehpad_finess": "340111111"}, "patient.ehpad_finess"),  # at HOME
         (
             {"patient__place_of_care": PlaceOfCare.EHPAD, "patient__ehpad_finess": "3400x1111"},
             "patient.ehpad_finess",
@@ -174,7 +174,7 @@ def test_validation_reports_each_broken_rule(make_request, overrides, path):
     "overrides",
     [
         {"clinical__urgency": Urgency.PLANNED, "clinical__planned_date": date(2025, 3, 14)},
-        {"patient__place_of_care": PlaceOfCare.EHPAD, "patient__ehpad_finess": "2A0000123"},
+        {"patient__place_of_care": PlaceOfCare.EHPAD, "patient__ehpad_finess": "2A0001236"},
         {"clinical__karnofsky": 0},
         {"clinical__karnofsky": 100},
         {"patient__birth_year": 2025},  # a newborn (MPP 22 exists for them)

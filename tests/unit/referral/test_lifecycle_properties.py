@@ -30,7 +30,7 @@ from reflexe_referral.domain import (
 # purely random ids would almost never reach acceptance and admission.
 CURRENT = "<current>"
 FRESH = "<fresh>"  # an offer id never seen by the referral
-HADS = st.one_of(st.just(CURRENT), st.sampled_from(["340000018", "340000026", "34000003A"]))
+HADS = st.one_of(st.just(CURRENT), st.sampled_from(["340000181", "340000264", "34000003A"]))
 OFFER_IDS = st.one_of(st.just(CURRENT), st.sampled_from(["o1", "o2", "o3"]))
 
 
@@ -78,7 +78,7 @@ def resolve(referral: Referral, name: str, value: Any) -> Any:
     offer = referral.current_offer
     if name == "offer_id":
         return offer.offer_id if offer else "o-new"
-    return (offer.had_finess if offer else None) or referral.accepted_had or "340000018"
+    return (offer.had_finess if offer else None) or referral.accepted_had or "340000181"
 
 
 def command(decision: str, **arguments: st.SearchStrategy) -> st.SearchStrategy[Command]:
@@ -113,7 +113,7 @@ COOPERATIVE = st.sampled_from(
     [
         Command(
             "record_offer",
-            {"offer_id": FRESH, "had": "340000026", "hold_until": 30, "explanation": "",
+            {"offer_id": FRESH, "had": "340000264", "hold_until": 30, "explanation": "",
              "by_desk": False, "at": Soon(1)},
         ),
         Command("accept", {"offer_id": CURRENT, "had": CURRENT, "at": Soon(2)}),
@@ -204,7 +204,7 @@ def test_replaying_the_produced_events_gives_the_same_state(make_request, avis, 
 
 
 # Routes to each closed status, so the terminal property does not rely on luck.
-H = "340000018"
+H = "340000181"
 CLOSING_ROUTES = {
     "ineligible": [],
     "cancelled": [Command("cancel", {"reason": Reason.OTHER, "text": "", "at": 1})],

@@ -12,10 +12,10 @@ from reflexe_referral.domain import Referral
 from reflexe_referral.entrypoints.api import _events_for, _may_see, _view_for
 from tests.unit.referral.conftest import REQUESTED_AT, make_request
 
-X, Y = "340000011", "340000029"
+X, Y = "340000116", "340000298"
 HAD_X, HAD_Y = Principal(Role.HAD, "x", finess=X), Principal(Role.HAD, "y", finess=Y)
 DESK_34, DESK_31 = Principal(Role.DESK, "d", department="34"), Principal(Role.DESK, "d", department="31")
-HOSPITAL, OTHER_HOSPITAL = Principal(Role.HOSPITAL, "h", finess="340780477"), Principal(Role.HOSPITAL, "o", finess="340000037")
+HOSPITAL, OTHER_HOSPITAL = Principal(Role.HOSPITAL, "h", finess="340780477"), Principal(Role.HOSPITAL, "o", finess="340000371")
 ARS, ADMIN = Principal(Role.ARS, "a", region="76"), Principal(Role.ADMIN, "root")
 EXPLANATION = (f"Proposé à HAD X ({X}) : déclaration fraîche, 3/40 places libres, réponse médiane 12 min; "
                f"ensuite : HAD Y; exclus : HAD Z (zone).")

@@ -12,7 +12,7 @@ Principals (SASL/SCRAM-SHA-512 users):
   sender and a command cannot speak for another establishment.
 
     python -m reflexe_common.kafka_acls apply                 # service principals and their ACLs
-    python -m reflexe_common.kafka_acls register-system --finess 340000001 --kind hospital
+    python -m reflexe_common.kafka_acls register-system --finess 340000017 --kind hospital
     python -m reflexe_common.kafka_acls show                  # the declared ACLs
 
 They read KAFKA_BOOTSTRAP, REFLEXE_KAFKA_ADMIN_PASSWORD and the services' REFLEXE_KAFKA_<SERVICE>_PASSWORD

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from reflexe_common.ages import PossibleAges
 from reflexe_common.vocabulary import (
     MENTION_REQUIRED_BY_MPP,
+    UNDER_3_YEARS,
     CapacityStatus,
     Equipment,
     Mention,
@@ -75,7 +77,8 @@ class MatchRequest:
     main_mpp: str
     associated_mpp: tuple[str, ...]
     equipment: frozenset[Equipment]
-    patient_age_years: int
+    patient_birth_year: int
+    requested_on: date  # the day the patient's possible ages are taken on
     urgency: Urgency
     departments: frozenset[str] = frozenset()  # own + widened by the desk
     excluded_hads: frozenset[str] = frozenset()  # already tried
@@ -90,7 +93,10 @@ class MatchRequest:
             for mpp in (self.main_mpp, *self.associated_mpp)
             if mpp in MENTION_REQUIRED_BY_MPP
         }
-        if self.patient_age_years < 3:
+        # Conservative: with a birth year only, a child who may still be under 3 needs an HAD
+        # holding the mention (a 3-year-old offered to it loses nothing; a 2-year-old offered
+        # to an HAD without it would get care it is not authorised for).
+        if PossibleAges.on(self.patient_birth_year, self.requested_on).may_be_under(UNDER_3_YEARS):
             required.add(Mention.ENFANTS_MOINS_3_ANS)
         return frozenset(required)
 

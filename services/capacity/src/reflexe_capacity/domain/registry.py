@@ -6,9 +6,27 @@ live capacity is in `capacity.py`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from reflexe_common.vocabulary import Equipment, Mention
+from reflexe_common.vocabulary import MENTION_REQUIRED_BY_MPP, MPP_CODES, Equipment, Mention
+
+Problem = tuple[str, str]  # (field path, message)
+MPP_LIST = "two digits from the PMSI-HAD list: " + ", ".join(sorted(MPP_CODES))
+
+
+def authorisation_problems(mentions: Iterable[Mention], mpp_supported: Sequence[str]) -> list[Problem]:
+    """What an HAD's registry entry claims that it cannot: an MPP code that does not exist (a "3"
+    for "03" would never match a referral, silently) or one whose mention it does not hold."""
+    held = {Mention.SOCLE, *mentions}
+    problems: list[Problem] = []
+    for i, code in enumerate(mpp_supported):
+        path = f"mpp_supported[{i}]"
+        if code not in MPP_CODES:
+            problems.append((path, f"unknown MPP code {code!r}: {MPP_LIST}"))
+        elif (needed := MENTION_REQUIRED_BY_MPP.get(code)) is not None and needed not in held:
+            problems.append((path, f"MPP {code} needs the mention {needed} in mentions"))
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@ department capacity board the coordination desk watches."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,16 +12,16 @@ from fastapi.responses import JSONResponse
 
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger
-from reflexe_capacity.domain.registry import HadEstablishment
+from reflexe_capacity.domain.registry import HadEstablishment, authorisation_problems
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
 from reflexe_common.auth import Principal, Role, ensure_department, how_to_connect, require
 from reflexe_common.checks import CLOCK_SKEW, in_the_future, is_department, require_department
 from reflexe_common.errors import ApiError
+from reflexe_common.finess import FINESS_PROBLEM, is_finess
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.geography import Geography
 
 router = APIRouter(prefix="/v1")
-FINESS = r"^[0-9AB]{9}$"
 
 
 
@@ -54,8 +53,12 @@ async def _visible_had(conn, finess: str, principal: Principal) -> HadEstablishm
 
 @router.put("/hads/{finess}", summary="Register or update an HAD establishment (admin)")
 async def put_had(finess: str, body: HadIn, request: Request, principal: Principal = Depends(require(Role.ADMIN))) -> dict[str, Any]:
-    if not re.fullmatch(FINESS, finess):
-        raise ApiError(422, "INVALID_FINESS", "a FINESS is 9 characters among 0-9, A, B", [{"field": "path.finess", "message": "invalid FINESS"}])
+    if not is_finess(finess):
+        raise ApiError(422, "INVALID_FINESS", FINESS_PROBLEM, [{"field": "path.finess", "message": FINESS_PROBLEM}])
+    problems = authorisation_problems(body.mentions, body.mpp_supported)
+    if problems:
+        raise ApiError(422, "INVALID_AUTHORISATION", "MPP codes the HAD cannot support: " + ", ".join(p for p, _ in problems),
+                       [{"field": f"body.{path}", "message": message} for path, message in problems])
     geography = Geography.load()
     errors = [{"field": f"body.departments[{i}]", "message": f"unknown department {d!r}"}
               for i, d in enumerate(body.departments) if not is_department(d)]

@@ -13,6 +13,7 @@ from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.service_layer.matcher import Matcher
 from reflexe_common.checks import CLOCK_SKEW, in_the_future
 from reflexe_common.envelope import Envelope, PoisonRecord, dt
+from reflexe_common.finess import FINESS_PROBLEM, is_finess
 from reflexe_common.vocabulary import CapacityStatus
 
 
@@ -21,6 +22,8 @@ def declaration_handler(matcher: Matcher):
         m = envelope.message
         if not isinstance(m, capacity_pb2.DeclareCapacity):
             raise PoisonRecord(f"unexpected {envelope.type} on the declarations topic")
+        if not is_finess(m.had_finess):
+            raise PoisonRecord(f"invalid declaration: had_finess {m.had_finess!r} is {FINESS_PROBLEM}")
         try:
             declaration = CapacityDeclaration(m.had_finess, m.places_available, m.admissions_possible_today,
                                               CapacityStatus(m.status), dt(m.declared_at) or envelope.time.astimezone(UTC))

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
 from reflexe_capacity.domain.capacity import HadLedger
 from reflexe_capacity.domain.registry import Contacts, HadEstablishment
+from reflexe_common.finess import Finess
 from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention
 
 
@@ -20,10 +21,11 @@ class HadIn(_Strict):
     name: str = Field(min_length=1, max_length=200)
     departments: list[str] = Field(min_length=1)
     mentions: list[Mention] = Field(default_factory=list)
-    mpp_supported: list[str] = Field(min_length=1)
+    mpp_supported: list[str] = Field(min_length=1, description="PMSI-HAD MPP codes, two digits ('03'); 11/12 need "
+                                                                 "the mention READAPTATION, 19/21 ANTE_POST_PARTUM, 22 ENFANTS_MOINS_3_ANS")
     equipment: list[Equipment] = Field(default_factory=list)
     zone_communes: list[str] = Field(min_length=1, description="INSEE codes of the communes the HAD serves")
-    ehpad_conventions: list[str] = Field(default_factory=list, description="FINESS of EHPADs with a partnership convention")
+    ehpad_conventions: list[Finess] = Field(default_factory=list, description="FINESS of EHPADs with a partnership convention")
     authorised_places: int = Field(ge=1, le=5000)
     webhook_url: HttpUrl | None = None
     email: str | None = Field(None, max_length=200)

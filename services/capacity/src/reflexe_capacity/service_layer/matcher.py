@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import asyncpg
 from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
@@ -40,13 +40,19 @@ def offer_id_for(referral_id: str, attempt: int) -> str:
     return str(uuid.uuid5(_OFFER_NAMESPACE, f"{referral_id}/{attempt}"))
 
 
+def _requested_on(request: referral_pb2.ReferralRequest, at: datetime) -> date:
+    """The patient's age is the one at the request: the same referral matched again later (a decline,
+    an expiry) keeps the same mention requirements."""
+    return dt(request.requested_at).date() if request.HasField("requested_at") else at.date()
+
+
 def _match_request(request: referral_pb2.ReferralRequest, departments: list[str], tried: list[str], at: datetime) -> MatchRequest:
     return MatchRequest(
         referral_id=request.referral_id, department=request.department, care_commune=request.patient.care_commune,
         place_of_care=PlaceOfCare(request.patient.place_of_care), ehpad_finess=request.patient.ehpad_finess or None,
         main_mpp=request.clinical.main_mpp, associated_mpp=tuple(request.clinical.associated_mpp),
         equipment=frozenset(Equipment(e) for e in request.clinical.equipment),
-        patient_age_years=max(0, at.year - request.patient.birth_year), urgency=Urgency(request.clinical.urgency),
+        patient_birth_year=request.patient.birth_year, requested_on=_requested_on(request, at), urgency=Urgency(request.clinical.urgency),
         departments=frozenset(departments), excluded_hads=frozenset(tried),
     )
 
