@@ -1,0 +1,142 @@
+"""Rules checked at the door, on the real broker and database: a FINESS with a wrong key, an MPP
+code outside the list and an MPP incoherent with the patient get a 422 naming the field on the
+REST door, and the same referral published on Kafka goes to the dead-letter topic with the field
+in its reason (one domain rule, whatever the door)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from reflexe.v1 import submission_pb2
+
+from reflexe_common.envelope import wrap
+from reflexe_common.kafka_acls import register_system
+from reflexe_common.topics import DEAD_LETTERS
+from reflexe_referral.adapters.codec import request_to_proto
+from reflexe_referral.entrypoints.app import build_app
+from reflexe_referral.entrypoints.schemas import ReferralIn
+from reflexe_referral.settings import ReferralSettings
+from tests.support.data import referral_body, unique_finess
+from tests.support.issuer import suite_issuer
+from tests.support.services import eventually, serve_in_process, token
+
+pytestmark = pytest.mark.integration
+THIS_YEAR = datetime.now(UTC).year
+
+
+@pytest.fixture(scope="module")
+async def referral(topics):
+    settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
+                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client
+
+
+def _wrong_key(finess: str) -> str:
+    return finess[:8] + str((int(finess[8]) + 1) % 10)
+
+
+INCOHERENT = [
+    # (what is changed, the field the answer names)
+    ({"clinical": {"main_mpp": "3", "associated_mpp": []}}, "body.clinical.main_mpp"),  # "03" mistyped
+    ({"clinical": {"associated_mpp": ["9"]}}, "body.clinical.associated_mpp[0]"),
+    ({"clinical": {"main_mpp": "19", "associated_mpp": []}, "patient": {"sex": "M", "birth_year": 1990}},
+     "body.clinical.main_mpp"),  # pregnancy follow-up for a man
+    ({"clinical": {"main_mpp": "21", "associated_mpp": []}, "patient": {"sex": "F", "birth_year": 1941}},
+     "body.clinical.main_mpp"),  # post-partum at 80+
+    ({"clinical": {"main_mpp": "22", "associated_mpp": [], "karnofsky": 60}, "patient": {"birth_year": THIS_YEAR - 4}},
+     "body.clinical.main_mpp"),  # newborn code for a child surely 3 or older
+    ({"clinical": {"main_mpp": "14", "associated_mpp": [], "karnofsky": 70}}, "body.clinical.karnofsky"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), INCOHERENT)
+async def test_an_mpp_outside_the_list_or_incoherent_with_the_patient_is_422_naming_the_field(referral, changes, field):
+    hospital = unique_finess()
+    refused = await referral.post("/v1/referrals", json=referral_body(hospital, **changes),
+                                  headers=token("hospital", finess=hospital))
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "INVALID_REFERRAL"
+    assert [e["field"] for e in refused.json()["errors"]] == [field]
+
+
+async def test_the_coherent_cases_are_taken(referral):
+    hospital = unique_finess()
+    headers = token("hospital", finess=hospital)
+    for changes in ({"clinical": {"main_mpp": "22", "associated_mpp": [], "karnofsky": 60},
+                     "patient": {"birth_year": THIS_YEAR - 3}},  # may still be 2
+                    {"clinical": {"main_mpp": "19", "associated_mpp": []}, "patient": {"sex": "F", "birth_year": 1994}},
+                    {"clinical": {"main_mpp": "14", "associated_mpp": [], "karnofsky": 50}}):
+        taken = await referral.post("/v1/referrals", json=referral_body(hospital, **changes), headers=headers)
+        assert taken.status_code == 201, taken.text
+
+
+async def test_a_finess_with_a_wrong_key_is_422_naming_the_field(referral):
+    hospital = unique_finess()
+    wrong = _wrong_key(hospital)  # the hospital's system mistyped its own FINESS
+    refused = await referral.post("/v1/referrals", json=referral_body(wrong), headers=token("hospital", finess=wrong))
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["body.source.finess"]
+    assert "Luhn key" in refused.json()["errors"][0]["message"]
+    at_ehpad = referral_body(hospital, patient={"place_of_care": "EHPAD", "ehpad_finess": _wrong_key(unique_finess())})
+    refused = await referral.post("/v1/referrals", json=at_ehpad, headers=token("hospital", finess=hospital))
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["body.patient.ehpad_finess"]
+    posted = await referral.post("/v1/referrals", json=referral_body(hospital), headers=token("hospital", finess=hospital))
+    assert posted.status_code == 201, posted.text
+    offered = await referral.post(f"/v1/referrals/{posted.json()['referral_id']}/desk/offer",
+                                  json={"had_finess": _wrong_key(unique_finess())}, headers=token("desk", department="34"))
+    assert offered.status_code == 422, offered.text
+    assert [e["field"] for e in offered.json()["errors"]] == ["body.had_finess"]
+
+
+async def _dead_letter_reason(topics, hospital, message) -> str:
+    envelope = wrap(message, f"system/{hospital.principal}")
+    producer = AIOKafkaProducer(**topics.kafka().as_principal(hospital.principal, hospital.password).options(), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(hospital.topic, envelope.value(), headers=envelope.headers())
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        async def found():
+            batch = await consumer.getmany(timeout_ms=200)
+            return [dict(r.headers) for records in batch.values() for r in records
+                    if dict(r.headers).get("ce_id") == envelope.id.encode()]
+        [headers] = await eventually(found, timeout=30, what=f"submission {envelope.id} on the dead-letter topic")
+    finally:
+        await consumer.stop()
+    return headers["dlq_reason"].decode()
+
+
+def _submission(hospital: str, **changes) -> submission_pb2.SubmitReferral:
+    body = referral_body(hospital, **changes)
+    request = ReferralIn.model_validate(body).to_domain("34", body["referral_id"], datetime.now(UTC))
+    return submission_pb2.SubmitReferral(request=request_to_proto(request), submitted_by=hospital)
+
+
+async def test_the_same_rules_dead_letter_a_referral_published_on_kafka_with_the_field_in_the_reason(referral, topics):
+    hospital = unique_finess()
+    system = await register_system(topics.kafka(), hospital, "hospital")
+    incoherent = _submission(hospital, clinical={"main_mpp": "19", "associated_mpp": []},
+                             patient={"sex": "M", "birth_year": 1990})
+    reason = await _dead_letter_reason(topics, system, incoherent)
+    assert "clinical.main_mpp" in reason and "female patient" in reason
+    unknown_code = _submission(hospital)
+    unknown_code.request.clinical.main_mpp = "3"
+    reason = await _dead_letter_reason(topics, system, unknown_code)
+    assert "clinical.main_mpp" in reason and "unknown MPP code" in reason
+    wrong_key = _submission(hospital)
+    wrong_key.request.patient.place_of_care = "EHPAD"
+    wrong_key.request.patient.ehpad_finess = _wrong_key(unique_finess())
+    reason = await _dead_letter_reason(topics, system, wrong_key)
+    assert "patient.ehpad_finess" in reason and "Luhn key" in reason
+    heavy = _submission(hospital, clinical={"main_mpp": "14", "associated_mpp": [], "karnofsky": 80})
+    reason = await _dead_letter_reason(topics, system, heavy)
+    assert "clinical.karnofsky" in reason
