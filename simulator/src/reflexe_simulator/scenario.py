@@ -20,10 +20,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from reflexe_common.finess import with_key
 from reflexe_common.geography import Commune, Geography
 from reflexe_common.vocabulary import Equipment, Mention, SourceKind
-
-FINESS_RE = re.compile(r"^[0-9AB]{9}$")
 
 # The kind digit inside our fictional FINESS numbers (after the '9' fiction marker).
 KIND_DIGIT = {"HAD": "0", "HOSPITAL": "1", "EHPAD": "2", "GP": "3"}
@@ -62,32 +61,15 @@ EHPAD_NAMES = (
 CLINIC_NAMES = ("Clinique du Parc", "Clinique Saint-Jean", "Polyclinique des Trois Rivières", "Clinique de l'Occitanie")
 
 
-def luhn_key(digits: str) -> str:
-    """The Luhn check digit of a digit string (A and B, used by Corsica, count as 0)."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch) if ch.isdigit() else 0
-        if i % 2 == 0:  # the rightmost payload digit gets doubled once the key is appended
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return str((10 - total % 10) % 10)
-
-
-def luhn_valid(value: str) -> bool:
-    return luhn_key(value[:-1]) == value[-1]
-
-
 def fictional_finess(department: str, kind: str, seq: int) -> str:
-    """A syntactically valid, clearly fictional FINESS: department prefix, '9' fiction marker,
-    a kind digit (0 HAD, 1 hospital, 2 EHPAD, 3 GP practice), a sequence, a Luhn key."""
+    """A valid, clearly fictional FINESS: department prefix, '9' fiction marker, a kind digit
+    (0 HAD, 1 hospital, 2 EHPAD, 3 GP practice), a sequence, the check key (reflexe_common.finess)."""
     head = f"{department}9{KIND_DIGIT[kind]}"
     width = 8 - len(head)
     body = f"{head}{seq:0{width}d}"
     if len(body) != 8:
         raise ValueError(f"sequence {seq} does not fit a FINESS for department {department}")
-    return body + luhn_key(body)
+    return with_key(body)
 
 
 @dataclass(frozen=True)
@@ -248,9 +230,13 @@ def build_department(geo: Geography, code: str, seed: int) -> DepartmentScenario
         for i in rng.sample(others, k=min(len(others), rng.choice((1, 1, 2)))):
             zones[i].add(insee)
 
-    # Mentions: one réadaptation per department; ante/post-partum rarely; all SOCLE.
+    # Mentions: all SOCLE; one réadaptation per department; the prefecture's HAD (the most
+    # populous zone) is the perinatal one (ante et post-partum and children under 3, as the HAD
+    # of a maternity network), so that maternity cases (MPP 19/21) and young children (MPP 22,
+    # or any MPP before 3) find an HAD.
     readaptation = rng.randrange(min(2, n))
-    perinatal = 0 if rng.random() < 0.3 else None
+    rng.random()  # drawn as before, so that the rest of a seed's scenario stays the same
+    perinatal = 0
 
     # Referring establishments.
     towns = by_pop[: max(4, n)]
@@ -291,8 +277,8 @@ def build_department(geo: Geography, code: str, seed: int) -> DepartmentScenario
             mentions.append(str(Mention.READAPTATION))
             mpp |= {"11", "12"}
         if i == perinatal:
-            mentions.append(str(Mention.ANTE_POST_PARTUM))
-            mpp |= {"19", "21"}
+            mentions += [str(Mention.ANTE_POST_PARTUM), str(Mention.ENFANTS_MOINS_3_ANS)]
+            mpp |= {"19", "21", "22"}
         equipment = {Equipment.SYRINGE_DRIVER, Equipment.OXYGEN}
         if rng.random() < 0.85:
             equipment.add(Equipment.PCA_PUMP)

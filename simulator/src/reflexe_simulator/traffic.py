@@ -77,6 +77,7 @@ MPP_MIX: tuple[tuple[str, float], ...] = (
     ("02", 3.0), ("06", 2.0), ("05", 2.0), ("08", 2.5), ("29", 2.0), ("10", 1.5),
     ("01", 1.0), ("18", 0.7), ("13", 0.5), ("24", 0.3),
     ("19", 0.3), ("21", 0.2),  # ante/post-partum (needs the mention)
+    ("22", 0.3),  # newborn at risk (needs the under-3 mention)
 )
 
 NEGATIVE_AVIS_RATE = 0.08
@@ -215,12 +216,15 @@ class ReferralFactory:
         sources = dept.sources_of_kind(kind) or list(dept.hospitals)
         source = rng.choice(sources)
         main = _weighted(rng, MPP_MIX)
-        if kind == SourceKind.EHPAD and main in ("19", "21", "29", "11"):
+        if kind == SourceKind.EHPAD and main in ("19", "21", "22", "29", "11"):
             main = "04"
 
-        # Patient.
+        # Patient. Ages follow the platform's rules (docs/domain.md): a woman of child-bearing
+        # age for 19/21, a child under 3 for 22, counted from the year the hospital's clock is in.
         if main in ("19", "21"):
-            birth_year, sex = sim_now.year - rng.randint(19, 43), "F"
+            birth_year, sex = real_now.year - rng.randint(19, 43), "F"
+        elif main == "22":
+            birth_year, sex = real_now.year - rng.randint(0, 2), rng.choice(["F", "M"])
         else:
             age = min(104, max(18, round(rng.triangular(35, 102, 84))))
             birth_year, sex = sim_now.year - age, rng.choices(["F", "M"], weights=[55, 45])[0]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from reflexe_capacity.domain.registry import authorisation_problems
 from reflexe_capacity.entrypoints.schemas import HadIn
 from reflexe_common.geography import Geography
 from reflexe_common.vocabulary import MPP_CODES, Mention
 
-from reflexe_simulator.scenario import FINESS_RE, build_scenario, fictional_finess, luhn_valid
+from reflexe_common.finess import is_finess
+from reflexe_simulator.scenario import build_scenario, fictional_finess
 
 DEPARTMENTS = ["34", "31"]
 
@@ -40,12 +42,11 @@ def test_finess_numbers_are_syntactically_valid_unique_and_carry_the_department(
     seen = []
     for code, dept in scenario.departments.items():
         for finess in [h.finess for h in dept.hads] + [s.finess for s in (*dept.hospitals, *dept.ehpads, *dept.gps)]:
-            assert FINESS_RE.fullmatch(finess), finess
+            assert is_finess(finess), finess  # the check key included
             assert finess.startswith(code) and len(finess) == 9
-            assert luhn_valid(finess)
             seen.append(finess)
     assert len(seen) == len(set(seen))
-    assert FINESS_RE.fullmatch(fictional_finess("2A", "HAD", 3)) and fictional_finess("971", "EHPAD", 12).startswith("971")
+    assert is_finess(fictional_finess("2A", "HAD", 3)) and is_finess(fictional_finess("971", "EHPAD", 12))
 
 
 def test_hads_are_plausible(scenario):
@@ -53,6 +54,9 @@ def test_hads_are_plausible(scenario):
         assert 3 <= len(dept.hads) <= 5
         assert 2 <= len(dept.hospitals) <= 4
         assert sum(Mention.READAPTATION in h.mentions for h in dept.hads) == 1
+        # One perinatal HAD per department takes the maternity cases and the children under 3.
+        [perinatal] = [h for h in dept.hads if Mention.ANTE_POST_PARTUM in h.mentions]
+        assert Mention.ENFANTS_MOINS_3_ANS in perinatal.mentions and {"19", "21", "22"} <= set(perinatal.mpp_supported)
         ehpads = {e.finess for e in dept.ehpads}
         for had in dept.hads:
             assert had.name.startswith("HAD ")
@@ -68,6 +72,7 @@ def test_hads_are_plausible(scenario):
 def test_registry_bodies_validate_against_the_capacity_schema(scenario):
     for had in scenario.hads:
         parsed = HadIn.model_validate(had.registry_body())
+        assert authorisation_problems(parsed.mentions, parsed.mpp_supported) == []
         assert parsed.to_domain(had.finess).zone_communes == frozenset(had.zone_communes)
 
 

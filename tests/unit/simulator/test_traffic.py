@@ -101,7 +101,13 @@ def test_clinical_mix_is_realistic(scenario):
     assert 0.20 < palliative < 0.30
     assert 0.05 < negative < 0.11
     assert within_24h > 0.8
-    assert all(b["clinical"]["karnofsky"] <= 50 for b in bodies if b["clinical"]["main_mpp"] == "14")
+    assert all(b["clinical"]["karnofsky"] <= 50 for b in bodies
+               if "14" in (b["clinical"]["main_mpp"], *b["clinical"]["associated_mpp"]))
+    # Maternity cases and young children run the platform's sex, age and mention rules.
+    maternity = [b for b in bodies if b["clinical"]["main_mpp"] in ("19", "21")]
+    children = [b for b in bodies if b["clinical"]["main_mpp"] == "22"]
+    assert maternity and all(b["patient"]["sex"] == "F" for b in maternity)
+    assert children and all(b["patient"]["birth_year"] >= datetime.now(UTC).year - 2 for b in children)
 
 
 def test_referral_ids_are_deterministic_for_a_seed(scenario):
