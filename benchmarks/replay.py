@@ -24,6 +24,7 @@ from reflexe.v1 import capacity_pb2 as cpb
 from reflexe.v1 import referral_pb2 as pb
 
 from reflexe_common.envelope import ts
+from reflexe_common.finess import with_key
 from reflexe_common.geography import Geography
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS
 from reflexe_indicators.entrypoints.app import GROUP, build_app
@@ -52,7 +53,7 @@ def national_year(referrals: int, seed: int = 2024):
     hads = {d: [] for d in departments}
     for n in range(HADS):
         d = departments[n % len(departments)]
-        hads[d].append(f"{d}{n:06d}"[:9].ljust(9, "0"))
+        hads[d].append(with_key(f"{d}{n:0{8 - len(d)}d}"))
     start = datetime(2024, 1, 1, tzinfo=UTC)
     events = []
     for d, finesses in hads.items():  # two declarations a day, some days missed
@@ -73,7 +74,7 @@ def national_year(referrals: int, seed: int = 2024):
 
         kind = rng.choice(KINDS)
         events.append((t, REFERRAL_EVENTS.name, d, pb.ReferralRequested(header=h(t), request=pb.ReferralRequest(
-            referral_id=rid, department=d, source=pb.Source(kind=kind, finess=f"{d}{rng.randrange(40):07d}"[:9]),
+            referral_id=rid, department=d, source=pb.Source(kind=kind, finess=with_key(f"{d}{rng.randrange(40):0{8 - len(d)}d}")),
             patient=pb.Patient(place_of_care="EHPAD" if kind == "EHPAD" else "HOME"), requested_at=ts(t)))))
         if rng.random() < 0.06:
             t += timedelta(minutes=rng.randrange(10, 120))

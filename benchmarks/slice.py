@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks.common import paced, percentiles, print_table
 from reflexe_common.envelope import unwrap
+from reflexe_common.finess import with_key
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_common.geography import Geography
 from tests.support.data import had_body, referral_body
@@ -115,7 +116,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                 httpx.AsyncClient(base_url=services["capacity"].url) as capacity, \
                 httpx.AsyncClient(base_url=services["notify"].url) as notify:
             for n in range(8):  # eight HADs sharing the department, ample places
-                had = f"34990{n:04d}"
+                had = with_key(f"34990{n:03d}")
                 await capacity.put(f"/v1/hads/{had}", json=had_body(f"HAD bench {n}", communes, places=5000), headers=token("admin"))
                 await notify.post("/v1/subscriptions", headers=token("had", finess=had),
                                   json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"]})

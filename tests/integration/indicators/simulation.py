@@ -26,6 +26,7 @@ from reflexe.v1 import capacity_pb2 as cpb
 from reflexe.v1 import referral_pb2 as pb
 
 from reflexe_common.envelope import ts, wrap
+from reflexe_common.finess import with_key
 from tests.support.data import pseudonym
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -51,12 +52,16 @@ class Ev:
     event_id: str = ""
 
 
+def _finess(dept: str, kind: str, n: int) -> str:
+    return with_key(f"{dept}{kind}{n:0{6 - len(dept)}d}")
+
+
 def hads(dept: str) -> list[str]:
-    return [f"{dept}9900{n:02d}" for n in range(3)]
+    return [_finess(dept, "99", n) for n in range(3)]
 
 
 def sources(dept: str) -> list[tuple[str, str]]:
-    return [(f"{dept}8800{n:02d}", KINDS[(n + (dept == "973")) % len(KINDS)]) for n in range(4)]
+    return [(_finess(dept, "88", n), KINDS[(n + (dept == "973")) % len(KINDS)]) for n in range(4)]
 
 
 def _t(rng: random.Random, start: datetime, end: datetime) -> datetime:

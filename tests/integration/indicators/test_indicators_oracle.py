@@ -17,6 +17,7 @@ from openpyxl import load_workbook
 
 from reflexe_indicators.entrypoints.app import build_app
 from reflexe_indicators.settings import IndicatorsSettings
+from tests.integration.indicators import simulation
 from tests.integration.indicators.simulation import DEPARTMENTS, PARIS, differences, encode, generate, oracle
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.issuer import suite_issuer
@@ -101,7 +102,7 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
     assert m972["cancellations"] > 0 and m972["ineligible"] > 0 and m972["admissions_in_ehpad"] > 0
     assert 0 < m972["stale_share"] < 1 and m972["days_below_viability"] > 0
     assert m972["ed_exits"] > 0 and 0 < m972["ed_stay_median_min"] <= m972["ed_stay_p90_min"]
-    had_days = [r for r in await _rows(service, "had", "day") if r["key"] == "972900005"]
+    had_days = [r for r in await _rows(service, "had", "day") if r["key"] == simulation.hads("972")[0]]
     assert any(r["had_days"] and not r["days_below_viability"] for r in had_days), "the big HAD is above 50 patients some days"
     # Urgent and planned, their shares, the avis and their outcomes, the rates per inhabitant.
     for department in DEPARTMENTS:
@@ -177,7 +178,7 @@ async def test_scopes_and_authentication(service, simulated):
     assert (await service.get("/v1/indicators", params=params)).status_code == 401
     assert (await service.get("/v1/indicators", params=params, headers={"Authorization": "Bearer nope"})).status_code == 401
     assert (await service.get("/v1/indicators/export.xlsx", params={"month": "2025-03"})).status_code == 401
-    assert (await service.get("/v1/indicators", params=params, headers=token("hospital", finess="972800007"))).status_code == 403
+    assert (await service.get("/v1/indicators", params=params, headers=token("hospital", finess=simulation.sources("972")[0][0]))).status_code == 403
     desk = token("desk", department="972")
     assert (await service.get("/v1/indicators", params={**params, "department": "973"}, headers=desk)).status_code == 403
     assert {r["key"] for r in (await service.get("/v1/indicators", params=params, headers=desk)).json()["rows"]} == {"972"}
@@ -186,10 +187,10 @@ async def test_scopes_and_authentication(service, simulated):
     assert {r["key"] for r in (await service.get("/v1/indicators", params=params, headers=ars)).json()["rows"]} == {"972"}
     region = (await service.get("/v1/indicators", params={**params, "level": "region"}, headers=ars)).json()["rows"]
     assert {r["key"] for r in region} == {"02"}
-    had = token("had", finess="972900013")
+    had = token("had", finess=simulation.hads("972")[1])
     assert (await service.get("/v1/indicators", params=params, headers=had)).status_code == 403
     own = (await service.get("/v1/indicators", params={**params, "level": "had"}, headers=had)).json()["rows"]
-    assert own and {r["key"] for r in own} == {"972900013"}
+    assert own and {r["key"] for r in own} == {simulation.hads("972")[1]}
     for who in (desk, ars, had):
         assert (await service.post("/v1/indicators/replay", headers=who)).status_code == 403
         assert (await service.get("/v1/indicators/replay", headers=who)).status_code == 403
