@@ -76,3 +76,11 @@ def test_the_schema_type_refuses_a_wrong_key_naming_the_field():
         _Holder(finess="340780478")
     [error] = refused.value.errors()
     assert error["loc"] == ("finess",) and "Luhn key" in error["msg"]
+
+
+def test_an_inbound_topic_is_only_made_for_a_valid_finess():
+    from reflexe_common.topics import INBOUND_REFERRALS
+
+    assert INBOUND_REFERRALS.sender(INBOUND_REFERRALS.topic("2B0000012").name) == "2B0000012"
+    with pytest.raises(ValueError):
+        INBOUND_REFERRALS.topic("340780478")

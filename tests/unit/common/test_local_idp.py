@@ -29,6 +29,7 @@ def test_from_env_needs_the_issuer_and_reads_the_admin_credentials():
 @pytest.mark.parametrize("role, scope, message", [
     ("hospital", {}, "needs a FINESS"),
     ("hospital", {"finess": "34-123"}, "invalid finess"),
+    ("had", {"finess": "340780478"}, "invalid finess"),  # its check key is wrong
     ("desk", {"department": "345"}, "invalid department"),
     ("ars", {"region": "Occitanie"}, "invalid region"),
 ])

@@ -50,6 +50,7 @@ def test_a_pid_3_without_a_pi_identifier_is_an_ae_naming_pid_3():
     ("MSH|^~\\&|A|340780477|B|C|20261126||ADT^A01|X1|P|2.3", "MSH^1^12"),
     ("MSH|^~\\&|A|340780477|B|C|20261126||ADT^A01||P|2.5", "MSH^1^10"),
     ("MSH|^~\\&|A|CHU-MTP|B|C|20261126||ADT^A01|X1|P|2.5", "MSH^1^4"),
+    ("MSH|^~\\&|A|340780478|B|C|20261126||ADT^A01|X1|P|2.5", "MSH^1^4"),  # the FINESS key is wrong
 ])
 def test_what_is_not_an_adt_2_5_from_a_finess_is_rejected_ar(raw, location):
     with pytest.raises(Rejection) as refused:
