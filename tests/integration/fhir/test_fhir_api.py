@@ -150,7 +150,13 @@ async def test_errors_are_operation_outcomes_naming_the_element(client, validato
     unknown_commune = with_extension(fm.EXT_CARE_COMMUNE, valueCode="34999")
     bad_karnofsky = with_extension(fm.EXT_KARNOFSKY, valueInteger=55)
     nir_in_unit = with_extension(fm.EXT_SOURCE_UNIT, valueString="patient 2 41 03 34 172 005 12")
-    for resource, expression in [(unknown_mpp, "ServiceRequest.code"),
+    # The rules at the door (docs/domain.md): a FINESS whose key is wrong, an MPP the patient cannot have.
+    wrong_key = service_request_resource(hospital[:8] + str((int(hospital[8]) + 1) % 10))
+    pregnancy_of_a_man = service_request_resource(hospital, code={"coding": [{"system": fm.MPP_SYSTEM, "code": "19"}]})
+    pregnancy_of_a_man["contained"][0]["gender"] = "male"
+    for resource, expression in [(wrong_key, "ServiceRequest.requester.identifier.value"),
+                                 (pregnancy_of_a_man, "ServiceRequest.code"),
+                                 (unknown_mpp, "ServiceRequest.code"),
                                  (unknown_commune, f"ServiceRequest.extension('{fm.EXT_CARE_COMMUNE}')"),
                                  (bad_karnofsky, f"ServiceRequest.extension('{fm.EXT_KARNOFSKY}')"),
                                  (nir_in_unit, f"ServiceRequest.extension('{fm.EXT_SOURCE_UNIT}')")]:
