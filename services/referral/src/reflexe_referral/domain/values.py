@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from reflexe_common.ages import PossibleAges
 from reflexe_common.finess import FINESS_PROBLEM, is_finess
 from reflexe_common.privacy import PSEUDONYM_DESCRIPTION, find_direct_identifier, is_pseudonym
-from reflexe_common.ages import PossibleAges
 from reflexe_common.vocabulary import (
     CHILDBEARING_AGES,
     KARNOFSKY_MAX_BY_MPP,
@@ -184,10 +184,11 @@ class ReferralRequest:
                 if patient.sex is not Sex.F:
                     problems.append((path, f"{what} is for a female patient; patient.sex is {patient.sex}"))
                 elif not ages.may_be_within(low, high):
-                    problems.append((path, f"{what} is for a woman aged {low} to {high}; born in "
-                                           f"{patient.birth_year}, the patient is {ages}"))
+                    # The ages, not the birth year: a dead letter's reason is logged.
+                    problems.append((path, f"{what} is for a woman aged {low} to {high}; from patient.birth_year "
+                                           f"the patient is {ages}"))
             if code in MPP_FOR_UNDER_3 and not ages.may_be_under(UNDER_3_YEARS):
-                problems.append((path, f"{what} is for a child under {UNDER_3_YEARS}; born in {patient.birth_year}, "
+                problems.append((path, f"{what} is for a child under {UNDER_3_YEARS}; from patient.birth_year "
                                        f"the patient is at least {ages.youngest}"))
             limit = KARNOFSKY_MAX_BY_MPP.get(code)
             if limit is not None and clinical.karnofsky > limit:
