@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from reflexe.v1 import capacity_pb2, referral_pb2
 
 from reflexe_common.envelope import ts
+from reflexe_common.finess import with_key
 from reflexe_notify.adapters import store
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.entrypoints.app import build_app
@@ -90,7 +91,7 @@ async def url(app: Any) -> AsyncIterator[str]:
 
 
 def capacity_changed(department: str, live: int) -> capacity_pb2.LivePlacesChanged:
-    return capacity_pb2.LivePlacesChanged(had_finess=f"{department}0000001"[:9], department=department,
+    return capacity_pb2.LivePlacesChanged(had_finess=with_key(f"{department}0000001"[:8]), department=department,
                                           occurred_at=ts(AT), live_places=live, declared_places=live, status="OPEN",
                                           authorised_places=50)
 
