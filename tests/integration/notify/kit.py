@@ -24,6 +24,7 @@ from reflexe.v1 import matching_pb2, referral_pb2
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import Envelope, ts, wrap
+from reflexe_common.finess import with_key
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_notify.entrypoints.app import build_app as build_notify
 from reflexe_notify.settings import NotifySettings
