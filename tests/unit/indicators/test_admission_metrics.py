@@ -31,7 +31,7 @@ def sample(name: str, **labels) -> float:
 
 def admitted(department: str, at: datetime) -> pb.PatientAdmitted:
     header = pb.ReferralEventHeader(referral_id=str(uuid.uuid4()), department=department, occurred_at=ts(at))
-    return pb.PatientAdmitted(header=header, had_finess="974990000")
+    return pb.PatientAdmitted(header=header, had_finess="974990004")
 
 
 async def test_planned_admissions_count_on_time_or_late_on_the_departments_clock() -> None:

@@ -20,7 +20,7 @@ from reflexe_referral.domain import (
     end_of_planned_day,
 )
 
-HAD = "340000018"
+HAD = "340000017"
 
 
 def planned(make_request, planned_date: date, department: str = "34", **overrides):
