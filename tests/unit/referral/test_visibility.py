@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from reflexe_common.auth import Principal, Role
 from reflexe_referral.domain import Referral
-from reflexe_referral.entrypoints.api import _events_for, _may_see, _view_for
+from reflexe_referral.entrypoints.api import _events_for, _may_see, _steers, _view_for
 from tests.unit.referral.conftest import REQUESTED_AT, make_request
 
 X, Y = "340000116", "340000298"
@@ -91,3 +91,14 @@ def test_own_explanation_keeps_the_hads_own_sentence_only():
     assert own_explanation(EXPLANATION, X) == f"Proposé à HAD X ({X}) : déclaration fraîche, 3/40 places libres, réponse médiane 12 min."
     assert own_explanation(EXPLANATION, Y) == "", "a sentence proposing another HAD says nothing to this one"
     assert own_explanation(f"Proposé à HAD Y ({Y}) : déclaration fraîche.", Y) == f"Proposé à HAD Y ({Y}) : déclaration fraîche."
+
+
+def test_a_neighbouring_desk_sees_a_referral_only_once_widened_to_it_and_never_steers_it():
+    referral, _, step = history()
+    desk_30, desk_12 = Principal(Role.DESK, "d", department="30"), Principal(Role.DESK, "d", department="12")
+    assert not _may_see(desk_30, referral)
+    step(lambda r: r.widen(["30"], at(10)))
+    assert _may_see(desk_30, referral) and _may_see(DESK_34, referral)
+    assert not _may_see(desk_12, referral) and not _may_see(DESK_31, referral)  # only the departments widened to
+    assert _steers(DESK_34, referral) and not _steers(desk_30, referral)
+    assert _steers(ADMIN, referral)

@@ -77,8 +77,9 @@ class ReferralStore:
 
     async def _save_state(self, referral: Referral, at: datetime) -> None:
         await self._conn.execute(
-            "UPDATE referrals SET status = $2, version = $3, updated_at = $4 WHERE referral_id = $1",
+            "UPDATE referrals SET status = $2, version = $3, updated_at = $4, widened_to = $5 WHERE referral_id = $1",
             uuid.UUID(referral.referral_id), str(referral.status), referral.version, at,
+            [d for d in referral.departments if d != referral.department],
         )
         await self._reset_clocks(referral)
 

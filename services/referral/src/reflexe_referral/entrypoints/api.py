@@ -58,7 +58,8 @@ def _service(request: Request) -> ReferralService:
 def _may_see(principal: Principal, referral: Referral) -> bool:
     """Hospitals see their own referrals; an HAD one while the current offer is its own or once it
     accepted it (not after declining, nor once its offer expired or went to another); desks their
-    department; admins all."""
+    department's, and those whose search was widened to their department (they may find the HAD
+    among theirs); admins all."""
     if principal.role == Role.ADMIN:
         return True
     if principal.role == Role.HOSPITAL:
@@ -69,8 +70,14 @@ def _may_see(principal: Principal, referral: Referral) -> bool:
             (offer is not None and offer.had_finess == principal.finess)
             or principal.finess in (referral.accepted_had, referral.admitted_had))
     if principal.role == Role.DESK:
-        return referral.department == principal.department
+        return principal.department in referral.departments
     return False
+
+
+def _steers(principal: Principal, referral: Referral) -> bool:
+    """A referral is steered (offered, widened, closed) by its own department's desk only: a
+    neighbouring desk it was widened to reads it, the desk that asked for help decides."""
+    return principal.role != Role.DESK or referral.department == principal.department
 
 
 def _check_can_see(request: Request, principal: Principal, referral: Referral) -> None:
@@ -134,6 +141,9 @@ def _check_scope_for_action(request: Request, principal: Principal, referral: Re
         return
     if not _may_see(principal, referral):
         raise _hidden(request, principal, referral)
+    if not _steers(principal, referral):
+        raise ApiError(403, "NOT_THE_REFERRAL_DESK", f"referral {referral.referral_id} is steered by the desk of "
+                                                     f"department {referral.department}, which widened it to yours")
 
 
 @router.post("/referrals", status_code=201, summary="Post a referral (hospital, EHPAD or GP system)")

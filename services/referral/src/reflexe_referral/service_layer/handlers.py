@@ -96,9 +96,10 @@ class ReferralService:
         return Referral.from_events(events), events
 
     async def open_referrals(self, department: str, limit: int = 200, offset: int = 0) -> list[Referral]:
+        """The department's open referrals, and those another desk widened the search to it."""
         async with self._pool.acquire() as conn:
             ids = await conn.fetch(
-                "SELECT referral_id FROM referrals WHERE department = $1 "
+                "SELECT referral_id FROM referrals WHERE (department = $1 OR widened_to @> ARRAY[$1]) "
                 "AND status NOT IN ('INELIGIBLE', 'CANCELLED', 'DISCHARGED', 'ADMITTED') "
                 "ORDER BY requested_at, referral_id LIMIT $2 OFFSET $3",
                 department, limit, offset,
