@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reflexe/v1/capacity.proto\x12\nreflexe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0f\x44\x65\x63lareCapacity\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x18\n\x10places_available\x18\x02 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd3\x01\n\x10\x43\x61pacityDeclared\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x18\n\x10places_available\x18\x03 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\"\xc5\x01\n\x11LivePlacesChanged\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_places\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x63lared_places\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reflexe/v1/capacity.proto\x12\nreflexe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0f\x44\x65\x63lareCapacity\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x18\n\x10places_available\x18\x02 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x01\n\x10\x43\x61pacityDeclared\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x18\n\x10places_available\x18\x03 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\"\xda\x01\n\x11LivePlacesChanged\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_places\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x63lared_places\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECLARECAPACITY']._serialized_start=75
   _globals['_DECLARECAPACITY']._serialized_end=238
   _globals['_CAPACITYDECLARED']._serialized_start=241
-  _globals['_CAPACITYDECLARED']._serialized_end=452
-  _globals['_LIVEPLACESCHANGED']._serialized_start=455
-  _globals['_LIVEPLACESCHANGED']._serialized_end=652
+  _globals['_CAPACITYDECLARED']._serialized_end=473
+  _globals['_LIVEPLACESCHANGED']._serialized_start=476
+  _globals['_LIVEPLACESCHANGED']._serialized_end=694
 # @@protoc_insertion_point(module_scope)

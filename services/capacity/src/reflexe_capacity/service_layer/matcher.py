@@ -179,7 +179,8 @@ class Matcher:
             await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.CapacityDeclared(
                 had_finess=had.finess, department=department, places_available=declaration.places_available,
                 admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
-                declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places), EVENT_SOURCE))
+                declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
+                departments=sorted(had.departments)), EVENT_SOURCE))
             await self.emit_live_places(store, ledger, declaration.declared_at, had)
         return True
 
@@ -191,7 +192,7 @@ class Matcher:
         await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.LivePlacesChanged(
             had_finess=had.finess, department=department, occurred_at=ts(at), live_places=ledger.live_places(),
             declared_places=d.places_available if d else 0, status=str(d.status) if d else "",
-            authorised_places=had.authorised_places), EVENT_SOURCE))
+            authorised_places=had.authorised_places, departments=sorted(had.departments)), EVENT_SOURCE))
 
     @staticmethod
     async def _emit_matching(store: CapacityStore, department: str, message, at: datetime) -> None:
