@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 
@@ -12,8 +13,8 @@ import pytest
 from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 
 from reflexe_common.envelope import ts, wrap
-from reflexe_notify.adapters.events import desk_event_from, notice_from
-from reflexe_notify.domain.desk import ALERTS, DeskEvent, describe
+from reflexe_notify.adapters.events import desk_event_from, notice_from, other_desks_named
+from reflexe_notify.domain.desk import ALERTS, DeskEvent, describe, desks_told
 from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.routing import EventKind as K
 from reflexe_notify.domain.routing import recipients_for
@@ -87,6 +88,40 @@ def test_capacity_changes_reach_the_stream_of_the_hads_department() -> None:
     declared = capacity_pb2.CapacityDeclared(had_finess="340011295", department="34", places_available=5,
                                              status="SATURATED", declared_at=ts(AT))
     assert desk_event_from(wrap(declared, "tests")).data["declared_places"] == 5
+
+
+def test_a_multi_department_hads_capacity_names_every_desk_it_serves() -> None:
+    changed = capacity_pb2.LivePlacesChanged(had_finess="310781406", department="31", occurred_at=ts(AT),
+                                             live_places=2, departments=["31", "81"])
+    envelope = wrap(changed, "tests")
+    entry = desk_event_from(envelope)
+    assert desks_told(entry.department, other_desks_named(envelope)) == ["31", "81"]
+    one_department = wrap(capacity_pb2.CapacityDeclared(had_finess="340011295", department="34", declared_at=ts(AT),
+                                                        departments=["34"]), "tests")
+    assert desks_told("34", other_desks_named(one_department)) == ["34"]
+
+
+def test_a_widened_referral_alerts_the_neighbouring_desk_only() -> None:
+    envelope = wrap(referral_pb2.SearchWidened(header=header(), departments=["30", "12"]), "tests")
+    entry = desk_event_from(envelope)
+    assert desks_told(entry.department, other_desks_named(envelope)) == ["34", "30", "12"]
+    assert not entry.alert  # the widening desk's own act
+    neighbour = replace(entry, department="30")
+    assert neighbour.alert and neighbour.widened_here
+    payload = neighbour.payload(7)
+    assert payload["department"] == "30" and payload["data"]["department"] == "34" and payload["alert"]
+    assert payload["title"] == "Demande d'un département voisin" and "du département 34" in payload["text"]
+    # Later events of the referral on the neighbour's stream are what they are, not a widening.
+    accepted = replace(desk_event_from(wrap(referral_pb2.OfferAccepted(header=header(), offer_id="o1",
+                                                                       had_finess="300000000"), "tests")), department="30")
+    assert not accepted.alert and not accepted.widened_here
+
+
+def test_events_that_name_no_other_desk() -> None:
+    for message in (referral_pb2.OfferAccepted(header=header(), offer_id="o1", had_finess="340011295"),
+                    referral_pb2.ReferralCancelled(header=header(), reason="PATIENT_REFUSED")):
+        assert other_desks_named(wrap(message, "tests")) == ()
+    assert desks_told("34", [], ["34", ""]) == ["34"]
 
 
 def test_the_stream_never_carries_the_patient_block() -> None:

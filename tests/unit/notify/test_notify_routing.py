@@ -12,7 +12,7 @@ from reflexe_common.envelope import ts, wrap
 from reflexe_notify.adapters.events import notice_from
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind as K
-from reflexe_notify.domain.routing import recipients_for
+from reflexe_notify.domain.routing import HAD_AUDIENCE, HadAudience, had_audience, hads_told, recipients_for
 from tests.support.data import pseudonym
 
 DESK, HAD, HOSPITAL = "desk:34", "had:340011295", "hospital:340780477"
@@ -24,9 +24,10 @@ AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
     (K.OFFER_UNANSWERED, {DESK, HAD}),
     (K.OFFER_ACCEPTED, {DESK, HOSPITAL}),
     (K.OFFER_DECLINED, {DESK, HOSPITAL}),
-    (K.OFFER_EXPIRED, {DESK, HOSPITAL}),
+    (K.OFFER_EXPIRED, {DESK, HAD, HOSPITAL}),
+    (K.OFFER_WITHDRAWN, {DESK, HAD}),
     (K.REFERRAL_ADMITTED, {DESK, HOSPITAL}),
-    (K.REFERRAL_CANCELLED, {DESK, HOSPITAL}),
+    (K.REFERRAL_CANCELLED, {DESK, HOSPITAL}),  # HADs hear of it only as concerned (below)
     (K.REFERRAL_REQUESTED, {DESK}),
     (K.REFERRAL_ESCALATED, {DESK}),
     (K.ADMISSION_OVERDUE, {DESK}),
@@ -34,6 +35,26 @@ AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 ])
 def test_routing_table(kind: K, expected: set[str]) -> None:
     assert {str(r) for r in recipients_for(kind, "34", "340011295", "340780477")} == expected
+
+
+def test_a_cancellation_reaches_every_had_it_concerns_and_no_other() -> None:
+    told = {str(r) for r in recipients_for(K.REFERRAL_CANCELLED, "34", None, "340780477",
+                                           concerned_hads=["340011295", "310781406", "340011295"])}
+    assert told == {DESK, HOSPITAL, HAD, "had:310781406"}
+
+
+def test_only_the_named_had_hears_of_its_own_offer_whatever_the_referral_concerns() -> None:
+    for kind in (K.OFFER_EXPIRED, K.OFFER_WITHDRAWN, K.OFFER_UNANSWERED, K.OFFER_PROPOSED):
+        hads = [r for r in recipients_for(kind, "34", "340011295", None, concerned_hads=["310781406"])
+                if r.kind == "had"]
+        assert [str(r) for r in hads] == [HAD]
+    assert hads_told(K.OFFER_EXPIRED, None) == []  # no HAD named, none told
+
+
+def test_events_of_no_had_audience_reach_no_had() -> None:
+    for kind in set(K) - set(HAD_AUDIENCE):
+        assert hads_told(kind, "340011295", ["310781406"]) == []
+    assert had_audience(K.REFERRAL_CANCELLED) is HadAudience.CONCERNED
 
 
 def test_an_unknown_source_hospital_is_left_out() -> None:
@@ -88,6 +109,21 @@ def test_offer_declined_carries_its_reason() -> None:
     assert notice.kind is K.OFFER_DECLINED
     assert notice.data == {"referral_id": "r-1", "department": "34", "offer_id": "o-1", "had_finess": "340011295",
                            "reason": "NO_CAPACITY"}
+
+
+def test_an_offer_withdrawn_tells_its_had_why_and_names_no_other() -> None:
+    notice = notice_from(wrap(referral_pb2.OfferWithdrawn(header=header(), offer_id="o-1", had_finess="340011295",
+                                                          why="referral is CANCELLED"), "referral"))
+    assert notice.kind is K.OFFER_WITHDRAWN and notice.had_finess == "340011295"
+    assert notice.data == {"referral_id": "r-1", "department": "34", "offer_id": "o-1", "had_finess": "340011295",
+                           "why": "referral is CANCELLED"}
+
+
+def test_a_cancellation_names_no_had() -> None:
+    notice = notice_from(wrap(referral_pb2.ReferralCancelled(header=header(), reason="PATIENT_DECEASED",
+                                                             text="free text"), "referral"))
+    assert notice.kind is K.REFERRAL_CANCELLED and notice.had_finess is None
+    assert notice.data == {"referral_id": "r-1", "department": "34", "reason": "PATIENT_DECEASED"}
 
 
 def test_events_nobody_hears_of() -> None:

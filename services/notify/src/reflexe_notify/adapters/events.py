@@ -56,6 +56,9 @@ def notice_from(envelope: Envelope) -> Notice | None:
     if kind is not None:
         extra = {"reason": m.reason} if isinstance(m, referral_pb2.OfferDeclined) else {}
         return notice(kind, m.had_finess, offer_id=m.offer_id, had_finess=m.had_finess, **extra)
+    if isinstance(m, referral_pb2.OfferWithdrawn):
+        # The matcher's offer reached the HAD (offer.proposed) before the referral refused it.
+        return notice(K.OFFER_WITHDRAWN, m.had_finess, offer_id=m.offer_id, had_finess=m.had_finess, why=m.why)
     if isinstance(m, referral_pb2.ReferralRequested):
         return notice(K.REFERRAL_REQUESTED, source_kind=m.request.source.kind,
                       main_mpp=m.request.clinical.main_mpp, urgency=m.request.clinical.urgency)
@@ -79,6 +82,15 @@ _DESK_ONLY = {  # referral events the desk page follows beyond those notified
     referral_pb2.PatientDischarged: "referral.discharged",
     referral_pb2.ReferralDeclaredIneligible: "referral.ineligible",
 }
+
+
+def other_desks_named(envelope: Envelope) -> tuple[str, ...]:
+    """The departments beyond the record's own whose desks an event names: every department a
+    multi-department HAD serves (its capacity), those a search is widened to."""
+    m: Message = envelope.message
+    if isinstance(m, (capacity_pb2.LivePlacesChanged, capacity_pb2.CapacityDeclared, referral_pb2.SearchWidened)):
+        return tuple(m.departments)
+    return ()
 
 
 def desk_event_from(envelope: Envelope) -> DeskEvent | None:

@@ -38,6 +38,20 @@ async def source_finess(conn: asyncpg.Connection, referral_id: str) -> str | Non
     return await conn.fetchval("SELECT source_finess FROM referrals WHERE referral_id = $1", referral_id)
 
 
+async def remember_widening(conn: asyncpg.Connection, referral_id: str, departments: Sequence[str]) -> None:
+    await conn.executemany(
+        "INSERT INTO referral_widenings (referral_id, department) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [(referral_id, d) for d in departments],
+    )
+
+
+async def widened_to(conn: asyncpg.Connection, referral_id: str) -> list[str]:
+    """The neighbouring departments this referral's search was widened to, in the order widened."""
+    rows = await conn.fetch("SELECT department FROM referral_widenings WHERE referral_id = $1 "
+                            "ORDER BY widened_at, department", referral_id)
+    return [r["department"] for r in rows]
+
+
 # ---------------------------------------------------------------- deliveries
 
 
@@ -339,4 +353,7 @@ async def prune_desk_events(pool: asyncpg.Pool, keep_days: float) -> int:
     """Entries older than the retention go (the counter rows stay: numbers never restart)."""
     done = await pool.execute("DELETE FROM desk_events WHERE recorded_at < now() - make_interval(secs => $1)",
                               keep_days * 86400)
+    # A referral is settled long before its stream entries age out: its neighbours stop following it.
+    await pool.execute("DELETE FROM referral_widenings WHERE widened_at < now() - make_interval(secs => $1)",
+                       keep_days * 86400)
     return int(done.split()[-1])

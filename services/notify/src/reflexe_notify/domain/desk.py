@@ -4,6 +4,7 @@ Pure: the same wording serves the desk page's alerts and the e-mails. Pseudonymo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,6 +104,12 @@ def describe_timeline_event(event_type: str, data: dict[str, Any]) -> tuple[str,
     return describe(TIMELINE_KINDS.get(event_type, event_type), data)
 
 
+def desks_told(department: str, *others: Iterable[str]) -> list[str]:
+    """The desks whose stream an event enters: its own department's first, then each other one
+    (a multi-department HAD's, a neighbour the search was widened to), once each."""
+    return list(dict.fromkeys(d for d in (department, *(d for group in others for d in group)) if d))
+
+
 def _urgency(code: str | None) -> str:
     return {"WITHIN_24H": "sous 24 h", "PLANNED": "programmée", "IMMEDIATE": "immédiate"}.get(code or "", code or "")
 
@@ -118,10 +125,20 @@ class DeskEvent:
     data: dict[str, Any]
 
     @property
+    def widened_here(self) -> bool:
+        """A referral of another department whose search now includes this desk's: a request for
+        its help, so an alert on its stream (on the widening desk's own, only a record)."""
+        return self.kind == "referral.widened" and self.data.get("department") not in (None, self.department)
+
+    @property
     def alert(self) -> bool:
-        return self.kind in ALERTS
+        return self.kind in ALERTS or self.widened_here
 
     def payload(self, seq: int) -> dict[str, Any]:
         title, text = describe(self.kind, self.data)
+        if self.widened_here:
+            title = "Demande d'un département voisin"
+            text = (f"Demande {short(self.data.get('referral_id'))} du département {self.data.get('department')} : "
+                    "recherche élargie à votre département.")
         return {"seq": seq, "type": self.kind, "department": self.department, "occurred_at": self.occurred_at.isoformat(),
                 "alert": self.alert, "title": title, "text": text, "data": self.data}

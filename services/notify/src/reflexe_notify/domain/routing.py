@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from reflexe_notify.domain.recipients import Recipient
@@ -15,6 +16,7 @@ class EventKind(StrEnum):
     OFFER_ACCEPTED = "offer.accepted"
     OFFER_DECLINED = "offer.declined"
     OFFER_EXPIRED = "offer.expired"
+    OFFER_WITHDRAWN = "offer.withdrawn"
     REFERRAL_REQUESTED = "referral.requested"
     REFERRAL_ESCALATED = "referral.escalated"
     REFERRAL_ADMITTED = "referral.admitted"
@@ -23,21 +25,51 @@ class EventKind(StrEnum):
     DELIVERY_FAILED = "delivery.failed"
 
 
-_TO_HAD = {EventKind.OFFER_PROPOSED, EventKind.OFFER_UNANSWERED}
+class HadAudience(StrEnum):
+    """Which HADs hear of an event."""
+
+    NAMED = "named"  # the HAD the event names: its own offer
+    CONCERNED = "concerned"  # every HAD whose offer is open or whose acceptance stands on the referral
+
+
+# An HAD must know when what it holds a place or a team for changes: an offer made to it, left
+# unanswered, expired or withdrawn, and the referral it was offered or accepted cancelled. A new
+# event concerning HADs needs only its line here.
+HAD_AUDIENCE: dict[EventKind, HadAudience] = {
+    EventKind.OFFER_PROPOSED: HadAudience.NAMED,
+    EventKind.OFFER_UNANSWERED: HadAudience.NAMED,
+    EventKind.OFFER_EXPIRED: HadAudience.NAMED,
+    EventKind.OFFER_WITHDRAWN: HadAudience.NAMED,
+    EventKind.REFERRAL_CANCELLED: HadAudience.CONCERNED,
+}
 _TO_SOURCE_HOSPITAL = {
     EventKind.OFFER_ACCEPTED, EventKind.OFFER_DECLINED, EventKind.OFFER_EXPIRED,
     EventKind.REFERRAL_ADMITTED, EventKind.REFERRAL_CANCELLED,
 }
 
 
+def had_audience(kind: EventKind) -> HadAudience | None:
+    return HAD_AUDIENCE.get(kind)
+
+
+def hads_told(kind: EventKind, named_had: str | None, concerned_hads: Iterable[str] = ()) -> list[str]:
+    """The FINESS of the HADs an event of this kind is told to: the one it names, or those the
+    referral concerns (known to the caller: they are stored, not in the event)."""
+    match had_audience(kind):
+        case HadAudience.NAMED:
+            return [named_had] if named_had else []
+        case HadAudience.CONCERNED:
+            return list(dict.fromkeys(concerned_hads))
+    return []
+
+
 def recipients_for(kind: EventKind, department: str, had_finess: str | None = None,
-                   source_finess: str | None = None) -> list[Recipient]:
-    """Every event goes to the department's desk; some also to the HAD or the source hospital.
+                   source_finess: str | None = None, concerned_hads: Iterable[str] = ()) -> list[Recipient]:
+    """Every event goes to the department's desk; some also to HADs or the source hospital.
 
     The source hospital is left out when unknown (its ReferralRequested was never seen)."""
     recipients = [Recipient.desk(department)]
-    if kind in _TO_HAD and had_finess:
-        recipients.append(Recipient.had(had_finess))
+    recipients += [Recipient.had(finess) for finess in hads_told(kind, had_finess, concerned_hads)]
     if kind in _TO_SOURCE_HOSPITAL and source_finess:
         recipients.append(Recipient.hospital(source_finess))
     return recipients

@@ -61,8 +61,7 @@ async def record(conn: asyncpg.Connection, event: DeskEvent) -> None:
         # A desk's choice is told by the offer it makes (OfferMade), with its hold.
         concerned = [had]
     elif referral_id and event.kind in _TO_CONCERNED:
-        concerned = [r["had_finess"] for r in await conn.fetch(
-            "SELECT had_finess FROM had_referrals WHERE referral_id = $1 AND concerned", referral_id)]
+        concerned = await concerned_hads(conn, referral_id)
     for finess in concerned:
         if event.kind in _OPENS or event.kind in _ENDS:
             await conn.execute(
@@ -74,6 +73,13 @@ async def record(conn: asyncpg.Connection, event: DeskEvent) -> None:
             await conn.execute("UPDATE had_referrals SET last_event = $3, updated_at = now() "
                                "WHERE had_finess = $1 AND referral_id = $2", finess, referral_id, event.kind)
         await store.append_desk_event(conn, _for_had(event, finess))
+
+
+async def concerned_hads(conn: asyncpg.Connection, referral_id: str) -> list[str]:
+    """The HADs still part of this referral: its offer open to them, or their acceptance standing."""
+    rows = await conn.fetch("SELECT had_finess FROM had_referrals WHERE referral_id = $1 AND concerned "
+                            "ORDER BY had_finess", referral_id)
+    return [r["had_finess"] for r in rows]
 
 
 async def concerned_referrals(pool: asyncpg.Pool, finess: str, limit: int = 50) -> list[str]:

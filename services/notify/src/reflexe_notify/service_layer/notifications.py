@@ -12,13 +12,13 @@ from reflexe.v1 import referral_pb2
 from reflexe_common.envelope import Envelope
 from reflexe_common.visibility import own_explanation
 from reflexe_notify.adapters import store
-from reflexe_notify.adapters.events import desk_event_from, notice_from
+from reflexe_notify.adapters.events import desk_event_from, notice_from, other_desks_named
 from reflexe_notify.adapters.store import Claimed
-from reflexe_notify.domain.desk import DeskEvent
+from reflexe_notify.domain.desk import DeskEvent, desks_told
 from reflexe_notify.domain.email import page_url
 from reflexe_notify.domain.notices import Notice
 from reflexe_notify.domain.recipients import Recipient
-from reflexe_notify.domain.routing import EventKind, recipients_for
+from reflexe_notify.domain.routing import EventKind, HadAudience, had_audience, recipients_for
 from reflexe_notify.service_layer import had_stream
 
 
@@ -31,15 +31,19 @@ def event_handler(attempt_limit: int, public_url: str | None = None):
         if isinstance(message, referral_pb2.ReferralRequested):
             await store.remember_referral(conn, message.header.referral_id, message.header.department,
                                           message.request.source.finess)
-        desk_event = desk_event_from(envelope)
-        if desk_event is not None:  # the desks' live stream, committed with the inbox record
-            await store.append_desk_event(conn, desk_event)
-            await had_stream.record(conn, desk_event)  # and the stream of each HAD it concerns
         notice = notice_from(envelope)
+        # The HADs a referral concerns are read before its stream entry below ends their part in it.
+        concerned = await had_stream.concerned_hads(conn, notice.referral_id) \
+            if notice and notice.referral_id and had_audience(notice.kind) is HadAudience.CONCERNED else []
+        desk_event = desk_event_from(envelope)
+        if desk_event is not None:  # the desks' live streams, committed with the inbox record
+            for department in desks_told(desk_event.department, await _neighbours(conn, envelope, desk_event)):
+                await store.append_desk_event(conn, replace(desk_event, department=department))
+            await had_stream.record(conn, desk_event)  # and the stream of each HAD it concerns
         if notice is None:
             return
         source = await store.source_finess(conn, notice.referral_id) if notice.referral_id else None
-        recipients = recipients_for(notice.kind, notice.department, notice.had_finess, source)
+        recipients = recipients_for(notice.kind, notice.department, notice.had_finess, source, concerned)
         if notice.kind == EventKind.OFFER_PROPOSED and notice.had_finess:
             # The HAD hears only its own part of the matcher's explanation (docs/security.md).
             had = Recipient.had(notice.had_finess)
@@ -53,6 +57,19 @@ def event_handler(attempt_limit: int, public_url: str | None = None):
         await store.enqueue(conn, envelope.id, notice.kind, notice.department, notice.body(), recipients, attempt_limit)
 
     return handle
+
+
+async def _neighbours(conn: asyncpg.Connection, envelope: Envelope, desk_event: DeskEvent) -> list[str]:
+    """The other desks that follow this event: those it names itself (a multi-department HAD's,
+    a widening's), and for a referral's later events the departments it was widened to."""
+    named = list(other_desks_named(envelope))
+    referral_id = desk_event.data.get("referral_id")
+    if isinstance(envelope.message, referral_pb2.SearchWidened):
+        await store.remember_widening(conn, referral_id, named)
+        return named
+    if referral_id:
+        return named + await store.widened_to(conn, referral_id)
+    return named
 
 
 async def tell_desk_of_failure(conn: asyncpg.Connection, failed: Claimed, attempt_limit: int) -> None:
