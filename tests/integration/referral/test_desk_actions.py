@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 DESK_31 = token("desk", department="31")
+DESK_30 = token("desk", department="30")
 # Communes only this module uses (test_durable_clocks.py keeps off them).
 ESCALATION_COMMUNE = "34035"  # La Boissière: no HAD serves it
 ELSEWHERE_COMMUNE = "34036"  # Le Bosc: the zone of the HAD the desk picks
@@ -159,6 +160,19 @@ async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
         {"actor": "desk:34", "action": "desk.widen", "outcome": "refused", "detail": {"code": "OFFER_PENDING"}},
     ]
 
+    # The Gard's desk now finds it in its queue and may read it; it does not steer it. A desk it
+    # was not widened to still does not know it exists.
+    queue_30 = await referral.get("/v1/departments/30/referrals", headers=DESK_30, params={"limit": 200})
+    assert queue_30.status_code == 200, queue_30.text
+    assert referral_id in [r["referral_id"] for r in queue_30.json()["referrals"]]
+    assert (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_30)).json()["department"] == "34"
+    assert (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_31)).status_code == 404
+    queue_31 = (await referral.get("/v1/departments/31/referrals", headers=DESK_31, params={"limit": 200})).json()
+    assert referral_id not in [r["referral_id"] for r in queue_31["referrals"]]
+    neighbour = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_30,
+                                    json={"reason": "OTHER", "text": "pas le nôtre"})
+    assert neighbour.status_code == 403 and neighbour.json()["code"] == "NOT_THE_REFERRAL_DESK"
+
     # The desk closes it (e.g. the patient stays in hospital): CANCELLED, the Gard's hold given back.
     other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_31,
                                      json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
@@ -166,6 +180,8 @@ async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
     closed = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_34,
                                  json={"reason": "PATIENT_HOSPITALISED", "text": "reste en USC"})
     assert closed.status_code == 200 and closed.json()["status"] == "CANCELLED"
+    queue_30 = (await referral.get("/v1/departments/30/referrals", headers=DESK_30, params={"limit": 200})).json()
+    assert referral_id not in [r["referral_id"] for r in queue_30["referrals"]]  # closed: off every queue
 
     async def released():
         return await conn.fetchval("SELECT state = 'RELEASED' FROM capacity.holds WHERE hold_id = $1",
