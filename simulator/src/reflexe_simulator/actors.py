@@ -426,6 +426,8 @@ class DeskActor:
             return
         if got.data.get("status") not in ("ESCALATED", "REQUESTED"):
             return  # someone (or something) already acted
+        if got.data.get("department") != code:
+            return  # widened to this desk's department: the referral's own desk steers it
         searched = set(got.data.get("departments_searched") or [code])
         tried = set(got.data.get("tried_hads") or [])
         neighbours = sorted(Geography.load().neighbours(code) - searched)

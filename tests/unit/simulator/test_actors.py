@@ -26,16 +26,18 @@ class ClaimsOnlyTokens:
 
 
 class FakePlatform:
-    def __init__(self, referral_status: str = "ESCALATED") -> None:
+    def __init__(self, referral_status: str = "ESCALATED", referral_department: str = "34") -> None:
         self.calls: list[tuple[str, str, dict, dict]] = []
         self.referral_status = referral_status
+        self.referral_department = referral_department
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         claims = jwt.decode(request.headers["authorization"].split()[1], options={"verify_signature": False})
         body = json.loads(request.content) if request.content else {}
         self.calls.append((request.method, request.url.path, body, claims))
         if request.method == "GET" and request.url.path.startswith("/v1/referrals/"):
-            return httpx.Response(200, json={"status": self.referral_status, "departments_searched": ["34"],
+            return httpx.Response(200, json={"status": self.referral_status, "department": self.referral_department,
+                                             "departments_searched": sorted({self.referral_department, "34"}),
                                              "tried_hads": []})
         if request.url.path.endswith("/capacity") and request.method == "GET":
             return httpx.Response(200, json={"hads": []})
@@ -111,6 +113,17 @@ async def test_the_desk_acts_on_escalations_only_while_still_escalated(status, a
     for _, path, body, _ in actions:
         if path.endswith("/widen"):
             assert set(body["departments"]) <= {"11", "12", "30", "81"}
+    await world.client.aclose()
+
+
+async def test_a_desk_leaves_a_referral_widened_to_it_to_the_referrals_own_desk():
+    platform = FakePlatform("ESCALATED", referral_department="30")  # the Gard's, widened to the Hérault
+    world, counters = _world(platform)
+    for i in range(10):
+        world.desks["34"].escalated(f"00000000-0000-4000-8000-{i:012d}", "(seen by polling)", ("poll", i))
+    await _settle(world)
+    assert counters["escalated"] == 10
+    assert [c for c in platform.calls if "/desk/" in c[1]] == []
     await world.client.aclose()
 
 
