@@ -19,6 +19,7 @@ from reflexe_referral.domain import (
     CLOSED_STATUSES,
     TRANSITIONS,
     AvisHad,
+    Conditions,
     Event,
     IllegalTransition,
     OfferWithdrawn,
@@ -71,6 +72,8 @@ class Command:
 
 
 def resolve(referral: Referral, name: str, value: Any) -> Any:
+    if name == "expected_version":
+        return referral.version if value == CURRENT else value
     if value == FRESH:
         return f"o-fresh-{len(referral.offer_hads)}"
     if value != CURRENT:
@@ -106,6 +109,9 @@ COMMANDS = st.one_of(
     command("cancel", reason=REASONS, text=TEXT, at=MINUTES),
     command("offer_unanswered", offer_id=OFFER_IDS, at=MINUTES),
     command("admission_overdue", at=MINUTES),
+    command("update_request", conditions=st.builds(Conditions, st.booleans(), st.booleans(), st.booleans()),
+            expected_version=st.one_of(st.just(CURRENT), st.integers(0, 5)), at=MINUTES,
+            actor=st.just("hospital:340780477")),
 )
 # The matcher and the HAD doing their job, soon after the latest event. Mixed in so that
 # runs regularly get past acceptance.
@@ -124,6 +130,11 @@ COOPERATIVE = st.sampled_from(
 # (st.one_of would flatten COMMANDS' twelve branches and drown the cooperative ones.)
 STEP = st.sampled_from([COMMANDS, COMMANDS, COOPERATIVE]).flatmap(lambda kind: kind)
 STEPS = st.lists(STEP, min_size=10, max_size=50)
+# The conditions a referral is posted with: most complete, some waiting for a consent.
+CONDITIONS = st.one_of(
+    st.just(Conditions(True, True, True)),
+    st.builds(Conditions, st.booleans(), st.booleans(), st.booleans()),
+)
 AVIS = st.one_of(
     st.none(),
     st.none(),
@@ -139,8 +150,8 @@ class Run:
     t0: datetime
 
 
-def start(make_request, avis: AvisHad | None) -> Run:
-    request = make_request(avis=avis)
+def start(make_request, avis: AvisHad | None, conditions: Conditions | None = None) -> Run:
+    request = make_request(avis=avis, **({"conditions": conditions} if conditions else {}))
     history = Referral.request(request, request.requested_at)
     return Run(Referral.from_events(history), history, request.requested_at)
 
@@ -187,18 +198,24 @@ def assert_consistent(run: Run) -> None:
     assert r.departments[0] == r.department
     assert len(set(r.departments)) == len(r.departments)
     assert r.is_open == (r.status not in CLOSED_STATUSES)
+    # Only an INCOMPLETE referral (or one cancelled while it waited) lacks a condition, and it is
+    # never offered while it waits.
+    if r.missing_conditions:
+        assert r.status in (Status.INCOMPLETE, Status.CANCELLED)
+    if r.status is Status.INCOMPLETE:
+        assert r.missing_conditions == r.request.conditions.missing() and not r.tried_hads
 
 
 @settings(max_examples=300, deadline=None)
-@given(avis=AVIS, commands=STEPS)
-def test_any_command_sequence_stays_on_the_lifecycle_graph(make_request, avis, commands):
-    play(start(make_request, avis), commands)
+@given(avis=AVIS, conditions=CONDITIONS, commands=STEPS)
+def test_any_command_sequence_stays_on_the_lifecycle_graph(make_request, avis, conditions, commands):
+    play(start(make_request, avis, conditions), commands)
 
 
 @settings(max_examples=200, deadline=None)
-@given(avis=AVIS, commands=STEPS)
-def test_replaying_the_produced_events_gives_the_same_state(make_request, avis, commands):
-    run = play(start(make_request, avis), commands)
+@given(avis=AVIS, conditions=CONDITIONS, commands=STEPS)
+def test_replaying_the_produced_events_gives_the_same_state(make_request, avis, conditions, commands):
+    run = play(start(make_request, avis, conditions), commands)
     assert Referral.from_events(run.history) == run.referral
     assert Referral.from_events(run.history).clocks() == run.referral.clocks()
 

@@ -114,12 +114,32 @@ class ReferralEventHeader(_message.Message):
     def __init__(self, referral_id: _Optional[str] = ..., department: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class ReferralRequested(_message.Message):
-    __slots__ = ("header", "request")
+    __slots__ = ("header", "request", "missing_conditions")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     header: ReferralEventHeader
     request: ReferralRequest
-    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., request: _Optional[_Union[ReferralRequest, _Mapping]] = ...) -> None: ...
+    missing_conditions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., request: _Optional[_Union[ReferralRequest, _Mapping]] = ..., missing_conditions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReferralRequestUpdated(_message.Message):
+    __slots__ = ("header", "conditions", "changed_fields", "missing_conditions")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    conditions: Conditions
+    changed_fields: _containers.RepeatedScalarFieldContainer[str]
+    missing_conditions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., conditions: _Optional[_Union[Conditions, _Mapping]] = ..., changed_fields: _Optional[_Iterable[str]] = ..., missing_conditions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReferralCompleted(_message.Message):
+    __slots__ = ("header",)
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ...) -> None: ...
 
 class ReferralDeclaredIneligible(_message.Message):
     __slots__ = ("header", "reason", "text")

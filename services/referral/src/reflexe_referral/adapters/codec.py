@@ -25,6 +25,7 @@ _PAIRS: dict[type, tuple[type[Message], tuple[str, ...]]] = {
     ev.DeskOfferRequested: (pb.DeskOfferRequested, ("had_finess",)),
     ev.PatientDischarged: (pb.PatientDischarged, ("had_finess",)),
     ev.ReferralCancelled: (pb.ReferralCancelled, ("reason", "text")),
+    ev.ReferralCompleted: (pb.ReferralCompleted, ()),
 }
 _BY_PROTO = {proto.DESCRIPTOR.full_name: (cls, fields) for cls, (proto, fields) in _PAIRS.items()}
 _REASON_FIELDS = {"reason"}
@@ -46,10 +47,7 @@ def request_to_proto(r: ReferralRequest) -> pb.ReferralRequest:
             planned_date=r.clinical.planned_date.isoformat() if r.clinical.planned_date else "",
             expected_duration_days=r.clinical.expected_duration_days,
         ),
-        conditions=pb.Conditions(
-            patient_consent=r.conditions.patient_consent, gp_agreement=r.conditions.gp_agreement,
-            caregiver_present=r.conditions.caregiver_present,
-        ),
+        conditions=conditions_to_proto(r.conditions),
         ed_arrival_at=ts(r.ed_arrival_at),
         requested_at=ts(r.requested_at),
         desired_admission_at=ts(r.desired_admission_at),
@@ -57,6 +55,15 @@ def request_to_proto(r: ReferralRequest) -> pb.ReferralRequest:
     if r.avis is not None:
         out.avis.CopyFrom(pb.AvisHad(eligible=r.avis.eligible, reason=r.avis.reason or "", text=r.avis.text))
     return out
+
+
+def conditions_to_proto(c: Conditions) -> pb.Conditions:
+    return pb.Conditions(patient_consent=c.patient_consent, gp_agreement=c.gp_agreement,
+                         caregiver_present=c.caregiver_present)
+
+
+def conditions_from_proto(m: pb.Conditions) -> Conditions:
+    return Conditions(m.patient_consent, m.gp_agreement, m.caregiver_present)
 
 
 def request_from_proto(m: pb.ReferralRequest) -> ReferralRequest:
@@ -77,7 +84,7 @@ def request_from_proto(m: pb.ReferralRequest) -> ReferralRequest:
             planned_date=date.fromisoformat(m.clinical.planned_date) if m.clinical.planned_date else None,
             expected_duration_days=m.clinical.expected_duration_days,
         ),
-        conditions=Conditions(m.conditions.patient_consent, m.conditions.gp_agreement, m.conditions.caregiver_present),
+        conditions=conditions_from_proto(m.conditions),
         ed_arrival_at=dt(m.ed_arrival_at) if m.HasField("ed_arrival_at") else None,
         requested_at=dt(m.requested_at),
         desired_admission_at=dt(m.desired_admission_at) if m.HasField("desired_admission_at") else None,
@@ -92,7 +99,12 @@ def to_proto(event: ev.Event, department: str, place_of_care: str = "") -> Messa
     )
     match event:
         case ev.ReferralRequested():
-            return pb.ReferralRequested(header=header, request=request_to_proto(event.request))
+            return pb.ReferralRequested(header=header, request=request_to_proto(event.request),
+                                        missing_conditions=list(event.missing_conditions))
+        case ev.ReferralRequestUpdated():
+            return pb.ReferralRequestUpdated(header=header, conditions=conditions_to_proto(event.conditions),
+                                             changed_fields=list(event.changed_fields),
+                                             missing_conditions=list(event.missing_conditions))
         case ev.OfferMade():
             return pb.OfferMade(header=header, offer_id=event.offer_id, had_finess=event.had_finess,
                                 hold_until=ts(event.hold_until), explanation=event.explanation, by_desk=event.by_desk,
@@ -115,7 +127,12 @@ def from_proto(message: Message) -> ev.Event:
     common = {"referral_id": header.referral_id, "occurred_at": dt(header.occurred_at), "actor": header.actor or None}
     match message:
         case pb.ReferralRequested():
-            return ev.ReferralRequested(**common, request=request_from_proto(message.request))
+            return ev.ReferralRequested(**common, request=request_from_proto(message.request),
+                                        missing_conditions=tuple(message.missing_conditions))
+        case pb.ReferralRequestUpdated():
+            return ev.ReferralRequestUpdated(**common, conditions=conditions_from_proto(message.conditions),
+                                             changed_fields=tuple(message.changed_fields),
+                                             missing_conditions=tuple(message.missing_conditions))
         case pb.OfferMade():
             return ev.OfferMade(**common, offer_id=message.offer_id, had_finess=message.had_finess,
                                 hold_until=dt(message.hold_until), explanation=message.explanation,

@@ -1,6 +1,6 @@
 """The referral service's pure domain: values, events and the referral lifecycle."""
 
-from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest
+from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest, StaleVersion
 from .events import (
     SYSTEM,
     AdmissionOverdue,
@@ -16,9 +16,11 @@ from .events import (
     PatientAdmitted,
     PatientDischarged,
     ReferralCancelled,
+    ReferralCompleted,
     ReferralDeclaredIneligible,
     ReferralEscalated,
     ReferralRequested,
+    ReferralRequestUpdated,
     SearchWidened,
 )
 from .model import (
@@ -77,12 +79,15 @@ __all__ = [
     "Problem",
     "Referral",
     "ReferralCancelled",
+    "ReferralCompleted",
     "ReferralDeclaredIneligible",
     "ReferralEscalated",
     "ReferralRequest",
+    "ReferralRequestUpdated",
     "ReferralRequested",
     "SearchWidened",
     "Source",
+    "StaleVersion",
     "Status",
     "admission_due_at",
     "end_of_planned_day",

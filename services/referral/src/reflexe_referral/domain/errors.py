@@ -22,6 +22,9 @@ class ErrorCode(StrEnum):
     NOT_ACCEPTED = "NOT_ACCEPTED"
     NOT_ADMITTED = "NOT_ADMITTED"
     NO_NEW_DEPARTMENT = "NO_NEW_DEPARTMENT"
+    STALE_VERSION = "STALE_VERSION"
+    CONDITION_WITHDRAWN = "CONDITION_WITHDRAWN"
+    CONDITIONS_MISSING = "CONDITIONS_MISSING"
 
 
 class IllegalTransition(Exception):
@@ -41,6 +44,16 @@ class InvalidRequest(IllegalTransition):
             ErrorCode.INVALID_REQUEST, "; ".join(f"{path}: {msg}" for path, msg in problems)
         )
         self.problems = problems
+
+
+class StaleVersion(IllegalTransition):
+    """The caller decided on a version of the referral that is no longer the current one."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(ErrorCode.STALE_VERSION,
+                         f"the referral is at version {current}, not {expected}: read it again")
+        self.expected = expected
+        self.current = current
 
 
 class InconsistentHistory(Exception):

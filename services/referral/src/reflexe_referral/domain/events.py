@@ -13,7 +13,7 @@ from typing import Union
 
 from reflexe_common.vocabulary import Reason
 
-from .values import ReferralRequest
+from .values import Conditions, ReferralRequest
 
 SYSTEM = "system"
 
@@ -33,6 +33,24 @@ class _ReferralEvent:
 @dataclass(frozen=True, kw_only=True)
 class ReferralRequested(_ReferralEvent):
     request: ReferralRequest
+    # The conditions the request lacks, as decided when it was made (docs/domain.md, "Consents
+    # as conditions"): kept in the event so a history folds the same whatever the rule becomes.
+    missing_conditions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralRequestUpdated(_ReferralEvent):
+    """The source updated the request: the conditions as they are now, what changed, what is
+    still missing."""
+
+    conditions: Conditions
+    changed_fields: tuple[str, ...]
+    missing_conditions: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferralCompleted(_ReferralEvent):
+    """An INCOMPLETE referral got its last missing condition: the matcher takes it from here."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,4 +179,6 @@ Event = Union[
     OfferUnanswered,
     AdmissionOverdue,
     EdExitRecorded,
+    ReferralRequestUpdated,
+    ReferralCompleted,
 ]

@@ -1,5 +1,7 @@
 """The referral aggregate: a lifecycle folded from events.
 
+    INCOMPLETE ──(consents given by an update)──┐
+                                                ▼
     REQUESTED ──► OFFERED(HAD x, hold until T) ──► ACCEPTED(by x) ──► ADMITTED ──► DISCHARGED
         │   ▲          │ declined / hold expired: back to REQUESTED, the matcher cascades
         │   └──────────┘
@@ -22,7 +24,7 @@ from typing import Any
 from reflexe_common.geography import end_of_local_day
 from reflexe_common.vocabulary import Reason, SourceKind, Urgency
 
-from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest
+from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest, StaleVersion
 from .events import (
     SYSTEM,
     AdmissionOverdue,
@@ -39,17 +41,20 @@ from .events import (
     PatientDischarged,
     ReferralCancelled,
     ReferralDeclaredIneligible,
+    ReferralCompleted,
     ReferralEscalated,
     ReferralRequested,
+    ReferralRequestUpdated,
     SearchWidened,
 )
-from .values import ReferralRequest, Source
+from .values import Conditions, ReferralRequest, Source
 
 ADMISSION_TARGET = timedelta(hours=24)  # the réflexe HAD target: admitted within 24 h
 DEFAULT_UNANSWERED_AFTER = timedelta(minutes=15)
 
 
 class Status(StrEnum):
+    INCOMPLETE = "INCOMPLETE"  # waits for patient consent or GP agreement: not matched
     REQUESTED = "REQUESTED"
     INELIGIBLE = "INELIGIBLE"
     OFFERED = "OFFERED"
@@ -61,12 +66,15 @@ class Status(StrEnum):
 
 
 CLOSED_STATUSES = frozenset({Status.INELIGIBLE, Status.CANCELLED, Status.DISCHARGED})
+# Where the source may still update its request: before an HAD has accepted (docs/domain.md).
+UPDATABLE_STATUSES = frozenset({Status.INCOMPLETE, Status.REQUESTED, Status.ESCALATED, Status.OFFERED})
 # Where the search for an HAD is still going on: an offer, a widening or a desk pick fits.
 SEARCHING_STATUSES = frozenset({Status.REQUESTED, Status.ESCALATED})
 
 # The lifecycle graph: status changes one event may cause (events that keep the status,
 # e.g. clock signals or a desk pick, are always allowed and not listed).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.INCOMPLETE: frozenset({Status.REQUESTED, Status.CANCELLED}),
     Status.REQUESTED: frozenset(
         {Status.OFFERED, Status.ESCALATED, Status.INELIGIBLE, Status.CANCELLED}
     ),
@@ -179,6 +187,7 @@ class Referral:
     closed_at: datetime | None = None
     admission_overdue_signalled: bool = False
     ed_exited_at: datetime | None = None  # the referring hospital's report (HL7 A03)
+    missing_conditions: tuple[str, ...] = ()  # what keeps it INCOMPLETE
     version: int = 1  # events applied, for optimistic concurrency
 
     # ---- folding -------------------------------------------------------------------
@@ -192,6 +201,9 @@ class Referral:
         if first.referral_id != first.request.referral_id:
             raise InconsistentHistory("ReferralRequested names another referral")
         referral = cls(data=first.request, departments=(first.request.department,))
+        if first.missing_conditions:
+            referral.status = Status.INCOMPLETE
+            referral.missing_conditions = first.missing_conditions
         for event in stream:
             referral.apply(event)
         return referral
@@ -275,6 +287,13 @@ class Referral:
                     self._awaiting_admission and not self.admission_overdue_signalled, event
                 )
                 self.admission_overdue_signalled = True
+            case ReferralRequestUpdated():
+                self._expect(self.status in UPDATABLE_STATUSES, event)
+                self.data = replace(self.data, conditions=event.conditions)
+                self.missing_conditions = event.missing_conditions
+            case ReferralCompleted():
+                self._expect(self.status is Status.INCOMPLETE and not self.missing_conditions, event)
+                self.status = Status.REQUESTED
             case EdExitRecorded():
                 # Keeps the status: the search for an HAD goes on whether or not the patient
                 # is still in the ED. Recorded once (see record_ed_exit).
@@ -342,8 +361,11 @@ class Referral:
         if problems := req.validate():
             raise InvalidRequest(problems)
         meta = dict(referral_id=req.referral_id, occurred_at=at, actor=source_actor(req.source))
-        events: list[Event] = [ReferralRequested(**meta, request=req)]
-        if req.avis is not None and not req.avis.eligible:
+        ineligible = req.avis is not None and not req.avis.eligible
+        # A referral closed at once by its avis waits for nothing: no condition is missing.
+        missing = () if ineligible else req.conditions.missing()
+        events: list[Event] = [ReferralRequested(**meta, request=req, missing_conditions=missing)]
+        if ineligible:
             assert req.avis.reason is not None  # guaranteed by validate()
             events.append(
                 ReferralDeclaredIneligible(**meta, reason=req.avis.reason, text=req.avis.text)
@@ -502,6 +524,41 @@ class Referral:
         planned = self.data.clinical.planned_date if self.data.clinical.urgency is Urgency.PLANNED else None
         return [AdmissionOverdue(**self._meta(at, SYSTEM), due_at=self.admission_due_at, planned_date=planned)]
 
+    def update_request(self, conditions: Conditions, expected_version: int, at: datetime,
+                       actor: str) -> list[Event]:
+        """The source updates its request's conditions, on the version it read (optimistic
+        concurrency: anything that happened since, an offer or a clock, makes it stale).
+        Giving the last missing consent completes the referral, which is then matched as a new
+        one. Withdrawing a consent given is refused: that is a cancellation (PATIENT_REFUSED,
+        GP_REFUSED), since an HAD may already be organising the admission on its strength."""
+        if expected_version != self.version:
+            raise StaleVersion(expected_version, self.version)
+        self._refuse_if_closed()
+        if self.status not in UPDATABLE_STATUSES:
+            raise IllegalTransition(
+                ErrorCode.INVALID_STATE,
+                f"an HAD has accepted (status {self.status}): the request can no longer change",
+            )
+        old = self.data.conditions
+        withdrawn = [name for name in ("patient_consent", "gp_agreement")
+                     if getattr(old, name) and not getattr(conditions, name)]
+        if withdrawn:
+            raise IllegalTransition(
+                ErrorCode.CONDITION_WITHDRAWN,
+                f"{', '.join(withdrawn)} was given: cancel the referral (PATIENT_REFUSED or GP_REFUSED)",
+            )
+        changed = tuple(f"conditions.{name}" for name in ("patient_consent", "gp_agreement", "caregiver_present")
+                        if getattr(old, name) != getattr(conditions, name))
+        if not changed:
+            return []
+        # An old history may hold a referral offered without consent: only INCOMPLETE waits.
+        missing = conditions.missing() if self.status is Status.INCOMPLETE else ()
+        events: list[Event] = [ReferralRequestUpdated(
+            **self._meta(at, actor), conditions=conditions, changed_fields=changed, missing_conditions=missing)]
+        if self.status is Status.INCOMPLETE and not missing:
+            events.append(ReferralCompleted(**self._meta(at, actor)))
+        return events
+
     def record_ed_exit(self, exited_at: datetime, at: datetime, actor: str) -> list[Event]:
         """The referring hospital reports the patient left its ED. The first report is kept: a
         repeated one changes nothing (an exit time is corrected at the hospital, not here)."""
@@ -550,6 +607,11 @@ class Referral:
 
     def _check_desk_can_steer(self) -> None:
         self._refuse_if_closed()
+        if self.status is Status.INCOMPLETE:
+            raise IllegalTransition(
+                ErrorCode.CONDITIONS_MISSING,
+                f"the referral lacks {', '.join(self.missing_conditions)}: the source must update it first",
+            )
         if self.status is Status.OFFERED:
             raise IllegalTransition(
                 ErrorCode.OFFER_PENDING, "an offer is awaiting the HAD's answer"

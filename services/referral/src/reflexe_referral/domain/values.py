@@ -77,6 +77,12 @@ class Conditions:
     gp_agreement: bool
     caregiver_present: bool
 
+    def missing(self) -> tuple[str, ...]:
+        """The conditions an offer needs and this referral lacks, in a stable order
+        (docs/domain.md, "Consents as conditions"). A caregiver is the HAD's to assess: not one."""
+        required = (("patient_consent", self.patient_consent), ("gp_agreement", self.gp_agreement))
+        return tuple(name for name, given in required if not given)
+
 
 @dataclass(frozen=True)
 class AvisHad:
