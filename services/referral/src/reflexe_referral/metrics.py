@@ -8,10 +8,10 @@ import asyncpg
 
 from reflexe_common.metrics import SnapshotGauges
 
-OPEN_STATUSES = ("REQUESTED", "OFFERED", "ACCEPTED", "ESCALATED")
+OPEN_STATUSES = ("INCOMPLETE", "REQUESTED", "OFFERED", "ACCEPTED", "ESCALATED")
 GAUGES = SnapshotGauges({
-    "reflexe_open_referrals": ("Referrals not yet admitted nor closed, by status (REQUESTED, OFFERED, ACCEPTED, "
-                               "ESCALATED).", ("department", "status")),
+    "reflexe_open_referrals": ("Referrals not yet admitted nor closed, by status (INCOMPLETE, REQUESTED, OFFERED, "
+                               "ACCEPTED, ESCALATED).", ("department", "status")),
     "reflexe_open_referral_max_age_seconds": ("Time since the request of the oldest open referral, by status.",
                                               ("department", "status")),
 })

@@ -73,8 +73,14 @@ class Matcher:
                 except ValueError as exc:  # the referral service validates: this did not come through it
                     raise PoisonRecord(f"referral {request.referral_id} cannot be matched: {exc}") from exc
                 eligible = not request.HasField("avis") or request.avis.eligible
-                if await store.save_match_request(request.referral_id, request.department, request.SerializeToString()) and eligible:
+                # An incomplete referral (consent or GP agreement missing) is kept, not matched:
+                # its ReferralCompleted starts the search.
+                complete = not message.missing_conditions
+                if await store.save_match_request(request.referral_id, request.department, request.SerializeToString()) \
+                        and eligible and complete:
                     await self._offer_next(store, request.referral_id, dt(message.header.occurred_at))
+            case referral_pb2.ReferralCompleted():
+                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at))
             case referral_pb2.ReferralDeclaredIneligible():
                 await store.update_match_request(message.header.referral_id, open=False)
             case referral_pb2.OfferAccepted():

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from reflexe_common import audit
@@ -17,10 +17,10 @@ from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.geography import Geography
 from reflexe_referral.domain import events as ev
-from reflexe_referral.domain.errors import IllegalTransition
+from reflexe_referral.domain.errors import IllegalTransition, StaleVersion
 from reflexe_referral.domain.model import Referral
-from reflexe_referral.entrypoints.schemas import (CloseIn, DeclineIn, DeskOfferIn, ReferralIn, WidenIn, had_referral_view,
-                                                  own_explanation, referral_view)
+from reflexe_referral.entrypoints.schemas import (CloseIn, DeclineIn, DeskOfferIn, ReferralIn, RequestUpdateIn, WidenIn,
+                                                  had_referral_view, own_explanation, referral_view)
 from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, ReferralService, Submitted, UnknownReferral,
                                                      request_fingerprint)
 
@@ -114,6 +114,10 @@ def _events_for(principal: Principal, events: list) -> list:
 
 
 async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Principal, action: str) -> dict[str, Any]:
+    return _view_for(principal, await _act_on(request, referral_id, decide, principal, action))
+
+
+async def _act_on(request: Request, referral_id: uuid.UUID, decide, principal: Principal, action: str) -> Referral:
     service = _service(request)
     try:
         def decide_in_scope(referral: Referral):
@@ -126,10 +130,43 @@ async def _act(request: Request, referral_id: uuid.UUID, decide, principal: Prin
                                      subject=principal.subject)
     except UnknownReferral as exc:
         raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
+    except StaleVersion as exc:
+        audit.already_recorded(request)
+        raise ApiError(412, exc.code, exc.message,
+                       [{"field": "header.If-Match", "message": f"current version is {exc.current}"}]) from exc
     except IllegalTransition as exc:
         audit.already_recorded(request)  # by the command's own transaction
         raise ApiError(409, exc.code, exc.message) from exc
-    return _view_for(principal, referral)
+    return referral
+
+
+def etag(referral: Referral) -> str:
+    return f'"{referral.version}"'
+
+
+def expected_version(if_match: str | None, field: str = "header.If-Match") -> int:
+    """The version an If-Match names: `"7"`, or `W/"7"` (FHIR's weak form; the version is exact all the
+    same). Updates are refused without one (428): a blind write could undo what the caller never saw."""
+    if if_match is None or not if_match.strip():
+        raise ApiError(428, "PRECONDITION_REQUIRED", "send If-Match with the ETag of the version you read",
+                       [{"field": field, "message": "required"}])
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise ApiError(422, "INVALID_IF_MATCH", "If-Match must be the ETag of a version, e.g. \"3\"",
+                       [{"field": field, "message": f"not a version ETag: {if_match!r}"}])
+    return int(value)
+
+
+async def update_request(request: Request, referral_id: uuid.UUID, body: RequestUpdateIn, version: int,
+                         principal: Principal) -> Referral:
+    """The one way to update a referral's request over HTTP, REST or FHIR (which translates into a
+    RequestUpdateIn). The hospital that posted it, or the desk of its department (which often obtains
+    the GP's agreement by phone): the timeline records which."""
+    now = _service(request).now()
+    return await _act_on(request, referral_id,
+                         lambda r: r.update_request(body.updated_conditions(r.request.conditions), version, now,
+                                                    principal.actor),
+                         principal, "referral.update_request")
 
 
 def _check_scope_for_action(request: Request, principal: Principal, referral: Referral, action: str) -> None:
@@ -175,14 +212,14 @@ async def submit_referral(body: ReferralIn, request: Request, principal: Princip
     return submitted
 
 
-@router.get("/referrals/{referral_id}", summary="One referral: its whole request, its state and clocks",
+@router.get("/referrals/{referral_id}", summary="One referral: its whole request, its state and clocks (its ETag: the version)",
             description="Every field of the request's data set (`source`, `patient` with a pseudonym and a birth year, "
                         "`clinical`, `conditions`, `avis`, the times), then the state: `status`, `current_offer`, "
                         "`accepted_had`, `admitted_had`, `closed_reason` and the lifecycle's times, `tried_hads`, "
                         "`departments_searched`, `clocks`. For the referral's hospital, the desk of its department "
                         "and admins; an HAD gets it while the offer is its own or once it took the patient, without "
                         "anything about another HAD (docs/security.md).")
-async def get_referral(referral_id: uuid.UUID, request: Request,
+async def get_referral(referral_id: uuid.UUID, request: Request, response: Response,
                        principal: Principal = Depends(reads_rows(*ROW_READERS))) -> dict[str, Any]:
     try:
         referral, _ = await _service(request).get(str(referral_id))
@@ -191,7 +228,19 @@ async def get_referral(referral_id: uuid.UUID, request: Request,
     audit.about(request, department=referral.department)
     _check_can_see(request, principal, referral)
     audit.record_read(request, principal, referral.department, [str(referral_id)])
+    response.headers["ETag"] = etag(referral)
     return _view_for(principal, referral)
+
+
+@router.patch("/referrals/{referral_id}/request",
+              summary="Update the request's conditions (consents) before an HAD accepts; If-Match required",
+              responses={412: {"description": "If-Match names a version that is no longer current"},
+                         428: {"description": "If-Match missing"}})
+async def patch_request(referral_id: uuid.UUID, body: RequestUpdateIn, request: Request,
+                        if_match: str | None = Header(None, description='the ETag of the version read, e.g. "3"'),
+                        principal: Principal = Depends(require(Role.HOSPITAL, Role.DESK))) -> JSONResponse:
+    referral = await update_request(request, referral_id, body, expected_version(if_match), principal)
+    return JSONResponse(_view_for(principal, referral), headers={"ETag": etag(referral)})
 
 
 @router.get("/referrals/{referral_id}/timeline", summary="One referral's events, oldest first",

@@ -52,6 +52,7 @@ SEX_OF_GENDER = {"female": Sex.F, "male": Sex.M, "unknown": Sex.UNKNOWN, "other"
 
 # The lifecycle as a Task: the platform "owns" the search, an HAD the offer it was made.
 TASK_STATUS = {
+    Status.INCOMPLETE: "draft",  # waits for a consent: not yet to be acted upon by any HAD
     Status.REQUESTED: "ready",  # the matcher is looking for an HAD
     Status.ESCALATED: "on-hold",  # no HAD found: the coordination desk steers it
     Status.OFFERED: "requested",  # awaiting the HAD's answer (the Task's owner)
@@ -62,6 +63,7 @@ TASK_STATUS = {
     Status.INELIGIBLE: "rejected",
 }
 STATUS_LABELS = {
+    Status.INCOMPLETE: "Incomplète : consentement ou accord du médecin traitant manquant",
     Status.REQUESTED: "Recherche d'une HAD", Status.ESCALATED: "Aucune HAD trouvée, cellule de coordination",
     Status.OFFERED: "Proposée à une HAD", Status.ACCEPTED: "Acceptée par l'HAD", Status.ADMITTED: "Patient admis en HAD",
     Status.DISCHARGED: "Sortie d'HAD", Status.CANCELLED: "Annulée", Status.INELIGIBLE: "Non éligible (avis HAD)",

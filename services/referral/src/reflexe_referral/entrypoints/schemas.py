@@ -93,6 +93,23 @@ class ReferralIn(_Strict):
         )
 
 
+class ConditionsUpdateIn(_Strict):
+    patient_consent: bool | None = Field(None, description="absent: unchanged")
+    gp_agreement: bool | None = Field(None, description="absent: unchanged")
+    caregiver_present: bool | None = Field(None, description="absent: unchanged")
+
+
+class RequestUpdateIn(_Strict):
+    """What a source may change in its request before an HAD accepts it: the conditions. The other
+    fields are what the matcher and the HADs decided on; changing them means a new referral."""
+
+    conditions: ConditionsUpdateIn
+
+    def updated_conditions(self, current: values.Conditions) -> values.Conditions:
+        given = self.conditions.model_dump(exclude_none=True)
+        return values.Conditions(**{**vars(current), **given})
+
+
 class DeclineIn(_Strict):
     reason: Reason
     text: FreeText = Field("", max_length=2000, description=FREE_TEXT)
@@ -151,6 +168,8 @@ def referral_view(referral: Referral) -> dict[str, Any]:
         **request_view(referral.request),
         "status": str(referral.status),
         "version": referral.version,
+        # What keeps an INCOMPLETE referral from being offered (the desk's queue shows it).
+        "missing_conditions": list(referral.missing_conditions),
         "current_offer": None if offer is None else {
             "offer_id": offer.offer_id, "had_finess": offer.had_finess, "hold_until": offer.hold_until.isoformat(),
             "made_at": offer.made_at.isoformat(), "explanation": offer.explanation, "by_desk": offer.by_desk,
