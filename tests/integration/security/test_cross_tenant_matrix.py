@@ -108,8 +108,8 @@ class World:
 
     # ---- resources made for one cell (an allowed change consumes its resource)
 
-    async def post_referral(self, hospital: str, commune: str) -> str:
-        response = await self.clients["referral"].post("/v1/referrals", json=referral_body(hospital, commune),
+    async def post_referral(self, hospital: str, commune: str, **overrides: Any) -> str:
+        response = await self.clients["referral"].post("/v1/referrals", json=referral_body(hospital, commune, **overrides),
                                                        headers=token("hospital", finess=hospital))
         assert response.status_code == 201, response.text
         return response.json()["referral_id"]
@@ -356,6 +356,18 @@ def waiting_referral(template: str, body: Callable[[World, str], dict[str, Any]]
     return build
 
 
+async def update_request(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    """PATCH the request's conditions on the version read: a fresh referral waiting for the GP's agreement
+    (INCOMPLETE: nothing else moves its version) for each update that will be allowed."""
+    if allowed:
+        hospital, commune = (w.hospital_a, NO_HAD_COMMUNE) if scope == "in" else (w.hospital_b, NO_HAD_COMMUNE_OUT)
+        referral_id = await w.post_referral(hospital, commune, conditions={"gp_agreement": False})
+    else:
+        referral_id = w.shared["referral_in" if scope == "in" else "referral_out"]
+    return {"url": f"/v1/referrals/{referral_id}/request", "json": {"conditions": {"gp_agreement": True}},
+            "headers": {"If-Match": '"1"'}}
+
+
 def had_answer(action: str, body: dict[str, Any] | None = None) -> Build:
     async def build(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
         if scope == "out":
@@ -527,6 +539,7 @@ MATRIX: list[Endpoint] = [
              had_stay("discharge")),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/cancel", api(hospital=OWN, desk=OWN),
              waiting_referral("/v1/referrals/{referral_id}/cancel", lambda w, scope: CLOSE)),
+    Endpoint("referral", "PATCH", "/v1/referrals/{referral_id}/request", api(hospital=OWN, desk=OWN), update_request),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/desk/offer", api(desk=OWN),
              waiting_referral("/v1/referrals/{referral_id}/desk/offer", lambda w, scope: {"had_finess": w.had_pick})),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/desk/widen", api(desk=OWN),

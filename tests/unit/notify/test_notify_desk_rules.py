@@ -74,6 +74,7 @@ def test_the_stream_follows_the_referral_services_offer_not_the_matchers() -> No
     referral_pb2.ReferralDeclaredIneligible(header=header(), reason="MEDICAL_NOT_ELIGIBLE"),
     referral_pb2.OfferAccepted(header=header(), offer_id="o1", had_finess="340011295"),
     referral_pb2.ReferralCancelled(header=header(), reason="PATIENT_REFUSED"),
+    referral_pb2.ReferralCompleted(header=header()),
 ], ids=lambda m: type(m).__name__)
 def test_every_change_of_the_queue_reaches_the_stream(message) -> None:
     entry = desk_event_from(wrap(message, "tests"))
@@ -223,3 +224,18 @@ def test_an_overdue_planned_admission_tells_the_desk_its_planned_date_not_24_hou
     assert "date prévue (24/11/2026)" in entry["text"] and "24 h" not in entry["text"]
     urgent = desk_event_from(wrap(referral_pb2.AdmissionOverdue(header=header(), due_at=ts(due)), "tests")).payload(1)
     assert urgent["data"]["planned_date"] is None and "sous 24 h après la demande" in urgent["text"]
+
+
+def test_an_incomplete_referral_is_named_on_its_queue_row_with_what_it_lacks() -> None:
+    waiting = {"referral_id": RID, "status": "INCOMPLETE", "missing_conditions": ["patient_consent", "gp_agreement"],
+               "clinical": {"urgency": "WITHIN_24H", "main_mpp": "04"}, "requested_at": AT.isoformat(),
+               "waiting_seconds": 600, "source": {"kind": "ED"}, "current_offer": None}
+    row = views.queue_html({"referrals": [waiting]}, BOARD, now=AT).split("</tr>")[1]
+    assert 'data-status="INCOMPLETE"' in row and "Incomplète" in row
+    assert "Manque : consentement du patient, accord du médecin traitant" in row
+    searching = views.queue_html({"referrals": [{**waiting, "status": "REQUESTED", "missing_conditions": []}]}, BOARD,
+                                 now=AT)
+    assert "Manque" not in searching
+    completed = desk_event_from(wrap(referral_pb2.ReferralCompleted(header=header()), "tests")).payload(1)
+    assert completed["type"] == "referral.completed" and not completed["alert"]
+    assert completed["title"] == "Demande complétée"

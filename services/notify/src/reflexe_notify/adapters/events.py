@@ -81,6 +81,7 @@ _DESK_ONLY = {  # referral events the desk page follows beyond those notified
     referral_pb2.DeskOfferRequested: "referral.desk_offer",
     referral_pb2.PatientDischarged: "referral.discharged",
     referral_pb2.ReferralDeclaredIneligible: "referral.ineligible",
+    referral_pb2.ReferralCompleted: "referral.completed",
 }
 
 

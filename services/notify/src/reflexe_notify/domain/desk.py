@@ -67,6 +67,8 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
             return "Demande non éligible", f"Demande {ref} déclarée non éligible ({reason_fr(data.get('reason'))})."
         case "referral.discharged":
             return "Fin de séjour", f"Demande {ref} : fin de séjour en HAD."
+        case "referral.completed":
+            return "Demande complétée", f"Demande {ref} : consentements reçus, recherche d'une HAD lancée."
         case "referral.widened":
             return "Recherche élargie", f"Demande {ref} : recherche élargie à {', '.join(data.get('departments', []))}."
         case "referral.desk_offer":

@@ -22,11 +22,13 @@ from reflexe_common.vocabulary import MPP_LABELS, Reason
 from reflexe_notify.domain.desk import TIMELINE_KINDS, describe_timeline_event, reason_fr, short
 
 STATUS_FR = {
-    "REQUESTED": "En recherche", "OFFERED": "Proposée", "ACCEPTED": "Acceptée", "ESCALATED": "Sans HAD — à traiter",
+    "INCOMPLETE": "Incomplète — en attente", "REQUESTED": "En recherche", "OFFERED": "Proposée", "ACCEPTED": "Acceptée", "ESCALATED": "Sans HAD — à traiter",
     "ADMITTED": "Admis", "INELIGIBLE": "Non éligible", "CANCELLED": "Clôturée", "DISCHARGED": "Sortie",
 }
 BOARD_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée", "UNDECLARED": "Non déclarée"}
 URGENCY_FR = {"WITHIN_24H": "Sous 24 h", "PLANNED": "Programmée"}
+# What keeps an INCOMPLETE referral from being offered, named on its queue row.
+MISSING_FR = {"patient_consent": "consentement du patient", "gp_agreement": "accord du médecin traitant"}
 SOURCE_FR = {"ED": "Urgences", "UHCD": "UHCD", "WARD": "Service", "EHPAD": "EHPAD", "GP": "Médecin traitant"}
 EQUIPMENT_FR = {
     "PCA_PUMP": "Pompe PCA", "SYRINGE_DRIVER": "Pousse-seringue électrique", "MEOPA": "MEOPA", "OXYGEN": "Oxygène",
@@ -167,13 +169,15 @@ def queue_html(queue: dict[str, Any] | None, board: dict[str, Any] | None, now: 
                     f'{escape(hold_text(offer.get("hold_until"), now))}</span>')
         else:
             offer_cell, hold = '<span class="muted">Aucune</span>', "—"
+        missing = [MISSING_FR.get(m, m) for m in r.get("missing_conditions") or []]
+        missing_note = f'<br><span class="missing">Manque : {escape(", ".join(missing))}</span>' if missing else ""
         rows.append(
             f'<tr id="ref-{escape(rid)}" data-referral="{escape(rid)}" data-status="{escape(status)}">'
             f'<th scope="row"><a class="detail" href="/desk/{quote(r.get("department", ""), safe="")}/referrals/'
             f'{quote(rid, safe="")}" data-referral="{escape(rid)}" aria-label="Voir toute la demande {escape(short(rid))}">'
             f'<code title="{escape(rid)}">{escape(short(rid))}</code></a><br>'
             f'<span class="muted">{escape(SOURCE_FR.get(r.get("source", {}).get("kind", ""), ""))}</span></th>'
-            f'<td><span class="tag tag-{escape(status.lower())}">{escape(STATUS_FR.get(status, status))}</span></td>'
+            f'<td><span class="tag tag-{escape(status.lower())}">{escape(STATUS_FR.get(status, status))}</span>{missing_note}</td>'
             f'<td>{escape(URGENCY_FR.get(clinical.get("urgency", ""), clinical.get("urgency", "")))}'
             f'<br><span class="muted">MPP {escape(clinical.get("main_mpp", ""))}</span></td>'
             f'<td><span class="clock" data-since="{escape(r.get("requested_at", ""))}">{escape(duration_fr(waiting))}</span></td>'
