@@ -513,6 +513,8 @@ async def post_referral(world: World, generated: GeneratedReferral) -> None:
                   f"{result.code or result.error}", logging.WARNING)
         return
     world.counters.inc("referrals_posted")
+    if not (body["conditions"]["patient_consent"] and body["conditions"]["gp_agreement"]) and not generated.negative_avis:
+        world.spawn(complete_conditions(world, generated), sim_delay=world.rng.uniform(1, 6) * 3600)
     if generated.negative_avis:
         world.counters.inc("ineligible_posted")
     clinical, patient = body["clinical"], body["patient"]
@@ -534,6 +536,26 @@ async def cancel_waiting(world: World, generated: GeneratedReferral) -> None:
     if result.ok:
         world.counters.inc("cancelled")
         world.say(generated.department, "cancelled", f"{generated.referral_id[:8]} cancelled by the source (still waiting)")
+
+
+async def complete_conditions(world: World, generated: GeneratedReferral) -> None:
+    """A referral posted before the GP (or the patient) could be asked waits as INCOMPLETE: hours later
+    the hospital updates it with the consents, or, for a few, cancels it on a refusal."""
+    conditions = generated.body["conditions"]
+    tracked = world.referrals.get(generated.referral_id)
+    if tracked and tracked.status != "REQUESTED":
+        return
+    finess, short_id = generated.source.finess, generated.referral_id[:8]
+    if world.rng.random() < 0.1:
+        reason = Reason.GP_REFUSED if conditions["patient_consent"] else Reason.PATIENT_REFUSED
+        if (await world.client.cancel(finess, generated.referral_id, str(reason), "")).ok:
+            world.counters.inc("cancelled")
+            world.say(generated.department, "cancelled", f"{short_id} cancelled by the source: {reason}")
+        return
+    given = {"patient_consent": True, "gp_agreement": True}
+    if (await world.client.update_conditions(finess, generated.referral_id, given)).ok:
+        world.counters.inc("completed")
+        world.say(generated.department, "completed", f"{short_id} consents given: the search starts")
 
 
 def _parse_time(value: Any) -> datetime | None:

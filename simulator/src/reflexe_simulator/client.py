@@ -165,6 +165,30 @@ class PlatformClient:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/cancel",
                                await self.tokens.get("hospital", finess=source_finess), {"reason": reason, "text": text})
 
+    async def update_conditions(self, source_finess: str, referral_id: str, conditions: dict[str, bool]) -> Result:
+        """The hospital updates its request's conditions on the version it has just read (If-Match); a
+        version gone stale meanwhile (an offer, a clock) is read again, once."""
+        token = await self.tokens.get("hospital", finess=source_finess)
+        path = f"/v1/referrals/{referral_id}"
+        result = Result(0, error="not attempted")
+        for _ in range(2):
+            read = await self.call("referral", "GET", path, token)
+            if not read.ok or not isinstance(read.data, dict):
+                return read
+            try:
+                response = await self._http.patch(self.urls["referral"] + path + "/request", json={"conditions": conditions},
+                                                  headers={"Authorization": f"Bearer {token}",
+                                                           "If-Match": f'"{read.data.get("version")}"'})
+            except (httpx.TransportError, OSError) as exc:
+                return Result(0, error=f"{type(exc).__name__}: {exc}".strip())
+            result = Result(response.status_code, response.json() if response.content else None)
+            if response.status_code != 412:
+                break
+        if not result.ok:
+            self._count("http_errors")
+            log.warning("referral PATCH %s/request -> %s %s", path, result.status, _short(result.data))
+        return result
+
     async def get_referral_as_desk(self, department: str, referral_id: str) -> Result:
         return await self.call("referral", "GET", f"/v1/referrals/{referral_id}", await self.tokens.get("desk", department=department))
 

@@ -139,3 +139,24 @@ async def test_a_post_whose_answer_was_lost_is_retried_byte_for_byte_and_a_repla
     for task in list(world.tasks):
         task.cancel()
     await world.client.aclose()
+
+
+async def test_a_referral_posted_without_gp_agreement_is_completed_later_on_the_version_read():
+    calls: list[tuple[str, str, str | None]] = []
+    versions = iter([4, 5])  # a clock moved it between the first read and its update
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.path, request.headers.get("If-Match")))
+        if request.method == "GET":
+            return httpx.Response(200, json={"referral_id": "r", "status": "INCOMPLETE", "version": next(versions)})
+        if request.headers["If-Match"] == '"4"':
+            return httpx.Response(412, json={"code": "STALE_VERSION", "status": 412})
+        assert json.loads(request.content) == {"conditions": {"patient_consent": True, "gp_agreement": True}}
+        return httpx.Response(200, json={"referral_id": "r", "status": "REQUESTED", "version": 7})
+
+    world, counters = _world(platform)
+    result = await world.client.update_conditions("349100016", "r", {"patient_consent": True, "gp_agreement": True})
+    assert result.ok and result.data["status"] == "REQUESTED"
+    assert [(m, h) for m, _, h in calls] == [("GET", None), ("PATCH", '"4"'), ("GET", None), ("PATCH", '"5"')]
+    assert calls[1][1] == "/v1/referrals/r/request"
+    await world.client.aclose()
