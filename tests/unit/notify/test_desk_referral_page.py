@@ -58,7 +58,7 @@ def test_every_field_of_the_request_is_shown_in_french() -> None:
         ("Équipements", "Oxygène, Pompe PCA"), ("Soins palliatifs", "non"), ("Urgence", "Programmée"),
         ("Date programmée", "13/03/2025"), ("Durée prévue", "21 jours"), ("Demandée le", "10/03/2025 15:00"),
         ("Admission souhaitée", "12/03/2025 16:00"), ("Consentement du patient", "oui"),
-        ("Accord du médecin traitant", "non"), ("Aidant présent", "oui"),
+        ("Accord du médecin traitant", "oui"), ("Aidant présent", "non"),
         ("Avis HAD", "favorable — Avis favorable de l'IDE de liaison"),
         ("Statut", "Proposée"), ("HAD sollicitées", f"HAD Lez ({X}), {Y}"), ("Départements de recherche", "34"),
     ]:

@@ -239,3 +239,12 @@ def test_an_incomplete_referral_is_named_on_its_queue_row_with_what_it_lacks() -
     completed = desk_event_from(wrap(referral_pb2.ReferralCompleted(header=header()), "tests")).payload(1)
     assert completed["type"] == "referral.completed" and not completed["alert"]
     assert completed["title"] == "Demande complétée"
+
+
+def test_the_timeline_says_which_condition_an_update_gave_and_what_is_still_missing() -> None:
+    from reflexe_notify.domain.desk import describe_timeline_event
+
+    title, text = describe_timeline_event("ReferralRequestUpdated", {
+        "referral_id": RID, "changed_fields": ["conditions.patient_consent"], "missing_conditions": ["gp_agreement"]})
+    assert title == "Demande mise à jour"
+    assert "(consentement du patient)" in text and "manque encore : accord du médecin traitant" in text

@@ -69,7 +69,8 @@ def make_request(**overrides: Any) -> ReferralRequest:
 
 
 def make_full_request() -> ReferralRequest:
-    """Every optional field filled, each with a value found nowhere else in the request."""
+    """Every optional field filled, each with a value found nowhere else in the request; complete (its
+    consents given), so that it is searched and offered."""
     return make_request(
         source__kind=SourceKind.EHPAD, source__unit="Unité Alzheimer", source__prescriber_id="10101010101",
         patient__sex=Sex.M, patient__birth_year=1937, patient__place_of_care=PlaceOfCare.EHPAD,
@@ -77,7 +78,7 @@ def make_full_request() -> ReferralRequest:
         clinical__main_mpp="03", clinical__associated_mpp=("09", "25"), clinical__karnofsky=30,
         clinical__equipment=frozenset({Equipment.OXYGEN, Equipment.PCA_PUMP}), clinical__palliative=False,
         clinical__urgency=Urgency.PLANNED, clinical__planned_date=date(2025, 3, 13), clinical__expected_duration_days=21,
-        conditions__patient_consent=True, conditions__gp_agreement=False, conditions__caregiver_present=True,
+        conditions__patient_consent=True, conditions__gp_agreement=True, conditions__caregiver_present=False,
         desired_admission_at=REQUESTED_AT + timedelta(days=2, hours=1),
         avis=AvisHad(eligible=True, reason=None, text="Avis favorable de l'IDE de liaison"),
     )

@@ -26,6 +26,10 @@ _REASONS = {
 }
 
 
+_CONDITION_FR = {"conditions.patient_consent": "consentement du patient",
+                 "conditions.gp_agreement": "accord du médecin traitant", "conditions.caregiver_present": "aidant présent"}
+
+
 def reason_fr(code: str | None) -> str:
     return _REASONS.get(code or "", code or "")
 
@@ -67,6 +71,10 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
             return "Demande non éligible", f"Demande {ref} déclarée non éligible ({reason_fr(data.get('reason'))})."
         case "referral.discharged":
             return "Fin de séjour", f"Demande {ref} : fin de séjour en HAD."
+        case "referral.updated":
+            fields = ", ".join(_CONDITION_FR.get(f, f) for f in data.get("changed_fields", []))
+            still = ", ".join(_CONDITION_FR.get(f"conditions.{m}", m) for m in data.get("missing_conditions", []))
+            return "Demande mise à jour", (f"Demande {ref} mise à jour ({fields})" + (f" ; manque encore : {still}." if still else "."))
         case "referral.completed":
             return "Demande complétée", f"Demande {ref} : consentements reçus, recherche d'une HAD lancée."
         case "referral.widened":
@@ -98,6 +106,7 @@ TIMELINE_KINDS = {
     "DeskOfferRequested": "referral.desk_offer", "PatientAdmitted": "referral.admitted",
     "PatientDischarged": "referral.discharged", "ReferralCancelled": "referral.cancelled",
     "AdmissionOverdue": "admission.overdue", "EdExitRecorded": "referral.ed_exit",
+    "ReferralRequestUpdated": "referral.updated", "ReferralCompleted": "referral.completed",
 }
 
 
