@@ -68,7 +68,7 @@ def full_referral_body(source_finess: str, commune: str = MONTPELLIER) -> dict[s
         clinical={"main_mpp": "04", "associated_mpp": ["09", "25"], "karnofsky": 30, "equipment": ["OXYGEN", "PCA_PUMP"],
                   "palliative": True, "urgency": "PLANNED", "planned_date": (now + timedelta(days=3)).date().isoformat(),
                   "expected_duration_days": 23},
-        conditions={"patient_consent": True, "gp_agreement": False, "caregiver_present": True},
+        conditions={"patient_consent": True, "gp_agreement": True, "caregiver_present": False},
         ed_arrival_at=(now - timedelta(hours=3, minutes=20)).isoformat(),
         desired_admission_at=(now + timedelta(days=2, hours=5)).replace(minute=0, second=0, microsecond=0).isoformat(),
         avis={"eligible": True, "reason": None, "text": "Avis favorable, équipe de liaison"},

@@ -93,8 +93,8 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
             ("Prescripteur (RPPS ou identifiant local)", source["prescriber_id"]),
             ("MPP principal", "04 — "), ("Indice de Karnofsky", "30 %"), ("Équipements", "Oxygène, Pompe PCA"),
             ("Soins palliatifs", "oui"), ("Urgence", "Programmée"), ("Date programmée", planned),
-            ("Durée prévue", "23 jours"), ("Consentement du patient", "oui"), ("Accord du médecin traitant", "non"),
-            ("Aidant présent", "oui"), ("Avis HAD", "favorable — Avis favorable, équipe de liaison"),
+            ("Durée prévue", "23 jours"), ("Consentement du patient", "oui"), ("Accord du médecin traitant", "oui"),
+            ("Aidant présent", "non"), ("Avis HAD", "favorable — Avis favorable, équipe de liaison"),
             ("Statut", "Clôturée (refus du patient)"), ("Acceptée par", "HAD Cambon (HAD, FINESS"),
             ("HAD sollicitées", f"HAD Cambon ({had})"), ("Départements de recherche", "34"),
         ]:
