@@ -15,6 +15,7 @@ from reflexe_common.auth import Principal, Role, authenticated, ensure_departmen
 from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
+from reflexe_common.openapi import PROBLEM_JSON, PROBLEM_REF
 from reflexe_common.geography import Geography
 from reflexe_referral.domain import events as ev
 from reflexe_referral.domain.errors import IllegalTransition, StaleVersion
@@ -234,8 +235,10 @@ async def get_referral(referral_id: uuid.UUID, request: Request, response: Respo
 
 @router.patch("/referrals/{referral_id}/request",
               summary="Update the request's conditions (consents) before an HAD accepts; If-Match required",
-              responses={412: {"description": "If-Match names a version that is no longer current"},
-                         428: {"description": "If-Match missing"}})
+              responses={412: {"description": "If-Match names a version that is no longer current (STALE_VERSION)",
+                               "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}},
+                         428: {"description": "If-Match is missing (PRECONDITION_REQUIRED)",
+                               "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}}})
 async def patch_request(referral_id: uuid.UUID, body: RequestUpdateIn, request: Request,
                         if_match: str | None = Header(None, description='the ETag of the version read, e.g. "3"'),
                         principal: Principal = Depends(require(Role.HOSPITAL, Role.DESK))) -> JSONResponse:
