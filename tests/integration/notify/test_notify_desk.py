@@ -204,8 +204,12 @@ async def test_a_desk_logs_in_at_the_provider_and_keeps_only_an_opaque_session_i
         assert other.status_code == 403 and "ne peut pas voir le département 31" in other.text
         assert (await browser.get("/desk/31/fragments")).status_code == 403
         assert (await browser.get("/desk/31/stream")).status_code == 403
-        static = await browser.get("/desk/static/desk.js")
+        static = await browser.get("/desk/static/page.js")
         assert static.status_code == 200 and "EventSource" in static.text
+        assert static.headers["content-type"].startswith("text/javascript")
+        assert static.headers["x-content-type-options"] == "nosniff" and static.headers["cache-control"] == "no-cache"
+        assert "ReflexePage" in (await browser.get("/desk/static/desk.js")).text
+        assert (await browser.get("/desk/static/../settings.py")).status_code == 404
 
         # An access token about to expire is refreshed at the provider, server-side.
         await app.state.pool.execute("UPDATE page_sessions SET access_expires_at = now() WHERE id_hash = $1", stored["id_hash"])

@@ -30,6 +30,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from reflexe_capacity.entrypoints.app import MATCHER_GROUP
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
@@ -623,7 +624,7 @@ MATRIX: list[Endpoint] = [
     Endpoint("notify", "GET", "/desk", public(OK, desk_session=303), fixed("/desk")),
     Endpoint("notify", "GET", "/desk/login", public(303), fixed("/desk/login")),
     Endpoint("notify", "GET", "/desk/callback", public(400), fixed("/desk/callback")),
-    Endpoint("notify", "GET", "/desk/static/{name}", public(OK), fixed("/desk/static/desk.js")),
+    Endpoint("notify", "GET", "/desk/static/{path}", public(OK), fixed("/desk/static/desk.js")),
     Endpoint("notify", "GET", "/desk/{department}", page(303), by_department("/desk/{department}")),
     Endpoint("notify", "GET", "/desk/{department}/fragments", page(401), by_department("/desk/{department}/fragments")),
     Endpoint("notify", "POST", "/desk/{department}/actions/{action}", page(401), desk_action),
@@ -635,7 +636,7 @@ MATRIX: list[Endpoint] = [
     Endpoint("notify", "GET", "/had", public(OK), fixed("/had")),
     Endpoint("notify", "GET", "/had/login", public(303), fixed("/had/login")),
     Endpoint("notify", "GET", "/had/callback", public(400), fixed("/had/callback")),
-    Endpoint("notify", "GET", "/had/static/{name}", public(OK), fixed("/had/static/had.js")),
+    Endpoint("notify", "GET", "/had/static/{path}", public(OK), fixed("/had/static/had.js")),
     Endpoint("notify", "GET", "/had/{finess}", public(303), by_had("/had/{finess}")),
     Endpoint("notify", "GET", "/had/{finess}/fragments", public(401), by_had("/had/{finess}/fragments")),
     Endpoint("notify", "POST", "/had/{finess}/actions/{action}", public(401),
@@ -660,6 +661,8 @@ def _walk(routes, prefix: str):
             yield prefix + route.path, route.methods or ()
         elif hasattr(route, "original_router"):
             yield from _walk(route.original_router.routes, prefix + route.include_context.prefix)
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):  # files under the mount, read only
+            yield prefix + route.path + "/{path}", {"GET"}
         elif isinstance(route, Mount):
             yield from _walk(route.routes, prefix + route.path)
         else:  # a kind of route this walk does not know could hide endpoints from the matrix

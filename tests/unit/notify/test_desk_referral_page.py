@@ -11,7 +11,7 @@ from html import unescape
 
 from reflexe_common.auth import Principal, Role
 from reflexe_notify.domain.desk import TIMELINE_KINDS, describe_timeline_event
-from reflexe_notify.entrypoints import desk_views as views
+from reflexe_notify.entrypoints.pages import labels, views
 from reflexe_referral.domain import Referral, events
 from reflexe_referral.entrypoints.api import _event_view
 from reflexe_referral.entrypoints.schemas import referral_view
@@ -108,11 +108,11 @@ def test_every_event_of_the_lifecycle_has_a_french_title() -> None:
 
 
 def test_actors_in_words() -> None:
-    assert views.actor_label("had:340000011", {"340000011": "HAD Lez"}) == "HAD Lez (HAD, FINESS 340000011)"
-    assert views.actor_label("had:340000029", {}) == "HAD (FINESS 340000029)"
-    assert views.actor_label("hospital:340780477", {}) == "Établissement de santé (FINESS 340780477)"
-    assert views.actor_label("desk:34", {}) == "Bureau de coordination (34)"
-    assert views.actor_label("system", {}) == views.actor_label(None, {}) == "Réflexe (automatique)"
+    assert labels.actor_label("had:340000011", {"340000011": "HAD Lez"}) == "HAD Lez (HAD, FINESS 340000011)"
+    assert labels.actor_label("had:340000029", {}) == "HAD (FINESS 340000029)"
+    assert labels.actor_label("hospital:340780477", {}) == "Établissement de santé (FINESS 340780477)"
+    assert labels.actor_label("desk:34", {}) == "Bureau de coordination (34)"
+    assert labels.actor_label("system", {}) == labels.actor_label(None, {}) == "Réflexe (automatique)"
 
 
 def test_each_queue_row_links_to_its_referral_page() -> None:

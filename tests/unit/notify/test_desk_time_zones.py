@@ -6,7 +6,7 @@ import json
 
 from reflexe_common.geography import Geography, time_zone_of
 from reflexe_notify.domain.email import compose
-from reflexe_notify.entrypoints import desk_views as views
+from reflexe_notify.entrypoints.pages import views
 
 ALERT = {"seq": 1, "type": "referral.escalated", "occurred_at": "2026-11-26T08:30:00+00:00", "title": "t", "text": "x"}
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.email import compose, page_url
-from reflexe_notify.entrypoints import had_views
+from reflexe_notify.entrypoints.pages import views as had_views
 from reflexe_notify.service_layer.had_stream import _for_had, stream_key
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)

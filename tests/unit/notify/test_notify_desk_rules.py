@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import email
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
+from html import unescape
 
 import pytest
 from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
@@ -18,7 +20,7 @@ from reflexe_notify.domain.desk import ALERTS, DeskEvent, describe, desks_told
 from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.routing import EventKind as K
 from reflexe_notify.domain.routing import recipients_for
-from reflexe_notify.entrypoints import desk_views as views
+from reflexe_notify.entrypoints.pages import labels, views
 from tests.support.data import pseudonym
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -206,12 +208,13 @@ def test_the_page_is_french_labelled_and_announces_alerts() -> None:
     assert "&lt;img src=x" in page and "<img src=x" not in page
     for control in ("referral-select", "had-select", "widen-departments", "close-reason", "close-text"):
         assert f'<label for="{control}">' in page
-    assert "&quot;head&quot;: 3" in page
+    config = json.loads(unescape(re.search(r'<main id="desk" data-config="([^"]*)"', page).group(1)))
+    assert config == {"department": "34", "head": 3, "timeZone": "Europe/Paris"}, "the script resumes the stream at 3"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5 s"), (125, "2 min"), (3900, "1 h 05 min"), (90000, "1 j 1 h")])
 def test_durations(seconds: int, text: str) -> None:
-    assert views.duration_fr(seconds) == text
+    assert labels.duration_fr(seconds) == text
 
 
 def test_an_overdue_planned_admission_tells_the_desk_its_planned_date_not_24_hours() -> None:

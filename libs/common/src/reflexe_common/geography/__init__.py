@@ -38,6 +38,7 @@ __all__ = [
     "Region",
     "end_of_local_day",
     "is_department_code",
+    "normalise_department_code",
     "time_zone_of",
 ]
 
@@ -52,6 +53,12 @@ def is_department_code(code: str) -> bool:
     (upper-case letters only, no surrounding whitespace).
     """
     return isinstance(code, str) and _DEPARTMENT_CODE_RE.fullmatch(code) is not None
+
+
+def normalise_department_code(text: str) -> str:
+    """A department code as people type it (``2a``, `` 34 ``) written as the geography writes it
+    (``2A``, ``34``); whether it is a department is left to `is_department_code`."""
+    return text.strip().upper()
 
 
 @dataclass(frozen=True)

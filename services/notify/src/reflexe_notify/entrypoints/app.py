@@ -19,8 +19,7 @@ from reflexe_notify.adapters.oidc import OidcClient
 from reflexe_notify.adapters.sessions import prune_periodically as prune_sessions_periodically
 from reflexe_notify.entrypoints.api import router
 from reflexe_notify.entrypoints.consumers import CONSUMER_GROUP, TOPICS
-from reflexe_notify.entrypoints.desk import router as desk_router
-from reflexe_notify.entrypoints.had_page import router as had_router
+from reflexe_notify.entrypoints.pages import include_pages
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub, prune_periodically
 from reflexe_notify.service_layer import had_stream
 from reflexe_notify.service_layer.dispatcher import Dispatcher
@@ -72,7 +71,6 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
                      "Signed webhooks (Standard Webhooks) and e-mails to HADs, desks and hospitals, with a delivery log; "
                      "the desks' live stream (SSE), the desk page (/desk) and the HADs' page (/had).")
     app.include_router(router)
-    app.include_router(desk_router)
-    app.include_router(had_router)
+    include_pages(app)
     app.include_router(audit_router)
     return app

@@ -1,62 +1,75 @@
-"""What the web pages share: OpenID Connect login (authorization code with PKCE), the server-side
-session behind an opaque cookie, its token refreshed at the provider, logout there too, the
-security headers, and the pages' static files.
+"""Logging in to the pages and their sessions: OpenID Connect login (authorization code with
+PKCE), the server-side session behind an opaque cookie, its token refreshed at the provider,
+logout there too; and who may open which page (a desk its department's, an HAD its own).
 
-Each page (the desk's under /desk, the HAD's under /had) is a `PageAuth`: its own cookie on its
-own path, the roles its sessions may have, and where a logged-in person belongs. A session opened
-on one page is refused by another whose roles it lacks (a desk's session id presented under /had
-is no session there), on top of the browser never sending one page's cookie to the other's path.
+Each page family (the desk's under /desk, the HAD's under /had) is a `PageAuth`: its own cookie on
+its own path, the roles its sessions may have, and where a logged-in person belongs. A session
+opened on one page is refused by another whose roles it lacks (a desk's session id presented
+under /had is no session there), on top of the browser never sending one page's cookie to the
+other's path. The tokens stay on the server (adapters/sessions.py); the cookie is HttpOnly,
+SameSite=Lax (Secure outside localhost) and authenticates the page, its fragments, its actions
+and its event stream (an EventSource cannot send headers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from importlib import resources
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
-from reflexe_common.auth import Principal, Role
+from reflexe_common.auth import Principal, Role, ensure_department
 from reflexe_common.errors import ApiError
+from reflexe_common.finess import is_finess
+from reflexe_common.geography import Geography
 from reflexe_notify.adapters import sessions
 from reflexe_notify.adapters.oidc import Login, LoginFailed
+from reflexe_notify.entrypoints.pages import views
+from reflexe_notify.entrypoints.pages.labels import LOGIN_FR
+from reflexe_notify.entrypoints.pages.rendering import html
 
 LOGIN_COOKIE = "reflexe_login"
 # An access token this close to expiry is refreshed before use.
 REFRESH_BEFORE_SECONDS = 30
 _refresh_locks: dict[str, asyncio.Lock] = {}
-STATIC = {"desk.js": "text/javascript; charset=utf-8", "desk.css": "text/css; charset=utf-8",
-          "had.js": "text/javascript; charset=utf-8", "had.css": "text/css; charset=utf-8"}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-}
 
 
 class NoSession(Exception):
     pass
 
 
+class PageRefused(Exception):
+    """A page that is not shown: the login page instead (no session), or a refusal (not this
+    person's page). Answered as it is (the pages' exception handler)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
 @dataclass(frozen=True)
 class PageAuth:
     """One page family's login and sessions."""
 
-    path: str  # "/desk": the login at {path}, {path}/login, {path}/callback, {path}/logout
+    family: str  # "desk": the login at /desk, /desk/login, /desk/callback, /desk/logout
     cookie: str
     roles: frozenset[Role]  # a session of another role opens nothing here
     home: Callable[[Principal], str | None]  # the page of a logged-in person; None: not a user of these pages
-    login_page: Callable[..., str]  # (error=None, next_path="") -> HTML
-    forbidden_page: Callable[[str], str]
-    wrong_account: str  # French: the account logged in is not one of these pages'
+
+    @property
+    def path(self) -> str:
+        return f"/{self.family}"
+
+    def login_page(self, error: str | None = None, next_path: str = "") -> str:
+        return views.login_page(self.family, error, next_path)
+
+    def forbidden_page(self, message: str) -> str:
+        return views.forbidden_page(self.family, message)
 
     # ------------------------------------------------------------ sessions
 
@@ -84,6 +97,20 @@ class PageAuth:
             return await self.session(request)
         except NoSession:
             raise ApiError(401, "NO_SESSION", f"log in at {self.path} first") from None
+
+    async def open_page(self, request: Request, check: Callable[[Principal], None],
+                        refusal: Callable[[Principal], str]) -> tuple[Principal, str]:
+        """Every page's prologue: no session → the login page (then back here); `check` refusing
+        the person → 403 with the `refusal` in words."""
+        try:
+            principal, token = await self.session(request)
+        except NoSession:
+            raise PageRefused(RedirectResponse(f"{self.path}?next={quote(request.url.path)}", status_code=303)) from None
+        try:
+            check(principal)
+        except ApiError as exc:
+            raise PageRefused(html(request, self.forbidden_page(refusal(principal)), exc.status)) from None
+        return principal, token
 
     def local_path(self, path: str) -> str:
         """Only a path of these pages: never an open redirect to another site."""
@@ -144,7 +171,7 @@ class PageAuth:
                                                      "recommencez."), 401)
             home = auth.home(principal)
             if home is None:
-                return html(request, auth.forbidden_page(auth.wrong_account), 403)
+                return html(request, auth.forbidden_page(LOGIN_FR[auth.family]["wrong_account"]), 403)
             max_age = timedelta(hours=request.app.state.settings.session_max_hours)
             session_id = await sessions.open_session(pool, principal.subject, tokens, max_age)
             target = next_path if next_path.startswith(home) else home  # only back to a page of its own
@@ -170,14 +197,6 @@ class PageAuth:
             response.delete_cookie(auth.cookie, path=auth.path, httponly=True, samesite="lax",
                                    secure=not is_local(request))
             return response
-
-        @router.get(f"{self.path}/static/{{name}}", include_in_schema=False)
-        async def static(name: str) -> Response:
-            if name not in STATIC:
-                raise ApiError(404, "NOT_FOUND", f"no {name}")
-            text = resources.files("reflexe_notify").joinpath("static", name).read_text(encoding="utf-8")
-            return Response(text, media_type=STATIC[name], headers={"Cache-Control": "no-cache",
-                                                                    "X-Content-Type-Options": "nosniff"})
 
         return router
 
@@ -206,47 +225,12 @@ async def _refreshed(request: Request, found: sessions.PageSession) -> str:
 # ---------------------------------------------------------------- helpers of every page
 
 
-async def read_json(request: Request, url: str, token: str) -> tuple[int, Any]:
-    """GET another service as the person logged in: (status, body); status 0 when it does not answer."""
-    try:
-        response = await request.app.state.http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError:
-        return 0, None
-    try:
-        return response.status_code, response.json()
-    except ValueError:
-        return response.status_code, None
-
-
-def html(request: Request, body: str, status: int = 200) -> HTMLResponse:
-    headers = dict(SECURITY_HEADERS)
-    # Logging out posts a form that the server redirects to the provider: form-action must allow it.
-    provider = urlsplit(request.app.state.settings.oidc_issuer)
-    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
-        "form-action 'self'", f"form-action 'self' {provider.scheme}://{provider.netloc}")
-    if request.url.scheme == "https":
-        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-    return HTMLResponse(body, status_code=status, headers=headers)
-
-
 def base_url(request: Request) -> str:
     return (request.app.state.settings.public_url or str(request.base_url)).rstrip("/")
 
 
 def is_local(request: Request) -> bool:
     return request.url.hostname in ("localhost", "127.0.0.1", "::1") and not request.app.state.settings.cookie_secure
-
-
-async def form(request: Request) -> dict[str, str]:
-    """An urlencoded form or a JSON object, as a flat dict of strings."""
-    raw = await request.body()
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            raise ApiError(400, "INVALID_BODY", "the body is not JSON") from None
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 
 def check_origin(request: Request) -> None:
@@ -256,13 +240,58 @@ def check_origin(request: Request) -> None:
         raise ApiError(403, "CROSS_ORIGIN", "cross-site requests are refused")
 
 
-def problem_fr(answer: httpx.Response) -> str:
-    """Another service's refusal, told in French with its code (what the person can act upon)."""
-    try:
-        problem = answer.json()
-    except ValueError:
-        return f"Action refusée (HTTP {answer.status_code})."
-    detail = problem.get("detail") or problem.get("title") or ""
-    code = problem.get("code") or ""
-    fields = "; ".join(f"{e.get('field')} : {e.get('message')}" for e in problem.get("errors") or [] if isinstance(e, dict))
-    return f"Action refusée ({answer.status_code}{' ' + code if code else ''}) : {detail}" + (f" ({fields})" if fields else "")
+# ---------------------------------------------------------------- who may open which page
+
+DESK = PageAuth(family="desk", cookie="reflexe_desk", roles=frozenset({Role.DESK, Role.ADMIN}),
+                home=lambda p: f"/desk/{p.department}" if p.role == Role.DESK and p.department else None)
+HAD = PageAuth(family="had", cookie="reflexe_had", roles=frozenset({Role.HAD}),
+               home=lambda p: f"/had/{p.finess}" if p.role == Role.HAD and p.finess else None)
+
+
+def _region_of(department: str) -> str | None:
+    found = Geography.load().department(department)
+    return found.region_code if found else None
+
+
+def desk_scope(principal: Principal, department: str) -> None:
+    """A desk sees its own department (the ARS its region's, an admin all)."""
+    if Geography.load().department(department) is None:
+        raise ApiError(404, "UNKNOWN_DEPARTMENT", f"no department {department}")
+    ensure_department(principal, department, _region_of)
+
+
+def had_scope(principal: Principal, finess: str) -> None:
+    """An HAD sees its own page only."""
+    if not is_finess(finess):
+        raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess}")
+    if principal.finess != finess:
+        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see HAD {finess}")
+
+
+async def desk_page_session(request: Request, department: str) -> tuple[Principal, str]:
+    return await DESK.open_page(request, lambda p: desk_scope(p, department),
+                                lambda p: f"{p.actor} ne peut pas voir le département {department}.")
+
+
+async def had_page_session(request: Request, finess: str) -> tuple[Principal, str]:
+    return await HAD.open_page(request, lambda p: had_scope(p, finess),
+                               lambda p: f"{p.actor} ne peut pas voir la page de l’HAD {finess}.")
+
+
+async def desk_api_session(request: Request, department: str) -> tuple[Principal, str]:
+    """For the desk page's own calls (fragments, actions, stream): 401/403 as problem+json."""
+    principal, token = await DESK.session_api(request)
+    desk_scope(principal, department)
+    return principal, token
+
+
+async def had_api_session(request: Request, finess: str) -> tuple[Principal, str]:
+    """For the HAD page's own calls (fragments, actions, stream): 401/403 as problem+json."""
+    principal, token = await HAD.session_api(request)
+    had_scope(principal, finess)
+    return principal, token
+
+
+router = APIRouter()
+router.include_router(DESK.router())
+router.include_router(HAD.router())

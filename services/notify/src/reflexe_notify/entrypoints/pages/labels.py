@@ -1,0 +1,140 @@
+"""The French words of the desk's and the HADs' pages, kept here only: statuses, urgencies,
+equipment, actors..., the formatters of times and durations, and the words the pages' script
+shows (rendered into each page by the server, so that the script has no copy of its own)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from reflexe_common.geography import Geography
+from reflexe_common.vocabulary import MPP_LABELS
+
+STATUS_FR = {
+    "INCOMPLETE": "Incomplète — en attente", "REQUESTED": "En recherche", "OFFERED": "Proposée", "ACCEPTED": "Acceptée", "ESCALATED": "Sans HAD — à traiter",
+    "ADMITTED": "Admis", "INELIGIBLE": "Non éligible", "CANCELLED": "Clôturée", "DISCHARGED": "Sortie",
+}
+BOARD_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée", "UNDECLARED": "Non déclarée"}
+URGENCY_FR = {"WITHIN_24H": "Sous 24 h", "PLANNED": "Programmée"}
+# What keeps an INCOMPLETE referral from being offered, named on its queue row.
+MISSING_FR = {"patient_consent": "consentement du patient", "gp_agreement": "accord du médecin traitant"}
+SOURCE_FR = {"ED": "Urgences", "UHCD": "UHCD", "WARD": "Service", "EHPAD": "EHPAD", "GP": "Médecin traitant"}
+EQUIPMENT_FR = {
+    "PCA_PUMP": "Pompe PCA", "SYRINGE_DRIVER": "Pousse-seringue électrique", "MEOPA": "MEOPA", "OXYGEN": "Oxygène",
+    "PARENTERAL_NUTRITION": "Nutrition parentérale", "TRANSFUSION": "Transfusion", "ISOLATION": "Isolement",
+}
+CAPACITY_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée"}
+PLACE_FR = {"HOME": "Domicile", "EHPAD": "EHPAD"}
+SEX_FR = {"F": "Femme", "M": "Homme", "U": "Non précisé"}
+CLOCK_FR = {"HOLD_EXPIRY": "Fin de la réservation de place", "OFFER_UNANSWERED": "Relance de l’HAD sans réponse",
+            "ADMISSION_OVERDUE": "Objectif d’admission (24 h après la demande, ou le jour programmé)"}
+# Who acted on a referral, from the actor of its events ("kind:id").
+ACTOR_FR = {"hospital": "Établissement de santé", "ehpad": "EHPAD", "gp": "Médecin traitant", "had": "HAD",
+            "desk": "Bureau de coordination", "system": "Réflexe (automatique)"}
+
+# Each page family's login and refusal pages.
+LOGIN_FR = {
+    "desk": {"title": "Réflexe — connexion du bureau de coordination", "heading": "Réflexe — bureau de coordination",
+             "intro": "Connectez-vous avec le compte de votre bureau, sur la page du service d’identification de la "
+                      "région. Vos jetons restent sur le serveur.",
+             "wrong_account": "Ce compte n’est pas celui d’un bureau de coordination."},
+    "had": {"title": "Réflexe — connexion de l’HAD", "heading": "Réflexe — hospitalisation à domicile",
+            "intro": "Infirmière ou infirmier de coordination : connectez-vous avec le compte de votre HAD, sur la "
+                     "page du service d’identification. Vos jetons restent sur le serveur.",
+            "wrong_account": "Ce compte n’est pas celui d’une HAD."},
+}
+
+DURATION_UNITS = {"second": "s", "minute": "min", "hour": "h", "day": "j"}
+HOLD_EXPIRES_IN = "expire dans {}"
+HOLD_EXPIRED = "expirée"
+UNREACHABLE = "La plateforme ne répond pas : rien n’a été transmis, réessayez."
+
+# What the pages' script writes itself ({} is replaced by the script).
+SCRIPT_LABELS = {
+    "units": DURATION_UNITS, "expiresIn": HOLD_EXPIRES_IN, "expired": HOLD_EXPIRED,
+    "live": "En direct", "offline": "Hors ligne — reconnexion…",
+    "unreachable": UNREACHABLE, "error": "Erreur {}", "refused": "Refusé",
+    "chooseReferral": "Choisissez d’abord une demande dans la file.", "chooseReason": "Choisissez un motif de refus.",
+    "newOffer": "Nouvelle offre reçue : demande {}.", "newOffers": "{} nouvelles offres reçues.",
+}
+
+
+def fr(code: Any, table: dict[str, str]) -> Any:
+    """A code's French label, or the code itself when the table does not know it."""
+    return table.get(code, code) if isinstance(code, str) else code
+
+
+def mpp_label(code: str) -> str:
+    label = MPP_LABELS.get(code)
+    return f"{code} — {label}" if label else code
+
+
+def yes_no(value: Any) -> str:
+    return "non renseigné" if value is None else ("oui" if value else "non")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def when_fr(value: str | None, time_zone: ZoneInfo, with_time: bool = True) -> str:
+    """A time on the department's own clock; a date alone as a date."""
+    at = parse_time(value)
+    if at is None:
+        return value or "—"
+    if at.tzinfo is None:  # a date alone
+        return at.strftime("%d/%m/%Y")
+    return at.astimezone(time_zone).strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
+
+
+def clock_fr(value: str | None, time_zone: ZoneInfo, pattern: str) -> str:
+    """A time on the department's clock in a short pattern (lists of alerts and history)."""
+    at = parse_time(value)
+    return at.astimezone(time_zone).strftime(pattern) if at else ""
+
+
+def commune_label(code: str) -> str:
+    found = Geography.load().commune(code)
+    return f"{found.name} ({code})" if found else code
+
+
+def actor_label(actor: str | None, had_names: dict[str, str]) -> str:
+    """'HAD Avène (HAD, FINESS 340000011)', 'EHPAD (FINESS 340011113)', 'Bureau de coordination (34)'."""
+    kind, _, who = (actor or "system").partition(":")
+    label = ACTOR_FR.get(kind, kind)
+    if not who:
+        return label
+    if kind == "desk":
+        return f"{label} ({who})"
+    name = had_names.get(who) if kind == "had" else None
+    return f"{name} ({label}, FINESS {who})" if name else f"{label} (FINESS {who})"
+
+
+def had_name(finess: str, had_names: dict[str, str]) -> str:
+    name = had_names.get(finess)
+    return f"{name} ({finess})" if name else finess
+
+
+def duration_fr(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 05 min', '2 j 4 h' (the page script renders the same while clocks run)."""
+    u = DURATION_UNITS
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} {u['second']}"
+    if s < 3600:
+        return f"{s // 60} {u['minute']}"
+    if s < 86400:
+        return f"{s // 3600} {u['hour']} {s % 3600 // 60:02d} {u['minute']}"
+    return f"{s // 86400} {u['day']} {s % 86400 // 3600} {u['hour']}"
+
+
+def hold_text(hold_until: str | None, now: datetime) -> str:
+    until = parse_time(hold_until)
+    if until is None:
+        return "—"
+    left = (until - now).total_seconds()
+    return HOLD_EXPIRES_IN.format(duration_fr(left)) if left > 0 else HOLD_EXPIRED
