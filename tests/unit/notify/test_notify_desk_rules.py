@@ -15,12 +15,14 @@ import pytest
 from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 
 from reflexe_common.envelope import ts, wrap
+from reflexe_common.geography import is_department_code, normalise_department_code
 from reflexe_notify.adapters.events import desk_event_from, notice_from, other_desks_named
 from reflexe_notify.domain.desk import ALERTS, DeskEvent, describe, desks_told
 from reflexe_notify.domain.email import compose
 from reflexe_notify.domain.routing import EventKind as K
 from reflexe_notify.domain.routing import recipients_for
 from reflexe_notify.entrypoints.pages import labels, views
+from reflexe_notify.entrypoints.pages.actions import widened_departments
 from tests.support.data import pseudonym
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -251,3 +253,10 @@ def test_the_timeline_says_which_condition_an_update_gave_and_what_is_still_miss
         "referral_id": RID, "changed_fields": ["conditions.patient_consent"], "missing_conditions": ["gp_agreement"]})
     assert title == "Demande mise à jour"
     assert "(consentement du patient)" in text and "manque encore : accord du médecin traitant" in text
+
+
+def test_a_desk_widens_a_search_to_departments_typed_in_any_case() -> None:
+    typed = " 30, 2a;2B ,, 12 "
+    assert widened_departments(typed) == ["30", "2A", "2B", "12"]
+    assert all(is_department_code(code) for code in widened_departments(typed))
+    assert normalise_department_code(" 2b ") == "2B" and normalise_department_code("974") == "974"
