@@ -143,7 +143,7 @@ def expected_schemas() -> dict[str, set[str]]:
 def declared_routes() -> set[tuple[str, str]]:
     """(METHOD, path with {} for each parameter) of every route declared with a literal path."""
     routes = set()
-    sources = [*REPO.glob("services/*/src/**/entrypoints/*.py"), *REPO.glob("libs/common/src/reflexe_common/*.py")]
+    sources = [*REPO.glob("services/*/src/**/entrypoints/**/*.py"), *REPO.glob("libs/common/src/reflexe_common/*.py")]
     for source in sources:
         text = source.read_text(encoding="utf-8")
         prefix = re.search(r'APIRouter\([^)]*prefix="([^"]*)"', text)

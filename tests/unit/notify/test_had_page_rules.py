@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.domain.email import compose, page_url
-from reflexe_notify.entrypoints.pages import views as had_views
+from reflexe_notify.entrypoints.pages import views
 from reflexe_notify.service_layer.had_stream import _for_had, stream_key
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -52,7 +52,7 @@ def test_an_offer_shows_what_is_needed_to_decide_escaped() -> None:
         "current_offer": {"offer_id": "o1", "had_finess": "340000017", "hold_until": "2026-11-22T10:45:00+00:00",
                           "explanation": "Proposé à HAD A", "by_desk": True},
     }
-    html = had_views.offers_html([referral], "340000017", now=AT)
+    html = views.offers_html([referral], "340000017", now=AT)
     for fact in ("04 — Soins palliatifs", "30 %", "Pompe PCA", "Programmée, le 24/11/2026", "20 jours",
                  "Accord du médecin traitant</dt><dd>non", "Montpellier (34172)", "expire dans 30 min",
                  "Choix du bureau", "&lt;script&gt;"):
