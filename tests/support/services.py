@@ -69,10 +69,13 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 
 
 
 @asynccontextmanager
-async def serve_in_process(app, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app (lifespan included) on a free port; yields its base URL."""
+async def serve_in_process(app, port: int | None = None, lifespan: bool = True) -> AsyncIterator[str]:
+    """Run an ASGI app on a free port; yields its base URL. Without `lifespan` for an app already
+    started (e.g. by an httpx.ASGITransport fixture) that a test needs on a real socket (streaming:
+    ASGITransport buffers the whole response)."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           lifespan="on" if lifespan else "off"))
     task = asyncio.create_task(server.serve())
     try:
         await eventually(lambda: asyncio.sleep(0, server.started), timeout=60, what="in-process server start")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from tests.support.data import referral_body, unique_finess
 from tests.support.platform import webhook_receiver
 from tests.support.desk import SseCollector
 from tests.integration.notify.kit import eventually, in_process_platform, log_in, page_browser, register_had
-from tests.support.services import free_port, token
+from tests.support.services import serve_in_process, token
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
@@ -207,7 +207,8 @@ async def test_each_had_sees_only_its_own_page_and_desk_sessions_stay_apart(plat
 async def test_each_had_hears_live_of_its_own_referrals_only(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
     had = await register_had(capacity, STREAM_COMMUNE)
-    async with page_browser(platform) as page, served(platform["notify"]) as url, httpx.AsyncClient() as http:
+    async with (page_browser(platform) as page, serve_in_process(platform["notify"], lifespan=False) as url,
+                httpx.AsyncClient() as http):
         await log_in(page, "had", f"had:finess={had}")
         cookie = {"Cookie": f"reflexe_had={page.cookies['reflexe_had']}"}
         stream = SseCollector(http, f"{url}/had/{had}/stream", cookie)
@@ -249,19 +250,3 @@ async def test_each_had_hears_live_of_its_own_referrals_only(platform: dict[str,
                                      "AND department <> $1 AND payload LIKE $2", f"had:{had}", f"%{referral_id}%")
         assert others == 0
         assert (await http.get(f"{url}/had/{unique_finess('34')}/stream", headers=cookie)).status_code == 403
-
-
-@asynccontextmanager
-async def served(app: Any) -> AsyncIterator[str]:
-    # Streaming needs a real server: ASGITransport buffers the whole response.
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, timeout=20, what="uvicorn")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)

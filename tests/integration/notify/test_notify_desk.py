@@ -28,7 +28,7 @@ from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.services import bearer
+from tests.support.services import bearer, serve_in_process
 
 pytestmark = pytest.mark.integration
 STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
@@ -67,26 +67,9 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def _served(app: Any) -> AsyncIterator[str]:
-    # Streaming needs a real server: ASGITransport buffers the whole response.
-    import uvicorn
-
-    from tests.support.services import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, timeout=20, what="uvicorn")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
-
-
 @pytest.fixture(scope="module")
 async def url(app: Any) -> AsyncIterator[str]:
-    async for base in _served(app):
+    async with serve_in_process(app, lifespan=False) as base:
         yield base
 
 

@@ -7,12 +7,14 @@ by going back to the page with the message."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from reflexe_common.auth import Principal
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import normalise_department_code
 from reflexe_notify.entrypoints.pages.session import check_origin, desk_api_session, had_api_session
@@ -43,6 +45,17 @@ def _answer(status: int, message: str) -> JSONResponse:
     return JSONResponse({"ok": 200 <= status < 300, "message": message}, status_code=status)
 
 
+async def _from_page(request: Request, opened: Callable[[], Awaitable[tuple[Principal, str]]], action: str,
+                     known: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """Every action's prologue: posted from this site, by a session that may act on this page
+    (`opened`), an action the page has; its token and fields."""
+    check_origin(request)
+    _, token = await opened()
+    if action not in known:
+        raise ApiError(404, "UNKNOWN_ACTION", f"no such action {action}")
+    return token, await form(request)
+
+
 def widened_departments(text: str) -> list[str]:
     """The departments a desk typed to widen a search ("30, 2a; 12"), written as the geography writes them."""
     return [normalise_department_code(d) for d in text.replace(";", ",").split(",") if d.strip()]
@@ -51,11 +64,7 @@ def widened_departments(text: str) -> list[str]:
 @router.post("/desk/{department}/actions/{action}", include_in_schema=False)
 async def desk_action(department: str, action: str, request: Request) -> Response:
     """A desk action from the page, forwarded to the referral service with the desk's token."""
-    check_origin(request)
-    _, token = await desk_api_session(request, department)
-    if action not in _DESK_DONE:
-        raise ApiError(404, "UNKNOWN_ACTION", f"no desk action {action}")
-    fields = await form(request)
+    token, fields = await _from_page(request, lambda: desk_api_session(request, department), action, _DESK_DONE)
     referral_id = fields.get("referral_id", "")
     if action == "offer":
         body: dict[str, Any] = {"had_finess": fields.get("had_finess", "")}
@@ -76,11 +85,7 @@ async def desk_action(department: str, action: str, request: Request) -> Respons
 @router.post("/had/{finess}/actions/{action}", include_in_schema=False)
 async def had_action(finess: str, action: str, request: Request) -> Response:
     """An answer or a report from the page, forwarded to the referral service with the HAD's token."""
-    check_origin(request)
-    _, token = await had_api_session(request, finess)
-    if action not in _HAD_DONE:
-        raise ApiError(404, "UNKNOWN_ACTION", f"no HAD action {action}")
-    fields = await form(request)
+    token, fields = await _from_page(request, lambda: had_api_session(request, finess), action, _HAD_DONE)
     referral_id, offer_id = fields.get("referral_id", ""), fields.get("offer_id", "")
     missing = [name for name in ("referral_id",) + (("offer_id",) if action in ("accept", "decline") else ())
                if not fields.get(name)]

@@ -43,8 +43,8 @@ async def _stream(request: Request, key: str, after: int | None, event: str, gre
     return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-def _desk_stream(request: Request, department: str, after: int | None) -> Any:
-    return _stream(request, department, after, "desk", f"flux du bureau {department}")
+async def _desk_stream(request: Request, department: str, after: int | None) -> EventSourceResponse:
+    return await _stream(request, department, after, "desk", f"flux du bureau {department}")
 
 
 @router.get("/desk/{department}/stream", include_in_schema=False)
