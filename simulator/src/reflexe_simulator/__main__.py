@@ -24,7 +24,10 @@ import uvicorn
 
 from reflexe_common.local_idp import LocalIdentityProvider
 from reflexe_simulator.actors import PARIS, Counters, HadActor, SimClock, World, traffic_loop
+from reflexe_simulator.adt import DryRunSender, MllpSender
 from reflexe_simulator.client import PlatformClient, Result
+from reflexe_simulator.doors import (DEFAULT_FHIR_HADS, DEFAULT_FHIR_HOSPITALS, DEFAULT_HL7_HADS, DEFAULT_HL7_HOSPITALS,
+                                     DoorFractions, gateway_senders, plan_doors)
 from reflexe_simulator.scenario import Scenario, build_scenario
 from reflexe_simulator.traffic import REFERRALS_PER_100K_PER_DAY, default_daily_volume
 from reflexe_simulator.webhooks import WebhookReceiver, build_app
@@ -60,14 +63,24 @@ What it does
   * desks log alerts and act on escalations: widen to neighbouring departments (~40%),
     offer to a chosen HAD from the capacity board (~35%), or close (OTHER, "pas de solution
     HAD");
-  * prints one line per event and running counters every --report-every seconds.
+  * uses the platform's doors as real systems do (deterministic from --seed): a share of the
+    hospitals post their referrals as FHIR ServiceRequests (POST {fhir}/ServiceRequest,
+    If-None-Exist), a share send ADT over MLLP to the HL7 gateway (A03 when a referred ED patient
+    leaves the ED, A06/A01 when one is hospitalised instead, which cancels the referral), with
+    names, NIR and birth date in PID as a hospital's system does (the gateway must drop them);
+    a share of the HADs answer offers by updating their FHIR Task, a share report admissions
+    and discharges by HL7 A01/A03; the others use the REST API. Every ACK must be AA;
+    --print-gateway-senders prints the gateway's allow-list (GATEWAY_SENDERS) for them;
+  * prints one line per event, running counters every --report-every seconds, and how many
+    went through each door.
 
 Time: the simulated clock runs --speed times faster than real time; the platform keeps real
 time (./reflexe up scales its holds and clocks by the same speed; a platform left at 30-minute
 holds works too), so delays sampled in simulated time are divided by --speed, answers are timed
 against each offer's real hold_until, and timestamps sent are real ones.
 
-Environment: REFERRAL_URL, CAPACITY_URL, NOTIFY_URL, JWT_SECRET (flags take precedence).
+Environment: REFERRAL_URL, CAPACITY_URL, NOTIFY_URL, FHIR_URL, OIDC_ISSUER, GATEWAY_MLLP_HOST,
+GATEWAY_MLLP_PORT, GATEWAY_PSEUDONYM_KEY (flags take precedence).
 """
 
 
@@ -76,6 +89,22 @@ def _departments(value: str) -> list[str]:
     if not codes:
         raise argparse.ArgumentTypeError("at least one department code")
     return codes
+
+
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from exc
+    if not 0.0 <= fraction <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+    return fraction
+
+
+def door_fractions(args: argparse.Namespace) -> DoorFractions:
+    """The doors asked for; hospitals send ADT only with the key they share with the gateway."""
+    return DoorFractions(fhir_hospitals=args.fhir_hospitals, hl7_hospitals=args.hl7_hospitals if args.pseudonym_key else 0.0,
+                         fhir_hads=args.fhir_hads, hl7_hads=args.hl7_hads)
 
 
 def _start(value: str) -> datetime:
@@ -126,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="append the hospitals' own patient records (fictional names, NIR, birth dates: never sent) "
                         "to FILE as JSON lines, for a privacy scan to look for them")
     g.add_argument("--no-register", action="store_true", help="do not (re)register the HADs in the capacity registry")
+    g = p.add_argument_group("doors (FHIR R4, HL7 v2 over MLLP; the rest use the REST API)")
+    g.add_argument("--fhir-url", default=env.get("FHIR_URL"),
+                   help="the FHIR API's base URL (env FHIR_URL; default <referral-url>/fhir)")
+    g.add_argument("--mllp-host", default=env.get("GATEWAY_MLLP_HOST", "127.0.0.1"),
+                   help="the HL7 gateway's MLLP host (env GATEWAY_MLLP_HOST; default 127.0.0.1)")
+    g.add_argument("--mllp-port", type=int, default=int(env.get("GATEWAY_MLLP_PORT") or 2575),
+                   help="the HL7 gateway's MLLP port (env GATEWAY_MLLP_PORT; default 2575)")
+    g.add_argument("--pseudonym-key", default=env.get("GATEWAY_PSEUDONYM_KEY"), metavar="KEY",
+                   help="the key hospitals sending ADT share with the gateway for their patients' pseudonyms (env "
+                        "GATEWAY_PSEUDONYM_KEY); without it, no hospital sends ADT")
+    for name, default, what in (("fhir-hospitals", DEFAULT_FHIR_HOSPITALS, "hospitals posting referrals as FHIR ServiceRequests"),
+                                ("hl7-hospitals", DEFAULT_HL7_HOSPITALS, "hospitals sending ADT (A03, A06/A01) over MLLP"),
+                                ("fhir-hads", DEFAULT_FHIR_HADS, "HADs answering offers by updating their FHIR Task"),
+                                ("hl7-hads", DEFAULT_HL7_HADS, "HADs reporting admissions and discharges by HL7 A01/A03")):
+        g.add_argument(f"--{name}", type=_fraction, default=default, metavar="FRACTION",
+                       help=f"share of the {what}, per department (0 none, 1 all; above 0, at least one; default {default:.2f})")
+    g.add_argument("--print-gateway-senders", action="store_true",
+                   help="print the HL7 gateway's allow-list (GATEWAY_SENDERS JSON) for the establishments that send "
+                        "ADT, from --gateway-networks, and exit")
+    g.add_argument("--gateway-networks", default="127.0.0.1/32", metavar="CIDRS",
+                   help="comma-separated networks the simulator connects to the gateway from (default 127.0.0.1/32)")
     g.add_argument("--dry-run", action="store_true",
                    help="call no service: log the referrals and declarations that would be sent")
     g = p.add_argument_group("webhooks")
@@ -146,8 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 class DryRunClient(PlatformClient):
     """Answers every call locally with success: nothing leaves the process."""
 
-    async def call(self, service: str, method: str, path: str, token: str, body: Any = None) -> Result:
+    async def call(self, service: str, method: str, path: str, token: str, body: Any = None, **_: Any) -> Result:
         log.debug("dry-run %s %s %s %s", service, method, path, json.dumps(body, ensure_ascii=False) if body else "")
+        if service == "fhir" and method == "GET" and path.startswith("/Task/"):
+            return Result(200, {"resourceType": "Task", "id": path.rsplit("/", 1)[1], "status": "requested",
+                                "intent": "order"})
         return Result(201 if method in ("POST", "PUT") else 200, {})
 
 
@@ -245,22 +298,33 @@ async def _reporter(world: World, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         log.info("[%s] counters %s", world.clock.now().strftime("%a %H:%M"), world.counters.line())
+        log.info("[%s] doors: %s", world.clock.now().strftime("%a %H:%M"), world.counters.doors_line())
 
 
 async def run(args: argparse.Namespace) -> Counters:
     scenario: Scenario = build_scenario(args.departments, args.seed)
     counters = Counters()
+    if not args.pseudonym_key and args.hl7_hospitals > 0:
+        log.warning("no pseudonym key shared with the HL7 gateway (--pseudonym-key or GATEWAY_PSEUDONYM_KEY): "
+                    "no hospital sends ADT")
+    doors = plan_doors(scenario, door_fractions(args))
+    adt: MllpSender | None = None
     if args.dry_run:
-        client: PlatformClient = DryRunClient(args.referral_url, args.capacity_url, args.notify_url, _NoTokens(), counters)
+        client: PlatformClient = DryRunClient(args.referral_url, args.capacity_url, args.notify_url, _NoTokens(), counters,
+                                              fhir_url=args.fhir_url)
+        adt = DryRunSender(counters)
     else:
         if not args.oidc_issuer:
             raise SystemExit("the simulator needs the identity provider: --oidc-issuer or OIDC_ISSUER")
         idp = LocalIdentityProvider.from_env({**os.environ, "OIDC_ISSUER": args.oidc_issuer})
         client = PlatformClient(args.referral_url, args.capacity_url, args.notify_url, _IdentityProviderTokens(idp),
-                                counters)
+                                counters, fhir_url=args.fhir_url)
+        if doors.hl7_hospitals or doors.hl7_hads:
+            adt = MllpSender(args.mllp_host, args.mllp_port, counters)
     start = args.start or datetime.combine(datetime.now(PARIS).date(), dtime(7, 0), tzinfo=PARIS)
     clock = SimClock(start, args.speed)
-    world = World(scenario, client, clock, counters, seed=args.seed, hold_minutes=args.hold_minutes, dry_run=args.dry_run)
+    world = World(scenario, client, clock, counters, seed=args.seed, hold_minutes=args.hold_minutes, dry_run=args.dry_run,
+                  doors=doors, adt=adt, pseudonym_key=args.pseudonym_key.encode() if args.pseudonym_key else None)
     if args.identities_out:
         identities = args.identities_out.open("a", encoding="utf-8")
 
@@ -282,8 +346,12 @@ async def run(args: argparse.Namespace) -> Counters:
                  "%.1f referrals/day", code, dept.name, len(dept.communes), len(dept.hads),
                  sum(h.authorised_places for h in dept.hads), len(dept.hospitals), len(dept.ehpads), len(dept.gps), volume)
     log.info("speed x%g (a simulated day lasts %.1f real minutes), simulated start %s, services: referral %s, capacity %s, "
-             "notify %s%s", args.speed, 1440 / args.speed, start.strftime("%a %d %b %H:%M"), args.referral_url,
-             args.capacity_url, args.notify_url, " (DRY RUN)" if args.dry_run else "")
+             "notify %s, FHIR %s, HL7 MLLP %s:%d%s", args.speed, 1440 / args.speed, start.strftime("%a %d %b %H:%M"),
+             args.referral_url, args.capacity_url, args.notify_url, client.urls["fhir"], args.mllp_host, args.mllp_port,
+             " (DRY RUN)" if args.dry_run else "")
+    log.info("doors: FHIR ServiceRequests from %d hospitals, ADT from %d hospitals, FHIR Task answers from %d HADs, "
+             "ADT from %d HADs (the others: REST)", len(doors.fhir_hospitals), len(doors.hl7_hospitals),
+             len(doors.fhir_hads), len(doors.hl7_hads))
 
     server, server_task = None, None
     subscriptions: Subscriptions | None = None
@@ -335,7 +403,10 @@ async def run(args: argparse.Namespace) -> Counters:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server_task, timeout=5)
         await client.aclose()
+        if adt is not None:
+            await adt.aclose()
         log.info("[%s] final counters %s", clock.now().strftime("%a %H:%M"), counters.line())
+        log.info("[%s] doors: %s", clock.now().strftime("%a %H:%M"), counters.doors_line())
     return counters
 
 
@@ -346,7 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         if args.print_scenario:
-            print(json.dumps(build_scenario(args.departments, args.seed).summary(), ensure_ascii=False, indent=2))
+            scenario = build_scenario(args.departments, args.seed)
+            print(json.dumps({**scenario.summary(), "doors": plan_doors(scenario, door_fractions(args)).summary()},
+                             ensure_ascii=False, indent=2))
+            return 0
+        if args.print_gateway_senders:
+            doors = plan_doors(build_scenario(args.departments, args.seed), door_fractions(args))
+            networks = [n.strip() for n in args.gateway_networks.split(",") if n.strip()]
+            print(json.dumps(gateway_senders(doors, networks)))
             return 0
         asyncio.run(run(args))
     except ValueError as exc:  # an unknown department, a bad option value

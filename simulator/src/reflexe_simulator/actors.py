@@ -32,9 +32,13 @@ from zoneinfo import ZoneInfo
 from reflexe_common.geography import Geography
 from reflexe_common.vocabulary import CapacityStatus, Reason
 
+from reflexe_simulator import fhir
+from reflexe_simulator.adt import Movement, MllpSender, build_message, visit_number
 from reflexe_simulator.client import PlatformClient, Result
-from reflexe_simulator.scenario import DepartmentScenario, HadSpec, Scenario
-from reflexe_simulator.traffic import GeneratedReferral, PatientRecord, ReferralFactory, day_arrivals
+from reflexe_simulator.doors import Doors, PatientIdDomain, gateway_pseudonym
+from reflexe_simulator.scenario import DepartmentScenario, HadSpec, Scenario, SourceSpec
+from reflexe_simulator.traffic import (GeneratedReferral, PatientRecord, ReferralFactory, day_arrivals,
+                                       own_key_pseudonym)
 from reflexe_simulator.webhooks import Delivery
 
 log = logging.getLogger("reflexe_simulator")
@@ -63,6 +67,10 @@ LATE_AFTER_HOLD_SECONDS = (1.0, 4.0)  # how long after the hold a late answer co
 # service's consumer) is sent again, while the hold runs.
 NOT_YET_KNOWN_RETRY_SECONDS, NOT_YET_KNOWN_RETRIES = 0.5, 4
 ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulated hours
+# A referred ED (or UHCD) patient leaves the emergency department this long after the referral
+# (simulated hours): the hospital's A03, for those that send ADT.
+ED_EXIT_MEDIAN_H, ED_EXIT_SIGMA, ED_EXIT_MAX_H = 1.5, 0.6, 8.0
+INPATIENT_UNITS = ("Médecine polyvalente", "Gériatrie aiguë", "Pneumologie", "Cardiologie")
 AVERAGE_STAY_DAYS = 28.0  # background patients' mean length of stay
 
 
@@ -70,7 +78,10 @@ class Counters:
     ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
              "no_answer", "answers_after_hold", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
              "discharged", "cancelled", "overdue_alerts", "declarations", "webhooks_received", "webhooks_duplicate",
-             "bad_signatures", "http_409", "http_errors", "unreachable")
+             "bad_signatures", "http_409", "http_errors", "unreachable",
+             # Doors: how many went through each (REST, FHIR, HL7 over MLLP).
+             "rest_referrals", "fhir_referrals", "rest_answers", "fhir_answers", "hl7_ed_exits",
+             "hl7_hospitalisations", "hl7_had_admissions", "hl7_had_discharges", "hl7_sent", "hl7_not_accepted")
     SHORT = {"referrals_posted": "posted", "ineligible_posted": "ineligible", "offers_received": "offers",
              "offers_polled": "polled", "webhooks_received": "webhooks", "webhooks_duplicate": "dup",
              "bad_signatures": "bad_sig", "http_409": "409", "answers_after_hold": "after_hold", "http_errors": "errors",
@@ -84,6 +95,13 @@ class Counters:
 
     def __getitem__(self, name: str) -> int:
         return self.values[name]
+
+    def doors_line(self) -> str:
+        v = self.values
+        return (f"referrals REST {v['rest_referrals']} FHIR {v['fhir_referrals']}; answers REST {v['rest_answers']} "
+                f"FHIR {v['fhir_answers']}; HL7 hospitals: ED exits {v['hl7_ed_exits']}, hospitalisations "
+                f"{v['hl7_hospitalisations']}; HL7 HADs: admissions {v['hl7_had_admissions']}, discharges "
+                f"{v['hl7_had_discharges']}; HL7 sent {v['hl7_sent']}, not acknowledged AA {v['hl7_not_accepted']}")
 
     def line(self) -> str:
         parts = [f"{self.SHORT.get(k, k)}={self.values[k]}" for k in self.ORDER]
@@ -148,23 +166,41 @@ class TrackedReferral:
     had: str | None = None
     status: str = "REQUESTED"
     offers: set[str] = field(default_factory=set)
+    in_ed: bool = False  # still in the emergency department (an ED or UHCD referral before its A03)
 
 
 class World:
     """Shared state and plumbing the actors use: client, clock, counters, task spawning."""
 
     def __init__(self, scenario: Scenario, client: PlatformClient, clock: SimClock, counters: Counters, *,
-                 seed: int, hold_minutes: float = 30.0, dry_run: bool = False) -> None:
+                 seed: int, hold_minutes: float = 30.0, dry_run: bool = False, doors: Doors | None = None,
+                 adt: MllpSender | None = None, pseudonym_key: bytes | None = None) -> None:
         self.scenario, self.client, self.clock, self.counters = scenario, client, clock, counters
         self.rng = random.Random(f"reflexe-simulator-behaviour:{seed}")
         self.hold_minutes = hold_minutes
         self.dry_run = dry_run
+        # Who uses which door (REST unless listed); ADT needs the MLLP sender, and a hospital's
+        # ADT the key it shares with the gateway, so that its referrals' pseudonyms match.
+        self.doors = doors or Doors()
+        if (self.doors.hl7_hospitals or self.doors.hl7_hads) and adt is None:
+            raise ValueError("establishments that send ADT need the gateway's MLLP address")
+        if self.doors.hl7_hospitals and not pseudonym_key:
+            raise ValueError("hospitals that send ADT need the pseudonym key they share with the gateway")
+        self.adt = adt
+        self.pseudonym_key = pseudonym_key
         # Where the hospitals' own patient records go, if anywhere (the privacy scan reads them).
         self.identity_sink: Callable[[PatientRecord], None] | None = None
         self.referrals: dict[str, TrackedReferral] = {}
         self.tasks: set[asyncio.Task] = set()
         self.hads: dict[str, HadActor] = {h.finess: HadActor(self, h) for h in scenario.hads}
         self.desks: dict[str, DeskActor] = {code: DeskActor(self, d) for code, d in scenario.departments.items()}
+
+    def pseudonym_of(self, source: SourceSpec, patient: PatientRecord) -> str:
+        """The pseudonym a source gives its referral: the gateway's, over its own patient number,
+        when it also sends ADT (the gateway must find the referral from PID-3), else its own."""
+        if self.doors.sends_adt(source.finess) and self.pseudonym_key:
+            return gateway_pseudonym(self.pseudonym_key, patient.local_id, PatientIdDomain.of(source.finess).oid)
+        return own_key_pseudonym(source, patient)
 
     def say(self, department: str, kind: str, message: str, level: int = logging.INFO) -> None:
         log.log(level, "[%s] %-3s %-11s %s", self.clock.now().strftime("%a %H:%M"), department, kind, message)
@@ -301,15 +337,12 @@ class HadActor:
     async def answer(self, referral_id: str, offer_id: str, decision: str, reason: tuple[Reason, str] | None,
                      sim_minutes: float, hold_until: datetime | None = None) -> None:
         world = self.world
+        via_fhir = world.doors.answers_fhir(self.spec.finess)
         for attempt in range(NOT_YET_KNOWN_RETRIES + 1):
-            if decision == "accept":
-                result = await world.client.accept(self.spec.finess, referral_id, offer_id)
-            else:
-                assert reason is not None
-                result = await world.client.decline(self.spec.finess, referral_id, offer_id, str(reason[0]), reason[1])
+            result, not_yet_known = await self._send_answer(via_fhir, referral_id, offer_id, decision, reason)
             still_held = hold_until is not None and \
                 datetime.now(UTC) + timedelta(seconds=NOT_YET_KNOWN_RETRY_SECONDS) < hold_until
-            if not (result.conflict and result.code == "NO_CURRENT_OFFER" and still_held) or attempt == NOT_YET_KNOWN_RETRIES:
+            if not (not_yet_known and still_held) or attempt == NOT_YET_KNOWN_RETRIES:
                 break
             await asyncio.sleep(NOT_YET_KNOWN_RETRY_SECONDS)
         after = f"after {sim_minutes:.0f} min"
@@ -319,6 +352,7 @@ class HadActor:
             return
         if not result.ok:
             return
+        world.counters.inc("fhir_answers" if via_fhir else "rest_answers")
         tracked = world.referrals.get(referral_id)
         if decision == "accept":
             world.counters.inc("accepted")
@@ -332,6 +366,44 @@ class HadActor:
         else:
             world.counters.inc("declined")
             world.say(self.spec.department, "declined", f"{self.spec.name} declines {referral_id[:8]} {after}: {reason[0]}")
+
+    async def _send_answer(self, via_fhir: bool, referral_id: str, offer_id: str, decision: str,
+                           reason: tuple[Reason, str] | None) -> tuple[Result, bool]:
+        """The answer through the HAD's door, and whether the platform did not know the offer yet
+        (the webhook can outrun the referral service's own record of it: worth sending again)."""
+        client, finess = self.world.client, self.spec.finess
+        if not via_fhir:
+            if decision == "accept":
+                result = await client.accept(finess, referral_id, offer_id)
+            else:
+                assert reason is not None
+                result = await client.decline(finess, referral_id, offer_id, str(reason[0]), reason[1])
+            return result, result.conflict and result.code == "NO_CURRENT_OFFER"
+        # FHIR: read the Task, put it back answered (docs/integration-fhir.md, "An HAD answers").
+        read = await client.fhir_read_task(finess, referral_id)
+        if not read.ok or not isinstance(read.data, dict):
+            return read, read.status == 404  # not the HAD's to see until the offer is recorded
+        task = fhir.answered_task(read.data, offer_id, decision, str(reason[0]) if reason else None,
+                                  reason[1] if reason else "")
+        result = await client.fhir_update_task(finess, referral_id, task)
+        return result, result.conflict and result.code == "NO_CURRENT_OFFER"
+
+    async def _report_hl7(self, trigger: str, referral_id: str) -> bool | None:
+        """An admission (A01) or a discharge (A03) by the HAD's system over MLLP, naming the
+        referral in PV1-5; None when this HAD reports through the REST API instead."""
+        world = self.world
+        tracked = world.referrals.get(referral_id)
+        if not world.doors.reports_hl7(self.spec.finess) or world.adt is None or tracked is None:
+            return None  # a referral this run did not post (its patient unknown here) goes by REST
+        patient = tracked.generated.patient
+        assert patient is not None
+        message = build_message(Movement(
+            trigger=trigger, sender_finess=self.spec.finess, patient=patient, at=datetime.now(UTC), patient_class="I",
+            unit="HAD", visit_number=visit_number(self.spec.finess, referral_id), referral_id=referral_id))
+        ack = await world.adt.send(self.spec.finess, message)
+        if ack.accepted:
+            world.counters.inc("hl7_had_admissions" if trigger == "A01" else "hl7_had_discharges")
+        return ack.accepted
 
     # -- admission and discharge ------------------------------------------------------------
 
@@ -349,16 +421,23 @@ class HadActor:
         tracked = world.referrals.get(referral_id)
         if tracked and self.rng.random() < 0.03:  # the patient's condition changed before the HAD came
             reason = Reason.PATIENT_DECEASED if tracked.generated.palliative and self.rng.random() < 0.5 else Reason.PATIENT_HOSPITALISED
-            result = await world.client.cancel(tracked.generated.source.finess, referral_id, str(reason), "annulé par le service demandeur")
-            if result.ok:
+            if reason == Reason.PATIENT_HOSPITALISED:
+                cancelled = await hospitalise(world, tracked.generated)
+            else:
+                result = await world.client.cancel(tracked.generated.source.finess, referral_id, str(reason),
+                                                   "annulé par le service demandeur")
+                cancelled = result.ok
+            if cancelled:
                 self.pending.discard(referral_id)
                 tracked.status = "CANCELLED"
                 world.counters.inc("cancelled")
                 world.say(self.spec.department, "cancelled", f"{referral_id[:8]} cancelled by the source before admission: {reason}")
                 return
-        result = await world.client.admit(self.spec.finess, referral_id)
+        reported = await self._report_hl7("A01", referral_id)
+        if reported is None:
+            reported = (await world.client.admit(self.spec.finess, referral_id)).ok
         self.pending.discard(referral_id)
-        if not result.ok:
+        if not reported:
             return
         self.active.add(referral_id)
         self.admissions_today += 1
@@ -372,9 +451,11 @@ class HadActor:
         world.spawn(self.discharge(referral_id), sim_delay=days * 86400)
 
     async def discharge(self, referral_id: str) -> None:
-        result = await self.world.client.discharge(self.spec.finess, referral_id)
+        reported = await self._report_hl7("A03", referral_id)
+        if reported is None:
+            reported = (await self.world.client.discharge(self.spec.finess, referral_id)).ok
         self.active.discard(referral_id)
-        if result.ok:
+        if reported:
             self.world.counters.inc("discharged")
             self.world.say(self.spec.department, "discharged", f"{self.spec.name} discharges {referral_id[:8]}")
             if self.spec.pushes_on_change:
@@ -492,7 +573,8 @@ class DeskActor:
 async def traffic_loop(world: World, department: DepartmentScenario, daily_volume: float, seed: int) -> None:
     """Post the department's referrals following the daily profile, day after day."""
     rng = random.Random(f"traffic:{seed}:{department.code}")
-    factory = ReferralFactory(department, random.Random(f"referrals:{seed}:{department.code}"), world.identity_sink)
+    factory = ReferralFactory(department, random.Random(f"referrals:{seed}:{department.code}"), world.identity_sink,
+                              world.pseudonym_of)
     day = world.clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
     while True:
         for at, kind in day_arrivals(rng, day, daily_volume):
@@ -505,9 +587,14 @@ async def traffic_loop(world: World, department: DepartmentScenario, daily_volum
 
 
 async def post_referral(world: World, generated: GeneratedReferral) -> None:
-    body = generated.body
-    world.referrals[generated.referral_id] = TrackedReferral(generated)
-    result = await world.client.post_referral(generated.source.finess, body)
+    body, source = generated.body, generated.source
+    tracked = world.referrals[generated.referral_id] = TrackedReferral(generated, in_ed=bool(body.get("ed_arrival_at")))
+    via_fhir = world.doors.posts_fhir(source.finess)
+    if via_fhir:
+        result = await world.client.fhir_create_service_request(source.finess, fhir.service_request(body),
+                                                                generated.referral_id)
+    else:
+        result = await world.client.post_referral(source.finess, body)
     if not result.ok:
         world.say(generated.department, "error", f"referral {generated.referral_id[:8]} not posted: {result.status or 'unreachable'} "
                   f"{result.code or result.error}", logging.WARNING)
@@ -515,6 +602,10 @@ async def post_referral(world: World, generated: GeneratedReferral) -> None:
     world.counters.inc("referrals_posted")
     if not (body["conditions"]["patient_consent"] and body["conditions"]["gp_agreement"]) and not generated.negative_avis:
         world.spawn(complete_conditions(world, generated), sim_delay=world.rng.uniform(1, 6) * 3600)
+    world.counters.inc("fhir_referrals" if via_fhir else "rest_referrals")
+    if tracked.in_ed and world.doors.sends_adt(source.finess):
+        hours = min(ED_EXIT_MAX_H, _lognormal(world.rng, ED_EXIT_MEDIAN_H, ED_EXIT_SIGMA))
+        world.spawn(ed_exit(world, generated), sim_delay=hours * 3600)
     if generated.negative_avis:
         world.counters.inc("ineligible_posted")
     clinical, patient = body["clinical"], body["patient"]
@@ -531,9 +622,7 @@ async def cancel_waiting(world: World, generated: GeneratedReferral) -> None:
     tracked = world.referrals.get(generated.referral_id)
     if tracked and tracked.status not in ("REQUESTED",):
         return
-    result = await world.client.cancel(generated.source.finess, generated.referral_id, str(Reason.PATIENT_HOSPITALISED),
-                                       "hospitalisé en service conventionnel")
-    if result.ok:
+    if await hospitalise(world, generated):
         world.counters.inc("cancelled")
         world.say(generated.department, "cancelled", f"{generated.referral_id[:8]} cancelled by the source (still waiting)")
 
@@ -556,6 +645,49 @@ async def complete_conditions(world: World, generated: GeneratedReferral) -> Non
     if (await world.client.update_conditions(finess, generated.referral_id, given)).ok:
         world.counters.inc("completed")
         world.say(generated.department, "completed", f"{short_id} consents given: the search starts")
+
+
+async def hospitalise(world: World, generated: GeneratedReferral) -> bool:
+    """The referred patient is admitted as an inpatient, so the HAD referral is cancelled
+    (PATIENT_HOSPITALISED): a hospital that sends ADT says so by HL7 (A06 from the emergency
+    department, else an A01 inpatient admission), which the gateway turns into the cancellation;
+    the others cancel through the REST API."""
+    source, tracked = generated.source, world.referrals.get(generated.referral_id)
+    if not world.doors.sends_adt(source.finess) or world.adt is None or generated.patient is None:
+        result = await world.client.cancel(source.finess, generated.referral_id, str(Reason.PATIENT_HOSPITALISED),
+                                           "hospitalisé en service conventionnel")
+        return result.ok
+    from_ed = tracked is not None and tracked.in_ed
+    ed_visit = visit_number(source.finess, generated.referral_id)
+    message = build_message(Movement(
+        trigger="A06" if from_ed else "A01", sender_finess=source.finess, patient=generated.patient,
+        at=datetime.now(UTC), patient_class="I", unit=world.rng.choice(INPATIENT_UNITS),
+        # A06 turns the ED visit into an inpatient stay (same visit number); an A01 opens a new one.
+        visit_number=ed_visit if from_ed else visit_number(source.finess, f"{generated.referral_id}/stay")))
+    ack = await world.adt.send(source.finess, message)
+    if not ack.accepted:
+        return False
+    world.counters.inc("hl7_hospitalisations")
+    if tracked is not None:
+        tracked.in_ed = False
+    return True
+
+
+async def ed_exit(world: World, generated: GeneratedReferral) -> None:
+    """The referred patient leaves the emergency department: the hospital's A03, which records
+    the ED exit time on the referral (unless the patient was hospitalised meanwhile)."""
+    tracked = world.referrals.get(generated.referral_id)
+    if tracked is None or not tracked.in_ed or world.adt is None or generated.patient is None:
+        return
+    source = generated.source
+    message = build_message(Movement(
+        trigger="A03", sender_finess=source.finess, patient=generated.patient, at=datetime.now(UTC), patient_class="E",
+        unit=str(generated.body["source"].get("unit") or "SAU"), visit_number=visit_number(source.finess, generated.referral_id)))
+    ack = await world.adt.send(source.finess, message)
+    if ack.accepted:
+        tracked.in_ed = False
+        world.counters.inc("hl7_ed_exits")
+        world.say(generated.department, "ed-exit", f"{generated.referral_id[:8]} left the ED ({source.name}, HL7 A03)")
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from reflexe_simulator import fhir
+
 
 log = logging.getLogger("reflexe_simulator.client")
 
@@ -39,6 +41,11 @@ class Result:
     def code(self) -> str:
         """The platform's error code (``{"error": {"code": ...}}`` or ``{"code": ...}``), if any."""
         if isinstance(self.data, dict):
+            if self.data.get("resourceType") == "OperationOutcome":
+                # The FHIR API names the platform's code first in each issue: "NO_CURRENT_OFFER: ...".
+                issues = self.data.get("issue") or [{}]
+                code, _, _ = str(issues[0].get("diagnostics", "")).partition(":")
+                return code if code.replace("_", "").isalpha() and code.isupper() else ""
             err = self.data.get("error")
             if isinstance(err, dict):
                 return str(err.get("code", ""))
@@ -78,9 +85,9 @@ class Tokens:
 class PlatformClient:
     def __init__(self, referral_url: str, capacity_url: str, notify_url: str, tokens: TokenSource, counters: Any = None,
                  attempts: int = 5, backoff: float = 0.5, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, fhir_url: str | None = None) -> None:
         self.urls = {"referral": referral_url.rstrip("/"), "capacity": capacity_url.rstrip("/"),
-                     "notify": notify_url.rstrip("/")}
+                     "notify": notify_url.rstrip("/"), "fhir": (fhir_url or f"{referral_url.rstrip('/')}/fhir").rstrip("/")}
         self.tokens = Tokens(tokens)
         self.counters = counters
         self.attempts = attempts
@@ -99,18 +106,19 @@ class PlatformClient:
             self.counters.inc(name)
 
     async def call(self, service: str, method: str, path: str, token: str, body: Any = None,
-                   attempts: int | None = None) -> Result:
+                   attempts: int | None = None, headers: dict[str, str] | None = None,
+                   content_type: str = "application/json") -> Result:
         url = self.urls[service] + path
         delay = self.backoff
         attempts = attempts or self.attempts
         last = Result(0, error="not attempted")
         # Serialised once: a retry (its first attempt's answer lost or late) sends the very same
         # bytes, which the platform answers as a replay (200), not as a conflicting duplicate.
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}", **(headers or {})}
         content = None
         if body is not None:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._http.request(method, url, content=content, headers=headers)
@@ -207,6 +215,22 @@ class PlatformClient:
     async def open_referrals(self, department: str) -> Result:
         return await self.call("referral", "GET", f"/v1/departments/{department}/referrals",
                                await self.tokens.get("desk", department=department))
+
+    # -- FHIR API of the referral service (docs/integration-fhir.md) ----------------------
+
+    async def fhir_create_service_request(self, source_finess: str, resource: dict[str, Any], referral_id: str) -> Result:
+        """Conditional create: 201 new, 200 the same again (a retry whose answer was lost)."""
+        return await self.call("fhir", "POST", "/ServiceRequest", await self.tokens.get("hospital", finess=source_finess),
+                               resource, headers={"If-None-Exist": fhir.if_none_exist(referral_id), "Accept": fhir.FHIR_JSON},
+                               content_type=fhir.FHIR_JSON)
+
+    async def fhir_read_task(self, had: str, referral_id: str) -> Result:
+        return await self.call("fhir", "GET", f"/Task/{referral_id}", await self.tokens.get("had", finess=had),
+                               headers={"Accept": fhir.FHIR_JSON})
+
+    async def fhir_update_task(self, had: str, referral_id: str, resource: dict[str, Any]) -> Result:
+        return await self.call("fhir", "PUT", f"/Task/{referral_id}", await self.tokens.get("had", finess=had), resource,
+                               headers={"Accept": fhir.FHIR_JSON}, content_type=fhir.FHIR_JSON)
 
     # -- capacity service ----------------------------------------------------------------
 

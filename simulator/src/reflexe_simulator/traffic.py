@@ -27,13 +27,14 @@ import hmac
 import math
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, SourceKind, Urgency
 
+from reflexe_simulator.doors import PatientIdDomain
 from reflexe_simulator.scenario import DepartmentScenario, SourceSpec
 
 REFERRALS_PER_100K_PER_DAY = 1.5
@@ -155,6 +156,7 @@ class PatientRecord:
     given_name: str
     nir: str  # 13 digits and the 2-digit key
     birth_date: date
+    local_id: str = ""  # the referring establishment's own patient number (IPP, PID-3 of type PI)
 
     @classmethod
     def draw(cls, rng: random.Random, sex: str, birth_year: int, department: str) -> PatientRecord:
@@ -169,7 +171,12 @@ class PatientRecord:
 
     def as_json(self) -> dict[str, str]:
         return {"family_name": self.family_name, "given_name": self.given_name, "nir": self.nir,
-                "birth_date": self.birth_date.isoformat()}
+                "birth_date": self.birth_date.isoformat(), "local_id": self.local_id}
+
+
+def own_key_pseudonym(source: SourceSpec, patient: PatientRecord) -> str:
+    """A source that shares no key with the platform's gateway: its own key over the NIR."""
+    return patient.pseudonym(hashlib.sha256(f"hospital-key:{source.finess}".encode()).digest())
 
 
 @dataclass
@@ -198,10 +205,14 @@ class ReferralFactory:
     """Builds realistic referral bodies (``POST /v1/referrals``) for one department."""
 
     def __init__(self, department: DepartmentScenario, rng: random.Random,
-                 identity_sink: Callable[[PatientRecord], None] | None = None) -> None:
+                 identity_sink: Callable[[PatientRecord], None] | None = None,
+                 pseudonym_of: Callable[[SourceSpec, PatientRecord], str] | None = None) -> None:
         self.department = department
         self.rng = rng
         self.identity_sink = identity_sink
+        # How the source names the patient: by default its own key over the NIR; a hospital that
+        # sends ADT the way the HL7 gateway does (doors.py).
+        self.pseudonym_of = pseudonym_of or own_key_pseudonym
         self._codes = [c for c, _ in department.communes]
         self._weights = [max(p, 1) for _, p in department.communes]
 
@@ -304,6 +315,7 @@ class ReferralFactory:
         unit = {SourceKind.ED: "SAU", SourceKind.UHCD: "UHCD", SourceKind.WARD: rng.choice(["Médecine interne", "Gériatrie aiguë", "Pneumologie"]),
                 SourceKind.EHPAD: "Infirmerie", SourceKind.GP: "Cabinet"}[SourceKind(kind)]
         patient = PatientRecord.draw(random.Random(rng.getrandbits(64)), sex, birth_year, dept.code)
+        patient = replace(patient, local_id=PatientIdDomain.of(source.finess).local_id(patient.nir))
         if self.identity_sink:
             self.identity_sink(patient)
         body: dict[str, Any] = {
@@ -311,7 +323,7 @@ class ReferralFactory:
             "source": {"kind": kind, "finess": source.finess, "unit": unit,
                        "prescriber_id": f"SIM{rng.randrange(10**6):06d}"},
             "patient": {
-                "pseudonym": patient.pseudonym(hashlib.sha256(f"hospital-key:{source.finess}".encode()).digest()),
+                "pseudonym": self.pseudonym_of(source, patient),
                 "birth_year": birth_year,
                 "sex": sex,
                 "care_commune": care_commune,
