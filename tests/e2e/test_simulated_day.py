@@ -1,15 +1,23 @@
-"""A simulated day on the whole platform, checked two ways.
+"""A simulated day on the whole platform, checked three ways.
 
-The four services run as processes trusting the real Keycloak, from which the simulator (also a
-process) gets every actor's token; a real Prometheus scrapes them every second with the rules of
-deploy/prometheus/rules/ loaded.
+The four services and the HL7 gateway run as processes trusting the real Keycloak, from which the
+simulator (also a process) gets every actor's token; a real Prometheus scrapes them every second
+with the rules of deploy/prometheus/rules/ loaded. The simulator's establishments use every door:
+REST, FHIR (ServiceRequests, Task answers) and HL7 over MLLP (hospitals' ED exits and
+hospitalisations, HADs' admissions), the gateway allowing exactly its ADT senders.
 
 - The Grafana dashboards work: EVERY panel query of deploy/grafana/dashboards/ (template
   variables set to real values) and every recording rule must be valid PromQL and return data.
   Grafana itself is not needed: it sends these very queries to Prometheus.
+- Every door was used and worked: the gateway recorded the simulated hospitals' and HADs' ADT
+  (all acknowledged AA), found the referrals from the hospitals' pseudonyms (ED exits recorded)
+  and the HADs' (admissions), and the referral service answered FHIR ServiceRequests and Task
+  updates.
 - Privacy: the simulated hospitals write down the identities of their patients (names, NIR, birth
-  dates) that they never send; a scan of every Kafka record, log line, metric and table row of the
-  platform finds none of them, nor anything shaped like a NIR or a birth date.
+  dates, their own patient numbers) that they never send to the REST or FHIR APIs, and that their
+  HL7 messages do carry in PID; a scan of every Kafka record, log line, metric and table row of
+  the platform (the gateway's included) finds none of them, nor anything shaped like a NIR or a
+  birth date.
 
 Needs /usr/bin/prometheus (deploy/local/install-prometheus.sh)."""
 
@@ -28,6 +36,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import yaml
@@ -57,6 +66,12 @@ PLATFORM_ENV = {
     "REFERRAL_OFFER_UNANSWERED_MINUTES": str(15 / SPEED),
     "INDICATORS_METRICS_REFRESH_SECONDS": "2",
 }
+
+
+# The HL7 gateway's pseudonym key, which the simulated hospitals sending ADT share (test only).
+PSEUDONYM_KEY = "simulated day: the gateway's pseudonym key"
+GATEWAY_CLIENT_SECRET = "local-reflexe-gateway"  # the demo realm's gateway client (deploy/local/keycloak)
+SIMULATOR = [sys.executable, "-m", "reflexe_simulator", "--departments", "48,46"]
 
 
 def substitute(expr: str) -> str:
@@ -129,13 +144,29 @@ class SimulatedDay:
     prometheus_url: str
     identities: Path
     log_dir: Path
+    senders: dict  # the gateway's allow-list: the simulated establishments that send ADT
+    started: float  # epoch seconds: what the gateway recorded before is another run's
+
+
+def simulated_senders() -> dict:
+    """The allow-list the simulator prints for its ADT senders, as ./reflexe up gives the gateway."""
+    listed = subprocess.run([*SIMULATOR, "--print-gateway-senders"], capture_output=True, text=True, cwd=REPO_ROOT,
+                            env={**os.environ, "GATEWAY_PSEUDONYM_KEY": PSEUDONYM_KEY}, check=True, timeout=120)
+    senders = json.loads(listed.stdout)
+    kinds = {s["kind"] for s in senders.values()}
+    assert kinds == {"hospital", "had"}, f"the simulator must send ADT as hospitals and as HADs: {senders}"
+    return senders
 
 
 @pytest.fixture(scope="module")
 async def day(topics, keycloak: Keycloak, tmp_path_factory) -> AsyncIterator[SimulatedDay]:
     assert Path(PROMETHEUS).exists(), "prometheus is not installed (deploy/local/install-prometheus.sh)"
     tmp_path = tmp_path_factory.mktemp("simulated-day")
-    async with running_platform(topics, tmp_path, OIDC_ISSUER=keycloak.issuer, **PLATFORM_ENV) as services:
+    started = time.time()
+    senders, mllp_port = simulated_senders(), free_port()
+    gateway_env = {"GATEWAY_PSEUDONYM_KEY": PSEUDONYM_KEY, "GATEWAY_MLLP_PORT": str(mllp_port),
+                   "GATEWAY_SENDERS": json.dumps(senders), "GATEWAY_CLIENT_SECRET": GATEWAY_CLIENT_SECRET}
+    async with running_platform(topics, tmp_path, gateway_env, OIDC_ISSUER=keycloak.issuer, **PLATFORM_ENV) as services:
         fast_rules(tmp_path / "rules")
         config = tmp_path / "prometheus.yml"
         config.write_text(yaml.safe_dump(prometheus_config(services, tmp_path / "rules")), encoding="utf-8")
@@ -151,16 +182,18 @@ async def day(topics, keycloak: Keycloak, tmp_path_factory) -> AsyncIterator[Sim
              f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=1h"],
             stdout=prom_log, stderr=subprocess.STDOUT)
         simulator = subprocess.Popen(
-            [sys.executable, "-m", "reflexe_simulator", "--departments", "48,46", "--speed", str(SPEED),
+            [*SIMULATOR, "--speed", str(SPEED),
              "--start", "09:00", "--duration", str(SIMULATION_SECONDS), "--rate", "200",
              "--referral-url", services["referral"].url, "--capacity-url", services["capacity"].url,
              "--notify-url", services["notify"].url, "--oidc-issuer", keycloak.issuer,
+             "--fhir-url", f"{services['referral'].url}/fhir", "--mllp-host", "127.0.0.1", "--mllp-port", str(mllp_port),
              "--identities-out", str(identities), "--webhook-port", str(hook_port), "--report-every", "30"],
             stdout=sim_log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            # The key in the environment, not on a command line that any local user can read.
             env={**os.environ, "PYTHONUNBUFFERED": "1", "KEYCLOAK_ADMIN_USER": keycloak.admin_user,
-                 "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password})
+                 "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password, "GATEWAY_PSEUDONYM_KEY": PSEUDONYM_KEY})
         try:
-            yield SimulatedDay(services, f"http://127.0.0.1:{prom_port}", identities, tmp_path)
+            yield SimulatedDay(services, f"http://127.0.0.1:{prom_port}", identities, tmp_path, senders, started)
         finally:
             for process in (simulator, prometheus):
                 if process.poll() is None:
@@ -195,6 +228,55 @@ async def test_every_dashboard_query_and_recording_rule_returns_data(day: Simula
                               f"(simulator log: {day.log_dir / 'simulator.log'}):\n" + "\n".join(problems))
 
 
+async def test_every_door_was_used_and_worked(day: SimulatedDay, topics) -> None:
+    """Runs before the privacy scan, so that the scan covers what went through each door."""
+    hospitals = [f for f, s in day.senders.items() if s["kind"] == "hospital"]
+    hads = [f for f, s in day.senders.items() if s["kind"] == "had"]
+    seen: dict = {}
+
+    async def every_door() -> bool:
+        conn = await asyncpg.connect(topics.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT sender_finess = ANY($1::text[]) AS from_hospital, effect, status, count(*) AS n "
+                "FROM gateway.messages WHERE sender_finess = ANY($2::text[]) AND received_at >= to_timestamp($3) "
+                "GROUP BY 1, 2, 3", hospitals, hospitals + hads, day.started)
+        finally:
+            await conn.close()
+        seen["gateway"] = {(r["from_hospital"], r["effect"], r["status"]): r["n"] for r in rows}
+        async with httpx.AsyncClient(timeout=10) as http:
+            referral = (await http.get(f"{day.services['referral'].url}/metrics")).text
+            gateway = (await http.get(f"{day.services['gateway'].url}/metrics")).text
+        seen["fhir"] = {
+            "ServiceRequest created": _sample(referral, "reflexe_http_request_duration_seconds_count",
+                                              method="POST", route="/fhir/ServiceRequest", status="2xx"),
+            "Task answered": _sample(referral, "reflexe_http_request_duration_seconds_count",
+                                     method="PUT", route="/fhir/Task/{referral_id}", status="2xx"),
+        }
+        seen["acks"] = {code: _sample(gateway, "reflexe_gateway_acks_total", code=code) for code in ("AA", "AE", "AR")}
+        by_door = seen["gateway"]
+        return (by_door.get((True, "ED_EXIT", "APPLIED"), 0) > 0  # the hospital's pseudonym found its referral
+                and by_door.get((False, "HAD_ADMITTED", "APPLIED"), 0) > 0
+                and all(n > 0 for n in seen["fhir"].values()) and seen["acks"]["AA"] > 0)
+
+    await eventually(every_door, timeout=SIMULATION_SECONDS + 30, interval=2,
+                     what=f"every door used (simulator log: {day.log_dir / 'simulator.log'})")
+    assert seen["acks"]["AE"] == 0 and seen["acks"]["AR"] == 0, f"ADT the gateway did not take: {seen}"
+    print(f"\ndoors used: {seen}")
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include these (0 when there is none)."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 async def test_no_patient_identity_reaches_kafka_logs_metrics_or_tables(day: SimulatedDay, topics) -> None:
     def enough_patients() -> bool:
         return day.identities.exists() and len(day.identities.read_text(encoding="utf-8").splitlines()) >= 30
@@ -216,7 +298,7 @@ async def test_no_patient_identity_reaches_kafka_logs_metrics_or_tables(day: Sim
         for name, process in day.services.items():
             scan.metrics(name, (await http.get(f"{process.url}/metrics")).text, findings)
     # indicators%: the service's schema and every replay generation of it.
-    await scan.database(topics.database_url, ["referral", "capacity", "indicators%", "notify"], findings)
+    await scan.database(topics.database_url, ["referral", "capacity", "indicators%", "notify", "gateway"], findings)
     assert {"kafka", "metric", "table"} <= set(findings.scanned), findings.scanned
     assert findings.scanned["log file"] == len(day.services), findings.scanned
     assert findings.scanned["kafka"] > 100 and findings.scanned["table"] > 100, findings.scanned

@@ -59,6 +59,8 @@ class PrivacyScan:
             needles |= {record["nir"], record["nir"][:13], f"{record['family_name']} {record['given_name']}",
                         f"{record['given_name']} {record['family_name']}", born.isoformat(), born.strftime("%d/%m/%Y"),
                         born.strftime("%Y%m%d"), born.strftime("%d%m%Y")}
+            if record.get("local_id"):  # the hospital's own patient number (PID-3), which the gateway drops
+                needles.add(record["local_id"])
         return cls(tuple(sorted(needles)))
 
     @cached_property
