@@ -46,7 +46,8 @@ from tests.support.platform import running_platform
 from tests.support.privacy_scan import Findings, PrivacyScan
 from tests.support.services import REPO_ROOT, eventually, free_port
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for Kafka, PostgreSQL and Keycloak to start (minutes on shared cores).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules"
