@@ -260,8 +260,10 @@ async def test_every_door_was_used_and_worked(day: SimulatedDay, topics) -> None
                 and by_door.get((False, "HAD_ADMITTED", "APPLIED"), 0) > 0
                 and all(n > 0 for n in seen["fhir"].values()) and seen["acks"]["AA"] > 0)
 
-    await eventually(every_door, timeout=SIMULATION_SECONDS + 30, interval=2,
-                     what=f"every door used (simulator log: {day.log_dir / 'simulator.log'})")
+    try:
+        await eventually(every_door, timeout=SIMULATION_SECONDS + 30, interval=2, what="every door used")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: seen {seen} (simulator log: {day.log_dir / 'simulator.log'})") from None
     assert seen["acks"]["AE"] == 0 and seen["acks"]["AR"] == 0, f"ADT the gateway did not take: {seen}"
     print(f"\ndoors used: {seen}")
 
