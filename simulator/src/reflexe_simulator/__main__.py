@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the HL7 gateway's MLLP port (env GATEWAY_MLLP_PORT; default 2575)")
     g.add_argument("--pseudonym-key", default=env.get("GATEWAY_PSEUDONYM_KEY"), metavar="KEY",
                    help="the key hospitals sending ADT share with the gateway for their patients' pseudonyms (env "
-                        "GATEWAY_PSEUDONYM_KEY); without it, no hospital sends ADT")
+                        "GATEWAY_PSEUDONYM_KEY, better than this flag, which other local users can read); without "
+                        "it, no hospital sends ADT")
     for name, default, what in (("fhir-hospitals", DEFAULT_FHIR_HOSPITALS, "hospitals posting referrals as FHIR ServiceRequests"),
                                 ("hl7-hospitals", DEFAULT_HL7_HOSPITALS, "hospitals sending ADT (A03, A06/A01) over MLLP"),
                                 ("fhir-hads", DEFAULT_FHIR_HADS, "HADs answering offers by updating their FHIR Task"),

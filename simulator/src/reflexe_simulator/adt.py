@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import hl7
-from hl7.mllp import open_hl7_connection
+from hl7.mllp import InvalidBlockError, open_hl7_connection
 
 from reflexe_simulator.doors import PatientIdDomain
 from reflexe_simulator.traffic import PatientRecord
@@ -152,7 +152,7 @@ class MllpSender:
                 try:
                     ack = await asyncio.wait_for(self._exchange(sender, message, control_id), self.timeout)
                 except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, KeyError,
-                        IndexError, hl7.ParseException) as exc:
+                        IndexError, hl7.ParseException, InvalidBlockError) as exc:
                     await self._drop(sender)
                     ack = Ack("", f"{type(exc).__name__}: {exc}".strip())
                 if ack.code in ("AA", "AR") or attempt == self.attempts:
