@@ -252,3 +252,14 @@ def test_the_daily_figure_covers_only_the_declarations_day_on_the_hads_clock():
     assert book.admissions_today_left(datetime(2024, 3, 12, 22, 30, tzinfo=UTC)) == 2  # 23:30 in Paris
     assert book.admissions_today_left(datetime(2024, 3, 12, 23, 30, tzinfo=UTC)) is None  # 00:30 next day
     assert HadLedger(FINESS).admissions_today_left(T0) == 0
+
+
+def test_a_declaration_may_carry_the_hads_census_within_bounds():
+    from reflexe_capacity.domain.capacity import MAX_ACTIVE_PATIENTS, CapacityDeclaration
+    at = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+    assert CapacityDeclaration("340780477", 3, 1, CapacityStatus.OPEN, at).active_patients is None  # not declared
+    assert CapacityDeclaration("340780477", 3, 1, CapacityStatus.OPEN, at, 0).active_patients == 0
+    assert CapacityDeclaration("340780477", 3, 1, CapacityStatus.OPEN, at, MAX_ACTIVE_PATIENTS).active_patients == MAX_ACTIVE_PATIENTS
+    for census in (-1, MAX_ACTIVE_PATIENTS + 1):
+        with pytest.raises(ValueError, match="active_patients"):
+            CapacityDeclaration("340780477", 3, 1, CapacityStatus.OPEN, at, census)

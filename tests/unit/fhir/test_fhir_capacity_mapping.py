@@ -111,6 +111,28 @@ def test_what_the_platform_computes_is_not_read_back(validator):
     assert body == {"places_available": 9, "admissions_possible_today": 9, "status": "OPEN"}
 
 
+
+def test_the_census_renders_and_reads_back_as_a_declared_patients_record(validator):
+    finess = unique_finess()
+    ledger = HadLedger(finess)
+    ledger.declare(CapacityDeclaration(finess, 5, 3, CapacityStatus.OPEN, AT, active_patients=48))
+    read = fm.healthcare_service(had_of(finess), ledger, AT, STALE_AFTER)
+    validator.assert_valid(read)
+    assert declared_figures(read)[("patients", "declared")] == 48
+    body, origin = fm.declaration_in_from_healthcare_service(read, finess)
+    assert body["active_patients"] == 48
+    assert DeclarationIn.model_validate(body).active_patients == 48
+    where = next(i for i, e in enumerate(read["extension"]) if e["url"] == fm.EXT_CAPACITY
+                 and kind_and_count(e) == ("patients", "declared"))
+    assert fm.expression_of("body.active_patients", origin) == f"HealthcareService.extension[{where}].extension('nbCapacity')"
+    # Without a census record the declaration carries none (not zero patients).
+    assert "active_patients" not in fm.declaration_in_from_healthcare_service(healthcare_service_declaration(finess), finess)[0]
+    twice = copy.deepcopy(read)
+    twice["extension"].append(copy.deepcopy(read["extension"][where]))
+    with pytest.raises(FhirInvalid) as refused:
+        fm.declaration_in_from_healthcare_service(twice, finess)
+    assert "HealthcareService.extension" in [e for e, _ in refused.value.problems]
+
 def _without_declared(resource: dict, kind: str) -> dict:
     changed = copy.deepcopy(resource)
     changed["extension"] = [e for e in changed["extension"]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reflexe/v1/capacity.proto\x12\nreflexe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0f\x44\x65\x63lareCapacity\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x18\n\x10places_available\x18\x02 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe8\x01\n\x10\x43\x61pacityDeclared\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x18\n\x10places_available\x18\x03 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\"\xda\x01\n\x11LivePlacesChanged\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_places\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x63lared_places\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19reflexe/v1/capacity.proto\x12\nreflexe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x0f\x44\x65\x63lareCapacity\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x18\n\x10places_available\x18\x02 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0f\x61\x63tive_patients\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_active_patients\"\x9a\x02\n\x10\x43\x61pacityDeclared\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x18\n\x10places_available\x18\x03 \x01(\x05\x12!\n\x19\x61\x64missions_possible_today\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63lared_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\x12\x1c\n\x0f\x61\x63tive_patients\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x12\n\x10_active_patients\"\xda\x01\n\x11LivePlacesChanged\x12\x12\n\nhad_finess\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blive_places\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x63lared_places\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x19\n\x11\x61uthorised_places\x18\x07 \x01(\x05\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reflexe.v1.capacity_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECLARECAPACITY']._serialized_start=75
-  _globals['_DECLARECAPACITY']._serialized_end=238
-  _globals['_CAPACITYDECLARED']._serialized_start=241
-  _globals['_CAPACITYDECLARED']._serialized_end=473
-  _globals['_LIVEPLACESCHANGED']._serialized_start=476
-  _globals['_LIVEPLACESCHANGED']._serialized_end=694
+  _globals['_DECLARECAPACITY']._serialized_end=288
+  _globals['_CAPACITYDECLARED']._serialized_start=291
+  _globals['_CAPACITYDECLARED']._serialized_end=573
+  _globals['_LIVEPLACESCHANGED']._serialized_start=576
+  _globals['_LIVEPLACESCHANGED']._serialized_end=794
 # @@protoc_insertion_point(module_scope)

@@ -10,21 +10,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeclareCapacity(_message.Message):
-    __slots__ = ("had_finess", "places_available", "admissions_possible_today", "status", "declared_at")
+    __slots__ = ("had_finess", "places_available", "admissions_possible_today", "status", "declared_at", "active_patients")
     HAD_FINESS_FIELD_NUMBER: _ClassVar[int]
     PLACES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     ADMISSIONS_POSSIBLE_TODAY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DECLARED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_PATIENTS_FIELD_NUMBER: _ClassVar[int]
     had_finess: str
     places_available: int
     admissions_possible_today: int
     status: str
     declared_at: _timestamp_pb2.Timestamp
-    def __init__(self, had_finess: _Optional[str] = ..., places_available: _Optional[int] = ..., admissions_possible_today: _Optional[int] = ..., status: _Optional[str] = ..., declared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    active_patients: int
+    def __init__(self, had_finess: _Optional[str] = ..., places_available: _Optional[int] = ..., admissions_possible_today: _Optional[int] = ..., status: _Optional[str] = ..., declared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_patients: _Optional[int] = ...) -> None: ...
 
 class CapacityDeclared(_message.Message):
-    __slots__ = ("had_finess", "department", "places_available", "admissions_possible_today", "status", "declared_at", "authorised_places", "departments")
+    __slots__ = ("had_finess", "department", "places_available", "admissions_possible_today", "status", "declared_at", "authorised_places", "departments", "active_patients")
     HAD_FINESS_FIELD_NUMBER: _ClassVar[int]
     DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
     PLACES_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +35,7 @@ class CapacityDeclared(_message.Message):
     DECLARED_AT_FIELD_NUMBER: _ClassVar[int]
     AUTHORISED_PLACES_FIELD_NUMBER: _ClassVar[int]
     DEPARTMENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_PATIENTS_FIELD_NUMBER: _ClassVar[int]
     had_finess: str
     department: str
     places_available: int
@@ -41,7 +44,8 @@ class CapacityDeclared(_message.Message):
     declared_at: _timestamp_pb2.Timestamp
     authorised_places: int
     departments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, had_finess: _Optional[str] = ..., department: _Optional[str] = ..., places_available: _Optional[int] = ..., admissions_possible_today: _Optional[int] = ..., status: _Optional[str] = ..., declared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., authorised_places: _Optional[int] = ..., departments: _Optional[_Iterable[str]] = ...) -> None: ...
+    active_patients: int
+    def __init__(self, had_finess: _Optional[str] = ..., department: _Optional[str] = ..., places_available: _Optional[int] = ..., admissions_possible_today: _Optional[int] = ..., status: _Optional[str] = ..., declared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., authorised_places: _Optional[int] = ..., departments: _Optional[_Iterable[str]] = ..., active_patients: _Optional[int] = ...) -> None: ...
 
 class LivePlacesChanged(_message.Message):
     __slots__ = ("had_finess", "department", "occurred_at", "live_places", "declared_places", "status", "authorised_places", "departments")

@@ -39,7 +39,8 @@ def _declaration(row: asyncpg.Record | None) -> CapacityDeclaration | None:
         return None
     return CapacityDeclaration(had_finess=row["had_finess"], places_available=row["places_available"],
                                admissions_possible_today=row["admissions_possible_today"],
-                               status=CapacityStatus(row["status"]), declared_at=row["declared_at"])
+                               status=CapacityStatus(row["status"]), declared_at=row["declared_at"],
+                               active_patients=row["active_patients"])
 
 
 class CapacityStore:
@@ -95,9 +96,11 @@ class CapacityStore:
     async def save_declaration(self, d: CapacityDeclaration, channel: str) -> bool:
         """Stores the declaration in the history; False when it was already stored (redelivery)."""
         inserted = await self.conn.fetchval(
-            "INSERT INTO declarations (had_finess, places_available, admissions_possible_today, status, declared_at, channel) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (had_finess, declared_at) DO NOTHING RETURNING 1",
+            "INSERT INTO declarations (had_finess, places_available, admissions_possible_today, status, declared_at, "
+            "channel, active_patients) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (had_finess, declared_at) DO NOTHING RETURNING 1",
             d.had_finess, d.places_available, d.admissions_possible_today, str(d.status), d.declared_at, channel,
+            d.active_patients,
         )
         return bool(inserted)
 

@@ -66,6 +66,10 @@ from enum import StrEnum
 from reflexe_common.vocabulary import CapacityStatus
 
 
+# Far above the largest HAD's census (a few hundred patients): beyond it, a typing error.
+MAX_ACTIVE_PATIENTS = 10_000
+
+
 class CapacityError(Exception):
     """A capacity operation was refused; nothing changed."""
 
@@ -100,10 +104,14 @@ class CapacityDeclaration:
     admissions_possible_today: int
     status: CapacityStatus
     declared_at: datetime
+    # The HAD's census: all its patients in care, not only the platform's (None: not declared).
+    active_patients: int | None = None
 
     def __post_init__(self) -> None:
         if self.places_available < 0 or self.admissions_possible_today < 0:
             raise ValueError("declared places and admissions must be >= 0")
+        if self.active_patients is not None and not 0 <= self.active_patients <= MAX_ACTIVE_PATIENTS:
+            raise ValueError(f"active_patients must be between 0 and {MAX_ACTIVE_PATIENTS}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ async def declare_capacity(finess: str, body: DeclarationIn, request: Request, p
         raise ApiError(422, "DECLARED_IN_THE_FUTURE", "declared_at is in the future",
                        [{"field": "body.declared_at", "message": f"more than {CLOCK_SKEW} after the platform's clock"}])
     declaration = CapacityDeclaration(finess, body.places_available, body.admissions_possible_today, body.status,
-                                      (body.declared_at or now).astimezone(UTC))
+                                      (body.declared_at or now).astimezone(UTC), body.active_patients)
     matcher = request.app.state.matcher
     async with request.app.state.pool.acquire() as conn, conn.transaction():
         store = CapacityStore(conn)
@@ -128,7 +128,7 @@ async def history(finess: str, request: Request, page: Page = Depends(pagination
     async with request.app.state.pool.acquire() as conn:
         await _visible_had(conn, finess, principal)
         rows, next_offset = page.of(await conn.fetch(
-            "SELECT places_available, admissions_possible_today, status, declared_at, received_at, channel "
+            "SELECT places_available, admissions_possible_today, active_patients, status, declared_at, received_at, channel "
             "FROM declarations WHERE had_finess = $1 ORDER BY declared_at DESC, received_at DESC LIMIT $2 OFFSET $3",
             finess, page.fetch_limit, page.offset))
     return {"finess": finess, "next_offset": next_offset, "declarations": [

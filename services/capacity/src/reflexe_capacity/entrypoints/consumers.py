@@ -26,7 +26,8 @@ def declaration_handler(matcher: Matcher):
             raise PoisonRecord(f"invalid declaration: had_finess {m.had_finess!r} is {FINESS_PROBLEM}")
         try:
             declaration = CapacityDeclaration(m.had_finess, m.places_available, m.admissions_possible_today,
-                                              CapacityStatus(m.status), dt(m.declared_at) or envelope.time.astimezone(UTC))
+                                              CapacityStatus(m.status), dt(m.declared_at) or envelope.time.astimezone(UTC),
+                                              m.active_patients if m.HasField("active_patients") else None)
         except ValueError as exc:
             raise PoisonRecord(f"invalid declaration: {exc}") from exc
         if in_the_future(declaration.declared_at, datetime.now(UTC)):

@@ -43,9 +43,10 @@ STATUS_SYSTEM = f"{BASE}/CodeSystem/capacity-status"
 SERVICE_CATEGORY_SYSTEM = f"{BASE}/CodeSystem/service-category"
 DEPARTMENT_SYSTEM = f"{BASE}/sid/department"
 
-PLACES, ADMISSIONS = "places", "admissions"
+# PATIENTS: the HAD's census, every patient in its care (not only those the platform referred).
+PLACES, ADMISSIONS, PATIENTS = "places", "admissions", "patients"
 AUTHORISED, DECLARED, AVAILABLE, HELD = "authorised", "declared", "available", "held"
-TYPE_LABELS = {PLACES: "Places d'HAD", ADMISSIONS: "Admissions du jour"}
+TYPE_LABELS = {PLACES: "Places d'HAD", ADMISSIONS: "Admissions du jour", PATIENTS: "Patients en cours"}
 COUNT_LABELS = {AUTHORISED: "Autorisées", DECLARED: "Déclarées par l'HAD",
                 AVAILABLE: "Disponibles (après les places réservées par la plateforme)", HELD: "Réservées par la plateforme"}
 TEMPORALITY_LABELS = {"current": "Actuelle", "today": "Aujourd'hui", "authorisation": "Autorisation"}
@@ -97,6 +98,9 @@ def healthcare_service(had: HadEstablishment, ledger: HadLedger, now: datetime, 
         ]
         if left_today is not None:  # a declaration of another day says nothing of today's admissions
             extensions.append(_capacity(ADMISSIONS, AVAILABLE, "today", left_today, "platform", now))
+        if declaration.active_patients is not None:
+            extensions.append(_capacity(PATIENTS, DECLARED, "current", declaration.active_patients, "had",
+                                        declaration.declared_at))
     extensions += [
         {"url": EXT_CAPACITY_STATUS, "valueCodeableConcept": _concept(STATUS_SYSTEM, status, STATUS_LABELS)},
         {"url": EXT_STALE, "valueBoolean": ledger.is_stale(now, stale_after)},
@@ -151,7 +155,8 @@ def _part(extension: dict[str, Any], url: str) -> dict[str, Any] | None:
 def declaration_in_from_healthcare_service(resource: Any, finess: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The DeclarationIn body a HealthcareService sent by an HAD stands for, and the element each
     body field came from. What the HAD declares: the `had-capacity` records whose capacityStatus
-    is `declared` (places, and admissions today), and `had-capacity-status`; the figures the
+    is `declared` (places, admissions today, and optionally patients: the census), and
+    `had-capacity-status`; the figures the
     platform computes (authorised, available, held) are the platform's and are not read."""
     if not isinstance(resource, dict) or resource.get("resourceType") != "HealthcareService":
         raise FhirInvalid([("HealthcareService", "the body must be a HealthcareService resource")], 400, "structure")
@@ -166,7 +171,7 @@ def declaration_in_from_healthcare_service(resource: Any, finess: str) -> tuple[
         problems.append(("HealthcareService.providedBy", f"the HAD itself, by its FINESS identifier ({FINESS_SYSTEM})"))
 
     body: dict[str, Any] = {}
-    declared: dict[str, list[int]] = {PLACES: [], ADMISSIONS: []}
+    declared: dict[str, list[int]] = {PLACES: [], ADMISSIONS: [], PATIENTS: []}
     extensions = resource.get("extension") or []
     for i, extension in enumerate(extensions):
         if extension.get("url") != EXT_CAPACITY:
@@ -181,13 +186,18 @@ def declaration_in_from_healthcare_service(resource: Any, finess: str) -> tuple[
         kind_part = _part(extension, TYPE)
         kind = _code((kind_part or {}).get("valueCodeableConcept"), CAPACITY_TYPE_SYSTEM)
         if kind not in declared:
-            problems.append((f"{where}.extension('{TYPE}')", f"{PLACES} or {ADMISSIONS}, coded in {CAPACITY_TYPE_SYSTEM}"))
+            problems.append((f"{where}.extension('{TYPE}')",
+                             f"{PLACES}, {ADMISSIONS} or {PATIENTS}, coded in {CAPACITY_TYPE_SYSTEM}"))
             continue
         declared[kind].append(i)
-    for kind, field in ((PLACES, "places_available"), (ADMISSIONS, "admissions_possible_today")):
+    for kind, field in ((PLACES, "places_available"), (ADMISSIONS, "admissions_possible_today"),
+                        (PATIENTS, "active_patients")):
+        if kind == PATIENTS and not declared[kind]:
+            continue  # the census is optional
         if len(declared[kind]) != 1:
             problems.append(("HealthcareService.extension", f"exactly one {EXT_CAPACITY} with {TYPE} {kind} and {STATUS} "
-                                                            f"{DECLARED} (found {len(declared[kind])})"))
+                                                            f"{DECLARED} (found {len(declared[kind])})"
+                                                            + (", or none" if kind == PATIENTS else "")))
             continue
         where = f"HealthcareService.extension[{declared[kind][0]}]"
         number = _part(extensions[declared[kind][0]], NUMBER)
@@ -197,13 +207,14 @@ def declaration_in_from_healthcare_service(resource: Any, finess: str) -> tuple[
         else:
             body[field] = number["valueInteger"]
 
-    # The time of the declaration: the declared records' capacityUpdateDate, the same on both; absent, now.
+    # The time of the declaration: the declared records' capacityUpdateDate, the same on all; absent, now.
     times = {}
-    for kind in (PLACES, ADMISSIONS):
+    for kind in (PLACES, ADMISSIONS, PATIENTS):
         if len(declared[kind]) == 1 and (updated := _part(extensions[declared[kind][0]], UPDATED)) is not None:
             times[f"HealthcareService.extension[{declared[kind][0]}].extension('{UPDATED}')"] = updated.get("valueDateTime")
     if len(set(times.values())) > 1:
-        problems += [(where, "the declared places and admissions are declared at the same time") for where in times]
+        problems += [(where, "the declared places, admissions and patients are declared at the same time")
+                     for where in times]
     elif times:
         where, value = next(iter(times.items()))
         origin["declared_at"] = where

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
-from reflexe_capacity.domain.capacity import HadLedger
+from reflexe_capacity.domain.capacity import MAX_ACTIVE_PATIENTS, HadLedger
 from reflexe_capacity.domain.registry import Contacts, HadEstablishment
 from reflexe_common.finess import Finess
 from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention
@@ -46,6 +46,9 @@ class DeclarationIn(_Strict):
     status: CapacityStatus
     declared_at: AwareDatetime | None = Field(None, description="defaults to the time the platform receives it; "
                                                  "refused if more than 5 minutes after the platform's clock")
+    active_patients: int | None = Field(None, ge=0, le=MAX_ACTIVE_PATIENTS,
+                                        description="the HAD's census: every patient in its care now, not only those "
+                                                    "the platform referred; occupancy and viability are computed from it")
 
 
 def had_view(had: HadEstablishment) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def board_line(had: HadEstablishment, ledger: HadLedger, now: datetime, stale_af
         "name": had.name,
         "authorised_places": had.authorised_places,
         "declared_places": d.places_available if d else None,
+        "active_patients": d.active_patients if d else None,
         "live_places": ledger.live_places(),
         "active_holds": sum(1 for h in ledger.holds if h.takes_place),
         "status": str(d.status) if d else "UNDECLARED",

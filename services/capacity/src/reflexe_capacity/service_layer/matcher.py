@@ -186,7 +186,7 @@ class Matcher:
                 had_finess=had.finess, department=department, places_available=declaration.places_available,
                 admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
                 declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
-                departments=sorted(had.departments)), EVENT_SOURCE))
+                departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE))
             await self.emit_live_places(store, ledger, declaration.declared_at, had)
         return True
 
