@@ -9,7 +9,9 @@ admitted in February, stale declarations, declines, expiries, escalations, desk 
 cancellations with withdrawn offers and negative avis, ED arrivals and exits (exits recorded up
 to a day after they happened, some referrals without a known arrival), planned referrals
 (admitted before, on or after their planned day; a few PLANNED without a date, as older events
-may be), and favourable avis HAD.
+may be), and favourable avis HAD. The second HAD of each department declares its census (all its
+active patients) on most declarations from the 9th on, around the viability threshold of 50; the
+others never do, so their occupancy and viability stay on the platform's own patients.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
     # month stays as it was.
     ed_rng = random.Random(seed * 1009 + 1)
     plan_rng = random.Random(seed * 2003 + 5)
+    census_rng = random.Random(seed * 3001 + 11)
     events: list[Ev] = []
     base = datetime(2025, 3, 1, tzinfo=PARIS).astimezone(UTC)
 
@@ -83,8 +86,12 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
             authorised = 60 if (dept, i) == ("972", 0) else rng.choice([20, 30, 40])
             at = base - timedelta(days=4, hours=rng.randrange(24))
             while at < base + timedelta(days=36):
+                census = None
+                if i == 1 and at >= base + timedelta(days=8) and census_rng.random() < 0.7:
+                    census = census_rng.randrange(35, 70)
                 events.append(Ev("CapacityDeclared", at, dept, fields={
-                    "had": had, "authorised": authorised, "places": rng.randrange(0, 10), "status": "OPEN"}))
+                    "had": had, "authorised": authorised, "places": rng.randrange(0, 10), "status": "OPEN",
+                    "census": census}))
                 at += timedelta(hours=rng.choice([2, 3, 5, 8, 10, 11]) if rng.random() < 0.85 else rng.choice([13, 18, 30]),
                                 minutes=rng.randrange(60))
             if i == 2:  # a later authorisation change
@@ -221,6 +228,8 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
         m = cpb.CapacityDeclared(had_finess=f["had"], department=ev.department, places_available=f["places"],
                                  admissions_possible_today=1, status=f["status"], declared_at=ts(ev.at),
                                  authorised_places=f["authorised"])
+        if f.get("census") is not None:
+            m.active_patients = f["census"]
         topic = "reflexe.capacity.events.v1"
     else:
         header = pb.ReferralEventHeader(referral_id=ev.referral_id, department=ev.department, occurred_at=ts(ev.at),
@@ -496,7 +505,13 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
                 start, end = midnight(d, department), midnight(d + timedelta(days=1), department)
                 x = row(d, k)
                 capacity = [ev.fields["authorised"] for ev in decls if ev.at < end][-1]
-                active = sum(1 for r in stays if r.get("admitted_had") == had and active_on(r, d, department))
+                # The HAD's latest census declared before the day ends; without one, the platform's patients.
+                censuses = [ev.fields["census"] for ev in decls if ev.at < end and ev.fields.get("census") is not None]
+                if censuses:
+                    active = censuses[-1]
+                    add(x, "census_days")
+                else:
+                    active = sum(1 for r in stays if r.get("admitted_had") == had and active_on(r, d, department))
                 add(x, "had_days")
                 add(x, "_capacity", capacity)
                 add(x, "_occupied", active)
@@ -547,7 +562,7 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
             for c in not_at_had:
                 final[c] = None
         if level == "source":
-            for c in ("had_days", "occupancy", "days_below_viability", "stale_share"):
+            for c in ("had_days", "census_days", "occupancy", "days_below_viability", "stale_share"):
                 final[c] = None
         out[(p, k)] = final
     return out

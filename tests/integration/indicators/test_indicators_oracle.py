@@ -104,6 +104,11 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
     assert m972["ed_exits"] > 0 and 0 < m972["ed_stay_median_min"] <= m972["ed_stay_p90_min"]
     had_days = [r for r in await _rows(service, "had", "day") if r["key"] == simulation.hads("972")[0]]
     assert any(r["had_days"] and not r["days_below_viability"] for r in had_days), "the big HAD is above 50 patients some days"
+    # The HAD declaring its census: its days count on it (above and below 50), its earlier ones on the platform's patients.
+    census_days = [r for r in await _rows(service, "had", "day") if r["key"] == simulation.hads("973")[1]]
+    assert any(r["census_days"] and not r["days_below_viability"] for r in census_days), "a census above 50"
+    assert any(r["census_days"] and r["days_below_viability"] for r in census_days), "a census below 50"
+    assert any(r["had_days"] and not r["census_days"] for r in census_days), "days before its first census"
     # Urgent and planned, their shares, the avis and their outcomes, the rates per inhabitant.
     for department in DEPARTMENTS:
         m = month[department]

@@ -92,3 +92,15 @@ def test_the_request_brings_its_urgency_planned_date_and_avis():
         "urgency": "WITHIN_24H", "planned_date": None, "avis": "UNFAVOURABLE"}
     # No avis at all is not an unfavourable one; a malformed date is no date (measured as urgent).
     assert requested(urgency="PLANNED", planned_date="02/04/2025") == {"urgency": "PLANNED", "planned_date": None, "avis": None}
+
+
+def test_a_declaration_folds_its_census_and_none_when_it_carries_none():
+    from reflexe.v1 import capacity_pb2 as cpb
+    from reflexe_indicators.domain.facts import DECLARATIONS
+    declared = dict(had_finess="340780477", department="34", places_available=3, admissions_possible_today=1,
+                    status="OPEN", declared_at=ts(T0), authorised_places=40)
+    [(table, with_census)] = fold(cpb.CapacityDeclared(**declared, active_patients=0))
+    assert table is DECLARATIONS and with_census["active_patients"] == 0  # zero patients is a census
+    [(_, without)] = fold(cpb.CapacityDeclared(**declared))
+    assert without["active_patients"] is None  # not declared: the platform's own patients count instead
+    assert "active_patients = COALESCE(f.active_patients, EXCLUDED.active_patients)" in upsert_sql("g", DECLARATIONS)

@@ -64,8 +64,8 @@ OFFERS = FactTable(
 DECLARATIONS = FactTable(
     "declaration_facts", ("had_finess", "declared_at"),
     {"had_finess": "text", "declared_at": "timestamptz", "department": "text", "authorised_places": "integer",
-     "places_available": "integer", "status": "text"},
-    first=("department", "authorised_places", "places_available", "status"),
+     "places_available": "integer", "status": "text", "active_patients": "integer"},
+    first=("department", "authorised_places", "places_available", "status", "active_patients"),
     earliest=(),
 )
 TABLES = (REFERRALS, OFFERS, DECLARATIONS)
@@ -105,7 +105,8 @@ def fold(m: Message) -> list[Delta]:
             return []
         return [(DECLARATIONS, {"had_finess": m.had_finess, "declared_at": at, "department": m.department or None,
                                 "authorised_places": m.authorised_places, "places_available": m.places_available,
-                                "status": m.status or None})]
+                                "status": m.status or None,
+                                "active_patients": m.active_patients if m.HasField("active_patients") else None})]
     header = getattr(m, "header", None)
     if header is None or len(header.referral_id) != 36:
         return []  # no referral or a malformed id: nothing to fold

@@ -59,10 +59,14 @@ Definitions where the ARS follow-up set is silent (also in the README of the ser
   sum of active patients over the days. Days after today are never counted.
 * HAD-days: the days from the HAD's first capacity declaration to today. On each HAD-day the
   capacity is the **authorised places** of the latest declaration made before the end of the
-  day (declared "places available" is free places, not capacity). Occupancy = patient-days ÷
-  capacity-days over the HAD-days of the period. Viability: HAD-days with < 50 active
-  patients. Declaration freshness: stale seconds ÷ observed seconds over the HAD-days, a
-  declaration being stale from ``declared_at + stale_after`` until the next declaration.
+  day (declared "places available" is free places, not capacity), and the patients are the
+  HAD's **census**: the active patients (all of them, not only the platform's) of its latest
+  declaration carrying one made before the end of the day; until its first census, the
+  platform's own active patients of that day (which undercounts an HAD that takes patients from
+  elsewhere). ``census_days``: the HAD-days counted on a census. Occupancy = patients summed
+  over the HAD-days ÷ capacity-days. Viability: HAD-days with < 50 patients. Declaration
+  freshness: stale seconds ÷ observed seconds over the HAD-days, a declaration being stale
+  from ``declared_at + stale_after`` until the next declaration.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ COLUMNS: list[str] = [
     "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
     "cancellations", *[f"cancelled_{r}" for r in REASONS],
     "active_patients", "patient_days", "admissions_in_ehpad",
-    "had_days", "occupancy", "days_below_viability", "stale_share",
+    "had_days", "census_days", "occupancy", "days_below_viability", "stale_share",
 ]
 AVIS_COLUMNS = ["avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible"]
 # Columns that mean nothing at a level (null there rather than 0).
@@ -116,7 +120,7 @@ NOT_AT_HAD = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligib
               "received_urgent", "received_planned", *AVIS_COLUMNS}
 PER_100K = {"referrals_received_per_100k": "referrals_received", "admissions_per_100k": "admissions",
             "patient_days_per_100k": "patient_days"}
-HAD_DAY_COLUMNS = {"had_days", "occupancy", "days_below_viability", "stale_share"}
+HAD_DAY_COLUMNS = {"had_days", "census_days", "occupancy", "days_below_viability", "stale_share"}
 RATIOS = {"conversion_rate", "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min",
           "acceptance_p90_min", "admission_median_min", "admission_p90_min", "admitted_within_24h_share",
           "ed_stay_median_min", "ed_stay_p90_min", "occupancy", "stale_share", "admitted_on_time_share", *PER_100K}
@@ -317,6 +321,9 @@ async def _had_days(conn, q: Query, schema: str, now: datetime, stale_after: tim
                 (SELECT d.authorised_places FROM {sql.s}.declaration_facts d
                  WHERE d.had_finess = dy.had_finess AND d.declared_at < dy.d_end
                  ORDER BY d.declared_at DESC LIMIT 1) AS capacity,
+                (SELECT d.active_patients FROM {sql.s}.declaration_facts d
+                 WHERE d.had_finess = dy.had_finess AND d.declared_at < dy.d_end AND d.active_patients IS NOT NULL
+                 ORDER BY d.declared_at DESC LIMIT 1) AS census,
                 EXTRACT(EPOCH FROM GREATEST(LEAST(dy.d_end, {now_p}::timestamptz) - GREATEST(dy.d_start, dy.first_at),
                                             interval '0'))::float8 AS observed,
                 COALESCE((SELECT sum(EXTRACT(EPOCH FROM LEAST(st.e, dy.d_end, {now_p}::timestamptz) - GREATEST(st.s, dy.d_start)))
@@ -324,8 +331,9 @@ async def _had_days(conn, q: Query, schema: str, now: datetime, stale_after: tim
                             AND st.e > dy.d_start AND st.s < dy.d_end), 0)::float8 AS stale_s
             FROM dy)
         SELECT date_trunc('{q.period}', dy.day)::date AS period, {key} AS key, count(*) AS had_days,
-               count(*) FILTER (WHERE dy.active < {VIABILITY_THRESHOLD}) AS days_below_viability,
-               sum(dy.active) AS occupied_days, sum(dy.capacity) AS capacity_days,
+               count(*) FILTER (WHERE COALESCE(dy.census, dy.active) < {VIABILITY_THRESHOLD}) AS days_below_viability,
+               count(dy.census) AS census_days,
+               sum(COALESCE(dy.census, dy.active)) AS occupied_days, sum(dy.capacity) AS capacity_days,
                sum(dy.observed) AS observed_s, sum(dy.stale_s) AS stale_s
         FROM per_day dy LEFT JOIN department_regions g ON g.department = dy.department
         WHERE {key} IS NOT NULL {''.join(' AND ' + w for w in where)}
