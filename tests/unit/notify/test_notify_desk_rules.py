@@ -173,7 +173,7 @@ def test_the_email_is_french_multipart_and_identifies_its_delivery() -> None:
 
 BOARD = {"department": "34", "stale_after_seconds": 43200, "hads": [
     {"finess": "340011295", "name": "HAD <Montpellier>", "authorised_places": 40, "declared_places": 3, "live_places": 2,
-     "status": "OPEN", "declaration_age_seconds": 600, "stale": False},
+     "status": "OPEN", "declaration_age_seconds": 600, "stale": False, "active_patients": 57},
     {"finess": "340222223", "name": "HAD Sète", "authorised_places": 20, "declared_places": 1, "live_places": 1,
      "status": "SATURATED", "declaration_age_seconds": 90000, "stale": True},
 ]}
@@ -192,6 +192,15 @@ def test_the_board_marks_stale_declarations_in_words_not_only_colour() -> None:
     assert "Périmée" in stale_row.split("</tr>")[0] and "Saturée" in stale_row.split("</tr>")[0]
     assert "Périmée" not in html[html.index('data-finess="340011295"'):].split("</tr>")[0]
     assert views.board_html(None).startswith('<p class="problem" role="alert">')
+
+
+def test_the_board_shows_each_hads_census_or_a_dash_when_it_declared_none() -> None:
+    html = views.board_html(BOARD)
+    assert "Patients en cours" in html
+    declared = html[html.index('data-finess="340011295"'):].split("</tr>")[0]
+    assert '<td class="num">57</td>' in declared
+    undeclared = html[html.index('data-finess="340222223"'):].split("</tr>")[0]
+    assert '<td class="num">—</td>' in undeclared
 
 
 def test_the_queue_shows_clocks_offer_and_explanation() -> None:
