@@ -279,8 +279,9 @@ class HadActor:
         elif places == 0 or u < 0.04:
             status = CapacityStatus.SATURATED
         possible = 0 if status != CapacityStatus.OPEN else min(places, max(0, self.daily_admission_quota - self.admissions_today))
+        # The census is every patient in care: those from outside the platform and those it referred.
         return {"places_available": places, "admissions_possible_today": possible, "status": str(status),
-                "declared_at": datetime.now(UTC).isoformat()}
+                "active_patients": self.background + len(self.active), "declared_at": datetime.now(UTC).isoformat()}
 
     async def declare(self, why: str) -> Result:
         body = self.declaration()
@@ -288,7 +289,8 @@ class HadActor:
         if result.ok:
             self.world.counters.inc("declarations")
             self.world.say(self.spec.department, "capacity",
-                           f"{self.spec.name} declares {body['places_available']} places, {body['status']} ({why})")
+                           f"{self.spec.name} declares {body['places_available']} places, {body['active_patients']} "
+                           f"patients, {body['status']} ({why})")
         return result
 
     async def capacity_loop(self) -> None:

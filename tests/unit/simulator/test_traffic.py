@@ -127,4 +127,8 @@ def test_capacity_declarations_validate_against_the_capacity_schema(scenario):
             DeclarationIn.model_validate(body)
             assert 0 <= body["places_available"] <= had.spec.authorised_places
             assert body["admissions_possible_today"] <= body["places_available"]
+            # A plausible census: every patient in care, and with the free places no more than authorised.
+            assert body["active_patients"] == had.background + len(had.active)
+            assert body["active_patients"] + body["places_available"] <= had.spec.authorised_places
+        assert had.declaration()["active_patients"] >= round(had.spec.authorised_places * 0.5)
     assert isinstance(next(iter(world.hads.values())), HadActor)
