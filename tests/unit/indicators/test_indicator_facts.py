@@ -103,4 +103,6 @@ def test_a_declaration_folds_its_census_and_none_when_it_carries_none():
     assert table is DECLARATIONS and with_census["active_patients"] == 0  # zero patients is a census
     [(_, without)] = fold(cpb.CapacityDeclared(**declared))
     assert without["active_patients"] is None  # not declared: the platform's own patients count instead
+    [(_, negative)] = fold(cpb.CapacityDeclared(**declared, active_patients=-4))
+    assert negative["active_patients"] is None
     assert "active_patients = COALESCE(f.active_patients, EXCLUDED.active_patients)" in upsert_sql("g", DECLARATIONS)

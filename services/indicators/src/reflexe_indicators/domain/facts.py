@@ -106,7 +106,9 @@ def fold(m: Message) -> list[Delta]:
         return [(DECLARATIONS, {"had_finess": m.had_finess, "declared_at": at, "department": m.department or None,
                                 "authorised_places": m.authorised_places, "places_available": m.places_available,
                                 "status": m.status or None,
-                                "active_patients": m.active_patients if m.HasField("active_patients") else None})]
+                                # The capacity service refuses a negative census: one here is no census.
+                                "active_patients": m.active_patients if m.HasField("active_patients")
+                                and m.active_patients >= 0 else None})]
     header = getattr(m, "header", None)
     if header is None or len(header.referral_id) != 36:
         return []  # no referral or a malformed id: nothing to fold
