@@ -269,3 +269,18 @@ def test_a_desk_widens_a_search_to_departments_typed_in_any_case() -> None:
     assert widened_departments(typed) == ["30", "2A", "2B", "12"]
     assert all(is_department_code(code) for code in widened_departments(typed))
     assert normalise_department_code(" 2b ") == "2B" and normalise_department_code("974") == "974"
+
+
+def test_a_referral_widened_from_a_neighbouring_department_is_read_only_on_this_desk() -> None:
+    widened = {"referral_id": RID, "department": "30", "status": "REQUESTED", "missing_conditions": [],
+               "clinical": {"urgency": "WITHIN_24H", "main_mpp": "04"}, "requested_at": AT.isoformat(),
+               "waiting_seconds": 600, "source": {"kind": "ED"}, "current_offer": None}
+    own = {**widened, "referral_id": "00000000-0000-4000-8000-0000000000aa", "department": "34"}
+    fragments = views.desk_fragments({"referrals": [widened, own]}, BOARD, "34")
+    widened_row, own_row = fragments["queue"].split("</tr>")[1:3]
+    # Opened on this desk's own page (the referral service lets a desk it was widened to read it).
+    assert f'href="/desk/34/referrals/{RID}"' in widened_row
+    assert 'class="pick"' not in widened_row and "Département 30" in widened_row
+    assert 'class="pick"' in own_row
+    # Only its own desk acts on it: not offered among the referrals to act on.
+    assert RID not in fragments["referral_options"] and own["referral_id"] in fragments["referral_options"]

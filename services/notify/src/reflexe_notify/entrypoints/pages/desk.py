@@ -54,7 +54,7 @@ async def fragments(department: str, request: Request) -> JSONResponse:
     _, token = await desk_api_session(request, department)
     head = await store.desk_head(request.app.state.pool, department)
     board, queue = await _snapshot(request, department, token)
-    return JSONResponse({"head": head, **views.desk_fragments(queue, board)}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"head": head, **views.desk_fragments(queue, board, department)}, headers={"Cache-Control": "no-store"})
 
 
 async def _timeline(request: Request, referral_url: str, token: str) -> list[dict[str, Any]] | None:
@@ -85,8 +85,10 @@ async def referral_page(department: str, referral_id: str, request: Request) -> 
         return html(request, views.unavailable_page(department, "Service indisponible",
                                                     "Le service des demandes ne répond pas ; réessayez dans un instant."),
                     502)
-    # Another department's referral is not this page's, even for an admin who may read it.
-    if status != 200 or not isinstance(referral, dict) or referral.get("department") != department:
+    # Another department's referral is not this page's, even for an admin who may read it, unless
+    # its search was widened to this department.
+    if (status != 200 or not isinstance(referral, dict)
+            or department not in {referral.get("department"), *referral.get("departments_searched", [])}):
         return html(request, views.unavailable_page(department, "Demande introuvable",
                                                     f"Aucune demande {referral_id} dans le département {department}."),
                     404)

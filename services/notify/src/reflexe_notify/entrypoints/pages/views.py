@@ -40,8 +40,9 @@ def board_html(board: dict[str, Any] | None) -> Markup:
     return fragment("desk_parts.html", "board", board)
 
 
-def queue_html(queue: dict[str, Any] | None, board: dict[str, Any] | None, now: datetime | None = None) -> Markup:
-    return fragment("desk_parts.html", "queue", queue, board, now or clock_now())
+def queue_html(queue: dict[str, Any] | None, board: dict[str, Any] | None, now: datetime | None = None,
+               desk: str | None = None) -> Markup:
+    return fragment("desk_parts.html", "queue", queue, board, now or clock_now(), desk)
 
 
 def alert_item(alert: dict[str, Any], time_zone) -> Markup:
@@ -49,18 +50,18 @@ def alert_item(alert: dict[str, Any], time_zone) -> Markup:
     return fragment("desk_parts.html", "alert", alert, time_zone)
 
 
-def referral_options(queue: dict[str, Any] | None) -> Markup:
-    return fragment("desk_parts.html", "referral_options", queue)
+def referral_options(queue: dict[str, Any] | None, desk: str | None = None) -> Markup:
+    return fragment("desk_parts.html", "referral_options", queue, desk)
 
 
 def had_options(board: dict[str, Any] | None) -> Markup:
     return fragment("desk_parts.html", "had_options", board)
 
 
-def desk_fragments(queue: dict[str, Any] | None, board: dict[str, Any] | None) -> dict[str, str]:
+def desk_fragments(queue: dict[str, Any] | None, board: dict[str, Any] | None, desk: str | None = None) -> dict[str, str]:
     """The regions the desk's script swaps in, from the macros the page renders them with."""
-    return {"queue": str(queue_html(queue, board)), "board": str(board_html(board)),
-            "referral_options": str(referral_options(queue)), "had_options": str(had_options(board))}
+    return {"queue": str(queue_html(queue, board, desk=desk)), "board": str(board_html(board)),
+            "referral_options": str(referral_options(queue, desk)), "had_options": str(had_options(board))}
 
 
 def desk_page(department: str, department_name: str, actor: str, board: dict[str, Any] | None,
