@@ -170,6 +170,18 @@ class OfferMade(_message.Message):
     def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., offer_id: _Optional[str] = ..., had_finess: _Optional[str] = ..., hold_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., explanation: _Optional[str] = ..., by_desk: _Optional[bool] = ..., explanation_json: _Optional[str] = ...) -> None: ...
 
 class OfferAccepted(_message.Message):
+    __slots__ = ("header", "offer_id", "had_finess", "pending_evaluation")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAD_FINESS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    offer_id: str
+    had_finess: str
+    pending_evaluation: bool
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., offer_id: _Optional[str] = ..., had_finess: _Optional[str] = ..., pending_evaluation: _Optional[bool] = ...) -> None: ...
+
+class EvaluationConfirmed(_message.Message):
     __slots__ = ("header", "offer_id", "had_finess")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +190,32 @@ class OfferAccepted(_message.Message):
     offer_id: str
     had_finess: str
     def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., offer_id: _Optional[str] = ..., had_finess: _Optional[str] = ...) -> None: ...
+
+class AcceptanceWithdrawn(_message.Message):
+    __slots__ = ("header", "offer_id", "had_finess", "reason", "text")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAD_FINESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    offer_id: str
+    had_finess: str
+    reason: str
+    text: str
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., offer_id: _Optional[str] = ..., had_finess: _Optional[str] = ..., reason: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class AvisGiven(_message.Message):
+    __slots__ = ("header", "eligible", "reason", "text")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    header: ReferralEventHeader
+    eligible: bool
+    reason: str
+    text: str
+    def __init__(self, header: _Optional[_Union[ReferralEventHeader, _Mapping]] = ..., eligible: _Optional[bool] = ..., reason: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class OfferDeclined(_message.Message):
     __slots__ = ("header", "offer_id", "had_finess", "reason", "text")

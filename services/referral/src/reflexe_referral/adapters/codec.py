@@ -16,7 +16,8 @@ from reflexe_referral.domain.values import AvisHad, Clinical, Conditions, Patien
 # Domain event class ↔ proto message class, and the fields each carries beyond the header.
 _PAIRS: dict[type, tuple[type[Message], tuple[str, ...]]] = {
     ev.ReferralDeclaredIneligible: (pb.ReferralDeclaredIneligible, ("reason", "text")),
-    ev.OfferAccepted: (pb.OfferAccepted, ("offer_id", "had_finess")),
+    ev.EvaluationConfirmed: (pb.EvaluationConfirmed, ("offer_id", "had_finess")),
+    ev.AcceptanceWithdrawn: (pb.AcceptanceWithdrawn, ("offer_id", "had_finess", "reason", "text")),
     ev.OfferDeclined: (pb.OfferDeclined, ("offer_id", "had_finess", "reason", "text")),
     ev.OfferExpired: (pb.OfferExpired, ("offer_id", "had_finess")),
     ev.OfferWithdrawn: (pb.OfferWithdrawn, ("offer_id", "had_finess", "why")),
@@ -115,6 +116,11 @@ def to_proto(event: ev.Event, department: str, place_of_care: str = "") -> Messa
             return pb.PatientAdmitted(header=header, had_finess=event.had_finess, place_of_care=place_of_care)
         case ev.EdExitRecorded():
             return pb.EdExitRecorded(header=header, exited_at=ts(event.exited_at))
+        case ev.OfferAccepted():
+            return pb.OfferAccepted(header=header, offer_id=event.offer_id, had_finess=event.had_finess,
+                                    pending_evaluation=event.pending_evaluation)
+        case ev.AvisGiven():
+            return pb.AvisGiven(header=header, eligible=event.eligible, reason=event.reason or "", text=event.text)
         case ev.AdmissionOverdue():
             return pb.AdmissionOverdue(header=header, due_at=ts(event.due_at),
                                        planned_date=event.planned_date.isoformat() if event.planned_date else "")
@@ -143,6 +149,12 @@ def from_proto(message: Message) -> ev.Event:
             return ev.PatientAdmitted(**common, had_finess=message.had_finess)
         case pb.EdExitRecorded():
             return ev.EdExitRecorded(**common, exited_at=dt(message.exited_at))
+        case pb.OfferAccepted():
+            return ev.OfferAccepted(**common, offer_id=message.offer_id, had_finess=message.had_finess,
+                                    pending_evaluation=message.pending_evaluation)
+        case pb.AvisGiven():
+            return ev.AvisGiven(**common, eligible=message.eligible,
+                                reason=Reason(message.reason) if message.reason else None, text=message.text)
         case pb.AdmissionOverdue():
             return ev.AdmissionOverdue(**common, due_at=dt(message.due_at),
                                        planned_date=date.fromisoformat(message.planned_date) if message.planned_date else None)

@@ -3,7 +3,10 @@
 from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest, StaleVersion
 from .events import (
     SYSTEM,
+    AcceptanceWithdrawn,
     AdmissionOverdue,
+    AvisGiven,
+    EvaluationConfirmed,
     DeskOfferRequested,
     EdExitRecorded,
     Event,
@@ -53,7 +56,10 @@ __all__ = [
     "DEFAULT_UNANSWERED_AFTER",
     "SYSTEM",
     "TRANSITIONS",
+    "AcceptanceWithdrawn",
     "AdmissionOverdue",
+    "AvisGiven",
+    "EvaluationConfirmed",
     "AvisHad",
     "Clinical",
     "Clock",

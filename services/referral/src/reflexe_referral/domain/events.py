@@ -73,6 +73,35 @@ class OfferMade(_ReferralEvent):
 class OfferAccepted(_ReferralEvent):
     offer_id: str
     had_finess: str
+    # Subject to the liaison nurse's evaluation visit: confirmed or withdrawn later.
+    pending_evaluation: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfirmed(_ReferralEvent):
+    """The HAD confirms an acceptance given pending evaluation."""
+
+    offer_id: str
+    had_finess: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceptanceWithdrawn(_ReferralEvent):
+    """The HAD withdraws an acceptance given pending evaluation: back to the search."""
+
+    offer_id: str
+    had_finess: str
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AvisGiven(_ReferralEvent):
+    """A liaison nurse gave or updated the avis HAD after the referral was posted."""
+
+    eligible: bool
+    reason: Reason | None
+    text: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +196,9 @@ Event = Union[
     ReferralDeclaredIneligible,
     OfferMade,
     OfferAccepted,
+    EvaluationConfirmed,
+    AcceptanceWithdrawn,
+    AvisGiven,
     OfferDeclined,
     OfferExpired,
     OfferWithdrawn,

@@ -4,7 +4,8 @@
                                                 ▼
     REQUESTED ──► OFFERED(HAD x, hold until T) ──► ACCEPTED(by x) ──► ADMITTED ──► DISCHARGED
         │   ▲          │ declined / hold expired: back to REQUESTED, the matcher cascades
-        │   └──────────┘
+        │   ├──────────┘
+        │   └── ACCEPTED pending evaluation, withdrawn (confirmed: stays ACCEPTED)
         ├──► ESCALATED (no HAD can take it: the desk widens the search or picks an HAD)
         └──► INELIGIBLE (negative avis HAD)        any state before ADMITTED ──► CANCELLED
 
@@ -27,8 +28,11 @@ from reflexe_common.vocabulary import Reason, SourceKind, Urgency
 from .errors import ErrorCode, IllegalTransition, InconsistentHistory, InvalidRequest, StaleVersion
 from .events import (
     SYSTEM,
+    AcceptanceWithdrawn,
     AdmissionOverdue,
+    AvisGiven,
     DeskOfferRequested,
+    EvaluationConfirmed,
     EdExitRecorded,
     Event,
     OfferAccepted,
@@ -47,7 +51,7 @@ from .events import (
     ReferralRequestUpdated,
     SearchWidened,
 )
-from .values import Conditions, ReferralRequest, Source
+from .values import AvisHad, Conditions, ReferralRequest, Source
 
 ADMISSION_TARGET = timedelta(hours=24)  # the réflexe HAD target: admitted within 24 h
 DEFAULT_UNANSWERED_AFTER = timedelta(minutes=15)
@@ -70,17 +74,22 @@ CLOSED_STATUSES = frozenset({Status.INELIGIBLE, Status.CANCELLED, Status.DISCHAR
 UPDATABLE_STATUSES = frozenset({Status.INCOMPLETE, Status.REQUESTED, Status.ESCALATED, Status.OFFERED})
 # Where the search for an HAD is still going on: an offer, a widening or a desk pick fits.
 SEARCHING_STATUSES = frozenset({Status.REQUESTED, Status.ESCALATED})
+# Where no HAD holds a place: an unfavourable avis HAD closes the referral there.
+NO_PLACE_HELD_STATUSES = SEARCHING_STATUSES | {Status.INCOMPLETE}
 
 # The lifecycle graph: status changes one event may cause (events that keep the status,
 # e.g. clock signals or a desk pick, are always allowed and not listed).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.INCOMPLETE: frozenset({Status.REQUESTED, Status.CANCELLED}),
+    Status.INCOMPLETE: frozenset({Status.REQUESTED, Status.INELIGIBLE, Status.CANCELLED}),
     Status.REQUESTED: frozenset(
         {Status.OFFERED, Status.ESCALATED, Status.INELIGIBLE, Status.CANCELLED}
     ),
-    Status.ESCALATED: frozenset({Status.OFFERED, Status.REQUESTED, Status.CANCELLED}),
+    Status.ESCALATED: frozenset(
+        {Status.OFFERED, Status.REQUESTED, Status.INELIGIBLE, Status.CANCELLED}
+    ),
     Status.OFFERED: frozenset({Status.ACCEPTED, Status.REQUESTED, Status.CANCELLED}),
-    Status.ACCEPTED: frozenset({Status.ADMITTED, Status.CANCELLED}),
+    # Back to REQUESTED: an acceptance given pending evaluation, withdrawn.
+    Status.ACCEPTED: frozenset({Status.ADMITTED, Status.REQUESTED, Status.CANCELLED}),
     Status.ADMITTED: frozenset({Status.DISCHARGED}),
     Status.INELIGIBLE: frozenset(),
     Status.CANCELLED: frozenset(),
@@ -147,6 +156,10 @@ def had_actor(had_finess: str) -> str:
     return f"had:{had_finess}"
 
 
+def liaison_actor(had_finess: str) -> str:
+    return f"liaison:{had_finess}"
+
+
 def desk_actor(department: str) -> str:
     return f"desk:{department}"
 
@@ -177,6 +190,10 @@ class Referral:
     # and lets an HAD be told an offer was not addressed to it.
     offer_hads: dict[str, str] = field(default_factory=dict)
     accepted_had: str | None = None
+    accepted_offer_id: str | None = None
+    # The acceptance awaits the liaison nurse's evaluation visit (confirm or withdraw).
+    evaluation_pending: bool = False
+    avis: AvisHad | None = None  # the latest avis HAD: the request's, then a liaison nurse's
     admitted_had: str | None = None
     last_decline_reason: Reason | None = None
     closed_reason: Reason | None = None  # why INELIGIBLE or CANCELLED
@@ -200,7 +217,8 @@ class Referral:
             raise InconsistentHistory("a referral's history starts with ReferralRequested")
         if first.referral_id != first.request.referral_id:
             raise InconsistentHistory("ReferralRequested names another referral")
-        referral = cls(data=first.request, departments=(first.request.department,))
+        referral = cls(data=first.request, departments=(first.request.department,),
+                       avis=first.request.avis)
         if first.missing_conditions:
             referral.status = Status.INCOMPLETE
             referral.missing_conditions = first.missing_conditions
@@ -216,9 +234,13 @@ class Referral:
         at = event.occurred_at
         match event:
             case ReferralDeclaredIneligible():
-                # Only ever emitted together with the request, from the avis it carried.
-                self._expect(self.version == 1, event)
+                # Emitted with the request, from the avis it carried, or with an unfavourable
+                # avis a liaison nurse gave while the search was going on (no place held).
+                self._expect(self.version == 1 or self.status in NO_PLACE_HELD_STATUSES, event)
                 self._close(Status.INELIGIBLE, event.reason, at)
+            case AvisGiven():
+                self._expect(self._awaiting_admission, event)
+                self.avis = AvisHad(event.eligible, event.reason, event.text)
             case OfferMade():
                 self._expect(
                     self.status in SEARCHING_STATUSES and event.offer_id not in self.offer_hads,
@@ -241,6 +263,16 @@ class Referral:
                 self.status = Status.ACCEPTED
                 self.current_offer = None
                 self.accepted_had, self.accepted_at = event.had_finess, at
+                self.accepted_offer_id = event.offer_id
+                self.evaluation_pending = event.pending_evaluation
+            case EvaluationConfirmed():
+                self._expect_pending_acceptance(event, event.offer_id, event.had_finess)
+                self.evaluation_pending = False
+            case AcceptanceWithdrawn():
+                self._expect_pending_acceptance(event, event.offer_id, event.had_finess)
+                self.status, self.evaluation_pending = Status.REQUESTED, False
+                self.accepted_had = self.accepted_at = self.accepted_offer_id = None
+                self.last_decline_reason = event.reason
             case OfferDeclined():
                 self._expect_current_offer(event, event.offer_id, event.had_finess)
                 self.status, self.current_offer = Status.REQUESTED, None
@@ -263,7 +295,8 @@ class Referral:
                 self._expect(self.status in SEARCHING_STATUSES, event)
             case PatientAdmitted():
                 self._expect(
-                    self.status is Status.ACCEPTED and event.had_finess == self.accepted_had,
+                    self.status is Status.ACCEPTED and event.had_finess == self.accepted_had
+                    and not self.evaluation_pending,
                     event,
                 )
                 self.status = Status.ADMITTED
@@ -313,6 +346,13 @@ class Referral:
                 f"{type(event).__name__} does not fit referral {self.referral_id} "
                 f"in status {self.status} at version {self.version}"
             )
+
+    def _expect_pending_acceptance(self, event: Event, offer_id: str, had: str) -> None:
+        self._expect(
+            self.status is Status.ACCEPTED and self.evaluation_pending
+            and (self.accepted_offer_id, self.accepted_had) == (offer_id, had),
+            event,
+        )
 
     def _expect_current_offer(self, event: Event, offer_id: str, had: str) -> None:
         offer = self.current_offer
@@ -407,11 +447,60 @@ class Referral:
             )
         ]
 
-    def accept(self, offer_id: str, had: str, at: datetime) -> list[Event]:
+    def accept(
+        self, offer_id: str, had: str, at: datetime, pending_evaluation: bool = False
+    ) -> list[Event]:
+        """Accept the offer; `pending_evaluation`: subject to the liaison nurse's visit, the
+        place stays held (no hold expiry) until the HAD confirms or withdraws."""
         self._check_answer(offer_id, had, at)
         return [
-            OfferAccepted(**self._meta(at, had_actor(had)), offer_id=offer_id, had_finess=had)
+            OfferAccepted(
+                **self._meta(at, had_actor(had)),
+                offer_id=offer_id,
+                had_finess=had,
+                pending_evaluation=pending_evaluation,
+            )
         ]
+
+    def confirm_evaluation(self, had: str, at: datetime) -> list[Event]:
+        offer_id = self._check_pending_acceptance(had)
+        return [
+            EvaluationConfirmed(
+                **self._meta(at, had_actor(had)), offer_id=offer_id, had_finess=had
+            )
+        ]
+
+    def withdraw_acceptance(self, had: str, reason: Reason, text: str, at: datetime) -> list[Event]:
+        """The evaluation went against admission: the place is released and the search goes on
+        with the next HAD, exactly as after a decline."""
+        offer_id = self._check_pending_acceptance(had)
+        return [
+            AcceptanceWithdrawn(
+                **self._meta(at, had_actor(had)),
+                offer_id=offer_id,
+                had_finess=had,
+                reason=reason,
+                text=text,
+            )
+        ]
+
+    def give_avis(
+        self, liaison_had: str, eligible: bool, reason: Reason | None, text: str, at: datetime
+    ) -> list[Event]:
+        """A liaison nurse gives or updates the avis HAD after posting. An unfavourable one closes
+        the referral as INELIGIBLE while no place is held (searching, or incomplete); once an HAD holds
+        a place (offered, accepted) it is recorded and that HAD declines or withdraws."""
+        self._refuse_if_closed()
+        if self.status is Status.ADMITTED:
+            raise IllegalTransition(ErrorCode.INVALID_STATE, "the patient is already admitted")
+        if not eligible and reason is None:
+            raise InvalidRequest([("reason", "required when the avis is unfavourable")])
+        meta = self._meta(at, liaison_actor(liaison_had))
+        events: list[Event] = [AvisGiven(**meta, eligible=eligible, reason=reason, text=text)]
+        if not eligible and self.status in NO_PLACE_HELD_STATUSES:
+            assert reason is not None
+            events.append(ReferralDeclaredIneligible(**meta, reason=reason, text=text))
+        return events
 
     def decline(
         self, offer_id: str, had: str, reason: Reason, text: str, at: datetime
@@ -478,6 +567,10 @@ class Referral:
         if had != self.accepted_had:
             raise IllegalTransition(
                 ErrorCode.NOT_ADDRESSED_TO_CALLER, "another HAD accepted this referral"
+            )
+        if self.evaluation_pending:
+            raise IllegalTransition(
+                ErrorCode.EVALUATION_PENDING, "the acceptance awaits its evaluation: confirm it first"
             )
         return [PatientAdmitted(**self._meta(at, had_actor(had)), had_finess=had)]
 
@@ -604,6 +697,20 @@ class Referral:
             raise IllegalTransition(
                 ErrorCode.OFFER_EXPIRED, f"the hold ended at {offer.hold_until.isoformat()}"
             )
+
+    def _check_pending_acceptance(self, had: str) -> str:
+        """The HAD confirming or withdrawing must hold an acceptance pending evaluation."""
+        self._refuse_if_closed()
+        if self.status is not Status.ACCEPTED or had != self.accepted_had:
+            raise IllegalTransition(
+                ErrorCode.NOT_ACCEPTED, f"this HAD holds no acceptance (status {self.status})"
+            )
+        if not self.evaluation_pending:
+            raise IllegalTransition(
+                ErrorCode.NO_PENDING_EVALUATION, "the acceptance is not pending evaluation"
+            )
+        assert self.accepted_offer_id is not None
+        return self.accepted_offer_id
 
     def _check_desk_can_steer(self) -> None:
         self._refuse_if_closed()
