@@ -112,3 +112,19 @@ def test_a_service_refuses_to_start_without_an_issuer(monkeypatch: pytest.Monkey
     monkeypatch.delenv("OIDC_ISSUER", raising=False)
     with pytest.raises(ValueError, match="OIDC_ISSUER"):
         ServiceSettings()
+
+
+async def test_a_liaison_nurse_is_scoped_to_her_had_and_the_departments_it_serves() -> None:
+    issuer = suite_issuer()
+    verifier = _verifier(issuer)
+    one = await verifier.verify(issuer.token("liaison", finess="340780477", department="34", region="76"))
+    assert (one.role, one.finess, one.departments, one.region) == (Role.LIAISON, "340780477", ("34",), None)
+    assert one.actor == "liaison:340780477"
+    # A multi-valued attribute: an HAD serving two departments.
+    two = await verifier.verify(issuer.sign(issuer.claims("liaison", finess="340780477", department=["34", "30", "34"])))
+    assert two.departments == ("34", "30")
+    assert (await _refused(verifier, issuer.token("liaison", finess="340780477"), 403)).code == "MISSING_SCOPE"
+    assert (await _refused(verifier, issuer.token("liaison", department="34"), 403)).code == "MISSING_SCOPE"
+    # Departments are the liaison's only: an HAD or a desk token never carries a list.
+    had = await verifier.verify(issuer.token("had", finess="340780477", department="34"))
+    assert had.departments == ()

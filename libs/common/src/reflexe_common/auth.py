@@ -46,11 +46,14 @@ class Role(StrEnum):
     # The HL7 gateway's system client: reports hospitals' and HADs' patient movements (no scope:
     # it speaks for the senders its own allow-list admits; only POST /v1/patient-events takes it).
     GATEWAY = "gateway"
+    # An HAD's liaison nurse (IDE de liaison): gives the avis HAD at the bedside for her HAD
+    # (`finess`), in the departments it serves (`department`: one code or a list of codes).
+    LIAISON = "liaison"
 
 
 # The scope claim each role must carry.
 SCOPE_OF_ROLE = {Role.HOSPITAL: "finess", Role.HAD: "finess", Role.DESK: "department", Role.ARS: "region",
-                 Role.ADMIN: None, Role.GATEWAY: None}
+                 Role.ADMIN: None, Role.GATEWAY: None, Role.LIAISON: "finess"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Principal:
     finess: str | None = None
     department: str | None = None
     region: str | None = None
+    departments: tuple[str, ...] = ()  # a liaison nurse's: those her HAD serves
 
     @property
     def actor(self) -> str:
@@ -191,8 +195,20 @@ class TokenVerifier:
         needed = SCOPE_OF_ROLE[role]
         if needed and needed not in scope:
             raise ApiError(403, "MISSING_SCOPE", f"a {role} token must carry its {needed}")
+        if role == Role.LIAISON:
+            return Principal(role=role, subject=str(claims["sub"]), finess=scope["finess"],
+                             departments=_departments(_claim(claims, s.department_claim)))
         # Only the scope the role is about: a stray claim never widens what a caller may see.
         return Principal(role=role, subject=str(claims["sub"]), **({needed: scope[needed]} if needed else {}))
+
+
+def _departments(value: Any) -> tuple[str, ...]:
+    """A liaison nurse's departments: one code, or a list (a multi-valued attribute)."""
+    values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    departments = tuple(dict.fromkeys(v for v in values if isinstance(v, str) and v))
+    if not departments:
+        raise ApiError(403, "MISSING_SCOPE", "a liaison token must carry the departments its HAD serves (department)")
+    return departments
 
 
 _ROLE_NAMES = frozenset(r.value for r in Role)
