@@ -64,7 +64,7 @@ HAD_B_COMMUNE = "13203"  # served by HAD B only
 NO_HAD_COMMUNE_OUT = "13204"
 TWO_HADS_COMMUNE = "34152"  # the visibility test's two competing HADs
 
-CALLERS = ("hospital", "had", "desk", "ars", "admin", "none", "expired", "foreign", "desk_session")
+CALLERS = ("hospital", "had", "liaison", "desk", "ars", "admin", "none", "expired", "foreign", "desk_session")
 SCOPES = ("in", "out")
 OK = "2xx"
 SERVICES = ("referral", "capacity", "indicators", "notify")
@@ -91,6 +91,8 @@ class World:
         return {
             "hospital": lambda: token("hospital", finess=self.hospital_a),
             "had": lambda: token("had", finess=self.had_a),
+            # HAD A's liaison nurse, in the department HAD A serves.
+            "liaison": lambda: token("liaison", finess=self.had_a, department=IN),
             "desk": lambda: token("desk", department=IN),
             "ars": lambda: token("ars", region=REGION),
             "admin": lambda: token("admin"),
@@ -139,6 +141,14 @@ class World:
     async def accepted_by_a(self) -> str:
         offered = await self.offered_to_a()
         path = f"/v1/referrals/{offered['referral_id']}/offers/{offered['current_offer']['offer_id']}/accept"
+        response = await self.clients["referral"].post(path, headers=token("had", finess=self.had_a))
+        assert response.status_code == 200, response.text
+        return offered["referral_id"]
+
+    async def pending_evaluation_at_a(self) -> str:
+        offered = await self.offered_to_a()
+        path = (f"/v1/referrals/{offered['referral_id']}/offers/{offered['current_offer']['offer_id']}"
+                "/accept-pending-evaluation")
         response = await self.clients["referral"].post(path, headers=token("had", finess=self.had_a))
         assert response.status_code == 200, response.text
         return offered["referral_id"]
@@ -280,9 +290,10 @@ async def log_in_desk(notify_url: str, department: str) -> str:
 # ------------------------------------------------------------------ expectations
 
 
-def api(hospital=(403, 403), had=(403, 403), desk=(403, 403), ars=(403, 403), admin=(OK, OK)) -> dict[str, tuple]:
+def api(hospital=(403, 403), had=(403, 403), desk=(403, 403), ars=(403, 403), admin=(OK, OK),
+        liaison=(403, 403)) -> dict[str, tuple]:
     """A bearer endpoint: no valid token is 401; a page session is no bearer token either."""
-    return {"hospital": hospital, "had": had, "desk": desk, "ars": ars, "admin": admin,
+    return {"hospital": hospital, "had": had, "liaison": liaison, "desk": desk, "ars": ars, "admin": admin,
             **{caller: (401, 401) for caller in ("none", "expired", "foreign", "desk_session")}}
 
 
@@ -392,6 +403,20 @@ def had_stay(action: str) -> Build:
         else:
             referral_id = w.shared["referral_in"]
         return {"url": f"/v1/referrals/{referral_id}/{action}"}
+
+    return build
+
+
+def had_evaluation(action: str, body: dict[str, Any] | None = None) -> Build:
+    """An acceptance pending evaluation at HAD A (a fresh one for each allowed change)."""
+    async def build(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+        if scope == "out":
+            referral_id = w.shared["referral_out"]
+        elif allowed:
+            referral_id = await w.pending_evaluation_at_a()
+        else:
+            referral_id = w.shared["referral_in"]
+        return {"url": f"/v1/referrals/{referral_id}/evaluation/{action}", **({"json": body} if body else {})}
 
     return build
 
@@ -534,6 +559,15 @@ MATRIX: list[Endpoint] = [
              api(had=OWN, admin=(403, 403)), had_answer("accept")),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/offers/{offer_id}/decline",
              api(had=OWN, admin=(403, 403)), had_answer("decline", {"reason": "NO_CAPACITY", "text": ""})),
+    Endpoint("referral", "POST", "/v1/referrals/{referral_id}/offers/{offer_id}/accept-pending-evaluation",
+             api(had=OWN, admin=(403, 403)), had_answer("accept-pending-evaluation")),
+    Endpoint("referral", "POST", "/v1/referrals/{referral_id}/evaluation/confirm", api(had=OWN, admin=(403, 403)),
+             had_evaluation("confirm")),
+    Endpoint("referral", "POST", "/v1/referrals/{referral_id}/evaluation/withdraw", api(had=OWN, admin=(403, 403)),
+             had_evaluation("withdraw", {"reason": "MEDICAL_NOT_ELIGIBLE", "text": ""})),
+    # The avis HAD is the liaison nurse's own: in a department her HAD serves (else as if unknown).
+    Endpoint("referral", "POST", "/v1/referrals/{referral_id}/avis", api(liaison=OWN, admin=(403, 403)),
+             waiting_referral("/v1/referrals/{referral_id}/avis", lambda w, scope: {"eligible": True, "text": ""})),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/admission", api(had=OWN, admin=(403, 403)),
              had_stay("admission")),
     Endpoint("referral", "POST", "/v1/referrals/{referral_id}/discharge", api(had=OWN, admin=(403, 403)),
@@ -556,8 +590,8 @@ MATRIX: list[Endpoint] = [
                                                "effect": "HOSPITALISED", "pseudonym": "0" * 64,
                                                "occurred_at": "2026-11-26T09:00:00+00:00"})),
     # The FHIR API: the same rules as the REST endpoints above (a search answers only the caller's own).
-    Endpoint("referral", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), desk=(OK, OK), ars=(OK, OK)),
-             fixed("/fhir/metadata")),
+    Endpoint("referral", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), liaison=(OK, OK), desk=(OK, OK),
+                                         ars=(OK, OK)), fixed("/fhir/metadata")),
     Endpoint("referral", "POST", "/fhir/ServiceRequest", api(hospital=SCOPED), fhir_post_referral),
     Endpoint("referral", "GET", "/fhir/ServiceRequest/{referral_id}", api(hospital=OWN, had=OWN, desk=OWN),
              shared_referral("/fhir/ServiceRequest/{referral_id}")),
@@ -579,8 +613,8 @@ MATRIX: list[Endpoint] = [
     Endpoint("capacity", "GET", "/v1/departments/{department}/capacity", api(desk=SCOPED, ars=SCOPED),
              by_department("/v1/departments/{department}/capacity")),
     # The FHIR API: the same rules as the REST endpoints above.
-    Endpoint("capacity", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), desk=(OK, OK), ars=(OK, OK)),
-             fixed("/fhir/metadata")),
+    Endpoint("capacity", "GET", "/fhir/metadata", api(hospital=(OK, OK), had=(OK, OK), liaison=(OK, OK), desk=(OK, OK),
+                                         ars=(OK, OK)), fixed("/fhir/metadata")),
     Endpoint("capacity", "GET", "/fhir/HealthcareService/{finess}", api(had=SCOPED, desk=SCOPED, ars=SCOPED),
              by_had("/fhir/HealthcareService/{finess}")),
     Endpoint("capacity", "PUT", "/fhir/HealthcareService/{finess}", api(had=SCOPED), fhir_declare),

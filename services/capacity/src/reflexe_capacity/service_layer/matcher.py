@@ -90,6 +90,12 @@ class Matcher:
                 await self._change_hold(store, message.offer_id, "release", at,
                                         answered=isinstance(message, referral_pb2.OfferDeclined))
                 await self._offer_next(store, message.header.referral_id, at)
+            case referral_pb2.AcceptanceWithdrawn():
+                # The evaluation went against admission: the place the acceptance kept is given
+                # back and the search goes on, exactly as after a decline.
+                at = dt(message.header.occurred_at)
+                await self._change_hold(store, message.offer_id, "release", at)
+                await self._offer_next(store, message.header.referral_id, at)
             case referral_pb2.OfferWithdrawn():
                 await self._change_hold(store, message.offer_id, "release", dt(message.header.occurred_at))
             case referral_pb2.PatientAdmitted():

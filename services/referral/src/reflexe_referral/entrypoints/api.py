@@ -20,8 +20,8 @@ from reflexe_common.geography import Geography
 from reflexe_referral.domain import events as ev
 from reflexe_referral.domain.errors import IllegalTransition, StaleVersion
 from reflexe_referral.domain.model import Referral
-from reflexe_referral.entrypoints.schemas import (CloseIn, DeclineIn, DeskOfferIn, ReferralIn, RequestUpdateIn, WidenIn,
-                                                  had_referral_view, own_explanation, referral_view)
+from reflexe_referral.entrypoints.schemas import (AvisIn, CloseIn, DeclineIn, DeskOfferIn, ReferralIn, RequestUpdateIn,
+                                                  WidenIn, had_referral_view, own_explanation, referral_view)
 from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, ReferralService, Submitted, UnknownReferral,
                                                      request_fingerprint)
 
@@ -48,6 +48,13 @@ async def the_had_itself(principal: Principal = Depends(require(Role.HAD))) -> P
     does not speak for an HAD (it has no FINESS the domain could check)."""
     if principal.role != Role.HAD:
         raise ApiError(403, "ROLE_FORBIDDEN", "only the HAD itself answers offers and reports admissions and discharges")
+    return principal
+
+
+async def the_liaison_itself(principal: Principal = Depends(require(Role.LIAISON))) -> Principal:
+    """The avis HAD is a liaison nurse's own clinical opinion, given for her HAD."""
+    if principal.role != Role.LIAISON:
+        raise ApiError(403, "ROLE_FORBIDDEN", "only a liaison nurse gives the avis HAD")
     return principal
 
 
@@ -98,7 +105,7 @@ def _unknown(referral_id) -> ApiError:
 
 
 def _view_for(principal: Principal, referral: Referral) -> dict[str, Any]:
-    if principal.role == Role.HAD:
+    if principal.role in (Role.HAD, Role.LIAISON):
         return had_referral_view(referral, principal.finess or "")
     return referral_view(referral)
 
@@ -171,6 +178,11 @@ async def update_request(request: Request, referral_id: uuid.UUID, body: Request
 
 
 def _check_scope_for_action(request: Request, principal: Principal, referral: Referral, action: str) -> None:
+    if principal.role == Role.LIAISON:
+        # A liaison nurse works for an HAD serving one of the departments the referral is searched in.
+        if not set(principal.departments) & set(referral.departments):
+            raise _hidden(request, principal, referral)
+        return
     if principal.role == Role.HAD:
         # An HAD that was never offered the referral does not know it exists. One that was (its offer
         # since expired, declined or superseded) gets the domain's answer about its own offer (409).
@@ -287,6 +299,52 @@ async def decline(referral_id: uuid.UUID, offer_id: str, body: DeclineIn, reques
     now = _service(request).now()
     return await _act(request, referral_id, lambda r: r.decline(offer_id, principal.finess, body.reason, body.text, now),
                       principal, "had.decline")
+
+
+@router.post("/referrals/{referral_id}/offers/{offer_id}/accept-pending-evaluation",
+             summary="The HAD accepts the offer subject to its liaison nurse's evaluation visit",
+             description="The place stays held (no hold expiry) until the HAD confirms or withdraws; the admission "
+                         "waits for the confirmation (409 EVALUATION_PENDING).")
+async def accept_pending_evaluation(referral_id: uuid.UUID, offer_id: str, request: Request,
+                                    principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
+    now = _service(request).now()
+    return await _act(request, referral_id, lambda r: r.accept(offer_id, principal.finess, now, pending_evaluation=True),
+                      principal, "had.accept_pending_evaluation")
+
+
+@router.post("/referrals/{referral_id}/evaluation/confirm",
+             summary="The HAD confirms an acceptance given pending evaluation")
+async def confirm_evaluation(referral_id: uuid.UUID, request: Request,
+                             principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
+    now = _service(request).now()
+    return await _act(request, referral_id, lambda r: r.confirm_evaluation(principal.finess, now), principal,
+                      "had.confirm_evaluation")
+
+
+@router.post("/referrals/{referral_id}/evaluation/withdraw",
+             summary="The HAD withdraws an acceptance given pending evaluation, with a reason",
+             description="Its place is released and the referral is offered to the next HAD, as after a decline.")
+async def withdraw_acceptance(referral_id: uuid.UUID, body: DeclineIn, request: Request,
+                              principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
+    now = _service(request).now()
+    return await _act(request, referral_id,
+                      lambda r: r.withdraw_acceptance(principal.finess, body.reason, body.text, now),
+                      principal, "had.withdraw_acceptance")
+
+
+@router.post("/referrals/{referral_id}/avis", summary="A liaison nurse gives or updates the avis HAD",
+             description="For a liaison nurse of an HAD serving a department the referral is searched in. An "
+                         "unfavourable avis (its `reason` required) closes the referral as INELIGIBLE while the search "
+                         "goes on; once an HAD holds a place it is recorded and that HAD declines or withdraws.")
+async def give_avis(referral_id: uuid.UUID, body: AvisIn, request: Request,
+                    principal: Principal = Depends(the_liaison_itself)) -> dict[str, Any]:
+    if not body.eligible and body.reason is None:
+        raise ApiError(422, "INVALID_AVIS", "an unfavourable avis needs its reason",
+                       [{"field": "body.reason", "message": "required when eligible is false"}])
+    now = _service(request).now()
+    return await _act(request, referral_id,
+                      lambda r: r.give_avis(principal.finess, body.eligible, body.reason, body.text, now),
+                      principal, "liaison.avis")
 
 
 @router.post("/referrals/{referral_id}/admission", summary="The HAD reports the patient admitted")

@@ -175,6 +175,11 @@ def referral_view(referral: Referral) -> dict[str, Any]:
             "made_at": offer.made_at.isoformat(), "explanation": offer.explanation, "by_desk": offer.by_desk,
         },
         "accepted_had": referral.accepted_had,
+        # Accepted subject to the liaison nurse's evaluation visit: to be confirmed or withdrawn.
+        "evaluation_pending": referral.evaluation_pending,
+        "current_avis": None if referral.avis is None else {
+            "eligible": referral.avis.eligible, "reason": referral.avis.reason and str(referral.avis.reason),
+            "text": referral.avis.text},
         "admitted_had": referral.admitted_had,
         "closed_reason": referral.closed_reason and str(referral.closed_reason),
         "accepted_at": _iso(referral.accepted_at),
