@@ -19,6 +19,8 @@ _OFFER_ANSWERS = {
     referral_pb2.OfferDeclined: K.OFFER_DECLINED,
     referral_pb2.OfferExpired: K.OFFER_EXPIRED,
     referral_pb2.OfferUnanswered: K.OFFER_UNANSWERED,
+    referral_pb2.EvaluationConfirmed: K.EVALUATION_CONFIRMED,
+    referral_pb2.AcceptanceWithdrawn: K.ACCEPTANCE_WITHDRAWN,
 }
 
 
@@ -54,7 +56,11 @@ def notice_from(envelope: Envelope) -> Notice | None:
 
     kind = _OFFER_ANSWERS.get(type(m))
     if kind is not None:
-        extra = {"reason": m.reason} if isinstance(m, referral_pb2.OfferDeclined) else {}
+        extra: dict = {}
+        if isinstance(m, (referral_pb2.OfferDeclined, referral_pb2.AcceptanceWithdrawn)):
+            extra["reason"] = m.reason
+        if isinstance(m, referral_pb2.OfferAccepted):
+            extra["pending_evaluation"] = m.pending_evaluation
         return notice(kind, m.had_finess, offer_id=m.offer_id, had_finess=m.had_finess, **extra)
     if isinstance(m, referral_pb2.OfferWithdrawn):
         # The matcher's offer reached the HAD (offer.proposed) before the referral refused it.
@@ -82,6 +88,7 @@ _DESK_ONLY = {  # referral events the desk page follows beyond those notified
     referral_pb2.PatientDischarged: "referral.discharged",
     referral_pb2.ReferralDeclaredIneligible: "referral.ineligible",
     referral_pb2.ReferralCompleted: "referral.completed",
+    referral_pb2.AvisGiven: "referral.avis",
 }
 
 
@@ -122,7 +129,7 @@ def desk_event_from(envelope: Envelope) -> DeskEvent | None:
     if kind is not None:
         h = m.header
         data: dict = {"referral_id": h.referral_id, "department": h.department}
-        for name in ("offer_id", "had_finess", "why", "reason"):
+        for name in ("offer_id", "had_finess", "why", "reason", "eligible"):
             if hasattr(m, name):
                 data[name] = getattr(m, name)
         if isinstance(m, referral_pb2.SearchWidened):

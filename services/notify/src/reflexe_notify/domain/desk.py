@@ -50,7 +50,19 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
         case "offer.unanswered":
             return "Offre sans réponse", f"L'HAD {had} n'a pas répondu à l'offre pour la demande {ref}."
         case "offer.accepted":
+            if data.get("pending_evaluation"):
+                return "Offre acceptée sous réserve", f"L'HAD {had} a accepté la demande {ref} sous réserve de l'évaluation."
             return "Offre acceptée", f"L'HAD {had} a accepté la demande {ref}."
+        case "offer.evaluation_confirmed":
+            return "Évaluation confirmée", f"L'HAD {had} a confirmé la demande {ref} après l'évaluation."
+        case "offer.acceptance_withdrawn":
+            why = reason_fr(data.get("reason"))
+            return ("Acceptation retirée", f"L'HAD {had} a retiré son acceptation de la demande {ref} après l'évaluation"
+                    + (f" ({why}); recherche d'une autre HAD." if why else "; recherche d'une autre HAD."))
+        case "referral.avis":
+            if data.get("eligible"):
+                return "Avis HAD favorable", f"Demande {ref} : avis HAD favorable de l'IDE de liaison."
+            return "Avis HAD défavorable", f"Demande {ref} : avis HAD défavorable ({reason_fr(data.get('reason'))})."
         case "offer.declined":
             why = reason_fr(data.get("reason"))
             return "Offre refusée", f"L'HAD {had} a refusé la demande {ref}" + (f" ({why})." if why else ".")
@@ -107,6 +119,8 @@ TIMELINE_KINDS = {
     "PatientDischarged": "referral.discharged", "ReferralCancelled": "referral.cancelled",
     "AdmissionOverdue": "admission.overdue", "EdExitRecorded": "referral.ed_exit",
     "ReferralRequestUpdated": "referral.updated", "ReferralCompleted": "referral.completed",
+    "EvaluationConfirmed": "offer.evaluation_confirmed", "AcceptanceWithdrawn": "offer.acceptance_withdrawn",
+    "AvisGiven": "referral.avis",
 }
 
 

@@ -17,6 +17,8 @@ class EventKind(StrEnum):
     OFFER_DECLINED = "offer.declined"
     OFFER_EXPIRED = "offer.expired"
     OFFER_WITHDRAWN = "offer.withdrawn"
+    EVALUATION_CONFIRMED = "offer.evaluation_confirmed"
+    ACCEPTANCE_WITHDRAWN = "offer.acceptance_withdrawn"
     REFERRAL_REQUESTED = "referral.requested"
     REFERRAL_ESCALATED = "referral.escalated"
     REFERRAL_ADMITTED = "referral.admitted"
@@ -40,10 +42,12 @@ HAD_AUDIENCE: dict[EventKind, HadAudience] = {
     EventKind.OFFER_UNANSWERED: HadAudience.NAMED,
     EventKind.OFFER_EXPIRED: HadAudience.NAMED,
     EventKind.OFFER_WITHDRAWN: HadAudience.NAMED,
+    EventKind.ACCEPTANCE_WITHDRAWN: HadAudience.NAMED,
     EventKind.REFERRAL_CANCELLED: HadAudience.CONCERNED,
 }
 _TO_SOURCE_HOSPITAL = {
     EventKind.OFFER_ACCEPTED, EventKind.OFFER_DECLINED, EventKind.OFFER_EXPIRED,
+    EventKind.EVALUATION_CONFIRMED, EventKind.ACCEPTANCE_WITHDRAWN,
     EventKind.REFERRAL_ADMITTED, EventKind.REFERRAL_CANCELLED,
 }
 
