@@ -156,3 +156,11 @@ def test_the_new_events_survive_the_event_log_codec(story):
     story.offered("o2", HAD_B, minute=40).do("accept", "o2", HAD_B, story.at(41), pending_evaluation=True)
     confirmed = story.do("confirm_evaluation", HAD_B, story.at(50))[0]
     assert from_proto(to_proto(confirmed, "34")) == confirmed
+
+
+def test_an_unfavourable_avis_closes_an_incomplete_referral_too(make_request):
+    story = Story(make_request(conditions__patient_consent=False))
+    assert story.referral.status is Status.INCOMPLETE
+    events = story.do("give_avis", HAD_A, False, Reason.PATIENT_REFUSED, "", story.at(10))
+    assert [type(e) for e in events] == [AvisGiven, ReferralDeclaredIneligible]
+    assert Referral.from_events(story.history).status is Status.INELIGIBLE
