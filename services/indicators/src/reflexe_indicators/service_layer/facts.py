@@ -27,6 +27,13 @@ OFFERS = Counter("reflexe_offers_total", "Offer events, by outcome (made, accept
 OFFER_DECLINES = Counter("reflexe_offer_declines_total", "Offers declined by the HAD, by national reason code.",
                          ["department", "reason"])
 ADMISSIONS = Counter("reflexe_admissions_total", "Patients admitted in HAD.", ["department"])
+EVALUATIONS = Counter(
+    "reflexe_evaluations_total",
+    "Acceptances subject to the liaison nurse's evaluation: begun (pending), confirmed, withdrawn.",
+    ["department", "outcome"])
+AVIS_AFTER_POSTING = Counter("reflexe_avis_after_posting_total",
+                             "Avis HAD given by a liaison nurse after the referral was posted.",
+                             ["department", "avis"])
 REFERRAL_OUTCOMES = Counter(
     "reflexe_referral_outcomes_total",
     "Referral lifecycle outcomes other than admission (ineligible, escalated, cancelled, discharged).",
@@ -98,6 +105,10 @@ def _init_department(department: str) -> None:
     for alert in ("offer_unanswered", "admission_overdue"):
         DESK_ALERTS.labels(department, alert)
     ADMISSIONS.labels(department)
+    for outcome in ("pending", "confirmed", "withdrawn"):
+        EVALUATIONS.labels(department, outcome)
+    for avis in ("favourable", "unfavourable"):
+        AVIS_AFTER_POSTING.labels(department, avis)
     for timing in ("on_time", "late"):
         PLANNED_ADMISSIONS.labels(department, timing)
 
@@ -113,6 +124,14 @@ def _count(m) -> None:
             OFFERS.labels(department, "made").inc()
         case pb.OfferAccepted():
             OFFERS.labels(department, "accepted").inc()
+            if m.pending_evaluation:
+                EVALUATIONS.labels(department, "pending").inc()
+        case pb.EvaluationConfirmed():
+            EVALUATIONS.labels(department, "confirmed").inc()
+        case pb.AcceptanceWithdrawn():
+            EVALUATIONS.labels(department, "withdrawn").inc()
+        case pb.AvisGiven():
+            AVIS_AFTER_POSTING.labels(department, "favourable" if m.eligible else "unfavourable").inc()
         case pb.OfferDeclined():
             OFFERS.labels(department, "declined").inc()
             # Codes outside the national list count as OTHER (as in the indicators), which
