@@ -60,7 +60,10 @@ VARIABLES = {"department": "48", "__rate_interval": "1m", "__interval": "15s", "
 # The platform's clocks scaled like `./reflexe up` does, so offers expire, reminders fire and
 # declarations go stale within the run.
 PLATFORM_ENV = {
-    "CAPACITY_HOLD_MINUTES_WITHIN_24H": str(30 / SPEED),
+    # Holds of 2 simulated hours (12 real seconds) while the simulated HADs still answer within
+    # 30 simulated minutes: on 2 shared cores the referral service may record an offer seconds
+    # after its webhook reached the HAD, and an answer retried until then must still find it held.
+    "CAPACITY_HOLD_MINUTES_WITHIN_24H": str(120 / SPEED),
     "CAPACITY_HOLD_MINUTES_PLANNED": str(240 / SPEED),
     "CAPACITY_STALE_AFTER_MINUTES": str(720 / SPEED),
     "INDICATORS_STALE_AFTER_MINUTES": "1",

@@ -5,7 +5,7 @@ metric and every row of every table of the platform's schemas.
 Two kinds of needle:
 - canaries: the very identities the simulated hospitals keep for their patients (names, NIR,
   birth dates in the usual spellings), which must never leave them;
-- shapes: a NIR/INS with a valid key (15 digits, spaces allowed; the platform's own broad
+- shapes: a NIR/INS with a valid key (15 digits, spaces allowed, not the decimals of a number; the platform's own broad
   detector would also flag epoch milliseconds in logs), and full dates before 2000 (no platform
   timestamp is that old; a birth date of an adult is).
 """
@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-_NIR = re.compile(r"(?<![0-9])([1278])[ ]?([0-9]{2})[ ]?(0[1-9]|1[0-2])[ ]?([0-9]{2}|2[AB])[ ]?([0-9]{3})[ ]?([0-9]{3})[ ]?([0-9]{2})(?![0-9])")
+_NIR = re.compile(r"(?<![0-9])(?<![0-9]\.)([1278])[ ]?([0-9]{2})[ ]?(0[1-9]|1[0-2])[ ]?([0-9]{2}|2[AB])[ ]?([0-9]{3})[ ]?([0-9]{3})[ ]?([0-9]{2})(?![0-9])")
 _OLD_DATE = re.compile(r"(?<![0-9])(?:1[89][0-9]{2}-[01][0-9]-[0-3][0-9]|[0-3][0-9]/[01][0-9]/1[89][0-9]{2})(?![0-9])")
 
 
@@ -65,10 +65,11 @@ class PrivacyScan:
 
     @cached_property
     def _digit_canaries(self) -> re.Pattern[str] | None:
-        """All-digit canaries (NIR, compact birth dates) count only as a whole digit run: a
-        birth date 06051939 is not a leak inside the duration 0.0605193910."""
+        """All-digit canaries (NIR, compact birth dates) count only as a whole digit run, and not
+        as the decimals of a number: a birth date 06051939 is not a leak inside the duration
+        0.0605193910, nor in 0.06051939."""
         digits = [re.escape(c) for c in self.canaries if c.isdigit()]
-        return re.compile(r"(?<![0-9])(?:" + "|".join(digits) + r")(?![0-9])") if digits else None
+        return re.compile(r"(?<![0-9])(?<![0-9]\.)(?:" + "|".join(digits) + r")(?![0-9])") if digits else None
 
     def check(self, where: str, text: str, findings: Findings) -> None:
         findings.count(where.split(":", 1)[0])

@@ -65,7 +65,7 @@ ANSWER_MARGIN_SECONDS = 1.0  # real time the answer's own round trip needs befor
 LATE_AFTER_HOLD_SECONDS = (1.0, 4.0)  # how long after the hold a late answer comes (real seconds)
 # An answer that beats the platform's own record of the offer (the webhook can outrun the referral
 # service's consumer) is sent again, while the hold runs.
-NOT_YET_KNOWN_RETRY_SECONDS, NOT_YET_KNOWN_RETRIES = 0.5, 4
+NOT_YET_KNOWN_RETRY_SECONDS, NOT_YET_KNOWN_RETRIES = 0.5, 20
 ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulated hours
 # A referred ED (or UHCD) patient leaves the emergency department this long after the referral
 # (simulated hours): the hospital's A03, for those that send ADT.

@@ -15,6 +15,7 @@ def _found(text: str) -> list[str]:
 def test_a_birth_date_inside_a_longer_digit_run_is_not_a_leak() -> None:
     assert _found("duration 0.060519391001435 s") == []
     assert _found("id 106051939") == []
+    assert _found("duration 0.06051939") == []
 
 
 def test_a_birth_date_or_nir_standing_alone_is_a_leak() -> None:
@@ -31,3 +32,4 @@ def test_a_nir_with_a_valid_key_is_found_without_a_canary() -> None:
     key = 97 - int(digits) % 97
     assert _found(f"x {digits}{key:02d} y") != []
     assert _found(f"x {digits}{(key + 1) % 97:02d} y") == []
+    assert _found(f"took 0.{digits}{key:02d} s") == [], "the decimals of a duration are not a NIR"
