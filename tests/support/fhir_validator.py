@@ -83,3 +83,21 @@ def shared_validator() -> FhirValidator:
         _shared = FhirValidator()
         atexit.register(_shared.close)
     return _shared
+
+
+def checked(validator: FhirValidator, response: Any, status: int, resource_type: str) -> dict:
+    """An HTTP answer of a FHIR API: its status, FHIR content type, resource type, and 0 errors
+    from the validator."""
+    from reflexe_common.fhir import FHIR_JSON
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    resource = response.json()
+    assert resource["resourceType"] == resource_type, resource
+    validator.assert_valid(resource)
+    return resource
+
+
+def expressions(outcome: dict) -> set[str]:
+    """The elements an OperationOutcome names."""
+    return {e for issue in outcome["issue"] for e in issue.get("expression", [])}

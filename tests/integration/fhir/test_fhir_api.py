@@ -20,7 +20,7 @@ from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import unique_finess
 from tests.support.fhir_data import service_request_resource
-from tests.support.fhir_validator import shared_validator
+from tests.support.fhir_validator import checked, expressions
 from tests.support.issuer import suite_issuer
 from tests.support.services import eventually, serve_in_process, token
 
@@ -44,29 +44,10 @@ async def producer(topics):
     await p.stop()
 
 
-@pytest.fixture(scope="module")
-def validator():
-    return shared_validator()
-
-
 @pytest.fixture
 async def client(referral_url):
     async with httpx.AsyncClient(base_url=referral_url, timeout=30) as c:
         yield c
-
-
-def checked(validator, response: httpx.Response, status: int, resource_type: str) -> dict:
-    """The answer's status, FHIR content type, resource type, and 0 errors from the validator."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(fm.FHIR_JSON)
-    resource = response.json()
-    assert resource["resourceType"] == resource_type, resource
-    validator.assert_valid(resource)
-    return resource
-
-
-def expressions(outcome: dict) -> set[str]:
-    return {e for issue in outcome["issue"] for e in issue.get("expression", [])}
 
 
 async def post_referral(client, validator, hospital: str, resource: dict | None = None, **headers) -> tuple[dict, httpx.Response]:

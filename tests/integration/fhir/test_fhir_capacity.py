@@ -17,7 +17,7 @@ from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.fhir import FHIR_JSON, FINESS_SYSTEM
 from tests.support.data import had_body, unique_finess
 from tests.support.fhir_data import capacity_status, declared_figures, healthcare_service_declaration, kind_and_count
-from tests.support.fhir_validator import shared_validator
+from tests.support.fhir_validator import checked, expressions
 from tests.support.issuer import suite_issuer
 from tests.support.services import serve_in_process, token
 
@@ -36,29 +36,10 @@ async def capacity_url(topics):
         yield url
 
 
-@pytest.fixture(scope="module")
-def validator():
-    return shared_validator()
-
-
 @pytest.fixture
 async def client(capacity_url):
     async with httpx.AsyncClient(base_url=capacity_url, timeout=30) as c:
         yield c
-
-
-def checked(validator, response: httpx.Response, status: int, resource_type: str) -> dict:
-    """The answer's status, FHIR content type, resource type, and 0 errors from the validator."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(FHIR_JSON)
-    resource = response.json()
-    assert resource["resourceType"] == resource_type, resource
-    validator.assert_valid(resource)
-    return resource
-
-
-def expressions(outcome: dict) -> set[str]:
-    return {e for issue in outcome["issue"] for e in issue.get("expression", [])}
 
 
 async def register(client: httpx.AsyncClient, places: int = 30) -> str:
