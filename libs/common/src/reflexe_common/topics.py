@@ -14,6 +14,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reflexe_common.envelope import Envelope, PoisonRecord
 from reflexe_common.finess import FINESS_SHAPE, is_finess
@@ -23,6 +25,25 @@ log = logging.getLogger(__name__)
 
 DEPARTMENT_PARTITIONS = 6
 FOREVER = "-1"
+
+
+class TopicSettings(BaseSettings):
+    """How many copies of each topic the platform creates. On a cluster of three brokers, three
+    replicas and two in sync: a write acknowledged by all in-sync replicas (acks=all, as the
+    outbox relay's transactions imply) survives the loss of any one broker, and producing goes on
+    while one broker is down. The defaults suit the one-node development broker."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    replication_factor: int = Field(1, ge=1, validation_alias="KAFKA_TOPIC_REPLICATION_FACTOR")
+    min_insync_replicas: int = Field(1, ge=1, validation_alias="KAFKA_TOPIC_MIN_INSYNC_REPLICAS")
+
+    @model_validator(mode="after")
+    def _min_insync_within_replicas(self) -> TopicSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"KAFKA_TOPIC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                             f"KAFKA_TOPIC_REPLICATION_FACTOR ({self.replication_factor}): no write could succeed")
+        return self
 
 
 @dataclass(frozen=True)
@@ -113,8 +134,11 @@ def topic_label(topic: str) -> str:
     return topic
 
 
-async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS) -> None:
-    """Create the missing topics; refuse to run on a topic whose partition count differs."""
+async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS,
+                        settings: TopicSettings | None = None) -> None:
+    """Create the missing topics, with the replicas of `settings` (by default read from the
+    environment); refuse to run on a topic whose partition count differs."""
+    settings = settings or TopicSettings()
     admin = AIOKafkaAdminClient(**kafka.options())
     await admin.start()
     try:
@@ -124,10 +148,20 @@ async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPI
         for t in topics:
             if t.name in counts and counts[t.name] != t.partitions:
                 raise RuntimeError(f"topic {t.name} has {counts[t.name]} partitions, expected {t.partitions}")
+        # Fewer copies than the cluster should keep is worth saying, not refusing: a topic made
+        # on one node stays usable while an operator reassigns its replicas.
+        for d in existing:
+            replicas = min((len(p["replicas"]) for p in d.get("partitions") or ()), default=None)
+            if not d.get("error_code") and replicas is not None and replicas < settings.replication_factor:
+                log.warning("topic has fewer replicas than configured",
+                            extra={"topic": d["topic"], "replicas": replicas,
+                                   "expected": settings.replication_factor})
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(t.name, t.partitions, 1, topic_configs=t.config) for t in missing]
+                    [NewTopic(t.name, t.partitions, settings.replication_factor,
+                              topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)} | t.config)
+                     for t in missing]
                 )
             except TopicAlreadyExistsError:
                 pass  # another service created it between describe and create
