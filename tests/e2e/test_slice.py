@@ -11,9 +11,9 @@ import re
 import httpx
 import pytest
 
-from reflexe_notify.domain.signing import verify
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.platform import running_platform, webhook_receiver
+from tests.support.receiver import verify
 from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.e2e

@@ -1,18 +1,27 @@
 """A local webhook receiver standing for HAD and desk systems: it records every delivery with
-its arrival time, and can be told to fail the first attempts of each webhook."""
+its arrival time, and can be told to fail the first attempts of each webhook. `verify` checks a
+delivery's signature as an HAD's system would, with the Standard Webhooks reference library."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from standardwebhooks import Webhook
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes) -> Any:
+    """The decoded body of an authentic delivery; standardwebhooks.WebhookVerificationError otherwise."""
+    return Webhook(secret).verify(body, dict(headers))
 
 
 @dataclass

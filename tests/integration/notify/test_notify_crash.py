@@ -21,10 +21,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from reflexe_notify.domain.signing import verify
 from tests.integration.notify.kit import NOTIFY_TEST_ENV, Receiver, eventually, finess, offer_proposed, publish
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
+from tests.support.receiver import verify
 from tests.support.services import bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -18,10 +18,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from cryptography.fernet import Fernet
 
+from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters.secret_box import SecretBox, SecretUnreadable
-from reflexe_notify.domain.signing import generate_secret, verify
 from tests.integration.notify.kit import Receiver, eventually, finess, offer_proposed, publish
 from tests.support.infra import Infra
+from tests.support.receiver import verify
 from tests.support.services import NOTIFY_TEST_KEY, REPO_ROOT, ServiceProcess, service_env, token
 
 pytestmark = pytest.mark.integration

@@ -20,14 +20,15 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import system_resolver
-from reflexe_notify.domain.signing import generate_secret, verify
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
 from tests.integration.notify.kit import NOTIFY_TEST_ENV, Receiver, eventually, finess, offer_proposed, publish
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
+from tests.support.receiver import verify
 from tests.support.services import token
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from reflexe_notify.adapters.secret_box import SecretBox, SecretUnreadable, is_plaintext, parse_keys
-from reflexe_notify.domain.signing import generate_secret
+from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.settings import NotifySettings
 
 

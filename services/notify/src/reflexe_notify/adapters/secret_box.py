@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from reflexe_notify.domain.signing import SECRET_PREFIX
+from reflexe_common.webhook_secrets import SECRET_PREFIX
 
 KEYS_VARIABLE = "NOTIFY_SECRET_KEYS"
 HOW_TO_GENERATE = ('python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"')

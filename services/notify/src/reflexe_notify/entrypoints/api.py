@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from reflexe_common.auth import Principal, Role, require
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
+from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters import store
 from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import TargetRefused, TargetUnresolved, WebhookGuard
 from reflexe_notify.domain.recipients import Recipient
-from reflexe_notify.domain.signing import generate_secret
 from reflexe_notify.entrypoints.schemas import RotateIn, SubscriptionIn, delivery_view, parse_id, subscription_view
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])

@@ -12,9 +12,9 @@ import asyncpg
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reflexe_common.errors import ApiError
+from reflexe_common.webhook_secrets import secret_key
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.domain.routing import EventKind
-from reflexe_notify.domain.signing import secret_key
 
 
 class _Strict(BaseModel):
