@@ -9,9 +9,14 @@ admitted in February, stale declarations, declines, expiries, escalations, desk 
 cancellations with withdrawn offers and negative avis, ED arrivals and exits (exits recorded up
 to a day after they happened, some referrals without a known arrival), planned referrals
 (admitted before, on or after their planned day; a few PLANNED without a date, as older events
-may be), and favourable avis HAD. The second HAD of each department declares its census (all its
-active patients) on most declarations from the 9th on, around the viability threshold of 50; the
-others never do, so their occupancy and viability stay on the platform's own patients.
+may be), and favourable avis HAD. The evaluation before admission: acceptances pending evaluation,
+the liaison nurse's avis after posting (sometimes updated), then a confirmation, or a withdrawal
+after which the next HAD is offered the referral; in each department, scripted referrals whose
+first HAD withdraws its pending acceptance and whose second accepts it plainly (the referral's
+acceptance is the second HAD's); favourable avis after posting on referrals still searched. The
+second HAD of each department declares its census (all its active patients) on most
+declarations from the 9th on, around the viability threshold of 50; the others never do, so
+their occupancy and viability stay on the platform's own patients.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
     ed_rng = random.Random(seed * 1009 + 1)
     plan_rng = random.Random(seed * 2003 + 5)
     census_rng = random.Random(seed * 3001 + 11)
+    eval_rng = random.Random(seed * 4001 + 13)
     events: list[Ev] = []
     base = datetime(2025, 3, 1, tzinfo=PARIS).astimezone(UTC)
 
@@ -98,7 +104,8 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
                 events.append(Ev("CapacityDeclared", base + timedelta(days=15, seconds=17), dept, fields={
                     "had": had, "authorised": authorised + 10, "places": 3, "status": "SATURATED"}))
 
-    def referral(dept: str, requested: datetime, long_stay: bool = False) -> None:
+    def referral(dept: str, requested: datetime, long_stay: bool = False, withdrawn_then_next: bool = False) -> None:
+        """`withdrawn_then_next`: the first HAD accepts pending evaluation and withdraws, the second accepts."""
         rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         finess, kind = rng.choice(sources(dept))
         place = "EHPAD" if kind == "EHPAD" or rng.random() < 0.15 else "HOME"
@@ -113,7 +120,7 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
             urgency = "PLANNED"
             if plan_rng.random() < 0.9:
                 planned_date = requested.astimezone(ZONES[dept]).date() + timedelta(days=plan_rng.randrange(0, 8))
-        ineligible = not long_stay and rng.random() < 0.08
+        ineligible = not long_stay and not withdrawn_then_next and rng.random() < 0.08
         avis = "UNFAVOURABLE" if ineligible else ("FAVOURABLE" if plan_rng.random() < 0.3 else None)
         e("ReferralRequested", requested, source_finess=finess, source_kind=kind, place=place, ed_arrival=arrival,
           urgency=urgency, planned_date=planned_date, avis=avis)
@@ -139,6 +146,9 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
         if ineligible:
             e("ReferralDeclaredIneligible", t + timedelta(minutes=rng.randrange(5, 120)), reason=rng.choice(REASONS))
             return
+        if eval_rng.random() < 0.12:  # a liaison nurse's favourable avis while the search goes on
+            e("AvisGiven", t + timedelta(minutes=eval_rng.randrange(1, 200)), had=eval_rng.choice(hads(dept)),
+              avis="FAVOURABLE")
         candidates = rng.sample(hads(dept), 3)
         accepted = None
         for n, had in enumerate(candidates):
@@ -146,6 +156,8 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
             t += timedelta(minutes=rng.randrange(1, 240))
             e("OfferMade", t, offer_id=oid, had=had, by_desk=False)
             roll = rng.random()
+            if withdrawn_then_next:
+                roll = 0.3  # accepted (pending evaluation by the first HAD, plainly by the second)
             if roll < 0.06:  # cancelled while the offer is out: the offer is withdrawn
                 t += timedelta(minutes=rng.randrange(1, 20))
                 e("ReferralCancelled", t, reason=rng.choice(REASONS))
@@ -153,7 +165,26 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
                 return
             if roll < 0.55:
                 t += timedelta(minutes=rng.randrange(1, 29))
-                e("OfferAccepted", t, offer_id=oid, had=had)
+                pending = n == 0 if withdrawn_then_next else eval_rng.random() < 0.3
+                if not pending:
+                    e("OfferAccepted", t, offer_id=oid, had=had)
+                    accepted = had
+                    break
+                # Accepted subject to the liaison nurse's visit: her avis (sometimes updated,
+                # sometimes none), then the HAD confirms or withdraws, hours later.
+                e("OfferAccepted", t, offer_id=oid, had=had, pending_evaluation=True)
+                withdraws = withdrawn_then_next or eval_rng.random() < 0.4
+                if eval_rng.random() < 0.85:
+                    t += timedelta(hours=eval_rng.randrange(0, 30), minutes=eval_rng.randrange(1, 60))
+                    if eval_rng.random() < 0.15:
+                        e("AvisGiven", t, had=had, avis="UNFAVOURABLE" if not withdraws else "FAVOURABLE")
+                        t += timedelta(minutes=eval_rng.randrange(5, 120))
+                    e("AvisGiven", t, had=had, avis="UNFAVOURABLE" if withdraws else "FAVOURABLE")
+                t += timedelta(minutes=eval_rng.randrange(1, 600))
+                if withdraws:  # the place is released and the search goes on with the next HAD
+                    e("AcceptanceWithdrawn", t, offer_id=oid, had=had, reason=eval_rng.choice(REASONS))
+                    continue
+                e("EvaluationConfirmed", t, offer_id=oid, had=had)
                 accepted = had
                 break
             if roll < 0.8:
@@ -206,6 +237,11 @@ def generate(seed: int = 7, referrals: int = 520, long_stays: int = 80) -> list[
         dept = rng.choice(list(DEPARTMENTS))
         referral(dept, _t(rng, base - timedelta(days=2), base + timedelta(days=31)))
 
+    # The referral's acceptance is the second HAD's, not the withdrawn first one's.
+    for dept in DEPARTMENTS:
+        for day in (6, 20):
+            referral(dept, datetime(2025, 3, day, 10, tzinfo=ZONES[dept]), withdrawn_then_next=True)
+
     for n, ev in enumerate(events):
         ev.event_id = str(uuid.uuid5(NAMESPACE, f"{seed}:{n}"))
     # Delivery order: by time, then 15 % delivered late (at the end, shuffled) and a few
@@ -232,8 +268,9 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
             m.active_patients = f["census"]
         topic = "reflexe.capacity.events.v1"
     else:
+        actor = f"liaison:{f['had']}" if ev.kind == "AvisGiven" else "system"
         header = pb.ReferralEventHeader(referral_id=ev.referral_id, department=ev.department, occurred_at=ts(ev.at),
-                                        actor="system")
+                                        actor=actor)
         topic = "reflexe.referral.events.v1"
         if ev.kind == "ReferralRequested":
             avis = None
@@ -256,7 +293,15 @@ def encode(ev: Ev) -> tuple[str, bytes, list[tuple[str, bytes]]]:
             m = pb.OfferMade(header=header, offer_id=f["offer_id"], had_finess=f["had"], by_desk=f["by_desk"],
                              hold_until=ts(ev.at + timedelta(minutes=30)))
         elif ev.kind == "OfferAccepted":
-            m = pb.OfferAccepted(header=header, offer_id=f["offer_id"], had_finess=f["had"])
+            m = pb.OfferAccepted(header=header, offer_id=f["offer_id"], had_finess=f["had"],
+                                 pending_evaluation=f.get("pending_evaluation", False))
+        elif ev.kind == "EvaluationConfirmed":
+            m = pb.EvaluationConfirmed(header=header, offer_id=f["offer_id"], had_finess=f["had"])
+        elif ev.kind == "AcceptanceWithdrawn":
+            m = pb.AcceptanceWithdrawn(header=header, offer_id=f["offer_id"], had_finess=f["had"], reason=f["reason"])
+        elif ev.kind == "AvisGiven":
+            m = pb.AvisGiven(header=header, eligible=f["avis"] == "FAVOURABLE",
+                             reason="" if f["avis"] == "FAVOURABLE" else "MEDICAL_NOT_ELIGIBLE")
         elif ev.kind == "OfferDeclined":
             m = pb.OfferDeclined(header=header, offer_id=f["offer_id"], had_finess=f["had"], reason=f["reason"])
         elif ev.kind == "OfferExpired":
@@ -305,9 +350,11 @@ def _code(reason: str | None) -> str:
 
 
 def oracle(events: list[Ev], level: str, period: str, first: date, last: date, now: datetime,
-           stale_after: timedelta = timedelta(minutes=720), zones: dict | None = None) -> dict[tuple[str, str], dict]:
+           stale_after: timedelta = timedelta(minutes=720), zones: dict | None = None,
+           pending_is_acceptance: bool = False) -> dict[tuple[str, str], dict]:
     """Every indicator for the days first..last (whole periods), by plain loops over the events.
-    `zones` replaces the departments' clocks (to show they matter)."""
+    `zones` replaces the departments' clocks, `pending_is_acceptance` takes an acceptance pending
+    evaluation for the referral's acceptance even when withdrawn (both to show the rules matter)."""
     zones = ZONES if zones is None else zones
 
     def local_day(t: datetime, department: str) -> date:
@@ -327,6 +374,7 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
     # Referrals and offers, folded by hand: earliest event of each kind.
     refs: dict[str, dict] = {}
     offers: dict[str, dict] = {}
+    avis_after_posting: list[Ev] = []
     for ev in events:
         if not ev.referral_id:
             continue
@@ -355,9 +403,20 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
             o = offers.setdefault(f["offer_id"], {})
             o.update(referral=ev.referral_id, department=ev.department, had=f["had"])
             if o.get("outcome_at") is None or ev.at < o["outcome_at"]:
-                o.update(outcome_at=ev.at, outcome=ev.kind[5:].upper(), reason=f.get("reason"))
-            if ev.kind == "OfferAccepted":
+                o.update(outcome_at=ev.at, outcome=ev.kind[5:].upper(), reason=f.get("reason"),
+                         pending=bool(f.get("pending_evaluation")))
+            # Pending evaluation, the HAD has answered; the referral is accepted at the confirmation.
+            if ev.kind == "OfferAccepted" and (pending_is_acceptance or not f.get("pending_evaluation")):
                 earliest("accepted", accepted_had=f["had"])
+        elif ev.kind in ("EvaluationConfirmed", "AcceptanceWithdrawn"):
+            o = offers.setdefault(f["offer_id"], {})
+            o.update(referral=ev.referral_id, department=ev.department, had=f["had"])
+            if o.get("evaluated_at") is None or ev.at < o["evaluated_at"]:
+                o.update(evaluated_at=ev.at, evaluation="CONFIRMED" if ev.kind == "EvaluationConfirmed" else "WITHDRAWN")
+            if ev.kind == "EvaluationConfirmed" and not pending_is_acceptance:
+                earliest("accepted", accepted_had=f["had"])
+        elif ev.kind == "AvisGiven":
+            avis_after_posting.append(ev)
         elif ev.kind == "ReferralEscalated":
             earliest("escalated")
         elif ev.kind == "PatientAdmitted":
@@ -375,7 +434,7 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
     def row(d: date, key: str) -> dict:
         p = d.replace(day=1) if period == "month" else d
         return rows.setdefault((label(p), key), {"_durations": {"first_offer": [], "acceptance": [], "admission": [],
-                                                                 "ed_stay": []}})
+                                                                 "ed_stay": [], "evaluation": []}})
 
     def add(r: dict, name: str, n: float = 1) -> None:
         r[name] = r.get(name, 0) + n
@@ -454,6 +513,22 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
             add(x, f"offers_{o['outcome'].lower()}")
             if o["outcome"] == "DECLINED":
                 add(x, f"declined_{_code(o['reason'])}")
+            if o["outcome"] == "ACCEPTED" and o["pending"]:
+                add(x, "acceptances_pending_evaluation")
+        if o.get("evaluation") and in_range(local_day(o["evaluated_at"], o["department"])):
+            x = row(local_day(o["evaluated_at"], o["department"]), k)
+            add(x, f"evaluations_{o['evaluation'].lower()}")
+            if o.get("outcome") == "ACCEPTED" and o["pending"]:
+                x["_durations"]["evaluation"].append((o["evaluated_at"] - o["outcome_at"]).total_seconds() / 60)
+
+    # Each avis a liaison nurse gave after posting, by its period; at HAD level, her HAD's.
+    for ev in avis_after_posting:
+        k = key_of(ev.department, refs[ev.referral_id].get("source"), ev.fields["had"])
+        d = local_day(ev.at, ev.department)
+        if k and in_range(d):
+            x = row(d, k)
+            add(x, "avis_after_posting")
+            add(x, f"avis_after_posting_{ev.fields['avis'].lower()}")
 
     # Stays: day by day, on the clock of the referral's department, up to its today.
     def days(a: date, b: date):
@@ -546,6 +621,8 @@ def oracle(events: list[Ev], level: str, period: str, first: date, last: date, n
             "admission_p90_min": _pct(x["_durations"]["admission"], 0.9),
             "ed_stay_median_min": _pct(x["_durations"]["ed_stay"], 0.5),
             "ed_stay_p90_min": _pct(x["_durations"]["ed_stay"], 0.9),
+            "evaluation_median_min": _pct(x["_durations"]["evaluation"], 0.5),
+            "evaluation_p90_min": _pct(x["_durations"]["evaluation"], 0.9),
             "admitted_within_24h_share": x.get("admitted_within_24h", 0) / x["_with_request"] if x.get("_with_request") else None,
             "admitted_on_time_share": (x.get("admitted_on_time", 0) / x["admissions_planned"]
                                        if x.get("admissions_planned") else None),

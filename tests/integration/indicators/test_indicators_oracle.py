@@ -120,6 +120,38 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
         assert m["avis_given"] == m["avis_favourable"] + m["avis_unfavourable"], department
         assert m["referrals_received_per_100k"] > 0 and m["patient_days_per_100k"] > 0, department
     assert sum(month[d]["avis_cancelled"] for d in DEPARTMENTS) > 0
+    # The evaluation before admission: pending acceptances confirmed or withdrawn, their delay, the avis after posting.
+    for department in DEPARTMENTS:
+        m = month[department]
+        assert m["acceptances_pending_evaluation"] > 0 and m["evaluations_confirmed"] > 0, department
+        assert m["evaluations_withdrawn"] > 0, department
+        assert 0 < m["evaluation_median_min"] <= m["evaluation_p90_min"], department
+        assert m["avis_after_posting_favourable"] > 0 and m["avis_after_posting_unfavourable"] > 0, department
+        assert m["avis_after_posting"] == m["avis_after_posting_favourable"] + m["avis_after_posting_unfavourable"]
+    had_month = [r for r in await _rows(service, "had", "month") if r["period"] == "2025-03"]
+    # At HAD level, each avis is its liaison nurse's HAD's: the department's HADs share them all.
+    assert sum(r["avis_after_posting"] for r in had_month
+               if r["key"] in simulation.hads("972")) == m972["avis_after_posting"]
+    # A withdrawn acceptance is not the referral's: taking it for one (the next HAD's acceptance
+    # ignored) gives other times to acceptance and other accepting HADs than the service's.
+    for level in ("department", "had"):
+        old_rule = oracle(simulated, level, "day", FIRST, LAST, datetime.now(UTC), pending_is_acceptance=True)
+        wrong = differences(await _rows(service, level, "day"), old_rule, level)
+        assert any(" acceptance_median_min:" in line for line in wrong), level
+    by_referral = collections.defaultdict(list)
+    for ev in sorted(simulated, key=lambda ev: ev.at):
+        by_referral[ev.referral_id].append(ev)
+    def scripted_request(ev) -> bool:  # requested at 10:00 local time on the 6th or the 20th
+        local = ev.at.astimezone(simulation.ZONES[ev.department])
+        return ev.kind == "ReferralRequested" and (local.day, local.hour, local.minute) in ((6, 10, 0), (20, 10, 0))
+
+    scripted = [evs for evs in by_referral.values() if scripted_request(evs[0])]
+    assert len(scripted) == 2 * len(DEPARTMENTS)
+    for evs in scripted:  # the first HAD withdraws its pending acceptance, then the second accepts plainly
+        answers = [(ev.kind, ev.fields.get("had"), ev.fields.get("pending_evaluation", False)) for ev in evs
+                   if ev.kind in ("OfferAccepted", "AcceptanceWithdrawn", "EvaluationConfirmed")]
+        assert [a[0] for a in answers] == ["OfferAccepted", "AcceptanceWithdrawn", "OfferAccepted"], answers
+        assert answers[0][2] and not answers[2][2] and answers[0][1] != answers[2][1]
     region = {r["key"]: r for r in await _rows(service, "region", "month") if r["period"] == "2025-03"}
     assert region["02"]["admissions_per_100k"] == m972["admissions_per_100k"], "Martinique is a region of one department"
     # The departments' clocks matter: on Paris time, the overseas days would count other referrals.

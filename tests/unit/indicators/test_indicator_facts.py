@@ -106,3 +106,76 @@ def test_a_declaration_folds_its_census_and_none_when_it_carries_none():
     [(_, negative)] = fold(cpb.CapacityDeclared(**declared, active_patients=-4))
     assert negative["active_patients"] is None
     assert "active_patients = COALESCE(f.active_patients, EXCLUDED.active_patients)" in upsert_sql("g", DECLARATIONS)
+
+
+# -- the evaluation before admission ------------------------------------------------------------
+
+A, B = "340780477", "310781406"  # two HADs (valid FINESS)
+
+
+def evaluation_path() -> list:
+    """HAD A accepts pending evaluation, its liaison nurse gives an unfavourable avis, A withdraws;
+    the referral goes back to the search and HAD B accepts pending evaluation, then confirms."""
+    return [
+        pb.ReferralRequested(header=header(0), request=pb.ReferralRequest(
+            referral_id=RID, source=pb.Source(kind="WARD", finess="340000017"), requested_at=ts(T0))),
+        pb.OfferMade(header=header(5), offer_id="o1", had_finess=A),
+        pb.OfferAccepted(header=header(15), offer_id="o1", had_finess=A, pending_evaluation=True),
+        pb.AvisGiven(header=pb.ReferralEventHeader(referral_id=RID, department="34", actor=f"liaison:{A}",
+                                                   occurred_at=ts(T0 + timedelta(minutes=200))),
+                     eligible=False, reason="MEDICAL_NOT_ELIGIBLE"),
+        pb.AcceptanceWithdrawn(header=header(240), offer_id="o1", had_finess=A, reason="MEDICAL_NOT_ELIGIBLE"),
+        pb.OfferMade(header=header(250), offer_id="o2", had_finess=B),
+        pb.OfferAccepted(header=header(260), offer_id="o2", had_finess=B, pending_evaluation=True),
+        pb.AvisGiven(header=pb.ReferralEventHeader(referral_id=RID, department="34", actor=f"liaison:{B}",
+                                                   occurred_at=ts(T0 + timedelta(minutes=400))), eligible=True),
+        pb.EvaluationConfirmed(header=header(500), offer_id="o2", had_finess=B),
+        pb.PatientAdmitted(header=header(900), had_finess=B),
+    ]
+
+
+def test_a_withdrawn_acceptance_is_not_the_referrals_acceptance_in_any_order():
+    reference = folded(evaluation_path())
+    [ref] = reference["referral_facts"].values()
+    # The referral is accepted when B confirms, not when A accepted pending evaluation (then withdrew).
+    assert (ref["accepted_at"], ref["accepted_had"]) == (T0 + timedelta(minutes=500), B)
+    withdrawn, confirmed = reference["offer_facts"][("o1",)], reference["offer_facts"][("o2",)]
+    assert (withdrawn["outcome"], withdrawn["outcome_at"], withdrawn["pending_evaluation"]) == (
+        "ACCEPTED", T0 + timedelta(minutes=15), True)
+    assert (withdrawn["evaluation"], withdrawn["evaluated_at"], withdrawn["withdrawal_reason"]) == (
+        "WITHDRAWN", T0 + timedelta(minutes=240), "MEDICAL_NOT_ELIGIBLE")
+    assert (confirmed["evaluation"], confirmed["evaluated_at"], confirmed["withdrawal_reason"]) == (
+        "CONFIRMED", T0 + timedelta(minutes=500), None)
+    assert confirmed["made_at"] == T0 + timedelta(minutes=250) and confirmed["had_finess"] == B
+    rng = random.Random(2)
+    for _ in range(300):
+        order = evaluation_path()
+        rng.shuffle(order)
+        assert folded(order) == reference
+    assert folded(evaluation_path() + evaluation_path()[::3]) == reference  # redelivery
+
+
+def test_a_plain_acceptance_is_the_referrals_acceptance_and_carries_no_evaluation():
+    [(_, ref), (_, offer)] = fold(pb.OfferAccepted(header=header(20), offer_id="o1", had_finess=A))
+    assert (ref["accepted_at"], ref["accepted_had"]) == (T0 + timedelta(minutes=20), A)
+    assert offer["pending_evaluation"] is False and "evaluated_at" not in offer
+    [(table, pending)] = fold(pb.OfferAccepted(header=header(20), offer_id="o1", had_finess=A, pending_evaluation=True))
+    assert table is OFFERS and pending["pending_evaluation"] is True and pending["outcome"] == "ACCEPTED"
+
+
+def test_each_avis_after_posting_is_a_fact_of_the_liaison_nurses_had():
+    from reflexe_indicators.domain.facts import AVIS_AFTER_POSTING
+    reference = folded(evaluation_path())["avis_facts"]
+    assert sorted((row["given_at"], row["had_finess"], row["avis"], row["reason"]) for row in reference.values()) == [
+        (T0 + timedelta(minutes=200), A, "UNFAVOURABLE", "MEDICAL_NOT_ELIGIBLE"),
+        (T0 + timedelta(minutes=400), B, "FAVOURABLE", None)]
+    # An actor that is not a liaison nurse names no HAD (the avis still counts for its department).
+    [(table, row)] = fold(pb.AvisGiven(header=pb.ReferralEventHeader(
+        referral_id=RID, department="34", actor="system", occurred_at=ts(T0)), eligible=True))
+    assert table is AVIS_AFTER_POSTING and row["had_finess"] is None and row["department"] == "34"
+    assert "ON CONFLICT (referral_id, given_at) DO UPDATE" in upsert_sql("g", AVIS_AFTER_POSTING)
+    sql = upsert_sql("g", OFFERS)
+    assert ("pending_evaluation = CASE WHEN (EXCLUDED.outcome_at IS NOT NULL AND (f.outcome_at IS NULL OR "
+            "EXCLUDED.outcome_at < f.outcome_at))") in sql
+    assert ("withdrawal_reason = CASE WHEN (EXCLUDED.evaluated_at IS NOT NULL AND (f.evaluated_at IS NULL OR "
+            "EXCLUDED.evaluated_at < f.evaluated_at))") in sql

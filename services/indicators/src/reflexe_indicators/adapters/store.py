@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from reflexe_common.geography import Geography
-from reflexe_indicators.domain.facts import DECLARATIONS, OFFERS, REFERRALS, TABLES, Delta, FactTable
+from reflexe_indicators.domain.facts import TABLES, Delta, FactTable
 
 
 def generation_schema(base: str, generation: int) -> str:
@@ -35,6 +35,8 @@ def _ddl(schema: str) -> str:
         f'CREATE INDEX IF NOT EXISTS of_made ON "{schema}".offer_facts (made_at)',
         f'CREATE INDEX IF NOT EXISTS of_outcome ON "{schema}".offer_facts (outcome_at)',
         f'CREATE INDEX IF NOT EXISTS of_referral ON "{schema}".offer_facts (referral_id)',
+        f'CREATE INDEX IF NOT EXISTS of_evaluated ON "{schema}".offer_facts (evaluated_at)',
+        f'CREATE INDEX IF NOT EXISTS av_given ON "{schema}".avis_facts (given_at)',
     ]) + ";"
 
 
@@ -62,7 +64,7 @@ async def upsert_rows(conn: asyncpg.Connection, schema: str, t: FactTable, rows:
 
 async def apply(conn: asyncpg.Connection, schema: str, deltas: list[Delta]) -> None:
     """The live path: one event's deltas (one row per table at most) into one generation."""
-    for table in (REFERRALS, OFFERS, DECLARATIONS):
+    for table in TABLES:
         rows = [row for t, row in deltas if t is table]
         await upsert_rows(conn, schema, table, rows)
 

@@ -8,6 +8,14 @@ facts as the log read in order:
 * ``first`` columns are set by one event only (the request, the offer): keep the first non-null;
 * ``earliest`` groups are a time and its companions (``accepted_at`` + ``accepted_had``): the
   group of the earliest event wins as a whole (ties keep what is stored).
+
+The evaluation before admission: an acceptance pending evaluation is the HAD's *answer* to its
+offer (the offer's outcome ACCEPTED, ``pending_evaluation``), not yet the referral's acceptance;
+the offer's evaluation ends when the HAD confirms or withdraws it (``evaluated_at``). The
+referral's ``accepted_at`` is its plain acceptance or the confirmation of one pending evaluation,
+so a withdrawn acceptance (the referral back in the search, then accepted by another HAD) never
+stands as the referral's acceptance. The avis HAD a liaison nurse gives after posting is one row
+per avis (an update is another avis), keyed by its referral and time.
 """
 
 from __future__ import annotations
@@ -57,9 +65,12 @@ REFERRALS = FactTable(
 OFFERS = FactTable(
     "offer_facts", ("offer_id",),
     {"offer_id": "text", "referral_id": "uuid", "department": "text", "had_finess": "text",
-     "made_at": "timestamptz", "by_desk": "boolean", "outcome_at": "timestamptz", "outcome": "text", "reason": "text"},
+     "made_at": "timestamptz", "by_desk": "boolean", "outcome_at": "timestamptz", "outcome": "text", "reason": "text",
+     "pending_evaluation": "boolean",
+     "evaluated_at": "timestamptz", "evaluation": "text", "withdrawal_reason": "text"},
     first=("referral_id", "department", "had_finess", "made_at", "by_desk"),
-    earliest=(("outcome_at", ("outcome", "reason")),),
+    earliest=(("outcome_at", ("outcome", "reason", "pending_evaluation")),
+              ("evaluated_at", ("evaluation", "withdrawal_reason"))),
 )
 DECLARATIONS = FactTable(
     "declaration_facts", ("had_finess", "declared_at"),
@@ -68,7 +79,14 @@ DECLARATIONS = FactTable(
     first=("department", "authorised_places", "places_available", "status", "active_patients"),
     earliest=(),
 )
-TABLES = (REFERRALS, OFFERS, DECLARATIONS)
+AVIS_AFTER_POSTING = FactTable(
+    "avis_facts", ("referral_id", "given_at"),
+    {"referral_id": "uuid", "given_at": "timestamptz", "department": "text", "had_finess": "text",
+     "avis": "text", "reason": "text"},
+    first=("department", "had_finess", "avis", "reason"),
+    earliest=(),
+)
+TABLES = (REFERRALS, OFFERS, DECLARATIONS, AVIS_AFTER_POSTING)
 
 Delta = tuple[FactTable, dict[str, Any]]  # a partial row: key columns + what this event says
 
@@ -95,6 +113,12 @@ def _avis(request) -> str | None:
     if not request.HasField("avis"):
         return None
     return "FAVOURABLE" if request.avis.eligible else "UNFAVOURABLE"
+
+
+def _liaison_had(actor: str) -> str | None:
+    """The HAD of the liaison nurse who gave an avis (actor ``liaison:<finess>``)."""
+    kind, _, finess = actor.partition(":")
+    return finess if kind == "liaison" and finess else None
 
 
 def fold(m: Message) -> list[Delta]:
@@ -140,11 +164,27 @@ def fold(m: Message) -> list[Delta]:
                    pb.OfferWithdrawn: "WITHDRAWN"}[type(m)]
         offer = {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
                  "had_finess": m.had_finess or None, "outcome_at": at, "outcome": outcome,
-                 "reason": (m.reason or "OTHER") if outcome == "DECLINED" else None}
-        if outcome == "ACCEPTED":
+                 "reason": (m.reason or "OTHER") if outcome == "DECLINED" else None,
+                 "pending_evaluation": m.pending_evaluation if outcome == "ACCEPTED" else None}
+        if outcome == "ACCEPTED" and not m.pending_evaluation:
+            ref.update(accepted_at=at, accepted_had=m.had_finess)
+            return [(REFERRALS, ref), (OFFERS, offer)]
+        return [(OFFERS, offer)]  # a pending acceptance is the HAD's answer, not yet the referral's acceptance
+    elif isinstance(m, (pb.EvaluationConfirmed, pb.AcceptanceWithdrawn)):
+        confirmed = isinstance(m, pb.EvaluationConfirmed)
+        offer = {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
+                 "had_finess": m.had_finess or None, "evaluated_at": at,
+                 "evaluation": "CONFIRMED" if confirmed else "WITHDRAWN",
+                 "withdrawal_reason": None if confirmed else (m.reason or "OTHER")}
+        if confirmed:
             ref.update(accepted_at=at, accepted_had=m.had_finess)
             return [(REFERRALS, ref), (OFFERS, offer)]
         return [(OFFERS, offer)]
+    elif isinstance(m, pb.AvisGiven):
+        return [(AVIS_AFTER_POSTING, {"referral_id": rid, "given_at": at, "department": ref["department"],
+                                      "had_finess": _liaison_had(header.actor),
+                                      "avis": "FAVOURABLE" if m.eligible else "UNFAVOURABLE",
+                                      "reason": None if m.eligible else (m.reason or "OTHER")})]
     elif isinstance(m, pb.ReferralEscalated):
         ref.update(escalated_at=at)
     elif isinstance(m, pb.PatientAdmitted):

@@ -25,7 +25,8 @@ from reflexe_indicators.adapters.store import current_generation, ensure_first_g
 from reflexe_indicators.entrypoints.api import router
 from reflexe_indicators.service_layer.facts import handler
 from reflexe_common.geography import time_zone_of
-from reflexe_indicators.service_layer.indicators import AVIS_COLUMNS, COLUMNS, PARIS, RATIOS, Query, compute
+from reflexe_indicators.service_layer.indicators import (
+    AVIS_AFTER_POSTING_COLUMNS, AVIS_COLUMNS, COLUMNS, EVALUATION_COLUMNS, PARIS, RATIOS, Query, compute)
 from reflexe_indicators.service_layer.replay import Replayer
 from reflexe_indicators.settings import IndicatorsSettings
 
@@ -41,7 +42,7 @@ GAUGED = [c for c in COLUMNS if "_" not in c or c in RATIOS or c in (
     "referrals_received", "offers_made", "offers_accepted", "offers_declined", "offers_expired", "active_patients",
     "patient_days", "admitted_within_24h", "admissions_in_ehpad", "days_below_viability",
     "admissions_urgent", "admissions_planned", "admitted_on_time", "received_urgent", "received_planned",
-    *AVIS_COLUMNS)]
+    *AVIS_COLUMNS, *AVIS_AFTER_POSTING_COLUMNS, *EVALUATION_COLUMNS)]
 
 
 def _base_unit(column: str, value: float) -> tuple[str, float]:

@@ -106,6 +106,9 @@ COLUMNS: list[str] = [
     "received_urgent", "received_planned", "admissions_urgent", "admissions_planned",
     "admitted_on_time", "admitted_on_time_share",
     "avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible",
+    "avis_after_posting", "avis_after_posting_favourable", "avis_after_posting_unfavourable",
+    "acceptances_pending_evaluation", "evaluations_confirmed", "evaluations_withdrawn",
+    "evaluation_median_min", "evaluation_p90_min",
     "referrals_received_per_100k", "admissions_per_100k", "patient_days_per_100k",
     "ed_exits", "ed_stay_median_min", "ed_stay_p90_min",
     "cancellations", *[f"cancelled_{r}" for r in REASONS],
@@ -113,6 +116,8 @@ COLUMNS: list[str] = [
     "had_days", "census_days", "occupancy", "days_below_viability", "stale_share",
 ]
 AVIS_COLUMNS = ["avis_given", "avis_favourable", "avis_unfavourable", "avis_admitted", "avis_cancelled", "avis_ineligible"]
+AVIS_AFTER_POSTING_COLUMNS = ["avis_after_posting", "avis_after_posting_favourable", "avis_after_posting_unfavourable"]
+EVALUATION_COLUMNS = ["acceptances_pending_evaluation", "evaluations_confirmed", "evaluations_withdrawn"]
 # Columns that mean nothing at a level (null there rather than 0).
 NOT_AT_HAD = {"referrals_received", *[f"received_{k}" for k in KINDS], "ineligible",
               *[f"ineligible_{r}" for r in REASONS], "escalations", "conversion_rate", "cancellations",
@@ -123,7 +128,8 @@ PER_100K = {"referrals_received_per_100k": "referrals_received", "admissions_per
 HAD_DAY_COLUMNS = {"had_days", "census_days", "occupancy", "days_below_viability", "stale_share"}
 RATIOS = {"conversion_rate", "first_offer_median_min", "first_offer_p90_min", "acceptance_median_min",
           "acceptance_p90_min", "admission_median_min", "admission_p90_min", "admitted_within_24h_share",
-          "ed_stay_median_min", "ed_stay_p90_min", "occupancy", "stale_share", "admitted_on_time_share", *PER_100K}
+          "ed_stay_median_min", "ed_stay_p90_min", "evaluation_median_min", "evaluation_p90_min", "occupancy",
+          "stale_share", "admitted_on_time_share", *PER_100K}
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,10 @@ def _minutes(end: str) -> str:
     return f"(EXTRACT(EPOCH FROM ({end} - r.requested_at)) / 60)::float8"
 
 
+# Pending acceptance (the offer's answer) → its confirmation or withdrawal; null when the pending
+# acceptance is not in the facts.
+EVALUATION_MIN = "(EXTRACT(EPOCH FROM (o.evaluated_at - o.outcome_at)) / 60)::float8"
+EVALUATED_PENDING = "FILTER (WHERE o.outcome = 'ACCEPTED' AND o.pending_evaluation)"
 ED_STAY_MIN = "(EXTRACT(EPOCH FROM (r.ed_exited_at - r.ed_arrival_at)) / 60)::float8"  # null without an arrival
 
 
@@ -218,14 +228,15 @@ async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: 
 
 
 async def _offer_family(conn, q: Query, schema: str, time_col: str, selects: list[str],
-                        extra: str = "TRUE") -> list[asyncpg.Record]:
+                        extra: str = "TRUE", table: str = "offer_facts") -> list[asyncpg.Record]:
+    """Rows of offer_facts, or of another table keyed like it (referral, department, HAD: avis_facts)."""
     sql = _Sql(q, schema)
     key = {"department": "o.department", "region": "g.region", "source": "r.source_finess", "had": "o.had_finess"}[q.level]
     where = [*sql.in_periods(f"o.{time_col}"), f"{key} IS NOT NULL", extra]
     where += _filters(sql, q, "o.department", key)
     join = f"LEFT JOIN {sql.s}.referral_facts r ON r.referral_id = o.referral_id " if q.level == "source" else ""
     text = (f"SELECT {sql.bucket('o.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
-            f"FROM {sql.s}.offer_facts o {join}LEFT JOIN department_regions g ON g.department = o.department "
+            f"FROM {sql.s}.{table} o {join}LEFT JOIN department_regions g ON g.department = o.department "
             f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
     return await conn.fetch(text, *sql.params)
 
@@ -395,8 +406,20 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         "count(*) FILTER (WHERE o.outcome = 'ACCEPTED') AS offers_accepted",
         "count(*) FILTER (WHERE o.outcome = 'DECLINED') AS offers_declined",
         *[f"count(*) FILTER (WHERE o.outcome = 'DECLINED' AND {_reason('o.reason', c)}) AS \"declined_{c}\"" for c in REASONS],
-        "count(*) FILTER (WHERE o.outcome = 'EXPIRED') AS offers_expired"],
+        "count(*) FILTER (WHERE o.outcome = 'EXPIRED') AS offers_expired",
+        "count(*) FILTER (WHERE o.outcome = 'ACCEPTED' AND o.pending_evaluation) AS acceptances_pending_evaluation"],
         extra="o.outcome IN ('ACCEPTED', 'DECLINED', 'EXPIRED')"), copy)
+    put(await _offer_family(conn, q, schema, "evaluated_at", [
+        "count(*) FILTER (WHERE o.evaluation = 'CONFIRMED') AS evaluations_confirmed",
+        "count(*) FILTER (WHERE o.evaluation = 'WITHDRAWN') AS evaluations_withdrawn",
+        f"{_pct(EVALUATION_MIN, 0.5)} {EVALUATED_PENDING} AS evaluation_median_min",
+        f"{_pct(EVALUATION_MIN, 0.9)} {EVALUATED_PENDING} AS evaluation_p90_min"],
+        extra="o.evaluation IS NOT NULL"), copy)
+    put(await _offer_family(conn, q, schema, "given_at", [
+        "count(*) AS avis_after_posting",
+        "count(*) FILTER (WHERE o.avis = 'FAVOURABLE') AS avis_after_posting_favourable",
+        "count(*) FILTER (WHERE o.avis = 'UNFAVOURABLE') AS avis_after_posting_unfavourable"],
+        table="avis_facts"), copy)
     put(await _stays(conn, q, schema, now), copy)
     put(await _had_days(conn, q, schema, now, stale_after), copy)
 
@@ -409,7 +432,8 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         received, cohort = raw.get("referrals_received") or 0, raw.get("cohort_admitted") or 0
         row["conversion_rate"] = cohort / received if received else None
         for c in ("first_offer_median_min", "first_offer_p90_min", "acceptance_median_min", "acceptance_p90_min",
-                  "admission_median_min", "admission_p90_min", "ed_stay_median_min", "ed_stay_p90_min"):
+                  "admission_median_min", "admission_p90_min", "ed_stay_median_min", "ed_stay_p90_min",
+                  "evaluation_median_min", "evaluation_p90_min"):
             row[c] = raw.get(c)
         with_request = raw.get("admitted_with_request") or 0
         row["admitted_within_24h_share"] = (raw.get("admitted_within_24h") or 0) / with_request if with_request else None
