@@ -12,7 +12,8 @@ Definitions where the ARS follow-up set is silent (also in the README of the ser
 * Levels: ``department`` (the referral's department), ``region`` (its region), ``source`` (the
   sending establishment's FINESS), ``had`` (the HAD concerned by the event: offers by the HAD
   offered to, acceptance by the accepting HAD, admissions and stays by the admitting HAD, first
-  offer by the HAD of the first offer). Referral counts that concern no single HAD (received,
+  offer by the HAD of the first offer; an evaluation by the HAD that accepted pending it; an avis
+  after posting by the liaison nurse's HAD). Referral counts that concern no single HAD (received,
   ineligible, escalations, cancellations, conversion) are null at HAD level; HAD-day indicators
   (occupancy, viability, freshness) are null at source level and, at department/region level,
   aggregate the HADs whose latest declaration names that department.
@@ -41,6 +42,23 @@ Definitions where the ARS follow-up set is silent (also in the README of the ser
   ``avis_unfavourable`` by request period; what became of the referrals with an avis, same cohort
   as the conversion rate (requested in the period, outcome up to now): ``avis_admitted``,
   ``avis_cancelled``, ``avis_ineligible`` (the rest are still open). Null at HAD level.
+* Evaluation before admission. An acceptance pending evaluation is the HAD's **answer** to its
+  offer: it counts in ``offers_accepted`` by its answer time (accepted, declined and expired stay
+  the offers' answers) and in ``acceptances_pending_evaluation``. The **referral is accepted**
+  only at a plain acceptance or at the confirmation of one pending evaluation: the time to
+  acceptance (``acceptance_median_min``, ``acceptance_p90_min``) runs from the request to that
+  time, in its period and, at HAD level, for the HAD whose acceptance stands. A withdrawn
+  acceptance is never the referral's (the referral went back to the search and the next HAD's
+  acceptance is); it stays in ``offers_accepted`` of its answer period and counts in
+  ``evaluations_withdrawn`` of its own, so over a span ``offers_accepted - evaluations_withdrawn``
+  is the acceptances that stood. ``evaluations_confirmed``, ``evaluations_withdrawn``: by the
+  period of the confirmation or withdrawal; ``evaluation_median_min``, ``evaluation_p90_min``: the
+  pending acceptance → its confirmation or withdrawal, by the period of the end, over the
+  evaluations whose pending acceptance is in the facts.
+* Avis after posting: ``avis_after_posting`` (``_favourable``, ``_unfavourable``) counts each avis
+  HAD a liaison nurse gave after the referral was posted (an update is another avis), by the
+  period of the avis; at HAD level, her HAD's. The avis the request carried stay in
+  ``avis_given``: a referral posted with an avis and updated after counts in both.
 * Rates per 100,000 inhabitants (department and region levels only): referrals received,
   admissions and patient-days of the period ÷ the population × 100,000, not annualised. The
   population is the sum of the communes' populations of the COG data the platform carries
