@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reflexe_common.kafka import KafkaAccess, password_variable
+from reflexe_common.topics import TopicSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA_SH = REPO_ROOT / "deploy" / "local" / "infra.sh"
@@ -34,6 +35,9 @@ class Infra:
     # Kafka principal -> SCRAM password: `admin` (the super user) and each service's own.
     kafka_passwords: dict[str, str] = field(default_factory=dict)
     kafka_security_protocol: str = "SASL_PLAINTEXT"
+    # How many copies of each topic the platform makes on this cluster (reflexe_common.topics).
+    topic_replication_factor: int = 1
+    topic_min_insync_replicas: int = 1
 
     def kafka(self, principal: str = "admin") -> KafkaAccess:
         """How `principal` connects; tests observe and set up as the super user by default."""
@@ -50,7 +54,9 @@ class Infra:
         """What `infra.sh env` exports for Kafka: each service then connects as itself. The super
         user's password only on request: no service process needs it."""
         env = {"KAFKA_BOOTSTRAP": self.kafka_bootstrap, "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
-               "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+               "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+               "KAFKA_TOPIC_REPLICATION_FACTOR": str(self.topic_replication_factor),
+               "KAFKA_TOPIC_MIN_INSYNC_REPLICAS": str(self.topic_min_insync_replicas)}
         return env | {password_variable(name): password for name, password in self.kafka_passwords.items()
                       if with_admin or name != "admin"}
 
@@ -60,7 +66,13 @@ class Infra:
         passwords = {m.group(1).lower(): value for name, value in exports.items()
                      if (m := re.fullmatch(r"REFLEXE_KAFKA_([A-Z_]+)_PASSWORD", name))}
         return cls(exports["KAFKA_BOOTSTRAP"], database_url or exports["DATABASE_URL"], passwords,
-                   exports.get("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"))
+                   exports.get("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                   int(exports.get("KAFKA_TOPIC_REPLICATION_FACTOR", "1")),
+                   int(exports.get("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", "1")))
+
+    def topic_settings(self) -> TopicSettings:
+        return TopicSettings(KAFKA_TOPIC_REPLICATION_FACTOR=self.topic_replication_factor,
+                             KAFKA_TOPIC_MIN_INSYNC_REPLICAS=self.topic_min_insync_replicas)
 
 
 class InfraError(RuntimeError):
@@ -81,18 +93,22 @@ def run_infra_sh(
     kafka_port: int | None = None,
     controller_port: int | None = None,
     pg_port: int | None = None,
+    *arguments: str,
+    kafka_nodes: int | None = None,
 ) -> str:
-    """Run one infra.sh subcommand against ``state_dir``; returns its stdout."""
+    """Run one infra.sh subcommand (with its arguments) against ``state_dir``; returns its stdout."""
     env = dict(os.environ, REFLEXE_STATE_DIR=str(state_dir))
+    env.pop("REFLEXE_KAFKA_NODES", None)  # the state dir's own count, unless asked otherwise
     for name, value in (
         ("KAFKA_PORT", kafka_port),
         ("KAFKA_CONTROLLER_PORT", controller_port),
         ("PG_PORT", pg_port),
+        ("REFLEXE_KAFKA_NODES", kafka_nodes),
     ):
         if value is not None:
             env[name] = str(value)
     proc = subprocess.run(
-        ["bash", str(INFRA_SH), command],
+        ["bash", str(INFRA_SH), command, *arguments],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -101,15 +117,19 @@ def run_infra_sh(
     )
     if proc.returncode != 0:
         raise InfraError(
-            f"infra.sh {command} failed (exit {proc.returncode})\n"
+            f"infra.sh {' '.join((command, *arguments))} failed (exit {proc.returncode})\n"
             f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
         )
     return proc.stdout
 
 
-def start_infra(state_dir: Path, kafka_port: int, controller_port: int, pg_port: int) -> Infra:
-    """Start (or reuse, if already running) Kafka and PostgreSQL with state in ``state_dir``."""
-    out = run_infra_sh("start", state_dir, START_TIMEOUT_S, kafka_port, controller_port, pg_port)
+def start_infra(state_dir: Path, kafka_port: int, controller_port: int, pg_port: int,
+                kafka_nodes: int | None = None) -> Infra:
+    """Start (or reuse, if already running) Kafka and PostgreSQL with state in ``state_dir``;
+    with ``kafka_nodes``, a Kafka cluster of that many nodes (ports from ``kafka_port`` and
+    ``controller_port`` up, two by two: infra.sh)."""
+    out = run_infra_sh("start", state_dir, START_TIMEOUT_S, kafka_port, controller_port, pg_port,
+                       kafka_nodes=kafka_nodes)
     return Infra.from_exports(parse_exports(out))
 
 
