@@ -24,6 +24,10 @@ class ReferralStore:
         self._conn = conn
         self._unanswered_after = unanswered_after
 
+    async def serialise(self, key: str) -> None:
+        """Hold `key` until the transaction ends (an advisory lock: the key needs no row)."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+
     async def request_hash(self, referral_id: str) -> str | None:
         return await self._conn.fetchval("SELECT request_hash FROM referrals WHERE referral_id = $1", uuid.UUID(referral_id))
 

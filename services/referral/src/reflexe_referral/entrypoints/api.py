@@ -16,14 +16,13 @@ from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.openapi import PROBLEM_JSON, PROBLEM_REF
-from reflexe_common.geography import Geography
 from reflexe_referral.domain import events as ev
-from reflexe_referral.domain.errors import IllegalTransition, StaleVersion
+from reflexe_referral.domain.errors import IllegalTransition, InvalidRequest, StaleVersion
 from reflexe_referral.domain.model import Referral
 from reflexe_referral.entrypoints.schemas import (AvisIn, CloseIn, DeclineIn, DeskOfferIn, ReferralIn, RequestUpdateIn,
                                                   WidenIn, had_referral_view, own_explanation, referral_view)
-from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, ReferralService, Submitted, UnknownReferral,
-                                                     request_fingerprint)
+from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, NotTheSource, ReferralService, Submitted,
+                                                     SubmitReferral, UnknownCommune, UnknownReferral)
 
 router = APIRouter(prefix="/v1")
 # Who reads referral rows (birth year, sex, commune): not the ARS, which reads indicators.
@@ -204,25 +203,27 @@ async def post_referral(body: ReferralIn, request: Request,
 
 
 async def submit_referral(body: ReferralIn, request: Request, principal: Principal) -> Submitted:
-    """The one way in for a referral over HTTP, REST or FHIR (which translates into a ReferralIn)."""
-    if principal.role == Role.HOSPITAL and body.source.finess != principal.finess:
-        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only post referrals as itself (source.finess)")
-    commune = Geography.load().commune(body.patient.care_commune)
-    if commune is None:
-        raise ApiError(422, "UNKNOWN_COMMUNE", "unknown INSEE code",
-                       [{"field": "body.patient.care_commune", "message": f"no commune {body.patient.care_commune!r} in the official geographic code"}])
+    """The one way in for a referral over HTTP, REST or FHIR (which translates into a ReferralIn):
+    the service layer's submit command, its refusals as 4xx naming the field."""
     service = _service(request)
+    now = service.now()
     referral_id = str(body.referral_id or uuid.uuid4())
-    domain_request = body.to_domain(commune.department_code, referral_id, service.now())
-    problems = domain_request.validate()
-    if problems:
-        raise ApiError(422, "INVALID_REFERRAL", "the referral breaks domain rules: " + ", ".join(p for p, _ in problems),
-                       [{"field": f"body.{path}", "message": message} for path, message in problems])
+    # The department is the command's to find from the care commune.
+    command = SubmitReferral(body.to_domain("", referral_id, now), stamped_by_client=body.requested_at is not None,
+                             submitted_by=principal.finess if principal.role == Role.HOSPITAL else None)
     try:
-        submitted = await service.submit(domain_request, request_fingerprint(domain_request, body.requested_at is not None))
+        return await service.submit(command, now)
+    except NotTheSource as exc:
+        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only post referrals as itself (source.finess)") from exc
+    except UnknownCommune as exc:
+        raise ApiError(422, "UNKNOWN_COMMUNE", "unknown INSEE code",
+                       [{"field": f"body.{exc.field}",
+                         "message": f"no commune {exc.insee_code!r} in the official geographic code"}]) from exc
+    except InvalidRequest as exc:
+        raise ApiError(422, "INVALID_REFERRAL", "the referral breaks domain rules: " + ", ".join(p for p, _ in exc.problems),
+                       [{"field": f"body.{path}", "message": message} for path, message in exc.problems]) from exc
     except ConflictingDuplicate as exc:
         raise ApiError(409, "DUPLICATE_REFERRAL_ID", f"referral {referral_id} exists with a different body") from exc
-    return submitted
 
 
 @router.get("/referrals/{referral_id}", summary="One referral: its whole request, its state and clocks (its ETag: the version)",

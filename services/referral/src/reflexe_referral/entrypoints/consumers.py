@@ -1,56 +1,66 @@
 """Kafka entrypoints: the matcher's decisions and referrals published straight onto Kafka.
-Each handler runs inside the idempotent consumer's transaction (see reflexe_common.inbox)."""
+Each handler runs its command inside the idempotent consumer's transaction (see
+reflexe_common.inbox), the same command as the HTTP doors; what the command refuses is a poison
+record, dead-lettered with the reason."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
 from reflexe.v1 import matching_pb2, submission_pb2
 
 from reflexe_common.envelope import Envelope, PoisonRecord, dt
-from reflexe_common.geography import Geography
 from reflexe_referral.adapters.codec import request_from_proto
-from reflexe_referral.adapters.store import ReferralStore
+from reflexe_referral.domain.errors import InvalidRequest
 from reflexe_referral.domain.model import Referral
-from reflexe_referral.service_layer.handlers import request_fingerprint
+from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, NotTheSource, SubmitReferral, UnknownCommune,
+                                                     UnknownReferral, act_on_referral, submit_referral)
+from reflexe_referral.service_layer.unit_of_work import ConsumerUnitOfWork, UnitOfWork
 
 MATCHER = "system:matcher"
 
+# The unit of work of a record: its command runs in the consumer's transaction.
+UnitOfWorkOf = Callable[[asyncpg.Connection], UnitOfWork]
 
-def matching_handler(unanswered_after: timedelta):
+
+def _in_the_consumers_transaction(unanswered_after: timedelta) -> UnitOfWorkOf:
+    return lambda conn: ConsumerUnitOfWork(conn, unanswered_after)
+
+
+def matching_handler(unanswered_after: timedelta, unit_of_work: UnitOfWorkOf | None = None):
+    unit_of_work = unit_of_work or _in_the_consumers_transaction(unanswered_after)
+
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         message = envelope.message
         if not isinstance(message, (matching_pb2.OfferProposed, matching_pb2.MatchExhausted)):
             return  # other matching events are not ours to act on
-        store = ReferralStore(conn, unanswered_after)
-        referral = await store.load(message.referral_id)
-        if referral is None:
-            raise PoisonRecord(f"matcher decision for unknown referral {message.referral_id}")
         at = dt(message.occurred_at)
-        if isinstance(message, matching_pb2.OfferProposed):
-            events = referral.record_offer(message.offer_id, message.had_finess, dt(message.hold_until),
-                                           message.explanation, message.by_desk, at, explanation_json=message.explanation_json)
-        else:
-            events = referral.escalate(message.explanation or "aucune HAD ne peut prendre ce patient", at)
-        await store.append(referral, events)
+
+        def decide(referral: Referral):
+            if isinstance(message, matching_pb2.OfferProposed):
+                return referral.record_offer(message.offer_id, message.had_finess, dt(message.hold_until),
+                                             message.explanation, message.by_desk, at,
+                                             explanation_json=message.explanation_json)
+            return referral.escalate(message.explanation or "aucune HAD ne peut prendre ce patient", at)
+
+        try:
+            await act_on_referral(unit_of_work(conn), message.referral_id, decide)
+        except UnknownReferral as exc:
+            raise PoisonRecord(f"matcher decision for unknown referral {message.referral_id}") from exc
 
     return handle
 
 
-def submission_handler(unanswered_after: timedelta):
-    """A referral published on Kafka by a hospital system: the same rules as the REST API."""
+def submission_handler(unanswered_after: timedelta, unit_of_work: UnitOfWorkOf | None = None):
+    """A referral published on Kafka by a hospital system: the REST API's submit command."""
+    unit_of_work = unit_of_work or _in_the_consumers_transaction(unanswered_after)
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         message = envelope.message
         if not isinstance(message, submission_pb2.SubmitReferral):
             raise PoisonRecord(f"unexpected {envelope.type} on the submissions topic")
-        if message.submitted_by != message.request.source.finess:
-            raise PoisonRecord("submitted_by does not match request.source.finess")
-        commune = Geography.load().commune(message.request.patient.care_commune)
-        if commune is None:
-            raise PoisonRecord(f"unknown INSEE code {message.request.patient.care_commune!r} in patient.care_commune")
-        message.request.department = commune.department_code
         stamped_by_client = message.request.HasField("requested_at")
         if not stamped_by_client:
             message.request.requested_at.FromDatetime(envelope.time)
@@ -58,18 +68,17 @@ def submission_handler(unanswered_after: timedelta):
             request = request_from_proto(message.request)
         except ValueError as exc:
             raise PoisonRecord(f"invalid code in the referral: {exc}") from exc
-        problems = request.validate()
-        if problems:
-            raise PoisonRecord("the referral breaks domain rules: " + "; ".join(f"{p}: {m}" for p, m in problems))
-        store = ReferralStore(conn, unanswered_after)
-        fingerprint = request_fingerprint(request, stamped_by_client)
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", request.referral_id)
-        existing = await store.request_hash(request.referral_id)
-        if existing is not None:
-            if existing != fingerprint:
-                raise PoisonRecord(f"referral {request.referral_id} exists with a different body")
-            return
-        first, *rest = Referral.request(request, envelope.time)
-        await store.create(first, fingerprint, rest)
+        command = SubmitReferral(request, stamped_by_client, submitted_by=message.submitted_by)
+        try:
+            await submit_referral(unit_of_work(conn), command, envelope.time)
+        except NotTheSource as exc:
+            raise PoisonRecord("submitted_by does not match request.source.finess") from exc
+        except UnknownCommune as exc:
+            raise PoisonRecord(str(exc)) from exc
+        except InvalidRequest as exc:
+            raise PoisonRecord("the referral breaks domain rules: " +
+                               "; ".join(f"{p}: {m}" for p, m in exc.problems)) from exc
+        except ConflictingDuplicate as exc:
+            raise PoisonRecord(f"referral {exc} exists with a different body") from exc
 
     return handle
