@@ -16,7 +16,7 @@ from reflexe.v1 import referral_pb2
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.inbox import DeadLetters, RecordProcessor
-from reflexe_common.streams import ReadCommittedTransport, stream_app
+from reflexe_common.streams import stream_app
 from reflexe_common.topics import Topic, ensure_topics
 from tests.support.services import eventually
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from reflexe.v1 import submission_pb2
 
 from reflexe_common.envelope import wrap
@@ -94,14 +95,29 @@ async def test_a_finess_with_a_wrong_key_is_422_naming_the_field(referral):
     assert [e["field"] for e in offered.json()["errors"]] == ["body.had_finess"]
 
 
-async def _dead_letter_reason(topics, hospital, message) -> str:
-    envelope = wrap(message, f"system/{hospital.principal}")
-    producer = AIOKafkaProducer(**topics.kafka().as_principal(hospital.principal, hospital.password).options(), acks="all")
-    await producer.start()
+async def _publish(topics, system, envelope) -> None:
+    """As the system, on its inbound topic. A principal just registered may be refused for a moment
+    (the broker applies new credentials asynchronously): connecting is retried until accepted."""
+    async def connected():
+        producer = AIOKafkaProducer(**topics.kafka().as_principal(system.principal, system.password).options(),
+                                    acks="all")
+        try:
+            await producer.start()
+        except KafkaConnectionError:
+            await producer.stop()
+            return None
+        return producer
+
+    producer = await eventually(connected, timeout=30, what=f"{system.principal}'s credentials accepted")
     try:
-        await producer.send_and_wait(hospital.topic, envelope.value(), headers=envelope.headers())
+        await producer.send_and_wait(system.topic, envelope.value(), headers=envelope.headers())
     finally:
         await producer.stop()
+
+
+async def _dead_letter_reason(topics, hospital, message) -> str:
+    envelope = wrap(message, f"system/{hospital.principal}")
+    await _publish(topics, hospital, envelope)
     consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -140,3 +156,40 @@ async def test_the_same_rules_dead_letter_a_referral_published_on_kafka_with_the
     heavy = _submission(hospital, clinical={"main_mpp": "14", "associated_mpp": [], "karnofsky": 80})
     reason = await _dead_letter_reason(topics, system, heavy)
     assert "clinical.karnofsky" in reason
+
+
+async def test_one_submit_path_whatever_the_door_kafka_then_rest_is_one_referral(referral, topics):
+    """A referral published on Kafka, then posted over REST with the same body, is one referral
+    (200, not a second); another body under its id is refused at both doors, and so is an unknown
+    commune, with the same reasons."""
+    hospital = unique_finess()
+    system = await register_system(topics.kafka(), hospital, "hospital")
+    headers = token("hospital", finess=hospital)
+    body = referral_body(hospital, requested_at="2026-11-26T08:00:00+00:00")
+    published = _submission(hospital, requested_at=body["requested_at"], referral_id=body["referral_id"],
+                            patient=body["patient"])
+    await _publish(topics, system, wrap(published, f"system/{system.principal}"))
+
+    async def opened():
+        answer = await referral.get(f"/v1/referrals/{body['referral_id']}", headers=headers)
+        return answer if answer.status_code == 200 else None
+
+    taken = await eventually(opened, timeout=30, what="the referral published on Kafka opened")
+    assert taken.json()["department"] == "34"
+    again = await referral.post("/v1/referrals", json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["referral_id"] == body["referral_id"] and again.json()["version"] == taken.json()["version"]
+
+    other = {**body, "clinical": {**body["clinical"], "karnofsky": 30}}
+    refused = await referral.post("/v1/referrals", json=other, headers=headers)
+    assert refused.status_code == 409 and refused.json()["code"] == "DUPLICATE_REFERRAL_ID"
+    other_published = _submission(hospital, requested_at=body["requested_at"], referral_id=body["referral_id"],
+                                  patient=body["patient"], clinical=other["clinical"])
+    assert "exists with a different body" in await _dead_letter_reason(topics, system, other_published)
+
+    nowhere = referral_body(hospital, patient={**body["patient"], "care_commune": "99999"})
+    unknown = await referral.post("/v1/referrals", json=nowhere, headers=headers)
+    assert unknown.status_code == 422 and [e["field"] for e in unknown.json()["errors"]] == ["body.patient.care_commune"]
+    unknown_published = _submission(hospital, patient={**body["patient"], "care_commune": "99999"})
+    assert "unknown INSEE code '99999' in patient.care_commune" in await _dead_letter_reason(topics, system,
+                                                                                             unknown_published)
