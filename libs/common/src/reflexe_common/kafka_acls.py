@@ -4,9 +4,10 @@ that apply it (deploy/local/infra.sh runs `python -m reflexe_common.kafka_acls a
 Principals (SASL/SCRAM-SHA-512 users):
 - `admin`: the broker's super user; infra.sh, tests and admin tooling only, never a service.
 - one per service (referral, capacity, indicators, notify): the topics it reads and writes, its
-  consumer groups, its outbox relay's transactional id. Every service runs ensure_topics at start,
-  so each may CREATE (and DESCRIBE) the platform's topics, by literal name; a deployment that
-  creates topics out of band can drop CREATE.
+  consumer groups, its outbox relay's transactional id. Locally every service runs ensure_topics
+  at start, so each may CREATE (and DESCRIBE) the platform's topics, by literal name; on
+  Kubernetes the operator creates them and the generated KafkaUsers drop CREATE
+  (scripts/gen_k8s_manifests.py, REFLEXE_KAFKA_CREATE_TOPICS=false).
 - `system-<FINESS>` per hospital or HAD information system publishing straight onto Kafka: WRITE on
   its own inbound topic only (topics.InboundKind), so the topic a command arrives on names its
   sender and a command cannot speak for another establishment.

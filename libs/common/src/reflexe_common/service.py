@@ -14,7 +14,7 @@ import asyncpg
 import faust
 from fastapi import FastAPI
 
-from reflexe_common.db import create_pool, migrate
+from reflexe_common.db import create_pool, prepare_schema
 from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, RecordProcessor
 from reflexe_common.kafka import KafkaAccess, kafka_access
 from reflexe_common.outbox import OutboxRelay
@@ -121,13 +121,14 @@ class Runtime:
 @asynccontextmanager
 async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, migrations: str,
                           pool_size: int = 10) -> AsyncIterator[Runtime]:
-    """Topics, the schema's pool and migrations, dead letters and readiness checks; on exit,
-    streams and loops finish their record in hand and commit, then connections close.
+    """Topics (created, or verified in production), the schema's pool and migrations (applied, or
+    verified), dead letters and readiness checks; on exit, streams and loops finish their record
+    in hand and commit, then connections close.
     On Kafka the service is the principal named like its schema (kafka_acls.py)."""
     kafka = kafka_access(settings, schema)
-    await ensure_topics(kafka)
+    await ensure_topics(kafka, create=settings.kafka_create_topics)
     pool = await create_pool(settings.database_url, schema, max_size=pool_size)
-    await migrate(pool, schema, migrations)
+    await prepare_schema(pool, schema, migrations, settings.migrate_at_start)
     dead_letters = DeadLetters(kafka)
     await dead_letters.start()
     app.state.pool = pool

@@ -20,9 +20,17 @@ class ServiceSettings(BaseSettings):
     kafka_username: str | None = Field(None, validation_alias="KAFKA_USERNAME")
     kafka_password: SecretStr | None = Field(None, validation_alias="KAFKA_PASSWORD")
     kafka_ssl_cafile: str | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
+    # Locally each service creates the topics it lacks (topics.py). In production they are
+    # declared to the Kafka operator with their replication (deploy/k8s): a service then only
+    # verifies they exist and refuses to start without them, and needs no CREATE ACL.
+    kafka_create_topics: bool = Field(True, validation_alias="REFLEXE_KAFKA_CREATE_TOPICS")
     database_url: str = Field(
         "postgresql://reflexe:reflexe@127.0.0.1:15432/reflexe", validation_alias="DATABASE_URL"
     )
+    # Locally each service migrates its schema at start. In production a Job runs the migrations
+    # once per release (python -m reflexe_common.migrate); the pods only check that every
+    # migration they know is applied, unchanged (db.py), and refuse to start otherwise.
+    migrate_at_start: bool = Field(True, validation_alias="REFLEXE_MIGRATE_AT_START")
     # OpenID Connect: the one issuer whose tokens the service trusts. No default: a deployment
     # must name its identity provider, and a service without one refuses to start.
     oidc_issuer: str = Field(validation_alias="OIDC_ISSUER", min_length=1)

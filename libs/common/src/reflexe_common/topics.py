@@ -1,4 +1,5 @@
-"""Every Kafka topic of the platform, declared once. The platform creates them (auto-creation is off).
+"""Every Kafka topic of the platform, declared once. Locally the services create them (auto-creation
+is off); in production the Kafka operator does, from KafkaTopic resources generated from here.
 
 Department-keyed flows share one partition count so that a department's referral, matching
 and capacity events land on partitions with the same number, and a matcher instance that owns
@@ -134,20 +135,42 @@ def topic_label(topic: str) -> str:
     return topic
 
 
+class MissingTopics(RuntimeError):
+    """Topics the service needs are absent and it may not create them (REFLEXE_KAFKA_CREATE_TOPICS=false)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        super().__init__(
+            f"missing Kafka topics {', '.join(names)}: with REFLEXE_KAFKA_CREATE_TOPICS=false the service "
+            "never creates them; declare them first (deploy/k8s KafkaTopic resources, "
+            "scripts/gen_k8s_manifests.py)")
+
+
+def topics_to_create(topics: tuple[Topic, ...], partition_counts: dict[str, int], create: bool) -> list[Topic]:
+    """The topics to create, given the partition count of each existing one. A topic with another
+    partition count than declared stops the service (keys would land on other partitions); a
+    missing topic too when the service may not create it."""
+    for t in topics:
+        if t.name in partition_counts and partition_counts[t.name] != t.partitions:
+            raise RuntimeError(f"topic {t.name} has {partition_counts[t.name]} partitions, expected {t.partitions}")
+    missing = [t for t in topics if t.name not in partition_counts]
+    if missing and not create:
+        raise MissingTopics([t.name for t in missing])
+    return missing
+
+
 async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS,
-                        settings: TopicSettings | None = None) -> None:
+                        settings: TopicSettings | None = None, create: bool = True) -> None:
     """Create the missing topics, with the replicas of `settings` (by default read from the
-    environment); refuse to run on a topic whose partition count differs."""
+    environment), or, with create=False, refuse to run without them; refuse to run on a topic
+    whose partition count differs."""
     settings = settings or TopicSettings()
     admin = AIOKafkaAdminClient(**kafka.options())
     await admin.start()
     try:
         existing = await admin.describe_topics([t.name for t in topics])
         counts = {d["topic"]: len(d["partitions"]) for d in existing if not d.get("error_code")}
-        missing = [t for t in topics if t.name not in counts]
-        for t in topics:
-            if t.name in counts and counts[t.name] != t.partitions:
-                raise RuntimeError(f"topic {t.name} has {counts[t.name]} partitions, expected {t.partitions}")
+        missing = topics_to_create(topics, counts, create)
         # Fewer copies than the cluster should keep is worth saying, not refusing: a topic made
         # on one node stays usable while an operator reassigns its replicas.
         for d in existing:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from reflexe_common.db import create_pool, migrate
+from reflexe_common.db import create_pool, prepare_schema
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
 from reflexe_common.service import BackgroundTasks, postgres_check
@@ -36,7 +36,7 @@ def build_app(settings: GatewaySettings | None = None, tokens: TokenSource | Non
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         pool = await create_pool(settings.database_url, SCHEMA)
-        await migrate(pool, SCHEMA, "reflexe_gateway.migrations")
+        await prepare_schema(pool, SCHEMA, "reflexe_gateway.migrations", settings.migrate_at_start)
         app.state.pool = pool
         app.state.readiness_checks.update(postgres=postgres_check(pool))
         gateway = Gateway(MessageStore(pool), settings.senders, settings.pseudonym_key.get_secret_value().encode())
