@@ -668,15 +668,29 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_dashboards_dir() -
 # --------------------------------------------------------------------------- Kubernetes
 
 
+# The Kubernetes checks read the production overlay as kustomize builds it (the same build that
+# test_k8s_manifests.py validates with kubeconform): what a cluster would receive.
+K8S_OVERLAY = K8S_DIR / "overlays" / "prod"
+K8S_BASE = K8S_DIR / "base"
+# Secrets made by the operators (docs/deploy-kubernetes.md): the KafkaUsers' passwords (a Secret
+# named like the user, key password), the Kafka cluster's CA, the database cluster's CA.
+OPERATOR_SECRET_KEYS = {
+    **{principal: {"password"} for principal in ("referral", "capacity", "indicators", "notify")},
+    "reflexe-cluster-ca-cert": {"ca.crt"},
+    "reflexe-db-ca": {"ca.crt"},
+}
+
+
 @cache
 def _k8s_documents() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
-    documents = []
-    for resource in kustomization["resources"]:
-        path = K8S_DIR / resource
-        assert path.is_file(), f"kustomization lists {resource}, which does not exist"
-        documents += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return documents
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("reflexe_script_validate_k8s", REPO / "scripts" / "validate_k8s.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return [d for d in yaml.safe_load_all(module.build(K8S_OVERLAY)) if d]
 
 
 def _k8s(kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -688,7 +702,7 @@ K8S_EXAMPLES = K8S_DIR / "examples"
 
 @cache
 def _k8s_examples() -> list[dict[str, Any]]:
-    """The documented examples (Secrets, the Kafka ACL Job): never applied by a kustomization."""
+    """The documented example Secrets: never applied by a kustomization."""
     return [d for path in sorted(K8S_EXAMPLES.glob("*.yaml"))
             for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
@@ -697,6 +711,13 @@ def _example_secret_keys(name: str) -> dict[str, str]:
     secrets = [d for d in _k8s_examples() if d["kind"] == "Secret" and d["metadata"]["name"] == name]
     assert len(secrets) == 1, f"Secret {name} is not documented in deploy/k8s/examples/"
     return {**secrets[0].get("data", {}), **secrets[0].get("stringData", {})}
+
+
+def _secret_keys(name: str) -> set[str]:
+    """The keys of a Secret the pods read: made by an operator, or documented by an example."""
+    if name in OPERATOR_SECRET_KEYS:
+        return OPERATOR_SECRET_KEYS[name]
+    return set(_example_secret_keys(name))
 
 
 def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -709,47 +730,48 @@ def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return refs
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
-    on_disk = {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
-    assert on_disk == set(kustomization["resources"]), "kustomization.yaml and deploy/k8s/*.yaml disagree"
+def test_base_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text(encoding="utf-8"))
+    on_disk = {str(p.relative_to(K8S_BASE)) for p in [*K8S_BASE.glob("*.yaml"), *K8S_BASE.glob("generated/*.yaml")]}
+    assert on_disk - {"kustomization.yaml"} == set(kustomization["resources"]), "kustomization.yaml and base/ disagree"
     for required in ("namespace.yaml", "config.yaml", *(f"{s}.yaml" for s in DEPLOYED)):
-        assert required in on_disk, f"deploy/k8s/{required} is missing"
+        assert required in on_disk, f"deploy/k8s/base/{required} is missing"
     namespaces = {d["metadata"]["name"] for d in _k8s("Namespace")}
     assert namespaces == {kustomization["namespace"]}
     for document in _k8s_documents():
         if document["kind"] != "Namespace":
-            assert document["metadata"].get("namespace", kustomization["namespace"]) == kustomization["namespace"]
+            assert document["metadata"].get("namespace") == kustomization["namespace"]
 
 
 def test_no_example_secret_is_applied_by_a_kustomization() -> None:
-    monitoring = K8S_DIR / "monitoring"
-    for directory in (K8S_DIR, monitoring):
-        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
-        for resource in kustomization["resources"]:
-            assert "example" not in resource, f"{directory.relative_to(REPO)} applies {resource}"
-            documents = yaml.safe_load_all((directory / resource).read_text(encoding="utf-8"))
-            kinds = {d["kind"] for d in documents if d}
-            assert "Secret" not in kinds, f"{directory.relative_to(REPO)}/{resource}: Secrets are created out of band"
-    # Every Secret a manifest reads is documented by an example, and every example is read.
+    for path in K8S_DIR.rglob("kustomization.yaml"):
+        kustomization = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for resource in kustomization.get("resources", []):
+            assert "example" not in resource, f"{path.relative_to(REPO)} applies {resource}"
+    assert not _k8s("Secret"), "Secrets are created out of band"
+    # Every Secret a pod reads is made by an operator or documented by an example, and every
+    # example is read (by a pod or by the database cluster).
     referenced = set()
-    for path in [*K8S_DIR.glob("*.yaml"), *monitoring.glob("*.yaml"), *K8S_EXAMPLES.glob("*.yaml")]:
-        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if document and document.get("kind") in ("Deployment", "Job"):
-                for container in document["spec"]["template"]["spec"]["containers"]:
-                    for secret, key in _secret_refs(container).values():
-                        assert key in _example_secret_keys(secret), f"{path.name}: Secret {secret} has no key {key}"
-                        referenced.add(secret)
+    for document in _k8s_documents():
+        if document.get("kind") in ("Deployment", "Job"):
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                for secret, key in _secret_refs(container).values():
+                    assert key in _secret_keys(secret), f"{document['metadata']['name']}: Secret {secret} has no key {key}"
+                    referenced.add(secret)
+    cluster = _k8s("Cluster", "reflexe-db")[0]["spec"]
+    referenced |= {r["passwordSecret"]["name"] for r in cluster["managed"]["roles"]}
+    referenced |= {ref["name"] for ref in cluster["backup"]["barmanObjectStore"]["s3Credentials"].values()}
     examples = {d["metadata"]["name"] for d in _k8s_examples() if d["kind"] == "Secret"}
-    assert examples == referenced, f"example Secrets nobody reads: {sorted(examples - referenced)}"
+    assert examples == referenced - set(OPERATOR_SECRET_KEYS), f"example Secrets nobody reads: {sorted(examples - referenced)}"
     for document in _k8s_examples():
         if document["kind"] == "Secret":
             for value in document.get("stringData", {}).values():
                 if document["metadata"]["name"] != "reflexe-notify-secret-keys" and "password" in str(value).lower():
                     assert "EXAMPLE" in value, f"{document['metadata']['name']}: example values say so"
-    guide = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
-    for secret in referenced:
-        assert secret in guide, f"docs/deployment.md does not say how to create the Secret {secret}"
+    guide = (REPO / "docs" / "deploy-kubernetes.md").read_text(encoding="utf-8")
+    for secret in examples:
+        assert secret in guide or secret.startswith("reflexe-db-") and "reflexe-db-$s" in guide, (
+            f"docs/deploy-kubernetes.md does not say how to create the Secret {secret}")
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -854,7 +876,7 @@ def test_k8s_service_and_env_match_the_settings(service: str) -> None:
 
     secret_refs = _secret_refs(container)
     for secret, key in secret_refs.values():
-        assert key in _example_secret_keys(secret), f"Secret {secret} has no key {key}"
+        assert key in _secret_keys(secret), f"Secret {secret} has no key {key}"
 
     names = _k8s_env_names(container)
     for key in ("DATABASE_URL", "OIDC_ISSUER", *(["KAFKA_BOOTSTRAP"] if _uses_kafka(service) else [])):
@@ -873,18 +895,21 @@ def test_k8s_services_are_their_own_kafka_principals_and_notify_has_its_keys() -
     from reflexe_common.kafka_acls import SERVICES as PRINCIPALS
 
     secrets = {}
+    users = {u["metadata"]["name"] for u in _k8s("KafkaUser")}
     for service in DEPLOYED:
-        refs = _secret_refs(_container(_k8s("Deployment", service)[0]))
+        container = _container(_k8s("Deployment", service)[0])
+        refs = _secret_refs(container)
+        env = {e["name"]: e for e in container.get("env", [])}
         if not _uses_kafka(service):
-            names = _k8s_env_names(_container(_k8s("Deployment", service)[0]))
+            names = _k8s_env_names(container)
             assert not KAFKA_CREDENTIALS & (set(refs) | names), f"{service} uses no Kafka: no Kafka credentials"
             continue
-        assert KAFKA_CREDENTIALS <= set(refs), f"{service}: Kafka credentials from a Secret"
-        assert refs["KAFKA_USERNAME"][0] == refs["KAFKA_PASSWORD"][0], f"{service}: user and password from one Secret"
+        # Its principal is the KafkaUser named like it (the ACLs of kafka_acls.py); the operator
+        # keeps that user's password in the Secret of the same name.
+        assert env["KAFKA_USERNAME"].get("value") == service, f"{service}: its principal is named {service}"
+        assert service in PRINCIPALS and service in users, f"{service}: no KafkaUser {service}"
+        assert refs["KAFKA_PASSWORD"] == (service, "password"), f"{service}: the password of its own KafkaUser"
         secrets[service] = refs["KAFKA_PASSWORD"][0]
-        if service in PRINCIPALS:
-            username = _example_secret_keys(refs["KAFKA_USERNAME"][0])[refs["KAFKA_USERNAME"][1]]
-            assert username == service, f"{service}: its principal is named {service} (kafka_acls.py), not {username}"
     assert len(set(secrets.values())) == len(secrets), f"one Kafka Secret per service: {secrets}"
 
     refs = _secret_refs(_container(_k8s("Deployment", "notify")[0]))
@@ -894,44 +919,24 @@ def test_k8s_services_are_their_own_kafka_principals_and_notify_has_its_keys() -
     assert parse_keys(_example_secret_keys(refs["NOTIFY_SECRET_KEYS"][0])[refs["NOTIFY_SECRET_KEYS"][1]])
 
 
-def test_k8s_kafka_acl_job_example_gives_each_service_the_password_its_deployment_reads() -> None:
-    from reflexe_common.kafka import password_variable
-    from reflexe_common.kafka_acls import ADMIN, SERVICES as PRINCIPALS
-
-    jobs = [d for d in _k8s_examples() if d["kind"] == "Job"]
-    assert len(jobs) == 1, "one example Job applying the Kafka ACLs"
-    pod = jobs[0]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "reflexe_common.kafka_acls", "apply"]
-    assert container["image"].split(":")[0] in {f"reflexe/{s}" for s in DEPLOYED}, "a service image has reflexe_common"
-    assert [s["configMapRef"]["name"] for s in container.get("envFrom", [])] == ["reflexe-config"]
-    refs = _secret_refs(container)
-    assert password_variable(ADMIN) in refs, "the ACLs are applied as the broker's super user"
-    for service in PRINCIPALS:
-        deployment_refs = _secret_refs(_container(_k8s("Deployment", service)[0]))
-        assert refs.get(password_variable(service)) == deployment_refs["KAFKA_PASSWORD"], (
-            f"the job sets {service}'s SCRAM password from another Secret than its Deployment reads")
-    admin_secret = refs[password_variable(ADMIN)][0]
-    for deployment in _k8s("Deployment"):
-        assert admin_secret not in {s for s, _ in _secret_refs(_container(deployment)).values()}, "no service is admin"
-    sc = container.get("securityContext", {})
-    assert pod["securityContext"].get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True
-    assert sc.get("allowPrivilegeEscalation") is False and "ALL" in sc.get("capabilities", {}).get("drop", [])
-
-
-def test_k8s_config_points_at_in_cluster_kafka_and_postgres() -> None:
+def test_k8s_config_points_at_the_operators_kafka_and_postgres() -> None:
     data = _k8s("ConfigMap", "reflexe-config")[0]["data"]
-    assert data["KAFKA_BOOTSTRAP"] == "kafka:9092"
-    # Production: SCRAM over TLS; the credentials are per service, in Secrets, never here.
-    assert data.get("KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
-    assert data.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512") == "SCRAM-SHA-512"
-    for secret in ("KAFKA_USERNAME", "KAFKA_PASSWORD", "NOTIFY_SECRET_KEYS", "PGPASSWORD"):
-        assert secret not in data, f"{secret} belongs in a Secret"
+    kafka = _k8s("Kafka", "reflexe")[0]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    # Strimzi's bootstrap Service of that cluster, on its TLS listener; SCRAM over TLS.
+    assert data["KAFKA_BOOTSTRAP"] == f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
+    assert data.get("KAFKA_SECURITY_PROTOCOL") == "SASL_SSL" and listener["tls"] is True
+    assert data.get("KAFKA_SASL_MECHANISM") == "SCRAM-SHA-512" == listener["authentication"]["type"].upper()
+    for secret in ("KAFKA_USERNAME", "KAFKA_PASSWORD", "NOTIFY_SECRET_KEYS", "PGPASSWORD", "DATABASE_URL"):
+        assert secret not in data, f"{secret} is per service (its Deployment), never shared here"
     assert urlsplit(data.get("OIDC_ISSUER", "")).scheme == "https", "the issuer is reached over https"
-    url = urlsplit(data["DATABASE_URL"])
-    assert (url.hostname, url.port) == ("postgres", 5432)
-    assert url.password is None, "no password in a ConfigMap: it belongs in the Secret"
     assert data.get("HTTP_HOST", "0.0.0.0") == "0.0.0.0"
+    cluster = _k8s("Cluster")[0]["metadata"]["name"]
+    for service in DEPLOYED:
+        env = {e["name"]: e.get("value") for e in _container(_k8s("Deployment", service)[0]).get("env", [])}
+        url = urlsplit(env["DATABASE_URL"])
+        assert (url.hostname, url.port) == (f"{cluster}-rw", 5432), "CloudNativePG's read-write Service"
+        assert url.username == service and url.password is None, "its own role; the password in a Secret"
 
 
 def test_the_gateways_pseudonym_key_and_client_secret_are_secrets_everywhere() -> None:

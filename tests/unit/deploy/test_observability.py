@@ -1,9 +1,8 @@
 """Observability as code: the Prometheus rules and configs (promtool), the alert unit tests,
-the Grafana dashboards, the Kubernetes monitoring manifests, and the metric catalogue itself
-(Prometheus naming; no id of a patient or a referral in a label).
+the Grafana dashboards, and the metric catalogue itself (Prometheus naming; no id of a patient
+or a referral in a label).
 
-promtool comes with deploy/local/install-prometheus.sh; kubectl (for the kustomize build) is
-optional. Whether the dashboards' queries return data on a running platform is
+promtool comes with deploy/local/install-prometheus.sh. Whether the dashboards' queries return data on a running platform is
 tests/e2e/test_simulated_day.py."""
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
-MONITORING_DIR = REPO / "deploy" / "k8s" / "monitoring"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 needs_promtool = pytest.mark.skipif(not os.access(PROMTOOL, os.X_OK),
@@ -113,20 +111,6 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     # The rules really are loaded through the globs: each file is named in the check's output.
     for path in rule_files():
         assert path.name in result.stdout + result.stderr, f"{path.name} is not matched by rule_files"
-
-
-@needs_promtool
-def test_kubernetes_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    config = yaml.safe_load((MONITORING_DIR / "prometheus.yml").read_text(encoding="utf-8"))
-    job = next(j for j in config["scrape_configs"] if j["job_name"] == "reflexe")
-    assert job["kubernetes_sd_configs"][0]["role"] == "pod"
-    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["reflexe"]
-    # Debian's Prometheus is built without Kubernetes discovery: check everything else (the
-    # relabelling above all) with a static target in its place.
-    del job["kubernetes_sd_configs"]
-    job["static_configs"] = [{"targets": ["127.0.0.1:8001"]}]
-    result = promtool("check", "config", str(_local_copy(config, tmp_path)))
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_rules_follow_the_conventions() -> None:
@@ -283,88 +267,8 @@ def test_domain_metrics_of_the_issue_exist_with_their_labels() -> None:
         assert tuple(metrics[name][1]) == labels, f"{name}: labels {metrics[name][1]}, want {labels}"
 
 
-# --------------------------------------------------------------------------- Kubernetes
-
-
-@cache
-def monitoring_kustomization() -> dict[str, Any]:
-    return yaml.safe_load((MONITORING_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
-
-
-def monitoring_documents() -> list[dict[str, Any]]:
-    docs = []
-    for resource in monitoring_kustomization()["resources"]:
-        docs += [d for d in yaml.safe_load_all((MONITORING_DIR / resource).read_text(encoding="utf-8")) if d]
-    return docs
-
-
-def test_monitoring_configmaps_are_generated_from_the_deploy_files() -> None:
-    generated = {g["name"]: [(MONITORING_DIR / f.split("=")[-1]).resolve() for f in g["files"]]
-                 for g in monitoring_kustomization()["configMapGenerator"]}
-    assert set(generated["grafana-dashboards"]) == {p.resolve() for p in DASHBOARDS_DIR.glob("*.json")}
-    assert set(generated["prometheus-rules"]) == {p.resolve() for p in rule_files()}
-    assert generated["grafana-datasources"] == [(GRAFANA_DIR / "provisioning/datasources/prometheus.yml").resolve()]
-    assert generated["grafana-dashboard-providers"] == [(GRAFANA_DIR / "provisioning/dashboards/dashboards.yml").resolve()]
-    on_disk = {p.name for p in MONITORING_DIR.glob("*.yaml")} - {"kustomization.yaml"}
-    assert on_disk == set(monitoring_kustomization()["resources"])
-
-
-def _deployment(name: str) -> dict[str, Any]:
-    found = [d for d in monitoring_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
-    assert len(found) == 1, name
-    return found[0]
-
-
-@pytest.mark.parametrize("name", ["prometheus", "grafana"])
-def test_monitoring_deployments_are_hardened_and_probed(name: str) -> None:
-    deployment = _deployment(name)
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    sc, pod_sc = container["securityContext"], pod["securityContext"]
-    assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
-    assert (sc.get("seccompProfile") or pod_sc.get("seccompProfile"))["type"] == "RuntimeDefault"
-    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-    assert "ALL" in sc["capabilities"]["drop"] and not sc.get("privileged", False)
-    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and {"cpu", "memory"} <= set(container["resources"]["limits"])
-    assert container.get("livenessProbe") and container.get("readinessProbe")
-    assert ":" in container["image"] and not container["image"].endswith(":latest")
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]]
-    if name == "grafana":
-        assert pod["automountServiceAccountToken"] is False
-        providers = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/dashboards.yml").read_text(encoding="utf-8"))
-        for provider in providers["providers"]:
-            assert volumes[mounts[provider["options"]["path"]]]["configMap"]["name"] == "grafana-dashboards"
-        assert volumes[mounts["/etc/grafana/provisioning/datasources"]]["configMap"]["name"] == "grafana-datasources"
-    else:
-        assert volumes[mounts["/etc/prometheus/rules"]]["configMap"]["name"] == "prometheus-rules"
-        rbac = [d for d in monitoring_documents() if d["kind"] == "Role"]
-        assert rbac and all(r["verbs"] == ["get", "list", "watch"] for role in rbac for r in role["rules"])
-        assert not [d for d in monitoring_documents() if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-
-
-def test_grafana_datasource_reaches_the_prometheus_service() -> None:
-    datasource = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text(encoding="utf-8"))
-    url = datasource["datasources"][0]["url"]
-    services = {d["metadata"]["name"]: d for d in monitoring_documents() if d["kind"] == "Service"}
-    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", url).groups()
-    assert host in services and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
-
-
-@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
-def test_monitoring_kustomization_builds() -> None:
-    result = subprocess.run(["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(MONITORING_DIR)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    built = [d for d in yaml.safe_load_all(result.stdout) if d]
-    maps = {d["metadata"]["name"].rsplit("-", 1)[0]: d for d in built if d["kind"] == "ConfigMap"}
-    assert set(json.loads(maps["grafana-dashboards"]["data"]["ars-overview.json"])) >= {"uid", "panels"}
-    assert all(d["metadata"].get("namespace") == "reflexe" for d in built)
-    # The generated (hashed) names are the ones the Deployments mount.
-    mounted = {v["configMap"]["name"] for d in built if d["kind"] == "Deployment"
-               for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
-    assert mounted == {d["metadata"]["name"] for d in maps.values()}
+# The Kubernetes monitoring resources (PodMonitors, the PrometheusRules generated from these rule
+# files, the dashboards' ConfigMaps) are checked with the overlays: test_k8s_manifests.py.
 
 
 def test_install_prometheus_script_is_idempotent_and_valid_bash() -> None:
