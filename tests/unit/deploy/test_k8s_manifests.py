@@ -133,7 +133,7 @@ metadata: {name: u}
 
 
 def _shared_crds() -> Path | None:
-    for candidate in (REPO.parent / "shared", REPO.parent.parent / "shared", Path("/work/shared")):
+    for candidate in (REPO.parent / "shared", REPO.parent.parent / "shared"):
         if (candidate / "reference" / "k8s-crds").is_dir():
             return candidate / "reference" / "k8s-crds"
     return None
