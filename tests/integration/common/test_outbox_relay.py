@@ -46,8 +46,15 @@ async def _store_events(pool: asyncpg.Pool, n: int) -> list[str]:
 
 
 async def _published_ids(infra, ids: list[str]) -> list[str]:
+    """The ids among `ids` a read_committed reader sees, once it sees them all: a commit returns
+    before its markers reach every partition (and, on a cluster, every in-sync replica)."""
     wanted = set(ids)
-    return [e.id for e in await read_all(infra, REFERRAL_EVENTS.name, lambda e: e.id in wanted)]
+
+    async def every_one() -> list[str] | None:
+        seen = [e.id for e in await read_all(infra, REFERRAL_EVENTS.name, lambda e: e.id in wanted)]
+        return seen if set(seen) == wanted else None
+
+    return await eventually(every_one, timeout=30, interval=0.2, what=f"{len(ids)} events readable")
 
 
 async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
