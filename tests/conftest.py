@@ -26,6 +26,9 @@ _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))
 SESSION_KAFKA_PORT = 28092 + _OFFSET
 SESSION_CONTROLLER_PORT = 28093 + _OFFSET
 SESSION_PG_PORT = 28432 + _OFFSET
+# REFLEXE_TEST_KAFKA_NODES=3 runs the session on a Kafka cluster of three nodes (28092, 28094, 28096
+# + offset), topics with three replicas, as production has them.
+SESSION_KAFKA_NODES = int(os.environ.get("REFLEXE_TEST_KAFKA_NODES", "1"))
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +39,8 @@ def infra() -> Iterator[Infra]:
         return
     state_dir = make_state_dir("reflexe-test-session-")
     try:
-        started = start_infra(state_dir, SESSION_KAFKA_PORT, SESSION_CONTROLLER_PORT, SESSION_PG_PORT)
+        started = start_infra(state_dir, SESSION_KAFKA_PORT, SESSION_CONTROLLER_PORT, SESSION_PG_PORT,
+                              kafka_nodes=SESSION_KAFKA_NODES)
         os.environ.update(started.kafka_env())
         yield started
     finally:
