@@ -63,6 +63,21 @@ async def test_password_token_of_the_demo_desk34_has_department_34(keycloak: Key
     assert (principal.role, principal.department) == (Role.DESK, "34")
 
 
+async def test_the_demo_liaison_nurse_of_an_had_is_a_liaison_of_its_finess_in_its_department(keycloak: Keycloak):
+    async with keycloak.client() as idp:
+        demo = await idp.password_token("liaison349000018", "liaison349000018")
+        # The simulator's liaison nurses: the same user, or one made on demand for another HAD.
+        again = await idp.token_for("liaison", finess="349000018", department="34")
+        made = await idp.token_for("liaison", finess="319000014", department="31")
+    claims = await verified_claims(keycloak, demo)
+    assert (claims["realm_access"]["roles"], claims["finess"], claims["department"]) == (["liaison"], "349000018", "34")
+    assert claims["preferred_username"] == "liaison349000018"
+    verifier = TokenVerifier(AuthSettings(issuer=keycloak.issuer))
+    for token, finess, department in ((demo, "349000018", "34"), (again, "349000018", "34"), (made, "319000014", "31")):
+        principal = await verifier.verify(token)
+        assert (principal.role, principal.finess, principal.departments) == (Role.LIAISON, finess, (department,))
+
+
 async def test_users_made_on_demand_carry_their_scope(keycloak: Keycloak):
     async with keycloak.client() as idp:
         ars = await idp.token_for("ars", region="84")

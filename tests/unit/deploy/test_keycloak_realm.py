@@ -37,6 +37,18 @@ def test_every_simulated_hospital_and_had_has_a_client_credentials_client_with_i
             assert USERS[f"had{h.finess}"]["attributes"] == {"finess": [h.finess]}
 
 
+def test_every_simulated_had_has_a_demo_liaison_nurse_in_the_department_it_serves():
+    # The simulator's liaison nurses log in as these users (reflexe_common.local_idp.person_username).
+    scenario = build_scenario(["34", "31"], 1)
+    for d in scenario.departments.values():
+        for h in d.hads:
+            nurse = USERS[f"liaison{h.finess}"]
+            assert nurse["realmRoles"] == ["liaison"]
+            assert nurse["attributes"] == {"finess": [h.finess], "department": [h.department]}
+            # The demo scheme: the password is the user name.
+            assert nurse["credentials"] == [{"type": "password", "value": f"liaison{h.finess}", "temporary": False}]
+
+
 def test_demo_people_carry_their_role_and_scope():
     assert (USERS["desk34"]["realmRoles"], USERS["desk34"]["attributes"]) == (["desk"], {"department": ["34"]})
     assert (USERS["desk31"]["realmRoles"], USERS["desk31"]["attributes"]) == (["desk"], {"department": ["31"]})

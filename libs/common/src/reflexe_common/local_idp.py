@@ -18,6 +18,7 @@ Command line (prints an access token on stdout)::
 
     python -m reflexe_common.local_idp hospital --finess 349100016
     python -m reflexe_common.local_idp desk --department 34
+    python -m reflexe_common.local_idp liaison --finess 349000018 --department 34
     python -m reflexe_common.local_idp ars --region 76
     python -m reflexe_common.local_idp admin
 """
@@ -69,6 +70,17 @@ def _check_scope(scope: dict[str, str | None]) -> dict[str, str]:
         if not SCOPE_RE[name].match(value) or (name == "finess" and not is_finess(value)):
             raise ValueError(f"invalid {name} {value!r}")
     return given
+
+
+def person_username(role: str, scope: dict[str, str]) -> str:
+    """The local demo user playing this role and scope: ``desk34``, ``ars76``, ``admin-reflexe``; a
+    liaison nurse is named by her HAD (``liaison349000018``), the department she works in being an
+    attribute of hers, not part of who she is."""
+    if role == "liaison":
+        if "finess" not in scope or "department" not in scope:
+            raise ValueError("a liaison nurse needs her HAD's FINESS and the department she works in")
+        return f"liaison{scope['finess']}"
+    return f"{role}-reflexe" if not scope else role + "".join(scope.values())
 
 
 class LocalIdentityProvider:
@@ -140,7 +152,7 @@ class LocalIdentityProvider:
             client_id, secret = await self.ensure_system_client(role, scope["finess"])
             form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
         else:
-            username = f"{role}-reflexe" if not scope else role + "".join(scope.values())
+            username = person_username(role, scope)
             await self.ensure_user(username, role, username, **scope)
             form = {"grant_type": "password", "client_id": CLI_CLIENT_ID, "client_secret": self._cli_secret,
                     "username": username, "password": username}
@@ -264,10 +276,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Print an access token of the local Keycloak for a role and its scope "
                     "(creating the establishment's client or the person's user when missing).")
     parser.add_argument("role", help="hospital, had, desk, ars, admin (or another realm role)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--finess", help="establishment (hospital, had)")
-    group.add_argument("--department", help="department code (desk)")
-    group.add_argument("--region", help="region code (ars)")
+    parser.add_argument("--finess", help="establishment (hospital, had; a liaison nurse's HAD)")
+    parser.add_argument("--department", help="department code (desk; the department a liaison nurse works in)")
+    parser.add_argument("--region", help="region code (ars)")
     return parser.parse_args(argv)
 
 
