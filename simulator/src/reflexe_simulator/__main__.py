@@ -60,6 +60,14 @@ What it does
     ~25% decline with a reason, ~5% never answer; accepted
     patients are admitted a few simulated hours later (by day), then discharged after their
     expected stay;
+  * some HADs (answering through the REST API) accept a referral that has no favourable avis
+    HAD "pending evaluation": their liaison nurse visits a few simulated hours later and gives
+    her avis, and the HAD confirms (~80%) or withdraws with its reason (~20%), which passes the
+    referral to the next HAD; liaison nurses at the hospitals also give the avis of some
+    referrals posted without one (a few unfavourable, which closes them);
+  * a referral posted without patient consent or GP agreement waits incomplete until the
+    hospital updates it hours later (PATCH on the version it read, If-Match), or cancels it on
+    a refusal; ~12% of referrals are planned (a planned admission date);
   * desks log alerts and act on escalations: widen to neighbouring departments (~40%),
     offer to a chosen HAD from the capacity board (~35%), or close (OTHER, "pas de solution
     HAD");
@@ -300,6 +308,7 @@ async def _reporter(world: World, every: float) -> None:
         await asyncio.sleep(every)
         log.info("[%s] counters %s", world.clock.now().strftime("%a %H:%M"), world.counters.line())
         log.info("[%s] doors: %s", world.clock.now().strftime("%a %H:%M"), world.counters.doors_line())
+        log.info("[%s] paths: %s", world.clock.now().strftime("%a %H:%M"), world.counters.paths_line())
 
 
 async def run(args: argparse.Namespace) -> Counters:
@@ -408,6 +417,7 @@ async def run(args: argparse.Namespace) -> Counters:
             await adt.aclose()
         log.info("[%s] final counters %s", clock.now().strftime("%a %H:%M"), counters.line())
         log.info("[%s] doors: %s", clock.now().strftime("%a %H:%M"), counters.doors_line())
+        log.info("[%s] paths: %s", clock.now().strftime("%a %H:%M"), counters.paths_line())
     return counters
 
 

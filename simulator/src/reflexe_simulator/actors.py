@@ -30,15 +30,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reflexe_common.geography import Geography
-from reflexe_common.vocabulary import CapacityStatus, Reason
+from reflexe_common.vocabulary import CapacityStatus, Reason, SourceKind
 
 from reflexe_simulator import fhir
 from reflexe_simulator.adt import Movement, MllpSender, build_message, visit_number
 from reflexe_simulator.client import PlatformClient, Result
 from reflexe_simulator.doors import Doors, PatientIdDomain, gateway_pseudonym
 from reflexe_simulator.scenario import DepartmentScenario, HadSpec, Scenario, SourceSpec
-from reflexe_simulator.traffic import (GeneratedReferral, PatientRecord, ReferralFactory, day_arrivals,
-                                       own_key_pseudonym)
+from reflexe_simulator.traffic import (NEGATIVE_AVIS_REASONS, GeneratedReferral, PatientRecord, ReferralFactory,
+                                       day_arrivals, own_key_pseudonym)
 from reflexe_simulator.webhooks import Delivery
 
 log = logging.getLogger("reflexe_simulator")
@@ -67,6 +67,25 @@ LATE_AFTER_HOLD_SECONDS = (1.0, 4.0)  # how long after the hold a late answer co
 # service's consumer) is sent again, while the hold runs.
 NOT_YET_KNOWN_RETRY_SECONDS, NOT_YET_KNOWN_RETRIES = 0.5, 20
 ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulated hours
+# The evaluation before admission: an HAD offered a referral that came without a favourable avis
+# HAD often accepts it "pending evaluation" (its place held) and sends its liaison nurse to see the
+# patient at the bedside (and the home, the caregiver). Most visits confirm the acceptance, with
+# the nurse's avis; some find what this HAD cannot take on, and it withdraws, which releases the
+# place and passes the referral on to the next HAD (so the reasons are the HAD's, not the patient's).
+PENDING_EVALUATION_SHARE = 0.4  # of acceptances, by HADs answering through the REST API
+EVALUATION_VISIT_MEDIAN_H, EVALUATION_VISIT_SIGMA, EVALUATION_VISIT_MAX_H = 2.0, 0.5, 8.0
+WITHDRAWAL_SHARE = 0.2
+WITHDRAWAL_REASONS: tuple[tuple[Reason, str, float], ...] = (
+    (Reason.CARE_NOT_PROVIDED, "visite d'évaluation : soins plus lourds que ce que nos équipes assurent", 0.45),
+    (Reason.NO_CAPACITY, "visite d'évaluation : passages infirmiers trop nombreux pour notre équipe cette semaine", 0.35),
+    (Reason.OUT_OF_ZONE, "visite d'évaluation : domicile hors de portée de nos tournées", 0.20),
+)
+# The liaison nurse at the hospital: for a referral posted without an avis HAD (the ward or the ED
+# sent it before she came by), she sees the patient hours later and gives it; a few are
+# unfavourable, which closes the referral while no HAD holds a place.
+BEDSIDE_AVIS_SHARE = 0.3
+BEDSIDE_AVIS_DELAY_H = (0.5, 3.0)
+BEDSIDE_UNFAVOURABLE_SHARE = 0.1
 # A referred ED (or UHCD) patient leaves the emergency department this long after the referral
 # (simulated hours): the hospital's A03, for those that send ADT.
 ED_EXIT_MEDIAN_H, ED_EXIT_SIGMA, ED_EXIT_MAX_H = 1.5, 0.6, 8.0
@@ -75,9 +94,19 @@ AVERAGE_STAY_DAYS = 28.0  # background patients' mean length of stay
 
 
 class Counters:
+    # The referral's paths beyond the first answer, each of which a simulated day must run at least
+    # once: an acceptance pending evaluation confirmed; one withdrawn, the referral then offered to
+    # another HAD; a liaison nurse's avis after posting; a referral posted incomplete, updated with its
+    # consents, then offered.
+    PATHS = ("confirmed", "withdrawn", "offered_after_withdrawal", "avis_after_posting", "completed",
+             "offered_after_update")
     ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
              "no_answer", "answers_after_hold", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
-             "discharged", "cancelled", "overdue_alerts", "declarations", "webhooks_received", "webhooks_duplicate",
+             "discharged", "cancelled", "overdue_alerts", "declarations",
+             # The evaluation, the avis after posting, consents, planned referrals.
+             "accepted_pending", "confirmed", "withdrawn", "offered_after_withdrawal", "avis_after_posting",
+             "avis_updated", "avis_ineligible", "incomplete_posted", "completed", "offered_after_update",
+             "offered_while_incomplete", "planned_posted", "webhooks_received", "webhooks_duplicate",
              "bad_signatures", "http_409", "http_errors", "unreachable",
              # Doors: how many went through each (REST, FHIR, HL7 over MLLP).
              "rest_referrals", "fhir_referrals", "rest_answers", "fhir_answers", "hl7_ed_exits",
@@ -102,6 +131,14 @@ class Counters:
                 f"FHIR {v['fhir_answers']}; HL7 hospitals: ED exits {v['hl7_ed_exits']}, hospitalisations "
                 f"{v['hl7_hospitalisations']}; HL7 HADs: admissions {v['hl7_had_admissions']}, discharges "
                 f"{v['hl7_had_discharges']}; HL7 sent {v['hl7_sent']}, not acknowledged AA {v['hl7_not_accepted']}")
+
+    def paths_line(self) -> str:
+        v = self.values
+        return (f"pending evaluation {v['accepted_pending']}: confirmed {v['confirmed']}, withdrawn {v['withdrawn']} "
+                f"(then offered to another HAD {v['offered_after_withdrawal']}); avis after posting "
+                f"{v['avis_after_posting']} (updates {v['avis_updated']}, ineligible {v['avis_ineligible']}); incomplete "
+                f"{v['incomplete_posted']}: updated {v['completed']}, then offered {v['offered_after_update']} (offered "
+                f"while still incomplete: {v['offered_while_incomplete']}); planned {v['planned_posted']}")
 
     def line(self) -> str:
         parts = [f"{self.SHORT.get(k, k)}={self.values[k]}" for k in self.ORDER]
@@ -137,6 +174,13 @@ def _is_night(t: datetime) -> bool:
     return t.hour >= 21 or t.hour < 7
 
 
+def _by_day(at: datetime, rng: random.Random) -> datetime:
+    """``at``, or the next morning (08:00-10:00) when it falls at night: visits and admissions happen by day."""
+    if not _is_night(at):
+        return at
+    return (at if at.hour < 7 else at + timedelta(days=1)).replace(hour=8, minute=0) + timedelta(minutes=rng.uniform(0, 120))
+
+
 @dataclass(frozen=True)
 class AnswerTiming:
     real_delay: float  # real seconds from when the HAD hears of the offer to its answer
@@ -167,6 +211,22 @@ class TrackedReferral:
     status: str = "REQUESTED"
     offers: set[str] = field(default_factory=set)
     in_ed: bool = False  # still in the emergency department (an ED or UHCD referral before its A03)
+    pending_evaluation: bool = False  # accepted subject to the liaison nurse's visit, not yet confirmed
+    withdrawn_by: set[str] = field(default_factory=set)  # HADs that withdrew their acceptance after the visit
+    avis_given: bool = False  # a liaison nurse gave an avis after posting
+    posted_incomplete: bool = False  # without patient consent or GP agreement: not to be offered as such
+    completing: bool = False  # the hospital is sending (or sent) the missing consents
+    counted: set[str] = field(default_factory=set)  # the paths already counted for this referral
+
+    def count_once(self, counters: Counters, path: str) -> None:
+        if path not in self.counted:
+            self.counted.add(path)
+            counters.inc(path)
+
+    @property
+    def has_favourable_avis(self) -> bool:
+        avis = self.generated.body.get("avis")
+        return self.avis_given or bool(avis and avis.get("eligible"))
 
 
 class World:
@@ -310,6 +370,12 @@ class HadActor:
         self.offers_seen.add(offer_id)
         world, rng = self.world, self.rng
         tracked = world.referrals.get(referral_id)
+        if tracked is not None:
+            if tracked.withdrawn_by - {self.spec.finess}:
+                tracked.count_once(world.counters, "offered_after_withdrawal")
+            if tracked.posted_incomplete:
+                # The platform offers an incomplete referral only once its consents are given.
+                tracked.count_once(world.counters, "offered_after_update" if tracked.completing else "offered_while_incomplete")
         hold_until = _parse_time(data.get("hold_until")) or datetime.now(UTC) + timedelta(minutes=30)
         by = " (desk)" if data.get("by_desk") else ""
         world.say(self.spec.department, "offer", f"{self.spec.name} offered {referral_id[:8]}{by}, hold "
@@ -319,7 +385,7 @@ class HadActor:
         if self.places() == 0:
             decision, reason = "decline", (Reason.NO_CAPACITY, "aucune place disponible")
         elif u < ACCEPT_RATE:
-            decision, reason = "accept", None
+            decision, reason = ("accept_pending" if self.evaluates_first(tracked) else "accept"), None
         elif u < ACCEPT_RATE + DECLINE_RATE:
             decision = "decline"
             reason = rng.choices([(r, t) for r, t, _ in DECLINE_REASONS], weights=[w for *_, w in DECLINE_REASONS])[0]
@@ -335,6 +401,14 @@ class HadActor:
             world.counters.inc("answers_after_hold")
         world.spawn(self.answer(referral_id, offer_id, decision, reason, timing.sim_minutes, hold_until),
                     real_delay=timing.real_delay)
+
+    def evaluates_first(self, tracked: TrackedReferral | None) -> bool:
+        """Whether this HAD accepts pending its liaison nurse's evaluation: for a referral it knows
+        (posted in this run) that has no favourable avis yet. Through the REST API: its FHIR Task has
+        no form for the evaluation here."""
+        if tracked is None or tracked.has_favourable_avis or self.world.doors.answers_fhir(self.spec.finess):
+            return False
+        return self.rng.random() < PENDING_EVALUATION_SHARE
 
     async def answer(self, referral_id: str, offer_id: str, decision: str, reason: tuple[Reason, str] | None,
                      sim_minutes: float, hold_until: datetime | None = None) -> None:
@@ -356,13 +430,20 @@ class HadActor:
             return
         world.counters.inc("fhir_answers" if via_fhir else "rest_answers")
         tracked = world.referrals.get(referral_id)
-        if decision == "accept":
+        if decision in ("accept", "accept_pending"):
+            evaluation = decision == "accept_pending"
             world.counters.inc("accepted")
             self.pending.add(referral_id)
             if tracked:
-                tracked.had, tracked.status = self.spec.finess, "ACCEPTED"
-            world.say(self.spec.department, "accepted", f"{self.spec.name} accepts {referral_id[:8]} {after}")
-            self.schedule_admission(referral_id)
+                tracked.had, tracked.status, tracked.pending_evaluation = self.spec.finess, "ACCEPTED", evaluation
+            if evaluation:
+                world.counters.inc("accepted_pending")
+                world.say(self.spec.department, "accepted", f"{self.spec.name} accepts {referral_id[:8]} {after}, "
+                                                            "pending its liaison nurse's evaluation")
+                self.schedule_evaluation(referral_id)
+            else:
+                world.say(self.spec.department, "accepted", f"{self.spec.name} accepts {referral_id[:8]} {after}")
+                self.schedule_admission(referral_id)
             if self.spec.pushes_on_change:
                 await self.declare("after acceptance")
         else:
@@ -377,6 +458,8 @@ class HadActor:
         if not via_fhir:
             if decision == "accept":
                 result = await client.accept(finess, referral_id, offer_id)
+            elif decision == "accept_pending":
+                result = await client.accept_pending_evaluation(finess, referral_id, offer_id)
             else:
                 assert reason is not None
                 result = await client.decline(finess, referral_id, offer_id, str(reason[0]), reason[1])
@@ -407,15 +490,51 @@ class HadActor:
             world.counters.inc("hl7_had_admissions" if trigger == "A01" else "hl7_had_discharges")
         return ack.accepted
 
+    # -- evaluation before admission --------------------------------------------------------
+
+    def schedule_evaluation(self, referral_id: str) -> None:
+        """The liaison nurse's visit, by day, a few simulated hours after the acceptance."""
+        world = self.world
+        hours = min(EVALUATION_VISIT_MAX_H, _lognormal(self.rng, EVALUATION_VISIT_MEDIAN_H, EVALUATION_VISIT_SIGMA))
+        world.spawn(self.evaluate(referral_id), sim_delay=(_by_day(world.clock.now() + timedelta(hours=hours), self.rng)
+                                                            - world.clock.now()).total_seconds())
+
+    async def evaluate(self, referral_id: str) -> None:
+        """The visit's outcome: the acceptance confirmed with the nurse's avis, or withdrawn."""
+        world = self.world
+        tracked = world.referrals.get(referral_id)
+        if tracked is None or tracked.status != "ACCEPTED" or not tracked.pending_evaluation:
+            return  # cancelled meanwhile
+        short = referral_id[:8]
+        if self.rng.random() < WITHDRAWAL_SHARE:
+            reason, text = _weighted_choice(self.rng, WITHDRAWAL_REASONS)
+            result = await world.client.withdraw_acceptance(self.spec.finess, referral_id, str(reason), text)
+            if result.ok:
+                tracked.status, tracked.had, tracked.pending_evaluation = "REQUESTED", None, False
+                tracked.withdrawn_by.add(self.spec.finess)
+                world.counters.inc("withdrawn")
+                world.say(self.spec.department, "withdrawn", f"{self.spec.name} withdraws its acceptance of {short} after "
+                                                             f"the evaluation: {reason}")
+            self.pending.discard(referral_id)
+            if result.ok and self.spec.pushes_on_change:
+                await self.declare("after a withdrawal")
+            return
+        await give_avis(world, self.spec, tracked, True, None, "visite d'évaluation : avis favorable, domicile adapté")
+        result = await world.client.confirm_evaluation(self.spec.finess, referral_id)
+        if not result.ok:
+            self.pending.discard(referral_id)  # cancelled meanwhile: the place is no longer held
+            return
+        tracked.pending_evaluation = False
+        world.counters.inc("confirmed")
+        world.say(self.spec.department, "confirmed", f"{self.spec.name} confirms {short} after its evaluation")
+        self.schedule_admission(referral_id)
+
     # -- admission and discharge ------------------------------------------------------------
 
     def schedule_admission(self, referral_id: str) -> None:
         world = self.world
         hours = min(48.0, _lognormal(self.rng, ADMISSION_MEDIAN_H, ADMISSION_SIGMA))
-        at = world.clock.now() + timedelta(hours=hours)
-        if _is_night(at):  # admissions happen by day: move to the next morning
-            morning = (at if at.hour < 7 else at + timedelta(days=1)).replace(hour=8, minute=0) + timedelta(minutes=self.rng.uniform(0, 120))
-            at = morning
+        at = _by_day(world.clock.now() + timedelta(hours=hours), self.rng)  # admissions happen by day
         world.spawn(self.admit(referral_id), sim_delay=(at - world.clock.now()).total_seconds())
 
     async def admit(self, referral_id: str) -> None:
@@ -602,8 +721,15 @@ async def post_referral(world: World, generated: GeneratedReferral) -> None:
                   f"{result.code or result.error}", logging.WARNING)
         return
     world.counters.inc("referrals_posted")
+    if body["clinical"]["planned_date"]:
+        world.counters.inc("planned_posted")
     if not (body["conditions"]["patient_consent"] and body["conditions"]["gp_agreement"]) and not generated.negative_avis:
+        tracked.posted_incomplete = True
+        world.counters.inc("incomplete_posted")
         world.spawn(complete_conditions(world, generated), sim_delay=world.rng.uniform(1, 6) * 3600)
+    if (body["avis"] is None and body["source"]["kind"] in (SourceKind.ED, SourceKind.UHCD, SourceKind.WARD)
+            and world.rng.random() < BEDSIDE_AVIS_SHARE):
+        world.spawn(bedside_avis(world, generated), sim_delay=world.rng.uniform(*BEDSIDE_AVIS_DELAY_H) * 3600)
     world.counters.inc("fhir_referrals" if via_fhir else "rest_referrals")
     if tracked.in_ed and world.doors.sends_adt(source.finess):
         hours = min(ED_EXIT_MAX_H, _lognormal(world.rng, ED_EXIT_MEDIAN_H, ED_EXIT_SIGMA))
@@ -644,9 +770,52 @@ async def complete_conditions(world: World, generated: GeneratedReferral) -> Non
             world.say(generated.department, "cancelled", f"{short_id} cancelled by the source: {reason}")
         return
     given = {"patient_consent": True, "gp_agreement": True}
+    if tracked:
+        tracked.completing = True  # its first offer may come before the update's answer
     if (await world.client.update_conditions(finess, generated.referral_id, given)).ok:
         world.counters.inc("completed")
         world.say(generated.department, "completed", f"{short_id} consents given: the search starts")
+
+
+async def give_avis(world: World, had: HadSpec, tracked: TrackedReferral, eligible: bool, reason: Reason | None,
+                    text: str) -> Result:
+    """A liaison nurse of ``had``, working in the department it serves, gives (or updates) the avis HAD."""
+    referral_id = tracked.generated.referral_id
+    result = await world.client.give_avis(had.finess, had.department, referral_id, eligible,
+                                          str(reason) if reason else None, text)
+    if not result.ok:
+        return result
+    world.counters.inc("avis_after_posting")
+    if tracked.avis_given or tracked.generated.body.get("avis"):
+        world.counters.inc("avis_updated")
+    tracked.avis_given = True
+    closed = isinstance(result.data, dict) and result.data.get("status") == "INELIGIBLE"
+    if closed:
+        tracked.status = "INELIGIBLE"
+        world.counters.inc("avis_ineligible")
+    world.say(tracked.generated.department, "avis", f"{referral_id[:8]} avis HAD {'favourable' if eligible else 'unfavourable'}"
+                                                    f" from {had.name}'s liaison nurse{': closed as ineligible' if closed else ''}")
+    return result
+
+
+async def bedside_avis(world: World, generated: GeneratedReferral) -> None:
+    """The liaison nurse of the HAD serving the patient's commune comes by the ward or the ED and
+    gives the avis HAD the referral was posted without, while the search is on."""
+    tracked = world.referrals.get(generated.referral_id)
+    if tracked is None or tracked.status != "REQUESTED" or tracked.avis_given:
+        return  # accepted (its HAD's own nurse evaluates), or closed
+    department = world.scenario.departments[generated.department]
+    commune = generated.body["patient"]["care_commune"]
+    had = next((h for h in department.hads if commune in h.zone_communes), department.hads[0])
+    if world.rng.random() < BEDSIDE_UNFAVOURABLE_SHARE:
+        reason, text = _weighted_choice(world.rng, NEGATIVE_AVIS_REASONS)
+        await give_avis(world, had, tracked, False, reason, text)
+    else:
+        await give_avis(world, had, tracked, True, None, "IDE de liaison : avis HAD favorable")
+
+
+def _weighted_choice(rng: random.Random, options: tuple[tuple[Reason, str, float], ...]) -> tuple[Reason, str]:
+    return rng.choices([(r, t) for r, t, _ in options], weights=[w for *_, w in options])[0]
 
 
 async def hospitalise(world: World, generated: GeneratedReferral) -> bool:

@@ -67,11 +67,11 @@ class Tokens:
     def __init__(self, source: TokenSource, renew_before_seconds: float = 60.0) -> None:
         self.source = source
         self.renew_before = renew_before_seconds
-        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
-        key = (role, finess or department or "-")
+        key = (role, finess or "-", department or "-")
         # One fetch per actor at a time: concurrent callers wait for it instead of each asking the
         # identity provider (and each creating the same client or user).
         async with self._locks.setdefault(key, asyncio.Lock()):
@@ -158,6 +158,25 @@ class PlatformClient:
     async def accept(self, had: str, referral_id: str, offer_id: str) -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/accept",
                                await self.tokens.get("had", finess=had))
+
+    async def accept_pending_evaluation(self, had: str, referral_id: str, offer_id: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/accept-pending-evaluation",
+                               await self.tokens.get("had", finess=had))
+
+    async def confirm_evaluation(self, had: str, referral_id: str) -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/evaluation/confirm",
+                               await self.tokens.get("had", finess=had))
+
+    async def withdraw_acceptance(self, had: str, referral_id: str, reason: str, text: str = "") -> Result:
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/evaluation/withdraw",
+                               await self.tokens.get("had", finess=had), {"reason": reason, "text": text})
+
+    async def give_avis(self, had: str, department: str, referral_id: str, eligible: bool, reason: str | None = None,
+                        text: str = "") -> Result:
+        """The avis HAD of a liaison nurse of this HAD, working in this department."""
+        return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/avis",
+                               await self.tokens.get("liaison", finess=had, department=department),
+                               {"eligible": eligible, "reason": reason, "text": text})
 
     async def decline(self, had: str, referral_id: str, offer_id: str, reason: str, text: str = "") -> Result:
         return await self.call("referral", "POST", f"/v1/referrals/{referral_id}/offers/{offer_id}/decline",
