@@ -13,6 +13,10 @@ hospitalisations, HADs' admissions), the gateway allowing exactly its ADT sender
   (all acknowledged AA), found the referrals from the hospitals' pseudonyms (ED exits recorded)
   and the HADs' (admissions), and the referral service answered FHIR ServiceRequests and Task
   updates.
+- Every later path of a referral ran, as the simulator counts it and as the referral service's
+  event log records it: an acceptance pending evaluation confirmed; one withdrawn, the referral
+  then offered again; a liaison nurse's avis after posting; a referral posted without its consents,
+  updated, then offered (and none offered while still incomplete).
 - Privacy: the simulated hospitals write down the identities of their patients (names, NIR, birth
   dates, their own patient numbers) that they never send to the REST or FHIR APIs, and that their
   HL7 messages do carry in PID; a scan of every Kafka record, log line, metric and table row of
@@ -41,6 +45,7 @@ import httpx
 import pytest
 import yaml
 
+from reflexe_simulator.actors import Counters
 from tests.support.keycloak import Keycloak
 from tests.support.platform import running_platform
 from tests.support.privacy_scan import Findings, PrivacyScan
@@ -53,9 +58,10 @@ DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules"
 SPEED = 600  # simulated seconds per real second: a simulated hour every 6 s
 SIMULATION_SECONDS = 150  # upper bound: the test stops as soon as every query has data
-# Values the dashboards' variables take in the test, and Grafana's built-in intervals.
 # Lozère (48) and Lot (46): departments no other test uses, so the simulator's HADs, which
 # cover every commune of theirs, compete with no other test's HADs in the shared database.
+SIMULATED_DEPARTMENTS = ["48", "46"]
+# Values the dashboards' variables take in the test, and Grafana's built-in intervals.
 VARIABLES = {"department": "48", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 # The platform's clocks scaled like `./reflexe up` does, so offers expire, reminders fire and
 # declarations go stale within the run.
@@ -78,7 +84,7 @@ GATEWAY_CLIENT_SECRET = "local-reflexe-gateway"  # the demo realm's gateway clie
 # Every simulated HAD reports its admissions by HL7 and half answer through FHIR: on shared cores
 # few answers beat their hold, and the check below needs one HL7 admission (the REST ones are
 # the other end-to-end tests'); the hospitals keep the default shares of each door.
-SIMULATOR = [sys.executable, "-m", "reflexe_simulator", "--departments", "48,46", "--hl7-hads", "1", "--fhir-hads", "0.5"]
+SIMULATOR = [sys.executable, "-m", "reflexe_simulator", "--departments", ",".join(SIMULATED_DEPARTMENTS), "--hl7-hads", "1", "--fhir-hads", "0.5"]
 
 
 def substitute(expr: str) -> str:
@@ -194,7 +200,7 @@ async def day(topics, keycloak: Keycloak, tmp_path_factory) -> AsyncIterator[Sim
              "--referral-url", services["referral"].url, "--capacity-url", services["capacity"].url,
              "--notify-url", services["notify"].url, "--oidc-issuer", keycloak.issuer,
              "--fhir-url", f"{services['referral'].url}/fhir", "--mllp-host", "127.0.0.1", "--mllp-port", str(mllp_port),
-             "--identities-out", str(identities), "--webhook-port", str(hook_port), "--report-every", "30"],
+             "--identities-out", str(identities), "--webhook-port", str(hook_port), "--report-every", "10"],
             stdout=sim_log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             # The key in the environment, not on a command line that any local user can read.
             env={**os.environ, "PYTHONUNBUFFERED": "1", "KEYCLOAK_ADMIN_USER": keycloak.admin_user,
@@ -278,6 +284,54 @@ async def test_every_door_was_used_and_worked(day: SimulatedDay, topics) -> None
     assert seen["acks"]["AE"] == 0 and seen["acks"]["AR"] == 0, f"ADT the gateway did not take: {seen}"
     assert seen["fhir 5xx"] == 0, f"the FHIR API failed: {seen}"
     print(f"\ndoors used: {seen}")
+
+
+def simulator_counters(log: Path) -> dict[str, int]:
+    """The simulator's latest counters line ("counters name=value ..."), or {} before the first."""
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if " counters " in line]
+    if not lines:
+        return {}
+    pairs = (token.partition("=") for token in lines[-1].partition(" counters ")[2].split())
+    return {name: int(value) for name, _, value in pairs if value.isdigit()}
+
+
+# Per path, the referrals of the simulated departments whose event log shows it (events of this run).
+PATHS_IN_EVENT_LOG = """
+WITH ev AS (
+    SELECT e.referral_id, e.seq, split_part(e.type, '.', 3) AS kind
+    FROM referral.referral_events e JOIN referral.referrals r USING (referral_id)
+    WHERE r.department = ANY($1::text[]) AND e.occurred_at >= to_timestamp($2)),
+followed AS (  -- a step, then an offer later in the same referral's log
+    SELECT DISTINCT step.kind, step.referral_id FROM ev step
+    JOIN ev offer ON offer.referral_id = step.referral_id AND offer.seq > step.seq AND offer.kind = 'OfferMade'
+    WHERE step.kind IN ('AcceptanceWithdrawn', 'ReferralCompleted'))
+SELECT
+    (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'EvaluationConfirmed') AS confirmed,
+    (SELECT count(*) FROM followed WHERE kind = 'AcceptanceWithdrawn') AS withdrawn_then_offered,
+    (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'AvisGiven') AS avis_after_posting,
+    (SELECT count(*) FROM followed WHERE kind = 'ReferralCompleted') AS completed_then_offered
+"""
+
+
+async def test_every_later_path_of_a_referral_ran(day: SimulatedDay, topics) -> None:
+    seen: dict = {}
+
+    async def every_path() -> bool:
+        seen["simulator"] = counters = simulator_counters(day.log_dir / "simulator.log")
+        conn = await asyncpg.connect(topics.database_url)
+        try:
+            row = await conn.fetchrow(PATHS_IN_EVENT_LOG, SIMULATED_DEPARTMENTS, day.started)
+        finally:
+            await conn.close()
+        seen["event log"] = dict(row)
+        return all(counters.get(path, 0) > 0 for path in Counters.PATHS) and all(n > 0 for n in row.values())
+
+    try:
+        await eventually(every_path, timeout=SIMULATION_SECONDS + 30, interval=2, what="every later path of a referral")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: seen {seen} (simulator log: {day.log_dir / 'simulator.log'})") from None
+    assert seen["simulator"]["offered_while_incomplete"] == 0, f"a referral was offered before its consents: {seen}"
+    print(f"\nlater paths: {seen}")
 
 
 def _sample(exposition: str, name: str, **labels: str) -> float:

@@ -107,7 +107,8 @@ class PlatformClient:
 
     async def call(self, service: str, method: str, path: str, token: str, body: Any = None,
                    attempts: int | None = None, headers: dict[str, str] | None = None,
-                   content_type: str = "application/json") -> Result:
+                   content_type: str = "application/json", expected: tuple[int, ...] = ()) -> Result:
+        """``expected``: statuses the caller handles itself (neither counted as errors nor logged)."""
         url = self.urls[service] + path
         delay = self.backoff
         attempts = attempts or self.attempts
@@ -145,7 +146,7 @@ class PlatformClient:
             self._count("unreachable")
         elif last.conflict:
             self._count("http_409")
-        elif not last.ok:
+        elif not last.ok and last.status not in expected:
             self._count("http_errors")
             log.warning("%s %s %s -> %s %s", service, method, path, last.status, _short(last.data))
         return last
@@ -202,18 +203,12 @@ class PlatformClient:
             read = await self.call("referral", "GET", path, token)
             if not read.ok or not isinstance(read.data, dict):
                 return read
-            try:
-                response = await self._http.patch(self.urls["referral"] + path + "/request", json={"conditions": conditions},
-                                                  headers={"Authorization": f"Bearer {token}",
-                                                           "If-Match": f'"{read.data.get("version")}"'})
-            except (httpx.TransportError, OSError) as exc:
-                return Result(0, error=f"{type(exc).__name__}: {exc}".strip())
-            result = Result(response.status_code, response.json() if response.content else None)
-            if response.status_code != 412:
-                break
-        if not result.ok:
-            self._count("http_errors")
-            log.warning("referral PATCH %s/request -> %s %s", path, result.status, _short(result.data))
+            result = await self.call("referral", "PATCH", path + "/request", token, {"conditions": conditions},
+                                     headers={"If-Match": f'"{read.data.get("version")}"'}, expected=(412,))
+            if result.status != 412:
+                return result
+        self._count("http_errors")  # stale twice: counted once, as the call's failure
+        log.warning("referral PATCH %s/request -> 412 twice %s", path, _short(result.data))
         return result
 
     async def get_referral_as_desk(self, department: str, referral_id: str) -> Result:

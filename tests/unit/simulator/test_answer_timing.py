@@ -159,4 +159,5 @@ async def test_a_referral_posted_without_gp_agreement_is_completed_later_on_the_
     assert result.ok and result.data["status"] == "REQUESTED"
     assert [(m, h) for m, _, h in calls] == [("GET", None), ("PATCH", '"4"'), ("GET", None), ("PATCH", '"5"')]
     assert calls[1][1] == "/v1/referrals/r/request"
+    assert counters["http_errors"] == 0  # a stale version read again is no failure
     await world.client.aclose()
