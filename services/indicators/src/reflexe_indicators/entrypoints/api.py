@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query as Q, Request
 from fastapi.responses import Response
 
-from reflexe_common.auth import Principal, Role, ensure_department, require
+from reflexe_common.auth import Principal, Role, ensure_department, region_of, require
 from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.geography import Geography, time_zone_of
@@ -22,11 +22,6 @@ from reflexe_indicators.service_layer.indicators import COLUMNS, Query, compute,
 router = APIRouter(prefix="/v1", tags=["indicators"])
 MAX_DAYS = 400
 EXPORT_LEVELS = ("department", "source", "had")
-
-
-def _region_of(department: str) -> str | None:
-    found = Geography.load().department(department)
-    return found.region_code if found else None
 
 
 def scoped_query(principal: Principal, level: str, period: str, start: date, end: date,
@@ -40,7 +35,7 @@ def scoped_query(principal: Principal, level: str, period: str, start: date, end
         if not is_department(department):
             raise ApiError(422, "UNKNOWN_DEPARTMENT", f"unknown department {department!r}",
                            [{"field": "query.department", "message": f"unknown department {department!r}"}])
-        ensure_department(principal, department, _region_of)
+        ensure_department(principal, department)
     if principal.role == Role.HAD:
         if level != "had":
             raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may only see its own HAD-level indicators")
@@ -65,7 +60,7 @@ async def run_query(request: Request, q: Query) -> list[dict[str, Any]]:
         rows = await compute(conn, generation_schema(request.app.state.schema, generation), q,
                              stale_after=timedelta(minutes=settings.stale_after_minutes))
     if q.level == "region" and q.departments is not None:
-        regions = {_region_of(d) for d in q.departments}
+        regions = {region_of(d) for d in q.departments}
         rows = [r for r in rows if r["key"] in regions]
     return rows
 
@@ -142,7 +137,7 @@ async def daily_flow(department: str, request: Request, day: date | None = None,
                      principal: Principal = Depends(require(Role.DESK, Role.ARS))) -> dict[str, Any]:
     """Kept for existing clients; the same figures as GET /v1/indicators (the department's local day)."""
     require_department(department)
-    ensure_department(principal, department, _region_of)
+    ensure_department(principal, department)
     day = day or datetime.now(UTC).astimezone(time_zone_of(department)).date()
     rows = await run_query(request, Query("department", "day", day, day, departments=[department]))
     row = next((r for r in rows if r["key"] == department), {})

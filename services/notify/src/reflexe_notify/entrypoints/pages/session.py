@@ -248,16 +248,11 @@ HAD = PageAuth(family="had", cookie="reflexe_had", roles=frozenset({Role.HAD}),
                home=lambda p: f"/had/{p.finess}" if p.role == Role.HAD and p.finess else None)
 
 
-def _region_of(department: str) -> str | None:
-    found = Geography.load().department(department)
-    return found.region_code if found else None
-
-
 def desk_scope(principal: Principal, department: str) -> None:
     """A desk sees its own department (the ARS its region's, an admin all)."""
     if Geography.load().department(department) is None:
         raise ApiError(404, "UNKNOWN_DEPARTMENT", f"no department {department}")
-    ensure_department(principal, department, _region_of)
+    ensure_department(principal, department)
 
 
 def had_scope(principal: Principal, finess: str) -> None:
