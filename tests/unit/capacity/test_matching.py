@@ -250,7 +250,7 @@ def test_explanation_names_the_choice_its_reasons_and_the_exclusions():
 
 def test_explanation_of_stale_declaration_and_escalation():
     stale = match(request(), [candidate(age=timedelta(hours=3), median=None)], NOW, STALE_AFTER)
-    assert "déclaration ancienne (il y a 3 h 00)" in stale.explain()
+    assert "déclaration ancienne (il y a 3 h 00 min)" in stale.explain()
     assert "délai de réponse inconnu" in stale.explain()
     nobody = match(request(), [candidate(places=0)], NOW, STALE_AFTER)
     assert nobody.chosen is None

@@ -25,6 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from reflexe_common.ages import PossibleAges
+from reflexe_common.labels import CAPACITY_STATUS_FR, MENTION_FR, duration_fr
 from reflexe_common.vocabulary import (
     MENTION_REQUIRED_BY_MPP,
     UNDER_3_YEARS,
@@ -52,19 +53,6 @@ class ExclusionRule(StrEnum):
     NOT_OPEN = "NOT_OPEN"
     NO_LIVE_PLACE = "NO_LIVE_PLACE"
     NO_ADMISSION_TODAY = "NO_ADMISSION_TODAY"
-
-
-MENTION_LABELS_FR: dict[Mention, str] = {
-    Mention.SOCLE: "socle",
-    Mention.READAPTATION: "réadaptation",
-    Mention.ANTE_POST_PARTUM: "ante et post-partum",
-    Mention.ENFANTS_MOINS_3_ANS: "enfants de moins de 3 ans",
-}
-STATUS_LABELS_FR: dict[CapacityStatus, str] = {
-    CapacityStatus.OPEN: "ouverte",
-    CapacityStatus.SATURATED: "saturée",
-    CapacityStatus.CLOSED: "fermée",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +139,7 @@ class RankedHad:
         if self.median_response_seconds is None:
             parts.append("délai de réponse inconnu")
         else:
-            parts.append(f"réponse médiane {_duration_fr(self.median_response_seconds)}")
+            parts.append(f"réponse médiane {duration_fr(self.median_response_seconds)}")
         return ", ".join(parts)
 
 
@@ -253,7 +241,7 @@ def _first_failing_rule(request: MatchRequest, candidate: Candidate, now: dateti
         return excluded(ExclusionRule.OUT_OF_ZONE, "hors zone")
     missing_mentions = sorted(m for m in request.required_mentions() if not had.holds_mention(m))
     if missing_mentions:
-        labels = ", ".join(MENTION_LABELS_FR[m] for m in missing_mentions)
+        labels = ", ".join(MENTION_FR[m] for m in missing_mentions)
         return excluded(ExclusionRule.MENTION_MISSING, f"mention manquante : {labels}")
     unsupported_mpp = sorted({request.main_mpp, *request.associated_mpp} - had.mpp_supported)
     if unsupported_mpp:
@@ -280,7 +268,7 @@ def _capacity_exclusion(candidate: Candidate) -> Exclusion | None:
     if declaration is None:
         return Exclusion(had.finess, ExclusionRule.NO_DECLARATION, "aucune déclaration de capacité", had.name)
     if declaration.status is not CapacityStatus.OPEN:
-        return Exclusion(had.finess, ExclusionRule.NOT_OPEN, STATUS_LABELS_FR[declaration.status], had.name)
+        return Exclusion(had.finess, ExclusionRule.NOT_OPEN, CAPACITY_STATUS_FR[declaration.status].lower(), had.name)
     if ledger.live_places() == 0:
         return Exclusion(had.finess, ExclusionRule.NO_LIVE_PLACE, "aucune place libre", had.name)
     return None
@@ -335,12 +323,5 @@ def _unique_by_finess(candidates: Iterable[Candidate]) -> list[Candidate]:
 # ---- French rendering ----------------------------------------------------------------------
 
 
-def _duration_fr(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d}"
-
-
 def _age_fr(age: timedelta) -> str:
-    return f"il y a {_duration_fr(age.total_seconds())}"
+    return f"il y a {duration_fr(age.total_seconds())}"

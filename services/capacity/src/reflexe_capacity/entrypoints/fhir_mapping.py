@@ -26,6 +26,7 @@ from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_common.fhir import (BASE, EXTENSION_BASE, FHIR_VERSION, FINESS_SYSTEM, FhirInvalid, coding,
                                  finess_reference, iso)
 from reflexe_common.geography import Geography
+from reflexe_common.labels import CAPACITY_STATUS_FR
 from reflexe_common.vocabulary import CapacityStatus
 
 EXT_CAPACITY = f"{EXTENSION_BASE}/had-capacity"
@@ -52,8 +53,7 @@ COUNT_LABELS = {AUTHORISED: "Autorisées", DECLARED: "Déclarées par l'HAD",
 TEMPORALITY_LABELS = {"current": "Actuelle", "today": "Aujourd'hui", "authorisation": "Autorisation"}
 SOURCE_LABELS = {"registry": "Registre des HAD", "had": "Déclaration de l'HAD", "platform": "Calcul de la plateforme"}
 UNDECLARED = "UNDECLARED"
-STATUS_LABELS = {CapacityStatus.OPEN.value: "Ouverte", CapacityStatus.SATURATED.value: "Saturée",
-                 CapacityStatus.CLOSED.value: "Fermée", UNDECLARED: "Aucune déclaration"}
+STATUS_LABELS = {**CAPACITY_STATUS_FR, UNDECLARED: "Aucune déclaration"}
 
 
 def _concept(system: str, code: str, labels: dict[str, str]) -> dict[str, Any]:

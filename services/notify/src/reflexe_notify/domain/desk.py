@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from reflexe_common.labels import REASON_FR, URGENCY_FR
 from reflexe_notify.domain.routing import EventKind
 
 # Events a desk must act on: the clocks that ran out, no HAD found, a notification lost.
@@ -17,21 +18,12 @@ ALERTS = frozenset({
     str(EventKind.DELIVERY_FAILED), str(EventKind.OFFER_EXPIRED), str(EventKind.OFFER_DECLINED),
 })
 
-_REASONS = {
-    "NO_CAPACITY": "plus de place", "OUT_OF_ZONE": "hors zone", "CARE_NOT_PROVIDED": "soins non assurés",
-    "MEDICAL_NOT_ELIGIBLE": "non éligible (médical)", "SOCIAL_NOT_ELIGIBLE": "non éligible (social)",
-    "PATIENT_REFUSED": "refus du patient", "GP_REFUSED": "refus du médecin traitant",
-    "INCOMPLETE_REQUEST": "demande incomplète", "PATIENT_HOSPITALISED": "patient hospitalisé",
-    "PATIENT_DECEASED": "patient décédé", "OTHER": "autre motif",
-}
-
-
 _CONDITION_FR = {"conditions.patient_consent": "consentement du patient",
                  "conditions.gp_agreement": "accord du médecin traitant", "conditions.caregiver_present": "aidant présent"}
 
 
 def reason_fr(code: str | None) -> str:
-    return _REASONS.get(code or "", code or "")
+    return REASON_FR.get(code or "", code or "")
 
 
 def short(referral_id: str | None) -> str:
@@ -136,7 +128,8 @@ def desks_told(department: str, *others: Iterable[str]) -> list[str]:
 
 
 def _urgency(code: str | None) -> str:
-    return {"WITHIN_24H": "sous 24 h", "PLANNED": "programmée", "IMMEDIATE": "immédiate"}.get(code or "", code or "")
+    label = URGENCY_FR.get(code or "")
+    return label.lower() if label else code or ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""The French words of the desk's and the HADs' pages, kept here only: statuses, urgencies,
-equipment, actors..., the formatters of times and durations, and the words the pages' script
-shows (rendered into each page by the server, so that the script has no copy of its own)."""
+"""The French words of the desk's and the HADs' pages: the vocabulary's labels and the duration
+formatter come from reflexe_common.labels (shared with the matcher's explanations and the alerts);
+the words only pages use (actors, clocks, login...) and the formatters of times are here, with the
+words the pages' script shows (rendered into each page by the server, so that the script has no
+copy of its own)."""
 
 from __future__ import annotations
 
@@ -9,24 +11,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reflexe_common.geography import Geography
+# The vocabulary's labels, offered to the templates and views beside the pages' own words.
+from reflexe_common.labels import (CAPACITY_STATUS_FR, DURATION_UNITS, EQUIPMENT_FR, PLACE_FR, REFERRAL_STATUS_FR,
+                                   SEX_FR, SOURCE_FR, URGENCY_FR, duration_fr)
 from reflexe_common.vocabulary import MPP_LABELS
 
-STATUS_FR = {
-    "INCOMPLETE": "Incomplète — en attente", "REQUESTED": "En recherche", "OFFERED": "Proposée", "ACCEPTED": "Acceptée", "ESCALATED": "Sans HAD — à traiter",
-    "ADMITTED": "Admis", "INELIGIBLE": "Non éligible", "CANCELLED": "Clôturée", "DISCHARGED": "Sortie",
-}
-BOARD_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée", "UNDECLARED": "Non déclarée"}
-URGENCY_FR = {"WITHIN_24H": "Sous 24 h", "PLANNED": "Programmée"}
+STATUS_FR = REFERRAL_STATUS_FR
+# The HADs' board also shows those that have declared nothing yet.
+BOARD_STATUS_FR = {**CAPACITY_STATUS_FR, "UNDECLARED": "Non déclarée"}
 # What keeps an INCOMPLETE referral from being offered, named on its queue row.
 MISSING_FR = {"patient_consent": "consentement du patient", "gp_agreement": "accord du médecin traitant"}
-SOURCE_FR = {"ED": "Urgences", "UHCD": "UHCD", "WARD": "Service", "EHPAD": "EHPAD", "GP": "Médecin traitant"}
-EQUIPMENT_FR = {
-    "PCA_PUMP": "Pompe PCA", "SYRINGE_DRIVER": "Pousse-seringue électrique", "MEOPA": "MEOPA", "OXYGEN": "Oxygène",
-    "PARENTERAL_NUTRITION": "Nutrition parentérale", "TRANSFUSION": "Transfusion", "ISOLATION": "Isolement",
-}
-CAPACITY_STATUS_FR = {"OPEN": "Ouverte", "SATURATED": "Saturée", "CLOSED": "Fermée"}
-PLACE_FR = {"HOME": "Domicile", "EHPAD": "EHPAD"}
-SEX_FR = {"F": "Femme", "M": "Homme", "U": "Non précisé"}
 CLOCK_FR = {"HOLD_EXPIRY": "Fin de la réservation de place", "OFFER_UNANSWERED": "Relance de l’HAD sans réponse",
             "ADMISSION_OVERDUE": "Objectif d’admission (24 h après la demande, ou le jour programmé)"}
 # Who acted on a referral, from the actor of its events ("kind:id").
@@ -45,7 +39,6 @@ LOGIN_FR = {
             "wrong_account": "Ce compte n’est pas celui d’une HAD."},
 }
 
-DURATION_UNITS = {"second": "s", "minute": "min", "hour": "h", "day": "j"}
 HOLD_EXPIRES_IN = "expire dans {}"
 HOLD_EXPIRED = "expirée"
 UNREACHABLE = "La plateforme ne répond pas : rien n’a été transmis, réessayez."
@@ -117,19 +110,6 @@ def actor_label(actor: str | None, had_names: dict[str, str]) -> str:
 def had_name(finess: str, had_names: dict[str, str]) -> str:
     name = had_names.get(finess)
     return f"{name} ({finess})" if name else finess
-
-
-def duration_fr(seconds: float) -> str:
-    """'45 s', '12 min', '3 h 05 min', '2 j 4 h' (the page script renders the same while clocks run)."""
-    u = DURATION_UNITS
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} {u['second']}"
-    if s < 3600:
-        return f"{s // 60} {u['minute']}"
-    if s < 86400:
-        return f"{s // 3600} {u['hour']} {s % 3600 // 60:02d} {u['minute']}"
-    return f"{s // 86400} {u['day']} {s % 86400 // 3600} {u['hour']}"
 
 
 def hold_text(hold_until: str | None, now: datetime) -> str:
