@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.platform import running_platform, webhook_receiver
-from tests.support.receiver import verify
+from tests.support.platform import running_platform
+from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_referral_offered_webhooked_accepted_and_counted(topics, tmp_path):
-    async with running_platform(topics, tmp_path) as services, webhook_receiver() as (receiver, hook_url):
+    async with running_platform(topics, tmp_path) as services, WebhookReceiver() as receiver:
         referral = httpx.AsyncClient(base_url=services["referral"].url)
         capacity = httpx.AsyncClient(base_url=services["capacity"].url)
         notify = httpx.AsyncClient(base_url=services["notify"].url)
@@ -45,7 +45,7 @@ async def test_referral_offered_webhooked_accepted_and_counted(topics, tmp_path)
             had_token = token("had", finess=had)
             assert (await capacity.put(f"/v1/hads/{had}", json=had_body("HAD Aigne", [COMMUNE]), headers=token("admin"))).status_code == 200
             subscribed = await notify.post("/v1/subscriptions", headers=had_token,
-                                           json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"], "secret": SECRET})
+                                           json={"url": f"{receiver.url}/had/{had}", "event_types": ["offer.proposed"], "secret": SECRET})
             assert subscribed.status_code == 201, subscribed.text
             declared = await capacity.post(f"/v1/hads/{had}/capacity", headers=had_token,
                                            json={"places_available": 3, "admissions_possible_today": 2, "status": "OPEN"})

@@ -1,4 +1,4 @@
-"""The whole platform as separate processes on the test infrastructure, plus a webhook receiver."""
+"""The whole platform as separate processes on the test infrastructure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from tests.support.infra import Infra
-from tests.support.receiver import WebhookReceiver
-from tests.support.services import ServiceProcess, serve_in_process, service_env
+from tests.support.services import ServiceProcess, service_env
 
 SERVICES = {"referral": "REFERRAL_HTTP_PORT", "capacity": "CAPACITY_HTTP_PORT",
             "indicators": "INDICATORS_HTTP_PORT", "notify": "NOTIFY_HTTP_PORT"}
@@ -38,9 +37,3 @@ async def running_platform(infra: Infra, log_dir: Path, gateway_env: dict[str, s
         for process in processes.values():
             process.stop()
 
-
-@asynccontextmanager
-async def webhook_receiver(fail_first: int = 0) -> AsyncIterator[tuple[WebhookReceiver, str]]:
-    receiver = WebhookReceiver(fail_first=fail_first)
-    async with serve_in_process(receiver.app()) as url:
-        yield receiver, url

@@ -1,22 +1,24 @@
-"""A local webhook receiver standing for HAD and desk systems: it records every delivery with
-its arrival time, and can be told to fail the first attempts of each webhook. `verify` checks a
-delivery's signature as an HAD's system would, with the Standard Webhooks reference library."""
+"""The tests' one webhook receiver, standing for HAD, desk and hospital systems: a real HTTP
+endpoint (on 127.0.0.1 or another loopback address, over TLS when given a context) that records
+every request with its arrival time and answers as told. `verify` checks a delivery's signature as
+an HAD's system would, with the Standard Webhooks reference library.
+
+It runs on aiohttp (a declared test dependency): its server binds any address on port 0 and takes
+an ssl.SSLContext as it is, SNI callback included, which the TLS pinning tests need."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from standardwebhooks import Webhook
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 
 def verify(secret: str, headers: Mapping[str, str], body: bytes) -> Any:
@@ -24,12 +26,16 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes) -> Any:
     return Webhook(secret).verify(body, dict(headers))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Delivery:
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
-    received_at: float  # time.time()
+    at: float  # time.time() of arrival
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers.get("webhook-id", "")
 
     @property
     def json(self) -> dict[str, Any]:
@@ -38,25 +44,67 @@ class Delivery:
 
 @dataclass
 class WebhookReceiver:
-    fail_first: int = 0  # answer 503 to the first N attempts of each webhook-id
-    deliveries: list[Delivery] = field(default_factory=list)
+    """`answer(webhook_id, nth)` gives the status of the nth request (1, 2, ...) of a webhook id
+    (`fail_first=N`: 503 to the first N, then 204); `location` is sent as the Location header of
+    every answer (a redirect, with a 3xx status) and `answer_body` as its body."""
+
+    answer: Callable[[str, int], int] | None = None
+    fail_first: int = 0
+    delay_seconds: float = 0.0
+    host: str = "127.0.0.1"
+    location: str | None = None
+    answer_body: bytes = b""
+    ssl_context: ssl.SSLContext | None = None
+    port: int = 0
+    url: str = ""  # the base URL once started, ending in /hooks
+    received: list[Delivery] = field(default_factory=list)
     attempts: Counter = field(default_factory=Counter)
+    _runner: web.AppRunner | None = None
 
-    def app(self) -> Starlette:
-        async def receive(request: Request) -> Response:
-            body = await request.body()
-            webhook_id = request.headers.get("webhook-id", "")
-            self.attempts[webhook_id] += 1
-            if self.attempts[webhook_id] <= self.fail_first:
-                return Response(status_code=503)
-            self.deliveries.append(Delivery(request.url.path, dict(request.headers), body, time.time()))
-            return Response(status_code=204)
+    async def start(self) -> WebhookReceiver:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0, ssl_context=self.ssl_context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}/hooks"
+        return self
 
-        return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> WebhookReceiver:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    def _status(self, webhook_id: str, nth: int) -> int:
+        if self.answer is not None:
+            return self.answer(webhook_id, nth)
+        return 503 if nth <= self.fail_first else 204
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(Delivery(request.path, {k.lower(): v for k, v in request.headers.items()}, body,
+                                      time.time()))
+        webhook_id = request.headers.get("webhook-id", "")
+        self.attempts[webhook_id] += 1
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        headers = {"Location": self.location} if self.location else None
+        return web.Response(status=self._status(webhook_id, self.attempts[webhook_id]), headers=headers,
+                            body=self.answer_body or None)
 
     def of_type(self, event_type: str) -> list[Delivery]:
-        return [d for d in self.deliveries if d.json.get("type") == event_type]
+        return [d for d in self.received if d.json.get("type") == event_type]
+
+    def distinct_ids(self) -> set[str]:
+        return {d.webhook_id for d in self.received}
 
     def unique(self) -> dict[str, Delivery]:
         """Deliveries after dropping duplicates by webhook-id, as a Standard Webhooks receiver does."""
-        return {d.headers["webhook-id"]: d for d in self.deliveries}
+        return {d.webhook_id: d for d in self.received}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import inspect
 import os
 import signal
 import socket
@@ -55,13 +56,16 @@ NOTIFY_ENV = {"NOTIFY_SECRET_KEYS": NOTIFY_TEST_KEY, "NOTIFY_ALLOW_INSECURE_WEBH
               "NOTIFY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.05,
-                     what: str = "condition") -> T:
-    """Poll until probe returns something truthy; fail with `what` after the deadline."""
+async def eventually(probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None], timeout: float = 30.0,
+                     interval: float = 0.05, what: str = "condition") -> T:
+    """Poll until probe (a function or a coroutine function) returns something truthy; fail with
+    `what` after the deadline."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
-        last = await probe()
+        last = probe()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)

@@ -1,22 +1,16 @@
-"""Test kit for the notify integration tests: a real HTTP receiver, event builders, polling."""
+"""Test kit for the notify integration tests: event builders, and the pages on the real services
+(the webhook receiver and polling are tests/support's)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
-import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from reflexe.v1 import matching_pb2, referral_pb2
@@ -24,7 +18,6 @@ from reflexe.v1 import matching_pb2, referral_pb2
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import Envelope, ts, wrap
-from reflexe_common.finess import with_key
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_notify.entrypoints.app import build_app as build_notify
 from reflexe_notify.settings import NotifySettings
@@ -37,88 +30,6 @@ from tests.support.services import NOTIFY_ENV, serve_in_process, token
 # What the notify service needs to run in tests: a key sealing webhook secrets, and the local
 # receivers (plain http on 127.0.0.1) allowed, which a deployment refuses by default.
 NOTIFY_TEST_ENV = NOTIFY_ENV
-
-
-@dataclass(frozen=True)
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    at: float  # time.time() of arrival
-
-    @property
-    def webhook_id(self) -> str:
-        return self.headers["webhook-id"]
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 (or another loopback address) that records every request.
-
-    `answer(webhook_id, nth)` gives the status of the nth request (1, 2, ...) for a webhook id;
-    `location` is sent as the Location header of every answer (a redirect, with a 3xx status)."""
-
-    answer: Callable[[str, int], int] = lambda _id, _nth: 204
-    delay_seconds: float = 0.0
-    host: str = "127.0.0.1"
-    location: str | None = None
-    answer_body: bytes = b""
-    port: int = 0
-    received: list[Received] = field(default_factory=list)
-    _seen: Counter = field(default_factory=Counter)
-    _runner: web.AppRunner | None = None
-    url: str = ""
-
-    async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}/hooks"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body, time.time()))
-        webhook_id = request.headers.get("webhook-id", "")
-        self._seen[webhook_id] += 1
-        if self.delay_seconds:
-            await asyncio.sleep(self.delay_seconds)
-        headers = {"Location": self.location} if self.location else None
-        return web.Response(status=self.answer(webhook_id, self._seen[webhook_id]), headers=headers,
-                            body=self.answer_body or None)
-
-    def of_type(self, event_type: str) -> list[Received]:
-        return [r for r in self.received if json.loads(r.body)["type"] == event_type]
-
-    def distinct_ids(self) -> set[str]:
-        return {r.webhook_id for r in self.received}
-
-
-async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 20.0,
-                     interval: float = 0.01, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def finess() -> str:
-    return with_key(f"{random.randrange(10**7, 10**8):08d}")
-
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 

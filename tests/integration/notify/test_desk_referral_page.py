@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.notify.kit import eventually, in_process_platform, log_in, page_browser, register_had
+from tests.integration.notify.kit import in_process_platform, log_in, page_browser, register_had
 from tests.support.data import full_referral_body, pseudonym, unique_finess
 from tests.support.privacy_scan import Findings, PrivacyScan
-from tests.support.services import token
+from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.integration
 DESK_34 = token("desk", department="34")

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.notify.kit import in_process_platform, log_in, page_browser, register_had
 from tests.support.data import referral_body, unique_finess
-from tests.support.platform import webhook_receiver
 from tests.support.desk import SseCollector
-from tests.integration.notify.kit import eventually, in_process_platform, log_in, page_browser, register_had
-from tests.support.services import serve_in_process, token
+from tests.support.receiver import WebhookReceiver
+from tests.support.services import eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
@@ -70,8 +70,8 @@ async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[s
             assert attribute.lower() in cookie.lower(), cookie
 
         # The HAD's system hears of its offers by webhook, with the link to the page to answer from.
-        receiver, hook_url = await stack.enter_async_context(webhook_receiver())
-        subscribed = await page.post("/v1/subscriptions", json={"url": hook_url, "event_types": ["offer.proposed"]},
+        receiver = await stack.enter_async_context(WebhookReceiver())
+        subscribed = await page.post("/v1/subscriptions", json={"url": receiver.url, "event_types": ["offer.proposed"]},
                                      headers=token("had", finess=had))
         assert subscribed.status_code == 201, subscribed.text
 

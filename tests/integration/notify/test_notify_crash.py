@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,22 +20,17 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.notify.kit import NOTIFY_TEST_ENV, Receiver, eventually, finess, offer_proposed, publish
+from tests.integration.notify.kit import NOTIFY_TEST_ENV, offer_proposed, publish
+from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.receiver import verify
-from tests.support.services import bearer
+from tests.support.receiver import WebhookReceiver, verify
+from tests.support.services import bearer, eventually, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 BURST = 200
 CONCURRENCY = 4
 DEPARTMENT = "2A"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NotifyProcess:
@@ -92,21 +86,21 @@ def notify(infra: Infra, tmp_path: Path) -> Iterator[NotifyProcess]:
 
 
 @pytest.fixture
-async def slow_receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver(delay_seconds=0.02).start()
+async def slow_receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver(delay_seconds=0.02).start()
     yield r
     await r.stop()
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_acknowledged_twice(
-        infra: Infra, producer: AIOKafkaProducer, notify: NotifyProcess, slow_receiver: Receiver) -> None:
+        infra: Infra, producer: AIOKafkaProducer, notify: NotifyProcess, slow_receiver: WebhookReceiver) -> None:
     db = await asyncpg.connect(infra.database_url, server_settings={"search_path": "notify"})
     try:
         notify.start()
         await notify.ready()
         # Subscriptions left by other tests point at receivers that are gone: keep them out.
         await db.execute("UPDATE subscriptions SET active = false")
-        had = finess()
+        had = unique_finess()
         async with httpx.AsyncClient(base_url=notify.base_url) as api:
             created = await api.post("/v1/subscriptions", json={"url": slow_receiver.url},
                                      headers={"Authorization": f"Bearer {bearer('had', finess=had)}"})

@@ -23,12 +23,12 @@ from reflexe_notify.adapters import store
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, eventually, header, publish, referral_requested
+from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, header, publish, referral_requested
 from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.services import bearer, serve_in_process
+from tests.support.services import bearer, eventually, serve_in_process
 
 pytestmark = pytest.mark.integration
 STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"

@@ -21,13 +21,13 @@ from reflexe_common.envelope import ts, wrap
 from reflexe_common.topics import CAPACITY_EVENTS
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import (
-    AT, NOTIFY_TEST_ENV, Receiver, eventually, finess, header, publish, referral_requested,
-)
+from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, header, publish, referral_requested
+from tests.support.data import unique_finess
 from tests.support.desk import SseCollector
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.services import bearer
+from tests.support.receiver import WebhookReceiver
+from tests.support.services import bearer, eventually
 
 pytestmark = pytest.mark.integration
 # Departments whose streams only this module reads (others may write there; the checks look for
@@ -79,10 +79,10 @@ async def url(app: Any) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def receivers() -> AsyncIterator[Any]:
-    started: list[Receiver] = []
+    started: list[WebhookReceiver] = []
 
-    async def make() -> Receiver:
-        started.append(await Receiver().start())
+    async def make() -> WebhookReceiver:
+        started.append(await WebhookReceiver().start())
         return started[-1]
 
     yield make
@@ -90,13 +90,13 @@ async def receivers() -> AsyncIterator[Any]:
         await r.stop()
 
 
-async def subscribe_had(client: httpx.AsyncClient, receiver: Receiver, had: str) -> None:
+async def subscribe_had(client: httpx.AsyncClient, receiver: WebhookReceiver, had: str) -> None:
     response = await client.post("/v1/subscriptions", json={"url": receiver.url, "event_types": []},
                                  headers=auth("had", finess=had))
     assert response.status_code == 201, response.text
 
 
-def bodies(receiver: Receiver, event_type: str) -> list[dict[str, Any]]:
+def bodies(receiver: WebhookReceiver, event_type: str) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in receiver.of_type(event_type)]
 
 
@@ -108,14 +108,14 @@ def offer_made(referral_id: str, department: str, had: str, offer_id: str) -> re
 
 async def test_a_cancellation_reaches_the_had_that_accepted_and_not_the_one_that_declined(
         app: Any, client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any) -> None:
-    declined_had, accepted_had = finess(), finess()
+    declined_had, accepted_had = unique_finess(), unique_finess()
     declined_receiver, accepted_receiver = await receivers(), await receivers()
     await subscribe_had(client, declined_receiver, declined_had)
     await subscribe_had(client, accepted_receiver, accepted_had)
     referral_id, first_offer, second_offer = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     d = CANCEL_DEPARTMENT
     for message in (
-        referral_requested(d, finess(), referral_id),
+        referral_requested(d, unique_finess(), referral_id),
         offer_made(referral_id, d, declined_had, first_offer),
         referral_pb2.OfferDeclined(header=header(referral_id, d), offer_id=first_offer, had_finess=declined_had,
                                    reason="NO_CAPACITY"),
@@ -140,13 +140,13 @@ async def test_a_cancellation_reaches_the_had_that_accepted_and_not_the_one_that
 
 async def test_an_had_hears_of_its_offer_expired_or_withdrawn(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any) -> None:
-    expired_had, withdrawn_had = finess(), finess()
+    expired_had, withdrawn_had = unique_finess(), unique_finess()
     expired_receiver, withdrawn_receiver = await receivers(), await receivers()
     await subscribe_had(client, expired_receiver, expired_had)
     await subscribe_had(client, withdrawn_receiver, withdrawn_had)
     d, referral_id, offer_id, late_offer = CANCEL_DEPARTMENT, str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     for message in (
-        referral_requested(d, finess(), referral_id),
+        referral_requested(d, unique_finess(), referral_id),
         offer_made(referral_id, d, expired_had, offer_id),
         referral_pb2.OfferExpired(header=header(referral_id, d), offer_id=offer_id, had_finess=expired_had),
         referral_pb2.ReferralCancelled(header=header(referral_id, d), reason="PATIENT_HOSPITALISED"),
@@ -168,7 +168,7 @@ async def test_an_had_hears_of_its_offer_expired_or_withdrawn(
 
 async def test_a_widened_referral_reaches_the_neighbouring_desk_and_its_later_events_follow(
         client: httpx.AsyncClient, url: str, producer: AIOKafkaProducer) -> None:
-    referral_id, offer_id, neighbour_had = str(uuid.uuid4()), str(uuid.uuid4()), finess()
+    referral_id, offer_id, neighbour_had = str(uuid.uuid4()), str(uuid.uuid4()), unique_finess()
     mine = lambda events: [e.json for e in events if e.json["data"].get("referral_id") == referral_id]  # noqa: E731
     async with httpx.AsyncClient() as http:
         streams = {d: SseCollector(http, f"{url}/v1/desks/{d}/stream", auth("desk", department=d))
@@ -177,7 +177,7 @@ async def test_a_widened_referral_reaches_the_neighbouring_desk_and_its_later_ev
             await asyncio.wait_for(stream.opened.wait(), 10)
             assert stream.status == 200
         for message in (
-            referral_requested(OWN_DEPARTMENT, finess(), referral_id),
+            referral_requested(OWN_DEPARTMENT, unique_finess(), referral_id),
             referral_pb2.SearchWidened(header=header(referral_id, OWN_DEPARTMENT), departments=[NEIGHBOUR]),
             offer_made(referral_id, OWN_DEPARTMENT, neighbour_had, offer_id),
         ):
@@ -204,7 +204,7 @@ async def test_a_widened_referral_reaches_the_neighbouring_desk_and_its_later_ev
 
 async def test_a_multi_department_hads_capacity_reaches_each_desk_it_serves(
         url: str, producer: AIOKafkaProducer) -> None:
-    had = finess()
+    had = unique_finess()
     changed = capacity_pb2.LivePlacesChanged(had_finess=had, department=HAD_FIRST, occurred_at=ts(AT), live_places=3,
                                              declared_places=4, status="OPEN", authorised_places=30,
                                              departments=[HAD_FIRST, HAD_SECOND])

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from reflexe_notify.adapters.webhook_http import WebhookGuard, describe_failure, post, webhook_client
 from reflexe_notify.domain.addresses import parse_networks
+from tests.support.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 NAME = "hooks.pinned.test"
@@ -39,13 +39,22 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Nam
 
 @dataclass
 class TlsReceiver:
-    """An https endpoint on 127.0.0.1 whose certificate names NAME only, issued by a test CA."""
+    """The tests' webhook receiver over https on 127.0.0.1, its certificate naming NAME only,
+    issued by a test CA."""
 
     server_names: list[str | None] = field(default_factory=list)  # SNI of each handshake
-    hosts: list[str] = field(default_factory=list)  # Host header of each request
-    port: int = 0
     client_context: ssl.SSLContext | None = None
-    _runner: web.AppRunner | None = None
+    receiver: WebhookReceiver | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.receiver is not None
+        return self.receiver.port
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Host header of each request."""
+        return [d.headers["host"] for d in self.receiver.received] if self.receiver else []
 
     async def start(self) -> TlsReceiver:
         ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -56,18 +65,7 @@ class TlsReceiver:
         self._load(server, leaf, leaf_key)
         server.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         self.client_context = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
-
-        async def handle(request: web.Request) -> web.Response:
-            self.hosts.append(request.headers["Host"])
-            return web.Response(status=204)
-
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.receiver = await WebhookReceiver(ssl_context=server).start()
         return self
 
     def _load(self, context: ssl.SSLContext, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
@@ -79,8 +77,8 @@ class TlsReceiver:
             context.load_cert_chain(pem.name)
 
     async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+        if self.receiver:
+            await self.receiver.stop()
 
 
 @pytest.fixture

@@ -20,18 +20,19 @@ from cryptography.fernet import Fernet
 
 from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters.secret_box import SecretBox, SecretUnreadable
-from tests.integration.notify.kit import Receiver, eventually, finess, offer_proposed, publish
+from tests.integration.notify.kit import offer_proposed, publish
+from tests.support.data import unique_finess
 from tests.support.infra import Infra
-from tests.support.receiver import verify
-from tests.support.services import NOTIFY_TEST_KEY, REPO_ROOT, ServiceProcess, service_env, token
+from tests.support.receiver import WebhookReceiver, verify
+from tests.support.services import NOTIFY_TEST_KEY, REPO_ROOT, ServiceProcess, eventually, service_env, token
 
 pytestmark = pytest.mark.integration
 DEPARTMENT = "79"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver().start()
     yield r
     await r.stop()
 
@@ -55,7 +56,7 @@ async def stored_secret(db: asyncpg.Connection, subscription_id: uuid.UUID) -> s
 
 
 async def test_plaintext_secrets_are_sealed_at_migration_and_webhooks_verify_across_a_key_rotation(
-        infra: Infra, producer: AIOKafkaProducer, receiver: Receiver, db: asyncpg.Connection, tmp_path: Path) -> None:
+        infra: Infra, producer: AIOKafkaProducer, receiver: WebhookReceiver, db: asyncpg.Connection, tmp_path: Path) -> None:
     new_key = Fernet.generate_key().decode()
 
     async def started(keys: str) -> ServiceProcess:
@@ -74,7 +75,7 @@ async def test_plaintext_secrets_are_sealed_at_migration_and_webhooks_verify_acr
     await db.execute("ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_secrets_sealed")
     await db.execute("DELETE FROM schema_migrations WHERE name = '004_sealed_secrets.sql'")
     await db.execute("UPDATE subscriptions SET active = false")  # other tests' receivers are gone
-    had, secret, subscription_id = finess(), generate_secret(), uuid.uuid4()
+    had, secret, subscription_id = unique_finess(), generate_secret(), uuid.uuid4()
     await db.execute(
         "INSERT INTO subscriptions (id, recipient, url, secrets, created_by) VALUES ($1, $2, $3, ARRAY[$4], 'legacy')",
         subscription_id, f"had:{had}", receiver.url, secret)

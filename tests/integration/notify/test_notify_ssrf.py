@@ -25,11 +25,12 @@ from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import system_resolver
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import NOTIFY_TEST_ENV, Receiver, eventually, finess, offer_proposed, publish
+from tests.integration.notify.kit import NOTIFY_TEST_ENV, offer_proposed, publish
+from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.receiver import verify
-from tests.support.services import token
+from tests.support.receiver import WebhookReceiver, verify
+from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.integration
 LIMIT = 3
@@ -85,10 +86,10 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def receivers() -> AsyncIterator[Any]:
-    started: list[Receiver] = []
+    started: list[WebhookReceiver] = []
 
-    async def make(**kw: Any) -> Receiver:
-        started.append(await Receiver(**kw).start())
+    async def make(**kw: Any) -> WebhookReceiver:
+        started.append(await WebhookReceiver(**kw).start())
         return started[-1]
 
     yield make
@@ -99,9 +100,9 @@ async def receivers() -> AsyncIterator[Any]:
 @pytest.fixture(scope="module", autouse=True)
 async def consumer_is_running(app: Any, client: httpx.AsyncClient, producer: AIOKafkaProducer) -> None:
     """One round trip first: the consumer group has joined and the dispatcher runs."""
-    r = await Receiver().start()
+    r = await WebhookReceiver().start()
     try:
-        had = finess()
+        had = unique_finess()
         await subscribe(client, r.url, had)
         await publish(producer, offer_proposed("80", had))
         await eventually(lambda: r.received, timeout=60, what="the warm-up webhook")
@@ -138,7 +139,7 @@ async def test_internal_urls_are_refused_at_subscription_naming_body_url(
     dns.script("metadata.attacker.test", ["169.254.169.254"])
     dns.script("intranet.attacker.test", ["10.0.0.5"])
     dns.script("half.attacker.test", ["93.184.216.34", "127.0.0.2"])  # one public answer is not enough
-    had = finess()
+    had = unique_finess()
     refused = [
         "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
         "http://metadata.attacker.test/latest/meta-data/",
@@ -174,7 +175,7 @@ async def test_internal_urls_are_refused_at_subscription_naming_body_url(
 
 async def test_a_name_re_pointed_inside_after_subscribing_is_refused_at_delivery_and_never_sent(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, dns: ScriptedResolver) -> None:
-    department, had = next(_departments), finess()
+    department, had = next(_departments), unique_finess()
     internal, desk = await receivers(host=INTERNAL_HOST), await receivers()
     # Public when the subscription is checked, then the attacker's DNS answers with an inside address.
     dns.script("rebind.attacker.test", ["93.184.216.34"], [INTERNAL_HOST])
@@ -203,7 +204,7 @@ async def test_a_name_re_pointed_inside_after_subscribing_is_refused_at_delivery
 
 async def test_the_connection_goes_to_the_checked_address_under_the_host_name(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, dns: ScriptedResolver) -> None:
-    department, had = next(_departments), finess()
+    department, had = next(_departments), unique_finess()
     receiver = await receivers()
     # Only this resolver knows the name: the system's DNS does not, so a second lookup would fail.
     dns.script("hooks.pinned.test", ["127.0.0.1"])
@@ -223,7 +224,7 @@ async def test_the_connection_goes_to_the_checked_address_under_the_host_name(
 
 async def test_a_redirect_is_not_followed_and_what_the_receiver_answers_is_not_stored(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any) -> None:
-    department, had = next(_departments), finess()
+    department, had = next(_departments), unique_finess()
     # The redirect's target is allowed (127.0.0.1): only not following keeps it untouched.
     target = await receivers()
     redirector = await receivers(answer=lambda _id, _nth: 307, location=f"{target.url}/stolen",
@@ -241,7 +242,7 @@ async def test_a_redirect_is_not_followed_and_what_the_receiver_answers_is_not_s
 async def test_a_recipient_holds_a_bounded_number_of_subscriptions(
         client: httpx.AsyncClient, receivers: Any) -> None:
     receiver = await receivers()
-    had = finess()
+    had = unique_finess()
     created = [await subscribe(client, f"{receiver.url}/{n}", had) for n in range(LIMIT)]
     for extra in ({"url": receiver.url}, {"email": "bureau@had.example.org"}):
         response = await client.post("/v1/subscriptions", json=extra, headers=token("had", finess=had))
@@ -252,7 +253,7 @@ async def test_a_recipient_holds_a_bounded_number_of_subscriptions(
     await subscribe(client, receiver.url, had)  # room again
 
     # Racing requests do not get past the limit together.
-    other = finess()
+    other = unique_finess()
     answers = await asyncio.gather(*(
         client.post("/v1/subscriptions", json={"url": f"{receiver.url}/{n}"}, headers=token("had", finess=other))
         for n in range(2 * LIMIT)))
@@ -262,7 +263,7 @@ async def test_a_recipient_holds_a_bounded_number_of_subscriptions(
 async def test_secrets_are_sealed_in_postgresql_and_plaintext_is_refused_there(
         app: Any, client: httpx.AsyncClient, receivers: Any) -> None:
     receiver = await receivers()
-    had = finess()
+    had = unique_finess()
     chosen = generate_secret()
     subscription = await subscribe(client, receiver.url, had, secret=chosen)
     assert subscription["secret"] == chosen

@@ -20,13 +20,12 @@ from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.service_layer.notifications import event_handler
 from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import (
-    NOTIFY_TEST_ENV, Receiver, eventually, finess, header, offer_proposed, publish, referral_requested,
-)
+from tests.integration.notify.kit import NOTIFY_TEST_ENV, header, offer_proposed, publish, referral_requested
+from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.receiver import verify
-from tests.support.services import bearer
+from tests.support.receiver import WebhookReceiver, verify
+from tests.support.services import bearer, eventually
 
 pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 4
@@ -65,18 +64,18 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver().start()
     yield r
     await r.stop()
 
 
 @pytest.fixture
 async def receivers() -> AsyncIterator[Any]:
-    started: list[Receiver] = []
+    started: list[WebhookReceiver] = []
 
-    async def make(**kw: Any) -> Receiver:
-        started.append(await Receiver(**kw).start())
+    async def make(**kw: Any) -> WebhookReceiver:
+        started.append(await WebhookReceiver(**kw).start())
         return started[-1]
 
     yield make
@@ -106,10 +105,10 @@ async def deliveries(client: httpx.AsyncClient, role: str, **scope: str) -> list
 @pytest.fixture(scope="module", autouse=True)
 async def consumer_is_running(app: Any, client: httpx.AsyncClient, producer: AIOKafkaProducer) -> None:
     """One round trip before the tests: the consumer group has joined and the dispatcher runs."""
-    r = await Receiver().start()
+    r = await WebhookReceiver().start()
     try:
         await subscribe(client, r.url, "desk", department=WARM_UP_DEPARTMENT)
-        await publish(producer, offer_proposed("2B", finess()))
+        await publish(producer, offer_proposed("2B", unique_finess()))
         await eventually(lambda: r.received, timeout=60, what="the warm-up webhook")
     finally:
         await r.stop()
@@ -117,7 +116,7 @@ async def consumer_is_running(app: Any, client: httpx.AsyncClient, producer: AIO
 
 async def test_offer_proposed_reaches_the_had_and_the_desk_signed_as_documented(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    had = finess()
+    had = unique_finess()
     had_receiver, desk_receiver = await receivers(), await receivers()
     had_secret = (await subscribe(client, had_receiver.url, "had", finess=had))["secret"]
     desk_secret = (await subscribe(client, desk_receiver.url, "desk", department=department))["secret"]
@@ -153,7 +152,7 @@ async def test_offer_proposed_reaches_the_had_and_the_desk_signed_as_documented(
 
 async def test_the_source_hospital_hears_of_answers_and_filters_apply(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    hospital, had, referral_id = finess(), finess(), str(uuid.uuid4())
+    hospital, had, referral_id = unique_finess(), unique_finess(), str(uuid.uuid4())
     hospital_receiver, desk_receiver = await receivers(), await receivers()
     await subscribe(client, hospital_receiver.url, "hospital", finess=hospital)
     await subscribe(client, desk_receiver.url, "desk", ["referral.requested"], department=department)
@@ -174,7 +173,7 @@ async def test_the_source_hospital_hears_of_answers_and_filters_apply(
 
 async def test_a_receiver_failing_twice_gets_the_same_webhook_a_third_time(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    had = finess()
+    had = unique_finess()
     receiver = await receivers(answer=lambda _id, nth: 503 if nth <= 2 else 200)
     secret = (await subscribe(client, receiver.url, "had", finess=had))["secret"]
     await publish(producer, offer_proposed(department, had))
@@ -198,7 +197,7 @@ async def test_a_receiver_failing_twice_gets_the_same_webhook_a_third_time(
 
 async def test_a_receiver_always_failing_is_given_up_and_the_desk_told(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    had = finess()
+    had = unique_finess()
     healthy = False
     had_receiver = await receivers(answer=lambda _id, _nth: 200 if healthy else 500)
     desk_receiver = await receivers()
@@ -230,7 +229,7 @@ async def test_a_receiver_always_failing_is_given_up_and_the_desk_told(
 
 async def test_410_gone_disables_the_subscription(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    had = finess()
+    had = unique_finess()
     gone, desk_receiver = await receivers(answer=lambda _id, _nth: 410), await receivers()
     await subscribe(client, gone.url, "had", finess=had)
     await subscribe(client, desk_receiver.url, "desk", ["delivery.failed"], department=department)
@@ -243,7 +242,7 @@ async def test_410_gone_disables_the_subscription(
 
 async def test_a_redelivered_event_is_notified_once(
         app: Any, client: httpx.AsyncClient, producer: AIOKafkaProducer, receivers: Any, department: str) -> None:
-    had = finess()
+    had = unique_finess()
     receiver = await receivers()
     await subscribe(client, receiver.url, "had", finess=had)
     event = offer_proposed(department, had)
@@ -265,7 +264,7 @@ async def test_a_redelivered_event_is_notified_once(
 
 
 async def test_a_garbage_record_is_dead_lettered_and_the_consumer_carries_on(
-        infra: Infra, client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: Receiver, department: str) -> None:
+        infra: Infra, client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: WebhookReceiver, department: str) -> None:
     key = f"garbage-{uuid.uuid4()}".encode()
     await producer.send_and_wait(REFERRAL_EVENTS.name, b"\x00not protobuf", key=key,
                                  headers=[("ce_id", b"x"), ("ce_type", b"reflexe.v1.ReferralRequested")])
@@ -289,14 +288,14 @@ async def test_a_garbage_record_is_dead_lettered_and_the_consumer_carries_on(
     assert headers["dlq_consumer"] == b"notify" and headers["dlq_topic"] == REFERRAL_EVENTS.name.encode()
     assert b"missing CloudEvents headers" in headers["dlq_reason"]
 
-    had = finess()
+    had = unique_finess()
     await subscribe(client, receiver.url, "had", finess=had)
     await publish(producer, offer_proposed(department, had))
     await eventually(lambda: receiver.received, what="a webhook after the poison record")
 
 
-async def test_api_authentication_and_scope(client: httpx.AsyncClient, receiver: Receiver) -> None:
-    had, other = finess(), finess()
+async def test_api_authentication_and_scope(client: httpx.AsyncClient, receiver: WebhookReceiver) -> None:
+    had, other = unique_finess(), unique_finess()
     assert (await client.get("/v1/subscriptions")).status_code == 401
     assert (await client.get("/v1/deliveries", headers={"Authorization": "Bearer nope"})).status_code == 401
     assert (await client.post("/v1/subscriptions", json={"url": receiver.url})).status_code == 401
@@ -330,8 +329,8 @@ async def test_api_authentication_and_scope(client: httpx.AsyncClient, receiver:
 
 
 async def test_secret_rotation_signs_with_both_secrets_then_the_new_one(
-        client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: Receiver, department: str) -> None:
-    had = finess()
+        client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: WebhookReceiver, department: str) -> None:
+    had = unique_finess()
     me = auth("had", finess=had)
     subscription = await subscribe(client, receiver.url, "had", finess=had)
     old = subscription["secret"]
@@ -357,10 +356,10 @@ async def test_secret_rotation_signs_with_both_secrets_then_the_new_one(
         verify(old, after.headers, after.body)
 
 
-async def test_delivery_latency(client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: Receiver,
+async def test_delivery_latency(client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: WebhookReceiver,
                                 department: str) -> None:
     """Kafka publication → webhook received, one event at a time (the unloaded latency)."""
-    had = finess()
+    had = unique_finess()
     await subscribe(client, receiver.url, "had", finess=had)
     latencies = []
     for n in range(1, 31):

@@ -44,11 +44,11 @@ from reflexe_notify.settings import NotifySettings
 from reflexe_referral.entrypoints import fhir_mapping as fm
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
-from tests.integration.notify.kit import Receiver
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.fhir_data import healthcare_service_declaration, service_request_resource
 from tests.support.issuer import suite_issuer
 from tests.support.kafka import mark_caught_up
+from tests.support.receiver import WebhookReceiver
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ class World:
     had_a: str
     had_b: str
     had_pick: str
-    receiver: Receiver
+    receiver: WebhookReceiver
     shared: dict[str, Any] = field(default_factory=dict)  # referral ids, subscription ids, ...
     failed: dict[str, list[str]] = field(default_factory=dict)  # recipient -> FAILED webhook ids
     desk_session: str = ""
@@ -229,7 +229,7 @@ async def register(capacity: httpx.AsyncClient, department: str, communes: list[
 
 @pytest.fixture(scope="module")
 async def world(apps) -> AsyncIterator[World]:
-    receiver = await Receiver(answer=lambda _id, _nth: 500).start()  # every webhook fails: deliveries to retry
+    receiver = await WebhookReceiver(answer=lambda _id, _nth: 500).start()  # every webhook fails: deliveries to retry
     clients = {name: httpx.AsyncClient(base_url=url, timeout=60) for name, url in apps["urls"].items()}
     try:
         capacity = clients["capacity"]
