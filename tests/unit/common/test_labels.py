@@ -3,6 +3,7 @@ so a page, an alert or an explanation never shows a raw code nor knows a value t
 
 from __future__ import annotations
 
+import dataclasses
 from enum import StrEnum
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from reflexe_common import labels
 from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain.model import Status
+from reflexe_referral.domain.values import Conditions
 
 
 @pytest.mark.parametrize(("table", "vocabulary"), [
@@ -29,3 +31,7 @@ def test_each_table_labels_exactly_the_values_of_its_vocabulary(table: dict[str,
 ])
 def test_durations_are_written_the_french_way(seconds: float, text: str) -> None:
     assert labels.duration_fr(seconds) == text
+
+
+def test_the_conditions_labelled_are_those_a_referral_states() -> None:
+    assert set(labels.CONDITION_FR) == {f.name for f in dataclasses.fields(Conditions)}

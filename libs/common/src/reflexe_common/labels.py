@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 
+# The conditions a referral states (`conditions.<name>`): without consent and the GP's agreement it
+# stays INCOMPLETE, and the desk's queue names what is missing.
+CONDITION_FR = {"patient_consent": "consentement du patient", "gp_agreement": "accord du médecin traitant",
+                "caregiver_present": "aidant présent"}
 # The referral lifecycle's statuses (the referral service's domain owns the lifecycle itself).
 REFERRAL_STATUS_FR = {
     "INCOMPLETE": "Incomplète — en attente", "REQUESTED": "En recherche", "OFFERED": "Proposée",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reflexe_common.labels import REASON_FR, URGENCY_FR
+from reflexe_common.labels import CONDITION_FR, REASON_FR, URGENCY_FR
 from reflexe_notify.domain.routing import EventKind
 
 # Events a desk must act on: the clocks that ran out, no HAD found, a notification lost.
@@ -18,8 +18,6 @@ ALERTS = frozenset({
     str(EventKind.DELIVERY_FAILED), str(EventKind.OFFER_EXPIRED), str(EventKind.OFFER_DECLINED),
 })
 
-_CONDITION_FR = {"conditions.patient_consent": "consentement du patient",
-                 "conditions.gp_agreement": "accord du médecin traitant", "conditions.caregiver_present": "aidant présent"}
 
 
 def reason_fr(code: str | None) -> str:
@@ -76,8 +74,8 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str, str]:
         case "referral.discharged":
             return "Fin de séjour", f"Demande {ref} : fin de séjour en HAD."
         case "referral.updated":
-            fields = ", ".join(_CONDITION_FR.get(f, f) for f in data.get("changed_fields", []))
-            still = ", ".join(_CONDITION_FR.get(f"conditions.{m}", m) for m in data.get("missing_conditions", []))
+            fields = ", ".join(CONDITION_FR.get(f.removeprefix("conditions."), f) for f in data.get("changed_fields", []))
+            still = ", ".join(CONDITION_FR.get(m, m) for m in data.get("missing_conditions", []))
             return "Demande mise à jour", (f"Demande {ref} mise à jour ({fields})" + (f" ; manque encore : {still}." if still else "."))
         case "referral.completed":
             return "Demande complétée", f"Demande {ref} : consentements reçus, recherche d'une HAD lancée."

@@ -12,15 +12,15 @@ from zoneinfo import ZoneInfo
 
 from reflexe_common.geography import Geography
 # The vocabulary's labels, offered to the templates and views beside the pages' own words.
-from reflexe_common.labels import (CAPACITY_STATUS_FR, DURATION_UNITS, EQUIPMENT_FR, PLACE_FR, REFERRAL_STATUS_FR,
-                                   SEX_FR, SOURCE_FR, URGENCY_FR, duration_fr)
+from reflexe_common.labels import (CAPACITY_STATUS_FR, CONDITION_FR, DURATION_UNITS, EQUIPMENT_FR, PLACE_FR,
+                                   REFERRAL_STATUS_FR, SEX_FR, SOURCE_FR, URGENCY_FR, duration_fr)
 from reflexe_common.vocabulary import MPP_LABELS
 
 STATUS_FR = REFERRAL_STATUS_FR
 # The HADs' board also shows those that have declared nothing yet.
 BOARD_STATUS_FR = {**CAPACITY_STATUS_FR, "UNDECLARED": "Non déclarée"}
 # What keeps an INCOMPLETE referral from being offered, named on its queue row.
-MISSING_FR = {"patient_consent": "consentement du patient", "gp_agreement": "accord du médecin traitant"}
+MISSING_FR = CONDITION_FR
 CLOCK_FR = {"HOLD_EXPIRY": "Fin de la réservation de place", "OFFER_UNANSWERED": "Relance de l’HAD sans réponse",
             "ADMISSION_OVERDUE": "Objectif d’admission (24 h après la demande, ou le jour programmé)"}
 # Who acted on a referral, from the actor of its events ("kind:id").
