@@ -1,13 +1,17 @@
-"""Fixtures of the notify tests, on the session's real Kafka and PostgreSQL (tests/conftest.py)."""
+"""Fixtures of the notify tests, on the session's real Kafka and PostgreSQL (tests/conftest.py): the
+producer, a client of the module's own notify app, and the webhook receivers a test starts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.support.infra import Infra
+from tests.support.receiver import WebhookReceiver
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +20,30 @@ async def producer(topics: Infra) -> AsyncIterator[AIOKafkaProducer]:
     await p.start()
     yield p
     await p.stop()
+
+
+@pytest.fixture(scope="module")
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's own notify app (each module builds `app` with the settings it tests)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notify") as c:
+        yield c
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Callable[..., Awaitable[WebhookReceiver]]]:
+    """Starts receivers as the test asks (`await receivers(host=..., answer=...)`)."""
+    started: list[WebhookReceiver] = []
+
+    async def make(**settings: Any) -> WebhookReceiver:
+        started.append(await WebhookReceiver(**settings).start())
+        return started[-1]
+
+    yield make
+    for r in started:
+        await r.stop()

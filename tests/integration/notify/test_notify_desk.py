@@ -28,14 +28,10 @@ from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.services import bearer, eventually, serve_in_process
+from tests.support.services import eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
 STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
-
-
-def auth(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +58,6 @@ async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> Async
 
 
 @pytest.fixture(scope="module")
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notify") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 async def url(app: Any) -> AsyncIterator[str]:
     async with serve_in_process(app, lifespan=False) as base:
         yield base
@@ -81,7 +71,7 @@ def capacity_changed(department: str, live: int) -> capacity_pb2.LivePlacesChang
 
 async def test_the_stream_resumes_with_last_event_id_without_a_gap_or_a_repeat(
         url: str, producer: AIOKafkaProducer) -> None:
-    desk = auth("desk", department=STREAM_DEPARTMENT)
+    desk = token("desk", department=STREAM_DEPARTMENT)
     stream_url = f"{url}/v1/desks/{STREAM_DEPARTMENT}/stream"
     async with httpx.AsyncClient() as http:
         first = SseCollector(http, stream_url, desk)
@@ -138,10 +128,10 @@ async def test_numbers_commit_in_order_even_when_writers_race(app: Any) -> None:
 
 async def test_the_stream_and_alerts_are_authenticated_and_scoped(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/stream")).status_code == 401
-    forbidden = await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/stream", headers=auth("desk", department="34"))
+    forbidden = await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/stream", headers=token("desk", department="34"))
     assert forbidden.status_code == 403
     assert (await client.get(f"/v1/desks/{STREAM_DEPARTMENT}/alerts",
-                             headers=auth("had", finess="340011295"))).status_code == 403
+                             headers=token("had", finess="340011295"))).status_code == 403
     assert (await client.get("/desk/34/stream")).status_code == 401
     assert (await client.get("/desk/34/fragments")).status_code == 401
 
@@ -229,7 +219,7 @@ async def test_only_desk_accounts_open_the_desk_page_and_a_callback_works_once(c
 
 async def test_an_escalation_is_emailed_in_french_and_logged(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, smtp: SmtpSink) -> None:
-    desk = auth("desk", department=MAIL_DEPARTMENT)
+    desk = token("desk", department=MAIL_DEPARTMENT)
     subscribed = await client.post("/v1/subscriptions", headers=desk, json={
         "email": "bureau972@mssante.test", "event_types": ["referral.escalated", "admission.overdue"]})
     assert subscribed.status_code == 201, subscribed.text
@@ -268,7 +258,7 @@ async def test_an_escalation_is_emailed_in_french_and_logged(
 
 async def test_a_refused_email_is_retried_with_the_same_message_id(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, smtp: SmtpSink) -> None:
-    desk = auth("desk", department=RETRY_DEPARTMENT)
+    desk = token("desk", department=RETRY_DEPARTMENT)
     smtp.answer = lambda _id, nth: "451 4.3.0 Réessayez plus tard" if nth <= 2 else None
     try:
         assert (await client.post("/v1/subscriptions", headers=desk, json={

@@ -27,16 +27,12 @@ from tests.support.desk import SseCollector
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
 from tests.support.receiver import WebhookReceiver
-from tests.support.services import bearer, eventually
+from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.integration
 # Departments whose streams only this module reads (others may write there; the checks look for
 # this module's own referrals and HADs only).
 CANCEL_DEPARTMENT, OWN_DEPARTMENT, NEIGHBOUR, NOT_WIDENED, HAD_FIRST, HAD_SECOND = "48", "46", "12", "15", "65", "32"
-
-
-def auth(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +47,6 @@ async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
         await application.state.pool.execute("UPDATE subscriptions SET active = false")
         await eventually(application.state.desk_hub.listening.is_set, what="the desk stream listener")
         yield application
-
-
-@pytest.fixture(scope="module")
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notify") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -77,22 +67,9 @@ async def url(app: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 20)
 
 
-@pytest.fixture
-async def receivers() -> AsyncIterator[Any]:
-    started: list[WebhookReceiver] = []
-
-    async def make() -> WebhookReceiver:
-        started.append(await WebhookReceiver().start())
-        return started[-1]
-
-    yield make
-    for r in started:
-        await r.stop()
-
-
 async def subscribe_had(client: httpx.AsyncClient, receiver: WebhookReceiver, had: str) -> None:
     response = await client.post("/v1/subscriptions", json={"url": receiver.url, "event_types": []},
-                                 headers=auth("had", finess=had))
+                                 headers=token("had", finess=had))
     assert response.status_code == 201, response.text
 
 
@@ -171,7 +148,7 @@ async def test_a_widened_referral_reaches_the_neighbouring_desk_and_its_later_ev
     referral_id, offer_id, neighbour_had = str(uuid.uuid4()), str(uuid.uuid4()), unique_finess()
     mine = lambda events: [e.json for e in events if e.json["data"].get("referral_id") == referral_id]  # noqa: E731
     async with httpx.AsyncClient() as http:
-        streams = {d: SseCollector(http, f"{url}/v1/desks/{d}/stream", auth("desk", department=d))
+        streams = {d: SseCollector(http, f"{url}/v1/desks/{d}/stream", token("desk", department=d))
                    for d in (OWN_DEPARTMENT, NEIGHBOUR, NOT_WIDENED)}
         for stream in streams.values():
             await asyncio.wait_for(stream.opened.wait(), 10)
@@ -196,9 +173,9 @@ async def test_a_widened_referral_reaches_the_neighbouring_desk_and_its_later_ev
     assert own[1]["alert"] is False  # its own act
     assert mine(streams[NOT_WIDENED].events) == []
 
-    alerts = (await client.get(f"/v1/desks/{NEIGHBOUR}/alerts", headers=auth("desk", department=NEIGHBOUR))).json()
+    alerts = (await client.get(f"/v1/desks/{NEIGHBOUR}/alerts", headers=token("desk", department=NEIGHBOUR))).json()
     assert [a["type"] for a in alerts["alerts"] if a["data"].get("referral_id") == referral_id] == ["referral.widened"]
-    elsewhere = (await client.get(f"/v1/desks/{NOT_WIDENED}/alerts", headers=auth("desk", department=NOT_WIDENED))).json()
+    elsewhere = (await client.get(f"/v1/desks/{NOT_WIDENED}/alerts", headers=token("desk", department=NOT_WIDENED))).json()
     assert all(a["data"].get("referral_id") != referral_id for a in elsewhere["alerts"])
 
 
@@ -209,7 +186,7 @@ async def test_a_multi_department_hads_capacity_reaches_each_desk_it_serves(
                                              declared_places=4, status="OPEN", authorised_places=30,
                                              departments=[HAD_FIRST, HAD_SECOND])
     async with httpx.AsyncClient() as http:
-        streams = {d: SseCollector(http, f"{url}/v1/desks/{d}/stream", auth("desk", department=d))
+        streams = {d: SseCollector(http, f"{url}/v1/desks/{d}/stream", token("desk", department=d))
                    for d in (HAD_FIRST, HAD_SECOND)}
         for stream in streams.values():
             await asyncio.wait_for(stream.opened.wait(), 10)

@@ -31,13 +31,6 @@ DEPARTMENT = "79"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    r = await WebhookReceiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def db(infra: Infra) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(infra.database_url, server_settings={"search_path": "notify"})
     yield conn

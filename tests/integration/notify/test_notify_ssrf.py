@@ -78,25 +78,6 @@ async def app(infra: Infra, producer: AIOKafkaProducer, dns: ScriptedResolver) -
         yield application
 
 
-@pytest.fixture(scope="module")
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://notify") as c:
-        yield c
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[Any]:
-    started: list[WebhookReceiver] = []
-
-    async def make(**kw: Any) -> WebhookReceiver:
-        started.append(await WebhookReceiver(**kw).start())
-        return started[-1]
-
-    yield make
-    for r in started:
-        await r.stop()
-
-
 @pytest.fixture(scope="module", autouse=True)
 async def consumer_is_running(app: Any, client: httpx.AsyncClient, producer: AIOKafkaProducer) -> None:
     """One round trip first: the consumer group has joined and the dispatcher runs."""

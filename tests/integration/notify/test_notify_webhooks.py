@@ -25,7 +25,7 @@ from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
 from tests.support.receiver import WebhookReceiver, verify
-from tests.support.services import bearer, eventually
+from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 4
@@ -37,10 +37,6 @@ _departments = iter(f"{n:02d}" for n in range(1, 96))
 def department() -> str:
     """A department of its own per test, so that desks' receivers see only their test's webhooks."""
     return next(_departments)
-
-
-def auth(role: str, **scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer(role, **scope)}"}
 
 
 @pytest.fixture(scope="module")
@@ -57,36 +53,10 @@ async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
         yield application
 
 
-@pytest.fixture(scope="module")
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://notify") as c:
-        yield c
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    r = await WebhookReceiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[Any]:
-    started: list[WebhookReceiver] = []
-
-    async def make(**kw: Any) -> WebhookReceiver:
-        started.append(await WebhookReceiver(**kw).start())
-        return started[-1]
-
-    yield make
-    for r in started:
-        await r.stop()
-
-
 async def subscribe(client: httpx.AsyncClient, url: str, role: str, event_types: list[str] | None = None,
                     **scope: str) -> dict[str, Any]:
     response = await client.post("/v1/subscriptions", json={"url": url, "event_types": event_types or []},
-                                 headers=auth(role, **scope))
+                                 headers=token(role, **scope))
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -95,7 +65,7 @@ async def deliveries(client: httpx.AsyncClient, role: str, **scope: str) -> list
     """The caller's whole delivery log, page by page (pages are at most 200 rows)."""
     rows: list[dict[str, Any]] = []
     while True:
-        response = await client.get("/v1/deliveries", params={"limit": 200, "offset": len(rows)}, headers=auth(role, **scope))
+        response = await client.get("/v1/deliveries", params={"limit": 200, "offset": len(rows)}, headers=token(role, **scope))
         assert response.status_code == 200, response.text
         rows += response.json()
         if len(response.json()) < 200:
@@ -218,12 +188,12 @@ async def test_a_receiver_always_failing_is_given_up_and_the_desk_told(
 
     # Once the receiver is fixed, the HAD re-queues it: same webhook-id, delivered.
     healthy = True
-    response = await client.post(f"/v1/deliveries/{failed['webhook_id']}/retry", headers=auth("had", finess=had))
+    response = await client.post(f"/v1/deliveries/{failed['webhook_id']}/retry", headers=token("had", finess=had))
     assert response.status_code == 200, response.text
     await eventually(lambda: had_receiver.received[-1:] and len(had_receiver.received) == MAX_ATTEMPTS + 1,
                      what="the manual retry")
     assert had_receiver.distinct_ids() == {failed["webhook_id"]}
-    again = await client.post(f"/v1/deliveries/{failed['webhook_id']}/retry", headers=auth("had", finess=had))
+    again = await client.post(f"/v1/deliveries/{failed['webhook_id']}/retry", headers=token("had", finess=had))
     assert again.status_code == 409  # only a FAILED delivery can be re-queued
 
 
@@ -236,7 +206,7 @@ async def test_410_gone_disables_the_subscription(
     await publish(producer, offer_proposed(department, had))
     await eventually(lambda: desk_receiver.received, what="delivery.failed")
     assert len(gone.received) == 1
-    listed = await client.get("/v1/subscriptions", headers=auth("had", finess=had))
+    listed = await client.get("/v1/subscriptions", headers=token("had", finess=had))
     assert listed.json() == []
 
 
@@ -303,35 +273,35 @@ async def test_api_authentication_and_scope(client: httpx.AsyncClient, receiver:
     async def post(body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         return await client.post("/v1/subscriptions", json=body, headers=headers)
 
-    assert (await post({"url": receiver.url, "recipient": "desk:34"}, auth("had", finess=had))).status_code == 403
-    assert (await post({"url": receiver.url, "recipient": f"had:{other}"}, auth("had", finess=had))).status_code == 403
-    assert (await post({"url": receiver.url}, auth("ars", region="76"))).status_code == 403
+    assert (await post({"url": receiver.url, "recipient": "desk:34"}, token("had", finess=had))).status_code == 403
+    assert (await post({"url": receiver.url, "recipient": f"had:{other}"}, token("had", finess=had))).status_code == 403
+    assert (await post({"url": receiver.url}, token("ars", region="76"))).status_code == 403
     for bad in ("not a url", "ftp://example.org/hook", ""):
-        response = await post({"url": bad}, auth("had", finess=had))
+        response = await post({"url": bad}, token("had", finess=had))
         assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
-    assert (await post({"url": receiver.url, "event_types": ["no.such"]}, auth("had", finess=had))).status_code == 422
-    assert (await post({"url": receiver.url, "secret": "whsec_short"}, auth("had", finess=had))).status_code == 422
-    assert (await post({"url": receiver.url}, auth("admin"))).status_code == 422  # an admin names the recipient
-    created = await post({"url": receiver.url, "recipient": f"had:{other}"}, auth("admin"))
+    assert (await post({"url": receiver.url, "event_types": ["no.such"]}, token("had", finess=had))).status_code == 422
+    assert (await post({"url": receiver.url, "secret": "whsec_short"}, token("had", finess=had))).status_code == 422
+    assert (await post({"url": receiver.url}, token("admin"))).status_code == 422  # an admin names the recipient
+    created = await post({"url": receiver.url, "recipient": f"had:{other}"}, token("admin"))
     assert created.status_code == 201 and created.json()["secret"].startswith("whsec_")
 
-    mine = (await post({"url": receiver.url}, auth("had", finess=had))).json()
-    listed = (await client.get("/v1/subscriptions", headers=auth("had", finess=had))).json()
+    mine = (await post({"url": receiver.url}, token("had", finess=had))).json()
+    listed = (await client.get("/v1/subscriptions", headers=token("had", finess=had))).json()
     assert [s["id"] for s in listed] == [mine["id"]] and "secret" not in listed[0]
     theirs = created.json()["id"]
     for path in (f"/v1/subscriptions/{theirs}/rotate", f"/v1/subscriptions/{theirs}/rotate/complete"):
-        assert (await client.post(path, headers=auth("had", finess=had))).status_code == 404  # not its to know of
-    assert (await client.delete(f"/v1/subscriptions/{theirs}", headers=auth("had", finess=had))).status_code == 404
-    assert (await client.delete(f"/v1/subscriptions/{uuid.uuid4()}", headers=auth("had", finess=had))).status_code == 404
-    assert (await client.post("/v1/deliveries/msg_nope/retry", headers=auth("had", finess=had))).status_code == 404
-    assert (await client.delete(f"/v1/subscriptions/{mine['id']}", headers=auth("had", finess=had))).status_code == 204
-    assert (await client.get("/v1/subscriptions", headers=auth("had", finess=had))).json() == []
+        assert (await client.post(path, headers=token("had", finess=had))).status_code == 404  # not its to know of
+    assert (await client.delete(f"/v1/subscriptions/{theirs}", headers=token("had", finess=had))).status_code == 404
+    assert (await client.delete(f"/v1/subscriptions/{uuid.uuid4()}", headers=token("had", finess=had))).status_code == 404
+    assert (await client.post("/v1/deliveries/msg_nope/retry", headers=token("had", finess=had))).status_code == 404
+    assert (await client.delete(f"/v1/subscriptions/{mine['id']}", headers=token("had", finess=had))).status_code == 204
+    assert (await client.get("/v1/subscriptions", headers=token("had", finess=had))).json() == []
 
 
 async def test_secret_rotation_signs_with_both_secrets_then_the_new_one(
         client: httpx.AsyncClient, producer: AIOKafkaProducer, receiver: WebhookReceiver, department: str) -> None:
     had = unique_finess()
-    me = auth("had", finess=had)
+    me = token("had", finess=had)
     subscription = await subscribe(client, receiver.url, "had", finess=had)
     old = subscription["secret"]
     rotated = await client.post(f"/v1/subscriptions/{subscription['id']}/rotate", headers=me)
