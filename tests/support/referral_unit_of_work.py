@@ -28,12 +28,14 @@ class Stored:
 class Committed:
     referrals: dict[str, Stored] = field(default_factory=dict)
     audits: list[AuditRecord] = field(default_factory=list)
+    patient_event_outcomes: dict[str, dict] = field(default_factory=dict)
 
 
 class FakeReferrals:
     def __init__(self, committed: Committed) -> None:
         self.rows = {rid: Stored(s.request_hash, list(s.events)) for rid, s in committed.referrals.items()}
         self.audits = list(committed.audits)
+        self.patient_event_outcomes = dict(committed.patient_event_outcomes)
         self.serialised: list[str] = []
 
     async def serialise(self, key: str) -> None:
@@ -64,6 +66,19 @@ class FakeReferrals:
         self.audits.append(AuditRecord(action, referral_id, refused_code))
 
 
+    async def referral_ids_of_patient(self, pseudonym: str) -> list[str]:
+        requests = [stored.events[0].request for stored in self.rows.values()]
+        return [r.referral_id for r in sorted(requests, key=lambda r: r.requested_at, reverse=True)
+                if r.patient.pseudonym == pseudonym]
+
+    async def patient_event_outcome(self, message_key: str) -> dict | None:
+        return self.patient_event_outcomes.get(message_key)
+
+    async def record_patient_event_outcome(self, message_key: str, outcome: dict) -> None:
+        assert message_key not in self.patient_event_outcomes, "recorded twice"
+        self.patient_event_outcomes[message_key] = dict(outcome)
+
+
 class FakeUnitOfWork:
     def __init__(self) -> None:
         self.committed = Committed()
@@ -80,7 +95,8 @@ class FakeUnitOfWork:
                         tb: TracebackType | None) -> None:
         self.serialised.extend(self.referrals.serialised)
         if exc_type is None:
-            self.committed = Committed(self.referrals.rows, self.referrals.audits)
+            self.committed = Committed(self.referrals.rows, self.referrals.audits,
+                                       self.referrals.patient_event_outcomes)
             self.commits += 1
         else:
             self.rollbacks += 1

@@ -3,6 +3,7 @@ and the outbox, all written in the caller's transaction."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 
@@ -96,6 +97,22 @@ class ReferralStore:
                 "INSERT INTO clocks (referral_id, kind, offer_id, due_at) VALUES ($1, $2, $3, $4)",
                 [(rid, str(c.kind), c.offer_id or "", c.due_at) for c in clocks],
             )
+
+    async def referral_ids_of_patient(self, pseudonym: str) -> list[str]:
+        """The patient's referrals, the latest first."""
+        rows = await self._conn.fetch("SELECT referral_id FROM referrals WHERE patient_pseudonym = $1 "
+                                      "ORDER BY requested_at DESC", pseudonym)
+        return [str(r["referral_id"]) for r in rows]
+
+    async def patient_event_outcome(self, message_key: str) -> dict | None:
+        """What a patient event reported under this message key was answered, if it was."""
+        earlier = await self._conn.fetchval("SELECT outcome FROM patient_event_receipts WHERE message_key = $1",
+                                            message_key)
+        return json.loads(earlier) if earlier is not None else None
+
+    async def record_patient_event_outcome(self, message_key: str, outcome: dict) -> None:
+        await self._conn.execute("INSERT INTO patient_event_receipts (message_key, outcome) VALUES ($1, $2)",
+                                 message_key, json.dumps(outcome))
 
     async def due_clocks(self, now: datetime, limit: int = 100) -> list[asyncpg.Record]:
         """Due clocks, unlocked: the firing transaction locks the referral first, then re-checks

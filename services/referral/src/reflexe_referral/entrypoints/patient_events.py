@@ -42,8 +42,7 @@ async def patient_event(body: PatientEventIn, request: Request, principal: Princ
         raise ApiError(422, "INVALID_EVENT", "occurred_at must carry a time zone",
                        [{"field": "body.occurred_at", "message": "a time zone is required"}])
     service = request.app.state.referrals
-    state = request.app.state
     event = PatientEvent(message_key=body.message_key, sender_finess=body.sender_finess, effect=body.effect,
                          pseudonym=body.pseudonym, referral_id=str(body.referral_id) if body.referral_id else None,
                          occurred_at=body.occurred_at)
-    return await apply_patient_event(state.pool, state.unanswered_after, event, service.now())
+    return await apply_patient_event(service.unit_of_work(), event, service.now())

@@ -12,17 +12,13 @@ same transaction as its effect, so a retried report is answered with the first o
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-import asyncpg
+from datetime import datetime
 
 from reflexe_common.vocabulary import Reason
-from reflexe_referral.adapters.store import ReferralStore
 from reflexe_referral.domain.errors import IllegalTransition
 from reflexe_referral.domain.model import Referral, Status
+from reflexe_referral.service_layer.unit_of_work import UnitOfWork
 
 HOSPITAL_EFFECTS = ("ED_EXIT", "HOSPITALISED", "DECEASED")
 HAD_EFFECTS = ("HAD_ADMITTED", "HAD_DISCHARGED")
@@ -60,23 +56,18 @@ def _decide(referral: Referral, event: PatientEvent, now: datetime) -> list:
     raise ValueError(f"unknown patient event effect {event.effect!r}")
 
 
-async def apply_patient_event(pool: asyncpg.Pool, unanswered_after: timedelta, event: PatientEvent,
-                              now: datetime) -> dict:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", event.message_key)
-        earlier = await conn.fetchval("SELECT outcome FROM patient_event_receipts WHERE message_key = $1",
-                                      event.message_key)
+async def apply_patient_event(uow: UnitOfWork, event: PatientEvent, now: datetime) -> dict:
+    """The outcome: APPLIED, MATCHED (nothing new), REFUSED (with the domain's code) or UNMATCHED."""
+    async with uow:
+        referrals = uow.referrals
+        await referrals.serialise(event.message_key)
+        earlier = await referrals.patient_event_outcome(event.message_key)
         if earlier is not None:
-            return json.loads(earlier)
-        store = ReferralStore(conn, unanswered_after)
-        if event.referral_id:
-            ids = await conn.fetch("SELECT referral_id FROM referrals WHERE referral_id = $1", uuid.UUID(event.referral_id))
-        else:
-            ids = await conn.fetch("SELECT referral_id FROM referrals WHERE patient_pseudonym = $1 "
-                                   "ORDER BY requested_at DESC", event.pseudonym)
+            return earlier
+        ids = [event.referral_id] if event.referral_id else await referrals.referral_ids_of_patient(event.pseudonym)
         outcome: dict = {"outcome": "UNMATCHED", "referral_id": None, "code": None}
-        for row in ids:
-            referral = await store.load(str(row["referral_id"]))
+        for referral_id in ids:
+            referral = await referrals.load(referral_id)
             if referral is None or not _concerns(referral, event):
                 continue
             # An HAD's report follows the referral it accepted, closed or not; a hospital's only
@@ -90,11 +81,10 @@ async def apply_patient_event(pool: asyncpg.Pool, unanswered_after: timedelta, e
             except IllegalTransition as exc:
                 outcome.update(outcome="REFUSED", code=exc.code)
             else:
-                await store.append(referral, events)
+                await referrals.append(referral, events)
                 outcome.update(outcome="APPLIED" if events else "MATCHED")
-                await store.audit(f"gateway:{event.message_key}", f"gateway:{event.sender_finess}",
-                                  f"gateway.{event.effect.lower()}", referral.referral_id, referral.department)
+                await referrals.audit(f"gateway:{event.message_key}", f"gateway:{event.sender_finess}",
+                                      f"gateway.{event.effect.lower()}", referral.referral_id, referral.department)
             break
-        await conn.execute("INSERT INTO patient_event_receipts (message_key, outcome) VALUES ($1, $2)",
-                           event.message_key, json.dumps(outcome))
+        await referrals.record_patient_event_outcome(event.message_key, outcome)
         return outcome
