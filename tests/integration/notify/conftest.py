@@ -1,5 +1,6 @@
 """Fixtures of the notify tests, on the session's real Kafka and PostgreSQL (tests/conftest.py): the
-producer, a client of the module's own notify app, and the webhook receivers a test starts."""
+producer, a client of the module's own notify app and its URL on a real socket, and the webhook
+receivers a test starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support.infra import Infra
 from tests.support.receiver import WebhookReceiver
+from tests.support.services import serve_in_process
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +29,13 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the module's own notify app (each module builds `app` with the settings it tests)."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notify") as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+async def url(app: Any) -> AsyncIterator[str]:
+    """The module's notify app on a real socket: streams need one (ASGITransport buffers whole answers)."""
+    async with serve_in_process(app, lifespan=False) as base:
+        yield base
 
 
 @pytest.fixture

@@ -24,12 +24,23 @@ from reflexe_notify.settings import NotifySettings
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, pseudonym, unique_finess
+from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
 from tests.support.services import NOTIFY_ENV, serve_in_process, token
 
 # What the notify service needs to run in tests: a key sealing webhook secrets, and the local
 # receivers (plain http on 127.0.0.1) allowed, which a deployment refuses by default.
 NOTIFY_TEST_ENV = NOTIFY_ENV
+
+
+def notify_settings(infra: Infra, **overrides: Any) -> NotifySettings:
+    """Notify on the session's broker, database and token issuer, retrying quickly (4 attempts,
+    backoff from 0.05 s to 0.2 s, 3 s per attempt), with the tests' key and local receivers allowed."""
+    return NotifySettings(**{
+        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url, "OIDC_ISSUER": suite_issuer().url,
+        "NOTIFY_MAX_ATTEMPTS": 4, "NOTIFY_BACKOFF_BASE_SECONDS": 0.05, "NOTIFY_BACKOFF_MAX_SECONDS": 0.2,
+        "NOTIFY_TIMEOUT_SECONDS": 3, "NOTIFY_IDLE_POLL_SECONDS": 0.5, "LOG_LEVEL": "WARNING", **NOTIFY_TEST_ENV,
+        **overrides})
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 

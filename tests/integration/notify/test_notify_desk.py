@@ -22,13 +22,11 @@ from reflexe_common.finess import with_key
 from reflexe_notify.adapters import store
 from reflexe_notify.domain.desk import DeskEvent
 from reflexe_notify.entrypoints.app import build_app
-from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, header, publish, referral_requested
+from tests.integration.notify.kit import AT, header, notify_settings, publish, referral_requested
 from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.services import eventually, token
 
 pytestmark = pytest.mark.integration
 STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
@@ -43,11 +41,8 @@ def smtp() -> SmtpSink:
 
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> AsyncIterator[Any]:
-    settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
-        NOTIFY_MAX_ATTEMPTS=4, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING", **NOTIFY_TEST_ENV,
-        NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=smtp.port, NOTIFY_SMTP_FROM="Réflexe <ne-pas-repondre@reflexe.test>",
+    settings = notify_settings(
+        infra, NOTIFY_SMTP_HOST="127.0.0.1", NOTIFY_SMTP_PORT=smtp.port, NOTIFY_SMTP_FROM="Réflexe <ne-pas-repondre@reflexe.test>",
         NOTIFY_PUBLIC_URL="https://reflexe.test",
     )
     application = build_app(settings)
@@ -55,12 +50,6 @@ async def app(infra: Infra, producer: AIOKafkaProducer, smtp: SmtpSink) -> Async
         await application.state.pool.execute("UPDATE subscriptions SET active = false")
         await eventually(application.state.desk_hub.listening.is_set, what="the desk stream listener")
         yield application
-
-
-@pytest.fixture(scope="module")
-async def url(app: Any) -> AsyncIterator[str]:
-    async with serve_in_process(app, lifespan=False) as base:
-        yield base
 
 
 def capacity_changed(department: str, live: int) -> capacity_pb2.LivePlacesChanged:

@@ -20,12 +20,10 @@ from reflexe.v1 import capacity_pb2, referral_pb2
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.topics import CAPACITY_EVENTS
 from reflexe_notify.entrypoints.app import build_app
-from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import AT, NOTIFY_TEST_ENV, header, publish, referral_requested
+from tests.integration.notify.kit import AT, header, notify_settings, publish, referral_requested
 from tests.support.data import unique_finess
 from tests.support.desk import SseCollector
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
 from tests.support.receiver import WebhookReceiver
 from tests.support.services import eventually, token
 
@@ -37,34 +35,11 @@ CANCEL_DEPARTMENT, OWN_DEPARTMENT, NEIGHBOUR, NOT_WIDENED, HAD_FIRST, HAD_SECOND
 
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
-    settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
-        NOTIFY_MAX_ATTEMPTS=4, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=3, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING", **NOTIFY_TEST_ENV,
-    )
-    application = build_app(settings)
+    application = build_app(notify_settings(infra))
     async with application.router.lifespan_context(application):
         await application.state.pool.execute("UPDATE subscriptions SET active = false")
         await eventually(application.state.desk_hub.listening.is_set, what="the desk stream listener")
         yield application
-
-
-@pytest.fixture(scope="module")
-async def url(app: Any) -> AsyncIterator[str]:
-    # Streaming needs a real server: ASGITransport buffers the whole response.
-    import uvicorn
-
-    from tests.support.services import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, timeout=20, what="uvicorn")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
 
 
 async def subscribe_had(client: httpx.AsyncClient, receiver: WebhookReceiver, had: str) -> None:

@@ -24,11 +24,9 @@ from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.adapters.webhook_http import system_resolver
 from reflexe_notify.entrypoints.app import build_app
-from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import NOTIFY_TEST_ENV, offer_proposed, publish
+from tests.integration.notify.kit import NOTIFY_TEST_ENV, notify_settings, offer_proposed, publish
 from tests.support.data import unique_finess
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
 from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import eventually, token
 
@@ -65,12 +63,8 @@ def dns() -> ScriptedResolver:
 
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer, dns: ScriptedResolver) -> AsyncIterator[Any]:
-    settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
-        NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=2, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING",
-        NOTIFY_MAX_SUBSCRIPTIONS_PER_RECIPIENT=LIMIT, **NOTIFY_TEST_ENV,
-    )
+    settings = notify_settings(infra, NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_TIMEOUT_SECONDS=2,
+                               NOTIFY_MAX_SUBSCRIPTIONS_PER_RECIPIENT=LIMIT)
     application = build_app(settings, resolver=dns)
     async with application.router.lifespan_context(application):
         # Subscriptions of other modules point at receivers that are gone.

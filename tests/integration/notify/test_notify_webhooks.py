@@ -19,11 +19,9 @@ from reflexe_common.envelope import wrap
 from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_notify.entrypoints.app import build_app
 from reflexe_notify.service_layer.notifications import event_handler
-from reflexe_notify.settings import NotifySettings
-from tests.integration.notify.kit import NOTIFY_TEST_ENV, header, offer_proposed, publish, referral_requested
+from tests.integration.notify.kit import header, notify_settings, offer_proposed, publish, referral_requested
 from tests.support.data import unique_finess
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
 from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import eventually, token
 
@@ -41,12 +39,7 @@ def department() -> str:
 
 @pytest.fixture(scope="module")
 async def app(infra: Infra, producer: AIOKafkaProducer) -> AsyncIterator[Any]:
-    settings = NotifySettings(
-        KAFKA_BOOTSTRAP=infra.kafka_bootstrap, DATABASE_URL=infra.database_url, OIDC_ISSUER=suite_issuer().url,
-        NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_BACKOFF_BASE_SECONDS=0.05, NOTIFY_BACKOFF_MAX_SECONDS=0.2,
-        NOTIFY_TIMEOUT_SECONDS=2, NOTIFY_IDLE_POLL_SECONDS=0.5, LOG_LEVEL="WARNING", **NOTIFY_TEST_ENV,
-    )
-    application = build_app(settings)
+    application = build_app(notify_settings(infra, NOTIFY_MAX_ATTEMPTS=MAX_ATTEMPTS, NOTIFY_TIMEOUT_SECONDS=2))
     async with application.router.lifespan_context(application):
         # Subscriptions left by earlier runs on a reused database would add deliveries of their own.
         await application.state.pool.execute("UPDATE subscriptions SET active = false")
