@@ -25,20 +25,11 @@ import json
 from aiokafka.partitioner import murmur2
 
 from reflexe_common.geography import Geography, is_department_code
+from reflexe_common.partitioning import balanced_table
 
 
 def hash_partition(department_code: str, partitions: int) -> int:
     return (murmur2(department_code.encode()) & 0x7FFFFFFF) % partitions
-
-
-def balanced_table(populations: dict[str, int], partitions: int) -> dict[str, int]:
-    loads = [0] * partitions
-    table: dict[str, int] = {}
-    for code, population in sorted(populations.items(), key=lambda item: (-item[1], item[0])):
-        target = min(range(partitions), key=lambda p: (loads[p], p))
-        table[code] = target
-        loads[target] += population
-    return table
 
 
 def skew(populations: dict[str, int], placement: dict[str, int], partitions: int) -> dict[str, float | int]:

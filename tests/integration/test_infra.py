@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from tests.support.infra import Infra, make_state_dir, parse_exports, run_infra_sh, start_infra, stop_infra
+from tests.support.services import eventually
 
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
 KAFKA_PORT = 29092 + _OFFSET
@@ -50,7 +51,11 @@ async def test_kafka_create_topic_produce_consume(infra: Infra) -> None:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        assert topic in await admin.list_topics()
+        # The controller answers the creation before every broker's metadata has the topic.
+        async def listed() -> bool:
+            return topic in await admin.list_topics()
+
+        await eventually(listed, timeout=30, what=f"topic {topic} listed")
     finally:
         await admin.close()
 

@@ -18,6 +18,11 @@ from tests.support.infra import Infra
 async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], bool] = lambda e: True) -> list[Envelope]:
     """Every committed record of the topic from the beginning up to its current end (read as the
     super user)."""
+    return [e for e, _ in await read_all_with_partitions(infra, topic) if predicate(e)]
+
+
+async def read_all_with_partitions(infra: Infra, topic: str) -> list[tuple[Envelope, int]]:
+    """Every committed record of the topic with the partition it is on."""
     partitions = next(t.partitions for t in ALL_TOPICS if t.name == topic)
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer = AIOKafkaConsumer(**infra.kafka_options(), isolation_level="read_committed", enable_auto_commit=False)
@@ -26,7 +31,7 @@ async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], boo
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        found: list[Envelope] = []
+        found: list[tuple[Envelope, int]] = []
 
         async def behind() -> bool:
             for tp in tps:
@@ -42,8 +47,7 @@ async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], boo
                         envelope = unwrap(list(r.headers), r.value)
                     except PoisonRecord:
                         continue
-                    if predicate(envelope):
-                        found.append(envelope)
+                    found.append((envelope, r.partition))
         return found
     finally:
         await consumer.stop()

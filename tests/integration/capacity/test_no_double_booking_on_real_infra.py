@@ -45,15 +45,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reflexe_common.envelope import PoisonRecord, dt, message_class, unwrap
 from reflexe_common.geography import Geography
+from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.services import ServiceProcess, eventually, service_env, token
 
 pytestmark = pytest.mark.integration
 
-# One department per partition of the referral log (murmur2 of the department key, 6 partitions),
-# so that both matcher processes own some of the traffic whatever the assignment.
-DEPARTMENTS = ("11", "81", "83", "64", "12", "32")
+# Departments on partitions 0, 5, 10, 15, 19 and 22 of the referral log (reflexe_common.partition_table):
+# both halves and both parities, so that both matcher processes own some of the traffic whatever
+# the assignment.
+DEPARTMENTS = ("58", "55", "70", "61", "89", "51")
+assert sorted(department_partition(d) for d in DEPARTMENTS) == [0, 5, 10, 15, 19, 22]
 HADS = 4
 PLACES = 3
 REFERRALS = 300

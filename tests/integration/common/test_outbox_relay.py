@@ -15,8 +15,9 @@ from reflexe.v1 import referral_pb2
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.outbox import OutboxRelay, enqueue
+from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import REFERRAL_EVENTS
-from tests.support.kafka import read_all
+from tests.support.kafka import read_all, read_all_with_partitions
 from tests.support.services import eventually
 
 pytestmark = pytest.mark.integration
@@ -124,3 +125,31 @@ async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_re
 
 async def _all_marked(pool: asyncpg.Pool) -> bool:
     return await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+
+
+async def test_the_relay_puts_each_department_on_its_partition_of_the_table(topics):
+    pool, schema = await _fresh_schema(topics.database_url)
+    departments = ("59", "48", "2A", "971", "75", "13")
+    try:
+        sent: dict[str, str] = {}
+        async with pool.acquire() as conn, conn.transaction():
+            for department in departments:
+                message = referral_pb2.ReferralEscalated(header=referral_pb2.ReferralEventHeader(
+                    referral_id=str(uuid.uuid4()), department=department, occurred_at=ts(datetime.now(UTC))), why="test")
+                envelope = wrap(message, "test/outbox")
+                await enqueue(conn, REFERRAL_EVENTS.name, department, envelope)
+                sent[envelope.id] = department
+        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
+        task = asyncio.create_task(relay.run())
+        try:
+            await eventually(lambda: _all_marked(pool), timeout=30, what="the events published")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        landed = {e.id: partition for e, partition in await read_all_with_partitions(topics, REFERRAL_EVENTS.name)
+                  if e.id in sent}
+        assert landed == {event_id: department_partition(department) for event_id, department in sent.items()}
+        assert len(set(landed.values())) > 1, "the departments chosen are spread over several partitions"
+    finally:
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pool.close()

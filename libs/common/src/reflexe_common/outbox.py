@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from reflexe_common.envelope import Envelope
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_SECONDS, OUTBOX_PUBLISHED
+from reflexe_common.partitioning import DepartmentPartitioner
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class OutboxRelay:
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=1,
+                partitioner=DepartmentPartitioner(),
                 # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit
                 # markers are written; the default 100 ms backoff would then pace every batch.
                 retry_backoff_ms=5,

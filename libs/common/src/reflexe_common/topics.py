@@ -21,10 +21,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from reflexe_common.envelope import Envelope, PoisonRecord
 from reflexe_common.finess import FINESS_SHAPE, is_finess
 from reflexe_common.kafka import KafkaAccess
+from reflexe_common.partition_table import PARTITIONS
 
 log = logging.getLogger(__name__)
 
-DEPARTMENT_PARTITIONS = 6
+# 24 partitions, each department on the one its population earns (reflexe_common.partitioning).
+DEPARTMENT_PARTITIONS = PARTITIONS
 FOREVER = "-1"
 
 
