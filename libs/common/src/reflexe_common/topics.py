@@ -154,7 +154,9 @@ def topics_to_create(topics: tuple[Topic, ...], partition_counts: dict[str, int]
     missing topic too when the service may not create it."""
     for t in topics:
         if t.name in partition_counts and partition_counts[t.name] != t.partitions:
-            raise RuntimeError(f"topic {t.name} has {partition_counts[t.name]} partitions, expected {t.partitions}")
+            raise RuntimeError(f"topic {t.name} has {partition_counts[t.name]} partitions, expected {t.partitions}: "
+                               "changing the count is a migration (docs/scaling.md); a local broker is reset "
+                               "by deploy/local/infra.sh clean")
     missing = [t for t in topics if t.name not in partition_counts]
     if missing and not create:
         raise MissingTopics([t.name for t in missing])
