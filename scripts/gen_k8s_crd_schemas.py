@@ -4,7 +4,7 @@ their published CustomResourceDefinitions.
     python scripts/gen_k8s_crd_schemas.py PATH_TO/k8s-crds [--out deploy/k8s/schemas]
 
 Each served version of each CRD becomes `<group>/<kind>_<version>.json` (kubeconform's
-`-schema-location 'deploy/k8s/schemas/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json'`).
+`-schema-location` template: the schemas folder, then `{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json`).
 Strict like the Kubernetes schemas kubeconform uses with -strict: an object that declares its
 properties refuses any other (unless the CRD keeps unknown fields), so a misspelt field of a
 Kafka, a Cluster or a PrometheusRule fails validation instead of being silently dropped by the API

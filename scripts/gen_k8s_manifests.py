@@ -1,5 +1,5 @@
 """The Kubernetes resources that restate a declaration kept elsewhere in the project, generated
-from it so the two cannot drift (tests/unit/deploy/test_k8s_generated.py compares):
+from it so the two cannot drift (tests/unit/deploy/test_k8s_manifests.py compares):
 
 - deploy/k8s/base/generated/kafka-topics.yaml: a Strimzi KafkaTopic for every topic of
   reflexe_common/topics.py (partitions, retention as declared; 3 replicas, min.insync.replicas 2:
@@ -42,7 +42,7 @@ SYSTEMS_FILE = BASE / "kafka-systems.txt"
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
 DASHBOARDS_DIR = ROOT / "deploy" / "grafana" / "dashboards"
 
-KAFKA_CLUSTER = "reflexe"  # the Strimzi Kafka resource (deploy/k8s/overlays/*/kafka.yaml)
+KAFKA_CLUSTER = "reflexe"  # the Strimzi Kafka resource (deploy/k8s/base/kafka.yaml)
 REPLICAS = 3
 MIN_INSYNC_REPLICAS = 2
 PART_OF = {"app.kubernetes.io/part-of": "reflexe"}
