@@ -60,7 +60,7 @@ async def test_referral_offered_webhooked_accepted_and_counted(topics, tmp_path)
                 return [d for d in receiver.of_type("offer.proposed") if d.json["data"]["referral_id"] == referral_id]
 
             [webhook] = await eventually(offer_webhook, timeout=30, what="the offer webhook")
-            assert webhook.path == f"/had/{had}"
+            assert webhook.path == f"/hooks/had/{had}"  # the subscription's own URL
             assert verify(SECRET, webhook.headers, webhook.body)
             assert re.fullmatch(r"msg_[0-9a-f-]{36}", webhook.headers["webhook-id"])
             data = webhook.json["data"]
