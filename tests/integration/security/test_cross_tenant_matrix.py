@@ -342,6 +342,16 @@ def by_department(template: str, **kwargs: Any) -> Build:
     return build
 
 
+def liaison_rows(w: World, caller: str, response: httpx.Response) -> None:
+    """The liaison nurse's rows: her department's, without birth year, sex, consents or another HAD."""
+    rows = response.json()["referrals"]
+    assert rows, "the department's open referrals"
+    for row in rows:
+        assert row["department"] == IN
+        assert not {"conditions", "tried_hads", "current_offer", "accepted_had", "clocks"} & row.keys()
+        assert not {"birth_year", "sex"} & row["patient"].keys()
+
+
 def by_had(template: str, **kwargs: Any) -> Build:
     async def build(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
         return {"url": template.format(finess=w.had_a if scope == "in" else w.had_b), **kwargs}
@@ -584,6 +594,9 @@ MATRIX: list[Endpoint] = [
              waiting_referral("/v1/referrals/{referral_id}/desk/close", lambda w, scope: CLOSE)),
     Endpoint("referral", "GET", "/v1/departments/{department}/referrals", api(desk=SCOPED, ars=(ARS_ROWS, ARS_ROWS)),
              by_department("/v1/departments/{department}/referrals")),
+    # A liaison nurse's list to give the avis on: her HAD's departments only, a reduced view.
+    Endpoint("referral", "GET", "/v1/liaison/departments/{department}/referrals", api(liaison=SCOPED, admin=(403, 403)),
+             by_department("/v1/liaison/departments/{department}/referrals"), check=liaison_rows),
     # Only the HL7 gateway's system token (role gateway, no caller of this matrix) reports movements.
     Endpoint("referral", "POST", "/v1/patient-events", api(admin=(403, 403)),
              fixed("/v1/patient-events", json={"message_key": "340780477/MATRIX-1", "sender_finess": "340780477",

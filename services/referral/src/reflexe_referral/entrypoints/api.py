@@ -20,7 +20,8 @@ from reflexe_referral.domain import events as ev
 from reflexe_referral.domain.errors import IllegalTransition, InvalidRequest, StaleVersion
 from reflexe_referral.domain.model import Referral
 from reflexe_referral.entrypoints.schemas import (AvisIn, CloseIn, DeclineIn, DeskOfferIn, ReferralIn, RequestUpdateIn,
-                                                  WidenIn, had_referral_view, own_explanation, referral_view)
+                                                  WidenIn, had_referral_view, liaison_referral_view, own_explanation,
+                                                  referral_view)
 from reflexe_referral.service_layer.handlers import (ConflictingDuplicate, NotTheSource, ReferralService, Submitted,
                                                      SubmitReferral, UnknownCommune, UnknownReferral)
 
@@ -407,3 +408,21 @@ async def open_referrals(department: str, request: Request, page: Page = Depends
     return {"department": department, "as_of": now.isoformat(), "next_offset": next_offset,
             "referrals": [{**referral_view(r), "waiting_seconds": int((now - r.request.requested_at).total_seconds())}
                           for r in referrals]}
+
+
+@router.get("/liaison/departments/{department}/referrals",
+            summary="A liaison nurse: the open referrals of one of her departments, to give the avis HAD on",
+            description="The referrals not yet admitted searched in a department her HAD serves (another department: "
+                        "403 OUT_OF_SCOPE), each reduced to what the avis needs: the requesting establishment and unit, "
+                        "the pseudonym, care needs, urgency, commune, status, whether a place is held (and by her own "
+                        "HAD) and the current avis; no birth year, sex or consents, nothing of another HAD "
+                        "(docs/security.md).")
+async def liaison_referrals(department: str, request: Request, page: Page = Depends(pagination(MAX_PAGE_SIZE)),
+                            principal: Principal = Depends(the_liaison_itself)) -> dict[str, Any]:
+    require_department(department)
+    if department not in principal.departments:
+        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see or act on department {department}")
+    referrals, next_offset = page.of(await _service(request).open_referrals(department, page.fetch_limit, page.offset))
+    audit.record_read(request, principal, department, [r.referral_id for r in referrals])
+    return {"department": department, "next_offset": next_offset,
+            "referrals": [liaison_referral_view(r, principal.finess or "") for r in referrals]}

@@ -14,7 +14,7 @@ from reflexe_common.privacy import FreeText, Pseudonym
 from reflexe_common.visibility import own_explanation
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Reason, Sex, SourceKind, Urgency
 from reflexe_referral.domain import values
-from reflexe_referral.domain.model import Referral
+from reflexe_referral.domain.model import Referral, Status
 
 
 FREE_TEXT = "free text; refused if it holds what looks like a NIR/INS or a full date (see docs/privacy.md)"
@@ -209,3 +209,33 @@ def had_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
     own_offer_id = referral.current_offer.offer_id if view["current_offer"] else None
     view["clocks"] = [c for c in view["clocks"] if c["offer_id"] in (None, own_offer_id)]
     return view
+
+
+def liaison_referral_view(referral: Referral, finess: str) -> dict[str, Any]:
+    """What a liaison nurse sees of an open referral of her departments: what she needs to find the
+    patient at the bedside (the requesting establishment and unit, the pseudonym) and to give the
+    avis HAD (care needs, urgency, commune, state, the current avis); not the birth year, sex,
+    consents or prescriber, and nothing of another HAD: only whether a place is held, and whether
+    her own HAD holds it (pending its evaluation or not)."""
+    request, offer = referral.request, referral.current_offer
+    holder = referral.accepted_had or (offer.had_finess if offer is not None else None)
+    own = holder is not None and holder == finess
+    return {
+        "referral_id": request.referral_id,
+        "department": request.department,
+        "status": str(referral.status),
+        "requested_at": _iso(request.requested_at),
+        "source": {"kind": str(request.source.kind), "finess": request.source.finess, "unit": request.source.unit},
+        "patient": {"pseudonym": request.patient.pseudonym, "care_commune": request.patient.care_commune,
+                    "place_of_care": str(request.patient.place_of_care)},
+        "clinical": {"main_mpp": request.clinical.main_mpp, "associated_mpp": list(request.clinical.associated_mpp),
+                     "karnofsky": request.clinical.karnofsky, "equipment": sorted(request.clinical.equipment),
+                     "palliative": request.clinical.palliative, "urgency": str(request.clinical.urgency),
+                     "planned_date": _iso(request.clinical.planned_date)},
+        "place_held": holder is not None and referral.status in (Status.OFFERED, Status.ACCEPTED),
+        "held_by_own_had": own and referral.status in (Status.OFFERED, Status.ACCEPTED),
+        "evaluation_pending": own and referral.evaluation_pending,
+        "current_avis": None if referral.avis is None else {
+            "eligible": referral.avis.eligible, "reason": referral.avis.reason and str(referral.avis.reason),
+            "text": referral.avis.text},
+    }
