@@ -692,6 +692,16 @@ MATRIX: list[Endpoint] = [
         "places_available": "1", "admissions_possible_today": "1", "status": "OPEN"})),
     Endpoint("notify", "GET", "/had/{finess}/stream", public(401), by_had("/had/{finess}/stream"), stream=True),
     Endpoint("notify", "POST", "/had/logout", public(303), fixed("/had/logout", headers={"Origin": "ORIGIN"})),
+    # The liaison nurse's page: its own cookie on /liaison, the same rules; her session on her own and
+    # another HAD's page: tests/integration/notify/test_evaluation_pages.py.
+    Endpoint("notify", "GET", "/liaison", public(OK), fixed("/liaison")),
+    Endpoint("notify", "GET", "/liaison/login", public(303), fixed("/liaison/login")),
+    Endpoint("notify", "GET", "/liaison/callback", public(400), fixed("/liaison/callback")),
+    Endpoint("notify", "GET", "/liaison/static/{path}", public(OK), fixed("/liaison/static/had.css")),
+    Endpoint("notify", "GET", "/liaison/{finess}", public(303), by_had("/liaison/{finess}")),
+    Endpoint("notify", "POST", "/liaison/{finess}/avis", public(401),
+             by_had("/liaison/{finess}/avis", data={"referral_id": "x", "eligible": "yes"})),
+    Endpoint("notify", "POST", "/liaison/logout", public(303), fixed("/liaison/logout", headers={"Origin": "ORIGIN"})),
     # Last: it ends the page session (then, without one, it just goes back to the login form).
     Endpoint("notify", "POST", "/desk/logout", public(303), fixed("/desk/logout", headers={"Origin": "ORIGIN"})),
 ]

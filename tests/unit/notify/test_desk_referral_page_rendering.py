@@ -85,7 +85,8 @@ def test_the_timeline_says_what_each_actor_did() -> None:
 
 def test_every_value_is_escaped() -> None:
     view, timeline = _history()
-    view = {**view, "avis": {"eligible": False, "reason": "OTHER", "text": "<script>alert(1)</script>"},
+    evil_avis = {"eligible": False, "reason": "OTHER", "text": "<script>alert(1)</script>"}
+    view = {**view, "avis": evil_avis, "current_avis": evil_avis,
             "source": {**view["source"], "unit": '"><img src=x onerror=alert(1)>'}}
     page = views.referral_page("34", "Hérault", "desk:34", view, timeline, {X: "<i>HAD</i>"})
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -44,6 +44,17 @@ HAD_SNAPSHOT = {"offers": [REFERRAL], "patients": [{**REFERRAL, "status": "ACCEP
                            "declared_at": AT.isoformat()},
                 "history": [{"type": "offer.proposed", "occurred_at": AT.isoformat(), "title": EVIL, "text": EVIL}]}
 
+# Accepted pending the HAD's evaluation (the macro with the confirm and withdraw forms).
+PENDING = {**REFERRAL, "status": "ACCEPTED", "evaluation_pending": True, "accepted_at": AT.isoformat(),
+           "current_offer": None, "current_avis": {"eligible": False, "reason": "OTHER", "text": EVIL},
+           "clocks": [{"kind": "ADMISSION_OVERDUE", "due_at": AT.isoformat(), "offer_id": None}]}
+HAD_SNAPSHOT["patients"].append(PENDING)
+# A row of the liaison nurse's list (the referral service's reduced view).
+LIAISON_ROW = {"referral_id": RID, "department": "34", "status": "REQUESTED", "requested_at": AT.isoformat(),
+               "source": REFERRAL["source"], "patient": {"pseudonym": "p", "care_commune": "34172", "place_of_care": "HOME"},
+               "clinical": REFERRAL["clinical"], "place_held": False, "held_by_own_had": False,
+               "evaluation_pending": False, "current_avis": {"eligible": False, "reason": "OTHER", "text": EVIL}}
+
 # Each template, rendered through what the pages use, with markup in a value it shows.
 RENDERINGS: dict[str, Callable[[], str]] = {
     "base.html": lambda: views.unavailable_page("34", EVIL, "m"),  # the title
@@ -56,6 +67,8 @@ RENDERINGS: dict[str, Callable[[], str]] = {
                                  + views.alert_item(ALERT, AT.tzinfo),
     "desk_referral.html": lambda: views.referral_page("34", "Hérault", EVIL, REFERRAL, [], {"340000001": EVIL}, now=AT),
     "had.html": lambda: views.had_page("340000001", EVIL, HAD_SNAPSHOT, now=AT),
+    "liaison.html": lambda: views.liaison_page("340000001", EVIL, {"34": [], "30": None}, EVIL, now=AT),
+    "liaison_parts.html": lambda: views.liaison_page("340000001", "liaison:340000001", {"34": [LIAISON_ROW]}, now=AT),
     "had_parts.html": lambda: "".join(str(v) for v in views.had_fragments(HAD_SNAPSHOT, "340000001").values()),
 }
 

@@ -54,7 +54,7 @@
     const form = e.target;
     if (!form.classList.contains("had-action")) return;
     e.preventDefault();
-    if (form.classList.contains("decline") && !form.reason.value) {
+    if (form.reason && form.reason.required && !form.reason.value) {  // a refusal or a withdrawal
       say($("action-result"), false, labels.chooseReason);
       form.reason.focus();
       return;

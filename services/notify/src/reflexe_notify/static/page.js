@@ -27,6 +27,11 @@
       if (isNaN(t)) continue;
       el.textContent = t > now ? fill(labels.expiresIn, duration((t - now) / 1000)) : labels.expired;
     }
+    for (const el of document.querySelectorAll("[data-due]")) {
+      const t = Date.parse(el.dataset.due);
+      if (isNaN(t)) continue;
+      el.textContent = t > now ? fill(labels.dueIn, duration((t - now) / 1000)) : labels.overdue;
+    }
   }
   setInterval(tick, 1000);
   tick();

@@ -26,7 +26,13 @@ _REFERRAL_UNREACHABLE = "Le service des demandes ne répond pas : action non tra
 _CAPACITY_UNREACHABLE = "Le service des capacités ne répond pas : déclaration non transmise, réessayez."
 _DESK_DONE = {"offer": "Offre demandée à l’HAD choisie.", "widen": "Recherche élargie.", "close": "Demande clôturée."}
 _HAD_DONE = {"accept": "Offre acceptée : le patient est attendu.", "decline": "Offre refusée.",
+             "accept_pending": "Offre acceptée sous réserve d’évaluation : la place reste réservée.",
+             "confirm": "Admission confirmée après évaluation : le patient est attendu.",
+             "withdraw": "Acceptation retirée : la place est libérée, la demande va à une autre HAD.",
              "admit": "Admission déclarée.", "discharge": "Sortie déclarée."}
+# The answers to an offer (they name it), and those that need a reason.
+_ON_OFFER = ("accept", "decline", "accept_pending")
+_WITH_REASON = ("decline", "withdraw")
 
 
 async def form(request: Request) -> dict[str, str]:
@@ -87,18 +93,19 @@ async def had_action(finess: str, action: str, request: Request) -> Response:
     """An answer or a report from the page, forwarded to the referral service with the HAD's token."""
     token, fields = await _from_page(request, lambda: had_api_session(request, finess), action, _HAD_DONE)
     referral_id, offer_id = fields.get("referral_id", ""), fields.get("offer_id", "")
-    missing = [name for name in ("referral_id",) + (("offer_id",) if action in ("accept", "decline") else ())
+    missing = [name for name in ("referral_id",) + (("offer_id",) if action in _ON_OFFER else ())
                if not fields.get(name)]
-    if action == "decline" and not fields.get("reason"):
+    if action in _WITH_REASON and not fields.get("reason"):
         missing.append("reason")
     if missing:
         raise ApiError(422, "MISSING_FIELD", f"missing: {', '.join(missing)}",
                        [{"field": name, "message": "Choisissez un motif." if name == "reason" else "requis"}
                         for name in missing])
     offer = f"/offers/{quote(offer_id, safe='')}"
-    path = {"accept": f"{offer}/accept", "decline": f"{offer}/decline", "admit": "/admission",
-            "discharge": "/discharge"}[action]
-    body = {"reason": fields.get("reason", ""), "text": fields.get("text", "")} if action == "decline" else None
+    path = {"accept": f"{offer}/accept", "decline": f"{offer}/decline",
+            "accept_pending": f"{offer}/accept-pending-evaluation", "confirm": "/evaluation/confirm",
+            "withdraw": "/evaluation/withdraw", "admit": "/admission", "discharge": "/discharge"}[action]
+    body = {"reason": fields.get("reason", ""), "text": fields.get("text", "")} if action in _WITH_REASON else None
     url = f"{request.app.state.settings.referral_url}/v1/referrals/{quote(referral_id, safe='')}{path}"
     return _answer(*await forward(request, url, token, body, _HAD_DONE[action], _REFERRAL_UNREACHABLE))
 

@@ -15,6 +15,7 @@ from reflexe_common.geography import Geography
 from reflexe_common.labels import (CAPACITY_STATUS_FR, CONDITION_FR, DURATION_UNITS, EQUIPMENT_FR, PLACE_FR,
                                    REFERRAL_STATUS_FR, SEX_FR, SOURCE_FR, URGENCY_FR, duration_fr)
 from reflexe_common.vocabulary import MPP_LABELS
+from reflexe_notify.domain.desk import reason_fr
 
 STATUS_FR = REFERRAL_STATUS_FR
 # The HADs' board also shows those that have declared nothing yet.
@@ -35,20 +36,32 @@ LOGIN_FR = {
              "wrong_account": "Ce compte n’est pas celui d’un bureau de coordination."},
     "had": {"title": "Réflexe — connexion de l’HAD", "heading": "Réflexe — hospitalisation à domicile",
             "intro": "Infirmière ou infirmier de coordination : connectez-vous avec le compte de votre HAD, sur la "
-                     "page du service d’identification. Vos jetons restent sur le serveur.",
+                     "page du service d’identification (une infirmière de liaison y est conduite à sa propre page). "
+                     "Vos jetons restent sur le serveur.",
             "wrong_account": "Ce compte n’est pas celui d’une HAD."},
+    "liaison": {"title": "Réflexe — connexion de l’infirmière de liaison", "heading": "Réflexe — avis HAD",
+                "intro": "Infirmière ou infirmier de liaison d’une HAD : connectez-vous avec votre compte, sur la page "
+                         "du service d’identification, pour donner l’avis HAD sur les demandes de vos départements. "
+                         "Vos jetons restent sur le serveur.",
+                "wrong_account": "Ce compte n’est pas celui d’une infirmière de liaison."},
 }
+
+# The evaluation before admission, as the pages name it.
+EVALUATION_PENDING = "Évaluation en cours"
+AVIS_FR = {True: "favorable", False: "défavorable"}
 
 HOLD_EXPIRES_IN = "expire dans {}"
 HOLD_EXPIRED = "expirée"
+DUE_IN = "dans {}"
+OVERDUE = "dépassé"
 UNREACHABLE = "La plateforme ne répond pas : rien n’a été transmis, réessayez."
 
 # What the pages' script writes itself ({} is replaced by the script).
 SCRIPT_LABELS = {
-    "units": DURATION_UNITS, "expiresIn": HOLD_EXPIRES_IN, "expired": HOLD_EXPIRED,
+    "units": DURATION_UNITS, "expiresIn": HOLD_EXPIRES_IN, "expired": HOLD_EXPIRED, "dueIn": DUE_IN, "overdue": OVERDUE,
     "live": "En direct", "offline": "Hors ligne — reconnexion…",
     "unreachable": UNREACHABLE, "error": "Erreur {}", "refused": "Refusé",
-    "chooseReferral": "Choisissez d’abord une demande dans la file.", "chooseReason": "Choisissez un motif de refus.",
+    "chooseReferral": "Choisissez d’abord une demande dans la file.", "chooseReason": "Choisissez un motif.",
     "newOffer": "Nouvelle offre reçue : demande {}.", "newOffers": "{} nouvelles offres reçues.",
 }
 
@@ -118,3 +131,38 @@ def hold_text(hold_until: str | None, now: datetime) -> str:
         return "—"
     left = (until - now).total_seconds()
     return HOLD_EXPIRES_IN.format(duration_fr(left)) if left > 0 else HOLD_EXPIRED
+
+
+def avis_fr(avis: dict[str, Any] | None) -> str:
+    """The avis HAD in words: 'non donné', 'favorable — …', 'défavorable (motif) — …'."""
+    if not avis:
+        return "non donné"
+    words = AVIS_FR[bool(avis.get("eligible"))]
+    if not avis.get("eligible") and avis.get("reason"):
+        words += f" ({reason_fr(avis['reason'])})"
+    return words + (f" — {avis['text']}" if avis.get("text") else "")
+
+
+def current_avis(r: dict[str, Any]) -> dict[str, Any] | None:
+    """A referral's latest avis HAD (a liaison nurse's after posting, else the request's)."""
+    return r.get("current_avis") or r.get("avis")
+
+
+def due_text(due_at: str | None, now: datetime) -> str:
+    """A target's remaining time ('dans 3 h 05 min'), or 'dépassé' (the page script renders the same)."""
+    due = parse_time(due_at)
+    if due is None:
+        return "—"
+    left = (due - now).total_seconds()
+    return DUE_IN.format(duration_fr(left)) if left > 0 else OVERDUE
+
+
+def admission_due(r: dict[str, Any]) -> str | None:
+    """When the referral's patient should be admitted (its "not admitted" clock), if it runs."""
+    return next((c.get("due_at") for c in r.get("clocks") or [] if c.get("kind") == "ADMISSION_OVERDUE"), None)
+
+
+def since_text(since: str | None, now: datetime) -> str:
+    """How long ago a time was, as the page script's running clock renders it."""
+    at = parse_time(since)
+    return duration_fr((now - at).total_seconds()) if at else "—"

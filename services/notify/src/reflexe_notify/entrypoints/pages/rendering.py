@@ -16,6 +16,7 @@ from markupsafe import Markup
 from starlette.responses import Response
 from starlette.types import Scope
 
+from reflexe_common.geography import time_zone_of
 from reflexe_common.vocabulary import Reason
 from reflexe_notify.domain.desk import reason_fr, short
 from reflexe_notify.entrypoints.pages import labels
@@ -38,13 +39,17 @@ def _environment() -> Environment:
     env.filters.update(
         fr=labels.fr, short=short, mpp=labels.mpp_label, yes_no=labels.yes_no, when=labels.when_fr,
         clock=labels.clock_fr, commune=labels.commune_label, reason=reason_fr, actor=labels.actor_label,
-        had_name=labels.had_name, duration=labels.duration_fr, hold=labels.hold_text,
-        stale_last=_stale_last, segment=lambda value: quote(str(value), safe=""))
+        had_name=labels.had_name, duration=labels.duration_fr, hold=labels.hold_text, due=labels.due_text, since=labels.since_text,
+        admission_due=labels.admission_due,
+        stale_last=_stale_last, avis=labels.avis_fr, current_avis=labels.current_avis,
+        segment=lambda value: quote(str(value), safe=""))
+    env.tests["pending_evaluation"] = lambda r: bool(r.get("evaluation_pending"))
     env.globals.update(
         STATUS_FR=labels.STATUS_FR, BOARD_STATUS_FR=labels.BOARD_STATUS_FR, URGENCY_FR=labels.URGENCY_FR, MISSING_FR=labels.MISSING_FR,
         SOURCE_FR=labels.SOURCE_FR, EQUIPMENT_FR=labels.EQUIPMENT_FR, CAPACITY_STATUS_FR=labels.CAPACITY_STATUS_FR,
         PLACE_FR=labels.PLACE_FR, SEX_FR=labels.SEX_FR, CLOCK_FR=labels.CLOCK_FR, LOGIN_FR=labels.LOGIN_FR,
-        SCRIPT_LABELS=labels.SCRIPT_LABELS, REASONS=[r.value for r in Reason])
+        SCRIPT_LABELS=labels.SCRIPT_LABELS, EVALUATION_PENDING=labels.EVALUATION_PENDING, time_zone_of=time_zone_of,
+        REASONS=[r.value for r in Reason])
     return env
 
 

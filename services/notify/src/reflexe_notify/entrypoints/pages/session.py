@@ -1,6 +1,7 @@
 """Logging in to the pages and their sessions: OpenID Connect login (authorization code with
 PKCE), the server-side session behind an opaque cookie, its token refreshed at the provider,
-logout there too; and who may open which page (a desk its department's, an HAD its own).
+logout there too; and who may open which page (a desk its department's, an HAD its own, a liaison
+nurse her HAD's liaison page).
 
 Each page family (the desk's under /desk, the HAD's under /had) is a `PageAuth`: its own cookie on
 its own path, the roles its sessions may have, and where a logged-in person belongs. A session
@@ -60,6 +61,9 @@ class PageAuth:
     cookie: str
     roles: frozenset[Role]  # a session of another role opens nothing here
     home: Callable[[Principal], str | None]  # the page of a logged-in person; None: not a user of these pages
+    # The families whose users may log in here by mistake and are sent to their own login (an HAD's
+    # liaison nurse at the HAD's page); anyone else of another family is refused.
+    sibling_families: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -171,6 +175,13 @@ class PageAuth:
                                                      "recommencez."), 401)
             home = auth.home(principal)
             if home is None:
+                # A liaison nurse logging in at the HAD's page (or its nurse at hers) is sent to her own,
+                # whose login passes through the provider's single sign-on without asking again.
+                other = next((f for f in FAMILIES if f.family in auth.sibling_families and f.home(principal)), None)
+                if other is not None:
+                    response = RedirectResponse(f"{other.path}/login", status_code=303)
+                    response.delete_cookie(LOGIN_COOKIE, path=auth.path)
+                    return response
                 return html(request, auth.forbidden_page(LOGIN_FR[auth.family]["wrong_account"]), 403)
             max_age = timedelta(hours=request.app.state.settings.session_max_hours)
             session_id = await sessions.open_session(pool, principal.subject, tokens, max_age)
@@ -245,7 +256,13 @@ def check_origin(request: Request) -> None:
 DESK = PageAuth(family="desk", cookie="reflexe_desk", roles=frozenset({Role.DESK, Role.ADMIN}),
                 home=lambda p: f"/desk/{p.department}" if p.role == Role.DESK and p.department else None)
 HAD = PageAuth(family="had", cookie="reflexe_had", roles=frozenset({Role.HAD}),
-               home=lambda p: f"/had/{p.finess}" if p.role == Role.HAD and p.finess else None)
+               home=lambda p: f"/had/{p.finess}" if p.role == Role.HAD and p.finess else None,
+               sibling_families=("liaison",))
+# An HAD's liaison nurse: the open referrals of the departments her HAD serves, to give the avis on.
+LIAISON = PageAuth(family="liaison", cookie="reflexe_liaison", roles=frozenset({Role.LIAISON}),
+                   home=lambda p: f"/liaison/{p.finess}" if p.role == Role.LIAISON and p.finess else None,
+                   sibling_families=("had",))
+FAMILIES = (DESK, HAD, LIAISON)
 
 
 def desk_scope(principal: Principal, department: str) -> None:
@@ -263,6 +280,14 @@ def had_scope(principal: Principal, finess: str) -> None:
         raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see HAD {finess}")
 
 
+def liaison_scope(principal: Principal, finess: str) -> None:
+    """A liaison nurse sees her own HAD's page only."""
+    if not is_finess(finess):
+        raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess}")
+    if principal.finess != finess:
+        raise ApiError(403, "OUT_OF_SCOPE", f"{principal.actor} may not see the liaison page of HAD {finess}")
+
+
 async def desk_page_session(request: Request, department: str) -> tuple[Principal, str]:
     return await DESK.open_page(request, lambda p: desk_scope(p, department),
                                 lambda p: f"{p.actor} ne peut pas voir le département {department}.")
@@ -271,6 +296,18 @@ async def desk_page_session(request: Request, department: str) -> tuple[Principa
 async def had_page_session(request: Request, finess: str) -> tuple[Principal, str]:
     return await HAD.open_page(request, lambda p: had_scope(p, finess),
                                lambda p: f"{p.actor} ne peut pas voir la page de l’HAD {finess}.")
+
+
+async def liaison_page_session(request: Request, finess: str) -> tuple[Principal, str]:
+    return await LIAISON.open_page(request, lambda p: liaison_scope(p, finess),
+                                   lambda p: f"{p.actor} ne peut pas voir la page de liaison de l’HAD {finess}.")
+
+
+async def liaison_api_session(request: Request, finess: str) -> tuple[Principal, str]:
+    """For the liaison page's form: 401/403 as problem+json."""
+    principal, token = await LIAISON.session_api(request)
+    liaison_scope(principal, finess)
+    return principal, token
 
 
 async def desk_api_session(request: Request, department: str) -> tuple[Principal, str]:
@@ -290,3 +327,4 @@ async def had_api_session(request: Request, finess: str) -> tuple[Principal, str
 router = APIRouter()
 router.include_router(DESK.router())
 router.include_router(HAD.router())
+router.include_router(LIAISON.router())

@@ -11,9 +11,10 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from reflexe_common.geography import time_zone_of
-from reflexe_notify.domain.desk import TIMELINE_KINDS, describe_timeline_event, reason_fr
-from reflexe_notify.entrypoints.pages.labels import (EQUIPMENT_FR, PLACE_FR, SOURCE_FR, URGENCY_FR, commune_label,
-                                                     duration_fr, fr, mpp_label, parse_time, when_fr, yes_no)
+from reflexe_notify.domain.desk import TIMELINE_KINDS, describe_timeline_event
+from reflexe_notify.entrypoints.pages.labels import (EQUIPMENT_FR, PLACE_FR, SOURCE_FR, URGENCY_FR, avis_fr,
+                                                     commune_label, current_avis, duration_fr, fr, mpp_label,
+                                                     parse_time, when_fr, yes_no)
 from reflexe_notify.entrypoints.pages.rendering import TEMPLATES, fragment, now as clock_now, render
 
 # ---------------------------------------------------------------- login and refusals (desk and HAD)
@@ -104,12 +105,10 @@ def referral_page(department: str, department_name: str, viewer: str, referral: 
 
 def offer_facts(r: dict[str, Any]) -> list[tuple[str, str]]:
     """What a coordinating nurse needs to decide an offer, in words."""
-    clinical, conditions, patient, avis = r.get("clinical", {}), r.get("conditions") or {}, r.get("patient", {}), r.get("avis")
+    clinical, conditions, patient = r.get("clinical", {}), r.get("conditions") or {}, r.get("patient", {})
     time_zone = time_zone_of(r.get("department"))
     planned = clinical.get("planned_date")
-    avis_text = ("non donné" if not avis else
-                 ("favorable" if avis.get("eligible") else f"défavorable ({reason_fr(avis.get('reason'))})")
-                 + (f" — {avis['text']}" if avis.get("text") else ""))
+    avis_text = avis_fr(current_avis(r))
     return [
         ("MPP principal", mpp_label(clinical.get("main_mpp", ""))),
         ("MPP associés", ", ".join(mpp_label(c) for c in clinical.get("associated_mpp", [])) or "aucun"),
@@ -146,7 +145,7 @@ def had_fragments(snapshot: dict[str, Any], finess: str) -> dict[str, Any]:
     time_zone = time_zone_of(snapshot["department"])
     return {"offer_ids": offer_ids(snapshot["offers"] or []),
             "offers": str(offers_html(snapshot["offers"], finess)),
-            "patients": str(fragment("had_parts.html", "patients", snapshot["patients"], finess)),
+            "patients": str(fragment("had_parts.html", "patients", snapshot["patients"], finess, clock_now(), time_zone)),
             "capacity": str(fragment("had_parts.html", "capacity", snapshot["had"], snapshot["latest"], time_zone)),
             "history": str(fragment("had_parts.html", "history", snapshot["history"], time_zone))}
 
@@ -159,3 +158,12 @@ def had_page(finess: str, actor: str, snapshot: dict[str, Any], now: datetime | 
                   tz=time_zone_of(s["department"]), now=now or clock_now(), static="/had/static",
                   config={"finess": finess, "head": s["head"], "offers": offer_ids(s["offers"] or [])})
 
+
+# ---------------------------------------------------------------- the liaison nurse
+
+
+def liaison_page(finess: str, actor: str, referrals: dict[str, list[dict[str, Any]] | None],
+                 flash: str | None = None, now: datetime | None = None) -> str:
+    """`referrals`: each of her departments' open referrals (None when the referral service is down)."""
+    return render("liaison.html", finess=finess, actor=actor, referrals=referrals, flash=flash,
+                  now=now or clock_now(), static="/liaison/static")
