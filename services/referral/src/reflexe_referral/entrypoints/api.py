@@ -16,6 +16,7 @@ from reflexe_common.checks import is_department, require_department
 from reflexe_common.errors import ApiError
 from reflexe_common.limits import MAX_PAGE_SIZE, Page, pagination
 from reflexe_common.openapi import PROBLEM_JSON, PROBLEM_REF
+from reflexe_common.vocabulary import Reason
 from reflexe_referral.domain import events as ev
 from reflexe_referral.domain.errors import IllegalTransition, InvalidRequest, StaleVersion
 from reflexe_referral.domain.model import Referral
@@ -288,19 +289,51 @@ def _event_view(event, principal: Principal) -> dict[str, Any]:
     return {"type": type(event).__name__, "occurred_at": event.occurred_at.isoformat(), "actor": event.actor, **detail}
 
 
+async def accept_offer(request: Request, referral_id: uuid.UUID, offer_id: str, principal: Principal,
+                       pending_evaluation: bool = False) -> Referral:
+    """The one way an HAD accepts an offer over HTTP, REST or FHIR (a Task `accepted`, with the
+    `pending-evaluation` business status when subject to the liaison nurse's visit)."""
+    now = _service(request).now()
+    action = "had.accept_pending_evaluation" if pending_evaluation else "had.accept"
+    return await _act_on(request, referral_id,
+                         lambda r: r.accept(offer_id, principal.finess, now, pending_evaluation=pending_evaluation),
+                         principal, action)
+
+
+async def decline_offer(request: Request, referral_id: uuid.UUID, offer_id: str, reason: Reason, text: str,
+                        principal: Principal) -> Referral:
+    """The one way an HAD declines an offer, REST or FHIR (a Task `rejected` with its statusReason)."""
+    now = _service(request).now()
+    return await _act_on(request, referral_id, lambda r: r.decline(offer_id, principal.finess, reason, text, now),
+                         principal, "had.decline")
+
+
+async def confirm_pending_evaluation(request: Request, referral_id: uuid.UUID, principal: Principal) -> Referral:
+    """The one way an HAD confirms an acceptance given pending evaluation, REST or FHIR."""
+    now = _service(request).now()
+    return await _act_on(request, referral_id, lambda r: r.confirm_evaluation(principal.finess, now), principal,
+                         "had.confirm_evaluation")
+
+
+async def withdraw_pending_acceptance(request: Request, referral_id: uuid.UUID, reason: Reason, text: str,
+                                      principal: Principal) -> Referral:
+    """The one way an HAD withdraws an acceptance given pending evaluation, REST or FHIR."""
+    now = _service(request).now()
+    return await _act_on(request, referral_id,
+                         lambda r: r.withdraw_acceptance(principal.finess, reason, text, now),
+                         principal, "had.withdraw_acceptance")
+
+
 @router.post("/referrals/{referral_id}/offers/{offer_id}/accept", summary="The HAD accepts the offer made to it")
 async def accept(referral_id: uuid.UUID, offer_id: str, request: Request,
                  principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
-    now = _service(request).now()
-    return await _act(request, referral_id, lambda r: r.accept(offer_id, principal.finess, now), principal, "had.accept")
+    return _view_for(principal, await accept_offer(request, referral_id, offer_id, principal))
 
 
 @router.post("/referrals/{referral_id}/offers/{offer_id}/decline", summary="The HAD declines the offer, with a reason")
 async def decline(referral_id: uuid.UUID, offer_id: str, body: DeclineIn, request: Request,
                   principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
-    now = _service(request).now()
-    return await _act(request, referral_id, lambda r: r.decline(offer_id, principal.finess, body.reason, body.text, now),
-                      principal, "had.decline")
+    return _view_for(principal, await decline_offer(request, referral_id, offer_id, body.reason, body.text, principal))
 
 
 @router.post("/referrals/{referral_id}/offers/{offer_id}/accept-pending-evaluation",
@@ -309,18 +342,14 @@ async def decline(referral_id: uuid.UUID, offer_id: str, body: DeclineIn, reques
                          "waits for the confirmation (409 EVALUATION_PENDING).")
 async def accept_pending_evaluation(referral_id: uuid.UUID, offer_id: str, request: Request,
                                     principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
-    now = _service(request).now()
-    return await _act(request, referral_id, lambda r: r.accept(offer_id, principal.finess, now, pending_evaluation=True),
-                      principal, "had.accept_pending_evaluation")
+    return _view_for(principal, await accept_offer(request, referral_id, offer_id, principal, pending_evaluation=True))
 
 
 @router.post("/referrals/{referral_id}/evaluation/confirm",
              summary="The HAD confirms an acceptance given pending evaluation")
 async def confirm_evaluation(referral_id: uuid.UUID, request: Request,
                              principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
-    now = _service(request).now()
-    return await _act(request, referral_id, lambda r: r.confirm_evaluation(principal.finess, now), principal,
-                      "had.confirm_evaluation")
+    return _view_for(principal, await confirm_pending_evaluation(request, referral_id, principal))
 
 
 @router.post("/referrals/{referral_id}/evaluation/withdraw",
@@ -328,10 +357,8 @@ async def confirm_evaluation(referral_id: uuid.UUID, request: Request,
              description="Its place is released and the referral is offered to the next HAD, as after a decline.")
 async def withdraw_acceptance(referral_id: uuid.UUID, body: DeclineIn, request: Request,
                               principal: Principal = Depends(the_had_itself)) -> dict[str, Any]:
-    now = _service(request).now()
-    return await _act(request, referral_id,
-                      lambda r: r.withdraw_acceptance(principal.finess, body.reason, body.text, now),
-                      principal, "had.withdraw_acceptance")
+    return _view_for(principal, await withdraw_pending_acceptance(request, referral_id, body.reason, body.text,
+                                                                  principal))
 
 
 @router.post("/referrals/{referral_id}/avis", summary="A liaison nurse gives or updates the avis HAD",
