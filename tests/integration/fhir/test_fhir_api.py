@@ -166,7 +166,8 @@ async def test_errors_are_operation_outcomes_naming_the_element(client, validato
                                headers={**FHIR, **token("had", finess=hospital)})
     checked(validator, as_had, 403, "OperationOutcome")
     for method, path in [("POST", "/fhir/ServiceRequest"), ("GET", "/fhir/metadata"), ("GET", "/fhir/Task?focus=x"),
-                         ("GET", f"/fhir/ServiceRequest/{uuid.uuid4()}"), ("PUT", f"/fhir/Task/{uuid.uuid4()}")]:
+                         ("GET", f"/fhir/ServiceRequest/{uuid.uuid4()}"), ("PUT", f"/fhir/Task/{uuid.uuid4()}"),
+                         ("PUT", f"/fhir/ServiceRequest/{uuid.uuid4()}")]:
         anonymous = await client.request(method, path, json={}, headers={"Content-Type": fm.FHIR_JSON})
         assert checked(validator, anonymous, 401, "OperationOutcome")["issue"][0]["code"] == "login", (method, path)
         assert anonymous.headers["www-authenticate"] == "Bearer"
@@ -251,13 +252,183 @@ async def test_an_had_declines_with_a_reason_and_the_referral_goes_back_to_the_s
     checked(validator, gone, 404, "OperationOutcome")  # an HAD that declined no longer sees the referral (REST rule)
 
 
+def evaluation_step(task: dict, status: str, step: str | None, **changes) -> dict:
+    """The Task as an HAD sends it back: a status and the evaluation step in its businessStatus,
+    beside the referral status it read."""
+    codings = [c for c in task["businessStatus"]["coding"] if c["system"] != fm.EVALUATION_SYSTEM]
+    if step is not None:
+        codings.append({"system": fm.EVALUATION_SYSTEM, "code": step})
+    return {**task, "status": status, "businessStatus": {"coding": codings}, **changes}
+
+
+def evaluation_codes(task: dict) -> list[str]:
+    return [c["code"] for c in task["businessStatus"]["coding"] if c["system"] == fm.EVALUATION_SYSTEM]
+
+
+async def events_of(client, referral_id: str, hospital: str) -> list[dict]:
+    response = await client.get(f"/v1/referrals/{referral_id}/timeline", headers=token("hospital", finess=hospital))
+    assert response.status_code == 200, response.text
+    return response.json()["events"]
+
+
+async def pending_evaluation(client, validator, producer) -> tuple[str, str, str, dict]:
+    """A referral its HAD accepted through the Task subject to the evaluation: (hospital, had, id, Task answered)."""
+    hospital, had = unique_finess(), unique_finess()
+    _, response = await post_referral(client, validator, hospital)
+    referral_id = checked(validator, response, 201, "ServiceRequest")["id"]
+    await offer(producer, referral_id, had)
+    task = await open_task(client, validator, had, referral_id)
+    answer = evaluation_step(task, "accepted", fm.PENDING_EVALUATION)
+    validator.assert_valid(answer)
+    accepted = await client.put(f"/fhir/Task/{referral_id}", json=answer, headers={**FHIR, **token("had", finess=had)})
+    return hospital, had, referral_id, checked(validator, accepted, 200, "Task")
+
+
+async def test_an_had_accepts_pending_evaluation_then_confirms_through_the_task(client, validator, producer):
+    hospital, had, referral_id, answered = await pending_evaluation(client, validator, producer)
+    assert (answered["status"], answered["owner"]["identifier"]["value"]) == ("accepted", had)
+    assert evaluation_codes(answered) == [fm.PENDING_EVALUATION]
+    # Everyone who reads the Task sees the acceptance waiting for its evaluation; REST says the same.
+    read = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=token("hospital", finess=hospital)),
+                   200, "Task")
+    assert read["status"] == "accepted" and evaluation_codes(read) == [fm.PENDING_EVALUATION]
+    rest = (await client.get(f"/v1/referrals/{referral_id}", headers=token("hospital", finess=hospital))).json()
+    assert (rest["status"], rest["evaluation_pending"], rest["accepted_had"]) == ("ACCEPTED", True, had)
+    accepted_events = [e for e in await events_of(client, referral_id, hospital) if e["type"] == "OfferAccepted"]
+    assert [(e["had_finess"], e["pending_evaluation"]) for e in accepted_events] == [(had, True)]
+    admission = await client.post(f"/v1/referrals/{referral_id}/admission", headers=token("had", finess=had))
+    assert (admission.status_code, admission.json()["code"]) == (409, "EVALUATION_PENDING")
+
+    confirm = evaluation_step(read, "accepted", fm.EVALUATION_CONFIRMED)
+    validator.assert_valid(confirm)
+    # Another HAD cannot confirm it: the referral is not its to know.
+    foreign = await client.put(f"/fhir/Task/{referral_id}", json=confirm,
+                               headers={**FHIR, **token("had", finess=unique_finess())})
+    checked(validator, foreign, 404, "OperationOutcome")
+    confirmed = await client.put(f"/fhir/Task/{referral_id}", json=confirm, headers={**FHIR, **token("had", finess=had)})
+    answer = checked(validator, confirmed, 200, "Task")
+    assert answer["status"] == "accepted" and evaluation_codes(answer) == [fm.EVALUATION_CONFIRMED]
+    confirmations = [e for e in await events_of(client, referral_id, hospital) if e["type"] == "EvaluationConfirmed"]
+    assert [(e["had_finess"], e["actor"]) for e in confirmations] == [(had, f"had:{had}")]
+    after = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=token("had", finess=had)), 200, "Task")
+    assert after["status"] == "accepted" and evaluation_codes(after) == []
+    again = await client.put(f"/fhir/Task/{referral_id}", json=confirm, headers={**FHIR, **token("had", finess=had)})
+    assert checked(validator, again, 409, "OperationOutcome")["issue"][0]["code"] == "conflict"
+    admitted = await client.post(f"/v1/referrals/{referral_id}/admission", headers=token("had", finess=had))
+    assert admitted.status_code == 200, admitted.text
+
+
+async def test_an_had_withdraws_an_acceptance_pending_evaluation_with_a_reason(client, validator, producer):
+    hospital, had, referral_id, answered = await pending_evaluation(client, validator, producer)
+    had_headers = {**FHIR, **token("had", finess=had)}
+    no_reason = evaluation_step(answered, "rejected", fm.EVALUATION_WITHDRAWN)
+    refused = await client.put(f"/fhir/Task/{referral_id}", json=no_reason, headers=had_headers)
+    assert "Task.statusReason" in expressions(checked(validator, refused, 422, "OperationOutcome"))
+    confused = evaluation_step(answered, "rejected", fm.PENDING_EVALUATION)
+    refused = await client.put(f"/fhir/Task/{referral_id}", json=confused, headers=had_headers)
+    assert "Task.businessStatus" in expressions(checked(validator, refused, 422, "OperationOutcome"))
+    reason = {"coding": [{"system": fm.REASON_SYSTEM, "code": "MEDICAL_NOT_ELIGIBLE"}], "text": "domicile inadapté"}
+    # A decline (no evaluation step) is not a withdrawal: there is no offer left to decline.
+    decline = await client.put(f"/fhir/Task/{referral_id}", headers=had_headers, json=evaluation_step(
+        answered, "rejected", None, statusReason=reason, input=[{"type": {"coding": [
+            {"system": fm.TASK_INPUT_SYSTEM, "code": fm.OFFER_INPUT}]}, "valueString": str(uuid.uuid4())}]))
+    checked(validator, decline, 409, "OperationOutcome")
+
+    withdraw = evaluation_step(answered, "rejected", fm.EVALUATION_WITHDRAWN, statusReason=reason)
+    validator.assert_valid(withdraw)
+    foreign = await client.put(f"/fhir/Task/{referral_id}", json=withdraw,
+                               headers={**FHIR, **token("had", finess=unique_finess())})
+    checked(validator, foreign, 404, "OperationOutcome")  # another HAD cannot withdraw what is not its own
+    withdrawn = await client.put(f"/fhir/Task/{referral_id}", json=withdraw, headers=had_headers)
+    answer = checked(validator, withdrawn, 200, "Task")
+    assert (answer["status"], answer["statusReason"]) == ("rejected", reason)
+    assert [c["code"] for c in answer["businessStatus"]["coding"]] == [fm.EVALUATION_WITHDRAWN]
+    withdrawals = [e for e in await events_of(client, referral_id, hospital) if e["type"] == "AcceptanceWithdrawn"]
+    assert [(e["had_finess"], e["reason"], e["text"]) for e in withdrawals] == [(had, "MEDICAL_NOT_ELIGIBLE",
+                                                                                  "domicile inadapté")]
+    back = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=token("hospital", finess=hospital)),
+                   200, "Task")
+    assert back["status"] == "ready" and "owner" not in back  # back to the search
+    gone = await client.get(f"/fhir/Task/{referral_id}", headers=token("had", finess=had))
+    checked(validator, gone, 404, "OperationOutcome")
+    again = await client.put(f"/fhir/Task/{referral_id}", json=withdraw, headers=had_headers)
+    checked(validator, again, 409, "OperationOutcome")
+
+
+def with_consent(resource: dict, url: str, given: bool) -> dict:
+    changed = copy.deepcopy(resource)
+    for extension in changed["extension"]:
+        if extension["url"] == url:
+            extension["valueBoolean"] = given
+    return changed
+
+
+async def test_the_hospital_completes_its_referral_by_updating_the_service_request(client, validator):
+    hospital = unique_finess()
+    posted = with_consent(service_request_resource(hospital), fm.EXT_GP_AGREEMENT, False)
+    _, response = await post_referral(client, validator, hospital, posted)
+    referral_id = checked(validator, response, 201, "ServiceRequest")["id"]
+    url, own = f"/fhir/ServiceRequest/{referral_id}", token("hospital", finess=hospital)
+    read = await client.get(url, headers=own)
+    current = checked(validator, read, 200, "ServiceRequest")
+    assert read.headers["etag"] == f'W/"{current["meta"]["versionId"]}"'
+    task = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=own), 200, "Task")
+    assert task["status"] == "draft"  # INCOMPLETE: waits for the GP's agreement
+    agreed = with_consent(current, fm.EXT_GP_AGREEMENT, True)
+    validator.assert_valid(agreed)
+
+    blind = await client.put(url, json=agreed, headers={**FHIR, **own})
+    assert "If-Match" in expressions(checked(validator, blind, 428, "OperationOutcome"))
+    version = {"If-Match": read.headers["etag"]}
+    other = await client.put(url, json=agreed, headers={**FHIR, **token("hospital", finess=unique_finess()), **version})
+    checked(validator, other, 404, "OperationOutcome")  # another hospital's referral does not exist for it
+    as_had = await client.put(url, json=agreed, headers={**FHIR, **token("had", finess=unique_finess()), **version})
+    checked(validator, as_had, 403, "OperationOutcome")
+    karnofsky = copy.deepcopy(agreed)
+    karnofsky["extension"] = [e for e in karnofsky["extension"] if e["url"] != fm.EXT_KARNOFSKY] + [
+        {"url": fm.EXT_KARNOFSKY, "valueInteger": 30}]
+    refused = await client.put(url, json=karnofsky, headers={**FHIR, **own, **version})
+    assert expressions(checked(validator, refused, 422, "OperationOutcome")) == {
+        f"ServiceRequest.extension('{fm.EXT_KARNOFSKY}')"}
+
+    updated = await client.put(url, json=agreed, headers={**FHIR, **own, **version})
+    answer = checked(validator, updated, 200, "ServiceRequest")
+    assert int(answer["meta"]["versionId"]) > int(current["meta"]["versionId"])
+    assert updated.headers["etag"] == f'W/"{answer["meta"]["versionId"]}"'
+    assert {e["url"]: e.get("valueBoolean") for e in answer["extension"]}[fm.EXT_GP_AGREEMENT] is True
+    rest = (await client.get(f"/v1/referrals/{referral_id}", headers=own)).json()
+    assert rest["conditions"]["gp_agreement"] is True and rest["status"] == "REQUESTED"
+    updates = [e for e in await events_of(client, referral_id, hospital)
+               if e["type"] in ("ReferralRequestUpdated", "ReferralCompleted")]
+    assert [(e["type"], e["actor"]) for e in updates] == [("ReferralRequestUpdated", f"hospital:{hospital}"),
+                                                          ("ReferralCompleted", f"hospital:{hospital}")]
+    assert updates[0]["changed_fields"] == ["conditions.gp_agreement"]
+    task = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=own), 200, "Task")
+    assert task["status"] == "ready"  # complete: the search starts
+
+    stale = await client.put(url, json=agreed, headers={**FHIR, **own, **version})
+    assert "If-Match" in expressions(checked(validator, stale, 412, "OperationOutcome"))
+    fresh = {"If-Match": updated.headers["etag"]}
+    withdrawn = with_consent(answer, fm.EXT_PATIENT_CONSENT, False)
+    refused = await client.put(url, json=withdrawn, headers={**FHIR, **own, **fresh})
+    assert checked(validator, refused, 409, "OperationOutcome")["issue"][0]["code"] == "conflict"  # a cancellation
+    # The desk of the department updates through the same command (the caregiver's presence, here).
+    desk = await client.put(url, json=with_consent(answer, fm.EXT_CAREGIVER, False),
+                            headers={**FHIR, **token("desk", department="34"), **fresh})
+    assert {e["url"]: e.get("valueBoolean") for e in checked(validator, desk, 200, "ServiceRequest")["extension"]}[
+        fm.EXT_CAREGIVER] is False
+    assert (await events_of(client, referral_id, hospital))[-1]["actor"] == "desk:34"
+
+
 async def test_the_capability_statement_tells_what_is_implemented(client, validator, referral_url):
     response = await client.get("/fhir/metadata", headers=token("had", finess=unique_finess()))
     statement = checked(validator, response, 200, "CapabilityStatement")
     assert statement["fhirVersion"] == "4.0.1" and statement["format"] == ["json"]
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {"ServiceRequest", "Task"}
-    assert {i["code"] for i in resources["ServiceRequest"]["interaction"]} == {"create", "read"}
+    assert {i["code"] for i in resources["ServiceRequest"]["interaction"]} == {"create", "read", "update"}
+    assert resources["ServiceRequest"]["versioning"] == "versioned-update"  # an update names the version read
+    assert fm.EVALUATION_SYSTEM in resources["Task"]["documentation"]
     assert {i["code"] for i in resources["Task"]["interaction"]} == {"read", "update", "search-type"}
     # Each interaction it claims answers something other than 404/405 on this server.
     openapi = (await client.get("/openapi.json")).json()["paths"]
@@ -265,5 +436,6 @@ async def test_the_capability_statement_tells_what_is_implemented(client, valida
             "/fhir/metadata"} <= set(openapi)
     assert set(openapi["/fhir/Task/{referral_id}"]) == {"get", "put"}
     assert set(openapi["/fhir/ServiceRequest"]) == {"post"}
+    assert set(openapi["/fhir/ServiceRequest/{referral_id}"]) == {"get", "put"}
     unsupported = await client.get("/fhir/Task", params={"patient": "x"}, headers=token("desk", department="34"))
     checked(validator, unsupported, 400, "OperationOutcome")

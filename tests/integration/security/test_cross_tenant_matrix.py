@@ -441,6 +441,20 @@ async def fhir_task_answer(w: World, caller: str, scope: str, allowed: bool) -> 
     return {"url": f"/fhir/Task/{referral_id}", "json": task, "headers": {"Content-Type": fm.FHIR_JSON}}
 
 
+async def fhir_update_request(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
+    """PUT /fhir/ServiceRequest/{id}: the FHIR form of update_request (the GP's agreement given), on the
+    same referrals, sent back as read with the version read."""
+    referral_id = (await update_request(w, caller, scope, allowed))["url"].split("/")[3]  # /v1/referrals/{id}/request
+    read = await w.clients["referral"].get(f"/fhir/ServiceRequest/{referral_id}", headers=token("admin"))
+    assert read.status_code == 200, read.text
+    resource = read.json()
+    for extension in resource["extension"]:
+        if extension["url"] == fm.EXT_GP_AGREEMENT:
+            extension["valueBoolean"] = True
+    return {"url": f"/fhir/ServiceRequest/{referral_id}", "json": resource,
+            "headers": {"Content-Type": fm.FHIR_JSON, "If-Match": read.headers["etag"]}}
+
+
 async def fhir_declare(w: World, caller: str, scope: str, allowed: bool) -> dict[str, Any]:
     """PUT /fhir/HealthcareService/{finess}: the FHIR form of the REST declaration, with the same figures."""
     finess = w.had_a if scope == "in" else w.had_b
@@ -608,6 +622,7 @@ MATRIX: list[Endpoint] = [
     Endpoint("referral", "POST", "/fhir/ServiceRequest", api(hospital=SCOPED), fhir_post_referral),
     Endpoint("referral", "GET", "/fhir/ServiceRequest/{referral_id}", api(hospital=OWN, had=OWN, desk=OWN),
              shared_referral("/fhir/ServiceRequest/{referral_id}")),
+    Endpoint("referral", "PUT", "/fhir/ServiceRequest/{referral_id}", api(hospital=OWN, desk=OWN), fhir_update_request),
     Endpoint("referral", "GET", "/fhir/Task/{referral_id}", api(hospital=OWN, had=OWN, desk=OWN),
              shared_referral("/fhir/Task/{referral_id}")),
     Endpoint("referral", "GET", "/fhir/Task", api(had=SCOPED, desk=(OK, OK)),

@@ -26,10 +26,11 @@ FINESS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
 BASE = "https://reflexe.example/fhir"
 EXTENSION_BASE = f"{BASE}/StructureDefinition"
 
-# FHIR's issue type for each HTTP status we answer with.
+# FHIR's issue type for each HTTP status we answer with (412: a version conflict on update; a
+# conditional create's several matches say multiple-matches themselves; 428: If-Match required).
 ISSUE_CODE = {400: "structure", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-              409: "conflict", 412: "multiple-matches", 413: "too-costly", 415: "not-supported", 422: "invalid",
-              429: "throttled"}
+              409: "conflict", 412: "conflict", 413: "too-costly", 415: "not-supported", 422: "invalid",
+              428: "required", 429: "throttled"}
 
 
 class FhirInvalid(Exception):

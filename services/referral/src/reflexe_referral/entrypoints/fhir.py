@@ -1,6 +1,7 @@
 """The referral service's FHIR R4 API under /fhir (docs/integration-fhir.md). It only translates:
-a ServiceRequest goes through the REST API's submit_referral, a Task update through the same
-accept and decline commands, and reads through the same scope checks and audit."""
+a ServiceRequest goes through the REST API's submit_referral and its update through the same
+request update, a Task update through the same accept, decline and evaluation commands, and reads
+through the same scope checks and audit."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from reflexe_common.privacy import find_direct_identifier
 from reflexe_common.vocabulary import Reason
 from reflexe_referral.domain.model import Referral
 from reflexe_referral.entrypoints import fhir_mapping as fm
-from reflexe_referral.entrypoints.api import (ROW_READERS, _act, _check_can_see, _may_see, _service, reads_rows,
-                                              submit_referral, the_had_itself)
-from reflexe_referral.entrypoints.schemas import ReferralIn
+from reflexe_referral.entrypoints.api import (ROW_READERS, _check_can_see, _may_see, _service, accept_offer,
+                                              confirm_pending_evaluation, decline_offer, expected_version, reads_rows,
+                                              submit_referral, the_had_itself, update_request,
+                                              withdraw_pending_acceptance)
+from reflexe_referral.entrypoints.schemas import ReferralIn, RequestUpdateIn
 from reflexe_referral.service_layer.handlers import UnknownReferral
 
 router = APIRouter(prefix="/fhir", route_class=FhirRoute, tags=["FHIR R4"])
@@ -33,8 +36,10 @@ _OUTCOME_DESCRIPTIONS = {
     "403": "The caller's role or scope does not allow this (OperationOutcome)",
     "404": "Nothing of that id visible to the caller (OperationOutcome)",
     "409": "The referral's state or an earlier request conflicts with this one (OperationOutcome)",
-    "412": "If-None-Exist matches several referrals (OperationOutcome)",
+    "412": "If-None-Exist matches several referrals, or If-Match names a version that is no longer current "
+           "(OperationOutcome)",
     "415": "Not application/fhir+json (OperationOutcome)",
+    "428": "If-Match is missing: an update names the version it was made on (OperationOutcome)",
     "422": "The resource breaks the referral's rules; issue.expression names each element (OperationOutcome)",
 }
 
@@ -192,7 +197,10 @@ async def search_tasks(request: Request, principal: Principal = Depends(reads_ro
     raise fm.FhirInvalid([(None, "search Tasks by focus, or by owner with status=requested")], 400, "not-supported")
 
 
-@router.put("/Task/{referral_id}", summary="The HAD answers its offer: status accepted, or rejected with a statusReason",
+@router.put("/Task/{referral_id}",
+            summary="The HAD answers its offer (status accepted, or rejected with a statusReason), or the evaluation "
+                    "steps of an acceptance (businessStatus pending-evaluation, evaluation-confirmed, "
+                    "evaluation-withdrawn)",
             **_documented("400", "403", "404", "409", "415", "422", body=True))
 async def update_task(referral_id: str, request: Request, principal: Principal = Depends(the_had_itself)) -> JSONResponse:
     referral_id = _referral_id(referral_id, "Task.id")
@@ -202,24 +210,53 @@ async def update_task(referral_id: str, request: Request, principal: Principal =
     _check_task_structure(resource)
     if resource.get("id") != referral_id:
         raise fm.FhirInvalid([("Task.id", "must be the id in the URL")], 400)
+    answer = fm.task_answer(resource)
     offer_id = fm.offer_id_of(resource)
-    if not offer_id:
+    if answer.answers_an_offer and not offer_id:
         raise fm.FhirInvalid([("Task.input", f"the offer answered: input of type {fm.TASK_INPUT_SYSTEM}|{fm.OFFER_INPUT}, "
                                              "as read from the Task")])
-    now = _service(request).now()
-    match resource.get("status"):
-        case "accepted":
-            await _act(request, uuid.UUID(referral_id), lambda r: r.accept(offer_id, principal.finess, now),
-                       principal, "had.accept")
-            return fhir_response(fm.task(await _reload(request, referral_id)))
-        case "rejected":
+    key = uuid.UUID(referral_id)
+    # Each form is the REST command of the same name (entrypoints/api.py): one path whatever the door.
+    match answer:
+        case fm.TaskAnswer.ACCEPT | fm.TaskAnswer.ACCEPT_PENDING_EVALUATION:
+            referral = await accept_offer(request, key, offer_id, principal,
+                                          pending_evaluation=answer is fm.TaskAnswer.ACCEPT_PENDING_EVALUATION)
+            return fhir_response(fm.task(referral))
+        case fm.TaskAnswer.CONFIRM_EVALUATION:
+            referral = await confirm_pending_evaluation(request, key, principal)
+            return fhir_response(fm.task(referral, evaluation=fm.EVALUATION_CONFIRMED))
+        case fm.TaskAnswer.DECLINE:
             reason, text = _decline_reason(resource)
-            await _act(request, uuid.UUID(referral_id),
-                       lambda r: r.decline(offer_id, principal.finess, reason, text, now), principal, "had.decline")
+            referral = await decline_offer(request, key, offer_id, reason, text, principal)
             # The HAD's own answer: the referral itself went back to the search, which is not the HAD's to see.
-            return fhir_response(fm.task(await _reload(request, referral_id), principal.finess, (reason, text)))
-        case _:
-            raise fm.FhirInvalid([("Task.status", "an HAD answers with accepted or rejected")])
+            return fhir_response(fm.task(referral, principal.finess, (reason, text)))
+        case fm.TaskAnswer.WITHDRAW_ACCEPTANCE:
+            reason, text = _decline_reason(resource)
+            referral = await withdraw_pending_acceptance(request, key, reason, text, principal)
+            return fhir_response(fm.task(referral, principal.finess, (reason, text), fm.EVALUATION_WITHDRAWN))
+
+
+@router.put("/ServiceRequest/{referral_id}",
+            summary="Update a referral's consents (its hospital or its department's desk); If-Match: W/\"<versionId>\"",
+            **_documented("400", "403", "404", "409", "412", "415", "422", "428", body=True))
+async def update_service_request(referral_id: str, request: Request,
+                                 principal: Principal = Depends(require(Role.HOSPITAL, Role.DESK))) -> JSONResponse:
+    referral_id = _referral_id(referral_id, "ServiceRequest.id")
+    request.state.fhir_expression_of = lambda field: "If-Match" if field == "header.If-Match" else "ServiceRequest"
+    version = expected_version(request.headers.get("if-match"))
+    resource = await _read_resource(request, "ServiceRequest")
+    if isinstance(resource, dict) and resource.get("id") != referral_id:
+        raise fm.FhirInvalid([("ServiceRequest.id", "must be the id in the URL")], 400)
+    current = await _existing(request, principal, referral_id)
+    if current is None:
+        raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}")
+    if current.version != version:  # compared with what the caller read; the command checks it again under its lock
+        raise fm.FhirInvalid([("If-Match", f"version {version} is not the current one ({current.version})")], 412,
+                             "conflict")
+    update = RequestUpdateIn.model_validate(fm.request_update_from_service_request(resource, current))
+    # The same command as PATCH /v1/referrals/{id}/request.
+    referral = await update_request(request, uuid.UUID(referral_id), update, version, principal)
+    return fhir_response(fm.service_request(referral), headers={"ETag": f'W/"{referral.version}"'})
 
 
 def _check_task_structure(resource: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ carries MPP codes, equipment or our refusal reasons); FINESS is the national OID
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,6 +28,16 @@ EQUIPMENT_SYSTEM = f"{BASE}/CodeSystem/equipment"
 REASON_SYSTEM = f"{BASE}/CodeSystem/reason"
 STATUS_SYSTEM = f"{BASE}/CodeSystem/referral-status"
 TASK_INPUT_SYSTEM = f"{BASE}/CodeSystem/task-input"
+# The steps of an acceptance given subject to the liaison nurse's evaluation visit (Task.businessStatus).
+EVALUATION_SYSTEM = f"{BASE}/CodeSystem/evaluation-status"
+PENDING_EVALUATION = "pending-evaluation"
+EVALUATION_CONFIRMED = "evaluation-confirmed"
+EVALUATION_WITHDRAWN = "evaluation-withdrawn"
+EVALUATION_LABELS = {
+    PENDING_EVALUATION: "Acceptée sous réserve de l'évaluation de l'IDE de liaison",
+    EVALUATION_CONFIRMED: "Acceptation confirmée après évaluation",
+    EVALUATION_WITHDRAWN: "Acceptation retirée après évaluation",
+}
 EXT = EXTENSION_BASE
 EXT_URGENCY = f"{EXT}/urgency"
 EXT_KARNOFSKY = f"{EXT}/karnofsky"
@@ -226,6 +237,54 @@ def referral_in_from_service_request(resource: Any) -> tuple[dict[str, Any], dic
     return body, r.origin
 
 
+# The REST request update's fields (RequestUpdateIn): what a ServiceRequest update may change.
+UPDATABLE_FIELDS = ("conditions.patient_consent", "conditions.gp_agreement", "conditions.caregiver_present")
+
+
+def request_update_from_service_request(resource: Any, current: Referral) -> dict[str, Any]:
+    """The REST request update (RequestUpdateIn body) a `PUT /fhir/ServiceRequest/{id}` stands for.
+    A FHIR update sends the whole resource: every element but the consents must be what the
+    server holds (what a GET answers); one that differs is refused (422), naming the element,
+    since changing the clinical data or the patient means a new referral."""
+    from reflexe_referral.entrypoints.schemas import ReferralIn
+
+    body, origin = referral_in_from_service_request(resource)
+    body.setdefault("referral_id", current.referral_id)
+    for field, expression in (("referral_id", "ServiceRequest.identifier"), ("requested_at", "ServiceRequest.authoredOn"),
+                              ("clinical.planned_date", "ServiceRequest.occurrence"),
+                              ("avis", f"ServiceRequest.extension('{EXT_AVIS}')")):
+        origin.setdefault(field, expression)
+    try:
+        sent = ReferralIn.model_validate(body).model_dump()
+    except ValidationError as exc:
+        raise FhirInvalid([(expression_of(".".join(str(p) for p in e["loc"]), origin), e["msg"])
+                           for e in exc.errors()]) from exc
+    held_body, _ = referral_in_from_service_request(service_request(current))
+    try:
+        held = ReferralIn.model_validate(held_body).model_dump()
+    except ValidationError:  # a referral taken under older rules: compared as rendered
+        held = held_body
+    for body_ in (sent, held):  # equipment is a set: its order in orderDetail means nothing
+        body_["clinical"]["equipment"] = sorted(map(str, body_["clinical"].get("equipment") or []))
+    changed = [field for field in _differences(sent, held, "") if field not in UPDATABLE_FIELDS]
+    if changed:
+        raise FhirInvalid([(expression_of(field, origin), "not updatable: only the patient's consent, the GP's agreement "
+                                                          "and the caregiver's presence change; anything else is a new "
+                                                          "referral") for field in changed])
+    return {"conditions": {name: sent["conditions"][name] for name in ("patient_consent", "gp_agreement",
+                                                                        "caregiver_present")}}
+
+
+def _differences(sent: Any, held: Any, path: str) -> list[str]:
+    """The dotted paths (`clinical.karnofsky`, `clinical.associated_mpp.0`) where two bodies differ."""
+    if isinstance(sent, dict) and isinstance(held, dict):
+        return [found for key in sorted(set(sent) | set(held), key=str)
+                for found in _differences(sent.get(key), held.get(key), f"{path}.{key}" if path else str(key))]
+    if isinstance(sent, (list, tuple)) and isinstance(held, (list, tuple)) and len(sent) == len(held):
+        return [found for i, (a, b) in enumerate(zip(sent, held)) for found in _differences(a, b, f"{path}.{i}")]
+    return [] if sent == held else [path]
+
+
 def _patient(r: _Reader, resource: dict[str, Any]) -> dict[str, Any]:
     subject = (resource.get("subject") or {}).get("reference") or ""
     patient: dict[str, Any] = {}
@@ -364,9 +423,13 @@ def _last_modified(referral: Referral) -> datetime:
     return max(s for s in stamps if s is not None)
 
 
-def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reason, str] | None = None) -> dict[str, Any]:
+def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reason, str] | None = None,
+         evaluation: str | None = None) -> dict[str, Any]:
     """The referral's progress as a Task (id = the referral's id). For an HAD (`viewer_had`) that
-    has just declined, its own answer: status rejected with its reason, not the next search."""
+    has just declined or withdrawn (`evaluation` EVALUATION_WITHDRAWN), its own answer: status
+    rejected with its reason, not the next search. An acceptance pending evaluation shows as
+    `accepted` with the `pending-evaluation` business status; `evaluation` EVALUATION_CONFIRMED
+    adds the confirmation to the HAD's answer."""
     status = referral.status
     resource: dict[str, Any] = {
         "resourceType": "Task",
@@ -392,12 +455,18 @@ def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reas
                               "valueString": offer.offer_id}]
     elif status in (Status.ACCEPTED, Status.ADMITTED, Status.DISCHARGED) or referral.accepted_had:
         owner = referral.admitted_had or referral.accepted_had
+    if status is Status.ACCEPTED and referral.evaluation_pending:
+        resource["businessStatus"]["coding"].append(_evaluation_coding(PENDING_EVALUATION))
+    elif status is Status.ACCEPTED and evaluation == EVALUATION_CONFIRMED:
+        resource["businessStatus"]["coding"].append(_evaluation_coding(EVALUATION_CONFIRMED))
     if status in (Status.CANCELLED, Status.INELIGIBLE) and referral.closed_reason:
         resource["statusReason"] = {"coding": [_coding(REASON_SYSTEM, str(referral.closed_reason))]}
     if declined is not None and viewer_had is not None:
         reason, text = declined
         resource["status"] = "rejected"
-        resource["businessStatus"] = {"coding": [_coding(STATUS_SYSTEM, "DECLINED", "Refusée par l'HAD")]}
+        resource["businessStatus"] = {"coding": [
+            _evaluation_coding(EVALUATION_WITHDRAWN) if evaluation == EVALUATION_WITHDRAWN
+            else _coding(STATUS_SYSTEM, "DECLINED", "Refusée par l'HAD")]}
         resource["statusReason"] = {"coding": [_coding(REASON_SYSTEM, str(reason))], **({"text": text} if text else {})}
         resource.pop("restriction", None)
         resource.pop("input", None)
@@ -405,6 +474,58 @@ def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reas
     if owner:
         resource["owner"] = finess_reference(owner)
     return resource
+
+
+def _evaluation_coding(code: str) -> dict[str, Any]:
+    return _coding(EVALUATION_SYSTEM, code, EVALUATION_LABELS[code])
+
+
+class TaskAnswer(StrEnum):
+    """What an HAD's `PUT /fhir/Task/{id}` asks for: one REST command each."""
+
+    ACCEPT = "accept"
+    ACCEPT_PENDING_EVALUATION = "accept-pending-evaluation"
+    CONFIRM_EVALUATION = "confirm-evaluation"
+    DECLINE = "decline"
+    WITHDRAW_ACCEPTANCE = "withdraw-acceptance"
+
+    @property
+    def answers_an_offer(self) -> bool:
+        """Whether the Task must name the offer it answers (its `offer-id` input)."""
+        return self in (TaskAnswer.ACCEPT, TaskAnswer.ACCEPT_PENDING_EVALUATION, TaskAnswer.DECLINE)
+
+
+# (Task.status, evaluation business status) -> the answer. Any other pair is refused, naming the
+# element at fault, rather than guessed from the referral's state.
+_TASK_ANSWERS = {
+    ("accepted", None): TaskAnswer.ACCEPT,
+    ("accepted", PENDING_EVALUATION): TaskAnswer.ACCEPT_PENDING_EVALUATION,
+    ("accepted", EVALUATION_CONFIRMED): TaskAnswer.CONFIRM_EVALUATION,
+    ("rejected", None): TaskAnswer.DECLINE,
+    ("rejected", EVALUATION_WITHDRAWN): TaskAnswer.WITHDRAW_ACCEPTANCE,
+}
+
+
+def task_answer(task_resource: dict[str, Any]) -> TaskAnswer:
+    """The answer a Task sent by an HAD stands for: its `status`, and the evaluation step its
+    `businessStatus` names (codings of other systems, such as the referral status read from the
+    server, are ignored)."""
+    status = task_resource.get("status")
+    if status not in ("accepted", "rejected"):
+        raise FhirInvalid([("Task.status", "an HAD answers with accepted or rejected")])
+    codings = (task_resource.get("businessStatus") or {}).get("coding") or []
+    steps = [c.get("code") for c in codings if isinstance(c, dict) and c.get("system") == EVALUATION_SYSTEM]
+    if len(steps) > 1:
+        raise FhirInvalid([("Task.businessStatus", f"at most one coding of {EVALUATION_SYSTEM}")])
+    step = steps[0] if steps else None
+    if step is not None and step not in EVALUATION_LABELS:
+        raise FhirInvalid([("Task.businessStatus", f"{EVALUATION_SYSTEM} codes: {', '.join(EVALUATION_LABELS)}")])
+    answer = _TASK_ANSWERS.get((status, step))
+    if answer is None:
+        allowed = {"accepted": f"none, {PENDING_EVALUATION} or {EVALUATION_CONFIRMED}",
+                   "rejected": f"none or {EVALUATION_WITHDRAWN}"}[status]
+        raise FhirInvalid([("Task.businessStatus", f"with status {status}, the evaluation step is {allowed}")])
+    return answer
 
 
 def offer_id_of(task_resource: dict[str, Any]) -> str | None:
@@ -440,14 +561,20 @@ def capability_statement(base_url: str, issuer: str | None, published: datetime)
             "security": security,
             "resource": [
                 {"type": "ServiceRequest",
-                 "documentation": "A referral: POST (hospital; conditional create on the referral identifier), read.",
-                 "interaction": [{"code": "read"}, {"code": "create"}],
-                 "versioning": "versioned",
-                 "conditionalCreate": True,
+                 "documentation": "A referral: POST (hospital; conditional create on the referral identifier), read; "
+                                  "PUT (its hospital or its department's desk) with If-Match: W/\"<versionId>\" "
+                                  "changes the consents only (patient-consent, gp-agreement, caregiver-present "
+                                  "extensions); any other element changed is refused (422).",
+                 "interaction": [{"code": "read"}, {"code": "create"}, {"code": "update"}],
+                 "versioning": "versioned-update",
+                 "conditionalCreate": True, "conditionalUpdate": False,
                  "readHistory": False, "updateCreate": False},
                 {"type": "Task",
-                 "documentation": "A referral's progress. An HAD answers its offer by PUT with status accepted, or "
-                                  "rejected with a statusReason.",
+                 "documentation": "A referral's progress. An HAD answers its offer by PUT: status accepted, or "
+                                  "rejected with a statusReason; accepted with the businessStatus "
+                                  f"{EVALUATION_SYSTEM}|{PENDING_EVALUATION} accepts subject to its liaison nurse's "
+                                  f"evaluation, then accepted with {EVALUATION_CONFIRMED} confirms it, or rejected "
+                                  f"with {EVALUATION_WITHDRAWN} and a statusReason withdraws it.",
                  "interaction": [{"code": "read"}, {"code": "update"}, {"code": "search-type"}],
                  "versioning": "versioned",
                  "readHistory": False, "updateCreate": False, "conditionalUpdate": False,
