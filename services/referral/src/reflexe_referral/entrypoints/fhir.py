@@ -247,12 +247,15 @@ async def update_service_request(referral_id: str, request: Request,
     resource = await _read_resource(request, "ServiceRequest")
     if isinstance(resource, dict) and resource.get("id") != referral_id:
         raise fm.FhirInvalid([("ServiceRequest.id", "must be the id in the URL")], 400)
-    current = await _existing(request, principal, referral_id)
-    if current is None:
-        raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}")
+    try:  # what the caller's update is compared with: read under the same scope rule as the command's
+        current, _ = await _service(request).get(referral_id)
+    except UnknownReferral as exc:
+        raise ApiError(404, "UNKNOWN_REFERRAL", f"no referral {referral_id}") from exc
+    audit.about(request, department=current.department)
+    _check_can_see(request, principal, current)
     if current.version != version:  # compared with what the caller read; the command checks it again under its lock
-        raise fm.FhirInvalid([("If-Match", f"version {version} is not the current one ({current.version})")], 412,
-                             "conflict")
+        raise ApiError(412, "STALE_VERSION", f"version {version} is not the current one",
+                       [{"field": "header.If-Match", "message": f"current version is {current.version}"}])
     update = RequestUpdateIn.model_validate(fm.request_update_from_service_request(resource, current))
     # The same command as PATCH /v1/referrals/{id}/request.
     referral = await update_request(request, uuid.UUID(referral_id), update, version, principal)
