@@ -72,9 +72,11 @@ ADMISSION_MEDIAN_H, ADMISSION_SIGMA = 5.0, 0.6  # accepted → admitted, simulat
 # patient at the bedside (and the home, the caregiver). Most visits confirm the acceptance, with
 # the nurse's avis; some find what this HAD cannot take on, and it withdraws, which releases the
 # place and passes the referral on to the next HAD (so the reasons are the HAD's, not the patient's).
-PENDING_EVALUATION_SHARE = 0.4  # of acceptances, by HADs answering through the REST API
+PENDING_EVALUATION_SHARE = 0.6  # of acceptances, by HADs answering through the REST API
 EVALUATION_VISIT_MEDIAN_H, EVALUATION_VISIT_SIGMA, EVALUATION_VISIT_MAX_H = 2.0, 0.5, 8.0
-WITHDRAWAL_SHARE = 0.2
+# One visit in five ends in a withdrawal: the run's first, sixth, eleventh... so that even a short
+# run has one (a coin would often give none out of the few evaluations of a demo minute).
+WITHDRAWAL_EVERY = 5
 WITHDRAWAL_REASONS: tuple[tuple[Reason, str, float], ...] = (
     (Reason.CARE_NOT_PROVIDED, "visite d'évaluation : soins plus lourds que ce que nos équipes assurent", 0.45),
     (Reason.NO_CAPACITY, "visite d'évaluation : passages infirmiers trop nombreux pour notre équipe cette semaine", 0.35),
@@ -506,7 +508,8 @@ class HadActor:
         if tracked is None or tracked.status != "ACCEPTED" or not tracked.pending_evaluation:
             return  # cancelled meanwhile
         short = referral_id[:8]
-        if self.rng.random() < WITHDRAWAL_SHARE:
+        ended = world.counters["confirmed"] + world.counters["withdrawn"]
+        if ended % WITHDRAWAL_EVERY == 0:
             reason, text = _weighted_choice(self.rng, WITHDRAWAL_REASONS)
             result = await world.client.withdraw_acceptance(self.spec.finess, referral_id, str(reason), text)
             if result.ok:
