@@ -301,13 +301,14 @@ WITH ev AS (
     SELECT e.referral_id, e.seq, split_part(e.type, '.', 3) AS kind
     FROM referral.referral_events e JOIN referral.referrals r USING (referral_id)
     WHERE r.department = ANY($1::text[]) AND e.occurred_at >= to_timestamp($2)),
-followed AS (  -- a step, then an offer later in the same referral's log
+followed AS (  -- a step, then an offer (or, after a withdrawal, the desk alerted) later in the referral's log
     SELECT DISTINCT step.kind, step.referral_id FROM ev step
-    JOIN ev offer ON offer.referral_id = step.referral_id AND offer.seq > step.seq AND offer.kind = 'OfferMade'
+    JOIN ev next ON next.referral_id = step.referral_id AND next.seq > step.seq
+     AND (next.kind = 'OfferMade' OR (step.kind = 'AcceptanceWithdrawn' AND next.kind = 'ReferralEscalated'))
     WHERE step.kind IN ('AcceptanceWithdrawn', 'ReferralCompleted'))
 SELECT
     (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'EvaluationConfirmed') AS confirmed,
-    (SELECT count(*) FROM followed WHERE kind = 'AcceptanceWithdrawn') AS withdrawn_then_offered,
+    (SELECT count(*) FROM followed WHERE kind = 'AcceptanceWithdrawn') AS withdrawn_then_searched,
     (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'AvisGiven') AS avis_after_posting,
     (SELECT count(*) FROM followed WHERE kind = 'ReferralCompleted') AS completed_then_offered
 """

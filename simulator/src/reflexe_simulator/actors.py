@@ -97,16 +97,18 @@ AVERAGE_STAY_DAYS = 28.0  # background patients' mean length of stay
 
 class Counters:
     # The referral's paths beyond the first answer, each of which a simulated day must run at least
-    # once: an acceptance pending evaluation confirmed; one withdrawn, the referral then offered to
-    # another HAD; a liaison nurse's avis after posting; a referral posted incomplete, updated with its
+    # once: an acceptance pending evaluation confirmed; one withdrawn, the search then going on (an
+    # offer to another HAD, or the desk alerted when no other HAD can take it); a liaison nurse's
+    # avis after posting; a referral posted incomplete, updated with its
     # consents, then offered.
-    PATHS = ("confirmed", "withdrawn", "offered_after_withdrawal", "avis_after_posting", "completed",
+    PATHS = ("confirmed", "withdrawn", "searched_after_withdrawal", "avis_after_posting", "completed",
              "offered_after_update")
     ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
              "no_answer", "answers_after_hold", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
              "discharged", "cancelled", "overdue_alerts", "declarations",
              # The evaluation, the avis after posting, consents, planned referrals.
-             "accepted_pending", "confirmed", "withdrawn", "offered_after_withdrawal", "avis_after_posting",
+             "accepted_pending", "confirmed", "withdrawn", "searched_after_withdrawal", "offered_after_withdrawal",
+             "avis_after_posting",
              "avis_updated", "avis_ineligible", "incomplete_posted", "completed", "offered_after_update",
              "offered_while_incomplete", "planned_posted", "webhooks_received", "webhooks_duplicate",
              "bad_signatures", "http_409", "http_errors", "unreachable",
@@ -137,7 +139,8 @@ class Counters:
     def paths_line(self) -> str:
         v = self.values
         return (f"pending evaluation {v['accepted_pending']}: confirmed {v['confirmed']}, withdrawn {v['withdrawn']} "
-                f"(then offered to another HAD {v['offered_after_withdrawal']}); avis after posting "
+                f"(then searched again {v['searched_after_withdrawal']}, offered to another HAD "
+                f"{v['offered_after_withdrawal']}); avis after posting "
                 f"{v['avis_after_posting']} (updates {v['avis_updated']}, ineligible {v['avis_ineligible']}); incomplete "
                 f"{v['incomplete_posted']}: updated {v['completed']}, then offered {v['offered_after_update']} (offered "
                 f"while still incomplete: {v['offered_while_incomplete']}); planned {v['planned_posted']}")
@@ -375,6 +378,7 @@ class HadActor:
         if tracked is not None:
             if tracked.withdrawn_by - {self.spec.finess}:
                 tracked.count_once(world.counters, "offered_after_withdrawal")
+                tracked.count_once(world.counters, "searched_after_withdrawal")
             if tracked.posted_incomplete:
                 # The platform offers an incomplete referral only once its consents are given.
                 tracked.count_once(world.counters, "offered_after_update" if tracked.completing else "offered_while_incomplete")
@@ -621,6 +625,9 @@ class DeskActor:
             return
         self.handled.add(key)
         self.world.counters.inc("escalated")
+        tracked = self.world.referrals.get(referral_id)
+        if tracked is not None and tracked.withdrawn_by:
+            tracked.count_once(self.world.counters, "searched_after_withdrawal")
         self.world.say(self.department.code, "ESCALATED", f"{referral_id[:8]} {why}".strip())
         self.world.spawn(self.decide(referral_id), sim_delay=self.rng.uniform(5, 30) * 60)
 

@@ -142,6 +142,13 @@ async def test_the_next_offer_after_a_withdrawal_or_after_the_consents_is_counte
     first.on_offer({"referral_id": again.generated.referral_id, "offer_id": "x", "had_finess": first.spec.finess,
                     "hold_until": hold})
     assert (counters["offered_after_withdrawal"], counters["offered_after_update"], counters["offered_while_incomplete"]) == (1, 1, 1)
+    # The search went on after the withdrawal: an offer to another HAD, or the desk alerted when none can.
+    assert counters["searched_after_withdrawal"] == 1
+    alone = _referrals(world, 1, seed=11)[0]
+    alone.withdrawn_by.add(first.spec.finess)
+    world.referrals[alone.generated.referral_id] = alone
+    world.desks["34"].escalated(alone.generated.referral_id, "aucune autre HAD")
+    assert counters["searched_after_withdrawal"] == 2 and counters["offered_after_withdrawal"] == 1
     await _settle(world)
     await _close(world)
 
