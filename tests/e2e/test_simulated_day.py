@@ -14,9 +14,10 @@ hospitalisations, HADs' admissions), the gateway allowing exactly its ADT sender
   and the HADs' (admissions), and the referral service answered FHIR ServiceRequests and Task
   updates.
 - Every later path of a referral ran, as the simulator counts it and as the referral service's
-  event log records it: an acceptance pending evaluation confirmed; one withdrawn, the referral
-  then offered again; a liaison nurse's avis after posting; a referral posted without its consents,
-  updated, then offered (and none offered while still incomplete).
+  event log records it: an acceptance pending evaluation confirmed; one withdrawn, the search then
+  going on (an offer to another HAD, or the desk alerted when none can take the patient); a liaison
+  nurse's avis after posting; a referral posted without its consents, updated, then searched for
+  the same way (and none offered while still incomplete).
 - Privacy: the simulated hospitals write down the identities of their patients (names, NIR, birth
   dates, their own patient numbers) that they never send to the REST or FHIR APIs, and that their
   HL7 messages do carry in PID; a scan of every Kafka record, log line, metric and table row of
@@ -301,16 +302,17 @@ WITH ev AS (
     SELECT e.referral_id, e.seq, split_part(e.type, '.', 3) AS kind
     FROM referral.referral_events e JOIN referral.referrals r USING (referral_id)
     WHERE r.department = ANY($1::text[]) AND e.occurred_at >= to_timestamp($2)),
-followed AS (  -- a step, then an offer (or, after a withdrawal, the desk alerted) later in the referral's log
+followed AS (  -- a step, then the search going on later in the referral's log: an offer, or the
+               -- desk alerted when no HAD can take the patient
     SELECT DISTINCT step.kind, step.referral_id FROM ev step
     JOIN ev next ON next.referral_id = step.referral_id AND next.seq > step.seq
-     AND (next.kind = 'OfferMade' OR (step.kind = 'AcceptanceWithdrawn' AND next.kind = 'ReferralEscalated'))
+     AND next.kind IN ('OfferMade', 'ReferralEscalated')
     WHERE step.kind IN ('AcceptanceWithdrawn', 'ReferralCompleted'))
 SELECT
     (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'EvaluationConfirmed') AS confirmed,
     (SELECT count(*) FROM followed WHERE kind = 'AcceptanceWithdrawn') AS withdrawn_then_searched,
     (SELECT count(DISTINCT referral_id) FROM ev WHERE kind = 'AvisGiven') AS avis_after_posting,
-    (SELECT count(*) FROM followed WHERE kind = 'ReferralCompleted') AS completed_then_offered
+    (SELECT count(*) FROM followed WHERE kind = 'ReferralCompleted') AS completed_then_searched
 """
 
 

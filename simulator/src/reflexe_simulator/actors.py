@@ -102,14 +102,14 @@ class Counters:
     # avis after posting; a referral posted incomplete, updated with its
     # consents, then offered.
     PATHS = ("confirmed", "withdrawn", "searched_after_withdrawal", "avis_after_posting", "completed",
-             "offered_after_update")
+             "searched_after_update")
     ORDER = ("referrals_posted", "ineligible_posted", "offers_received", "offers_polled", "accepted", "declined",
              "no_answer", "answers_after_hold", "late_answers", "expired", "escalated", "desk_widen", "desk_offer", "desk_close", "admitted",
              "discharged", "cancelled", "overdue_alerts", "declarations",
              # The evaluation, the avis after posting, consents, planned referrals.
              "accepted_pending", "confirmed", "withdrawn", "searched_after_withdrawal", "offered_after_withdrawal",
              "avis_after_posting",
-             "avis_updated", "avis_ineligible", "incomplete_posted", "completed", "offered_after_update",
+             "avis_updated", "avis_ineligible", "incomplete_posted", "completed", "searched_after_update", "offered_after_update",
              "offered_while_incomplete", "planned_posted", "webhooks_received", "webhooks_duplicate",
              "bad_signatures", "http_409", "http_errors", "unreachable",
              # Doors: how many went through each (REST, FHIR, HL7 over MLLP).
@@ -142,7 +142,8 @@ class Counters:
                 f"(then searched again {v['searched_after_withdrawal']}, offered to another HAD "
                 f"{v['offered_after_withdrawal']}); avis after posting "
                 f"{v['avis_after_posting']} (updates {v['avis_updated']}, ineligible {v['avis_ineligible']}); incomplete "
-                f"{v['incomplete_posted']}: updated {v['completed']}, then offered {v['offered_after_update']} (offered "
+                f"{v['incomplete_posted']}: updated {v['completed']}, then searched {v['searched_after_update']}, offered "
+                f"{v['offered_after_update']} (offered "
                 f"while still incomplete: {v['offered_while_incomplete']}); planned {v['planned_posted']}")
 
     def line(self) -> str:
@@ -382,6 +383,8 @@ class HadActor:
             if tracked.posted_incomplete:
                 # The platform offers an incomplete referral only once its consents are given.
                 tracked.count_once(world.counters, "offered_after_update" if tracked.completing else "offered_while_incomplete")
+                if tracked.completing:
+                    tracked.count_once(world.counters, "searched_after_update")
         hold_until = _parse_time(data.get("hold_until")) or datetime.now(UTC) + timedelta(minutes=30)
         by = " (desk)" if data.get("by_desk") else ""
         world.say(self.spec.department, "offer", f"{self.spec.name} offered {referral_id[:8]}{by}, hold "
@@ -628,6 +631,8 @@ class DeskActor:
         tracked = self.world.referrals.get(referral_id)
         if tracked is not None and tracked.withdrawn_by:
             tracked.count_once(self.world.counters, "searched_after_withdrawal")
+        if tracked is not None and tracked.completing:
+            tracked.count_once(self.world.counters, "searched_after_update")
         self.world.say(self.department.code, "ESCALATED", f"{referral_id[:8]} {why}".strip())
         self.world.spawn(self.decide(referral_id), sim_delay=self.rng.uniform(5, 30) * 60)
 

@@ -143,7 +143,7 @@ async def test_the_next_offer_after_a_withdrawal_or_after_the_consents_is_counte
                     "hold_until": hold})
     assert (counters["offered_after_withdrawal"], counters["offered_after_update"], counters["offered_while_incomplete"]) == (1, 1, 1)
     # The search went on after the withdrawal: an offer to another HAD, or the desk alerted when none can.
-    assert counters["searched_after_withdrawal"] == 1
+    assert counters["searched_after_withdrawal"] == 1 and counters["searched_after_update"] == 1
     alone = _referrals(world, 1, seed=11)[0]
     alone.withdrawn_by.add(first.spec.finess)
     world.referrals[alone.generated.referral_id] = alone
