@@ -69,10 +69,14 @@ async def admin_client(cluster: Infra) -> AsyncIterator[AIOKafkaAdminClient]:
 
 
 async def partitions(admin: AIOKafkaAdminClient, *topics: str) -> dict[tuple[str, int], dict]:
-    """(topic, partition) -> its description (leader, replicas, isr)."""
-    described = await admin.describe_topics(list(topics))
-    for d in described:
-        assert not d.get("error_code"), d
+    """(topic, partition) -> its description (leader, replicas, isr), once the broker asked knows
+    every topic (its metadata can lag the controller's for a moment after a creation)."""
+
+    async def known() -> list[dict] | None:
+        described = await admin.describe_topics(list(topics))
+        return None if any(d.get("error_code") for d in described) else described
+
+    described = await eventually(known, timeout=30, what=f"the brokers' metadata of {topics}")
     return {(d["topic"], p["partition"]): p for d in described for p in d["partitions"]}
 
 

@@ -8,6 +8,7 @@ a department owns all of its flows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
@@ -193,5 +194,22 @@ async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPI
             except TopicAlreadyExistsError:
                 pass  # another service created it between describe and create
             log.info("created topics", extra={"topics": [t.name for t in missing]})
+            await _until_served(admin, missing)
     finally:
         await admin.close()
+
+
+async def _until_served(admin: AIOKafkaAdminClient, topics: list[Topic], timeout: float = 30.0) -> None:
+    """The controller answers a creation before the brokers' metadata has the topics' leaders: a
+    consumer or producer started at once would meet UNKNOWN_TOPIC_OR_PARTITION. Wait until every
+    partition has a leader."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        described = await admin.describe_topics([t.name for t in topics])
+        led = {d["topic"]: sum(1 for p in d.get("partitions") or () if p.get("leader", -1) >= 0)
+               for d in described if not d.get("error_code")}
+        if all(led.get(t.name) == t.partitions for t in topics):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"topics created but not served after {timeout:.0f} s: {sorted(t.name for t in topics)}")
+        await asyncio.sleep(0.1)
