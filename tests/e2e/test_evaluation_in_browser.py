@@ -11,13 +11,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.test_desk_page import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, log_in
+from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
-from tests.support.platform import running_platform
 from tests.support.services import eventually
 
 # Four services, Kafka, PostgreSQL and Keycloak started for one test: minutes on two busy cores.
@@ -27,115 +25,102 @@ COMMUNE = "34053"  # Carlencas-et-Levas: only this test's two HADs serve it
 
 async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then_it_confirms_or_withdraws(
         topics, keycloak: Keycloak, tmp_path: Path) -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run deploy/local/install-browser.sh"
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    async with running_platform(topics, tmp_path, OIDC_ISSUER=keycloak.issuer) as services, \
-            async_playwright() as playwright, keycloak.client() as idp:
+    async with browser_platform(topics, keycloak, tmp_path) as platform:
+        services, browser, token = platform.services, platform.browser, platform.token
+        capacity, referral, idp = platform.capacity, platform.referral, platform.idp
+        # Two HADs of the commune: the first with more free places, offered first.
+        first, second = unique_finess("34"), unique_finess("34")
+        for finess, name, places in ((first, "HAD Thau", 3), (second, "HAD Pézenas", 1)):
+            assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name, [COMMUNE]),
+                                       headers=await token("admin"))).status_code == 200
+            assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=await token("had", finess=finess),
+                                        json={"places_available": places, "admissions_possible_today": places,
+                                              "status": "OPEN"})).status_code == 201
+        nurse, nurse_password = f"had{first}", secrets.token_urlsafe(12)
+        await idp.ensure_user(nurse, "had", nurse_password, finess=first)
+        liaison, liaison_password = f"liaison{first}", secrets.token_urlsafe(12)
+        await idp.ensure_user(liaison, "liaison", liaison_password, finess=first, department="34")
 
-        async def token(role: str, **scope: str) -> dict[str, str]:
-            return {"Authorization": f"Bearer {await idp.token_for(role, **scope)}"}
+        notify = services["notify"].url
+        page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
+        await page.goto(f"{notify}/had/{first}")
+        await log_in(page, keycloak, nurse, nurse_password)
+        await page.wait_for_url(f"{notify}/had/{first}")
+        await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
 
-        capacity = httpx.AsyncClient(base_url=services["capacity"].url, timeout=30)  # two cores shared by many
-        referral = httpx.AsyncClient(base_url=services["referral"].url, timeout=30)
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            # Two HADs of the commune: the first with more free places, offered first.
-            first, second = unique_finess("34"), unique_finess("34")
-            for finess, name, places in ((first, "HAD Thau", 3), (second, "HAD Pézenas", 1)):
-                assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name, [COMMUNE]),
-                                           headers=await token("admin"))).status_code == 200
-                assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=await token("had", finess=finess),
-                                            json={"places_available": places, "admissions_possible_today": places,
-                                                  "status": "OPEN"})).status_code == 201
-            nurse, nurse_password = f"had{first}", secrets.token_urlsafe(12)
-            await idp.ensure_user(nurse, "had", nurse_password, finess=first)
-            liaison, liaison_password = f"liaison{first}", secrets.token_urlsafe(12)
-            await idp.ensure_user(liaison, "liaison", liaison_password, finess=first, department="34")
+        async def post() -> str:
+            hospital = unique_finess()
+            posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
+                                         headers=await token("hospital", finess=hospital))
+            assert posted.status_code == 201, posted.text
+            return posted.json()["referral_id"]
 
-            notify = services["notify"].url
-            page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
-            await page.goto(f"{notify}/had/{first}")
-            await log_in(page, keycloak, nurse, nurse_password)
-            await page.wait_for_url(f"{notify}/had/{first}")
-            await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
+        async def state(referral_id: str) -> dict:
+            return (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("admin"))).json()
 
-            async def post() -> str:
-                hospital = unique_finess()
-                posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
-                                             headers=await token("hospital", finess=hospital))
-                assert posted.status_code == 201, posted.text
-                return posted.json()["referral_id"]
+        # 1. Accepted pending evaluation: held, the admission target running.
+        referral_id = await post()
+        offer = page.locator(f"#offer-{referral_id}")
+        await expect(offer).to_be_visible(timeout=60_000)
+        await offer.get_by_role("button", name=f"Accepter sous réserve d’évaluation la demande {referral_id[:8]}").click()
+        await expect(page.locator("#action-result")).to_have_text(
+            "Offre acceptée sous réserve d’évaluation : la place reste réservée.", timeout=5_000)
+        pending = page.locator(f"#patient-{referral_id}")
+        await expect(pending).to_contain_text("Évaluation en cours", timeout=5_000)
+        await expect(pending).to_contain_text("Objectif d’admission")
+        await expect(pending.locator("[data-due]")).to_contain_text("dans ")
+        assert (await state(referral_id))["evaluation_pending"] is True
+        await page.screenshot(path=str(ARTIFACTS / "had-page-evaluation.png"), full_page=True)
 
-            async def state(referral_id: str) -> dict:
-                return (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("admin"))).json()
+        # 2. The liaison nurse goes to the HAD's login page: she is sent to her own page.
+        visit = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
+        await visit.goto(f"{notify}/had")
+        await log_in(visit, keycloak, liaison, liaison_password)
+        await visit.wait_for_url(f"{notify}/liaison/{first}")
+        card = visit.locator(f"#avis-{referral_id}")
+        await expect(card).to_contain_text("Évaluation en cours (votre HAD)")
+        await expect(card).to_contain_text("non donné")
+        await card.get_by_label("Favorable", exact=True).check()
+        await card.get_by_label("Précision (facultatif, sans donnée identifiante)").fill("Domicile adapté, aidant présent")
+        await card.get_by_role("button", name=f"Enregistrer l’avis — demande {referral_id[:8]}").click()
+        await expect(visit.locator("#action-result")).to_have_text("Avis HAD enregistré.", timeout=5_000)
+        await expect(visit.locator(f"#avis-{referral_id} .current-avis")).to_have_text(
+            "favorable — Domicile adapté, aidant présent")
+        await visit.screenshot(path=str(ARTIFACTS / "liaison-page.png"), full_page=True)
+        given = await state(referral_id)
+        assert given["current_avis"] == {"eligible": True, "reason": None, "text": "Domicile adapté, aidant présent"}
 
-            # 1. Accepted pending evaluation: held, the admission target running.
-            referral_id = await post()
-            offer = page.locator(f"#offer-{referral_id}")
-            await expect(offer).to_be_visible(timeout=60_000)
-            await offer.get_by_role("button", name=f"Accepter sous réserve d’évaluation la demande {referral_id[:8]}").click()
-            await expect(page.locator("#action-result")).to_have_text(
-                "Offre acceptée sous réserve d’évaluation : la place reste réservée.", timeout=5_000)
-            pending = page.locator(f"#patient-{referral_id}")
-            await expect(pending).to_contain_text("Évaluation en cours", timeout=5_000)
-            await expect(pending).to_contain_text("Objectif d’admission")
-            await expect(pending.locator("[data-due]")).to_contain_text("dans ")
-            assert (await state(referral_id))["evaluation_pending"] is True
-            await page.screenshot(path=str(ARTIFACTS / "had-page-evaluation.png"), full_page=True)
+        # 3. The HAD confirms: admitted as usual from then on.
+        await pending.get_by_role("button", name=f"Confirmer l’admission — demande {referral_id[:8]}").click()
+        await expect(page.locator("#action-result")).to_have_text(
+            "Admission confirmée après évaluation : le patient est attendu.", timeout=5_000)
+        await expect(page.locator(f"#patient-{referral_id}")).to_contain_text("Déclarer l’admission", timeout=5_000)
+        assert (await state(referral_id))["evaluation_pending"] is False
 
-            # 2. The liaison nurse goes to the HAD's login page: she is sent to her own page.
-            visit = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
-            await visit.goto(f"{notify}/had")
-            await log_in(visit, keycloak, liaison, liaison_password)
-            await visit.wait_for_url(f"{notify}/liaison/{first}")
-            card = visit.locator(f"#avis-{referral_id}")
-            await expect(card).to_contain_text("Évaluation en cours (votre HAD)")
-            await expect(card).to_contain_text("non donné")
-            await card.get_by_label("Favorable", exact=True).check()
-            await card.get_by_label("Précision (facultatif, sans donnée identifiante)").fill("Domicile adapté, aidant présent")
-            await card.get_by_role("button", name=f"Enregistrer l’avis — demande {referral_id[:8]}").click()
-            await expect(visit.locator("#action-result")).to_have_text("Avis HAD enregistré.", timeout=5_000)
-            await expect(visit.locator(f"#avis-{referral_id} .current-avis")).to_have_text(
-                "favorable — Domicile adapté, aidant présent")
-            await visit.screenshot(path=str(ARTIFACTS / "liaison-page.png"), full_page=True)
-            given = await state(referral_id)
-            assert given["current_avis"] == {"eligible": True, "reason": None, "text": "Domicile adapté, aidant présent"}
+        # 4. A second referral accepted pending evaluation, then withdrawn with a reason.
+        other_id = await post()
+        offer = page.locator(f"#offer-{other_id}")
+        await expect(offer).to_be_visible(timeout=60_000)
+        await offer.get_by_role("button", name=f"Accepter sous réserve d’évaluation la demande {other_id[:8]}").click()
+        withdrawn = page.locator(f"#patient-{other_id}")
+        await expect(withdrawn).to_contain_text("Évaluation en cours", timeout=5_000)
+        withdraw = withdrawn.get_by_role("button", name=f"Retirer l’acceptation — demande {other_id[:8]}")
+        await withdraw.click()  # no reason chosen: the form asks for one, nothing is sent
+        assert await withdrawn.get_by_label("Motif", exact=True).evaluate("el => el.validity.valueMissing")
+        assert (await state(other_id))["evaluation_pending"] is True
+        await withdrawn.get_by_label("Motif", exact=True).select_option("SOCIAL_NOT_ELIGIBLE")
+        await withdraw.click()
+        await expect(page.locator("#action-result")).to_have_text(
+            "Acceptation retirée : la place est libérée, la demande va à une autre HAD.", timeout=5_000)
+        await expect(page.locator(f"#patient-{other_id}")).to_have_count(0, timeout=10_000)
 
-            # 3. The HAD confirms: admitted as usual from then on.
-            await pending.get_by_role("button", name=f"Confirmer l’admission — demande {referral_id[:8]}").click()
-            await expect(page.locator("#action-result")).to_have_text(
-                "Admission confirmée après évaluation : le patient est attendu.", timeout=5_000)
-            await expect(page.locator(f"#patient-{referral_id}")).to_contain_text("Déclarer l’admission", timeout=5_000)
-            assert (await state(referral_id))["evaluation_pending"] is False
+        async def offered_to_second() -> dict | None:
+            now = await state(other_id)
+            offer = now.get("current_offer") or {}
+            return now if now["status"] == "OFFERED" and offer.get("had_finess") == second else None
 
-            # 4. A second referral accepted pending evaluation, then withdrawn with a reason.
-            other_id = await post()
-            offer = page.locator(f"#offer-{other_id}")
-            await expect(offer).to_be_visible(timeout=60_000)
-            await offer.get_by_role("button", name=f"Accepter sous réserve d’évaluation la demande {other_id[:8]}").click()
-            withdrawn = page.locator(f"#patient-{other_id}")
-            await expect(withdrawn).to_contain_text("Évaluation en cours", timeout=5_000)
-            withdraw = withdrawn.get_by_role("button", name=f"Retirer l’acceptation — demande {other_id[:8]}")
-            await withdraw.click()  # no reason chosen: the form asks for one, nothing is sent
-            assert await withdrawn.get_by_label("Motif", exact=True).evaluate("el => el.validity.valueMissing")
-            assert (await state(other_id))["evaluation_pending"] is True
-            await withdrawn.get_by_label("Motif", exact=True).select_option("SOCIAL_NOT_ELIGIBLE")
-            await withdraw.click()
-            await expect(page.locator("#action-result")).to_have_text(
-                "Acceptation retirée : la place est libérée, la demande va à une autre HAD.", timeout=5_000)
-            await expect(page.locator(f"#patient-{other_id}")).to_have_count(0, timeout=10_000)
-
-            async def offered_to_second() -> dict | None:
-                now = await state(other_id)
-                offer = now.get("current_offer") or {}
-                return now if now["status"] == "OFFERED" and offer.get("had_finess") == second else None
-
-            now = await eventually(offered_to_second, timeout=60, interval=0.2, what="the offer to the next HAD")
-            assert first in now["tried_hads"]
-            await page.screenshot(path=str(ARTIFACTS / "had-page-withdrawn.png"), full_page=True)
-        finally:
-            await browser.close()
-            await capacity.aclose()
-            await referral.aclose()
+        now = await eventually(offered_to_second, timeout=60, interval=0.2, what="the offer to the next HAD")
+        assert first in now["tried_hads"]
+        await page.screenshot(path=str(ARTIFACTS / "had-page-withdrawn.png"), full_page=True)
