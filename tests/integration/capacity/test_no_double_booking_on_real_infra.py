@@ -465,9 +465,12 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
     env = service_env(topics, CAPACITY_HOLD_MINUTES_WITHIN_24H="0.05",  # holds of 3 s: expiries churn places
                       # a dead member leaves the group after 6 s instead of faust's 60 s
                       BROKER_SESSION_TIMEOUT="6", BROKER_HEARTBEAT_INTERVAL="1", BROKER_REBALANCE_TIMEOUT="20")
-    # Faust commits the matcher's offsets every 2.8 s: what the victim handled since its last
-    # commit is redelivered to the process that takes its partitions over.
-    victim = ServiceProcess("reflexe_capacity", {**env, "INSTANCE": "victim"}, "CAPACITY_HTTP_PORT", tmp_path)
+    # Faust commits the matcher's offsets every 2.8 s by default: what the victim handled since its
+    # last commit is redelivered to the process that takes its partitions over. The victim commits
+    # every 30 s instead, so that on a fast machine too it dies holding handled records its group
+    # has not committed (the redelivery this test is about).
+    victim = ServiceProcess("reflexe_capacity", {**env, "INSTANCE": "victim", "BROKER_COMMIT_INTERVAL": "30"},
+                            "CAPACITY_HTTP_PORT", tmp_path)
     survivor = ServiceProcess("reflexe_capacity", {**env, "INSTANCE": "survivor"}, "CAPACITY_HTTP_PORT", tmp_path)
     newcomer = ServiceProcess("reflexe_capacity", {**env, "INSTANCE": "newcomer"}, "CAPACITY_HTTP_PORT", tmp_path)
     referral_service = ServiceProcess("reflexe_referral", env, "REFERRAL_HTTP_PORT", tmp_path)
