@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import httpx
 import uvicorn
+from reflexe_common.serve import KEEP_ALIVE_SECONDS
 
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
@@ -79,7 +80,7 @@ async def serve_in_process(app, port: int | None = None, lifespan: bool = True) 
     ASGITransport buffers the whole response)."""
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           lifespan="on" if lifespan else "off"))
+                                           lifespan="on" if lifespan else "off", timeout_keep_alive=KEEP_ALIVE_SECONDS))
     task = asyncio.create_task(server.serve())
     try:
         await eventually(lambda: asyncio.sleep(0, server.started), timeout=60, what="in-process server start")

@@ -45,10 +45,15 @@ class BoundedStopServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+# Longer than any client's or proxy's idle pool (httpx keeps connections 5 s, an ingress about 60 s):
+# a server that closes an idle connection first races a client reusing it, which then reads nothing.
+KEEP_ALIVE_SECONDS = 75
+
+
 def serve(build_app: Callable[..., FastAPI], settings) -> None:
     """settings: the service's settings object (http_host, http_port)."""
     config = uvicorn.Config(build_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                            timeout_graceful_shutdown=GRACEFUL_HTTP_SECONDS)
+                            timeout_graceful_shutdown=GRACEFUL_HTTP_SECONDS, timeout_keep_alive=KEEP_ALIVE_SECONDS)
     server = BoundedStopServer(config)
     server.run()
     if not server.started:  # as uvicorn.run: a service that could not start (e.g. its port taken) fails
