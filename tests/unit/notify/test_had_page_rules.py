@@ -27,6 +27,16 @@ def test_an_had_entry_keeps_only_its_own_part_of_the_explanation() -> None:
     assert entry.data["explanation"].startswith("Proposé à HAD A (340000017)") and "ranking" not in entry.data
 
 
+def test_an_had_history_tells_an_acceptance_pending_evaluation_from_a_plain_one() -> None:
+    def title(pending: bool) -> str:
+        event = DeskEvent("34", f"evt-{pending}", "offer.accepted", AT, {
+            "referral_id": RID, "department": "34", "offer_id": "o1", "had_finess": "340000017",
+            "pending_evaluation": pending})
+        return _for_had(event, "340000017").payload(1)["title"]
+
+    assert (title(True), title(False)) == ("Offre acceptée sous réserve", "Offre acceptée")
+
+
 def test_e_mails_and_webhooks_to_an_had_link_to_its_own_page() -> None:
     assert page_url("https://reflexe.example/", "had:340000017", "34") == "https://reflexe.example/had/340000017"
     assert page_url("https://reflexe.example", "desk:34", "34") == "https://reflexe.example/desk/34"

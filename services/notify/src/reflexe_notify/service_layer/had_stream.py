@@ -31,7 +31,7 @@ _OPENS = frozenset({"offer.proposed", "offer.accepted", "referral.admitted"})
 _TO_CONCERNED = frozenset({"referral.cancelled", "admission.overdue", "referral.discharged"})
 # What an HAD's entry may carry.
 _KEPT = ("referral_id", "department", "offer_id", "had_finess", "hold_until", "reason", "by_desk", "explanation",
-         "live_places", "declared_places", "status", "authorised_places")
+         "pending_evaluation", "live_places", "declared_places", "status", "authorised_places")
 
 
 def stream_key(finess: str) -> str:
