@@ -111,6 +111,17 @@ async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then
         assert await withdrawn.get_by_label("Motif", exact=True).evaluate("el => el.validity.valueMissing")
         assert (await state(other_id))["evaluation_pending"] is True
         await withdrawn.get_by_label("Motif", exact=True).select_option("SOCIAL_NOT_ELIGIBLE")
+        precision = withdrawn.get_by_label("Précision (facultatif, sans donnée identifiante)")
+        await precision.fill("Logement inadapté")
+        # The page refreshes live while she types (here: her HAD declares again): what she chose
+        # and typed is still there in the re-rendered patient.
+        await withdrawn.evaluate("el => { el.dataset.beforeRefresh = 'yes'; }")
+        assert (await capacity.post(f"/v1/hads/{first}/capacity", headers=await token("had", finess=first),
+                                    json={"places_available": 3, "admissions_possible_today": 3,
+                                          "status": "OPEN"})).status_code == 201
+        await expect(page.locator(f"#patient-{other_id}:not([data-before-refresh])")).to_have_count(1, timeout=10_000)
+        assert await withdrawn.get_by_label("Motif", exact=True).input_value() == "SOCIAL_NOT_ELIGIBLE"
+        assert await precision.input_value() == "Logement inadapté"
         await withdraw.click()
         await expect(page.locator("#action-result")).to_have_text(
             "Acceptation retirée : la place est libérée, la demande va à une autre HAD.", timeout=5_000)

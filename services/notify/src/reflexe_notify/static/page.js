@@ -127,11 +127,20 @@
   }
 
   // Replaces a region, keeping the keyboard on the same referral's control (or the region's heading).
+  // A refresh keeps what the person was choosing or typing (a withdrawal's reason, its precision):
+  // fields are found again by their id, which names the referral.
   function swap(el, html, fallback) {
     const active = document.activeElement;
-    const focused = active && el.contains(active) && active.dataset.referral
-      ? `${active.localName}[data-referral="${CSS.escape(active.dataset.referral)}"]` : null;
+    const inside = active && el.contains(active);
+    const focused = !inside ? null : active.id ? `#${CSS.escape(active.id)}`
+      : active.dataset.referral ? `${active.localName}[data-referral="${CSS.escape(active.dataset.referral)}"]` : null;
+    const typed = [...el.querySelectorAll("select[id], textarea[id], input[id][type=text]")]
+      .filter((field) => field.value).map((field) => [field.id, field.value]);
     el.innerHTML = html;
+    for (const [id, value] of typed) {
+      const field = el.querySelector(`#${CSS.escape(id)}`);
+      if (field && !field.value) field.value = value;
+    }
     if (focused) (el.querySelector(focused) || fallback).focus();
   }
 
