@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: its own throwaway infrastructure, percentiles, paced load."""
+"""Shared benchmark plumbing: its own throwaway infrastructure, percentiles, paced load, the RSS
+of the service processes a benchmark starts, and the one JSON line each benchmark ends with."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import math
 import os
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
@@ -15,9 +17,25 @@ from typing import Any, Iterator
 
 from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
 
-BENCH_KAFKA_PORT = 27092
-BENCH_CONTROLLER_PORT = 27093
-BENCH_PG_PORT = 27432
+# Within each REFLEXE_TEST_PORT_OFFSET's block of 100 ports, beside the test session's (28092-28097,
+# 28432 + offset: tests/conftest.py), so that a benchmark runs next to any test run, its own included.
+PORT_OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))
+BENCH_KAFKA_PORT = 28142 + PORT_OFFSET
+BENCH_CONTROLLER_PORT = 28143 + PORT_OFFSET
+BENCH_PG_PORT = 28482 + PORT_OFFSET
+# What each service may hold in memory under the benchmarks' loads (issue 11's target).
+RSS_TARGET_MB = 150
+
+
+def quick() -> bool:
+    """`./reflexe bench --quick`: tiny volumes, to check that every benchmark runs and reports its
+    figures (the test suite does), not to measure."""
+    return os.environ.get("REFLEXE_BENCH_QUICK") == "1"
+
+
+def sized(full: int, quick_size: int) -> int:
+    """A volume: `full` in a measuring run, `quick_size` in a quick one."""
+    return quick_size if quick() else full
 
 
 @contextmanager
@@ -60,6 +78,70 @@ async def paced(rate_per_second: float, count: int, action: Callable[[int], Awai
         tasks.append(asyncio.create_task(action(i)))
     await asyncio.gather(*tasks)
     return time.perf_counter() - started
+
+
+def latency_figures(name: str, samples_seconds: list[float], p99_target_ms: float | None = None,
+                    p50_target_ms: float | None = None) -> dict[str, dict[str, Any]]:
+    """`name`_p50_ms, _p95_ms, _p99_ms (with their targets, if any) and _samples of a latency."""
+    stats = percentiles(samples_seconds)
+    return {
+        f"{name}_p50_ms": figure(stats.get("p50_ms"), "ms", p50_target_ms, "<=" if p50_target_ms is not None else None),
+        f"{name}_p95_ms": figure(stats.get("p95_ms"), "ms"),
+        f"{name}_p99_ms": figure(stats.get("p99_ms"), "ms", p99_target_ms, "<=" if p99_target_ms is not None else None),
+        f"{name}_samples": figure(stats["n"], "count"),
+    }
+
+
+def rss_kb(pid: int) -> int | None:
+    """The resident set of a live process (VmRSS), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class RssWatch:
+    """Samples the resident memory of the service processes a benchmark started, from a thread
+    (the benchmark's event loop is busy with the load), and keeps each one's maximum."""
+
+    def __init__(self, interval_seconds: float = 0.1) -> None:
+        self._pids: dict[str, int] = {}
+        self._max_kb: dict[str, int] = {}
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="rss-watch", daemon=True)
+
+    def watch(self, service: str, pid: int) -> None:
+        self._pids[service] = pid
+        self._sample()
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+
+    def _sample(self) -> None:
+        for service, pid in list(self._pids.items()):
+            kb = rss_kb(pid)
+            if kb is not None:
+                self._max_kb[service] = max(kb, self._max_kb.get(service, 0))
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def stop(self) -> None:
+        self._sample()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """rss_<service>_mb: the maximum over the run, against the per-service target."""
+        return {f"rss_{service}_mb": figure(self._max_kb[service] / 1024 if service in self._max_kb else None,
+                                            "MB", RSS_TARGET_MB, "<=")
+                for service in self._pids}
 
 
 def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
@@ -109,9 +191,14 @@ def result_line(benchmark: str, figures: dict[str, dict[str, Any]]) -> dict[str,
             "machine": machine(), "figures": figures, "all_met": all(targeted) if targeted else None}
 
 
+# Every result line printed in this process, in order: `./reflexe bench` sums them up.
+PRINTED_RESULTS: list[dict[str, Any]] = []
+
+
 def print_result(benchmark: str, figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Prints the benchmark's figures as one JSON line, which must be the last line of its output
     (a run is compared with another by these lines), and returns it."""
     line = result_line(benchmark, figures)
     print(json.dumps(line, ensure_ascii=False), flush=True)
+    PRINTED_RESULTS.append(line)
     return line
