@@ -1,0 +1,128 @@
+"""Outbox relay: an event committed with the state change that caused it → the record readable
+on Kafka by a read_committed consumer, at a steady rate. The events go through
+reflexe_common.outbox as every service's go (enqueue in the transaction, the relay woken at
+commit, a Kafka transaction per batch), in a schema of their own, onto the referral log.
+
+Run alone: python -m benchmarks.relay [--rate 100] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import bench_infra, figure, latency_figures, paced, percentiles, print_result, print_table  # noqa: E402
+from reflexe.v1 import referral_pb2  # noqa: E402
+from reflexe_common.db import create_pool, migrate  # noqa: E402
+from reflexe_common.envelope import ts, wrap  # noqa: E402
+from reflexe_common.outbox import OutboxRelay, enqueue  # noqa: E402
+from reflexe_common.topics import REFERRAL_EVENTS, ensure_topics  # noqa: E402
+from tests.support.infra import Infra  # noqa: E402
+from tests.support.services import eventually  # noqa: E402
+
+DEPARTMENT = "34"
+P50_TARGET_MS = 5
+
+
+class Arrivals:
+    """Follows the referral log read_committed from its end and notes when each event id arrived."""
+
+    def __init__(self, kafka: dict) -> None:
+        self.kafka = kafka
+        self.at: dict[str, float] = {}
+        self.ready = asyncio.Event()
+
+    async def follow(self) -> None:
+        partitions = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
+        consumer = AIOKafkaConsumer(**self.kafka, isolation_level="read_committed", enable_auto_commit=False,
+                                    fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            for partition in partitions:
+                await consumer.position(partition)
+            self.ready.set()
+            while True:
+                for records in (await consumer.getmany(*partitions, timeout_ms=100)).values():
+                    now = time.perf_counter()
+                    for record in records:
+                        event_id = dict(record.headers).get("ce_id", b"").decode()
+                        self.at.setdefault(event_id, now)
+        finally:
+            await consumer.stop()
+
+
+def _event() -> object:
+    header = referral_pb2.ReferralEventHeader(referral_id=str(uuid.uuid4()), department=DEPARTMENT,
+                                              occurred_at=ts(datetime.now(UTC)), actor="system")
+    return wrap(referral_pb2.ReferralEscalated(header=header, why="bench"), "bench/relay")
+
+
+async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
+    schema = f"bench_relay_{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(infra.database_url, schema)
+    await migrate(pool, schema, "reflexe_common.sql")  # the platform's tables alone: outbox and its journal
+    relay = OutboxRelay(pool, infra.database_url, schema, infra.kafka())
+    arrivals = Arrivals(infra.kafka_options())
+    tasks = [asyncio.create_task(relay.run()), asyncio.create_task(arrivals.follow())]
+    committed: dict[str, float] = {}
+    count = max(1, int(rate * seconds))
+    try:
+        await asyncio.wait_for(arrivals.ready.wait(), 30)
+        await eventually(lambda: relay.is_leader, timeout=30, what="the relay leading")
+
+        async def commit(_: int) -> None:
+            envelope = _event()
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await enqueue(conn, REFERRAL_EVENTS.name, DEPARTMENT, envelope)
+                committed[envelope.id] = time.perf_counter()
+
+        async def all_arrived() -> None:
+            await eventually(lambda: all(event_id in arrivals.at for event_id in committed), timeout=120,
+                             interval=0.01, what=f"{len(committed)} records on Kafka")
+
+        await paced(10, 20, commit)  # warm-up: the relay's producer and the consumer's fetches settle
+        await all_arrived()
+        committed.clear()
+        elapsed = await paced(rate, count, commit)
+        await all_arrived()
+        latencies = [arrivals.at[event_id] - at for event_id, at in committed.items()]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pool.close()
+    print_table(f"Relay benchmark: {count} events committed at {rate:.0f}/s (committing took {elapsed:.1f} s)", {
+        "outbox commit -> record on Kafka (read_committed)": percentiles(latencies),
+    })
+    print_result("relay", {
+        "rate_per_s": figure(rate, "events/s"),
+        **latency_figures("commit_to_record", latencies, p50_target_ms=P50_TARGET_MS),
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    with bench_infra() as infra:
+        asyncio.run(ensure_topics(infra.kafka()))
+        asyncio.run(run(infra, args.rate, args.seconds, Path(tempfile.mkdtemp(prefix="reflexe-bench-logs-"))))
+
+
+if __name__ == "__main__":
+    main()
