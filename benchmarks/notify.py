@@ -27,7 +27,8 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bench_infra, paced, percentiles, print_table  # noqa: E402
+from benchmarks.common import (RssWatch, bench_infra, figure, latency_figures, paced, percentiles,  # noqa: E402
+                               print_result, print_table, sized)
 from reflexe.v1 import referral_pb2  # noqa: E402
 from reflexe_common.envelope import ts, wrap  # noqa: E402
 from reflexe_common.topics import REFERRAL_EVENTS, ensure_topics  # noqa: E402
@@ -35,11 +36,13 @@ from reflexe_notify.adapters import store  # noqa: E402
 from reflexe_notify.domain.recipients import Recipient  # noqa: E402
 from tests.support.desk import sse_events  # noqa: E402
 from tests.support.infra import Infra  # noqa: E402
-from tests.support.platform import webhook_receiver  # noqa: E402
+from tests.support.receiver import WebhookReceiver  # noqa: E402
 from tests.support.services import ServiceProcess, eventually, service_env, token  # noqa: E402
 
 DEPARTMENT = "34"
-THROUGHPUT_DELIVERIES = 5000
+WEBHOOK_P99_TARGET_MS = 50  # event → webhook, at 100 events/s
+STREAM_P99_TARGET_MS = 30  # event → SSE, at 100 events/s
+DELIVERIES_PER_SECOND_TARGET = 2000
 
 
 async def _stream_reader(url: str, received: dict[str, float], opened: asyncio.Event) -> None:
@@ -54,15 +57,18 @@ async def _stream_reader(url: str, received: dict[str, float], opened: asyncio.E
 
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     count = int(rate * seconds)
+    throughput_deliveries = sized(5000, 300)
     notify = ServiceProcess("reflexe_notify", service_env(infra, NOTIFY_CONCURRENCY="32"), "NOTIFY_HTTP_PORT", log_dir).start()
+    rss = RssWatch()
+    rss.watch("notify", notify.proc.pid)
     producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", linger_ms=0)
     try:
         await notify.wait_ready()
         await producer.start()
-        async with webhook_receiver() as (receiver, hook_url), httpx.AsyncClient(base_url=notify.url) as api:
+        async with WebhookReceiver() as receiver, httpx.AsyncClient(base_url=notify.url) as api:
             desk = token("desk", department=DEPARTMENT)
             subscribed = await api.post("/v1/subscriptions", headers=desk,
-                                        json={"url": f"{hook_url}/desk", "event_types": ["admission.overdue"]})
+                                        json={"url": f"{receiver.url}/desk", "event_types": ["admission.overdue"]})
             subscribed.raise_for_status()
             streamed: dict[str, float] = {}
             opened = asyncio.Event()
@@ -90,37 +96,46 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                 return len(receiver.unique()) - len(warm) >= count and all(r in streamed for r in published)
 
             await eventually(lambda: asyncio.sleep(0, all_in()), timeout=120, what="every webhook and stream event")
-            hooked = {d.json["data"]["referral_id"]: d.received_at for d in receiver.unique().values()}
+            hooked = {d.json["data"]["referral_id"]: d.at for d in receiver.unique().values()}
             webhook_latency = [hooked[r] - t for r, t in published.items() if r in hooked]
             stream_latency = [streamed[r] - t for r, t in published.items() if r in streamed]
             reader.cancel()
 
             # Throughput: a backlog committed at once, drained by the dispatcher.
-            before = len(receiver.deliveries)
+            before = len(receiver.received)
             conn = await asyncpg.connect(infra.database_url, server_settings={"search_path": "notify"})
             try:
                 async with conn.transaction():
                     body = json.dumps({"type": "admission.overdue", "timestamp": "2026-11-22T10:15:00+00:00",
                                        "data": {"referral_id": "bench", "department": DEPARTMENT}})
-                    for i in range(THROUGHPUT_DELIVERIES):
+                    for i in range(throughput_deliveries):
                         await store.enqueue(conn, f"bench-{uuid.uuid4()}", "admission.overdue", DEPARTMENT, body,
                                             [Recipient.desk(DEPARTMENT)], 8)
                 started = time.perf_counter()
             finally:
                 await conn.close()
-            await eventually(lambda: asyncio.sleep(0, len(receiver.deliveries) - before >= THROUGHPUT_DELIVERIES),
+            await eventually(lambda: asyncio.sleep(0, len(receiver.received) - before >= throughput_deliveries),
                              timeout=300, interval=0.01, what="the backlog drained")
             drained = time.perf_counter() - started
     finally:
+        rss.stop()
         await producer.stop()
         notify.stop()
     print_table(f"Notify benchmark: {count} events at {rate:.0f}/s (publishing took {elapsed:.1f} s)", {
         "published -> desk webhook received": percentiles(webhook_latency),
         "published -> SSE event received": percentiles(stream_latency),
     })
-    print(f"  webhook throughput: {THROUGHPUT_DELIVERIES} deliveries in {drained:.2f} s = "
-          f"{THROUGHPUT_DELIVERIES / drained:.0f} deliveries/s (NOTIFY_CONCURRENCY=32, local receiver, "
+    print(f"  webhook throughput: {throughput_deliveries} deliveries in {drained:.2f} s = "
+          f"{throughput_deliveries / drained:.0f} deliveries/s (NOTIFY_CONCURRENCY=32, local receiver, "
           f"every attempt logged)")
+    print_result("notify", {
+        "rate_per_s": figure(rate, "events/s"),
+        **latency_figures("event_to_webhook", webhook_latency, p99_target_ms=WEBHOOK_P99_TARGET_MS),
+        **latency_figures("event_to_sse", stream_latency, p99_target_ms=STREAM_P99_TARGET_MS),
+        "webhook_deliveries_per_s": figure(throughput_deliveries / drained, "deliveries/s",
+                                           DELIVERIES_PER_SECOND_TARGET, ">="),
+        **rss.figures(),
+    })
 
 
 def main() -> None:

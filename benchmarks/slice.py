@@ -1,6 +1,7 @@
 """End-to-end latency of the first slice: referral POST answered → offer webhook received at the
 HAD, at a steady rate, with the raw aiokafka produce→consume round trip on the same broker as
-the reference."""
+the reference (the figure to compare with: what the broker alone costs on this machine), and
+the resident memory of each service process under that load."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks.common import paced, percentiles, print_table
+from benchmarks.common import RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
 from reflexe_common.envelope import unwrap
 from reflexe_common.finess import with_key
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_common.geography import Geography
 from tests.support.data import had_body, referral_body
 from tests.support.infra import Infra
-from tests.support.platform import running_platform, webhook_receiver
+from tests.support.platform import running_platform
+from tests.support.receiver import WebhookReceiver
 from tests.support.services import eventually, token
+
+P99_TARGET_MS = 100  # POST answered → webhook received, at 100 referrals/s
 
 
 async def raw_round_trip(kafka: dict, rate: float, count: int) -> list[float]:
@@ -110,7 +114,10 @@ async def _mean_from_metrics(url: str, metric: str, **labels: str) -> float:
 async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     count = int(rate * seconds)
     communes = [c.insee_code for c in Geography.load().communes_of_department("34")]
-    async with running_platform(infra, log_dir) as services, webhook_receiver() as (receiver, hook_url):
+    rss = RssWatch()
+    async with running_platform(infra, log_dir) as services, WebhookReceiver() as receiver:
+        for name, process in services.items():
+            rss.watch(name, process.proc.pid)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=services["referral"].url, timeout=60, limits=limits) as referral, \
                 httpx.AsyncClient(base_url=services["capacity"].url) as capacity, \
@@ -119,7 +126,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                 had = with_key(f"34990{n:03d}")
                 await capacity.put(f"/v1/hads/{had}", json=had_body(f"HAD bench {n}", communes, places=5000), headers=token("admin"))
                 await notify.post("/v1/subscriptions", headers=token("had", finess=had),
-                                  json={"url": f"{hook_url}/had/{had}", "event_types": ["offer.proposed"]})
+                                  json={"url": f"{receiver.url}/had/{had}", "event_types": ["offer.proposed"]})
                 await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
                                     json={"places_available": 5000, "admissions_possible_today": 5000, "status": "OPEN"})
             hospital = "340000017"
@@ -143,7 +150,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
             elapsed = await paced(rate, count, post)
             await eventually(lambda: asyncio.sleep(0, len(receiver.unique()) - len(warm) >= count), timeout=120,
                              what="every webhook")
-            received = {d.json["data"]["referral_id"]: d.received_at for d in receiver.of_type("offer.proposed")}
+            received = {d.json["data"]["referral_id"]: d.at for d in receiver.of_type("offer.proposed")}
             slice_latencies = [received[rid] - t for rid, t in answered.items() if rid in received]
             hops = await _hops(infra.kafka_options(), answered, received)
             internals = {name: await _mean_from_metrics(services[svc].url, metric, **labels) for name, (svc, metric, labels) in {
@@ -152,8 +159,16 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                 "referral outbox commit -> Kafka (mean)": ("referral", "reflexe_outbox_publish_duration_seconds", {}),
                 "notify consumer handler (mean)": ("notify", "reflexe_handler_duration_seconds", {"consumer": "notify"}),
             }.items()}
+            rss.stop()
     raw = await raw_round_trip(infra.kafka_options(), rate, count)
     slice_stats, raw_stats = percentiles(slice_latencies), percentiles(raw)
+
+    def ratio(key: str) -> float | None:
+        """The slice's latency in round trips of the bare broker measured in the same run."""
+        if slice_stats.get(key) and raw_stats.get(key):
+            return slice_stats[key] / raw_stats[key]
+        return None
+
     print_table(f"Slice benchmark: {count} referrals at {rate:.0f}/s (posting took {elapsed:.1f} s)", {
         "POST sent -> 201 answered": percentiles(post_latencies),
         "POST answered -> webhook received": slice_stats,
@@ -162,5 +177,12 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     })
     for name, value in internals.items():
         print(f"  {name:<40} {value * 1000:.1f} ms")
-    print(f"  ratio slice/raw: p50 x{slice_stats['p50_ms'] / raw_stats['p50_ms']:.1f}, "
-          f"p99 x{slice_stats['p99_ms'] / raw_stats['p99_ms']:.1f}")
+    print(f"  ratio slice/raw: p50 x{ratio('p50_ms') or float('nan'):.1f}, p99 x{ratio('p99_ms') or float('nan'):.1f}")
+    print_result("slice", {
+        "rate_per_s": figure(rate, "referrals/s"),
+        **latency_figures("post_to_webhook", slice_latencies, p99_target_ms=P99_TARGET_MS),
+        **latency_figures("raw_round_trip", raw),
+        "ratio_to_raw_p50": figure(ratio("p50_ms"), "x"),
+        "ratio_to_raw_p99": figure(ratio("p99_ms"), "x"),
+        **rss.figures(),
+    })
