@@ -26,7 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client.parser import text_string_to_metric_families
 from reflexe.v1 import referral_pb2
 
-from benchmarks.common import paced, percentiles, print_table
+from benchmarks.common import RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
 from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
 from reflexe_common.geography import Geography
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
@@ -133,6 +133,8 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     communes = {d: [c.insee_code for c in geography.communes_of_department(d)] for d in DEPARTMENTS}
     await mark_group_caught_up(infra.kafka_options())
     service = ServiceProcess("reflexe_capacity", service_env(infra, INSTANCE="bench"), "CAPACITY_HTTP_PORT", log_dir).start()
+    rss = RssWatch()
+    rss.watch("capacity", service.proc.pid)
     producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", enable_idempotence=True, linger_ms=2)
     offers = Offers(infra.kafka_options())
     follower = asyncio.create_task(offers.follow())
@@ -193,6 +195,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
             first_rate = tenth / max(1e-9, arrivals[tenth - 1] - arrivals[0])
             last_rate = tenth / max(1e-9, arrivals[-1] - arrivals[-tenth])
     finally:
+        rss.stop()
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
         await producer.stop()
@@ -226,3 +229,13 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
           "HAD of the department (FOR UPDATE on all of them, which also serialises matching per department across "
           "processes) and HadLedger.live_places() sums over them for each candidate. A steady rate above that "
           "ceiling only makes the lag, hence the latency, grow.")
+    print_result("matcher", {
+        "rate_per_s": figure(rate, "referrals/s"),
+        **latency_figures("event_to_offer", latencies, p99_target_ms=25),
+        "sustained_per_s": figure(THROUGHPUT_REFERRALS / duration, "referrals/s", 1000, ">="),
+        "first_tenth_per_s": figure(first_rate, "referrals/s"),
+        "last_tenth_per_s": figure(last_rate, "referrals/s"),
+        # the rate with 10,000 live holds in the department over the rate with none: not measured yet
+        "flat_ratio": figure(None, "x", 0.8, ">="),
+        **rss.figures(),
+    })
