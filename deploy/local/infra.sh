@@ -2,7 +2,7 @@
 # Local Kafka (KRaft) + PostgreSQL for development and tests, without Docker.
 #
 #   deploy/local/infra.sh start|stop|clean|status|env
-#   deploy/local/infra.sh kafka-kill N | kafka-start N
+#   deploy/local/infra.sh kafka-kill N | kafka-start N | pg-restart
 #
 # Environment (defaults in brackets):
 #   REFLEXE_STATE_DIR      [<repo>/.local/infra]  broker data, PG data dir, logs, pid files
@@ -32,6 +32,8 @@
 # state dir cannot be restarted with another count (clean it, or use another state dir).
 #   kafka-kill N   kill -9 node N (a crash: no controlled shutdown); nothing if it is not running
 #   kafka-start N  start node N again and wait until it serves; nothing if it already does
+#   pg-restart     crash PostgreSQL (immediate stop: no checkpoint, recovery at the start) and start
+#                  it again; its clients see their connections cut, as in a failover
 #
 # As root, PostgreSQL runs as the 'postgres' OS user, which may not be able to enter the clone
 # (under /root, in a 0700 temporary dir): its cluster then lives in a directory of its own,
@@ -579,6 +581,18 @@ stop_pg() {
         || as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null
 }
 
+# A crash and a restart: the immediate mode aborts every session without a checkpoint, so the start
+# replays the WAL as after a power cut (the chaos run's PostgreSQL fault).
+restart_pg() {
+    PGBIN="$(pg_bin)"
+    pg_running || die "PostgreSQL is not running; start it with: $0 start"
+    log "crashing PostgreSQL (immediate stop)"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" -w -t 60 start >/dev/null \
+        || { tail -n 30 "$PG_LOG" >&2 || true; die "PostgreSQL did not start again (log: $PG_LOG)"; }
+}
+
 pg_root_outside_state_dir() { [[ $PG_ROOT != "$STATE_DIR"/* ]]; }
 
 # ---------------------------------------------------------------- commands
@@ -657,8 +671,9 @@ case "${1:-}" in
     env) print_env ;;
     kafka-kill) kill_kafka_node "${2:-}" ;;
     kafka-start) start_kafka_node "${2:-}" ;;
+    pg-restart) restart_pg ;;
     *)
-        echo "usage: $0 start|stop|clean|status|env|kafka-kill N|kafka-start N" >&2
+        echo "usage: $0 start|stop|clean|status|env|kafka-kill N|kafka-start N|pg-restart" >&2
         exit 2
         ;;
 esac
