@@ -79,6 +79,7 @@ def event_of(topic: str, partition: int, offset: int, headers: Iterable[tuple[st
             fields.update(source_finess=request.source.finess, source_kind=request.source.kind,
                           place=request.patient.place_of_care, urgency=request.clinical.urgency,
                           planned_date=request.clinical.planned_date, ed_arrival=_time(request.ed_arrival_at),
+                          requested_at=_time(request.requested_at),
                           avis=("FAVOURABLE" if request.avis.eligible else "UNFAVOURABLE") if request.HasField("avis") else None)
     return Event(topic, partition, offset, attrs.get("ce_id", ""), attrs.get("ce_type", ""), referral_id, occurred, fields)
 
@@ -299,6 +300,8 @@ def to_oracle_events(events: Iterable[Event]) -> list:
                                   "pending_evaluation": f.get("pending_evaluation", False)}
         at = e.occurred_at
         if kind == "ReferralRequested":
+            # The request's own time (the hospital's), from which the indicators measure their delays.
+            at = f.get("requested_at") or at
             planned = f.get("planned_date")
             fields.update(source_finess=f["source_finess"], source_kind=f["source_kind"], place=f["place"],
                           ed_arrival=f.get("ed_arrival"), avis=f.get("avis"), urgency=f.get("urgency"),
