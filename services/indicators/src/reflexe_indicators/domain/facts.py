@@ -121,48 +121,51 @@ def _liaison_had(actor: str) -> str | None:
     return finess if kind == "liaison" and finess else None
 
 
-def fold(m: Message) -> list[Delta]:
-    """The partial facts one event carries (empty for events that feed no indicator)."""
-    if isinstance(m, (cpb.CapacityDeclared,)):
-        at = _time(m.declared_at)
-        if not m.had_finess or at is None:
-            return []
-        return [(DECLARATIONS, {"had_finess": m.had_finess, "declared_at": at, "department": m.department or None,
-                                "authorised_places": m.authorised_places, "places_available": m.places_available,
-                                "status": m.status or None,
-                                # The capacity service refuses a negative census: one here is no census.
-                                "active_patients": m.active_patients if m.HasField("active_patients")
-                                and m.active_patients >= 0 else None})]
-    header = getattr(m, "header", None)
-    if header is None or len(header.referral_id) != 36:
-        return []  # no referral or a malformed id: nothing to fold
-    rid = header.referral_id  # text; PostgreSQL casts it to uuid (and rejects a malformed one)
-    at = _time(header.occurred_at)
-    ref: dict[str, Any] = {"referral_id": rid, "department": header.department or None}
-    if isinstance(m, pb.ReferralRequested):
-        r = m.request
-        ref.update(source_kind=r.source.kind or None, source_finess=r.source.finess or None,
-                   place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at,
-                   ed_arrival_at=_time(r.ed_arrival_at), urgency=r.clinical.urgency or None,
-                   planned_date=_planned_date(r.clinical.planned_date), avis=_avis(r))
-    elif isinstance(m, pb.EdExitRecorded):
-        # The hospital's exit time, not when it was recorded: the ED stay is measured with it.
-        exited = _time(m.exited_at)
-        if exited is None:
-            return []
-        ref.update(ed_exited_at=exited)
-    elif at is None:
+def _declared(m: cpb.CapacityDeclared) -> list[Delta]:
+    at = _time(m.declared_at)
+    if not m.had_finess or at is None:
         return []
-    elif isinstance(m, pb.ReferralDeclaredIneligible):
-        ref.update(ineligible_at=at, ineligible_reason=m.reason or "OTHER")
-    elif isinstance(m, pb.OfferMade):
-        ref.update(first_offer_at=at, first_offer_had=m.had_finess)
-        return [(REFERRALS, ref), (OFFERS, {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
-                                            "had_finess": m.had_finess, "made_at": at, "by_desk": m.by_desk})]
-    elif isinstance(m, (pb.OfferAccepted, pb.OfferDeclined, pb.OfferExpired, pb.OfferWithdrawn)):
-        outcome = {pb.OfferAccepted: "ACCEPTED", pb.OfferDeclined: "DECLINED", pb.OfferExpired: "EXPIRED",
-                   pb.OfferWithdrawn: "WITHDRAWN"}[type(m)]
-        offer = {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
+    return [(DECLARATIONS, {"had_finess": m.had_finess, "declared_at": at, "department": m.department or None,
+                            "authorised_places": m.authorised_places, "places_available": m.places_available,
+                            "status": m.status or None,
+                            # The capacity service refuses a negative census: one here is no census.
+                            "active_patients": m.active_patients if m.HasField("active_patients")
+                            and m.active_patients >= 0 else None})]
+
+
+def _requested(m: pb.ReferralRequested, ref: dict[str, Any], at: datetime | None) -> list[Delta]:
+    r = m.request
+    ref.update(source_kind=r.source.kind or None, source_finess=r.source.finess or None,
+               place_of_care=r.patient.place_of_care or None, requested_at=_time(r.requested_at) or at,
+               ed_arrival_at=_time(r.ed_arrival_at), urgency=r.clinical.urgency or None,
+               planned_date=_planned_date(r.clinical.planned_date), avis=_avis(r))
+    return [(REFERRALS, ref)]
+
+
+def _ed_exit(m: pb.EdExitRecorded, ref: dict[str, Any], at: datetime | None) -> list[Delta]:
+    # The hospital's exit time, not when it was recorded: the ED stay is measured with it.
+    exited = _time(m.exited_at)
+    if exited is None:
+        return []
+    ref["ed_exited_at"] = exited
+    return [(REFERRALS, ref)]
+
+
+def _ineligible(m, ref, at) -> list[Delta]:
+    ref.update(ineligible_at=at, ineligible_reason=m.reason or "OTHER")
+    return [(REFERRALS, ref)]
+
+
+def _offer_made(m, ref, at) -> list[Delta]:
+    ref.update(first_offer_at=at, first_offer_had=m.had_finess)
+    return [(REFERRALS, ref), (OFFERS, {"offer_id": m.offer_id, "referral_id": ref["referral_id"],
+                                        "department": ref["department"], "had_finess": m.had_finess,
+                                        "made_at": at, "by_desk": m.by_desk})]
+
+
+def _offer_answer(outcome: str):
+    def answer(m, ref, at) -> list[Delta]:
+        offer = {"offer_id": m.offer_id, "referral_id": ref["referral_id"], "department": ref["department"],
                  "had_finess": m.had_finess or None, "outcome_at": at, "outcome": outcome,
                  "reason": (m.reason or "OTHER") if outcome == "DECLINED" else None,
                  "pending_evaluation": m.pending_evaluation if outcome == "ACCEPTED" else None}
@@ -170,9 +173,12 @@ def fold(m: Message) -> list[Delta]:
             ref.update(accepted_at=at, accepted_had=m.had_finess)
             return [(REFERRALS, ref), (OFFERS, offer)]
         return [(OFFERS, offer)]  # a pending acceptance is the HAD's answer, not yet the referral's acceptance
-    elif isinstance(m, (pb.EvaluationConfirmed, pb.AcceptanceWithdrawn)):
-        confirmed = isinstance(m, pb.EvaluationConfirmed)
-        offer = {"offer_id": m.offer_id, "referral_id": rid, "department": ref["department"],
+    return answer
+
+
+def _evaluated(confirmed: bool):
+    def evaluated(m, ref, at) -> list[Delta]:
+        offer = {"offer_id": m.offer_id, "referral_id": ref["referral_id"], "department": ref["department"],
                  "had_finess": m.had_finess or None, "evaluated_at": at,
                  "evaluation": "CONFIRMED" if confirmed else "WITHDRAWN",
                  "withdrawal_reason": None if confirmed else (m.reason or "OTHER")}
@@ -180,50 +186,116 @@ def fold(m: Message) -> list[Delta]:
             ref.update(accepted_at=at, accepted_had=m.had_finess)
             return [(REFERRALS, ref), (OFFERS, offer)]
         return [(OFFERS, offer)]
-    elif isinstance(m, pb.AvisGiven):
-        return [(AVIS_AFTER_POSTING, {"referral_id": rid, "given_at": at, "department": ref["department"],
-                                      "had_finess": _liaison_had(header.actor),
-                                      "avis": "FAVOURABLE" if m.eligible else "UNFAVOURABLE",
-                                      "reason": None if m.eligible else (m.reason or "OTHER")})]
-    elif isinstance(m, pb.ReferralEscalated):
-        ref.update(escalated_at=at)
-    elif isinstance(m, pb.PatientAdmitted):
-        ref.update(admitted_at=at, admitted_had=m.had_finess, admitted_place=m.place_of_care or None)
-    elif isinstance(m, pb.PatientDischarged):
-        ref.update(discharged_at=at)
-    elif isinstance(m, pb.ReferralCancelled):
-        ref.update(cancelled_at=at, cancel_reason=m.reason or "OTHER")
-    else:
-        return []
+    return evaluated
+
+
+def _avis_given(m, ref, at) -> list[Delta]:
+    return [(AVIS_AFTER_POSTING, {"referral_id": ref["referral_id"], "given_at": at, "department": ref["department"],
+                                  "had_finess": _liaison_had(m.header.actor),
+                                  "avis": "FAVOURABLE" if m.eligible else "UNFAVOURABLE",
+                                  "reason": None if m.eligible else (m.reason or "OTHER")})]
+
+
+def _escalated(m, ref, at) -> list[Delta]:
+    ref["escalated_at"] = at
     return [(REFERRALS, ref)]
 
 
-def merge(table: FactTable, stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The in-memory twin of the SQL upsert (adapters.store.upsert_sql): same rules."""
-    out = dict(stored)
+def _admitted(m, ref, at) -> list[Delta]:
+    ref.update(admitted_at=at, admitted_had=m.had_finess, admitted_place=m.place_of_care or None)
+    return [(REFERRALS, ref)]
+
+
+def _discharged(m, ref, at) -> list[Delta]:
+    ref["discharged_at"] = at
+    return [(REFERRALS, ref)]
+
+
+def _cancelled(m, ref, at) -> list[Delta]:
+    ref.update(cancelled_at=at, cancel_reason=m.reason or "OTHER")
+    return [(REFERRALS, ref)]
+
+
+# What each referral event contributes, by its exact class: one lookup per event instead of a chain
+# of isinstance checks, which protobuf classes answer through the ABC machinery (the replay folds
+# about a million events). The flag says whether the event is folded without an event time.
+_REFERRAL_FOLDS = {
+    pb.ReferralRequested: (_requested, True),
+    pb.EdExitRecorded: (_ed_exit, True),
+    pb.ReferralDeclaredIneligible: (_ineligible, False),
+    pb.OfferMade: (_offer_made, False),
+    pb.OfferAccepted: (_offer_answer("ACCEPTED"), False),
+    pb.OfferDeclined: (_offer_answer("DECLINED"), False),
+    pb.OfferExpired: (_offer_answer("EXPIRED"), False),
+    pb.OfferWithdrawn: (_offer_answer("WITHDRAWN"), False),
+    pb.EvaluationConfirmed: (_evaluated(True), False),
+    pb.AcceptanceWithdrawn: (_evaluated(False), False),
+    pb.AvisGiven: (_avis_given, False),
+    pb.ReferralEscalated: (_escalated, False),
+    pb.PatientAdmitted: (_admitted, False),
+    pb.PatientDischarged: (_discharged, False),
+    pb.ReferralCancelled: (_cancelled, False),
+}
+
+
+def fold(m: Message) -> list[Delta]:
+    """The partial facts one event carries (empty for events that feed no indicator)."""
+    cls = type(m)
+    if cls is cpb.CapacityDeclared:
+        return _declared(m)
+    entry = _REFERRAL_FOLDS.get(cls)
+    if entry is None:
+        return []
+    header = m.header
+    rid = header.referral_id  # text; PostgreSQL casts it to uuid (and rejects a malformed one)
+    if len(rid) != 36:
+        return []  # no referral or a malformed id: nothing to fold
+    at = _time(header.occurred_at)
+    contribute, without_time = entry
+    if at is None and not without_time:
+        return []
+    return contribute(m, {"referral_id": rid, "department": header.department or None}, at)
+
+
+def merge_into(table: FactTable, stored: dict[str, Any], new: dict[str, Any]) -> None:
+    """The in-memory twin of the SQL upsert (adapters.store.upsert_sql), same rules: `new`
+    merged into `stored`, in place."""
     for c in table.first:
-        if out.get(c) is None:
-            out[c] = new.get(c)
+        if stored.get(c) is None:
+            stored[c] = new.get(c)
     for t, companions in table.earliest:
         nt = new.get(t)
-        if nt is not None and (out.get(t) is None or nt < out[t]):
-            out[t] = nt
-            for c in companions:
-                out[c] = new.get(c)
+        if nt is not None:
+            st = stored.get(t)
+            if st is None or nt < st:
+                stored[t] = nt
+                for c in companions:
+                    stored[c] = new.get(c)
+
+
+def merge(table: FactTable, stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`stored` and `new` merged into a new row."""
+    out = dict(stored)
+    merge_into(table, out, new)
     return out
 
 
 class Batch:
-    """Deltas folded in memory, one merged row per key (what the replay upserts per batch)."""
+    """Deltas folded in memory, one merged row per key (what the replay upserts per batch). The
+    batch owns the deltas it is given: the first one of a key becomes its row, merged in place."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[tuple, dict[str, Any]]] = {t.name: {} for t in TABLES}
+        self._tables = {t.name: (self.rows[t.name], t.key) for t in TABLES}
         self.events = 0
 
     def add(self, deltas: list[Delta]) -> None:
         self.events += 1
         for table, row in deltas:
-            rows = self.rows[table.name]
-            key = tuple(row[k] for k in table.key)
+            rows, key_columns = self._tables[table.name]
+            key = (row[key_columns[0]],) if len(key_columns) == 1 else tuple(row[k] for k in key_columns)
             stored = rows.get(key)
-            rows[key] = merge(table, stored, row) if stored is not None else row
+            if stored is None:
+                rows[key] = row
+            else:
+                merge_into(table, stored, row)
