@@ -19,7 +19,18 @@ def generation_schema(base: str, generation: int) -> str:
     return f"{base}_g{generation}"
 
 
-def _ddl(schema: str) -> str:
+def stay_range(prefix: str = "") -> str:
+    """A stay (admission → discharge) as a range of instants, so that an index finds the stays
+    overlapping a window without reading the whole history. A stay discharged at or before its
+    admission is an empty range (it counts on no day)."""
+    return (f"tstzrange({prefix}admitted_at, CASE WHEN {prefix}discharged_at IS NULL THEN NULL "
+            f"ELSE GREATEST({prefix}admitted_at, {prefix}discharged_at) END)")
+
+
+def _ddl(schema: str, indexes: bool = True) -> str:
+    """The generation's schema and tables; its secondary indexes too unless it is about to be
+    bulk-loaded by a replay, which builds them once loaded (create_indexes): one sorted build
+    costs less than maintaining every index through a million upserts."""
     tables = []
     for t in TABLES:
         cols = ", ".join(f"{c} {ty}" for c, ty in t.types.items())
@@ -27,8 +38,12 @@ def _ddl(schema: str) -> str:
         # A generation created before a column was added gets it empty (a replay fills it).
         added = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in t.types.items())
         tables.append(f'ALTER TABLE "{schema}".{t.name} {added}')
-    return ";\n".join([
-        f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables,
+    return ";\n".join([f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables,
+                       *(_indexes(schema) if indexes else [])]) + ";"
+
+
+def _indexes(schema: str) -> list[str]:
+    return [
         f'CREATE INDEX IF NOT EXISTS rf_requested ON "{schema}".referral_facts (requested_at)',
         f'CREATE INDEX IF NOT EXISTS rf_admitted ON "{schema}".referral_facts (admitted_at)',
         f'CREATE INDEX IF NOT EXISTS rf_admitted_had ON "{schema}".referral_facts (admitted_had, admitted_at)',
@@ -37,12 +52,24 @@ def _ddl(schema: str) -> str:
         f'CREATE INDEX IF NOT EXISTS of_referral ON "{schema}".offer_facts (referral_id)',
         f'CREATE INDEX IF NOT EXISTS of_evaluated ON "{schema}".offer_facts (evaluated_at)',
         f'CREATE INDEX IF NOT EXISTS av_given ON "{schema}".avis_facts (given_at)',
-    ]) + ";"
+        # The stays overlapping a window (stay_range), and each HAD's last
+        # census before one, found without reading the whole history.
+        f'CREATE INDEX IF NOT EXISTS rf_stay ON "{schema}".referral_facts USING gist ({stay_range()}) '
+        "WHERE admitted_at IS NOT NULL",
+        f'CREATE INDEX IF NOT EXISTS df_census ON "{schema}".declaration_facts (had_finess, declared_at) '
+        "WHERE active_patients IS NOT NULL",
+    ]
 
 
-def upsert_sql(schema: str, t: FactTable) -> str:
-    """One statement upserting N rows given as one array per column (unnest), with the merge
-    rules of domain.facts.merge: the result does not depend on the order of events."""
+async def create_indexes(conn: asyncpg.Connection, schema: str) -> None:
+    """A replayed generation's secondary indexes, built once its facts are loaded."""
+    await conn.execute(";\n".join(_indexes(schema)))
+
+
+def upsert_sql(schema: str, t: FactTable, source: str | None = None) -> str:
+    """One statement upserting N rows given as one array per column (unnest), or read from the
+    table `source`, with the merge rules of domain.facts.merge: the result does not depend on
+    the order of events."""
     cols = t.columns
     sets = [f"{c} = COALESCE(f.{c}, EXCLUDED.{c})" for c in t.first]
     for time_col, companions in t.earliest:
@@ -51,7 +78,8 @@ def upsert_sql(schema: str, t: FactTable) -> str:
             sets.append(f"{c} = CASE WHEN {newer} THEN EXCLUDED.{c} ELSE f.{c} END")
     arrays = ", ".join(f"${i + 1}::{t.types[c]}[]" for i, c in enumerate(cols))
     conflict = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
-    return (f'INSERT INTO "{schema}".{t.name} AS f ({", ".join(cols)}) SELECT * FROM unnest({arrays}) '
+    rows = f"SELECT * FROM unnest({arrays})" if source is None else f"SELECT {', '.join(cols)} FROM {source}"
+    return (f'INSERT INTO "{schema}".{t.name} AS f ({", ".join(cols)}) {rows} '
             f"ON CONFLICT ({', '.join(t.key)}) {conflict}")
 
 
@@ -60,6 +88,19 @@ async def upsert_rows(conn: asyncpg.Connection, schema: str, t: FactTable, rows:
         return
     columns = [[r.get(c) for r in rows] for c in t.columns]
     await conn.execute(upsert_sql(schema, t), *columns)
+
+
+async def upsert_batch(conn: asyncpg.Connection, schema: str, t: FactTable, rows: list[dict[str, Any]]) -> None:
+    """Many rows at once (a replay's batch), inside the caller's transaction: copied into a
+    temporary table, then upserted from it in one statement. COPY encodes the rows far cheaper
+    than arrays of every column, whose elements the driver inspects one by one."""
+    if not rows:
+        return
+    stage = f"replay_{t.name}"
+    await conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE "{schema}".{t.name}) ON COMMIT DELETE ROWS')
+    columns = t.columns
+    await conn.copy_records_to_table(stage, records=[tuple(map(row.get, columns)) for row in rows], columns=columns)
+    await conn.execute(upsert_sql(schema, t, source=stage))
 
 
 async def apply(conn: asyncpg.Connection, schema: str, deltas: list[Delta]) -> None:
@@ -114,7 +155,7 @@ async def start_generation(conn: asyncpg.Connection, base: str) -> int | None:
         generation = await conn.fetchval("SELECT COALESCE(max(generation), 0) + 1 FROM generations")
         schema = generation_schema(base, generation)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.execute(_ddl(schema))
+        await conn.execute(_ddl(schema, indexes=False))
         await conn.execute("INSERT INTO generations (generation, state, started_at) VALUES ($1, 'building', now())",
                            generation)
         return generation

@@ -98,6 +98,7 @@ import asyncpg
 
 from reflexe_common.geography import Geography
 from reflexe_common.vocabulary import Reason, SourceKind
+from reflexe_indicators.adapters.store import stay_range
 
 PARIS = ZoneInfo("Europe/Paris")
 # The clock of the department of the row being read (department_regions g joined on it).
@@ -270,23 +271,32 @@ def _filters(sql: _Sql, q: Query, department_col: str, key: str) -> list[str]:
     return out
 
 
+def _window(sql: _Sql, first: date, last_end: date) -> tuple[str, str]:
+    """Bounds (parameters) of the instants of the local days [first, last_end) on any department's
+    clock: Paris midnights widened by a day."""
+    return sql.p(paris_midnight(first) - ZONE_MARGIN), sql.p(paris_midnight(last_end) + ZONE_MARGIN)
+
+
 async def _stays(conn, q: Query, schema: str, now: datetime) -> list[asyncpg.Record]:
     """Active patients and patient-days per period, from the stays (admission → discharge), on the
-    clock of the referral's department; days from the department's tomorrow on are not counted."""
+    clock of the referral's department; days from the department's tomorrow on are not counted.
+    Only the stays overlapping the periods asked are read."""
     sql = _Sql(q, schema)
     key = {"department": "s.department", "region": "s.region", "source": "s.source_finess", "had": "s.admitted_had"}[q.level]
     first, last = period_start(q.start, q.period), period_start(q.end, q.period)
+    lo, hi = _window(sql, first, next_period(last, q.period))
     where = [f"{key} IS NOT NULL", *_filters(sql, q, "s.department", key)]
     text = f"""
         WITH buckets AS (
             SELECT b::date AS a, (b + interval '1 {q.period}')::date AS e
             FROM generate_series({sql.p(first)}::date, {sql.p(last)}::date, interval '1 {q.period}') b),
         stays AS (
-            SELECT r.*, g.region, (r.admitted_at AT TIME ZONE {ZONE})::date AS ad,
+            SELECT r.department, r.source_finess, r.admitted_had, g.region,
+                   (r.admitted_at AT TIME ZONE {ZONE})::date AS ad,
                    (r.discharged_at AT TIME ZONE {ZONE})::date AS dd,
                    ({sql.p(now)}::timestamptz AT TIME ZONE {ZONE})::date + 1 AS cap
             FROM {sql.s}.referral_facts r LEFT JOIN department_regions g ON g.department = r.department
-            WHERE r.admitted_at IS NOT NULL)
+            WHERE r.admitted_at IS NOT NULL AND {stay_range("r.")} && tstzrange({lo}, {hi}))
         SELECT bk.a AS period, {key} AS key, count(*) AS active_patients,
                sum(LEAST(COALESCE(s.dd, bk.e), bk.e, s.cap) - GREATEST(s.ad, bk.a)) AS patient_days
         FROM buckets bk
@@ -297,75 +307,111 @@ async def _stays(conn, q: Query, schema: str, now: datetime) -> list[asyncpg.Rec
 
 
 async def _had_days(conn, q: Query, schema: str, now: datetime, stale_after: timedelta) -> list[asyncpg.Record]:
-    """HAD-days on the clock of the HAD's department (that of its latest declaration), up to the
-    department's today."""
+    """HAD-days on the clock of the HAD's department (that of its latest declaration), from its
+    first declaration up to the department's today. Only the window is read: each HAD's patients
+    in care on a day are its stays overlapping the window, its capacity and census the latest
+    declaration before the day's end (those of the window and the last one before it)."""
     if q.level == "source":
         return []
     sql = _Sql(q, schema)
-    key = {"department": "dy.department", "region": "g.region", "had": "dy.had_finess"}[q.level]
-    lo = sql.p(period_start(q.start, q.period))
-    last = sql.p(next_period(period_start(q.end, q.period), q.period) - timedelta(days=1))
+    key = {"department": "h.department", "region": "h.region", "had": "h.had_finess"}[q.level]
+    first = period_start(q.start, q.period)
+    last_end = next_period(period_start(q.end, q.period), q.period)
+    lo_day, last = sql.p(first), sql.p(last_end - timedelta(days=1))
+    lo, hi = _window(sql, first, last_end)
     now_p, stale = sql.p(now), sql.p(stale_after)
-    where = [*_filters(sql, q, "dy.department", key)]
+    where = [f"{key} IS NOT NULL", *_filters(sql, q, "h.department", key)]
+    d = f"{sql.s}.declaration_facts"
     text = f"""
-        WITH latest AS (
-            SELECT had_finess, min(declared_at) AS first_at,
-                   (array_agg(department ORDER BY declared_at DESC))[1] AS department
-            FROM {sql.s}.declaration_facts GROUP BY had_finess),
+        WITH RECURSIVE hads AS (  -- each declaring HAD, one index probe apiece
+            (SELECT had_finess FROM {d} ORDER BY had_finess LIMIT 1)
+            UNION ALL
+            SELECT (SELECT n.had_finess FROM {d} n WHERE n.had_finess > hads.had_finess ORDER BY n.had_finess LIMIT 1)
+            FROM hads WHERE hads.had_finess IS NOT NULL),
         h AS (
-            SELECT latest.*, {ZONE} AS tz, LEAST({last}::date, ({now_p}::timestamptz AT TIME ZONE {ZONE})::date) AS hi
-            FROM latest LEFT JOIN department_regions g ON g.department = latest.department),
+            SELECT x.*, GREATEST({lo_day}::date, (x.first_at AT TIME ZONE x.tz)::date) AS lo_day,
+                   LEAST({last}::date, ({now_p}::timestamptz AT TIME ZONE x.tz)::date) AS hi
+            FROM (SELECT hads.had_finess, f.first_at, l.department, g.region, {ZONE} AS tz
+                  FROM hads
+                  CROSS JOIN LATERAL (SELECT declared_at AS first_at FROM {d} WHERE had_finess = hads.had_finess
+                                      ORDER BY declared_at LIMIT 1) f
+                  CROSS JOIN LATERAL (SELECT department FROM {d} WHERE had_finess = hads.had_finess
+                                      ORDER BY declared_at DESC LIMIT 1) l
+                  LEFT JOIN department_regions g ON g.department = l.department
+                  WHERE hads.had_finess IS NOT NULL) x),
+        hw AS (SELECT * FROM h WHERE lo_day <= hi AND {' AND '.join(where)}),
         stays AS (
-            SELECT r.admitted_had AS had_finess, (r.admitted_at AT TIME ZONE h.tz)::date AS ad,
-                   (r.discharged_at AT TIME ZONE h.tz)::date AS dd
-            FROM {sql.s}.referral_facts r JOIN h ON h.had_finess = r.admitted_had
-            WHERE r.admitted_at IS NOT NULL),
-        daily AS (
+            SELECT hw.had_finess, hw.lo_day, (r.admitted_at AT TIME ZONE hw.tz)::date AS ad,
+                   (r.discharged_at AT TIME ZONE hw.tz)::date AS dd
+            FROM {sql.s}.referral_facts r JOIN hw ON hw.had_finess = r.admitted_had
+            WHERE r.admitted_at IS NOT NULL AND {stay_range("r.")} && tstzrange({lo}, {hi})),
+        daily AS (  -- +1 from the admission day (or the window's first), -1 from the discharge day
             SELECT x.had_finess, x.day, sum(x.n) AS n FROM (
-                SELECT had_finess, ad AS day, 1 AS n FROM stays WHERE dd IS NULL OR dd > ad
+                SELECT had_finess, GREATEST(ad, lo_day) AS day, 1 AS n FROM stays WHERE dd IS NULL OR dd > ad
                 UNION ALL
-                SELECT had_finess, dd, -1 FROM stays WHERE dd > ad) x
-            JOIN h ON h.had_finess = x.had_finess
-            WHERE x.day <= h.hi GROUP BY 1, 2),
-        starts AS (
-            SELECT h.had_finess, h.hi, LEAST((h.first_at AT TIME ZONE h.tz)::date, min(daily.day)) AS s
-            FROM h LEFT JOIN daily USING (had_finess) GROUP BY h.had_finess, h.first_at, h.tz, h.hi),
-        cum AS (
-            SELECT se.had_finess, se.day,
-                   sum(COALESCE(dl.n, 0)) OVER (PARTITION BY se.had_finess ORDER BY se.day) AS active
-            FROM (SELECT st.had_finess, d::date AS day FROM starts st,
-                         generate_series(st.s, st.hi, interval '1 day') d) se
-            LEFT JOIN daily dl ON dl.had_finess = se.had_finess AND dl.day = se.day),
+                SELECT had_finess, GREATEST(dd, lo_day), -1 FROM stays WHERE dd > ad) x
+            GROUP BY 1, 2),
         dy AS (
-            SELECT c.had_finess, c.day, c.active, h.department, h.first_at,
-                   (c.day::timestamp AT TIME ZONE h.tz) AS d_start, ((c.day + 1)::timestamp AT TIME ZONE h.tz) AS d_end
-            FROM cum c JOIN h USING (had_finess)
-            WHERE c.day >= {lo}::date AND c.day >= (h.first_at AT TIME ZONE h.tz)::date),
-        stale AS (
-            SELECT had_finess, declared_at + {stale}::interval AS s,
-                   COALESCE(lead(declared_at) OVER (PARTITION BY had_finess ORDER BY declared_at), {now_p}::timestamptz) AS e
-            FROM {sql.s}.declaration_facts),
+            SELECT hw.had_finess, hw.department, hw.region, hw.first_at, s.day,
+                   sum(COALESCE(dl.n, 0)) OVER (PARTITION BY hw.had_finess ORDER BY s.day) AS active,
+                   (s.day::timestamp AT TIME ZONE hw.tz) AS d_start, ((s.day + 1)::timestamp AT TIME ZONE hw.tz) AS d_end
+            FROM hw CROSS JOIN LATERAL (SELECT g::date AS day FROM generate_series(hw.lo_day, hw.hi, interval '1 day') g) s
+            LEFT JOIN daily dl ON dl.had_finess = hw.had_finess AND dl.day = s.day),
+        decl AS (  -- the declarations that can be a day's latest or end a stale spell of the window
+            SELECT dc.had_finess, dc.declared_at, dc.authorised_places, dc.active_patients
+            FROM {d} dc JOIN hw USING (had_finess) WHERE dc.declared_at >= {lo} AND dc.declared_at < {hi}
+            UNION ALL
+            SELECT hw.had_finess, p.* FROM hw CROSS JOIN LATERAL (
+                SELECT declared_at, authorised_places, active_patients FROM {d}
+                WHERE had_finess = hw.had_finess AND declared_at < {lo} ORDER BY declared_at DESC LIMIT 1) p
+            UNION ALL
+            SELECT hw.had_finess, n.* FROM hw CROSS JOIN LATERAL (
+                SELECT declared_at, authorised_places, active_patients FROM {d}
+                WHERE had_finess = hw.had_finess AND declared_at >= {hi} ORDER BY declared_at LIMIT 1) n),
+        census_before AS (  -- the last census before the window, when the window's declarations carry none
+            SELECT hw.had_finess, c.* FROM hw CROSS JOIN LATERAL (
+                SELECT declared_at, active_patients FROM {d}
+                WHERE had_finess = hw.had_finess AND declared_at < {lo} AND active_patients IS NOT NULL
+                ORDER BY declared_at DESC LIMIT 1) c),
+        timeline AS (  -- declarations (o = 1), a census from before the window (o = 2) and day ends (o = 0)
+                       -- in time order; at one instant the day ends first: a declaration counts before its end
+            SELECT had_finess, declared_at AS t, 1 AS o, authorised_places, active_patients, NULL::date AS day
+            FROM decl WHERE declared_at < {hi}
+            UNION ALL
+            SELECT had_finess, declared_at, 2, NULL, active_patients, NULL FROM census_before
+            UNION ALL
+            SELECT had_finess, d_end, 0, NULL, NULL, day FROM dy),
+        grouped AS (  -- a day is in the group of the latest declaration before it, and of the latest census
+            SELECT t.*, count(*) FILTER (WHERE o = 1) OVER w AS capacity_group, count(active_patients) OVER w AS census_group
+            FROM timeline t WINDOW w AS (PARTITION BY had_finess ORDER BY t, o)),
+        latest AS (
+            SELECT had_finess, day,
+                   max(authorised_places) OVER (PARTITION BY had_finess, capacity_group) AS capacity,
+                   max(active_patients) OVER (PARTITION BY had_finess, census_group) AS census
+            FROM grouped),
+        stale_spells AS (  -- from a declaration gone stale to the next one (or now)
+            SELECT * FROM (
+                SELECT had_finess, declared_at + {stale}::interval AS s,
+                       COALESCE(lead(declared_at) OVER (PARTITION BY had_finess ORDER BY declared_at), {now_p}::timestamptz) AS e
+                FROM decl) x WHERE s < e),
+        stale_by_day AS (
+            SELECT dy.had_finess, dy.day,
+                   sum(EXTRACT(EPOCH FROM LEAST(st.e, dy.d_end, {now_p}::timestamptz) - GREATEST(st.s, dy.d_start)))::float8 AS stale_s
+            FROM dy JOIN stale_spells st ON st.had_finess = dy.had_finess
+            WHERE st.s < LEAST(st.e, dy.d_end, {now_p}::timestamptz) AND st.e > dy.d_start AND st.s < dy.d_end
+            GROUP BY 1, 2),
         per_day AS (
-            SELECT dy.*,
-                (SELECT d.authorised_places FROM {sql.s}.declaration_facts d
-                 WHERE d.had_finess = dy.had_finess AND d.declared_at < dy.d_end
-                 ORDER BY d.declared_at DESC LIMIT 1) AS capacity,
-                (SELECT d.active_patients FROM {sql.s}.declaration_facts d
-                 WHERE d.had_finess = dy.had_finess AND d.declared_at < dy.d_end AND d.active_patients IS NOT NULL
-                 ORDER BY d.declared_at DESC LIMIT 1) AS census,
+            SELECT dy.*, l.capacity, l.census, COALESCE(sb.stale_s, 0) AS stale_s,
                 EXTRACT(EPOCH FROM GREATEST(LEAST(dy.d_end, {now_p}::timestamptz) - GREATEST(dy.d_start, dy.first_at),
-                                            interval '0'))::float8 AS observed,
-                COALESCE((SELECT sum(EXTRACT(EPOCH FROM LEAST(st.e, dy.d_end, {now_p}::timestamptz) - GREATEST(st.s, dy.d_start)))
-                          FROM stale st WHERE st.had_finess = dy.had_finess AND st.s < LEAST(st.e, dy.d_end, {now_p}::timestamptz)
-                            AND st.e > dy.d_start AND st.s < dy.d_end), 0)::float8 AS stale_s
-            FROM dy)
-        SELECT date_trunc('{q.period}', dy.day)::date AS period, {key} AS key, count(*) AS had_days,
+                                            interval '0'))::float8 AS observed
+            FROM dy JOIN latest l ON l.had_finess = dy.had_finess AND l.day = dy.day
+            LEFT JOIN stale_by_day sb ON sb.had_finess = dy.had_finess AND sb.day = dy.day)
+        SELECT date_trunc('{q.period}', dy.day)::date AS period, {key.replace("h.", "dy.")} AS key, count(*) AS had_days,
                count(*) FILTER (WHERE COALESCE(dy.census, dy.active) < {VIABILITY_THRESHOLD}) AS days_below_viability,
                count(dy.census) AS census_days,
                sum(COALESCE(dy.census, dy.active)) AS occupied_days, sum(dy.capacity) AS capacity_days,
                sum(dy.observed) AS observed_s, sum(dy.stale_s) AS stale_s
-        FROM per_day dy LEFT JOIN department_regions g ON g.department = dy.department
-        WHERE {key} IS NOT NULL {''.join(' AND ' + w for w in where)}
+        FROM per_day dy
         GROUP BY 1, 2"""
     return await conn.fetch(text, *sql.params)
 

@@ -7,10 +7,11 @@ switching over atomically while the service keeps running and answering.
    before them is read by the replay, every later one is folded by the live consumer;
 3. read the topics from the beginning in big batches (own consumer group, partitions assigned,
    no rebalance), fold each batch in memory (domain.facts.Batch: one merged row per key) and
-   upsert it with one ``INSERT … SELECT FROM unnest(…) ON CONFLICT`` per table, then commit the
+   upsert it per table (COPY into a temporary table, one ``INSERT … SELECT … ON CONFLICT``), then commit the
    batch's offsets. There is no inbox on this path: idempotency comes from the facts being
    keyed, order-independent merges, so a batch replayed after a crash changes nothing;
-4. once every partition reached its end offset, one transaction makes N+1 current.
+4. once every partition reached its end offset, the secondary indexes are built (the tables
+   were loaded without them) and one transaction makes N+1 current.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from google.protobuf import message_factory, symbol_database
 
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS, Topic
-from reflexe_indicators.adapters.store import generation_schema, start_generation, switch_to, upsert_rows
+from reflexe_indicators.adapters.store import (
+    create_indexes, generation_schema, start_generation, switch_to, upsert_batch)
 from reflexe_indicators.domain.facts import TABLES, Batch, fold
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,8 @@ class Replayer:
                                                          sum(len(v) for v in fetched.values())))
             if writer is not None:
                 await writer
+            async with self.pool.acquire() as conn:
+                await create_indexes(conn, schema)
             progress.seconds = time.perf_counter() - progress._t0
             async with self.pool.acquire() as conn:
                 await conn.execute("UPDATE generations SET events = $2, target = $3, seconds = $4 WHERE generation = $1",
@@ -193,7 +197,7 @@ class Replayer:
                      offsets: dict[TopicPartition, OffsetAndMetadata], progress: ReplayProgress, records: int) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             for table in TABLES:
-                await upsert_rows(conn, schema, table, list(batch.rows[table.name].values()))
+                await upsert_batch(conn, schema, table, list(batch.rows[table.name].values()))
             await conn.execute("UPDATE generations SET events = events + $2, target = $3 WHERE generation = $1",
                                progress.generation, records, progress.target)
         if offsets:
