@@ -311,7 +311,7 @@ async def test_an_had_accepts_pending_evaluation_then_confirms_through_the_task(
     confirmations = [e for e in await events_of(client, referral_id, hospital) if e["type"] == "EvaluationConfirmed"]
     assert [(e["had_finess"], e["actor"]) for e in confirmations] == [(had, f"had:{had}")]
     after = checked(validator, await client.get(f"/fhir/Task/{referral_id}", headers=token("had", finess=had)), 200, "Task")
-    assert after["status"] == "accepted" and evaluation_codes(after) == []
+    assert after["status"] == "accepted" and evaluation_codes(after) == [fm.EVALUATION_CONFIRMED]
     again = await client.put(f"/fhir/Task/{referral_id}", json=confirm, headers={**FHIR, **token("had", finess=had)})
     assert checked(validator, again, 409, "OperationOutcome")["issue"][0]["code"] == "conflict"
     admitted = await client.post(f"/v1/referrals/{referral_id}/admission", headers=token("had", finess=had))

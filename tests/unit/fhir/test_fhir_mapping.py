@@ -141,7 +141,7 @@ def test_every_resource_emitted_and_accepted_is_valid_r4(validator):
     offered = dict(_in_every_state(hospital, had))["offered"]
     resources.append(fm.task(offered, had, (Reason.NO_CAPACITY, "plus de place ce soir")))
     states = dict(_in_every_state(hospital, had))
-    resources.append(fm.task(states["confirmed"], evaluation=fm.EVALUATION_CONFIRMED))
+    resources.append(fm.task(states["confirmed"]))
     resources.append(fm.task(states["withdrawn"], had, (Reason.MEDICAL_NOT_ELIGIBLE, "domicile inadapté"),
                              fm.EVALUATION_WITHDRAWN))
     resources.append(_with_step(fm.task(offered), "accepted", fm.PENDING_EVALUATION))
@@ -199,8 +199,7 @@ def test_an_acceptance_pending_evaluation_shows_on_the_task_until_confirmed_or_w
     assert pending["businessStatus"]["coding"][0]["code"] == Status.ACCEPTED
     assert _evaluation_codes(pending) == [fm.PENDING_EVALUATION]
     assert _evaluation_codes(fm.task(states["accepted"])) == []  # a plain acceptance has no evaluation step
-    assert _evaluation_codes(fm.task(states["confirmed"])) == []  # read later: simply accepted
-    confirmed = fm.task(states["confirmed"], evaluation=fm.EVALUATION_CONFIRMED)  # the HAD's answer
+    confirmed = fm.task(states["confirmed"])  # the HAD's answer, and any later read
     assert confirmed["status"] == "accepted" and _evaluation_codes(confirmed) == [fm.EVALUATION_CONFIRMED]
     withdrawn = fm.task(states["withdrawn"], had, (Reason.MEDICAL_NOT_ELIGIBLE, "domicile inadapté"),
                         fm.EVALUATION_WITHDRAWN)

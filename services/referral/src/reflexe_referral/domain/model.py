@@ -193,6 +193,7 @@ class Referral:
     accepted_offer_id: str | None = None
     # The acceptance awaits the liaison nurse's evaluation visit (confirm or withdraw).
     evaluation_pending: bool = False
+    evaluation_confirmed: bool = False  # the standing acceptance was confirmed after the evaluation
     avis: AvisHad | None = None  # the latest avis HAD: the request's, then a liaison nurse's
     admitted_had: str | None = None
     last_decline_reason: Reason | None = None
@@ -264,10 +265,10 @@ class Referral:
                 self.current_offer = None
                 self.accepted_had, self.accepted_at = event.had_finess, at
                 self.accepted_offer_id = event.offer_id
-                self.evaluation_pending = event.pending_evaluation
+                self.evaluation_pending, self.evaluation_confirmed = event.pending_evaluation, False
             case EvaluationConfirmed():
                 self._expect_pending_acceptance(event, event.offer_id, event.had_finess)
-                self.evaluation_pending = False
+                self.evaluation_pending, self.evaluation_confirmed = False, True
             case AcceptanceWithdrawn():
                 self._expect_pending_acceptance(event, event.offer_id, event.had_finess)
                 self.status, self.evaluation_pending = Status.REQUESTED, False

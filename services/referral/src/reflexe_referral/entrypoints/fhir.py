@@ -224,7 +224,7 @@ async def update_task(referral_id: str, request: Request, principal: Principal =
             return fhir_response(fm.task(referral))
         case fm.TaskAnswer.CONFIRM_EVALUATION:
             referral = await confirm_pending_evaluation(request, key, principal)
-            return fhir_response(fm.task(referral, evaluation=fm.EVALUATION_CONFIRMED))
+            return fhir_response(fm.task(referral))
         case fm.TaskAnswer.DECLINE:
             reason, text = _decline_reason(resource)
             referral = await decline_offer(request, key, offer_id, reason, text, principal)

@@ -428,8 +428,8 @@ def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reas
     """The referral's progress as a Task (id = the referral's id). For an HAD (`viewer_had`) that
     has just declined or withdrawn (`evaluation` EVALUATION_WITHDRAWN), its own answer: status
     rejected with its reason, not the next search. An acceptance pending evaluation shows as
-    `accepted` with the `pending-evaluation` business status; `evaluation` EVALUATION_CONFIRMED
-    adds the confirmation to the HAD's answer."""
+    `accepted` with the `pending-evaluation` business status, a confirmed one with
+    `evaluation-confirmed` (whenever it is read: the HAD's system learns the step it missed)."""
     status = referral.status
     resource: dict[str, Any] = {
         "resourceType": "Task",
@@ -457,7 +457,7 @@ def task(referral: Referral, viewer_had: str | None = None, declined: tuple[Reas
         owner = referral.admitted_had or referral.accepted_had
     if status is Status.ACCEPTED and referral.evaluation_pending:
         resource["businessStatus"]["coding"].append(_evaluation_coding(PENDING_EVALUATION))
-    elif status is Status.ACCEPTED and evaluation == EVALUATION_CONFIRMED:
+    elif status is Status.ACCEPTED and referral.evaluation_confirmed:
         resource["businessStatus"]["coding"].append(_evaluation_coding(EVALUATION_CONFIRMED))
     if status in (Status.CANCELLED, Status.INELIGIBLE) and referral.closed_reason:
         resource["statusReason"] = {"coding": [_coding(REASON_SYSTEM, str(referral.closed_reason))]}
