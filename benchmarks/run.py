@@ -80,6 +80,7 @@ def run_all(args: argparse.Namespace) -> int:
             else:
                 rate = QUICK_RATE if args.quick else (args.rate or default_rate)
             printed_before = len(PRINTED_RESULTS)
+            print(f"\n== {name} ==", flush=True)  # where a benchmark's output starts: the line above ends the previous one
             try:
                 module = importlib.import_module(module_name)
                 asyncio.run(module.run(infra, rate, seconds, log_dir))
