@@ -65,7 +65,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     try:
         await notify.wait_ready()
         await producer.start()
-        async with WebhookReceiver() as receiver, httpx.AsyncClient(base_url=notify.url) as api:
+        async with WebhookReceiver() as receiver, httpx.AsyncClient(base_url=notify.url, timeout=60) as api:
             desk = token("desk", department=DEPARTMENT)
             subscribed = await api.post("/v1/subscriptions", headers=desk,
                                         json={"url": f"{receiver.url}/desk", "event_types": ["admission.overdue"]})

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,11 @@ def run_all(args: argparse.Namespace) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="reflexe-bench-logs-"))
     print(f"service logs: {log_dir}", flush=True)
     outcome: dict[str, str] = {}
+    durations: dict[str, float] = {}
+    infra_started = time.monotonic()
     with bench_infra() as infra:
         asyncio.run(ensure_topics(infra.kafka()))
+        durations["infrastructure"] = round(time.monotonic() - infra_started, 1)
         for name in names:
             module_name, default_rate = BENCHES[name]
             if name == "replay":
@@ -80,6 +84,7 @@ def run_all(args: argparse.Namespace) -> int:
             else:
                 rate = QUICK_RATE if args.quick else (args.rate or default_rate)
             printed_before = len(PRINTED_RESULTS)
+            started = time.monotonic()
             print(f"\n== {name} ==", flush=True)  # where a benchmark's output starts: the line above ends the previous one
             try:
                 module = importlib.import_module(module_name)
@@ -89,12 +94,15 @@ def run_all(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 outcome[name] = "failed"
                 continue
+            finally:
+                durations[name] = round(time.monotonic() - started, 1)
             reported = [line for line in PRINTED_RESULTS[printed_before:] if line["benchmark"] == name]
             outcome[name] = "reported" if reported else "no result line"
     results = [line for line in PRINTED_RESULTS if line["benchmark"] in names]
     summary = result_line("summary", summary_figures(results))
     missing = sorted(name for name, state in outcome.items() if state != "reported")
     summary["benchmarks"] = outcome
+    summary["seconds"] = durations  # wall times: the broker's and database's start, each benchmark's with its set-up
     if missing:  # their targets were not measured, hence not met
         summary["all_met"] = False
     print(json.dumps(summary, ensure_ascii=False), flush=True)

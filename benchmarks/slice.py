@@ -120,15 +120,17 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
             rss.watch(name, process.proc.pid)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=services["referral"].url, timeout=60, limits=limits) as referral, \
-                httpx.AsyncClient(base_url=services["capacity"].url) as capacity, \
-                httpx.AsyncClient(base_url=services["notify"].url) as notify:
+                httpx.AsyncClient(base_url=services["capacity"].url, timeout=60) as capacity, \
+                httpx.AsyncClient(base_url=services["notify"].url, timeout=60) as notify:
             for n in range(8):  # eight HADs sharing the department, ample places
                 had = with_key(f"34990{n:03d}")
-                await capacity.put(f"/v1/hads/{had}", json=had_body(f"HAD bench {n}", communes, places=5000), headers=token("admin"))
-                await notify.post("/v1/subscriptions", headers=token("had", finess=had),
-                                  json={"url": f"{receiver.url}/had/{had}", "event_types": ["offer.proposed"]})
-                await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
-                                    json={"places_available": 5000, "admissions_possible_today": 5000, "status": "OPEN"})
+                (await capacity.put(f"/v1/hads/{had}", json=had_body(f"HAD bench {n}", communes, places=5000),
+                                    headers=token("admin"))).raise_for_status()
+                (await notify.post("/v1/subscriptions", headers=token("had", finess=had),
+                                   json={"url": f"{receiver.url}/had/{had}", "event_types": ["offer.proposed"]})).raise_for_status()
+                (await capacity.post(f"/v1/hads/{had}/capacity", headers=token("had", finess=had),
+                                     json={"places_available": 5000, "admissions_possible_today": 5000,
+                                           "status": "OPEN"})).raise_for_status()
             hospital = "340000017"
             headers = token("hospital", finess=hospital)
             answered: dict[str, float] = {}
