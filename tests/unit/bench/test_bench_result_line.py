@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
-from benchmarks.common import figure, print_result
+from benchmarks.common import RssWatch, figure, print_result, rss_kb
 
 
 def test_a_figure_below_its_ceiling_is_met_and_one_above_is_not():
@@ -53,3 +55,23 @@ def test_all_met_is_false_when_one_target_is_missed_and_null_when_none_is_set(ca
     untargeted = print_result("y", {"a": figure(4.0, "ms")})
     assert missed["all_met"] is False
     assert untargeted["all_met"] is None
+
+
+def test_the_rss_of_a_watched_process_is_its_maximum_against_the_per_service_target():
+    watch = RssWatch(interval_seconds=0.01)
+    watch.watch("bench", os.getpid())
+    watch.stop()
+    rss = watch.figures()["rss_bench_mb"]
+    assert rss["unit"] == "MB" and rss["target"] == 150 and rss["op"] == "<="
+    now_mb = rss_kb(os.getpid()) / 1024
+    assert 0.5 * now_mb <= rss["value"] <= 2 * now_mb  # this process's own resident set, in MB
+
+
+def test_a_process_gone_before_its_first_sample_is_reported_unmeasured():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    watch = RssWatch()
+    watch.watch("gone", gone.pid)
+    watch.stop()
+    assert watch.figures()["rss_gone_mb"]["value"] is None
+    assert watch.figures()["rss_gone_mb"]["met"] is False
