@@ -19,6 +19,7 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -110,6 +111,8 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
+    # Stopped like Ctrl-C: the benchmark's service processes, broker and database are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(run_all(parse_args()))
 
 
