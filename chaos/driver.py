@@ -9,9 +9,9 @@ HL7 over MLLP), with two journals for the checker:
     python -m chaos.driver --referrals 10000 --seconds 600 --journal-dir DIR ...
 
 The file `started` appears in the journal dir when the traffic starts. After --referrals accepted
-referrals (or 3 x --seconds), the traffic stops: no new referral, no
-more answers; the receiver goes on receiving, and the file `quiet` appears in the journal dir.
-SIGTERM ends it.
+referrals (or 3 x --seconds) no new referral is posted; --settle-seconds later the traffic stops
+(no more answers, admissions or desk actions), the receiver goes on receiving, and the file
+`quiet` appears in the journal dir. SIGTERM ends it.
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mllp-host", default="127.0.0.1")
     p.add_argument("--mllp-port", type=int, required=True)
     p.add_argument("--hold-minutes", type=float, default=30.0)
+    p.add_argument("--settle-seconds", type=float, default=60.0,
+                   help="after the last referral, how long the actors go on with those posted (default 60)")
     return p
 
 
@@ -190,7 +192,15 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.wait_for(client.enough.wait(), 10)
         log.info("accepted %d/%d referrals after %.0f s; %s", len(client.accepted), args.referrals,
                  time.monotonic() - started, counters.line())
-    # The traffic stops: no new referral, no more answers or admissions, the receiver goes on.
+    # No new referral; for --settle-seconds the HADs, hospitals and desks go on with those posted
+    # (offers answered, patients admitted), then the traffic stops and the receiver goes on.
+    posting = actors[:len(scenario.departments)]
+    for task in posting:
+        task.cancel()
+    log.info("no new referral after %d accepted, %.0f s; the others play on for %.0f s", len(client.accepted),
+             time.monotonic() - started, args.settle_seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), args.settle_seconds)
     receiver.handle = False
     for task in [*actors, *world.tasks]:
         task.cancel()

@@ -38,6 +38,7 @@ def chaos_run(tmp_path: Path, keycloak: Keycloak, *arguments: str) -> tuple[int,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no JSON line (exit {proc.returncode}):\n{proc.stderr[-5000:]}"
+    print(lines[-1])  # the run's figures, for the record
     details = run_dir / "journal" / "checker-details.json"
     return proc.returncode, json.loads(lines[-1]), details.read_text() if details.exists() else proc.stderr[-5000:]
 
