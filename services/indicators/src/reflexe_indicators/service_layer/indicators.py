@@ -224,12 +224,23 @@ class _Sql:
         return f"date_trunc('{self.q.period}', {col} AT TIME ZONE {ZONE})::date"
 
     def in_periods(self, col: str) -> list[str]:
-        """The rows whose `col`, on their department's clock, falls in the periods asked."""
+        """The rows whose `col`, on their department's clock, falls in the periods asked: an index
+        range on Paris's days widened by a day, then the exact bounds of each department's clock
+        (computed once per department by `clocks`, not per row)."""
         first, last = period_start(self.q.start, self.q.period), period_start(self.q.end, self.q.period)
         lo = self.p(paris_midnight(first) - ZONE_MARGIN)
         hi = self.p(paris_midnight(next_period(last, self.q.period)) + ZONE_MARGIN)
         return [f"{col} >= {lo}", f"{col} < {hi}",
-                f"{self.bucket(col)} BETWEEN {self.p(first)}::date AND {self.p(last)}::date"]
+                f"{col} >= COALESCE(g.period_start, {self.p(paris_midnight(first))})",
+                f"{col} < COALESCE(g.period_end, {self.p(paris_midnight(next_period(last, self.q.period)))})"]
+
+    def clocks(self) -> str:
+        """department_regions with the instants the periods asked start and end on each
+        department's clock (a derived table the planner keeps apart: computed per department)."""
+        first, last = period_start(self.q.start, self.q.period), period_start(self.q.end, self.q.period)
+        return (f"(SELECT department, region, time_zone, ({self.p(first)}::date::timestamp AT TIME ZONE time_zone) AS period_start, "
+                f"({self.p(next_period(last, self.q.period))}::date::timestamp AT TIME ZONE time_zone) AS period_end "
+                f"FROM department_regions OFFSET 0)")
 
 
 async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: str | None,
@@ -241,7 +252,7 @@ async def _referral_family(conn, q: Query, schema: str, time_col: str, had_col: 
     where = [*sql.in_periods(f"r.{time_col}"), f"{key} IS NOT NULL"]
     where += _filters(sql, q, "r.department", key)
     text = (f"SELECT {sql.bucket('r.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
-            f"FROM {sql.s}.referral_facts r LEFT JOIN department_regions g ON g.department = r.department "
+            f"FROM {sql.s}.referral_facts r LEFT JOIN {sql.clocks()} g ON g.department = r.department "
             f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
     return await conn.fetch(text, *sql.params)
 
@@ -255,7 +266,7 @@ async def _offer_family(conn, q: Query, schema: str, time_col: str, selects: lis
     where += _filters(sql, q, "o.department", key)
     join = f"LEFT JOIN {sql.s}.referral_facts r ON r.referral_id = o.referral_id " if q.level == "source" else ""
     text = (f"SELECT {sql.bucket('o.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
-            f"FROM {sql.s}.{table} o {join}LEFT JOIN department_regions g ON g.department = o.department "
+            f"FROM {sql.s}.{table} o {join}LEFT JOIN {sql.clocks()} g ON g.department = o.department "
             f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
     return await conn.fetch(text, *sql.params)
 
