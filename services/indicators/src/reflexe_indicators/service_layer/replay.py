@@ -40,8 +40,12 @@ _classes: dict[bytes, type | None] = {}
 
 def _decode(headers, value: bytes | None):
     """A fast decode of a CloudEvents record (the replay skips what the live path dead-letters)."""
-    ce_type = next((v for k, v in headers if k == "ce_type"), None)
-    if ce_type is None or value is None:
+    if value is None:
+        return None
+    for name, ce_type in headers:
+        if name == "ce_type":
+            break
+    else:
         return None
     cls = _classes.get(ce_type, ...)
     if cls is ...:
@@ -83,7 +87,7 @@ class ReplayProgress:
 
 class Replayer:
     def __init__(self, pool: asyncpg.Pool, kafka: KafkaAccess, base_schema: str, group_prefix: str,
-                 batch_size: int = 50_000, topics: tuple[Topic, ...] = REPLAYED_TOPICS) -> None:
+                 batch_size: int = 20_000, topics: tuple[Topic, ...] = REPLAYED_TOPICS) -> None:
         self.pool = pool
         self.kafka = kafka
         self.base = base_schema
@@ -139,7 +143,9 @@ class Replayer:
         consumer = AIOKafkaConsumer(
             **self.kafka.options(), group_id=f"{self.group_prefix}-replay-g{progress.generation}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+            # Modest fetches and batches: what is fetched ahead, the batch being folded and the one
+            # being written are all in memory at once, within the service's memory budget.
+            max_partition_fetch_bytes=1024 * 1024, fetch_max_bytes=16 * 1024 * 1024,
             max_poll_records=self.batch_size)
         await consumer.start()
         try:
