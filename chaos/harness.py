@@ -227,7 +227,9 @@ class Harness:
     async def start_infrastructure(self) -> None:
         log.info("starting three Kafka brokers and PostgreSQL (%s)", self.state_dir)
         self.infra_started = True
-        self.exports.update(parse_exports(await self.script(INFRA_SH, "start", REFLEXE_KAFKA_NODES="3")))
+        # PostgreSQL durable as in production: the nemesis crashes it, and an acknowledged commit must survive.
+        self.exports.update(parse_exports(await self.script(INFRA_SH, "start", REFLEXE_KAFKA_NODES="3",
+                                                            REFLEXE_PG_DURABLE="1")))
         if self.args.oidc_issuer:  # a running Keycloak with the platform's realm (the test suite's)
             self.exports.update(OIDC_ISSUER=self.args.oidc_issuer,
                                 KEYCLOAK_ADMIN_USER=os.environ.get("KEYCLOAK_ADMIN_USER", "admin"),
@@ -368,7 +370,7 @@ class Harness:
         self.faults.note(f"Kafka node {node} back")
 
     async def restart_postgres(self) -> None:
-        await self.script(INFRA_SH, "pg-restart", timeout=300)
+        await self.script(INFRA_SH, "pg-restart", timeout=300, REFLEXE_PG_DURABLE="1")
         self.faults.postgres_restarts += 1
         self.faults.note("PostgreSQL crashed and restarted")
 
@@ -422,7 +424,9 @@ class Harness:
             out["clocks_soon"] = await conn.fetchval(
                 "SELECT count(*) FROM referral.clocks WHERE kind <> 'ADMISSION_OVERDUE' AND due_at < now() + interval '5 min'")
             out["webhooks_pending"] = await conn.fetchval("SELECT count(*) FROM notify.deliveries WHERE status = 'PENDING'")
-            out["hl7_pending"] = await conn.fetchval("SELECT count(*) FROM gateway.messages WHERE status = 'PENDING'")
+            # A message waiting for its next attempt (its referral not known yet) is not a backlog.
+            out["hl7_pending"] = await conn.fetchval("SELECT count(*) FROM gateway.messages WHERE status = 'PENDING' "
+                                                     "AND next_attempt_at < now() - interval '10 s'")
         finally:
             await conn.close()
         out["consumer_lag"] = await self.consumer_lag(access)

@@ -11,6 +11,7 @@
 #   REFLEXE_KAFKA_NODES    [1, or what the state dir holds]  Kafka nodes, each broker and controller
 #   KAFKA_PORT [19092]  KAFKA_CONTROLLER_PORT [19093]  PG_PORT [15432]
 #   REFLEXE_PYTHON         [<repo>/.venv/bin/python]  applies the Kafka ACLs (reflexe_common.kafka_acls)
+#   REFLEXE_PG_DURABLE     [0]  1: PostgreSQL flushes every commit (fsync, synchronous_commit), as in production
 # Everything listens on 127.0.0.1 only.
 #
 # Kafka authenticates every client (SASL SCRAM-SHA-512 on the client listener) and authorizes
@@ -541,15 +542,19 @@ init_pg() {
     fi
     # Rewritten on every start so that port/path changes take effect.
     # fsync/synchronous_commit/full_page_writes off: this is a throwaway dev/test
-    # cluster; speed matters, and losing it in an OS crash is acceptable.
+    # cluster; speed matters, and losing it in an OS crash is acceptable. With
+    # REFLEXE_PG_DURABLE=1 they are on, as in production: a commit survives a crash of
+    # PostgreSQL (pg-restart), which the chaos run relies on.
+    local durable=off
+    [[ ${REFLEXE_PG_DURABLE:-0} == 1 ]] && durable=on
     as_pg tee "$PGDATA/reflexe.conf" >/dev/null <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
 max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = $durable
+synchronous_commit = $durable
+full_page_writes = $durable
 EOF
 }
 
