@@ -9,7 +9,7 @@ HL7 over MLLP), with two journals for the checker:
     python -m chaos.driver --referrals 10000 --seconds 600 --journal-dir DIR ...
 
 The file `started` appears in the journal dir when the traffic starts. After --referrals accepted
-referrals (or 3 x --seconds) no new referral is posted; --settle-seconds later the traffic stops
+referrals (or --max-seconds, by default 3 x --seconds) no new referral is posted; --settle-seconds later the traffic stops
 (no more answers, admissions or desk actions), the receiver goes on receiving, and the file
 `quiet` appears in the journal dir. SIGTERM ends it.
 """
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mllp-host", default="127.0.0.1")
     p.add_argument("--mllp-port", type=int, required=True)
     p.add_argument("--hold-minutes", type=float, default=30.0)
+    p.add_argument("--max-seconds", type=float, default=0.0,
+                   help="post no new referral after this long, however many were accepted (default 3 x --seconds)")
     p.add_argument("--settle-seconds", type=float, default=60.0,
                    help="after the last referral, how long the actors go on with those posted (default 60)")
     return p
@@ -186,7 +188,7 @@ async def run(args: argparse.Namespace) -> None:
     actors += [loop.create_task(had.capacity_loop()) for had in world.hads.values()]
     actors += [loop.create_task(world.desks[code].poll_loop(lambda: False)) for code in scenario.departments]
     started = time.monotonic()
-    deadline = 3 * args.seconds
+    deadline = args.max_seconds or 3 * args.seconds
     while not (client.enough.is_set() or stop.is_set() or time.monotonic() - started > deadline):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.enough.wait(), 10)

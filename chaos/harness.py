@@ -309,7 +309,8 @@ class Harness:
                    "--webhook-port", str(self.ports.webhook), "--referral-url", base.format(self.ports.service("referral")),
                    "--capacity-url", base.format(self.ports.service("capacity")),
                    "--notify-url", base.format(self.ports.service("notify")), "--mllp-port", str(self.ports.mllp),
-                   "--settle-seconds", str(self.args.settle_seconds)]
+                   "--settle-seconds", str(self.args.settle_seconds),
+                   "--max-seconds", str(self.args.max_traffic_seconds or 3 * self.args.seconds)]
         out = open(self.log_dir / "driver.log", "ab")
         self.driver = subprocess.Popen(command, env={**os.environ, **self.exports}, stdout=out, stderr=subprocess.STDOUT,
                                        cwd=REPO_ROOT, start_new_session=True)
@@ -526,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=900.0, help="how long the traffic should last (default 900)")
     p.add_argument("--broken", choices=sorted(VARIANTS), default=None,
                    help="run a deliberately broken variant, which the checker must catch")
+    p.add_argument("--max-traffic-seconds", type=float, default=0.0,
+                   help="post no new referral after this long, however many were accepted (default 3 x --seconds)")
     p.add_argument("--settle-seconds", type=float, default=60.0,
                    help="after the last referral, how long the HADs and desks go on answering (default 60)")
     p.add_argument("--speed", type=float, default=240.0, help="simulated seconds per real second (default 240)")
