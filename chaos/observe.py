@@ -223,8 +223,9 @@ def figures(obs: Observations) -> dict[str, Any]:
     out["duplicated_records"] = checker.duplicated_records(obs.committed)
     out["duplicated_records_uncommitted"] = checker.duplicated_records(obs.uncommitted)
     out["_details"] = {name: found[:20] for name, found in details.items() if found}
-    out["referrals_accepted"] = sum(1 for a in obs.accepted if a.door != "hl7")
-    out["referrals_by_door"] = {door: sum(1 for a in obs.accepted if a.door == door) for door in ("rest", "fhir", "hl7")}
+    distinct = set(obs.accepted)  # a retried request answered 2xx twice is journaled twice
+    out["referrals_accepted"] = sum(1 for a in distinct if a.door != "hl7")
+    out["referrals_by_door"] = {door: sum(1 for a in distinct if a.door == door) for door in ("rest", "fhir", "hl7")}
     out["referrals_stored"] = len(obs.referrals)
     out["events_committed"] = len(obs.committed)
     out["webhooks_received"] = len(obs.receipts)
