@@ -124,3 +124,20 @@ def test_the_summary_is_one_json_line_and_any_figure_fails_the_run() -> None:
                  "unexplained"):
         assert failed({**figures, name: 1}) == [name]
     assert failed({**figures, "indicators_equal_oracle": False}) == ["indicators_equal_oracle"]
+
+
+def test_the_indicators_comparison_flags_any_difference_but_the_share_of_time_to_the_query() -> None:
+    from chaos.observe import compare, to_oracle_events
+
+    expected = {("2026-11-26", "34"): {"referrals_received": 3, "first_offer_median_min": 1.5}}
+    row = {"period": "2026-11-26", "key": "34", "referrals_received": 3, "first_offer_median_min": 1.5, "stale_share": 0.3}
+    assert compare([row], expected, "department") == []
+    assert compare([{**row, "referrals_received": 4}], expected, "department") == [
+        "department ('2026-11-26', '34') referrals_received: API 4, oracle 3"]
+    assert compare([{**row, "first_offer_median_min": None}], expected, "department")
+    assert compare([], expected, "department") == ["department ('2026-11-26', '34'): missing from the API"]
+    # The oracle measures delays from the request's own time, as the indicators are defined.
+    requested = event("ReferralRequested", "r1", 10, 1, department="34", requested_at=t(2), source_finess="340780477",
+                      source_kind="ED", place="HOME", urgency="WITHIN_24H", planned_date="", avis=None)
+    [ev] = to_oracle_events([requested, requested])  # one event id, one record
+    assert (ev.kind, ev.at, ev.department) == ("ReferralRequested", t(2), "34")
