@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -37,6 +38,10 @@ MAX_ANSWER_BYTES = 64 * 1024  # read to keep the connection reusable; more is no
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(host))]  # an address already: no lookup (nor thread hop)
+    except ValueError:
+        pass
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          proto=socket.IPPROTO_TCP)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
