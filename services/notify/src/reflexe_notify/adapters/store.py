@@ -95,58 +95,73 @@ class Claimed:
     channel: str = "webhook"  # or "email", url then being mailto:<address>
 
 
-async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[Claimed]:
-    """Take up to `limit` due deliveries for one attempt each.
+async def claim_due(db: asyncpg.Connection | asyncpg.Pool, limit: int, lease_seconds: float) -> list[Claimed]:
+    """Take up to `limit` due deliveries for one attempt each (one statement: atomic alone).
 
     The claim is committed before sending and only moves next_attempt_at past the attempt's
     timeout: if this process dies mid-send, the delivery falls due again by itself."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "WITH due AS (SELECT webhook_id FROM deliveries WHERE status = 'PENDING' AND next_attempt_at <= now() "
-            "             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
-            "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2) "
-            "FROM due, subscriptions s WHERE d.webhook_id = due.webhook_id AND s.id = d.subscription_id "
-            "RETURNING d.webhook_id, d.subscription_id, d.recipient, d.department, d.event_type, d.body, "
-            "          d.attempts, d.attempt_limit, s.url, s.secrets, s.channel",
-            limit, lease_seconds,
-        )
+    rows = await db.fetch(
+        "WITH due AS (SELECT webhook_id FROM deliveries WHERE status = 'PENDING' AND next_attempt_at <= now() "
+        "             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+        "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2) "
+        "FROM due, subscriptions s WHERE d.webhook_id = due.webhook_id AND s.id = d.subscription_id "
+        "RETURNING d.webhook_id, d.subscription_id, d.recipient, d.department, d.event_type, d.body, "
+        "          d.attempts, d.attempt_limit, s.url, s.secrets, s.channel",
+        limit, lease_seconds,
+    )
     return [Claimed(**dict(r)) for r in rows]
 
 
-async def seconds_to_next_due(pool: asyncpg.Pool) -> float | None:
-    return await pool.fetchval(
+async def seconds_to_next_due(db: asyncpg.Connection | asyncpg.Pool) -> float | None:
+    return await db.fetchval(
         "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM deliveries WHERE status = 'PENDING'"
     )
 
 
-async def pending_count(pool: asyncpg.Pool) -> int:
-    return await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = 'PENDING'")
+async def pending_count(db: asyncpg.Connection | asyncpg.Pool) -> int:
+    return await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'PENDING'")
 
 
-async def log_attempt(conn: asyncpg.Connection, d: Claimed, started_at: datetime, duration: float,
-                      http_status: int | None, outcome: str, error: str | None) -> None:
+@dataclass(frozen=True)
+class Attempted:
+    """One attempt's result, to be recorded; `retry_in` (seconds) when it is to be tried again."""
+    delivery: Claimed
+    outcome: str  # domain.retry.Outcome's value
+    started_at: datetime
+    duration: float
+    http_status: int | None
+    error: str | None
+    retry_in: float | None = None
+
+
+async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempted]) -> None:
+    """The log entries of many attempts, their deliveries marked DELIVERED or rescheduled, in
+    three statements whatever their number (call in a transaction). Other outcomes (gone,
+    failed) are the caller's, one by one: they are rare and tell the desk."""
     await conn.execute(
         "INSERT INTO delivery_attempts (webhook_id, attempt, started_at, duration_seconds, http_status, outcome, error) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        d.webhook_id, d.attempts, started_at, duration, http_status, outcome, error,
+        "SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[], $7::text[])",
+        [a.delivery.webhook_id for a in attempts], [a.delivery.attempts for a in attempts],
+        [a.started_at for a in attempts], [a.duration for a in attempts], [a.http_status for a in attempts],
+        [a.outcome for a in attempts], [a.error for a in attempts],
     )
-
-
-async def mark_delivered(conn: asyncpg.Connection, webhook_id: str) -> None:
-    # Even if the claim had lapsed and another attempt is under way: the receiver has it.
-    await conn.execute(
-        "UPDATE deliveries SET status = 'DELIVERED', delivered_at = now(), last_error = NULL "
-        "WHERE webhook_id = $1 AND status = 'PENDING'", webhook_id,
-    )
-
-
-async def schedule_retry(conn: asyncpg.Connection, d: Claimed, delay_seconds: float, error: str) -> None:
-    # Guarded by the attempt number: a lapsed claim must not reschedule a newer attempt.
-    await conn.execute(
-        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4 "
-        "WHERE webhook_id = $1 AND status = 'PENDING' AND attempts = $2",
-        d.webhook_id, d.attempts, delay_seconds, error,
-    )
+    delivered = [a.delivery.webhook_id for a in attempts if a.outcome == "delivered"]
+    if delivered:
+        # Even if the claim had lapsed and another attempt is under way: the receiver has it.
+        await conn.execute(
+            "UPDATE deliveries SET status = 'DELIVERED', delivered_at = now(), last_error = NULL "
+            "WHERE webhook_id = ANY($1::text[]) AND status = 'PENDING'", delivered,
+        )
+    retried = [a for a in attempts if a.outcome == "retry"]
+    if retried:
+        # Guarded by the attempt number: a lapsed claim must not reschedule a newer attempt.
+        await conn.execute(
+            "UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => r.delay), last_error = r.error "
+            "FROM unnest($1::text[], $2::int[], $3::float8[], $4::text[]) AS r(webhook_id, attempts, delay, error) "
+            "WHERE d.webhook_id = r.webhook_id AND d.status = 'PENDING' AND d.attempts = r.attempts",
+            [a.delivery.webhook_id for a in retried], [a.delivery.attempts for a in retried],
+            [a.retry_in or 0.0 for a in retried], [a.error or "" for a in retried],
+        )
 
 
 async def mark_failed(conn: asyncpg.Connection, d: Claimed, error: str) -> bool:
