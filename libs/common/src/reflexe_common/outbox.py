@@ -69,7 +69,7 @@ class OutboxRelay:
         schema: str,
         kafka: KafkaAccess,
         batch_size: int = 500,
-        idle_poll_seconds: float = 1.0,
+        idle_poll_seconds: float = 5.0,  # a fallback only: commits wake the relay (NOTIFY)
     ) -> None:
         self._pool = pool
         self._database_url = database_url
@@ -176,10 +176,13 @@ class OutboxRelay:
         OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
 
     async def _mark(self, batch_id: str, ids: list[int], state: str) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if state == "DONE":
-                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL", ids)
-            await conn.execute("UPDATE outbox_batches SET state = $2 WHERE batch_id = $1", uuid.UUID(batch_id), state)
+        # One statement, atomic alone (a data-modifying WITH always runs): no BEGIN/COMMIT round
+        # trips between a batch and the next.
+        await self._pool.execute(
+            "WITH journal AS (UPDATE outbox_batches SET state = $2 WHERE batch_id = $1) "
+            "UPDATE outbox SET published_at = now() WHERE $2 = 'DONE' AND id = ANY($3) AND published_at IS NULL",
+            uuid.UUID(batch_id), state, ids,
+        )
 
     async def _recover(self) -> None:
         """Settle the batches a crashed relay left in flight (our producer has fenced them)."""
