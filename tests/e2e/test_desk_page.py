@@ -16,9 +16,10 @@ import pytest
 from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.e2e
-COMMUNE = "34019"  # Avène: only this test's HAD serves it
+COMMUNE = own_commune()  # only this test's HAD serves it
 
 
 async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, keycloak: Keycloak, tmp_path: Path) -> None:

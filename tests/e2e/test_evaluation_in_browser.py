@@ -17,10 +17,11 @@ from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
 from tests.support.services import eventually
+from tests.support.territory import own_commune
 
 # Four services, Kafka, PostgreSQL and Keycloak started for one test: minutes on two busy cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
-COMMUNE = "34053"  # Carlencas-et-Levas: only this test's two HADs serve it
+COMMUNE = own_commune()  # only this test's two HADs serve it
 
 
 async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then_it_confirms_or_withdraws(

@@ -14,10 +14,11 @@ import pytest
 from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.e2e
 HAD = "349000034"  # a coordinating nurse of the realm: user had349000034
-COMMUNE = "34043"  # Buzignargues: only this test's HAD serves it
+COMMUNE = own_commune()  # only this test's HAD serves it
 
 
 async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topics, keycloak: Keycloak,

@@ -51,6 +51,7 @@ from tests.support.keycloak import Keycloak
 from tests.support.platform import running_platform
 from tests.support.privacy_scan import Findings, PrivacyScan
 from tests.support.services import REPO_ROOT, eventually, free_port
+from tests.support.territory import own_named_department
 
 # The first test also waits for Kafka, PostgreSQL and Keycloak to start (minutes on shared cores).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -59,9 +60,10 @@ DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules"
 SPEED = 600  # simulated seconds per real second: a simulated hour every 6 s
 SIMULATION_SECONDS = 150  # upper bound: the test stops as soon as every query has data
-# Lozère (48) and Lot (46): departments no other test uses, so the simulator's HADs, which
-# cover every commune of theirs, compete with no other test's HADs in the shared database.
-SIMULATED_DEPARTMENTS = ["48", "46"]
+# Lozère (48) and Lot (46), two small departments (a short simulated day), owned by this module: the
+# simulator's HADs, which cover every commune of theirs, compete with no other test's HADs in the
+# shared database, and no other test reads what the simulator writes there.
+SIMULATED_DEPARTMENTS = [own_named_department("48"), own_named_department("46")]
 # Values the dashboards' variables take in the test, and Grafana's built-in intervals.
 VARIABLES = {"department": "48", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 # The platform's clocks scaled like `./reflexe up` does, so offers expire, reminders fire and

@@ -15,10 +15,11 @@ from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.platform import running_platform
 from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import eventually, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.e2e
 SECRET = "whsec_" + base64.b64encode(b"a-32-byte-secret-for-the-e2e-run").decode()
-COMMUNE = "34006"  # Aigne: only this test's HAD serves it
+COMMUNE = own_commune()  # only this test's HAD serves it
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -33,6 +33,7 @@ from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
 from tests.support.kafka import as_system, register_system
 from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +187,7 @@ async def test_a_capacity_declaration_for_another_had_is_dead_lettered_and_its_o
     _, capacity = platform
     sender, victim = unique_finess(), unique_finess()
     for finess in (sender, victim):
-        registered = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", ["34010"]), headers=token("admin"))
+        registered = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", [own_commune()]), headers=token("admin"))
         assert registered.status_code == 200, registered.text
     system = await register_system(topics, sender, "had")
 

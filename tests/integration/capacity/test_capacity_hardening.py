@@ -18,10 +18,11 @@ from reflexe_common.topics import DEAD_LETTERS
 from tests.support.data import had_body, unique_finess
 from tests.support.issuer import suite_issuer
 from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
-COMMUNE = "34010"  # Aumelas: a zone of its own for this module's HADs
+COMMUNE = own_commune()  # a zone of its own for this module's HADs
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,13 @@ from tests.support.data import had_body, unique_finess
 from tests.support.fhir_data import declared_figures, healthcare_service_declaration
 from tests.support.issuer import suite_issuer
 from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_commune, own_department
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
-# Lot (46): a department of this module's own HADs.
-DEPARTMENT, COMMUNE = "46", "46042"
+# A department of this module's own HADs: its capacity board lists no other.
+DEPARTMENT = own_department()
+COMMUNE = own_commune(DEPARTMENT)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,22 @@ from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
-from tests.support.data import MONTPELLIER, SETE, had_body, referral_body, unique_finess
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.data import MONTPELLIER, had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.kafka import matcher_starts_from_now
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
+# Communes of the Hérault only this module uses: its HADs are the only candidates there.
+ACCEPT_COMMUNE, ACCEPT_NEIGHBOUR_COMMUNE, CASCADE_COMMUNE, NO_HAD_COMMUNE = own_communes(4)
 
 
 @pytest.fixture(scope="module")
 async def platform(topics):
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    await matcher_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:
@@ -62,10 +67,9 @@ async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str
 
 async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
     referral, capacity = platform
-    # A unique commune keeps this test's HADs the only candidates.
-    had = await register(capacity, ["34003"], places=2)
-    await register(capacity, ["34004"], places=5)  # another zone: must not be chosen
-    referral_id = await post(referral, commune="34003")
+    had = await register(capacity, [ACCEPT_COMMUNE], places=2)
+    await register(capacity, [ACCEPT_NEIGHBOUR_COMMUNE], places=5)  # another zone: must not be chosen
+    referral_id = await post(referral, commune=ACCEPT_COMMUNE)
     offered = await wait_status(referral, referral_id, "OFFERED")
     offer = offered["current_offer"]
     assert offer["had_finess"] == had
@@ -90,9 +94,9 @@ async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
 
 async def test_decline_cascades_to_the_next_had_then_escalates(platform):
     referral, capacity = platform
-    first = await register(capacity, ["34005"], places=3, ehpad_conventions=[])
-    second = await register(capacity, ["34005"], places=1)
-    referral_id = await post(referral, commune="34005")
+    first = await register(capacity, [CASCADE_COMMUNE], places=3, ehpad_conventions=[])
+    second = await register(capacity, [CASCADE_COMMUNE], places=1)
+    referral_id = await post(referral, commune=CASCADE_COMMUNE)
     offer = (await wait_status(referral, referral_id, "OFFERED"))["current_offer"]
     # Most free places relative to size first: 3/40 beats 1/40.
     assert offer["had_finess"] == first
@@ -112,6 +116,6 @@ async def test_decline_cascades_to_the_next_had_then_escalates(platform):
 
 async def test_no_had_for_the_commune_escalates(platform):
     referral, _ = platform
-    referral_id = await post(referral, commune=SETE)
+    referral_id = await post(referral, commune=NO_HAD_COMMUNE)
     body = await wait_status(referral, referral_id, "ESCALATED")
     assert body["current_offer"] is None

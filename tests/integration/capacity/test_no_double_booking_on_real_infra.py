@@ -49,13 +49,14 @@ from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.services import ServiceProcess, eventually, service_env, token
+from tests.support.territory import own_named_department
 
 pytestmark = pytest.mark.integration
 
 # Departments on partitions 0, 5, 10, 15, 19 and 22 of the referral log (reflexe_common.partition_table):
 # both halves and both parities, so that both matcher processes own some of the traffic whatever
-# the assignment.
-DEPARTMENTS = ("58", "55", "70", "61", "89", "51")
+# the assignment. This module's own: no other test's HADs or referrals there.
+DEPARTMENTS = tuple(own_named_department(d) for d in ("58", "55", "70", "61", "89", "51"))
 assert sorted(department_partition(d) for d in DEPARTMENTS) == [0, 5, 10, 15, 19, 22]
 HADS = 4
 PLACES = 3

@@ -11,10 +11,11 @@ from reflexe_capacity.settings import CapacitySettings
 from tests.support.data import had_body, unique_finess
 from tests.support.issuer import suite_issuer
 from tests.support.services import serve_in_process, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
-COMMUNE = "34010"
+COMMUNE = own_commune()
 
 
 @pytest.fixture(scope="module")

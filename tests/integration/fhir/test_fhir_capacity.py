@@ -15,17 +15,21 @@ from reflexe_capacity.entrypoints import fhir_mapping as cm
 from reflexe_capacity.entrypoints.app import build_app
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.fhir import FHIR_JSON, FINESS_SYSTEM
+from reflexe_common.geography import Geography
 from tests.support.data import had_body, unique_finess
 from tests.support.fhir_data import capacity_status, declared_figures, healthcare_service_declaration, kind_and_count
 from tests.support.fhir_validator import checked, expressions
 from tests.support.issuer import suite_issuer
 from tests.support.services import serve_in_process, token
+from tests.support.territory import own_commune, own_department
 
 pytestmark = pytest.mark.integration
 FHIR = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
 ADMIN = token("admin")
-# Lozère (48, region Occitanie 76): a department of this module's own HADs.
-DEPARTMENT, REGION, COMMUNE = "48", "76", "48095"
+# A department of this module's own HADs (its board and its search list no other), and one with none.
+DEPARTMENT, EMPTY_DEPARTMENT = own_department(), own_department()
+REGION = Geography.load().department(DEPARTMENT).region_code
+COMMUNE = own_commune(DEPARTMENT)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +153,7 @@ async def test_a_desk_searches_the_hads_of_its_department(client, validator):
     checked(validator, other_desk, 403, "OperationOutcome")
     as_had = await client.get("/fhir/HealthcareService", params={"department": DEPARTMENT}, headers=token("had", finess=first))
     checked(validator, as_had, 403, "OperationOutcome")
-    empty = await client.get("/fhir/HealthcareService", params={"department": "2A"}, headers=ADMIN)
+    empty = await client.get("/fhir/HealthcareService", params={"department": EMPTY_DEPARTMENT}, headers=ADMIN)
     assert "entry" not in checked(validator, empty, 200, "Bundle")
     no_such = await client.get("/fhir/HealthcareService", params={"department": "99"}, headers=ADMIN)
     checked(validator, no_such, 404, "OperationOutcome")

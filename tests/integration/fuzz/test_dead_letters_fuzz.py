@@ -30,12 +30,13 @@ from tests.support.fuzz_records import records
 from tests.support.kafka import read_all
 from tests.support.platform import running_platform
 from tests.support.services import eventually, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
 
 PER_TOPIC = int(os.environ.get("REFLEXE_FUZZ_DEAD_LETTERS", "5"))
 DEPARTMENT = "34"
-COMMUNE = "34010"
+COMMUNE = own_commune()
 # Who consumes what: (schema, consumer name as the dead letters and the inbox record it).
 CONSUMERS = {
     REFERRAL_EVENTS.name: [("capacity", "matcher"), ("indicators", "indicators-facts"), ("notify", "notify")],

@@ -36,6 +36,7 @@ from schemathesis.checks import not_a_server_error
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
 from tests.support.services import NOTIFY_ENV, bearer, serve_in_process, service_env, token
+from tests.support.territory import own_commune
 
 pytestmark = [pytest.mark.integration,
               # schemathesis' own strategies draw from `random`; that is theirs to change, not ours
@@ -46,7 +47,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 ROLES = ("hospital", "had", "desk", "ars", "admin")
 DEPARTMENT, REGION = "34", "76"  # Hérault, in Occitanie
-COMMUNE = "34172"
+COMMUNE = own_commune()  # the fuzzed HAD's zone: no other test's referral is offered to it
 # An event stream never ends: schemathesis reads it until this many seconds have passed.
 STREAM_SECONDS = 1.5
 # Generated callers must meet the checks, not the rate limit (its own tests are elsewhere).

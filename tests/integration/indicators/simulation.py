@@ -35,12 +35,17 @@ from reflexe.v1 import referral_pb2 as pb
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.finess import with_key
 from tests.support.data import pseudonym
+from tests.support.territory import own_named_department
 
 PARIS = ZoneInfo("Europe/Paris")
 DEPARTMENTS = {"972": "02", "973": "03", "974": "04", "2A": "94"}  # department -> its region
 # Each department's clock, written out here rather than read from the platform's geography.
 ZONES = {"972": ZoneInfo("America/Martinique"), "973": ZoneInfo("America/Cayenne"), "974": ZoneInfo("Indian/Reunion"),
          "2A": PARIS}
+# This module's own: the oracle reads these departments and their regions whole, so nobody else is
+# handed them, nor Corsica's other department (2B), which region 94 also covers.
+for _code in (*DEPARTMENTS, "2B"):
+    own_named_department(_code)
 DEPARTMENTS_CSV = Path(__file__).resolve().parents[3] / "libs/common/src/reflexe_common/geography/data/departments.csv"
 REASONS = ["NO_CAPACITY", "OUT_OF_ZONE", "CARE_NOT_PROVIDED", "MEDICAL_NOT_ELIGIBLE", "SOCIAL_NOT_ELIGIBLE",
            "PATIENT_REFUSED", "GP_REFUSED", "INCOMPLETE_REQUEST", "PATIENT_HOSPITALISED", "PATIENT_DECEASED", "OTHER"]

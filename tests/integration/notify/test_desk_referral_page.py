@@ -17,10 +17,11 @@ from tests.integration.notify.kit import in_process_platform, log_in, page_brows
 from tests.support.data import full_referral_body, pseudonym, unique_finess
 from tests.support.privacy_scan import Findings, PrivacyScan
 from tests.support.services import eventually, token
+from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
 DESK_34 = token("desk", department="34")
-COMMUNE = "34046"  # Cambon-et-Salvergues: only this module's HAD serves it
+COMMUNE = own_commune()  # of the Hérault: only this module's HAD serves it
 # The patient as the EHPAD knows them: only the pseudonym derived from it may leave the EHPAD.
 NIR_BODY = "1360434172123"
 NIR = f"{NIR_BODY}{97 - int(NIR_BODY) % 97:02d}"

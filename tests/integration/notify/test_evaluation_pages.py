@@ -17,12 +17,13 @@ from tests.integration.notify.kit import in_process_platform, log_in, page_brows
 from tests.integration.notify.test_had_page import offered_on_page, post_referral, status_of
 from tests.support.data import unique_finess
 from tests.support.services import eventually, token
+from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 DESK_34 = token("desk", department="34")
 JSON = {"Accept": "application/json"}
 # Communes only this module uses: each test's HADs are the only ones serving its commune (nobody the last).
-CONFIRM_COMMUNE, WITHDRAW_COMMUNE, LIAISON_COMMUNE = "34048", "34049", "34051"
+CONFIRM_COMMUNE, WITHDRAW_COMMUNE, LIAISON_COMMUNE = own_communes(3)
 
 
 @pytest.fixture(scope="module")

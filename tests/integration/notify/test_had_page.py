@@ -20,12 +20,13 @@ from tests.support.data import referral_body, unique_finess
 from tests.support.desk import SseCollector
 from tests.support.receiver import WebhookReceiver
 from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 # Communes only this module uses: each test's HAD is the only one serving its commune.
-ACCEPT_COMMUNE, DECLINE_COMMUNE, SCOPE_COMMUNE, STREAM_COMMUNE = "34040", "34041", "34042", "34044"
+ACCEPT_COMMUNE, DECLINE_COMMUNE, SCOPE_COMMUNE, STREAM_COMMUNE = own_communes(4)
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,11 @@ from tests.support.data import pseudonym
 from tests.support.desk import SmtpSink, SseCollector
 from tests.support.infra import Infra
 from tests.support.services import eventually, token
+from tests.support.territory import own_department
 
 pytestmark = pytest.mark.integration
-STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = "971", "972", "973", "974"
+# Departments only this module writes into: each desk's stream and mail carry its test's referrals only.
+STREAM_DEPARTMENT, MAIL_DEPARTMENT, RETRY_DEPARTMENT, ORDER_DEPARTMENT = (own_department() for _ in range(4))
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,11 @@ from tests.support.desk import SseCollector
 from tests.support.infra import Infra
 from tests.support.receiver import WebhookReceiver
 from tests.support.services import eventually, token
+from tests.support.territory import own_department
 
 pytestmark = pytest.mark.integration
-# Departments whose streams only this module reads (others may write there; the checks look for
-# this module's own referrals and HADs only).
-CANCEL_DEPARTMENT, OWN_DEPARTMENT, NEIGHBOUR, NOT_WIDENED, HAD_FIRST, HAD_SECOND = "48", "46", "12", "15", "65", "32"
+# Departments only this module writes into and reads.
+CANCEL_DEPARTMENT, OWN_DEPARTMENT, NEIGHBOUR, NOT_WIDENED, HAD_FIRST, HAD_SECOND = (own_department() for _ in range(6))
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,10 @@ from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import NOTIFY_TEST_KEY, REPO_ROOT, ServiceProcess, eventually, service_env, token
+from tests.support.territory import own_department
 
 pytestmark = pytest.mark.integration
-DEPARTMENT = "79"
+DEPARTMENT = own_department()
 
 
 @pytest.fixture

@@ -24,17 +24,17 @@ from tests.support.data import unique_finess
 from tests.support.infra import Infra
 from tests.support.receiver import WebhookReceiver, verify
 from tests.support.services import eventually, token
+from tests.support.territory import own_department
 
 pytestmark = pytest.mark.integration
 MAX_ATTEMPTS = 4
-WARM_UP_DEPARTMENT = "2B"  # and 2A is the crash test's
-_departments = iter(f"{n:02d}" for n in range(1, 96))
+WARM_UP_DEPARTMENT = own_department()
 
 
 @pytest.fixture
 def department() -> str:
     """A department of its own per test, so that desks' receivers see only their test's webhooks."""
-    return next(_departments)
+    return own_department()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ async def consumer_is_running(app: Any, client: httpx.AsyncClient, producer: AIO
     r = await WebhookReceiver().start()
     try:
         await subscribe(client, r.url, "desk", department=WARM_UP_DEPARTMENT)
-        await publish(producer, offer_proposed("2B", unique_finess()))
+        await publish(producer, offer_proposed(WARM_UP_DEPARTMENT, unique_finess()))
         await eventually(lambda: r.received, timeout=60, what="the warm-up webhook")
     finally:
         await r.stop()

@@ -13,28 +13,26 @@ import pytest
 
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
-from reflexe_common.geography import Geography
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.kafka import matcher_starts_from_now
 from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 DESK_31 = token("desk", department="31")
-# Communes only this module uses.
-WAITING_COMMUNE = "34045"  # Cabrières
-DESK_COMMUNE = "34046"  # Cambon-et-Salvergues
-REFUSED_COMMUNE = "34047"
-COMMUNES = (WAITING_COMMUNE, DESK_COMMUNE, REFUSED_COMMUNE)
+COMMUNES = WAITING_COMMUNE, DESK_COMMUNE, REFUSED_COMMUNE = own_communes(3)  # of the Hérault, only this module's
 
 
 @pytest.fixture(scope="module")
 async def platform(topics):
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
                LOG_LEVEL="WARNING")
+    await matcher_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
@@ -49,8 +47,6 @@ async def platform(topics):
 
 async def close_leftovers(capacity: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
     """HADs an earlier run registered on these communes (same database) are closed."""
-    for commune in COMMUNES:
-        assert Geography.load().commune(commune).department_code == "34", commune
     for row in await conn.fetch("SELECT finess FROM capacity.hads WHERE zone_communes && $1", list(COMMUNES)):
         response = await capacity.post(f"/v1/hads/{row['finess']}/capacity", headers=token("had", finess=row["finess"]),
                                        json={"places_available": 0, "admissions_possible_today": 0, "status": "CLOSED"})

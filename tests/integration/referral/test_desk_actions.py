@@ -14,31 +14,31 @@ import pytest
 
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
-from reflexe_common.geography import Geography
 from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.services import eventually, serve_in_process, token
 from tests.support.issuer import suite_issuer
+from tests.support.kafka import matcher_starts_from_now
+from tests.support.services import eventually, serve_in_process, token
+from tests.support.territory import own_commune, own_communes
 
 pytestmark = pytest.mark.integration
 ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 DESK_31 = token("desk", department="31")
 DESK_30 = token("desk", department="30")
-# Communes only this module uses (test_durable_clocks.py keeps off them).
-ESCALATION_COMMUNE = "34035"  # La Boissière: no HAD serves it
-ELSEWHERE_COMMUNE = "34036"  # Le Bosc: the zone of the HAD the desk picks
-BORDER_COMMUNE = "34033"  # Boisseron, on the Vidourle: served by an HAD of the Gard (30) only
-GARD_COMMUNE = "30321"  # Sommières, across the river
-CLOSE_COMMUNE = "34037"  # Boujan-sur-Libron
-DOUBLE_CLICK_COMMUNE = "34038"  # Le Bousquet-d'Orb
+# Communes of the Hérault (34) only this module uses: ESCALATION_COMMUNE no HAD serves, ELSEWHERE_COMMUNE
+# the zone of the HAD the desk picks, BORDER_COMMUNE served by an HAD of the neighbouring Gard (30) only,
+# beside GARD_COMMUNE across the border.
+ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE = own_communes(5)
+GARD_COMMUNE = own_commune("30")
 
 
 @pytest.fixture(scope="module")
 async def platform(topics):
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
                LOG_LEVEL="WARNING")
+    await matcher_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
@@ -55,9 +55,6 @@ async def platform(topics):
 
 async def close_leftovers(capacity: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
     """HADs an earlier run registered on these communes (same database) are closed."""
-    for commune in (ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE):
-        assert Geography.load().commune(commune).department_code == "34", commune
-    assert Geography.load().commune(GARD_COMMUNE).department_code == "30"
     rows = await conn.fetch("SELECT finess FROM capacity.hads WHERE zone_communes && $1",
                             [ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE])
     for row in rows:

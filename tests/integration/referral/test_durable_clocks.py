@@ -12,7 +12,6 @@ many times: a later referral's clock of the same kind must have fired too.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,36 +22,19 @@ import asyncpg
 import httpx
 import pytest
 
-from reflexe_common.geography import Geography
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
+from tests.support.kafka import matcher_starts_from_now
 from tests.support.services import ServiceProcess, eventually, service_env, token
+from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 
-RESERVED = {"34033", "34035", "34036", "34037", "34038"}  # test_desk_actions.py
 HOLD_SECONDS = 6.0  # CAPACITY_HOLD_MINUTES_WITHIN_24H=0.1: long enough to kill the service before it ends
 UNANSWERED_SECONDS = 1.8  # REFERRAL_OFFER_UNANSWERED_MINUTES=0.03
 ADMIN = token("admin")
 DESK = token("desk", department="34")
 PARIS = ZoneInfo("Europe/Paris")
-
-
-async def fresh_communes(database_url: str, count: int) -> list[str]:
-    """Communes of 34020-34099 (this suite's range) that no HAD serves yet: an earlier run on the
-    same database, or another test, cannot interfere."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        served = {c for r in await conn.fetch("SELECT zone_communes FROM capacity.hads") for c in r["zone_communes"]}
-    except asyncpg.UndefinedTableError:  # no capacity service ran on this database yet
-        served = set()
-    finally:
-        await conn.close()
-    geography = Geography.load()
-    pool = [c for c in (str(n) for n in range(34020, 34100))
-            if geography.commune(c) is not None and c not in served and c not in RESERVED]
-    assert len(pool) >= count, "no fresh commune left in 34020-34099"
-    return random.sample(pool, count)
 
 
 @dataclass
@@ -82,9 +64,10 @@ async def platform(topics, tmp_path_factory) -> AsyncIterator[Platform]:
     log_dir = tmp_path_factory.mktemp("clocks")
     capacity = ServiceProcess("reflexe_capacity", service_env(topics, CAPACITY_HOLD_MINUTES_WITHIN_24H=str(HOLD_SECONDS / 60)),
                               "CAPACITY_HTTP_PORT", log_dir)
-    platform = Platform(topics, log_dir, capacity, None, await fresh_communes(topics.database_url, 3))  # type: ignore[arg-type]
+    platform = Platform(topics, log_dir, capacity, None, own_communes(3))  # type: ignore[arg-type]
     platform.referral = platform.referral_process()
     try:
+        await matcher_starts_from_now(topics)
         capacity.start()
         platform.referral.start()
         await capacity.wait_ready()

@@ -32,11 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from reflexe_capacity.entrypoints.app import MATCHER_GROUP
 from reflexe_capacity.entrypoints.app import build_app as build_capacity
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.geography import Geography
-from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_indicators.entrypoints.app import build_app as build_indicators
 from reflexe_indicators.settings import IndicatorsSettings
 from reflexe_notify.entrypoints.app import build_app as build_notify
@@ -47,22 +45,23 @@ from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.fhir_data import healthcare_service_declaration, service_request_resource
 from tests.support.issuer import suite_issuer
-from tests.support.kafka import mark_caught_up
+from tests.support.kafka import matcher_starts_from_now
 from tests.support.receiver import WebhookReceiver
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
+from tests.support.territory import on_paris_time, own_communes, own_department
 
 pytestmark = pytest.mark.integration
 
-IN, OUT = "34", "13"  # the callers' department, and one of another region
+# The callers' department, and one of another region: both only this module's, so that each
+# desk's lists, streams and deliveries hold this module's data alone.
+IN = own_department()
 REGION = Geography.load().department(IN).region_code
-assert Geography.load().department(OUT).region_code != REGION
-# Communes only this module uses.
-HAD_A_COMMUNE = "34150"  # served by HAD A only
-NO_HAD_COMMUNE = "34151"  # served by nobody: referrals there wait for the desk
-DESK_PICK_COMMUNE = "34153"  # the zone of the HAD the desk picks
-HAD_B_COMMUNE = "13203"  # served by HAD B only
-NO_HAD_COMMUNE_OUT = "13204"
-TWO_HADS_COMMUNE = "34152"  # the visibility test's two competing HADs
+OUT = own_department(lambda d: on_paris_time(d) and d.region_code != REGION)
+# HAD_A_COMMUNE served by HAD A only, NO_HAD_COMMUNE by nobody (referrals there wait for the desk),
+# DESK_PICK_COMMUNE the zone of the HAD the desk picks, TWO_HADS_COMMUNE the visibility test's two
+# competing HADs; HAD_B_COMMUNE served by HAD B only.
+HAD_A_COMMUNE, NO_HAD_COMMUNE, DESK_PICK_COMMUNE, TWO_HADS_COMMUNE = own_communes(4, IN)
+HAD_B_COMMUNE, NO_HAD_COMMUNE_OUT = own_communes(2, OUT)
 
 CALLERS = ("hospital", "had", "liaison", "desk", "ars", "admin", "none", "expired", "foreign", "desk_session")
 SCOPES = ("in", "out")
@@ -198,9 +197,7 @@ def _foreign_key() -> rsa.RSAPrivateKey:
 async def apps(topics) -> AsyncIterator[dict[str, Any]]:
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
-    # The matcher starts at the end of the referral log: other tests' referrals (posted with no
-    # matcher running) are not this test's, and working through them first could take minutes.
-    await mark_caught_up(topics.kafka_options(), MATCHER_GROUP, REFERRAL_EVENTS)
+    await matcher_starts_from_now(topics)
     referral_app = build_referral(ReferralSettings(**env))
     capacity_app = build_capacity(CapacitySettings(**env))
     indicators_app = build_indicators(IndicatorsSettings(**env))
