@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reflexe_common.geography import Geography
 from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
@@ -58,7 +59,7 @@ async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topi
         await expect(offer).to_be_visible(timeout=30_000)  # live, no reload
         await expect(page.locator("#offer-announce")).to_have_text(f"Nouvelle offre reçue : demande {referral_id[:8]}.")
         await expect(offer).to_contain_text("60 %")
-        await expect(offer).to_contain_text("Buzignargues (34043)")
+        await expect(offer).to_contain_text(f"{Geography.load().commune(COMMUNE).name} ({COMMUNE})")
         await expect(offer.locator("[data-until]")).to_contain_text("expire dans")
         await page.screenshot(path=str(ARTIFACTS / "had-page-offer.png"), full_page=True)
 

@@ -33,10 +33,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.checks import not_a_server_error
 
+from reflexe_common.geography import Geography
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
 from tests.support.services import NOTIFY_ENV, bearer, serve_in_process, service_env, token
-from tests.support.territory import own_commune
+from tests.support.territory import own_commune, own_department
 
 pytestmark = [pytest.mark.integration,
               # schemathesis' own strategies draw from `random`; that is theirs to change, not ours
@@ -46,8 +47,11 @@ MAX_EXAMPLES = int(os.environ.get("REFLEXE_FUZZ_EXAMPLES", "6"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 ROLES = ("hospital", "had", "desk", "ars", "admin")
-DEPARTMENT, REGION = "34", "76"  # Hérault, in Occitanie
-COMMUNE = own_commune()  # the fuzzed HAD's zone: no other test's referral is offered to it
+# A department of its own for what the fuzzing writes (no other test's list or stream holds it);
+# its seeded HAD's zone, where no other test's referral is offered.
+DEPARTMENT = own_department()
+REGION = Geography.load().department(DEPARTMENT).region_code
+COMMUNE = own_commune(DEPARTMENT)
 # An event stream never ends: schemathesis reads it until this many seconds have passed.
 STREAM_SECONDS = 1.5
 # Generated callers must meet the checks, not the rate limit (its own tests are elsewhere).
@@ -106,12 +110,12 @@ async def _seed(service: str, client: httpx.AsyncClient, hospital: str, had: str
     """Ids the generated calls may use as path parameters, so that they reach real resources."""
     known = {"department": DEPARTMENT, "finess": had}
     if service == "referral":
-        body = referral_body(hospital)
+        body = referral_body(hospital, COMMUNE)
         created = await client.post("/v1/referrals", json=body, headers=token("hospital", finess=hospital))
         assert created.status_code == 201, created.text
         known["referral_id"] = body["referral_id"]
     if service == "capacity":
-        registered = await client.put(f"/v1/hads/{had}", json=had_body(f"HAD {had}", [COMMUNE]), headers=token("admin"))
+        registered = await client.put(f"/v1/hads/{had}", json=had_body(f"HAD {had}", [COMMUNE], DEPARTMENT), headers=token("admin"))
         assert registered.status_code == 200, registered.text
     if service == "notify":
         subscribed = await client.post("/v1/subscriptions", json={
@@ -123,19 +127,18 @@ async def _seed(service: str, client: httpx.AsyncClient, hospital: str, had: str
 
 
 class Worlds:
-    """One service at a time: the tests come grouped by service, and the one running is
-    stopped when the next is asked for."""
+    """Each service started when its first operation is fuzzed and kept until the module ends:
+    the operations come in random order, and restarting a service whenever the next operation is
+    another's would cost more than the fuzzing."""
 
     def __init__(self, infra: Infra) -> None:
         self._infra = infra
-        self._stack: AsyncExitStack | None = None
-        self._current: tuple[str, World] | None = None
+        self._stack = AsyncExitStack()
+        self._worlds: dict[str, World] = {}
 
     async def get(self, service: str) -> World:
-        if self._current and self._current[0] == service:
-            return self._current[1]
-        await self.close()
-        self._stack = AsyncExitStack()
+        if service in self._worlds:
+            return self._worlds[service]
         hospital, had = unique_finess(DEPARTMENT), unique_finess(DEPARTMENT)
         app = _build(service, {**service_env(self._infra), **UNLIMITED})
         url = await self._stack.enter_async_context(serve_in_process(app))
@@ -144,15 +147,13 @@ class Worlds:
         schema = schemathesis.openapi.from_dict((await client.get("/openapi.json")).json())
         scopes = {"hospital": {"finess": hospital}, "had": {"finess": had}, "desk": {"department": DEPARTMENT},
                   "ars": {"region": REGION}, "admin": {}}
-        self._current = (service, World(url, schema, scopes, known))
-        return self._current[1]
+        self._worlds[service] = World(url, schema, scopes, known)
+        return self._worlds[service]
 
     async def close(self) -> None:
-        if self._current:
-            print(f"\n{self._current[0]}: {self._current[1].examples} generated requests")
-        if self._stack:
-            await self._stack.aclose()
-        self._stack, self._current = None, None
+        for service, world in self._worlds.items():
+            print(f"\n{service}: {world.examples} generated requests")
+        await self._stack.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -120,10 +120,12 @@ async def log_in(client: httpx.AsyncClient, page: str, login_hint: str) -> httpx
     return await client.get(f"{returned.path}?{returned.query}")
 
 
-async def register_had(capacity: httpx.AsyncClient, commune: str, name: str | None = None, **overrides: Any) -> str:
-    """A new HAD of the Hérault serving `commune`, open with 3 places."""
-    finess = unique_finess("34")
-    assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name or f"HAD de test {finess}", [commune], **overrides),
+async def register_had(capacity: httpx.AsyncClient, commune: str, name: str | None = None, department: str = "34",
+                       **overrides: Any) -> str:
+    """A new HAD of `department` (the Hérault unless told) serving `commune`, open with 3 places."""
+    finess = unique_finess(department)
+    assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name or f"HAD de test {finess}", [commune], department,
+                                                                  **overrides),
                                headers=token("admin"))).status_code == 200
     assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess), json={
         "places_available": 3, "admissions_possible_today": 3, "status": "OPEN"})).status_code == 201

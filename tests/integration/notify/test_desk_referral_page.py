@@ -13,15 +13,18 @@ from typing import Any
 
 import pytest
 
+from reflexe_common.geography import Geography
 from tests.integration.notify.kit import in_process_platform, log_in, page_browser, register_had
 from tests.support.data import full_referral_body, pseudonym, unique_finess
 from tests.support.privacy_scan import Findings, PrivacyScan
 from tests.support.services import eventually, token
-from tests.support.territory import own_commune
+from tests.support.territory import own_commune, own_department
 
 pytestmark = pytest.mark.integration
-DESK_34 = token("desk", department="34")
-COMMUNE = own_commune()  # of the Hérault: only this module's HAD serves it
+# A department of this module's own: its desk's queue holds this module's referral only (the page shows one page of it).
+DEPARTMENT = own_department()
+DESK = token("desk", department=DEPARTMENT)
+COMMUNE = own_commune(DEPARTMENT)
 # The patient as the EHPAD knows them: only the pseudonym derived from it may leave the EHPAD.
 NIR_BODY = "1360434172123"
 NIR = f"{NIR_BODY}{97 - int(NIR_BODY) % 97:02d}"
@@ -39,15 +42,15 @@ def _text(html: str) -> str:
 
 
 async def _status(referral, referral_id: str, wanted: str) -> dict | None:
-    view = (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_34)).json()
+    view = (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK)).json()
     return view if view["status"] == wanted else None
 
 
 async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict[str, Any]) -> None:
     referral, capacity = platform["referral"], platform["capacity"]
-    had = await register_had(capacity, COMMUNE, "HAD Cambon",
+    had = await register_had(capacity, COMMUNE, "HAD Cambon", department=DEPARTMENT,
                              mpp_supported=["03", "04", "07", "09", "14", "25"])
-    ehpad = unique_finess()
+    ehpad = unique_finess(DEPARTMENT)
     body = full_referral_body(ehpad, COMMUNE)
     body["patient"]["pseudonym"] = pseudonym(NIR)
     posted = await referral.post("/v1/referrals", json=body, headers=token("hospital", finess=ehpad))
@@ -59,11 +62,11 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
     assert offered["current_offer"]["had_finess"] == had
 
     async with page_browser(platform) as page, page_browser(platform) as other_desk:
-        path = f"/desk/34/referrals/{referral_id}"
+        path = f"/desk/{DEPARTMENT}/referrals/{referral_id}"
         assert (await page.get(path)).headers["location"] == f"/desk?next={path}"
-        assert (await log_in(page, "desk", "desk:department=34")).status_code == 303
+        assert (await log_in(page, "desk", f"desk:department={DEPARTMENT}")).status_code == 303
 
-        fragments = (await page.get("/desk/34/fragments")).json()
+        fragments = (await page.get(f"/desk/{DEPARTMENT}/fragments")).json()
         assert f'href="{path}"' in fragments["queue"], "each queue row links to its referral's page"
 
         open_page = await page.get(path)
@@ -76,7 +79,7 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
         accepted = await referral.post(f"/v1/referrals/{referral_id}/offers/{offered['current_offer']['offer_id']}/accept",
                                        headers=token("had", finess=had))
         assert accepted.status_code == 200, accepted.text
-        closed = await page.post("/desk/34/actions/close", headers={"Accept": "application/json", "Origin": "https://notify"},
+        closed = await page.post(f"/desk/{DEPARTMENT}/actions/close", headers={"Accept": "application/json", "Origin": "https://notify"},
                                  data={"referral_id": referral_id, "reason": "PATIENT_REFUSED",
                                        "text": "Le patient préfère rester à l'EHPAD."})
         assert closed.status_code == 200, closed.text
@@ -88,7 +91,7 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
         planned = "/".join(reversed(clinical["planned_date"].split("-")))
         for label, value in [
             ("Pseudonyme", patient["pseudonym"]), ("Année de naissance", "1936"), ("Sexe", "Homme"),
-            ("Commune de prise en charge", f"Cambon-et-Salvergues ({COMMUNE})"), ("Lieu de soins", "EHPAD"),
+            ("Commune de prise en charge", f"{Geography.load().commune(COMMUNE).name} ({COMMUNE})"), ("Lieu de soins", "EHPAD"),
             ("EHPAD (FINESS)", patient["ehpad_finess"]), ("Type d’origine", "EHPAD"),
             ("Établissement demandeur (FINESS)", ehpad), ("Service", source["unit"]),
             ("Prescripteur (RPPS ou identifiant local)", source["prescriber_id"]),
@@ -97,7 +100,7 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
             ("Durée prévue", "23 jours"), ("Consentement du patient", "oui"), ("Accord du médecin traitant", "oui"),
             ("Aidant présent", "non"), ("Avis HAD", "favorable — Avis favorable, équipe de liaison"),
             ("Statut", "Clôturée (refus du patient)"), ("Acceptée par", "HAD Cambon (HAD, FINESS"),
-            ("HAD sollicitées", f"HAD Cambon ({had})"), ("Départements de recherche", "34"),
+            ("HAD sollicitées", f"HAD Cambon ({had})"), ("Départements de recherche", DEPARTMENT),
         ]:
             assert f"{label} {value}" in text, (label, value)
         for label in ("Arrivée aux urgences", "Demandée le", "Admission souhaitée", "Clôturée le"):
@@ -111,7 +114,7 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
         assert timeline[1].endswith("Par : Réflexe (automatique)")
         assert timeline[2].endswith(f"Par : HAD Cambon (HAD, FINESS {had})")
         assert "refus du patient" in timeline[3] and "Le patient préfère rester à l'EHPAD." in timeline[3]
-        assert timeline[3].endswith("Par : Bureau de coordination (34)")
+        assert timeline[3].endswith(f"Par : Bureau de coordination ({DEPARTMENT})")
 
         findings = Findings()
         PrivacyScan(IDENTITY).check("desk referral page", shown.text, findings)
@@ -120,8 +123,8 @@ async def test_the_desk_reads_the_whole_referral_and_who_did_what(platform: dict
         # Another department's desk: refused on this department's page, unknown on its own.
         assert (await log_in(other_desk, "desk", "desk:department=31")).status_code == 303
         refused = await other_desk.get(path)
-        assert refused.status_code == 403 and "ne peut pas voir le département 34" in refused.text
+        assert refused.status_code == 403 and f"ne peut pas voir le département {DEPARTMENT}" in refused.text
         assert patient["pseudonym"] not in refused.text
         unknown = await other_desk.get(f"/desk/31/referrals/{referral_id}")
         assert unknown.status_code == 404 and patient["pseudonym"] not in unknown.text
-        assert (await page.get("/desk/34/referrals/not-a-referral")).status_code == 404
+        assert (await page.get(f"/desk/{DEPARTMENT}/referrals/not-a-referral")).status_code == 404

@@ -55,8 +55,8 @@ async def _delivered(receiver: Any, referral_id: str) -> dict | None:
     return next((d.json for d in receiver.of_type("offer.proposed") if d.json["data"]["referral_id"] == referral_id), None)
 
 
-async def status_of(referral: httpx.AsyncClient, referral_id: str) -> dict:
-    return (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK_34)).json()
+async def status_of(referral: httpx.AsyncClient, referral_id: str, desk: dict[str, str] = DESK_34) -> dict:
+    return (await referral.get(f"/v1/referrals/{referral_id}", headers=desk)).json()
 
 
 async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[str, Any]) -> None:
