@@ -35,6 +35,12 @@ UNANSWERED_SECONDS = 1.8  # REFERRAL_OFFER_UNANSWERED_MINUTES=0.03
 ADMIN = token("admin")
 DESK = token("desk", department="34")
 PARIS = ZoneInfo("Europe/Paris")
+# A SIGKILLed referral service stays a member of its consumer group until its session times out
+# (faust's 60 s), and its successor reads nothing meanwhile: after 6 s instead, so that a test
+# waiting for an event the new process consumes does not depend on whether another test of the
+# module killed one just before.
+KILLED_MEMBER_LEAVES_SOON = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1",
+                             "BROKER_REBALANCE_TIMEOUT": "20"}
 
 
 @dataclass
@@ -47,7 +53,7 @@ class Platform:
 
     def referral_process(self) -> ServiceProcess:
         env = service_env(self.infra, REFERRAL_OFFER_UNANSWERED_MINUTES=str(UNANSWERED_SECONDS / 60),
-                          REFERRAL_CLOCK_POLL_SECONDS="0.2")
+                          REFERRAL_CLOCK_POLL_SECONDS="0.2", **KILLED_MEMBER_LEAVES_SOON)
         return ServiceProcess("reflexe_referral", env, "REFERRAL_HTTP_PORT", self.log_dir)
 
     async def restart_referral(self) -> None:
