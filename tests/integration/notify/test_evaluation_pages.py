@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from markupsafe import escape
 
 from reflexe_common.geography import Geography
 from tests.integration.notify.kit import in_process_platform, log_in, page_browser, register_had
@@ -142,7 +143,7 @@ async def test_a_liaison_nurse_gives_and_updates_the_avis_from_her_page(platform
         assert listed.status_code == 200 and f"Département {DEPARTMENT}" in listed.text
         article = listed.text.split(f'id="avis-{referral_id}"')[1].split("</article>")[0]
         row = (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK)).json()
-        assert row["patient"]["pseudonym"] in article and "40 %" in article and f"{Geography.load().commune(LIAISON_COMMUNE).name} ({LIAISON_COMMUNE})" in article
+        assert row["patient"]["pseudonym"] in article and "40 %" in article and escape(f"{Geography.load().commune(LIAISON_COMMUNE).name} ({LIAISON_COMMUNE})") in article
         assert str(row["patient"]["birth_year"]) not in article, "no birth year on her page"
         assert "Avis HAD actuel</dt><dd class=\"current-avis\">non donné" in article
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from markupsafe import escape
 
+from reflexe_common.geography import Geography
 from tests.integration.notify.kit import in_process_platform, log_in, page_browser, register_had
 from tests.support.data import referral_body, unique_finess
 from tests.support.desk import SseCollector
@@ -82,9 +84,10 @@ async def test_the_had_decides_from_its_page_with_its_own_token(platform: dict[s
         # A new matcher first re-reads what its group had not committed: the first offer may take a while.
         fragments = await offered_on_page(page, had, referral_id, timeout=120)
         offer = fragments["offers"]
+        commune = escape(f"{Geography.load().commune(ACCEPT_COMMUNE).name} ({ACCEPT_COMMUNE})")  # as the page writes it
         for fact in ("03 — Traitement intraveineux", "09 — ", "40 %", "Pousse-seringue électrique",
                      "Consentement du patient", "Accord du médecin traitant", "favorable — Domicile adapté",
-                     "Brenas (34040)", "04/05/2031 10:00", "expire dans", "Refuser la demande"):
+                     commune, "04/05/2031 10:00", "expire dans", "Refuser la demande"):
             assert fact in offer, fact
         whole = await page.get(f"/had/{had}")
         assert whole.status_code == 200 and f"HAD de test {had}" in whole.text and f'id="offer-{referral_id}"' in whole.text
