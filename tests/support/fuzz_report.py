@@ -17,8 +17,9 @@ def report_at_module_end(title: str, seen: Counter[str]) -> Callable[..., Iterat
     @pytest.fixture(scope="module", autouse=True)
     def report(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if seen and reporter is not None:
-            reporter.write_line(f"{title}: {dict(sorted(seen.items()))}")
+        if seen:
+            # Outside the capture of the last test's teardown, as capsys.disabled() prints.
+            with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                print(f"\n{title}: {dict(sorted(seen.items()))}")
 
     return report
