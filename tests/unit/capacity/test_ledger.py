@@ -11,6 +11,7 @@ from reflexe_capacity.domain import (
     CapacityDeclaration,
     HadLedger,
     HoldConflict,
+    ResponseTimes,
     HoldState,
     IllegalHoldTransition,
     NoPlaceLeft,
@@ -209,7 +210,7 @@ def test_invariant_margin_reports_the_raw_value():
     book = declared(2)
     place(book, 2)
     assert book.invariant_margin() == 0
-    book.holds.append(dataclasses.replace(book.holds[0], hold_id="forged"))  # bypassing place_hold
+    book.promised += 1  # a hold counted without place_hold
     assert book.invariant_margin() == -1
     assert not book.invariant_holds()
 
@@ -263,3 +264,75 @@ def test_a_declaration_may_carry_the_hads_census_within_bounds():
     for census in (-1, MAX_ACTIVE_PATIENTS + 1):
         with pytest.raises(ValueError, match="active_patients"):
             CapacityDeclaration("340780477", 3, 1, CapacityStatus.OPEN, at, census)
+
+
+# ---- counts, as the repository loads a ledger ----------------------------------------------
+
+
+def counts_only(book: HadLedger, *hold_ids: str) -> HadLedger:
+    """The ledger as the repository loads it: its counts, and only the holds a command touches."""
+    return dataclasses.replace(book, holds=[book.hold(h) for h in hold_ids])
+
+
+def test_a_ledger_loaded_without_its_holds_decides_on_its_counts():
+    book = declared(3)
+    a, b = place(book, 2)
+    book.confirm(a)
+    loaded = counts_only(book)
+    assert (loaded.holding, loaded.confirmed, loaded.promised) == (2, 1, 2)
+    assert loaded.live_places() == 1
+    assert loaded.admissions_today_left(T0) == 4
+    loaded.place_hold("h2", "r2", T0, HOLD_FOR)
+    assert loaded.live_places() == 0 and loaded.invariant_margin() == 0
+    with pytest.raises(NoPlaceLeft):
+        loaded.place_hold("h3", "r3", T0, HOLD_FOR)
+
+
+def test_transitions_of_a_loaded_hold_move_the_counts():
+    book = declared(4)
+    a, b, c = place(book, 3)
+    book.confirm(b)
+    book.confirm(c)
+    released = counts_only(book, a)
+    released.release(a)
+    assert (released.holding, released.confirmed, released.promised, released.live_places()) == (2, 2, 2, 2)
+    converted = dataclasses.replace(released, holds=[book.hold(b)])  # b as stored, untouched so far
+    converted.convert(b, T0 + timedelta(minutes=5))
+    # An admission keeps its place until the next declaration, and is still promised under this one.
+    assert (converted.holding, converted.confirmed, converted.promised, converted.live_places()) == (1, 1, 2, 2)
+    assert converted.conversions == (T0 + timedelta(minutes=5),)
+    converted.declare(declaration(4, at=T0 + timedelta(minutes=10)))
+    assert (converted.promised, converted.conversions, converted.live_places()) == (0, (), 3)
+
+
+def test_a_grandfathered_release_does_not_count_against_the_new_declaration():
+    book = declared(2)
+    (a,) = place(book, 1)
+    book.declare(declaration(2, at=T0 + timedelta(minutes=10)))
+    book.place_hold("new", "r-new", T0 + timedelta(minutes=11), HOLD_FOR)
+    assert (book.holding, book.promised) == (2, 1)
+    loaded = counts_only(book, a)
+    loaded.release(a)  # its place comes back; it was never promised under this declaration
+    assert (loaded.holding, loaded.promised, loaded.live_places(), loaded.invariant_margin()) == (1, 1, 1, 1)
+
+
+def test_a_conversion_dated_before_the_declaration_does_not_take_a_place():
+    book = declared(2, at=T0 + timedelta(hours=1))
+    (a,) = place(book, 1, at=T0 + timedelta(hours=1))
+    book.confirm(a)
+    book.convert(a, T0)  # an admission reported late, dated before the HAD's declaration
+    assert (book.holding, book.conversions, book.live_places()) == (0, (), 2)
+
+
+def test_the_answer_time_median_uses_a_bounded_window_of_recent_answers():
+    book = declared(300)
+    ids = place(book, 3)
+    for n, hold_id in enumerate(ids):
+        book.record_answer(hold_id, T0 + timedelta(minutes=n + 1))
+    assert book.median_response_seconds(T0 + timedelta(hours=1), timedelta(days=7)) == 120.0
+    assert book.median_response_seconds(T0 + timedelta(days=8), timedelta(days=7)) is None  # too old
+    times = ResponseTimes()
+    for n in range(250):
+        times = times.with_answer(T0, T0 + timedelta(seconds=n))
+    assert len(times.answers) == 100  # the latest ones only
+    assert times.median_seconds(T0, timedelta(days=7)) == 199.5

@@ -2,6 +2,10 @@
 touches capacity: declarations (some late or redelivered), matches and desk offers placing
 holds, cascades after declines, accepts, declines/expiries/withdrawals, admissions, time.
 
+The ledgers live as the repository stores them: counts without holds, and a table of holds;
+each command loads the ledger with only the holds it touches (none for matching), as the
+matcher does, so the counts are checked against the oracle over every interleaving.
+
 The state machine keeps its own model (an oracle independent of the ledger's bookkeeping) of
 which declaration was in force when each hold was placed, and checks after every step, for
 every HAD:
@@ -15,6 +19,7 @@ HAD without a live place.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -27,6 +32,7 @@ from reflexe_capacity.domain import (
     Candidate,
     HadEstablishment,
     HadLedger,
+    Hold,
     HoldState,
     IllegalHoldTransition,
     MatchRequest,
@@ -80,11 +86,26 @@ class ModelHold:
     converted_at: datetime | None = None
 
 
+class LedgerRows:
+    """What the repository stores: each HAD's ledger without its holds, and the holds apart."""
+
+    def __init__(self) -> None:
+        self.rows = {finess: HadLedger(finess) for finess in FINESS}
+        self.holds: dict[str, Hold] = {}
+
+    def load(self, finess: str, *hold_ids: str) -> HadLedger:
+        return dataclasses.replace(self.rows[finess], holds=[self.holds[h] for h in hold_ids])
+
+    def save(self, ledger: HadLedger) -> None:
+        self.holds.update((h.hold_id, h) for h in ledger.holds)
+        self.rows[ledger.had_finess] = dataclasses.replace(ledger, holds=[])
+
+
 class CapacityMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = T0
-        self.ledgers = {finess: HadLedger(finess) for finess in FINESS}
+        self.store = LedgerRows()
         self.sent: dict[str, list[CapacityDeclaration]] = {finess: [] for finess in FINESS}
         self.current: dict[str, CapacityDeclaration | None] = dict.fromkeys(FINESS)
         self.holds: dict[str, ModelHold] = {}
@@ -101,7 +122,7 @@ class CapacityMachine(RuleBasedStateMachine):
         return sorted(hold_id for hold_id, h in self.holds.items() if h.state in states)
 
     def _candidates(self) -> list[Candidate]:
-        return [Candidate(HADS[f], self.ledgers[f], 60.0 * (i + 1)) for i, f in enumerate(FINESS)]
+        return [Candidate(HADS[f], self.store.load(f), 60.0 * (i + 1)) for i, f in enumerate(FINESS)]
 
     def _request(self, referral_id: str, commune: str, at_ehpad: bool, urgency: Urgency) -> MatchRequest:
         return MatchRequest(
@@ -120,11 +141,12 @@ class CapacityMachine(RuleBasedStateMachine):
         )
 
     def _hold_on(self, finess: str, referral_id: str) -> None:
-        ledger = self.ledgers[finess]
+        ledger = self.store.load(finess)
         assert ledger.live_places() > 0, "offered a HAD with no live place"
         assert ledger.declaration is not None and ledger.declaration.status is CapacityStatus.OPEN
         hold_id = self._next_id("hold")
         ledger.place_hold(hold_id, referral_id, self.now, HOLD_FOR)
+        self.store.save(ledger)
         self.holds[hold_id] = ModelHold(finess, referral_id, HoldState.ACTIVE, self.current[finess].declared_at)
         self.tried.setdefault(referral_id, set()).add(finess)
 
@@ -134,6 +156,11 @@ class CapacityMachine(RuleBasedStateMachine):
         assert len(decision.ranked) + len(decision.excluded) == len(FINESS)
         if decision.chosen is not None:
             self._hold_on(decision.chosen, referral_id)
+
+    def _change(self, hold_id: str, command) -> None:
+        ledger = self.store.load(self.holds[hold_id].finess, hold_id)
+        command(ledger)
+        self.store.save(ledger)
 
     # ---- rules ---------------------------------------------------------------------------
 
@@ -149,7 +176,9 @@ class CapacityMachine(RuleBasedStateMachine):
         self.sent[finess].append(sent)
         current = self.current[finess]
         newer = current is None or sent.declared_at > current.declared_at
-        assert self.ledgers[finess].declare(sent) is newer
+        ledger = self.store.load(finess)
+        assert ledger.declare(sent) is newer
+        self.store.save(ledger)
         if newer:
             self.current[finess] = sent
 
@@ -158,7 +187,7 @@ class CapacityMachine(RuleBasedStateMachine):
         if not self.sent[finess]:
             return
         old = data.draw(st.sampled_from(self.sent[finess]))
-        assert self.ledgers[finess].declare(old) is False
+        assert self.store.load(finess).declare(old) is False
 
     @rule(commune=st.sampled_from(COMMUNES), at_ehpad=st.booleans(), urgency=st.sampled_from(Urgency))
     def new_referral_is_matched(self, commune, at_ehpad, urgency):
@@ -183,7 +212,7 @@ class CapacityMachine(RuleBasedStateMachine):
     @rule(finess=st.sampled_from(FINESS))
     def hold_is_forced_directly(self, finess):
         # Bypassing the matcher: the ledger alone must refuse what would double-book.
-        ledger = self.ledgers[finess]
+        ledger = self.store.load(finess)
         open_ = ledger.declaration is not None and ledger.declaration.status is CapacityStatus.OPEN
         if open_ and ledger.live_places() > 0:
             self._hold_on(finess, self._next_id("ref"))
@@ -197,21 +226,21 @@ class CapacityMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def had_accepts(self, data):
         hold_id = data.draw(st.sampled_from(self._ids_in(HoldState.ACTIVE)))
-        self.ledgers[self.holds[hold_id].finess].confirm(hold_id)
+        self._change(hold_id, lambda ledger: ledger.confirm(hold_id))
         self.holds[hold_id].state = HoldState.CONFIRMED
 
     @precondition(lambda self: self._ids_in(HoldState.ACTIVE, HoldState.CONFIRMED))
     @rule(data=st.data())
     def declined_withdrawn_or_cancelled(self, data):
         hold_id = data.draw(st.sampled_from(self._ids_in(HoldState.ACTIVE, HoldState.CONFIRMED)))
-        self.ledgers[self.holds[hold_id].finess].release(hold_id)
+        self._change(hold_id, lambda ledger: ledger.release(hold_id))
         self.holds[hold_id].state = HoldState.RELEASED
 
     @precondition(lambda self: self._ids_in(HoldState.CONFIRMED))
     @rule(data=st.data())
     def patient_admitted(self, data):
         hold_id = data.draw(st.sampled_from(self._ids_in(HoldState.CONFIRMED)))
-        self.ledgers[self.holds[hold_id].finess].convert(hold_id, self.now)
+        self._change(hold_id, lambda ledger: ledger.convert(hold_id, self.now))
         self.holds[hold_id].state = HoldState.CONVERTED
         self.holds[hold_id].converted_at = self.now
 
@@ -219,7 +248,7 @@ class CapacityMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def illegal_transition_changes_nothing(self, data):
         hold_id = data.draw(st.sampled_from(self._ids_in(HoldState.RELEASED, HoldState.CONVERTED)))
-        ledger = self.ledgers[self.holds[hold_id].finess]
+        ledger = self.store.load(self.holds[hold_id].finess, hold_id)
         version = ledger.version
         attempt = ledger.confirm if self.holds[hold_id].state is HoldState.RELEASED else ledger.release
         try:
@@ -232,17 +261,19 @@ class CapacityMachine(RuleBasedStateMachine):
     @rule(minutes=st.integers(1, 8 * 60))
     def time_passes(self, minutes):
         self.now += timedelta(minutes=minutes)
-        for finess, ledger in self.ledgers.items():
+        for finess in FINESS:
+            ledger = self.store.load(finess, *(h for h in self._ids_in(HoldState.ACTIVE) if self.holds[h].finess == finess))
             for hold in ledger.expire_holds(self.now):
                 model = self.holds[hold.hold_id]
                 assert model.state is HoldState.ACTIVE and hold.expires_at <= self.now
                 model.state = HoldState.RELEASED
+            self.store.save(ledger)
 
     # ---- invariants ----------------------------------------------------------------------
 
     @invariant()
     def no_double_booking(self):
-        for finess, ledger in self.ledgers.items():
+        for finess, ledger in self.store.rows.items():
             current = self.current[finess]
             if current is None:
                 assert not any(h.finess == finess and h.state is not HoldState.RELEASED for h in self.holds.values())
@@ -258,7 +289,7 @@ class CapacityMachine(RuleBasedStateMachine):
 
     @invariant()
     def live_places_follow_the_rule(self):
-        for finess, ledger in self.ledgers.items():
+        for finess, ledger in self.store.rows.items():
             current = self.current[finess]
             assert ledger.declaration == current
             if current is None:
@@ -271,12 +302,13 @@ class CapacityMachine(RuleBasedStateMachine):
                 - sum(1 for h in mine if h.state is HoldState.CONVERTED and h.converted_at >= current.declared_at)
             )
             assert ledger.raw_live_places() == raw
+            assert ledger.confirmed == sum(1 for h in mine if h.state is HoldState.CONFIRMED)
             assert ledger.live_places() == max(0, raw)
 
     @invariant()
     def ledger_and_model_agree_on_hold_states(self):
-        for finess, ledger in self.ledgers.items():
-            assert {h.hold_id: h.state for h in ledger.holds} == {
+        for finess in FINESS:
+            assert {h.hold_id: h.state for h in self.store.holds.values() if h.had_finess == finess} == {
                 hold_id: h.state for hold_id, h in self.holds.items() if h.finess == finess
             }
 

@@ -1,19 +1,24 @@
 """PostgreSQL persistence of the registry, declarations, holds and match requests.
 
-Ledgers are loaded under row locks on their HADs (in FINESS order, so two matchers never
-deadlock): the domain decides on a consistent view, and no other transaction can place a hold
-on those HADs until this one commits. That, with the domain rule, is what makes double booking
-impossible across matcher instances, rebalances and redeliveries.
+Each HAD's ledger is one row of counts (``ledgers``) written in the same transaction as the
+hold or declaration that changes it, so a decision reads one row per candidate HAD however
+many holds are live. Ledgers are read without locks; a change is written only if the row's
+``version`` is still the one the domain decided on (``save_*`` return False otherwise, and the
+caller decides again on fresh rows). The conditional UPDATE takes the row lock and waits for a
+concurrent writer of the same HAD to commit, so two matchers never both spend its last place:
+that, with the domain rule, is what makes double booking impossible across matcher instances,
+rebalances and redeliveries. Every change of an HAD's ledger and the events it enqueues happen
+under that row lock, so the outbox order is the HADs' commit order.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
-from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, Hold, HoldState
+from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, Hold, HoldState, ResponseTimes
 from reflexe_capacity.domain.registry import Contacts, HadEstablishment
 from reflexe_common.vocabulary import CapacityStatus, Equipment, Mention
 
@@ -43,6 +48,32 @@ def _declaration(row: asyncpg.Record | None) -> CapacityDeclaration | None:
                                active_patients=row["active_patients"])
 
 
+def _ledger(row: asyncpg.Record, holds: list[Hold] | None = None) -> HadLedger:
+    """A ledger from its row (``ledgers`` columns), with the holds the command works on."""
+    declaration = None if row["declared_at"] is None else _declaration(row)
+    return HadLedger(
+        had_finess=row["had_finess"], declaration=declaration, holds=holds or [], holding=row["holding"],
+        confirmed=row["confirmed"], promised=row["promised"], conversions=tuple(row["conversions"]),
+        response_times=ResponseTimes(tuple(zip(row["answers_made_at"], row["answers_seconds"], strict=True))),
+        version=row["version"])
+
+
+# The ledger columns a save writes, after had_finess ($1) and the version read ($2).
+_LEDGER_SET = ("places_available = $3, admissions_possible_today = $4, status = $5, declared_at = $6, "
+               "active_patients = $7, holding = $8, confirmed = $9, promised = $10, conversions = $11, "
+               "answers_made_at = $12, answers_seconds = $13, version = $14")
+
+
+def _ledger_args(ledger: HadLedger, read_version: int) -> list:
+    d = ledger.declaration
+    answers = ledger.response_times.answers
+    return [ledger.had_finess, read_version,
+            d.places_available if d else None, d.admissions_possible_today if d else None,
+            str(d.status) if d else None, d.declared_at if d else None, d.active_patients if d else None,
+            ledger.holding, ledger.confirmed, ledger.promised, list(ledger.conversions),
+            [m for m, _ in answers], [s for _, s in answers], ledger.version]
+
+
 class CapacityStore:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -60,6 +91,7 @@ class CapacityStore:
             sorted(had.equipment), sorted(had.zone_communes), sorted(had.ehpad_conventions), had.authorised_places,
             had.contacts.webhook_url, had.contacts.email,
         )
+        await self.conn.execute("INSERT INTO ledgers (had_finess) VALUES ($1) ON CONFLICT DO NOTHING", had.finess)
 
     async def had(self, finess: str) -> HadEstablishment | None:
         row = await self.conn.fetchrow("SELECT * FROM hads WHERE finess = $1", finess)
@@ -70,28 +102,57 @@ class CapacityStore:
         return [_had(r) for r in rows]
 
     # ---- ledgers --------------------------------------------------------------------------
-    async def lock_ledgers(self, finesses: list[str]) -> dict[str, HadLedger]:
-        """Lock the HADs (FINESS order) and load their ledgers: current declaration and the
-        holds that can still count against it."""
-        locked = await self.conn.fetch("SELECT finess FROM hads WHERE finess = ANY($1) ORDER BY finess FOR UPDATE",
-                                       sorted(set(finesses)))
-        ids = [r["finess"] for r in locked]
-        declarations = {r["had_finess"]: _declaration(r) for r in await self.conn.fetch(
-            "SELECT DISTINCT ON (had_finess) * FROM declarations WHERE had_finess = ANY($1) "
-            "ORDER BY had_finess, declared_at DESC", ids)}
-        holds: dict[str, list[Hold]] = {f: [] for f in ids}
-        for row in await self.conn.fetch(
-            "SELECT * FROM holds WHERE had_finess = ANY($1) AND state IN ('ACTIVE', 'CONFIRMED', 'CONVERTED') ORDER BY made_at, hold_id",
-            ids,
-        ):
-            declaration = declarations.get(row["had_finess"])
-            # A conversion before the current declaration no longer counts: keep the ledger small.
-            # (One converted after it still takes its place, even if its hold was placed under an
-            # older declaration: see "conversions since the declaration" in domain/capacity.py.)
-            if row["state"] == "CONVERTED" and (declaration is None or row["converted_at"] < declaration.declared_at):
-                continue
-            holds[row["had_finess"]].append(_hold(row))
-        return {f: HadLedger(had_finess=f, declaration=declarations.get(f), holds=holds[f]) for f in ids}
+    async def candidates(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
+        """Every HAD serving one of the departments with its ledger, FINESS order, in one query."""
+        rows = await self.conn.fetch("SELECT * FROM hads JOIN ledgers ON had_finess = finess "
+                                     "WHERE departments && $1 ORDER BY finess", departments)
+        return [(_had(r), _ledger(r)) for r in rows]
+
+    async def had_with_ledger(self, finess: str) -> tuple[HadEstablishment, HadLedger] | None:
+        row = await self.conn.fetchrow("SELECT * FROM hads JOIN ledgers ON had_finess = finess WHERE finess = $1", finess)
+        return None if row is None else (_had(row), _ledger(row))
+
+    async def hold_with_ledger(self, hold_id: str) -> tuple[HadEstablishment, HadLedger] | None:
+        """The hold an answer names, in its HAD's ledger; None if no such hold."""
+        row = await self.conn.fetchrow(
+            "SELECT hads.*, ledgers.*, h.hold_id, h.referral_id, h.made_at, h.expires_at, h.state, h.placed_under, "
+            "h.converted_at FROM holds h JOIN hads ON hads.finess = h.had_finess "
+            "JOIN ledgers ON ledgers.had_finess = h.had_finess WHERE h.hold_id = $1", hold_id)
+        return None if row is None else (_had(row), _ledger(row, [_hold(row)]))
+
+    async def save_ledger(self, ledger: HadLedger, read_version: int) -> bool:
+        """Writes the ledger if nobody changed it since it was read at ``read_version``."""
+        return await self.conn.fetchval(
+            f"UPDATE ledgers SET {_LEDGER_SET} WHERE had_finess = $1 AND version = $2 RETURNING true",
+            *_ledger_args(ledger, read_version)) is not None
+
+    async def save_new_hold(self, ledger: HadLedger, read_version: int, hold: Hold, department: str,
+                            by_desk: bool) -> bool:
+        """The ledger with its new hold, and the HAD noted as tried for the referral: all or nothing,
+        in one statement; False when the ledger changed since it was read."""
+        return await self.conn.fetchval(
+            f"WITH ledger AS (UPDATE ledgers SET {_LEDGER_SET} WHERE had_finess = $1 AND version = $2 RETURNING had_finess), "
+            "hold AS (INSERT INTO holds (hold_id, referral_id, had_finess, department, made_at, expires_at, state, "
+            "placed_under, by_desk) SELECT $15, $16, had_finess, $17, $18, $19, $20, $21, $22 FROM ledger), "
+            "request AS (UPDATE match_requests SET tried_hads = CASE WHEN $1 = ANY(tried_hads) THEN tried_hads "
+            "ELSE tried_hads || $1 END WHERE referral_id = $16 AND EXISTS (SELECT FROM ledger)) "
+            "SELECT true FROM ledger",
+            *_ledger_args(ledger, read_version), hold.hold_id, uuid.UUID(hold.referral_id), department,
+            hold.made_at, hold.expires_at, str(hold.state), hold.placed_under, by_desk) is not None
+
+    async def save_hold_change(self, ledger: HadLedger, read_version: int, hold: Hold, at: datetime,
+                               answered: bool) -> bool:
+        """The ledger with the hold's new state, in one statement; False when the ledger changed
+        since it was read. answered: the change is the HAD's own answer (its response time)."""
+        return await self.conn.fetchval(
+            f"WITH ledger AS (UPDATE ledgers SET {_LEDGER_SET} WHERE had_finess = $1 AND version = $2 RETURNING had_finess), "
+            "hold AS (UPDATE holds SET state = $16, converted_at = $17, "
+            "answered_at = CASE WHEN $19 AND answered_at IS NULL THEN $18 ELSE answered_at END, "
+            "released_at = CASE WHEN $16 = 'RELEASED' THEN $18 ELSE released_at END "
+            "WHERE hold_id = $15 AND EXISTS (SELECT FROM ledger)) "
+            "SELECT true FROM ledger",
+            *_ledger_args(ledger, read_version), hold.hold_id, str(hold.state), hold.converted_at, at,
+            answered) is not None
 
     async def save_declaration(self, d: CapacityDeclaration, channel: str) -> bool:
         """Stores the declaration in the history; False when it was already stored (redelivery)."""
@@ -104,53 +165,27 @@ class CapacityStore:
         )
         return bool(inserted)
 
-    async def insert_hold(self, hold: Hold, department: str, by_desk: bool) -> None:
-        await self.conn.execute(
-            "INSERT INTO holds (hold_id, referral_id, had_finess, department, made_at, expires_at, state, placed_under, by_desk) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            hold.hold_id, uuid.UUID(hold.referral_id), hold.had_finess, department, hold.made_at, hold.expires_at,
-            str(hold.state), hold.placed_under, by_desk,
-        )
-
-    async def save_hold_state(self, hold: Hold, at: datetime, answered: bool) -> None:
-        """answered: the change is the HAD's own answer (it counts for its response time)."""
-        await self.conn.execute(
-            "UPDATE holds SET state = $2, converted_at = $3, "
-            "answered_at = CASE WHEN $5 AND answered_at IS NULL THEN $4 ELSE answered_at END, "
-            "released_at = CASE WHEN $2 = 'RELEASED' THEN $4 ELSE released_at END "
-            "WHERE hold_id = $1",
-            hold.hold_id, str(hold.state), hold.converted_at, at, answered,
-        )
-
-    async def hold_of_offer(self, offer_id: str) -> asyncpg.Record | None:
-        return await self.conn.fetchrow("SELECT hold_id, had_finess, state FROM holds WHERE hold_id = $1", offer_id)
-
     async def holding_holds_of_referral(self, referral_id: str) -> list[asyncpg.Record]:
         return await self.conn.fetch(
             "SELECT hold_id, had_finess FROM holds WHERE referral_id = $1 AND state IN ('ACTIVE', 'CONFIRMED')",
             uuid.UUID(referral_id))
 
-    async def count_holds_of_referral(self, referral_id: str) -> int:
-        return await self.conn.fetchval("SELECT count(*) FROM holds WHERE referral_id = $1", uuid.UUID(referral_id))
-
-    async def median_response_seconds(self, finesses: list[str], now: datetime, window: timedelta) -> dict[str, float]:
-        rows = await self.conn.fetch(
-            "SELECT had_finess, percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM answered_at - made_at)) AS median "
-            "FROM holds WHERE had_finess = ANY($1) AND answered_at IS NOT NULL AND made_at >= $2 AND made_at <= $3 "
-            "GROUP BY had_finess",
-            finesses, now - window, now,
-        )
-        return {r["had_finess"]: float(r["median"]) for r in rows}
-
     # ---- match requests -------------------------------------------------------------------
-    async def save_match_request(self, referral_id: str, department: str, request: bytes) -> bool:
-        return bool(await self.conn.fetchval(
+    async def save_match_request(self, referral_id: str, department: str, request: bytes) -> asyncpg.Record | None:
+        """Stores a new referral's request; its row (as ``lock_match_request`` gives it) when new,
+        None when it was already stored (redelivery). The new row is locked by its insertion."""
+        return await self.conn.fetchrow(
             "INSERT INTO match_requests (referral_id, department, request) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING RETURNING 1", uuid.UUID(referral_id), department, request))
+            "ON CONFLICT DO NOTHING RETURNING *, 0::bigint AS attempts, false AS holding",
+            uuid.UUID(referral_id), department, request)
 
     async def lock_match_request(self, referral_id: str) -> asyncpg.Record | None:
-        return await self.conn.fetchrow("SELECT * FROM match_requests WHERE referral_id = $1 FOR UPDATE",
-                                        uuid.UUID(referral_id))
+        """The referral's request, locked, with how many holds it had (attempts) and whether one
+        still takes a place (holding)."""
+        return await self.conn.fetchrow(
+            "SELECT m.*, (SELECT count(*) FROM holds WHERE referral_id = m.referral_id) AS attempts, "
+            "EXISTS (SELECT FROM holds WHERE referral_id = m.referral_id AND state IN ('ACTIVE', 'CONFIRMED')) AS holding "
+            "FROM match_requests m WHERE m.referral_id = $1 FOR UPDATE OF m", uuid.UUID(referral_id))
 
     async def update_match_request(self, referral_id: str, *, tried: str | None = None,
                                    departments: list[str] | None = None, open: bool | None = None) -> None:
@@ -164,20 +199,8 @@ class CapacityStore:
 
     async def board(self, department: str) -> list[tuple[HadEstablishment, HadLedger]]:
         """Every HAD serving the department with its ledger, without locking (a read view)."""
-        return await self._read_ledgers(await self.hads_serving([department]))
+        return await self.candidates([department])
 
     async def capacity_view(self, finess: str) -> tuple[HadEstablishment, HadLedger] | None:
         """One HAD with its ledger, without locking (a read view); None if not registered."""
-        had = await self.had(finess)
-        return None if had is None else (await self._read_ledgers([had]))[0]
-
-    async def _read_ledgers(self, hads: list[HadEstablishment]) -> list[tuple[HadEstablishment, HadLedger]]:
-        ids = [h.finess for h in hads]
-        declarations = {r["had_finess"]: _declaration(r) for r in await self.conn.fetch(
-            "SELECT DISTINCT ON (had_finess) * FROM declarations WHERE had_finess = ANY($1) ORDER BY had_finess, declared_at DESC", ids)}
-        holds: dict[str, list[Hold]] = {f: [] for f in ids}
-        for row in await self.conn.fetch(
-            "SELECT * FROM holds WHERE had_finess = ANY($1) AND state IN ('ACTIVE', 'CONFIRMED', 'CONVERTED')", ids
-        ):
-            holds[row["had_finess"]].append(_hold(row))
-        return [(h, HadLedger(h.finess, declarations.get(h.finess), holds[h.finess])) for h in hads]
+        return await self.had_with_ledger(finess)

@@ -12,6 +12,7 @@ from .capacity import (
     HoldState,
     IllegalHoldTransition,
     NoPlaceLeft,
+    ResponseTimes,
     UnknownHold,
 )
 from .matching import (
@@ -43,6 +44,7 @@ __all__ = [
     "MatchRequest",
     "NoPlaceLeft",
     "RankedHad",
+    "ResponseTimes",
     "UnknownHold",
     "desk_offer",
     "match",

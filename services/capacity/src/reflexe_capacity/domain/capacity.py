@@ -43,7 +43,8 @@ admission. Two tempting alternatives are wrong:
 ``place_hold`` keeps the invariant: every hold counted above is also subtracted by
 ``live_places`` (a hold placed under the declaration was converted, if at all, after it), so
 ``live_places() > 0`` implies room under the invariant. confirm/convert/release never add to
-the count, and a new declaration starts a fresh count.
+the count, and a new declaration starts a fresh count. The ledger keeps both sides as counts
+maintained by these transitions (``HadLedger``), never by summing over the HAD's holds.
 
 Admissions still possible today
 -------------------------------
@@ -130,13 +131,57 @@ class Hold:
         return self.state in (HoldState.ACTIVE, HoldState.CONFIRMED)
 
 
+# Answers kept per HAD for its median response time: a bounded recent window, so ranking costs
+# the same whatever the HAD's history (a week of a busy HAD is a few hundred answers at most).
+RESPONSE_WINDOW_ANSWERS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTimes:
+    """An HAD's most recent answers to offers (made_at, seconds to answer), oldest first."""
+
+    answers: tuple[tuple[datetime, float], ...] = ()
+
+    def with_answer(self, made_at: datetime, answered_at: datetime) -> ResponseTimes:
+        answer = (made_at, (answered_at - made_at).total_seconds())
+        return ResponseTimes((*self.answers, answer)[-RESPONSE_WINDOW_ANSWERS:])
+
+    def median_seconds(self, now: datetime, window: timedelta) -> float | None:
+        """Median answer time of the offers made within ``window`` before ``now``; None if none."""
+        recent = sorted(s for made_at, s in self.answers if now - window <= made_at <= now)
+        if not recent:
+            return None
+        middle = len(recent) // 2
+        return recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
+
+
 @dataclass(eq=False)
 class HadLedger:
-    """Aggregate: one HAD's capacity. Every change goes through its methods."""
+    """Aggregate: one HAD's capacity. Every change goes through its methods.
+
+    The ledger carries counts, not the HAD's whole list of holds, so that a decision costs the
+    same with ten thousand live holds as with none:
+
+    - ``holding``: holds ACTIVE or CONFIRMED (they take a place);
+    - ``confirmed``: holds CONFIRMED (accepted patients, for the day's admissions);
+    - ``promised``: holds placed under the current declaration and not RELEASED (the
+      invariant's left side);
+    - ``conversions``: when each hold converted at or after the current declaration was
+      converted (a declaration's worth of admissions: few, and emptied by the next one).
+
+    ``holds`` are the holds the command at hand works on (the repository loads the hold an
+    answer names, or a referral's holds at this HAD before placing one): the transitions
+    check and update the counts from the hold's own state, so the counts stay exact.
+    """
 
     had_finess: str
     declaration: CapacityDeclaration | None = None
     holds: list[Hold] = field(default_factory=list)
+    holding: int = 0
+    confirmed: int = 0
+    promised: int = 0
+    conversions: tuple[datetime, ...] = ()
+    response_times: ResponseTimes = field(default_factory=ResponseTimes)
     # Bumped on every effective change, for optimistic concurrency in the repository.
     version: int = 0
 
@@ -148,11 +193,7 @@ class HadLedger:
     def raw_live_places(self) -> int:
         if self.declaration is None:
             return 0
-        return (
-            self.declaration.places_available
-            - sum(1 for h in self.holds if h.takes_place)
-            - self._conversions_since_declaration()
-        )
+        return self.declaration.places_available - self.holding - len(self.conversions)
 
     def admissions_today_left(self, now: datetime) -> int | None:
         """See the module docstring; ``None`` when the declaration is from another day."""
@@ -161,13 +202,7 @@ class HadLedger:
         declared_at = self.declaration.declared_at
         if _day_of(now, declared_at) != declared_at.date():
             return None
-        confirmed = sum(1 for h in self.holds if h.state is HoldState.CONFIRMED)
-        left = (
-            self.declaration.admissions_possible_today
-            - confirmed
-            - self._conversions_since_declaration()
-        )
-        return max(0, left)
+        return max(0, self.declaration.admissions_possible_today - self.confirmed - len(self.conversions))
 
     def is_stale(self, now: datetime, stale_after: timedelta) -> bool:
         return self.declaration is None or now - self.declaration.declared_at > stale_after
@@ -175,12 +210,8 @@ class HadLedger:
     def promised_under_declaration(self) -> int:
         """Places the platform promised under the current declaration (the invariant's left side)."""
         if self.declaration is None:
-            return sum(1 for h in self.holds if h.takes_place)
-        return sum(
-            1
-            for h in self.holds
-            if h.placed_under == self.declaration.declared_at and h.state is not HoldState.RELEASED
-        )
+            return self.holding  # none can be placed without a declaration
+        return self.promised
 
     def invariant_margin(self) -> int:
         """Declared places minus promised ones; negative would be a double booking."""
@@ -196,6 +227,9 @@ class HadLedger:
                 return h
         raise UnknownHold(f"HAD {self.had_finess}: no hold {hold_id}")
 
+    def median_response_seconds(self, now: datetime, window: timedelta) -> float | None:
+        return self.response_times.median_seconds(now, window)
+
     # ---- changing ------------------------------------------------------------------------
 
     def declare(self, declaration: CapacityDeclaration) -> bool:
@@ -205,6 +239,9 @@ class HadLedger:
         if self.declaration is not None and declaration.declared_at <= self.declaration.declared_at:
             return False
         self.declaration = declaration
+        # No hold was placed under the new declaration yet; admissions before it no longer count.
+        self.promised = 0
+        self.conversions = tuple(at for at in self.conversions if at >= declaration.declared_at)
         self.version += 1
         return True
 
@@ -237,6 +274,8 @@ class HadLedger:
             placed_under=self.declaration.declared_at,
         )
         self.holds.append(new)
+        self.holding += 1
+        self.promised += 1
         self.version += 1
         return new
 
@@ -254,8 +293,12 @@ class HadLedger:
             hold_id, HoldState.CONVERTED, allowed_from={HoldState.CONFIRMED}, converted_at=at
         )
 
+    def record_answer(self, hold_id: str, answered_at: datetime) -> None:
+        """The HAD answered this hold's offer (accepted or declined): its response time counts."""
+        self.response_times = self.response_times.with_answer(self.hold(hold_id).made_at, answered_at)
+
     def expire_holds(self, now: datetime) -> tuple[Hold, ...]:
-        """Release the ACTIVE holds whose offer expired; returns them (to cascade the referrals)."""
+        """Release the loaded ACTIVE holds whose offer expired; returns them (to cascade the referrals)."""
         expired = [h for h in self.holds if h.state is HoldState.ACTIVE and h.expires_at <= now]
         return tuple(self.release(h.hold_id) for h in expired)
 
@@ -279,20 +322,27 @@ class HadLedger:
         if converted_at is not None:
             changes["converted_at"] = converted_at
         updated = dataclasses.replace(current, **changes)
+        self._count(current, updated)
         self.holds[self.holds.index(current)] = updated
         self.version += 1
         return updated
 
-    def _conversions_since_declaration(self) -> int:
-        assert self.declaration is not None
-        declared_at = self.declaration.declared_at
-        return sum(
-            1
-            for h in self.holds
-            if h.state is HoldState.CONVERTED
-            and h.converted_at is not None
-            and h.converted_at >= declared_at
-        )
+    def _count(self, before: Hold, after: Hold) -> None:
+        """Move the counts from ``before``'s state to ``after``'s (allowed transitions only)."""
+        self.holding += after.takes_place - before.takes_place
+        self.confirmed += (after.state is HoldState.CONFIRMED) - (before.state is HoldState.CONFIRMED)
+        under_current = self.declaration is not None and before.placed_under == self.declaration.declared_at
+        if under_current and after.state is HoldState.RELEASED:
+            self.promised -= 1
+        if (
+            after.state is HoldState.CONVERTED
+            and after.converted_at is not None
+            and self.declaration is not None
+            and after.converted_at >= self.declaration.declared_at
+        ):
+            self.conversions = (*self.conversions, after.converted_at)
+        if min(self.holding, self.confirmed, self.promised) < 0:
+            raise AssertionError(f"HAD {self.had_finess}: negative hold count ({before.state} -> {after.state})")
 
 
 def _day_of(moment: datetime, reference: datetime) -> date:

@@ -109,8 +109,7 @@ async def declare_capacity(finess: str, body: DeclarationIn, request: Request, p
             stored = await matcher.declare(store, declaration, channel)
         except LookupError as exc:
             raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry") from exc
-        had = await store.had(finess)
-        ledger = (await store.lock_ledgers([finess]))[finess]
+        had, ledger = await store.had_with_ledger(finess)
     return Declared(stored, had, ledger, now)
 
 

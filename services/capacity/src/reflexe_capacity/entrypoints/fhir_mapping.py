@@ -93,7 +93,7 @@ def healthcare_service(had: HadEstablishment, ledger: HadLedger, now: datetime, 
         extensions += [
             _capacity(PLACES, DECLARED, "current", declaration.places_available, "had", declaration.declared_at),
             _capacity(PLACES, AVAILABLE, "current", ledger.live_places(), "platform", now),
-            _capacity(PLACES, HELD, "current", sum(1 for h in ledger.holds if h.takes_place), "platform", now),
+            _capacity(PLACES, HELD, "current", ledger.holding, "platform", now),
             _capacity(ADMISSIONS, DECLARED, "today", declaration.admissions_possible_today, "had", declaration.declared_at),
         ]
         if left_today is not None:  # a declaration of another day says nothing of today's admissions

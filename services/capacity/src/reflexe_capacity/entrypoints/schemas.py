@@ -69,7 +69,7 @@ def board_line(had: HadEstablishment, ledger: HadLedger, now: datetime, stale_af
         "declared_places": d.places_available if d else None,
         "active_patients": d.active_patients if d else None,
         "live_places": ledger.live_places(),
-        "active_holds": sum(1 for h in ledger.holds if h.takes_place),
+        "active_holds": ledger.holding,
         "status": str(d.status) if d else "UNDECLARED",
         "declared_at": d.declared_at.isoformat() if d else None,
         "declaration_age_seconds": int((now - d.declared_at).total_seconds()) if d else None,

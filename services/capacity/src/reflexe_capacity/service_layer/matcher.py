@@ -17,7 +17,7 @@ from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, HoldConflict, NoPlaceLeft, UnknownHold
-from reflexe_capacity.domain.matching import Candidate, MatchDecision, MatchRequest, desk_offer, match
+from reflexe_capacity.domain.matching import Candidate, MatchRequest, desk_offer, match
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_common.envelope import Envelope, PoisonRecord, dt, ts, wrap
 from reflexe_common.outbox import enqueue
@@ -26,6 +26,14 @@ from reflexe_common.vocabulary import Equipment, PlaceOfCare, Urgency
 
 EVENT_SOURCE = "reflexe/capacity"
 _OFFER_NAMESPACE = uuid.UUID("5f0c1d7e-8a39-4c55-9a0e-2b1f3c4d5e6f")
+
+
+class LedgerContention(RuntimeError):
+    """Other matchers kept changing the ledgers a decision needed (never seen in practice)."""
+
+
+# Each retry follows a commit of a competing matcher on the same HAD: progress is made anyway.
+MAX_DECISIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,9 @@ class Matcher:
                 # An incomplete referral (consent or GP agreement missing) is kept, not matched:
                 # its ReferralCompleted starts the search.
                 complete = not message.missing_conditions
-                if await store.save_match_request(request.referral_id, request.department, request.SerializeToString()) \
-                        and eligible and complete:
-                    await self._offer_next(store, request.referral_id, dt(message.header.occurred_at))
+                row = await store.save_match_request(request.referral_id, request.department, request.SerializeToString())
+                if row is not None and eligible and complete:
+                    await self._offer_next(store, request.referral_id, dt(message.header.occurred_at), row=row)
             case referral_pb2.ReferralCompleted():
                 await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at))
             case referral_pb2.ReferralDeclaredIneligible():
@@ -115,85 +123,106 @@ class Matcher:
                 await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at),
                                        desk_choice=message.had_finess)
 
-    async def _offer_next(self, store: CapacityStore, referral_id: str, at: datetime, desk_choice: str | None = None) -> None:
-        row = await store.lock_match_request(referral_id)
+    async def _offer_next(self, store: CapacityStore, referral_id: str, at: datetime, desk_choice: str | None = None,
+                          row: asyncpg.Record | None = None) -> None:
+        """Offers the referral to the best HAD, or tells the desk none can take it. ``row``: the
+        referral's request just stored (a new referral: no hold yet), else it is read and locked."""
+        row = row or await store.lock_match_request(referral_id)
         if row is None or not row["open"]:
             return
-        if await store.holding_holds_of_referral(referral_id):
+        if row["holding"]:
             # An offer is already out (a redelivered or reordered event, or a desk pick sent again
             # before the first offer reached the referral service, which refuses desk picks while
             # an offer is pending): nothing to do; holding a second place would fail or double it.
             return
         request = referral_pb2.ReferralRequest.FromString(row["request"])
         wanted = _match_request(request, list(row["departments"]), list(row["tried_hads"]), at)
-        if desk_choice:
-            had = await store.had(desk_choice)
-            hads = [had] if had else []
-        else:
-            hads = await store.hads_serving(sorted(wanted.search_departments))
-        ledgers = await store.lock_ledgers([h.finess for h in hads])
-        medians = await store.median_response_seconds(list(ledgers), at, self.policy.response_time_window)
-        candidates = [Candidate(h, ledgers[h.finess], medians.get(h.finess)) for h in hads if h.finess in ledgers]
-        if desk_choice:
-            decision = desk_offer(wanted, candidates[0], at, self.policy.stale_after) if candidates else None
-        else:
-            decision = match(wanted, candidates, at, self.policy.stale_after)
-        if decision is None or decision.chosen is None:
-            explanation = decision.explain() if decision else f"HAD {desk_choice} inconnue du registre"
-            await self._emit_matching(store, request.department, matching_pb2.MatchExhausted(
-                referral_id=referral_id, department=request.department, occurred_at=ts(at), explanation=explanation,
-                explanation_json=json.dumps(decision.as_dict() if decision else {}, ensure_ascii=False), by_desk=bool(desk_choice)), at)
-            return
-        chosen = next(h for h in hads if h.finess == decision.chosen)
-        await self._hold_and_offer(store, request, chosen, ledgers[decision.chosen], decision, at, bool(desk_choice))
-
-    async def _hold_and_offer(self, store: CapacityStore, request: referral_pb2.ReferralRequest, had: HadEstablishment,
-                              ledger: HadLedger, decision: MatchDecision, at: datetime, by_desk: bool) -> None:
-        referral_id = request.referral_id
-        offer_id = offer_id_for(referral_id, await store.count_holds_of_referral(referral_id) + 1)
+        offer_id = offer_id_for(referral_id, row["attempts"] + 1)
         hold_for = self.policy.hold_within_24h if request.clinical.urgency == Urgency.WITHIN_24H else self.policy.hold_planned
-        hold = ledger.place_hold(offer_id, referral_id, at, hold_for)
-        await store.insert_hold(hold, request.department, by_desk)
-        await store.update_match_request(referral_id, tried=ledger.had_finess)
+        for _ in range(MAX_DECISIONS):
+            if desk_choice:
+                found = await store.had_with_ledger(desk_choice)
+                boards = [found] if found else []
+            else:
+                boards = await store.candidates(sorted(wanted.search_departments))
+            candidates = [Candidate(had, ledger, ledger.median_response_seconds(at, self.policy.response_time_window))
+                          for had, ledger in boards]
+            if desk_choice:
+                decision = desk_offer(wanted, candidates[0], at, self.policy.stale_after) if candidates else None
+            else:
+                decision = match(wanted, candidates, at, self.policy.stale_after)
+            if decision is None or decision.chosen is None:
+                explanation = decision.explain() if decision else f"HAD {desk_choice} inconnue du registre"
+                await self._emit_matching(store, request.department, matching_pb2.MatchExhausted(
+                    referral_id=referral_id, department=request.department, occurred_at=ts(at), explanation=explanation,
+                    explanation_json=json.dumps(decision.as_dict() if decision else {}, ensure_ascii=False),
+                    by_desk=bool(desk_choice)), at)
+                return
+            had, ledger = next(board for board in boards if board[0].finess == decision.chosen)
+            read_version = ledger.version
+            # The referral holds no place anywhere (checked above), so the ledger needs none of its holds.
+            hold = ledger.place_hold(offer_id, referral_id, at, hold_for)
+            if await store.save_new_hold(ledger, read_version, hold, request.department, bool(desk_choice)):
+                break
+            # Another matcher changed that HAD's ledger meanwhile (it has committed by now): decide again.
+        else:
+            raise LedgerContention(f"referral {referral_id}: ledgers kept changing during {MAX_DECISIONS} decisions")
         await self._emit_matching(store, request.department, matching_pb2.OfferProposed(
             referral_id=referral_id, department=request.department, occurred_at=ts(at), offer_id=offer_id,
-            had_finess=ledger.had_finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
+            had_finess=had.finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
             explanation=decision.explain(), explanation_json=json.dumps(decision.as_dict(), ensure_ascii=False),
-            by_desk=by_desk), at)
+            by_desk=bool(desk_choice)), at)
         await self.emit_live_places(store, ledger, at, had)
 
     async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime,
                            answered: bool = False) -> None:
-        row = await store.hold_of_offer(hold_id)
-        if row is None:
-            return  # an offer this matcher never made (e.g. withdrawn before its hold was stored)
-        ledger = (await store.lock_ledgers([row["had_finess"]]))[row["had_finess"]]
-        try:
-            if change == "convert":
-                hold = ledger.convert(hold_id, at)
-            else:
-                hold = getattr(ledger, change)(hold_id)
-        except (UnknownHold, HoldConflict):
-            return
-        await store.save_hold_state(hold, at, answered)
-        await self.emit_live_places(store, ledger, at)
+        for _ in range(MAX_DECISIONS):
+            found = await store.hold_with_ledger(hold_id)
+            if found is None:
+                return  # an offer this matcher never made (e.g. withdrawn before its hold was stored)
+            had, ledger = found
+            read_version = ledger.version
+            try:
+                if change == "convert":
+                    hold = ledger.convert(hold_id, at)
+                else:
+                    hold = getattr(ledger, change)(hold_id)
+            except (UnknownHold, HoldConflict):
+                return
+            if ledger.version == read_version:
+                return  # already done (a redelivered or reordered event)
+            if answered:
+                ledger.record_answer(hold_id, at)
+            if await store.save_hold_change(ledger, read_version, hold, at, answered):
+                break
+        else:
+            raise LedgerContention(f"hold {hold_id}: its ledger kept changing during {MAX_DECISIONS} attempts")
+        await self.emit_live_places(store, ledger, at, had)
 
     async def declare(self, store: CapacityStore, declaration: CapacityDeclaration, channel: str) -> bool:
         """Record a declaration (history kept); the current one changes only if it is newer."""
-        had = await store.had(declaration.had_finess)
-        if had is None:
+        found = await store.had_with_ledger(declaration.had_finess)
+        if found is None:
             raise LookupError(declaration.had_finess)
-        ledger = (await store.lock_ledgers([had.finess]))[had.finess]
         if not await store.save_declaration(declaration, channel):
             return False
-        if ledger.declare(declaration):
-            department = sorted(had.departments)[0]
-            await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.CapacityDeclared(
-                had_finess=had.finess, department=department, places_available=declaration.places_available,
-                admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
-                declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
-                departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE))
-            await self.emit_live_places(store, ledger, declaration.declared_at, had)
+        for _ in range(MAX_DECISIONS):
+            had, ledger = found
+            read_version = ledger.version
+            if not ledger.declare(declaration):
+                return True  # stored in the history, but not newer than the current one
+            if await store.save_ledger(ledger, read_version):
+                break
+            found = await store.had_with_ledger(declaration.had_finess)
+        else:
+            raise LedgerContention(f"HAD {declaration.had_finess}: its ledger kept changing during {MAX_DECISIONS} attempts")
+        department = sorted(had.departments)[0]
+        await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.CapacityDeclared(
+            had_finess=had.finess, department=department, places_available=declaration.places_available,
+            admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
+            declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
+            departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE))
+        await self.emit_live_places(store, ledger, declaration.declared_at, had)
         return True
 
     async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime,
@@ -211,4 +240,4 @@ class Matcher:
         await enqueue(store.conn, MATCHING_EVENTS.name, department, wrap(message, EVENT_SOURCE, time=at))
 
 
-__all__ = ["Matcher", "MatcherPolicy", "NoPlaceLeft", "offer_id_for"]
+__all__ = ["LedgerContention", "Matcher", "MatcherPolicy", "NoPlaceLeft", "offer_id_for"]
