@@ -119,8 +119,12 @@ class RecordProcessor:
             duplicates, current = 0, 0
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
+                    # The batch's events claimed in one statement: an id repeated in the batch is
+                    # claimed once and handled at its first occurrence.
+                    claimed = await self._claim_all(conn, [envelope for _, envelope in decoded])
                     for current, (_, envelope) in enumerate(decoded):
-                        if await self._claim(conn, envelope):
+                        if envelope.id in claimed:
+                            claimed.discard(envelope.id)
                             await self._handler(conn, envelope)
                         else:
                             duplicates += 1
@@ -147,6 +151,14 @@ class RecordProcessor:
         if self._verify is not None:
             self._verify(record, envelope)
         return envelope
+
+    async def _claim_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> set[str]:
+        """Claims the events not seen before; returns their ids."""
+        rows = await conn.fetch(
+            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+            self.consumer, [envelope.id for envelope in envelopes],
+        )
+        return {row["event_id"] for row in rows}
 
     async def _claim(self, conn: asyncpg.Connection, envelope: Envelope) -> bool:
         return bool(await conn.fetchval(

@@ -51,6 +51,21 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Enve
     )  # a trigger notifies the relay at commit (sql/000_platform_tables.sql)
 
 
+async def enqueue_many(conn: asyncpg.Connection, events: list[tuple[str, str, Envelope]]) -> None:
+    """Store several events (topic, key, envelope) for publication in one statement, in order."""
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, headers, payload) "
+        "SELECT event_id, topic, key, headers, payload "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[]) WITH ORDINALITY "
+        "AS e(event_id, topic, key, headers, payload, n) ORDER BY n",
+        [uuid.UUID(e.id) for _, _, e in events],
+        [topic for topic, _, _ in events],
+        [key for _, key, _ in events],
+        [json.dumps([[k, v.decode()] for k, v in e.headers()]) for _, _, e in events],
+        [e.value() for _, _, e in events],
+    )
+
+
 @dataclass(frozen=True)
 class _Row:
     id: int

@@ -20,7 +20,7 @@ from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, Hol
 from reflexe_capacity.domain.matching import Candidate, MatchRequest, desk_offer, match
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_common.envelope import Envelope, PoisonRecord, dt, ts, wrap
-from reflexe_common.outbox import enqueue
+from reflexe_common.outbox import enqueue, enqueue_many
 from reflexe_common.topics import CAPACITY_EVENTS, MATCHING_EVENTS
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Urgency
 
@@ -167,12 +167,13 @@ class Matcher:
             # Another matcher changed that HAD's ledger meanwhile (it has committed by now): decide again.
         else:
             raise LedgerContention(f"referral {referral_id}: ledgers kept changing during {MAX_DECISIONS} decisions")
-        await self._emit_matching(store, request.department, matching_pb2.OfferProposed(
+        offer = matching_pb2.OfferProposed(
             referral_id=referral_id, department=request.department, occurred_at=ts(at), offer_id=offer_id,
             had_finess=had.finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
             explanation=decision.explain(), explanation_json=json.dumps(decision.as_dict(), ensure_ascii=False),
-            by_desk=bool(desk_choice)), at)
-        await self.emit_live_places(store, ledger, at, had)
+            by_desk=bool(desk_choice))
+        await enqueue_many(store.conn, [(MATCHING_EVENTS.name, request.department, wrap(offer, EVENT_SOURCE, time=at)),
+                                        _live_places_event(ledger, at, had)])
 
     async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime,
                            answered: bool = False) -> None:
@@ -217,27 +218,31 @@ class Matcher:
         else:
             raise LedgerContention(f"HAD {declaration.had_finess}: its ledger kept changing during {MAX_DECISIONS} attempts")
         department = sorted(had.departments)[0]
-        await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.CapacityDeclared(
+        declared = wrap(capacity_pb2.CapacityDeclared(
             had_finess=had.finess, department=department, places_available=declaration.places_available,
             admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
             declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
-            departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE))
-        await self.emit_live_places(store, ledger, declaration.declared_at, had)
+            departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE)
+        await enqueue_many(store.conn, [(CAPACITY_EVENTS.name, department, declared),
+                                        _live_places_event(ledger, declaration.declared_at, had)])
         return True
 
     async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime,
-                               had: HadEstablishment | None = None) -> None:
-        had = had or await store.had(ledger.had_finess)
-        department = sorted(had.departments)[0]
-        d = ledger.declaration
-        await enqueue(store.conn, CAPACITY_EVENTS.name, department, wrap(capacity_pb2.LivePlacesChanged(
-            had_finess=had.finess, department=department, occurred_at=ts(at), live_places=ledger.live_places(),
-            declared_places=d.places_available if d else 0, status=str(d.status) if d else "",
-            authorised_places=had.authorised_places, departments=sorted(had.departments)), EVENT_SOURCE))
+                               had: HadEstablishment) -> None:
+        await enqueue(store.conn, *_live_places_event(ledger, at, had))
 
     @staticmethod
     async def _emit_matching(store: CapacityStore, department: str, message, at: datetime) -> None:
         await enqueue(store.conn, MATCHING_EVENTS.name, department, wrap(message, EVENT_SOURCE, time=at))
+
+
+def _live_places_event(ledger: HadLedger, at: datetime, had: HadEstablishment) -> tuple[str, str, Envelope]:
+    department = sorted(had.departments)[0]
+    d = ledger.declaration
+    return CAPACITY_EVENTS.name, department, wrap(capacity_pb2.LivePlacesChanged(
+        had_finess=had.finess, department=department, occurred_at=ts(at), live_places=ledger.live_places(),
+        declared_places=d.places_available if d else 0, status=str(d.status) if d else "",
+        authorised_places=had.authorised_places, departments=sorted(had.departments)), EVENT_SOURCE)
 
 
 __all__ = ["LedgerContention", "Matcher", "MatcherPolicy", "NoPlaceLeft", "offer_id_for"]
