@@ -97,10 +97,6 @@ class CapacityStore:
         row = await self.conn.fetchrow("SELECT * FROM hads WHERE finess = $1", finess)
         return _had(row) if row else None
 
-    async def hads_serving(self, departments: list[str]) -> list[HadEstablishment]:
-        rows = await self.conn.fetch("SELECT * FROM hads WHERE departments && $1 ORDER BY finess", departments)
-        return [_had(r) for r in rows]
-
     # ---- ledgers --------------------------------------------------------------------------
     async def candidates(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
         """Every HAD serving one of the departments with its ledger, FINESS order, in one query."""
