@@ -183,6 +183,21 @@ async def test_every_indicator_matches_the_oracle_then_again_after_a_replay(serv
     assert not await _all_agree(service, simulated), "the rebuilt generation equals the oracle"
 
 
+async def test_a_window_inside_the_log_matches_the_oracle(service, simulated):
+    """Periods in the middle of the log: the stays admitted before them, the declarations and
+    censuses before and after them count as they do when the whole log is asked (the service
+    reads only what overlaps the window)."""
+    await _wait_agreement(service, simulated, "the live figures equal the oracle's")
+    now = datetime.now(UTC)
+    problems = []
+    for period, first, last in (("month", date(2025, 3, 1), date(2025, 3, 31)), ("day", date(2025, 3, 10), date(2025, 3, 20))):
+        for level in LEVELS:
+            rows = await _rows(service, level, period, **{"from": first.isoformat(), "to": last.isoformat()})
+            assert rows, (level, period)
+            problems += differences(rows, oracle(simulated, level, period, first, last, now), level)
+    assert not problems, "\n".join(problems[:40])
+
+
 async def test_the_exports_hold_the_same_numbers_as_the_api(service, simulated):
     await _wait_agreement(service, simulated, "the live figures equal the oracle's")
     headers = token("ars", region="02")
