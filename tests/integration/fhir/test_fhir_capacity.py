@@ -29,6 +29,8 @@ ADMIN = token("admin")
 # A department of this module's own HADs (its board and its search list no other), and one with none.
 DEPARTMENT, EMPTY_DEPARTMENT = own_department(), own_department()
 REGION = Geography.load().department(DEPARTMENT).region_code
+# A region other than the module's (its department is handed out at collection: Paris is possible).
+OTHER_REGION = "84" if REGION == "11" else "11"
 COMMUNE = own_commune(DEPARTMENT)
 
 
@@ -114,7 +116,7 @@ async def test_scoping_mirrors_the_rest_api(client, validator):
         "HealthcareService"))
     # Desks read their own department's HADs, the ARS its region's; neither declares.
     for reader, status in [(token("desk", department=DEPARTMENT), 200), (token("ars", region=REGION), 200),
-                           (token("desk", department="34"), 403), (token("ars", region="11"), 403)]:
+                           (token("desk", department="34"), 403), (token("ars", region=OTHER_REGION), 403)]:
         response = await client.get(f"/fhir/HealthcareService/{finess}", headers=reader)
         checked(validator, response, status, "HealthcareService" if status == 200 else "OperationOutcome")
     as_desk = await client.put(f"/fhir/HealthcareService/{finess}", json=declaration,

@@ -47,7 +47,7 @@ async def platform(topics):
             try:
                 await close_leftovers(capacity, conn)
                 # A new matcher first re-reads what its group had not committed: wait for it.
-                await wait_status(referral, await post(referral, ESCALATION_COMMUNE), "ESCALATED", timeout=120)
+                await wait_status(referral, await post(referral, ESCALATION_COMMUNE), "ESCALATED", timeout=240)
                 yield referral, capacity, conn
             finally:
                 await conn.close()
