@@ -9,10 +9,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from reflexe_capacity.entrypoints.app import MATCHER_GROUP
+from reflexe_referral.entrypoints.app import MATCHING_GROUP
 from reflexe_common import kafka_acls
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
 from reflexe_common.kafka_acls import RegisteredSystem
-from reflexe_common.topics import ALL_TOPICS, REFERRAL_EVENTS
+from reflexe_common.topics import ALL_TOPICS, MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.infra import Infra
 
 
@@ -79,9 +80,10 @@ async def mark_caught_up(kafka: dict[str, Any], group: str, topic) -> None:
         await consumer.stop()
 
 
-async def matcher_starts_from_now(infra: Infra) -> None:
-    """The matcher a test is about to start begins with the referrals posted from then on. Those
-    other tests posted while no matcher ran are not this test's, and working through them first
-    could take minutes: the test's first offer came late or not at all, depending on which tests
-    ran before it."""
+async def matching_starts_from_now(infra: Infra) -> None:
+    """The matcher and the referral service a test is about to start begin with the referrals
+    posted from then on, and with the decisions made from then on. What other tests posted while
+    neither ran is not this test's, and working through it first could take minutes: the test's
+    first offer (or escalation) came late or not at all, depending on which tests ran before it."""
     await mark_caught_up(infra.kafka_options(), MATCHER_GROUP, REFERRAL_EVENTS)
+    await mark_caught_up(infra.kafka_options(), MATCHING_GROUP, MATCHING_EVENTS)

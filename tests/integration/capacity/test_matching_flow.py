@@ -12,7 +12,7 @@ from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import MONTPELLIER, had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
-from tests.support.kafka import matcher_starts_from_now
+from tests.support.kafka import matching_starts_from_now
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.territory import own_communes
 
@@ -25,7 +25,7 @@ ACCEPT_COMMUNE, ACCEPT_NEIGHBOUR_COMMUNE, CASCADE_COMMUNE, NO_HAD_COMMUNE = own_
 @pytest.fixture(scope="module")
 async def platform(topics):
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
-    await matcher_starts_from_now(topics)
+    await matching_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:

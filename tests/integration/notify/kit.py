@@ -26,7 +26,7 @@ from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, pseudonym, unique_finess
 from tests.support.infra import Infra
 from tests.support.issuer import suite_issuer
-from tests.support.kafka import matcher_starts_from_now
+from tests.support.kafka import matching_starts_from_now
 from tests.support.services import NOTIFY_ENV, serve_in_process, token
 
 # What the notify service needs to run in tests: a key sealing webhook secrets, and the local
@@ -91,7 +91,7 @@ async def in_process_platform(topics) -> AsyncIterator[dict[str, Any]]:
     pages read them), and clients of the first two."""
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
                LOG_LEVEL="WARNING")
-    await matcher_starts_from_now(topics)
+    await matching_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         notify = build_notify(NotifySettings(**env, **NOTIFY_ENV, NOTIFY_REFERRAL_URL=referral_url,

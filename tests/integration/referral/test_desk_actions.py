@@ -18,7 +18,7 @@ from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.issuer import suite_issuer
-from tests.support.kafka import matcher_starts_from_now
+from tests.support.kafka import matching_starts_from_now
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.territory import own_commune, own_communes
 
@@ -38,7 +38,7 @@ GARD_COMMUNE = own_commune("30")
 async def platform(topics):
     env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
                LOG_LEVEL="WARNING")
-    await matcher_starts_from_now(topics)
+    await matching_starts_from_now(topics)
     async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
             serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
         async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \

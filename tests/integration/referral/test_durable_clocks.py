@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
-from tests.support.kafka import matcher_starts_from_now
+from tests.support.kafka import matching_starts_from_now
 from tests.support.services import ServiceProcess, eventually, service_env, token
 from tests.support.territory import own_communes
 
@@ -73,7 +73,7 @@ async def platform(topics, tmp_path_factory) -> AsyncIterator[Platform]:
     platform = Platform(topics, log_dir, capacity, None, own_communes(3))  # type: ignore[arg-type]
     platform.referral = platform.referral_process()
     try:
-        await matcher_starts_from_now(topics)
+        await matching_starts_from_now(topics)
         capacity.start()
         platform.referral.start()
         await capacity.wait_ready()

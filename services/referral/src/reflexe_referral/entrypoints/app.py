@@ -40,6 +40,10 @@ async def run_clocks(service: ReferralService, poll_seconds: float) -> None:
         await asyncio.sleep(poll_seconds)
 
 
+# The group that applies the matcher's decisions (offers, escalations) to referrals.
+MATCHING_GROUP = "referral-matching"
+
+
 def build_app(settings: ReferralSettings | None = None) -> FastAPI:
     settings = settings or ReferralSettings()
     configure_logging("referral", settings.log_level)
@@ -52,7 +56,7 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             app.state.referrals = service
             app.state.unanswered_after = unanswered_after
             runtime.relay_outbox()
-            runtime.consume("referral-matching", [MATCHING_EVENTS], matching_handler(unanswered_after))
+            runtime.consume(MATCHING_GROUP, [MATCHING_EVENTS], matching_handler(unanswered_after))
             runtime.consume_inbound("referral-submissions", INBOUND_REFERRALS, submission_handler(unanswered_after))
             runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
