@@ -238,6 +238,12 @@ _REFERRAL_FOLDS = {
 }
 
 
+# The event types the fold reads, by their CloudEvents type (the message's full name): a replay
+# skips every other record without parsing its payload (alerts, consents, audit...).
+FOLDED_TYPES: frozenset[str] = frozenset(
+    cls.DESCRIPTOR.full_name for cls in (cpb.CapacityDeclared, *_REFERRAL_FOLDS))
+
+
 def fold(m: Message) -> list[Delta]:
     """The partial facts one event carries (empty for events that feed no indicator)."""
     cls = type(m)

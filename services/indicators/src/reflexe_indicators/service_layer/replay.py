@@ -31,15 +31,20 @@ from reflexe_common.kafka import KafkaAccess
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS, Topic
 from reflexe_indicators.adapters.store import (
     create_indexes, generation_schema, start_generation, switch_to, upsert_batch)
-from reflexe_indicators.domain.facts import TABLES, Batch, fold
+from reflexe_indicators.domain.facts import FOLDED_TYPES, TABLES, Batch, fold
 
 log = logging.getLogger(__name__)
 REPLAYED_TOPICS: tuple[Topic, ...] = (REFERRAL_EVENTS, CAPACITY_EVENTS)
+# Each CloudEvents type seen: its message class, IGNORED when the fold reads nothing from it,
+# None when it names no known message.
 _classes: dict[bytes, type | None] = {}
+IGNORED = object()  # a record of a type the fold ignores: skipped unparsed, not an error
 
 
 def _decode(headers, value: bytes | None):
-    """A fast decode of a CloudEvents record (the replay skips what the live path dead-letters)."""
+    """A lazy decode of a CloudEvents record: its type header first, and the payload parsed only
+    when the fold reads that type (the replay skips what the live path dead-letters). Returns the
+    message, IGNORED, or None for a record the live path would refuse."""
     if value is None:
         return None
     for name, ce_type in headers:
@@ -49,19 +54,25 @@ def _decode(headers, value: bytes | None):
         return None
     cls = _classes.get(ce_type, ...)
     if cls is ...:
-        try:
-            cls = message_factory.GetMessageClass(symbol_database.Default().pool.FindMessageTypeByName(ce_type.decode()))
-        except (KeyError, UnicodeDecodeError):
-            cls = None
+        cls = _class_of(ce_type)
         _classes[ce_type] = cls
-    if cls is None:
-        return None
+    if cls is None or cls is IGNORED:
+        return cls
     message = cls()
     try:
         message.ParseFromString(value)
     except Exception:
         return None
     return message
+
+
+def _class_of(ce_type: bytes):
+    try:
+        name = ce_type.decode()
+        descriptor = symbol_database.Default().pool.FindMessageTypeByName(name)
+    except (KeyError, UnicodeDecodeError):
+        return None
+    return message_factory.GetMessageClass(descriptor) if name in FOLDED_TYPES else IGNORED
 
 
 @dataclass
@@ -87,7 +98,7 @@ class ReplayProgress:
 
 class Replayer:
     def __init__(self, pool: asyncpg.Pool, kafka: KafkaAccess, base_schema: str, group_prefix: str,
-                 batch_size: int = 20_000, topics: tuple[Topic, ...] = REPLAYED_TOPICS) -> None:
+                 batch_size: int = 5_000, topics: tuple[Topic, ...] = REPLAYED_TOPICS) -> None:
         self.pool = pool
         self.kafka = kafka
         self.base = base_schema
@@ -143,9 +154,10 @@ class Replayer:
         consumer = AIOKafkaConsumer(
             **self.kafka.options(), group_id=f"{self.group_prefix}-replay-g{progress.generation}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            # Modest fetches and batches: what is fetched ahead, the batch being folded and the one
-            # being written are all in memory at once, within the service's memory budget.
-            max_partition_fetch_bytes=1024 * 1024, fetch_max_bytes=16 * 1024 * 1024,
+            # Small fetches and batches: what is fetched ahead, the batch being folded and the one
+            # being written are all in memory at once, within the service's 150 MB budget (a
+            # batch's rows are Python dicts, about 1 kB each; 20,000-record batches reached 250 MB).
+            max_partition_fetch_bytes=256 * 1024, fetch_max_bytes=4 * 1024 * 1024,
             max_poll_records=self.batch_size)
         await consumer.start()
         try:
@@ -171,6 +183,8 @@ class Replayer:
                         message = _decode(r.headers, r.value)
                         if message is None:
                             progress.skipped += 1
+                            continue
+                        if message is IGNORED:
                             continue
                         deltas = fold(message)
                         if deltas:
