@@ -52,6 +52,86 @@ async def widened_to(conn: asyncpg.Connection, referral_id: str) -> list[str]:
     return [r["department"] for r in rows]
 
 
+@dataclass
+class ReferralMemory:
+    """What notify remembers of some referrals, read once for a batch of events and kept up to
+    date in memory as the batch is routed (the writes go in `record_referral_memory`)."""
+    sources: dict[str, str]  # referral → its source hospital's FINESS
+    widenings: dict[str, list[str]]  # referral → the departments its search was widened to, in order
+    concerned: dict[str, list[str]]  # referral → the HADs still part of it, by FINESS
+
+
+async def referral_memory(conn: asyncpg.Connection, referral_ids: Sequence[str]) -> ReferralMemory:
+    """Sources, widenings and concerned HADs of these referrals, in one statement."""
+    memory = ReferralMemory({}, {}, {})
+    if not referral_ids:
+        return memory
+    rows = await conn.fetch(
+        "SELECT 1 AS part, referral_id, source_finess AS value, NULL::timestamptz AS at FROM referrals "
+        "  WHERE referral_id = ANY($1::text[]) "
+        "UNION ALL SELECT 2, referral_id, department, widened_at FROM referral_widenings "
+        "  WHERE referral_id = ANY($1::text[]) "
+        "UNION ALL SELECT 3, referral_id, had_finess, NULL FROM had_referrals "
+        "  WHERE referral_id = ANY($1::text[]) AND concerned "
+        "ORDER BY part, referral_id, at, value",
+        list(referral_ids),
+    )
+    for row in rows:
+        if row["part"] == 1:
+            memory.sources[row["referral_id"]] = row["value"]
+        elif row["part"] == 2:
+            memory.widenings.setdefault(row["referral_id"], []).append(row["value"])
+        else:
+            memory.concerned.setdefault(row["referral_id"], []).append(row["value"])
+    return memory
+
+
+@dataclass(frozen=True)
+class HadReferralChange:
+    """An HAD's part in a referral as a batch leaves it. `opened_or_ended` (concerned then says
+    which): the row is written whether it existed or not; otherwise only its last event moves,
+    if the row exists."""
+    had_finess: str
+    referral_id: str
+    department: str
+    concerned: bool
+    last_event: str
+    opened_or_ended: bool
+
+
+async def record_referral_memory(conn: asyncpg.Connection, referrals: Sequence[tuple[str, str, str]],
+                                 widenings: Sequence[tuple[str, str]], changes: Sequence[HadReferralChange]) -> None:
+    """New referrals (id, department, source FINESS), widenings (id, department) and HADs'
+    parts: at most three statements for a whole batch, none when there is nothing to write."""
+    if referrals:
+        await conn.execute(
+            "INSERT INTO referrals (referral_id, department, source_finess) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            *map(list, zip(*referrals)),
+        )
+    if widenings:
+        await conn.execute(
+            "INSERT INTO referral_widenings (referral_id, department) "
+            "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            *map(list, zip(*widenings)),
+        )
+    if changes:
+        # Sorted by key: two batches writing the same rows lock them in the same order.
+        ordered = sorted(changes, key=lambda c: (c.had_finess, c.referral_id))
+        await conn.execute(
+            "WITH c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bool[]) "
+            "           AS c(had_finess, referral_id, department, concerned, last_event, upsert)), "
+            "updated AS (UPDATE had_referrals h SET last_event = c.last_event, updated_at = now() FROM c "
+            "            WHERE NOT c.upsert AND h.had_finess = c.had_finess AND h.referral_id = c.referral_id) "
+            "INSERT INTO had_referrals AS h (had_finess, referral_id, department, concerned, last_event, updated_at) "
+            "SELECT had_finess, referral_id, department, concerned, last_event, now() FROM c WHERE upsert "
+            "ON CONFLICT (had_finess, referral_id) DO UPDATE SET "
+            "concerned = EXCLUDED.concerned, last_event = EXCLUDED.last_event, updated_at = now()",
+            [c.had_finess for c in ordered], [c.referral_id for c in ordered], [c.department for c in ordered],
+            [c.concerned for c in ordered], [c.last_event for c in ordered], [c.opened_or_ended for c in ordered],
+        )
+
+
 # ---------------------------------------------------------------- deliveries
 
 
@@ -78,6 +158,51 @@ async def enqueue(conn: asyncpg.Connection, origin: str, event_type: str, depart
     if inserted:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
     return len(inserted)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A notice to deliver: one delivery per active subscription of these recipients wanting its type."""
+    origin: str
+    event_type: str
+    department: str | None
+    body: str
+    recipients: Sequence[Recipient]
+
+
+async def enqueue_all(conn: asyncpg.Connection, planned: Sequence[Planned], attempt_limit: int) -> int:
+    """`enqueue` for a whole batch of notices, in two statements (the subscriptions, then the
+    deliveries with the dispatcher's wake-up); the number of deliveries created."""
+    wanted = sorted({str(r) for p in planned for r in p.recipients})
+    if not wanted:
+        return 0
+    subscriptions = await conn.fetch(
+        "SELECT id, recipient, event_types FROM subscriptions WHERE active AND recipient = ANY($1::text[])", wanted)
+    if not subscriptions:
+        return 0
+    by_recipient: dict[str, list[asyncpg.Record]] = {}
+    for s in subscriptions:
+        by_recipient.setdefault(s["recipient"], []).append(s)
+    rows: dict[str, tuple] = {}  # by webhook id: a notice told twice to one subscription is one delivery
+    for p in planned:
+        for recipient in dict.fromkeys(str(r) for r in p.recipients):
+            for s in by_recipient.get(recipient, ()):
+                if not s["event_types"] or p.event_type in s["event_types"]:
+                    webhook_id = webhook_id_for(p.origin, s["id"])
+                    rows.setdefault(webhook_id, (webhook_id, s["id"], recipient, p.department, p.event_type, p.body))
+    if not rows:
+        return 0
+    columns = list(zip(*rows.values()))
+    return await conn.fetchval(
+        "WITH inserted AS (INSERT INTO deliveries (webhook_id, subscription_id, recipient, department, event_type, "
+        "                                          body, attempt_limit) "
+        "  SELECT w, s, r, d, t, b, $7::int FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], "
+        "                                                $6::text[]) AS u(w, s, r, d, t, b) "
+        "  ON CONFLICT (webhook_id) DO NOTHING RETURNING 1), "
+        "counted AS (SELECT count(*) AS n FROM inserted) "
+        "SELECT n FROM counted, LATERAL (SELECT pg_notify($8, '') WHERE n > 0) AS woken",
+        *map(list, columns), attempt_limit, CHANNEL,
+    ) or 0
 
 
 @dataclass(frozen=True)
@@ -342,6 +467,54 @@ async def append_desk_event(conn: asyncpg.Connection, event: DeskEvent) -> int |
         message = f"{event.department}\n{seq}\n"
     await conn.execute("SELECT pg_notify($1, $2)", DESK_CHANNEL, message)
     return seq
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """A stream entry as committed: the live readers of its stream may be told it as it is."""
+    stream: str  # a department, or had:<FINESS>
+    seq: int
+    payload: str
+
+
+async def append_desk_events(conn: asyncpg.Connection, events: Sequence[DeskEvent]) -> list[StreamEntry]:
+    """`append_desk_event` for a whole batch in two statements: numbers for the entries not
+    already stored (each stream's counter moved once, streams locked in sorted order), then the
+    entries stored and notified. Returns what was stored, in each stream's order."""
+    events = list({(e.department, e.origin): e for e in events if e.department}.values())
+    if not events:
+        return []
+    numbered = await conn.fetch(
+        "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(department, origin, ord)), "
+        "fresh AS (SELECT w.* FROM wanted w WHERE NOT EXISTS "
+        "          (SELECT 1 FROM desk_events e WHERE e.department = w.department AND e.origin = w.origin)), "
+        "counts AS (SELECT department, count(*) AS n FROM fresh GROUP BY department), "
+        "heads AS (INSERT INTO desk_stream_heads AS h (department, last_seq) "
+        "          SELECT department, n FROM counts ORDER BY department "
+        "          ON CONFLICT (department) DO UPDATE SET last_seq = h.last_seq + EXCLUDED.last_seq "
+        "          RETURNING h.department, h.last_seq) "
+        "SELECT f.ord, heads.last_seq - c.n + row_number() OVER (PARTITION BY f.department ORDER BY f.ord) AS seq "
+        "FROM fresh f JOIN counts c USING (department) JOIN heads USING (department)",
+        [e.department for e in events], [e.origin for e in events],
+    )
+    if not numbered:
+        return []
+    chosen = [(events[r["ord"] - 1], r["seq"]) for r in numbered]
+    payloads = [json.dumps(e.payload(seq), separators=(",", ":"), ensure_ascii=False) for e, seq in chosen]
+    stored = await conn.fetch(
+        "WITH stored AS (INSERT INTO desk_events (department, seq, origin, type, alert, occurred_at, payload) "
+        "  SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[], "
+        "                       $7::text[]) "
+        "  ON CONFLICT (department, origin) DO NOTHING RETURNING department, seq, payload), "
+        "ordered AS (SELECT * FROM stored ORDER BY department, seq OFFSET 0) "
+        "SELECT department, seq, payload, pg_notify($8, department || E'\\n' || seq || E'\\n' || "
+        "  CASE WHEN octet_length(payload) + octet_length(department) + 24 > $9 THEN '' ELSE payload END) "
+        "FROM ordered",
+        [e.department for e, _ in chosen], [seq for _, seq in chosen], [e.origin for e, _ in chosen],
+        [e.kind for e, _ in chosen], [e.alert for e, _ in chosen], [e.occurred_at for e, _ in chosen], payloads,
+        DESK_CHANNEL, _NOTIFY_MAX,
+    )
+    return [StreamEntry(r["department"], r["seq"], r["payload"]) for r in stored]
 
 
 async def desk_events_after(pool: asyncpg.Pool, department: str, after_seq: int, limit: int = 500) -> list[tuple[int, str]]:

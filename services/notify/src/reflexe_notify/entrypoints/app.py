@@ -9,6 +9,8 @@ from fastapi import FastAPI
 
 from reflexe_common.audit import router as audit_router
 from reflexe_common.audit import start_writer
+from reflexe_common.batch_consumer import BatchConsumerLoop
+from reflexe_common.inbox import RecordProcessor
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
 from reflexe_common.retention import RetentionSettings, delivery_attempts_purge, start_retention
@@ -23,7 +25,7 @@ from reflexe_notify.entrypoints.pages import include_pages
 from reflexe_notify.service_layer.desk_stream import DeskStreamHub, prune_periodically
 from reflexe_notify.service_layer import had_stream
 from reflexe_notify.service_layer.dispatcher import Dispatcher
-from reflexe_notify.service_layer.notifications import event_handler
+from reflexe_notify.service_layer.notifications import batch_handler, event_handler
 from reflexe_notify.service_layer.secret_keys import seal_plaintext_secrets
 from reflexe_notify.settings import NotifySettings
 
@@ -54,7 +56,15 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
                                 prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             runtime.tasks.start("notify-had-referrals-pruning",
                                 had_stream.prune_periodically(runtime.pool, settings.desk_stream_keep_days))
-            runtime.consume(CONSUMER_GROUP, TOPICS, event_handler(settings.max_attempts, settings.public_url))
+            # The events of each poll routed and recorded together; their stream entries told to
+            # this process's live readers as soon as committed (other processes hear the NOTIFY).
+            processor = RecordProcessor(CONSUMER_GROUP, runtime.pool, runtime.dead_letters,
+                                        event_handler(settings.max_attempts, settings.public_url))
+            consumer = BatchConsumerLoop(runtime.kafka, CONSUMER_GROUP, [t.name for t in TOPICS], runtime.pool,
+                                         runtime.dead_letters, processor,
+                                         batch_handler(settings.max_attempts, settings.public_url),
+                                         after_commit=hub.tell, client_id=f"{CONSUMER_GROUP}-{settings.instance}")
+            runtime.tasks.start(CONSUMER_GROUP, consumer.run())
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
             retention = RetentionSettings()
             start_retention(runtime.pool, SCHEMA, runtime.tasks.start, [delivery_attempts_purge(retention)], retention)

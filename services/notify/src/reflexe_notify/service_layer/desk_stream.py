@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -81,6 +81,13 @@ class DeskStreamHub:
             entry = Entry(int(seq), payload or None)
             for reader in readers:
                 reader.offer(entry)
+
+    def tell(self, entries: Sequence[store.StreamEntry]) -> None:
+        """Entries this process has just committed, told to its readers without waiting for their
+        notification to come back from PostgreSQL (which then finds them sent: skipped)."""
+        for entry in entries:
+            for reader in self._readers.get(entry.stream, ()):
+                reader.offer(Entry(entry.seq, entry.payload))
 
     def _broadcast_resync(self) -> None:
         for readers in self._readers.values():

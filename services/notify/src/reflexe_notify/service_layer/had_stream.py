@@ -2,7 +2,7 @@
 patients' admission, discharge, cancellation, an overdue admission, its own capacity), told to
 its page without a reload.
 
-Stored like a department's stream (store.append_desk_event, in the consumer's transaction, under
+Stored like a department's stream (store.append_desk_events, in the consumer's transaction, under
 the key 'had:<FINESS>'), so the same hub follows it with Last-Event-ID resumption and the same
 pruning ages it. An HAD's entry carries only what the HAD may know: its own sentence of the
 matcher's explanation, never another HAD's name or answer.
@@ -19,6 +19,7 @@ import asyncpg
 
 from reflexe_common.visibility import own_explanation
 from reflexe_notify.adapters import store
+from reflexe_notify.adapters.store import HadReferralChange, ReferralMemory
 from reflexe_notify.domain.desk import DeskEvent
 
 log = logging.getLogger(__name__)
@@ -48,31 +49,40 @@ def _for_had(event: DeskEvent, finess: str) -> DeskEvent:
     return replace(event, department=stream_key(finess), data=data)
 
 
-async def record(conn: asyncpg.Connection, event: DeskEvent) -> None:
-    """Tell the HADs concerned by this desk stream entry; in the consumer's transaction."""
+def told(event: DeskEvent, memory: ReferralMemory, changes: dict[tuple[str, str], HadReferralChange]) -> list[DeskEvent]:
+    """The entries of the HADs' streams a desk stream entry makes. The HADs' parts in the
+    referral move in `memory` at once (a later event of the same batch sees them) and in
+    `changes`, which the batch writes when it commits."""
     had = event.data.get("had_finess") or ""
     referral_id = event.data.get("referral_id") or ""
     if event.kind == "capacity.changed":
-        if had:
-            await store.append_desk_event(conn, _for_had(event, had))
-        return
+        return [_for_had(event, had)] if had else []
     concerned: list[str] = []
     if had and referral_id and event.kind not in ("referral.desk_offer",):
         # A desk's choice is told by the offer it makes (OfferMade), with its hold.
         concerned = [had]
     elif referral_id and event.kind in _TO_CONCERNED:
-        concerned = await concerned_hads(conn, referral_id)
+        concerned = list(memory.concerned.get(referral_id, ()))
     for finess in concerned:
+        key = (finess, referral_id)
+        earlier = changes.get(key)
         if event.kind in _OPENS or event.kind in _ENDS:
-            await conn.execute(
-                "INSERT INTO had_referrals (had_finess, referral_id, department, concerned, last_event, updated_at) "
-                "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (had_finess, referral_id) DO UPDATE SET "
-                "concerned = EXCLUDED.concerned, last_event = EXCLUDED.last_event, updated_at = now()",
-                finess, referral_id, event.data.get("department") or event.department, event.kind in _OPENS, event.kind)
+            opens = event.kind in _OPENS
+            # The first write of the row names its department; later ones leave it.
+            department = earlier.department if earlier and earlier.opened_or_ended else \
+                event.data.get("department") or event.department
+            changes[key] = HadReferralChange(finess, referral_id, department, opens, event.kind, True)
+            hads = memory.concerned.setdefault(referral_id, [])
+            if opens and finess not in hads:
+                hads.append(finess)
+                hads.sort()
+            elif not opens and finess in hads:
+                hads.remove(finess)
+        elif earlier is not None:
+            changes[key] = replace(earlier, last_event=event.kind)
         else:
-            await conn.execute("UPDATE had_referrals SET last_event = $3, updated_at = now() "
-                               "WHERE had_finess = $1 AND referral_id = $2", finess, referral_id, event.kind)
-        await store.append_desk_event(conn, _for_had(event, finess))
+            changes[key] = HadReferralChange(finess, referral_id, "", False, event.kind, False)
+    return [_for_had(event, finess) for finess in concerned]
 
 
 async def concerned_hads(conn: asyncpg.Connection, referral_id: str) -> list[str]:
