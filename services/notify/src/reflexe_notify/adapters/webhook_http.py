@@ -10,7 +10,7 @@ after it was accepted: DNS rebinding).
 not to a second DNS answer: the host name stays in the URL, so the Host header, the TLS SNI and
 the certificate check all use the name while the socket goes to the checked address. Connection
 pools are kept per host name, as usual. A connection is never opened for a host without a checked
-address. Redirects are not followed (the client is built with follow_redirects=False and no
+address; a connection goes back to its host's pool only once its answer was read. Redirects are not followed (the client is built with follow_redirects=False and no
 proxies from the environment), and the receiver's answer body is read (a little) and dropped,
 never stored.
 """
@@ -162,9 +162,20 @@ def _as_httpx_errors(request: httpx.Request | None = None) -> Iterator[None]:
         raise mapped(str(exc), request=request) from exc
 
 
+class _Origin:
+    """The kept-alive connections to one origin (scheme, host, port) and the bound on those open."""
+
+    def __init__(self, limit: int) -> None:
+        self.idle: list[httpcore.AsyncHTTPConnection] = []
+        self.slots = asyncio.Semaphore(limit)
+
+
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+    """The answer's body; closing it gives the connection back to its origin (or closes it)."""
+
+    def __init__(self, stream: AsyncIterable[bytes], release: Callable[[], Awaitable[None]]) -> None:
         self._stream = stream
+        self._release = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _as_httpx_errors():
@@ -172,36 +183,86 @@ class _ResponseStream(httpx.AsyncByteStream):
                 yield part
 
     async def aclose(self) -> None:
-        if hasattr(self._stream, "aclose"):
-            with _as_httpx_errors():
-                await self._stream.aclose()
+        try:
+            if hasattr(self._stream, "aclose"):
+                with _as_httpx_errors():
+                    await self._stream.aclose()
+        finally:
+            await self._release()
 
 
 class PinnedTransport(httpx.AsyncBaseTransport):
-    """httpx's pooled HTTP/1.1 transport, its connections made to the checked address only."""
+    """HTTP/1.1 with kept-alive connections, made to the checked address only.
+
+    Its own small pool rather than httpcore's: that one scans every connection (and asks each
+    socket whether it was closed) for every request queued, a cost that grows with the square of
+    the concurrency and capped deliveries at a few hundred per second. Here each origin keeps a
+    stack of idle connections and at most `limits.max_connections` open at once (a slow receiver
+    holds its own connections, not everyone's)."""
 
     def __init__(self, limits: httpx.Limits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         limits = limits or httpx.Limits()
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(), max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_PinnedBackend(),
-        )
+        self._ssl_context = ssl_context or httpx.create_ssl_context()
+        self._per_origin = limits.max_connections or 100
+        self._keepalive = limits.max_keepalive_connections if limits.max_keepalive_connections is not None \
+            else self._per_origin
+        self._keepalive_expiry = limits.keepalive_expiry
+        self._network = _PinnedBackend()
+        self._origins: dict[tuple[bytes, bytes, int], _Origin] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        origin_key = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+        origin = self._origins.get(origin_key)
+        if origin is None:
+            origin = self._origins[origin_key] = _Origin(self._per_origin)
         core_request = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host, port=request.url.port,
-                             target=request.url.raw_path),
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
             headers=request.headers.raw, content=request.stream, extensions=request.extensions,
         )
-        with _as_httpx_errors(request):
-            response = await self._pool.handle_async_request(core_request)
+        await origin.slots.acquire()
+        connection: httpcore.AsyncHTTPConnection | None = None
+        try:
+            connection = await self._idle_connection(origin)
+            if connection is None:
+                connection = httpcore.AsyncHTTPConnection(
+                    origin=httpcore.Origin(*origin_key), ssl_context=self._ssl_context,
+                    keepalive_expiry=self._keepalive_expiry, network_backend=self._network)
+            with _as_httpx_errors(request):
+                response = await connection.handle_async_request(core_request)
+        except BaseException:
+            origin.slots.release()
+            if connection is not None:
+                await connection.aclose()
+            raise
+        used = connection
+
+        async def release() -> None:
+            origin.slots.release()
+            if used.is_idle() and len(origin.idle) < self._keepalive:
+                origin.idle.append(used)
+            else:
+                await used.aclose()
+
         return httpx.Response(status_code=response.status, headers=response.headers,
-                              stream=_ResponseStream(response.stream), extensions=response.extensions)
+                              stream=_ResponseStream(response.stream, release), extensions=response.extensions)
+
+    @staticmethod
+    async def _idle_connection(origin: _Origin) -> httpcore.AsyncHTTPConnection | None:
+        """The most recently used connection still open (the receiver may have closed others)."""
+        while origin.idle:
+            connection = origin.idle.pop()
+            if connection.is_idle() and not connection.has_expired():
+                return connection
+            await connection.aclose()
+        return None
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        origins, self._origins = self._origins, {}
+        for origin in origins.values():
+            for connection in origin.idle:
+                await connection.aclose()
 
 
 def webhook_client(limits: httpx.Limits, timeout: float, headers: Mapping[str, str],
