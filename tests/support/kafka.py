@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from reflexe_capacity.entrypoints.app import MATCHER_GROUP
@@ -15,6 +16,7 @@ from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
 from reflexe_common.kafka_acls import RegisteredSystem
 from reflexe_common.topics import ALL_TOPICS, MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.infra import Infra
+from tests.support.services import eventually
 
 
 async def read_all(infra: Infra, topic: str, predicate: Callable[[Envelope], bool] = lambda e: True) -> list[Envelope]:
@@ -66,9 +68,30 @@ def as_system(infra: Infra, system: RegisteredSystem) -> dict[str, Any]:
     return infra.kafka().as_principal(system.principal, system.password).options()
 
 
-async def mark_caught_up(kafka: dict[str, Any], group: str, topic) -> None:
-    """Commit the end of the log for a consumer group with no live member: a service started
-    afterwards begins with what comes next, not with a backlog other tests left behind."""
+async def group_members(kafka: dict[str, Any], group: str) -> list[str]:
+    """The live members of a consumer group, as "client id @ host"."""
+    admin = AIOKafkaAdminClient(**kafka)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return [f"{m['client_id']}@{m['client_host']}" for r in responses for g in r.to_object()["groups"]
+            for m in g["members"]]
+
+
+async def mark_caught_up(kafka: dict[str, Any], group: str, topic, timeout: float = 60) -> None:
+    """Commit the end of the log for a consumer group once it has no live member: a service started
+    afterwards begins with what comes next, not with a backlog other tests left behind. A member of
+    an earlier test's process that was killed stays in the group until its session times out: wait
+    for it (a commit from outside a group with members is refused)."""
+    async def empty() -> bool:
+        return not await group_members(kafka, group)
+
+    try:
+        await eventually(empty, timeout=timeout, interval=0.5, what=f"consumer group {group} without members")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its members: {await group_members(kafka, group)}") from None
     consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
