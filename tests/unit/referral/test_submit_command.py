@@ -188,3 +188,35 @@ async def test_the_matcher_door_records_the_offer_through_the_decision_runner(ma
                                          hold_until=ts(at + timedelta(hours=1)))
     with pytest.raises(PoisonRecord, match="unknown referral"):
         await handle(None, wrap(unknown, "reflexe/capacity"))
+
+
+async def test_a_desk_pick_that_failed_leaves_the_search_as_it_is(make_request):
+    """The matcher's answer to a desk's pick it could not place (by_desk) may reach the referral
+    service after the desk has widened the search: it must not escalate the widened referral (its
+    desk would be told of one failed pick twice: by notify from this event, then by the escalation)."""
+    uow = FakeUnitOfWork()
+    handle = matching_handler(UNANSWERED_AFTER, unit_of_work=lambda _conn: uow)
+    request = make_request()
+    await submit_referral(uow, _command(request), request.requested_at)
+    at = request.requested_at + NOW_OFFSET
+    exhausted = matching_pb2.MatchExhausted(referral_id=request.referral_id, department="34", occurred_at=ts(at),
+                                            explanation="Aucune HAD disponible")
+    await handle(None, wrap(exhausted, "reflexe/capacity"))
+    escalated = await act_on_referral(uow, request.referral_id, lambda r: [])
+    assert escalated.status == "ESCALATED"
+    # The desk picks an HAD (the matcher finds it full), then widens the search before that answer arrives.
+    await act_on_referral(uow, request.referral_id, lambda r: r.desk_offer("340000000", at + timedelta(minutes=1)))
+    widened = await act_on_referral(uow, request.referral_id, lambda r: r.widen(["30"], at + timedelta(minutes=2)))
+    assert widened.status == "REQUESTED"
+    events = len(uow.events(request.referral_id))
+    pick_failed = matching_pb2.MatchExhausted(referral_id=request.referral_id, department="34",
+                                              occurred_at=ts(at + timedelta(minutes=1)),
+                                              explanation="Aucune HAD disponible : HAD choisie sans place", by_desk=True)
+    await handle(None, wrap(pick_failed, "reflexe/capacity"))
+    assert len(uow.events(request.referral_id)) == events
+    assert (await act_on_referral(uow, request.referral_id, lambda r: [])).status == "REQUESTED"
+    # The matcher's own search of the widened departments still escalates it when it finds nothing.
+    await handle(None, wrap(matching_pb2.MatchExhausted(referral_id=request.referral_id, department="34",
+                                                        occurred_at=ts(at + timedelta(minutes=2)),
+                                                        explanation="Aucune HAD disponible"), "reflexe/capacity"))
+    assert (await act_on_referral(uow, request.referral_id, lambda r: [])).status == "ESCALATED"

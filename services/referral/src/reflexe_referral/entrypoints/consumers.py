@@ -36,6 +36,11 @@ def matching_handler(unanswered_after: timedelta, unit_of_work: UnitOfWorkOf | N
         message = envelope.message
         if not isinstance(message, (matching_pb2.OfferProposed, matching_pb2.MatchExhausted)):
             return  # other matching events are not ours to act on
+        if isinstance(message, matching_pb2.MatchExhausted) and message.by_desk:
+            # Only the HAD a desk picked could not take the patient: the desk hears it from this event
+            # (notify), and the search's state is the matcher's own search's to change. Escalating here
+            # would escalate, late, a referral the desk has widened meanwhile, and tell its desk twice.
+            return
         at = dt(message.occurred_at)
 
         def decide(referral: Referral):
