@@ -40,6 +40,8 @@ from reflexe_simulator.doors import DoorFractions, plan_doors
 from reflexe_simulator.scenario import build_scenario
 from reflexe_simulator.webhooks import WebhookReceiver, authentic, build_app
 
+from chaos.connections import TIMEOUT, ReclaimingTransport
+
 log = logging.getLogger("chaos.driver")
 
 
@@ -117,6 +119,24 @@ class JournalingReceiver(WebhookReceiver):
         return await super().receive(kind, key, headers, body)
 
 
+class LoopLag:
+    """How late the event loop runs a callback due now (the worst since the last look)."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.worst = 0.0
+
+    async def watch(self) -> None:
+        while True:
+            due = time.monotonic() + self.every
+            await asyncio.sleep(self.every)
+            self.worst = max(self.worst, time.monotonic() - due)
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaos-driver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--referrals", type=int, default=10_000)
@@ -155,8 +175,9 @@ async def run(args: argparse.Namespace) -> None:
     args.journal_dir.mkdir(parents=True, exist_ok=True)
     accepted, webhooks = Journal(args.journal_dir / "accepted.jsonl"), Journal(args.journal_dir / "webhooks.jsonl")
     idp = LocalIdentityProvider.from_env(os.environ)
+    transport = ReclaimingTransport()
     client = JournalingClient(args.referral_url, args.capacity_url, args.notify_url, _IdentityProviderTokens(idp), counters,
-                              journal=accepted, attempts=8)
+                              journal=accepted, attempts=8, timeout=TIMEOUT, transport=transport)
     client.target = args.referrals
     adt = JournalingSender(args.mllp_host, args.mllp_port, counters, attempts=8, journal=accepted)
     clock = SimClock(datetime.combine(datetime.now(PARIS).date(), dtime(8, 0), tzinfo=PARIS), args.speed)
@@ -188,12 +209,16 @@ async def run(args: argparse.Namespace) -> None:
     actors += [loop.create_task(had.capacity_loop()) for had in world.hads.values()]
     actors += [loop.create_task(world.desks[code].poll_loop(lambda: False)) for code in scenario.departments]
     started = time.monotonic()
+    lag = LoopLag()
+    actors.append(loop.create_task(lag.watch()))
     deadline = args.max_seconds or 3 * args.seconds
     while not (client.enough.is_set() or stop.is_set() or time.monotonic() - started > deadline):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.enough.wait(), 10)
-        log.info("accepted %d/%d referrals after %.0f s; %s", len(client.accepted), args.referrals,
-                 time.monotonic() - started, counters.line())
+        # The loop's lag and the pool's reclaimed slots say whether the driver itself keeps up.
+        log.info("accepted %d/%d referrals after %.0f s (loop lag up to %.1f s, %d pool slots reclaimed); %s",
+                 len(client.accepted), args.referrals, time.monotonic() - started, lag.take(), transport.reclaimed,
+                 counters.line())
     # No new referral; for --settle-seconds the HADs, hospitals and desks go on with those posted
     # (offers answered, patients admitted), then the traffic stops and the receiver goes on.
     posting = actors[:len(scenario.departments)]
