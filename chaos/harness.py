@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -38,6 +37,7 @@ from chaos import checker
 from chaos.balancer import Balancer
 from chaos.broken import VARIANTS
 from chaos.observe import Access, check
+from tests.support.services import ServiceProcess
 
 log = logging.getLogger("chaos")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,76 +83,18 @@ class Ports:
         return 9160 + replica + self.offset
 
 
-@dataclass
-class Process:
-    """One service process, started again after each kill on the same port."""
+class Process(ServiceProcess):
+    """One process of a service in the run (the suite's ServiceProcess, on a port of its own and in a
+    session of its own), started again on the same port after each kill."""
 
-    name: str
-    replica: int
-    port: int
-    env: dict[str, str]
-    log_dir: Path
-    command: list[str]
-    proc: subprocess.Popen | None = None
-    starts: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}-{self.replica}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        out = open(self.log_dir / f"{self.label}.log", "ab")
-        out.write(f"\n---- start {self.starts} at {time.strftime('%H:%M:%S')}\n".encode())
-        out.flush()
-        self.proc = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                     start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None:
-            return
-        if self.alive():
-            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot stop
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    async def ready(self) -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"{self.url}/readyz", timeout=3)).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def __init__(self, name: str, replica: int, port: int, env: dict[str, str], log_dir: Path, command: list[str]) -> None:
+        module, port_variable, _ = SERVICES[name]
+        super().__init__(module, env, port_variable, log_dir, port=port, command=command, label=f"{name}-{replica}",
+                         own_session=True)
+        self.name, self.replica = name, replica
 
     async def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                tail = (self.log_dir / f"{self.label}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.label} exited during its start:\n{tail}")
-            if await self.ready():
-                return
-            await asyncio.sleep(0.5)
-        raise RuntimeError(f"{self.label} not ready within {timeout} s (log {self.log_dir / self.label}.log)")
+        await super().wait_ready(timeout)
 
 
 @dataclass
@@ -512,7 +454,7 @@ class Harness:
         for b in self.balancers:
             await b.stop()
         for p in self.processes:
-            p.stop()
+            p.stop(20)
         if self.keycloak_started:
             with contextlib.suppress(Exception):
                 await self.script(KEYCLOAK_SH, "clean", timeout=180)

@@ -91,13 +91,21 @@ async def serve_in_process(app, port: int | None = None, lifespan: bool = True) 
 
 
 class ServiceProcess:
-    """A service as its own OS process (`python -m <module>`), as in production."""
+    """A service as its own OS process (`python -m <module>`), as in production: started (again after a
+    kill, on the same port), killed as in a crash, paused and resumed by signal, stopped gracefully.
+    The tests and the chaos run (chaos/harness.py) both run their services through it."""
 
-    def __init__(self, module: str, env: dict[str, str], port_env: str, log_dir: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], port_env: str, log_dir: Path, port: int | None = None,
+                 command: list[str] | None = None, label: str | None = None, own_session: bool = False) -> None:
         self.module = module
-        self.port = free_port()
+        self.port = port or free_port()
         self.env = {**os.environ, **env, port_env: str(self.port)}
-        self.log_path = log_dir / f"{module}-{self.port}.log"
+        self.label = label or f"{module}-{self.port}"
+        self.log_path = log_dir / f"{self.label}.log"
+        self.command = command or [sys.executable, "-m", module]
+        # In a session of its own, a Ctrl-C meant for the process that started it does not reach it.
+        self.own_session = own_session
+        self.starts = 0
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -105,32 +113,48 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ServiceProcess":
+        self.starts += 1
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=REPO_ROOT)
+        if self.starts > 1:
+            log.write(f"\n---- start {self.starts} at {time.strftime('%H:%M:%S')}\n".encode())
+            log.flush()
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                     start_new_session=self.own_session)
         return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def ready(self) -> bool:
+        """Answers /readyz with 200 now."""
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{self.url}/readyz", timeout=3)).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     async def wait_ready(self, timeout: float = 90) -> None:
         async def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
-                raise AssertionError(f"{self.module} exited with {self.proc.returncode}; see {self.log_path}:\n"
-                                     + self.log_path.read_text()[-3000:])
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"{self.url}/readyz", timeout=2)).status_code == 200
-            except httpx.HTTPError:
-                return False
+                raise AssertionError(f"{self.label} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                     + self.log_path.read_text(errors="replace")[-3000:])
+            return await self.ready()
 
-        await eventually(ready, timeout=timeout, interval=0.2, what=f"{self.module} ready")
+        await eventually(ready, timeout=timeout, interval=0.2, what=f"{self.label} ready")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs, as in a crash."""
-        if self.proc and self.proc.poll() is None:
+        if self.alive():
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self, timeout: float = 30) -> int | None:
-        if self.proc and self.proc.poll() is None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
