@@ -102,6 +102,7 @@ class LoggedDelivery:
     webhook_id: str
     recipient: str
     status: str
+    subscription_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,9 @@ def webhook_figures(receipts: Iterable[Receipt], logged: Iterable[LoggedDelivery
     """(undelivered, delivered twice). Undelivered: a webhook-id in notify's log never received,
     or an expected notification (recipient, type, the referral or offer id it must name) never
     received. Twice: one event (same type, timestamp and data) received by one recipient under
-    two webhook-ids; a webhook-id received again is a retry, dropped by the receiver."""
+    two webhook-ids; a webhook-id received again is a retry, dropped by the receiver. Each pair says
+    which cause notify's log shows: the recipient subscribed twice (two subscriptions), or the
+    platform published two events for one (one subscription)."""
     receipts = list(receipts)
     received_ids = {r.webhook_id for r in receipts}
     undelivered = [f"{d.recipient} {d.webhook_id} ({d.status})" for d in logged if d.webhook_id not in received_ids]
@@ -240,8 +243,18 @@ def webhook_figures(receipts: Iterable[Receipt], logged: Iterable[LoggedDelivery
         ids_of_event[(r.recipient, json.dumps(body, sort_keys=True))].add(r.webhook_id)
     undelivered += [f"{recipient} {kind} naming {key}: never received" for recipient, kind, key in expected
                     if (recipient, kind, key) not in seen]
-    twice = [f"{recipient}: {sorted(ids)}" for (recipient, _), ids in ids_of_event.items() if len(ids) > 1]
+    subscription_of = {d.webhook_id: d.subscription_id for d in logged if d.subscription_id}
+    twice = [f"{recipient}: {sorted(ids)} ({_twice_cause({subscription_of.get(i) for i in ids} - {None})})"
+             for (recipient, _), ids in ids_of_event.items() if len(ids) > 1]
     return undelivered, twice
+
+
+def _twice_cause(subscriptions: set[str]) -> str:
+    if len(subscriptions) > 1:
+        return f"{len(subscriptions)} subscriptions of the recipient"
+    if subscriptions:
+        return "one subscription: two events published for one"
+    return "not in notify's log"
 
 
 def expected_notifications(referral_events: Iterable[Event], subscriptions: Iterable[Subscription]) -> list[tuple[str, str, str]]:

@@ -192,8 +192,8 @@ async def load(access: Access, journal_dir: Path) -> Observations:
         obs.steps = await capacity_steps(conn)
         obs.hl7_recorded = {f"{r['sender_finess']}/{r['control_id']}"
                             for r in await conn.fetch("SELECT sender_finess, control_id FROM gateway.messages")}
-        obs.logged = [LoggedDelivery(r["webhook_id"], r["recipient"], r["status"])
-                      for r in await conn.fetch("SELECT webhook_id, recipient, status FROM notify.deliveries "
+        obs.logged = [LoggedDelivery(r["webhook_id"], r["recipient"], r["status"], str(r["subscription_id"]))
+                      for r in await conn.fetch("SELECT webhook_id, recipient, status, subscription_id FROM notify.deliveries "
                                                 "WHERE recipient LIKE 'had:%' OR recipient LIKE 'desk:%'")]
         obs.subscriptions = [Subscription(r["recipient"], r["created_at"]) for r in await conn.fetch(
             "SELECT recipient, min(created_at) AS created_at FROM notify.subscriptions WHERE active GROUP BY recipient")]

@@ -87,7 +87,15 @@ def test_webhook_figures_find_undelivered_and_twice_delivered_events() -> None:
     assert twice == []
     # The same event under a second webhook-id: delivered twice.
     again = receipt(f"had:{HAD}", "msg_9", "offer.proposed", offer_id="o1", referral_id="r1")
-    assert webhook_figures([*receipts, again], logged, expected)[1] == [f"had:{HAD}: ['msg_1', 'msg_9']"]
+    assert webhook_figures([*receipts, again], logged, expected)[1] == [
+        f"had:{HAD}: ['msg_1', 'msg_9'] (not in notify's log)"]
+    # Notify's log tells the causes apart: two events for one subscription, or two subscriptions.
+    one = [LoggedDelivery("msg_1", f"had:{HAD}", "DELIVERED", "s1"), LoggedDelivery("msg_9", f"had:{HAD}", "DELIVERED", "s1")]
+    assert webhook_figures([*receipts, again], one, expected)[1] == [
+        f"had:{HAD}: ['msg_1', 'msg_9'] (one subscription: two events published for one)"]
+    two = [one[0], LoggedDelivery("msg_9", f"had:{HAD}", "DELIVERED", "s2")]
+    assert webhook_figures([*receipts, again], two, expected)[1] == [
+        f"had:{HAD}: ['msg_1', 'msg_9'] (2 subscriptions of the recipient)"]
 
 
 def test_expected_notifications_follow_the_event_log_after_the_subscription() -> None:
