@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from reflexe_common.geography import Geography
+from reflexe_indicators.adapters import day_counts
 from reflexe_indicators.domain.facts import TABLES, Delta, FactTable
 
 
@@ -38,7 +39,7 @@ def _ddl(schema: str, indexes: bool = True) -> str:
         # A generation created before a column was added gets it empty (a replay fills it).
         added = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {ty}" for c, ty in t.types.items())
         tables.append(f'ALTER TABLE "{schema}".{t.name} {added}')
-    return ";\n".join([f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables,
+    return ";\n".join([f'CREATE SCHEMA IF NOT EXISTS "{schema}"', *tables, *day_counts.ddl(schema),
                        *(_indexes(schema) if indexes else [])]) + ";"
 
 
@@ -64,8 +65,9 @@ def _indexes(schema: str) -> list[str]:
 
 
 async def create_indexes(conn: asyncpg.Connection, schema: str) -> None:
-    """A replayed generation's secondary indexes, built once its facts are loaded."""
+    """A replayed generation's secondary indexes and day counts, built once its facts are loaded."""
     await conn.execute(";\n".join(_indexes(schema)))
+    await day_counts.build(conn, schema)
 
 
 def upsert_sql(schema: str, t: FactTable, source: str | None = None) -> str:
@@ -135,6 +137,8 @@ async def ensure_first_generation(pool: asyncpg.Pool, base: str) -> int:
                                current)
         await conn.execute(_ddl(generation_schema(base, current)))  # idempotent
         await _load_regions(conn)
+        # Counted from its facts once (a generation from before the day counts), kept from then on.
+        await day_counts.build(conn, generation_schema(base, current))
     return current
 
 

@@ -1,6 +1,9 @@
 """The indicator set of the ARS follow-up (docs/domain.md, "Indicators"), computed in SQL over the
 facts of the current generation. The API, the exports and the Prometheus gauges all call
-`compute`, so they cannot disagree.
+`compute`, so they cannot disagree. The counting families (received, ineligible, escalated,
+cancelled, offers made and answered, avis after posting) are summed from their day counts
+(adapters.day_counts, kept from the facts with the same conditions); durations, stays and
+HAD-days read the facts of the window.
 
 Definitions where the ARS follow-up set is silent (also in the README of the service):
 
@@ -97,22 +100,19 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from reflexe_common.geography import Geography
-from reflexe_common.vocabulary import Reason, SourceKind
+from reflexe_indicators.adapters.day_counts import FAMILIES, KINDS, PLANNED, REASONS, URGENT, DayFamily
+from reflexe_indicators.adapters.day_counts import reason_is as _reason
 from reflexe_indicators.adapters.store import stay_range
 
 PARIS = ZoneInfo("Europe/Paris")
 # The clock of the department of the row being read (department_regions g joined on it).
 ZONE = "COALESCE(g.time_zone, 'Europe/Paris')"
-PLANNED = "(r.urgency IS NOT DISTINCT FROM 'PLANNED' AND r.planned_date IS NOT NULL)"
-URGENT = f"(NOT {PLANNED})"
 # Midnight ending the planned day, on the department's clock: a planned admission is on time before it.
 END_OF_PLANNED_DAY = f"((r.planned_date + 1)::timestamp AT TIME ZONE {ZONE})"
 # Every local day is within a day of Paris's: the time filter is widened by as much, then exact on local dates.
 ZONE_MARGIN = timedelta(days=1)
 LEVELS = ("department", "region", "source", "had")
 PERIODS = ("day", "month")
-REASONS = [r.value for r in Reason]
-KINDS = [k.value for k in SourceKind]
 VIABILITY_THRESHOLD = 50
 
 COLUMNS: list[str] = [
@@ -185,13 +185,6 @@ def next_period(day: date, period: str) -> date:
 
 def paris_midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=PARIS).astimezone(UTC)
-
-
-def _reason(col: str, code: str) -> str:
-    known = ", ".join(f"'{r}'" for r in REASONS if r != "OTHER")
-    if code == "OTHER":
-        return f"({col} IS NULL OR {col} NOT IN ({known}))"
-    return f"{col} = '{code}'"
 
 
 def _minutes(end: str) -> str:
@@ -268,6 +261,26 @@ async def _offer_family(conn, q: Query, schema: str, time_col: str, selects: lis
     text = (f"SELECT {sql.bucket('o.' + time_col)} AS period, {key} AS key, {', '.join(selects)} "
             f"FROM {sql.s}.{table} o {join}LEFT JOIN {sql.clocks()} g ON g.department = o.department "
             f"WHERE {' AND '.join(where)} GROUP BY 1, 2")
+    return await conn.fetch(text, *sql.params)
+
+
+async def _day_family(conn, q: Query, schema: str, f: DayFamily) -> list[asyncpg.Record]:
+    """A counting family summed from its day counts (adapters.day_counts): at most one row per
+    local day, department, establishment and HAD of the periods asked."""
+    if q.level == "had" and f.had is None:
+        return []
+    sql = _Sql(q, schema)
+    key = {"department": "NULLIF(d.department, '')", "region": "g.region",
+           "source": "NULLIF(d.source_finess, '')", "had": "NULLIF(d.had, '')"}[q.level]
+    first = period_start(q.start, q.period)
+    where = [f"d.day >= {sql.p(first)}::date",
+             f"d.day < {sql.p(next_period(period_start(q.end, q.period), q.period))}::date",
+             f"{key} IS NOT NULL", *_filters(sql, q, "d.department", key)]
+    sums = ", ".join(f'sum(d."{c}")::bigint AS "{c}"' for c in f.columns)
+    join = "LEFT JOIN department_regions g ON g.department = d.department " if q.level == "region" else ""
+    text = (f"SELECT date_trunc('{q.period}', d.day)::date AS period, {key} AS key, {sums} "
+            f"FROM {sql.s}.{f.table} d {join}WHERE {' AND '.join(where)} "
+            f'GROUP BY 1, 2 HAVING sum(d."{f.total}") > 0')
     return await conn.fetch(text, *sql.params)
 
 
@@ -443,20 +456,8 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
             if k not in ("period", "key"):
                 row[k] = v
 
-    put(await _referral_family(conn, q, schema, "requested_at", None, [
-        "count(*) AS referrals_received", *[f"count(*) FILTER (WHERE r.source_kind = '{k}') AS \"received_{k}\"" for k in KINDS],
-        "count(*) FILTER (WHERE r.admitted_at IS NOT NULL) AS cohort_admitted",
-        f"count(*) FILTER (WHERE {URGENT}) AS received_urgent", f"count(*) FILTER (WHERE {PLANNED}) AS received_planned",
-        "count(r.avis) AS avis_given", "count(*) FILTER (WHERE r.avis = 'FAVOURABLE') AS avis_favourable",
-        "count(*) FILTER (WHERE r.avis = 'UNFAVOURABLE') AS avis_unfavourable",
-        "count(r.avis) FILTER (WHERE r.admitted_at IS NOT NULL) AS avis_admitted",
-        "count(r.avis) FILTER (WHERE r.cancelled_at IS NOT NULL) AS avis_cancelled",
-        "count(r.avis) FILTER (WHERE r.ineligible_at IS NOT NULL) AS avis_ineligible"]), copy)
-    put(await _referral_family(conn, q, schema, "ineligible_at", None, [
-        "count(*) AS ineligible", *[f"count(*) FILTER (WHERE {_reason('r.ineligible_reason', c)}) AS \"ineligible_{c}\"" for c in REASONS]]), copy)
-    put(await _referral_family(conn, q, schema, "escalated_at", None, ["count(*) AS escalations"]), copy)
-    put(await _referral_family(conn, q, schema, "cancelled_at", None, [
-        "count(*) AS cancellations", *[f"count(*) FILTER (WHERE {_reason('r.cancel_reason', c)}) AS \"cancelled_{c}\"" for c in REASONS]]), copy)
+    for family in FAMILIES:  # the counting families, from their day counts
+        put(await _day_family(conn, q, schema, family), copy)
     put(await _referral_family(conn, q, schema, "first_offer_at", "r.first_offer_had", [
         f"{_pct(_minutes('r.first_offer_at'), 0.5)} AS first_offer_median_min",
         f"{_pct(_minutes('r.first_offer_at'), 0.9)} AS first_offer_p90_min"]), copy)
@@ -476,25 +477,12 @@ async def compute(conn: asyncpg.Connection, schema: str, q: Query, *, stale_afte
         "count(*) AS ed_exits",
         f"{_pct(ED_STAY_MIN, 0.5)} AS ed_stay_median_min",
         f"{_pct(ED_STAY_MIN, 0.9)} AS ed_stay_p90_min"]), copy)
-    put(await _offer_family(conn, q, schema, "made_at", ["count(*) AS offers_made"]), copy)
-    put(await _offer_family(conn, q, schema, "outcome_at", [
-        "count(*) FILTER (WHERE o.outcome = 'ACCEPTED') AS offers_accepted",
-        "count(*) FILTER (WHERE o.outcome = 'DECLINED') AS offers_declined",
-        *[f"count(*) FILTER (WHERE o.outcome = 'DECLINED' AND {_reason('o.reason', c)}) AS \"declined_{c}\"" for c in REASONS],
-        "count(*) FILTER (WHERE o.outcome = 'EXPIRED') AS offers_expired",
-        "count(*) FILTER (WHERE o.outcome = 'ACCEPTED' AND o.pending_evaluation) AS acceptances_pending_evaluation"],
-        extra="o.outcome IN ('ACCEPTED', 'DECLINED', 'EXPIRED')"), copy)
     put(await _offer_family(conn, q, schema, "evaluated_at", [
         "count(*) FILTER (WHERE o.evaluation = 'CONFIRMED') AS evaluations_confirmed",
         "count(*) FILTER (WHERE o.evaluation = 'WITHDRAWN') AS evaluations_withdrawn",
         f"{_pct(EVALUATION_MIN, 0.5)} {EVALUATED_PENDING} AS evaluation_median_min",
         f"{_pct(EVALUATION_MIN, 0.9)} {EVALUATED_PENDING} AS evaluation_p90_min"],
         extra="o.evaluation IS NOT NULL"), copy)
-    put(await _offer_family(conn, q, schema, "given_at", [
-        "count(*) AS avis_after_posting",
-        "count(*) FILTER (WHERE o.avis = 'FAVOURABLE') AS avis_after_posting_favourable",
-        "count(*) FILTER (WHERE o.avis = 'UNFAVOURABLE') AS avis_after_posting_unfavourable"],
-        table="avis_facts"), copy)
     put(await _stays(conn, q, schema, now), copy)
     put(await _had_days(conn, q, schema, now, stale_after), copy)
 
