@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 import ssl
@@ -78,7 +79,7 @@ class WebhookGuard:
 
     def check_scheme(self, url: str) -> httpx.URL:
         try:
-            parsed = httpx.URL(url)
+            parsed = _parsed(url)
         except httpx.InvalidURL:
             raise TargetRefused("not a valid URL") from None
         if parsed.scheme == "https" or (parsed.scheme == "http" and self._allow_insecure):
@@ -212,15 +213,46 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        origin_key = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
-        origin = self._origins.get(origin_key)
-        if origin is None:
-            origin = self._origins[origin_key] = _Origin(self._per_origin)
         core_request = httpcore.Request(
             method=request.method,
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
             headers=request.headers.raw, content=request.stream, extensions=request.extensions,
         )
+        with _as_httpx_errors(request):
+            response, release = await self._send(url.raw_scheme, url.raw_host, url.port, core_request)
+        return httpx.Response(status_code=response.status, headers=response.headers,
+                              stream=_ResponseStream(response.stream, release), extensions=response.extensions)
+
+    async def post(self, url: str, content: bytes, headers: list[tuple[bytes, bytes]],
+                   timeouts: Mapping[str, float]) -> int:
+        """The webhooks' short path, without httpx's models: POST, read a little of the answer
+        (dropped), the connection kept for the next one; the HTTP status. Errors are httpx's."""
+        scheme, host, port, path, netloc = _parts(url)
+        request = httpcore.Request(
+            b"POST", httpcore.URL(scheme=scheme, host=host, port=port, target=path),
+            headers=[(b"Host", netloc), (b"Content-Length", str(len(content)).encode()), *headers],
+            content=content, extensions={"timeout": timeouts},
+        )
+        with _as_httpx_errors():
+            response, release = await self._send(scheme, host, port, request)
+            try:
+                read = 0
+                async for chunk in response.stream:  # dropped: an internal answer must not leak
+                    read += len(chunk)
+                    if read > MAX_ANSWER_BYTES:
+                        break  # the connection is closed rather than drained
+                await response.aclose()
+            finally:
+                await release()
+        return response.status
+
+    async def _send(self, scheme: bytes, host: bytes, port: int | None,
+                    request: httpcore.Request) -> tuple[httpcore.Response, Callable[[], Awaitable[None]]]:
+        """The answer's head, and what gives its connection back once its body was read."""
+        origin_key = (scheme, host, port or (443 if scheme == b"https" else 80))
+        origin = self._origins.get(origin_key)
+        if origin is None:
+            origin = self._origins[origin_key] = _Origin(self._per_origin)
         await origin.slots.acquire()
         connection: httpcore.AsyncHTTPConnection | None = None
         try:
@@ -229,8 +261,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
                 connection = httpcore.AsyncHTTPConnection(
                     origin=httpcore.Origin(*origin_key), ssl_context=self._ssl_context,
                     keepalive_expiry=self._keepalive_expiry, network_backend=self._network)
-            with _as_httpx_errors(request):
-                response = await connection.handle_async_request(core_request)
+            response = await connection.handle_async_request(request)
         except BaseException:
             origin.slots.release()
             if connection is not None:
@@ -245,8 +276,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             else:
                 await used.aclose()
 
-        return httpx.Response(status_code=response.status, headers=response.headers,
-                              stream=_ResponseStream(response.stream, release), extensions=response.extensions)
+        return response, release
 
     @staticmethod
     async def _idle_connection(origin: _Origin) -> httpcore.AsyncHTTPConnection | None:
@@ -265,26 +295,44 @@ class PinnedTransport(httpx.AsyncBaseTransport):
                 await connection.aclose()
 
 
+class WebhookClient(httpx.AsyncClient):
+    """httpx's client over the pinned transport, whose short path `post` takes."""
+
+    def __init__(self, transport: PinnedTransport, timeout: float, headers: Mapping[str, str]) -> None:
+        # trust_env=False: a proxy from the environment would make its own DNS lookup (no pinning).
+        super().__init__(transport=transport, follow_redirects=False, trust_env=False, headers=dict(headers),
+                         timeout=timeout)
+        self.pinned = transport
+        self.default_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+
+
 def webhook_client(limits: httpx.Limits, timeout: float, headers: Mapping[str, str],
-                   ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
-    # trust_env=False: a proxy from the environment would make its own DNS lookup (no pinning).
-    return httpx.AsyncClient(transport=PinnedTransport(limits, ssl_context), follow_redirects=False, trust_env=False,
-                             headers=dict(headers), timeout=timeout)
+                   ssl_context: ssl.SSLContext | None = None) -> WebhookClient:
+    return WebhookClient(PinnedTransport(limits, ssl_context), timeout, headers)
 
 
-async def post(client: httpx.AsyncClient, target: Target, content: bytes, headers: Mapping[str, str]) -> int:
+async def post(client: WebhookClient, target: Target, content: bytes, headers: Mapping[str, str]) -> int:
     """POST to the checked target; its HTTP status. Redirects are answers, not followed."""
     token = _pinned.set(target)
     try:
-        async with client.stream("POST", target.url, content=content, headers=dict(headers)) as response:
-            read = 0
-            async for chunk in response.aiter_raw():  # dropped: an internal answer must not leak
-                read += len(chunk)
-                if read > MAX_ANSWER_BYTES:
-                    break  # the connection is closed rather than drained
-            return response.status_code
+        return await client.pinned.post(target.url, content, [
+            *client.default_headers, *((k.encode(), v.encode()) for k, v in headers.items())], client.timeouts)
     finally:
         _pinned.reset(token)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> httpx.URL:
+    """A URL parsed once: a few receivers take every webhook, and parsing each attempt's URL
+    (checked, then sent to) was a good part of its cost. Immutable, so safe to share."""
+    return httpx.URL(url)
+
+
+def _parts(url: str) -> tuple[bytes, bytes, int | None, bytes, bytes]:
+    """Scheme, host, port, path and Host header of a URL."""
+    parsed = _parsed(url)
+    return parsed.raw_scheme, parsed.raw_host, parsed.port, parsed.raw_path, parsed.netloc
 
 
 def describe_failure(exc: BaseException) -> str:
