@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -43,6 +44,13 @@ DEPARTMENT = "34"
 WEBHOOK_P99_TARGET_MS = 50  # event → webhook, at 100 events/s
 STREAM_P99_TARGET_MS = 30  # event → SSE, at 100 events/s
 DELIVERIES_PER_SECOND_TARGET = 2000
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used: what an event or a delivery costs it, a figure
+    that a machine busy with other work distorts much less than latencies."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _stream_reader(url: str, received: dict[str, float], opened: asyncio.Event) -> None:
@@ -90,12 +98,14 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                              timeout=60, what="warm-up")
             published.clear()
             warm = set(receiver.unique())
+            cpu_before = cpu_seconds(notify.proc.pid)
             elapsed = await paced(rate, count, publish)
 
             def all_in() -> bool:
                 return len(receiver.unique()) - len(warm) >= count and all(r in streamed for r in published)
 
             await eventually(lambda: asyncio.sleep(0, all_in()), timeout=120, what="every webhook and stream event")
+            cpu_per_event = (cpu_seconds(notify.proc.pid) - cpu_before) / count
             hooked = {d.json["data"]["referral_id"]: d.at for d in receiver.unique().values()}
             webhook_latency = [hooked[r] - t for r, t in published.items() if r in hooked]
             stream_latency = [streamed[r] - t for r, t in published.items() if r in streamed]
@@ -112,11 +122,13 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
                         await store.enqueue(conn, f"bench-{uuid.uuid4()}", "admission.overdue", DEPARTMENT, body,
                                             [Recipient.desk(DEPARTMENT)], 8)
                 started = time.perf_counter()
+                cpu_before = cpu_seconds(notify.proc.pid)
             finally:
                 await conn.close()
             await eventually(lambda: asyncio.sleep(0, len(receiver.received) - before >= throughput_deliveries),
                              timeout=300, interval=0.01, what="the backlog drained")
             drained = time.perf_counter() - started
+            cpu_per_delivery = (cpu_seconds(notify.proc.pid) - cpu_before) / throughput_deliveries
     finally:
         rss.stop()
         await producer.stop()
@@ -128,12 +140,16 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     print(f"  webhook throughput: {throughput_deliveries} deliveries in {drained:.2f} s = "
           f"{throughput_deliveries / drained:.0f} deliveries/s (NOTIFY_CONCURRENCY=32, local receiver, "
           f"every attempt logged)")
+    print(f"  notify's CPU: {cpu_per_event * 1e3:.2f} ms per event (webhook and stream entry included), "
+          f"{cpu_per_delivery * 1e3:.2f} ms per delivery of the backlog")
     print_result("notify", {
         "rate_per_s": figure(rate, "events/s"),
         **latency_figures("event_to_webhook", webhook_latency, p99_target_ms=WEBHOOK_P99_TARGET_MS),
         **latency_figures("event_to_sse", stream_latency, p99_target_ms=STREAM_P99_TARGET_MS),
         "webhook_deliveries_per_s": figure(throughput_deliveries / drained, "deliveries/s",
                                            DELIVERIES_PER_SECOND_TARGET, ">="),
+        "notify_cpu_ms_per_event": figure(cpu_per_event * 1e3, "ms"),
+        "notify_cpu_ms_per_delivery": figure(cpu_per_delivery * 1e3, "ms"),
         **rss.figures(),
     })
 
