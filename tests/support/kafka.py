@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from reflexe_capacity.entrypoints.app import MATCHER_GROUP
@@ -86,7 +87,10 @@ async def mark_caught_up(kafka: dict[str, Any], group: str, topic, timeout: floa
     an earlier test's process that was killed stays in the group until its session times out: wait
     for it (a commit from outside a group with members is refused)."""
     async def empty() -> bool:
-        return not await group_members(kafka, group)
+        try:
+            return not await group_members(kafka, group)
+        except KafkaError:  # e.g. the coordinator not yet elected on a broker that just started
+            return False
 
     try:
         await eventually(empty, timeout=timeout, interval=0.5, what=f"consumer group {group} without members")
