@@ -16,10 +16,13 @@ import pytest
 from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
-from tests.support.territory import own_commune
+from tests.support.territory import own_commune, own_department
 
 pytestmark = pytest.mark.e2e
-COMMUNE = own_commune()  # only this test's HAD serves it
+# A department of this test's own (its desk's page shows one page of open referrals: this test's
+# only), another whose page the desk may not open, and a commune only this test's HAD serves.
+DEPARTMENT, OTHER_DEPARTMENT = own_department(), own_department()
+COMMUNE = own_commune(DEPARTMENT)
 
 
 async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, keycloak: Keycloak, tmp_path: Path) -> None:
@@ -28,30 +31,32 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
     async with browser_platform(topics, keycloak, tmp_path) as platform:
         services, browser, token = platform.services, platform.browser, platform.token
         capacity, referral = platform.capacity, platform.referral
-        had = unique_finess()
+        desk, desk_password = await platform.own_user("desk", department=DEPARTMENT)
+        desk_token = await token("desk", department=DEPARTMENT)
+        had = unique_finess(DEPARTMENT)
         had_token = await token("had", finess=had)
-        assert (await capacity.put(f"/v1/hads/{had}", json=had_body("HAD Avène", [COMMUNE]),
+        assert (await capacity.put(f"/v1/hads/{had}", json=had_body("HAD Avène", [COMMUNE], department=DEPARTMENT),
                                    headers=await token("admin"))).status_code == 200
         assert (await capacity.post(f"/v1/hads/{had}/capacity", headers=had_token, json={
             "places_available": 2, "admissions_possible_today": 2, "status": "OPEN"})).status_code == 201
 
         page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 900})).new_page()
         notify = services["notify"].url
-        await page.goto(f"{notify}/desk/34")
+        await page.goto(f"{notify}/desk/{DEPARTMENT}")
         assert page.url.startswith(f"{notify}/desk?next=")  # not logged in: the login page
-        await log_in(page, keycloak, "desk34", "desk34")
-        await page.wait_for_url(f"{notify}/desk/34")
+        await log_in(page, keycloak, desk, desk_password)
+        await page.wait_for_url(f"{notify}/desk/{DEPARTMENT}")
         cookies = {c["name"]: c for c in await page.context.cookies()}
         assert cookies["reflexe_desk"]["httpOnly"] and cookies["reflexe_desk"]["sameSite"] == "Lax"
         assert cookies["reflexe_desk"]["value"].count(".") < 2, "the browser holds a session id, never a token"
         await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
         await expect(page.locator(f'#board tr[data-finess="{had}"]')).to_contain_text("HAD Avène")
 
-        # A desk of 34 may not open 31's page.
-        other = await page.request.get(f"{notify}/desk/31")
+        # A desk may not open another department's page.
+        other = await page.request.get(f"{notify}/desk/{OTHER_DEPARTMENT}")
         assert other.status == 403
 
-        hospital = unique_finess()
+        hospital = unique_finess(DEPARTMENT)
         posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
                                      headers=await token("hospital", finess=hospital))
         assert posted.status_code == 201
@@ -66,7 +71,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
         await expect(row).to_contain_text("Proposée", timeout=10_000)
         await expect(row).to_contain_text("HAD Avène")
         await expect(row.locator("[data-until]")).to_contain_text("expire dans")
-        offer = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department="34"))).json()
+        offer = (await referral.get(f"/v1/referrals/{referral_id}", headers=desk_token)).json()
         assert row.locator(".explanation") and offer["current_offer"]["explanation"]
         await expect(row.locator(".explanation")).to_have_text(offer["current_offer"]["explanation"])
 
@@ -78,7 +83,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
         # The whole request, from the queue, with the keyboard: every field, the timeline with who did what.
         await row.get_by_role("link", name=f"Voir toute la demande {referral_id[:8]}").focus()
         await page.keyboard.press("Enter")
-        await page.wait_for_url(f"{notify}/desk/34/referrals/{referral_id}")
+        await page.wait_for_url(f"{notify}/desk/{DEPARTMENT}/referrals/{referral_id}")
         await expect(page.locator("#patient-facts")).to_contain_text(posted.json()["patient"]["pseudonym"])
         await expect(page.locator("#clinical-facts")).to_contain_text("Indice de Karnofsky")
         await expect(page.locator("#state-facts")).to_contain_text("Acceptée par")
@@ -89,7 +94,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
         await page.screenshot(path=str(ARTIFACTS / "desk-referral-page.png"), full_page=True)
         await page.locator("#back").focus()
         await page.keyboard.press("Enter")
-        await page.wait_for_url(f"{notify}/desk/34#ref-{referral_id}")
+        await page.wait_for_url(f"{notify}/desk/{DEPARTMENT}#ref-{referral_id}")
         await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
 
         # The desk closes it from the page, with the keyboard only.
@@ -107,7 +112,7 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
         await page.keyboard.press("Enter")
         await expect(page.locator("#action-result")).to_have_text("Demande clôturée.", timeout=5_000)
         await expect(row).to_have_count(0, timeout=5_000)  # no longer open
-        closed = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department="34"))).json()
+        closed = (await referral.get(f"/v1/referrals/{referral_id}", headers=desk_token)).json()
         assert closed["status"] == "CANCELLED"
         await expect(page.locator("#alerts")).to_be_attached()
 
@@ -129,6 +134,6 @@ async def test_a_desk_follows_and_steers_referrals_live_in_a_browser(topics, key
         # Logging out ends the session here and at Keycloak: the next login asks for the password again.
         await page.get_by_role("button", name="Se déconnecter").click()
         await page.wait_for_url(f"{notify}/desk")
-        assert (await page.request.get(f"{notify}/desk/34", max_redirects=0)).status == 303
+        assert (await page.request.get(f"{notify}/desk/{DEPARTMENT}", max_redirects=0)).status == 303
         await page.get_by_role("link", name="Se connecter").click()
         await expect(page.locator("#username")).to_be_visible(timeout=15_000)

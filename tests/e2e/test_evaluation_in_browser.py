@@ -8,7 +8,6 @@ in test-artifacts/."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,12 @@ from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
 from tests.support.services import eventually
-from tests.support.territory import own_commune
+from tests.support.territory import own_commune, own_department
 
 # Four services, Kafka, PostgreSQL and Keycloak started for one test: minutes on two busy cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
-COMMUNE = own_commune()  # only this test's two HADs serve it
+DEPARTMENT = own_department()  # this test's own: its HADs, its commune, its liaison nurse's list
+COMMUNE = own_commune(DEPARTMENT)  # only this test's two HADs serve it
 
 
 async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then_it_confirms_or_withdraws(
@@ -30,19 +30,18 @@ async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then
 
     async with browser_platform(topics, keycloak, tmp_path) as platform:
         services, browser, token = platform.services, platform.browser, platform.token
-        capacity, referral, idp = platform.capacity, platform.referral, platform.idp
+        capacity, referral = platform.capacity, platform.referral
         # Two HADs of the commune: the first with more free places, offered first.
-        first, second = unique_finess("34"), unique_finess("34")
+        first, second = unique_finess(DEPARTMENT), unique_finess(DEPARTMENT)
         for finess, name, places in ((first, "HAD Thau", 3), (second, "HAD Pézenas", 1)):
-            assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name, [COMMUNE]),
+            assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name, [COMMUNE], department=DEPARTMENT),
                                        headers=await token("admin"))).status_code == 200
             assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=await token("had", finess=finess),
                                         json={"places_available": places, "admissions_possible_today": places,
                                               "status": "OPEN"})).status_code == 201
-        nurse, nurse_password = f"had{first}", secrets.token_urlsafe(12)
-        await idp.ensure_user(nurse, "had", nurse_password, finess=first)
-        liaison, liaison_password = f"liaison{first}", secrets.token_urlsafe(12)
-        await idp.ensure_user(liaison, "liaison", liaison_password, finess=first, department="34")
+        nurse, nurse_password = await platform.own_user("had", f"had{first}", finess=first)
+        liaison, liaison_password = await platform.own_user("liaison", f"liaison{first}", finess=first,
+                                                            department=DEPARTMENT)
 
         notify = services["notify"].url
         page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
@@ -52,7 +51,7 @@ async def test_an_had_accepts_pending_evaluation_its_liaison_gives_the_avis_then
         await expect(page.locator("#live-text")).to_have_text("En direct", timeout=10_000)
 
         async def post() -> str:
-            hospital = unique_finess()
+            hospital = unique_finess(DEPARTMENT)
             posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE),
                                          headers=await token("hospital", finess=hospital))
             assert posted.status_code == 201, posted.text

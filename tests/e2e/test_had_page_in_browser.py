@@ -1,6 +1,6 @@
 """The HAD's own page in a real browser (Debian's Chromium, driven by Playwright), the four services
 as separate processes on real Kafka and PostgreSQL, trusting the real Keycloak: the coordinating
-nurse of a realm HAD logs in on Keycloak's page with her user name and password, an offer to her
+nurse of the test's own HAD logs in on Keycloak's page with her user name and password, an offer to her
 HAD appears live (announced to screen readers), she accepts it from the keyboard, and declares her
 capacity. Every API call of the test carries a token from the same Keycloak. Screenshots are kept
 in test-artifacts/."""
@@ -15,11 +15,12 @@ from reflexe_common.geography import Geography
 from tests.support.browser import ARTIFACTS, browser_platform, log_in
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
-from tests.support.territory import own_commune
+from tests.support.territory import own_commune, own_department
 
 pytestmark = pytest.mark.e2e
-HAD = "349000034"  # a coordinating nurse of the realm: user had349000034
-COMMUNE = own_commune()  # only this test's HAD serves it
+DEPARTMENT = own_department()  # this test's own: its HAD, its commune, its desk
+COMMUNE = own_commune(DEPARTMENT)  # only this test's HAD serves it
+HAD, OTHER_HAD = unique_finess(DEPARTMENT), unique_finess(DEPARTMENT)
 
 
 async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topics, keycloak: Keycloak,
@@ -29,17 +30,18 @@ async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topi
     async with browser_platform(topics, keycloak, tmp_path) as platform:
         services, browser, token = platform.services, platform.browser, platform.token
         capacity, referral = platform.capacity, platform.referral
-        registered = await capacity.put(f"/v1/hads/{HAD}", json=had_body("HAD Garrigues", [COMMUNE]),
+        registered = await capacity.put(f"/v1/hads/{HAD}", json=had_body("HAD Garrigues", [COMMUNE], department=DEPARTMENT),
                                         headers=await token("admin"))
         assert registered.status_code == 200, registered.text
         assert (await capacity.post(f"/v1/hads/{HAD}/capacity", headers=await token("had", finess=HAD), json={
             "places_available": 2, "admissions_possible_today": 2, "status": "OPEN"})).status_code == 201
 
+        nurse, nurse_password = await platform.own_user("had", f"had{HAD}", finess=HAD)
         page = await (await browser.new_context(locale="fr-FR", viewport={"width": 1366, "height": 1000})).new_page()
         notify = services["notify"].url
         await page.goto(f"{notify}/had/{HAD}")
         assert page.url.startswith(f"{notify}/had?next=")
-        await log_in(page, keycloak, f"had{HAD}", f"had{HAD}")
+        await log_in(page, keycloak, nurse, nurse_password)
         await page.wait_for_url(f"{notify}/had/{HAD}")
         cookies = {c["name"]: c for c in await page.context.cookies()}
         assert cookies["reflexe_had"]["httpOnly"] and cookies["reflexe_had"]["path"] == "/had"
@@ -48,9 +50,9 @@ async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topi
         await expect(page.locator("#offers")).to_contain_text("Aucune offre")
         await expect(page.get_by_role("heading", level=1)).to_contain_text("HAD Garrigues")
         # Another HAD's page is not hers.
-        assert (await page.request.get(f"{notify}/had/349000018")).status == 403
+        assert (await page.request.get(f"{notify}/had/{OTHER_HAD}")).status == 403
 
-        hospital = unique_finess()
+        hospital = unique_finess(DEPARTMENT)
         posted = await referral.post("/v1/referrals", json=referral_body(hospital, COMMUNE, clinical={"karnofsky": 60}),
                                      headers=await token("hospital", finess=hospital))
         assert posted.status_code == 201, posted.text
@@ -81,7 +83,7 @@ async def test_an_had_decides_an_offer_live_from_its_page_with_the_keyboard(topi
         await expect(offer).to_have_count(0, timeout=5_000)
         await expect(page.locator(f"#patient-{referral_id}")).to_contain_text("Acceptée", timeout=5_000)
         await expect(page.locator("#history")).to_contain_text("Offre acceptée", timeout=5_000)
-        accepted = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department="34"))).json()
+        accepted = (await referral.get(f"/v1/referrals/{referral_id}", headers=await token("desk", department=DEPARTMENT))).json()
         assert accepted["status"] == "ACCEPTED"
 
         # Her declaration, from the page.

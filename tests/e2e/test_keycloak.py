@@ -21,9 +21,11 @@ from reflexe_referral.settings import ReferralSettings
 from tests.support.data import referral_body, unique_finess
 from tests.support.keycloak import Keycloak
 from tests.support.services import serve_in_process
+from tests.support.territory import own_department
 
 # The first start on a machine downloads and builds Keycloak inside the first test's setup.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+DESK_DEPARTMENT = own_department()  # the department of the desk nurse this module creates
 
 
 async def verified_claims(keycloak: Keycloak, token: str, audience: str = "reflexe") -> dict:
@@ -143,7 +145,10 @@ def browser_cookies(http: httpx.AsyncClient) -> dict[str, str]:
 async def test_a_desk_nurse_logs_in_through_the_web_client_with_pkce(keycloak: Keycloak):
     """The authorization code flow the desk page runs: Keycloak's login form, the code for a PKCE
     verifier, tokens carrying the desk's department, an ID token for the web client, and logout
-    back to a local page."""
+    back to a local page. The nurse is this test's own, made in the realm with a random password."""
+    username, password = f"desk-{secrets.token_hex(6)}", secrets.token_urlsafe(12)
+    async with keycloak.client() as idp:
+        await idp.ensure_user(username, "desk", password, department=DESK_DEPARTMENT)
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     redirect_uri, nonce = "http://127.0.0.1:8004/desk/callback", secrets.token_urlsafe(16)
@@ -153,7 +158,7 @@ async def test_a_desk_nurse_logs_in_through_the_web_client_with_pkce(keycloak: K
             "client_id": "reflexe-web", "response_type": "code", "scope": "openid", "redirect_uri": redirect_uri,
             "state": "s1", "nonce": nonce, "code_challenge": challenge, "code_challenge_method": "S256"})
         action = html.unescape(re.search(r'<form[^>]*id="kc-form-login"[^>]*action="([^"]+)"', login_page.text)[1])
-        logged_in = await http.post(action, data={"username": "desk34", "password": "desk34"},
+        logged_in = await http.post(action, data={"username": username, "password": password},
                                     headers=browser_cookies(http))
         assert logged_in.status_code == 302, logged_in.text[:500]
         callback = urlsplit(logged_in.headers["location"])
@@ -175,7 +180,7 @@ async def test_a_desk_nurse_logs_in_through_the_web_client_with_pkce(keycloak: K
             "client_id": "reflexe-web", "id_token_hint": tokens["id_token"],
             "post_logout_redirect_uri": "http://127.0.0.1:8004/desk"}, headers=browser_cookies(http))
     principal = await TokenVerifier(AuthSettings(issuer=keycloak.issuer)).verify(tokens["access_token"])
-    assert (principal.role, principal.department) == (Role.DESK, "34")
+    assert (principal.role, principal.department) == (Role.DESK, DESK_DEPARTMENT)
     id_claims = await verified_claims(keycloak, tokens["id_token"], audience="reflexe-web")
     assert id_claims["nonce"] == nonce and id_claims["sub"] == principal.subject
     assert logout.status_code == 302 and logout.headers["location"].startswith("http://127.0.0.1:8004/desk")

@@ -4,6 +4,7 @@ processes, on the real Kafka, PostgreSQL and Keycloak."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ class BrowserPlatform:
     capacity: httpx.AsyncClient
     referral: httpx.AsyncClient
     idp: Any  # the Keycloak admin client: users of the test's own
+
+    async def own_user(self, role: str, username: str | None = None, **scope: str) -> tuple[str, str]:
+        """A person of this test's own in the test's Keycloak (a desk nurse of the test's department,
+        an HAD's nurse of the test's HAD...), never a demo user of the realm: (user name, password).
+        The password is random, so no other test logs in as her."""
+        username = username or f"{role}-{secrets.token_hex(6)}"
+        password = secrets.token_urlsafe(12)
+        await self.idp.ensure_user(username, role, password, **scope)
+        return username, password
 
 
 @asynccontextmanager
