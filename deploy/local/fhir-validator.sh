@@ -12,17 +12,14 @@
 # validator's in-memory services: no FHIR package registry, no terminology server at run time.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
+LOG_NAME=fhir-validator
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HAPI_VERSION="${REFLEXE_HAPI_FHIR_VERSION:-8.0.0}"
 HOME_DIR="$CACHE_DIR/fhir-validator-$HAPI_VERSION"
 LIBS="$HOME_DIR/libs"
 SOURCE="$REPO_ROOT/deploy/local/fhir-validator/ValidateFhir.java"
 CLASSES="$HOME_DIR/classes-$(sha256sum "$SOURCE" | cut -c1-12)"
-
-LOG_NAME=fhir-validator
-# shellcheck source=deploy/local/lib.sh
-source "$REPO_ROOT/deploy/local/lib.sh"
 
 fetch() {
     # A JDK: javac compiles the driver.

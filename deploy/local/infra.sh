@@ -41,9 +41,9 @@
 # /var/tmp/reflexe-postgres/<hash of the state dir>, linked from the state dir and removed by clean.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE_DIR="$(realpath -m "${REFLEXE_STATE_DIR:-$REPO_ROOT/.local/infra}")"
-CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
+LOG_NAME=infra
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # 4.4.0 is listed on Maven Central but its kafka-tools-api jar is missing there, so it
 # cannot be resolved; 4.3.1 is the newest 4.x whose whole dependency tree resolves.
 KAFKA_VERSION="${REFLEXE_KAFKA_VERSION:-4.3.1}"
@@ -79,10 +79,6 @@ PG_LOG="$PG_ROOT/postgres.log"
 LOG_DIR="$STATE_DIR/logs"
 STATE_MARKER="$STATE_DIR/.reflexe-infra"
 KAFKA_JAVA=(java -Xms256m -Xmx1g -Djava.awt.headless=true -cp "$KAFKA_LIBS/*")
-
-LOG_NAME=infra
-# shellcheck source=deploy/local/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- Kafka
 
@@ -406,13 +402,7 @@ start_kafka() {
     apply_kafka_acls
 }
 
-wait_for_kafka() {
-    local deadline=$((SECONDS + $2))
-    until kafka_answers "$1"; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.5
-    done
-}
+wait_for_kafka() { wait_until "$2" 0.5 kafka_answers "$1"; }
 
 # Stops the given nodes side by side: one by one, the last nodes of a cluster would each wait
 # for a controller quorum already gone before their controlled shutdown.
@@ -427,14 +417,7 @@ stop_kafka_nodes() {
     done
     local deadline=$((SECONDS + 60))
     for n in "${!pids[@]}"; do
-        while kill -0 "${pids[n]}" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then
-                log "$(node_name "$n") did not stop within 60 s, killing it"
-                kill -KILL "${pids[n]}" 2>/dev/null || true
-                break
-            fi
-            sleep 0.2
-        done
+        await_exit_or_kill "$deadline" "$(node_name "$n")" "${pids[n]}"
         rm -f "$(node_pid_file "$n")"
     done
 }
@@ -461,11 +444,7 @@ kill_kafka_node() {
     fi
     log "killing $(node_name "$node") (pid $pid) with SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
-        ((SECONDS < deadline)) || die "$(node_name "$node") (pid $pid) survived SIGKILL for 30 s"
-        sleep 0.1
-    done
+    wait_until 30 0.1 process_gone "$pid" || die "$(node_name "$node") (pid $pid) survived SIGKILL for 30 s"
     rm -f "$(node_pid_file "$node")"
 }
 

@@ -16,7 +16,6 @@ KUBECONFORM_VERSION=v0.7.0
 LOG_NAME=k8s-tools
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
 HOME_DIR="$CACHE_DIR/k8s-tools-kustomize-$KUSTOMIZE_VERSION-kubeconform-$KUBECONFORM_VERSION"
 BIN="$HOME_DIR/bin"
 

@@ -35,9 +35,9 @@
 # database) whose read-only parts link to the cached distribution.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE_DIR="$(realpath -m "${REFLEXE_STATE_DIR:-$REPO_ROOT/.local/infra}")"
-CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
+LOG_NAME=keycloak
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 KEYCLOAK_VERSION="${REFLEXE_KEYCLOAK_VERSION:-26.4.7}"
 KEYCLOAK_PORT="${KEYCLOAK_PORT:-18080}"
 KEYCLOAK_MANAGEMENT_PORT="${KEYCLOAK_MANAGEMENT_PORT:-19000}"
@@ -59,10 +59,6 @@ KC_PID_FILE="$KC_STATE/keycloak.pid"
 KC_LOG="$KC_STATE/keycloak.log"
 STATE_MARKER="$KC_STATE/.reflexe-keycloak"
 ISSUER="http://127.0.0.1:$KEYCLOAK_PORT/realms/$REALM"
-
-LOG_NAME=keycloak
-# shellcheck source=deploy/local/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- Java >= 21
 
@@ -275,13 +271,7 @@ record_jvm_pid() {
     done
 }
 
-wait_until_ready() {
-    local deadline=$((SECONDS + $1))
-    until ready; do
-        ((SECONDS < deadline)) || return 1
-        sleep 1
-    done
-}
+wait_until_ready() { wait_until "$1" 1 ready; }
 
 stop_keycloak() {
     local pid launcher
@@ -299,15 +289,7 @@ stop_keycloak() {
     fi
     log "stopping Keycloak (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 60))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "Keycloak did not stop within 60 s, killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
-    done
+    await_exit_or_kill $((SECONDS + 60)) Keycloak "$pid"
     rm -f "$KC_PID_FILE" "$KC_STATE/launcher.pid"
 }
 

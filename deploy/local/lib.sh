@@ -1,6 +1,12 @@
 # Helpers shared by the deploy/local scripts (sourced, not run). The sourcing script sets
-# LOG_NAME (its prefix in messages) and CACHE_DIR (where downloads are kept, shared by clones).
-# Messages go to stderr: a script's stdout may carry only what its caller evaluates or reads.
+# LOG_NAME (its prefix in messages). Messages go to stderr: a script's stdout may carry only what
+# its caller evaluates or reads.
+
+# The clone; the state dir (servers' data, logs, pid files: one per running set); the cache dir
+# (downloads, shared by every clone and state dir).
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE_DIR="$(realpath -m "${REFLEXE_STATE_DIR:-$REPO_ROOT/.local/infra}")"
+CACHE_DIR="$(realpath -m "${REFLEXE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reflexe}")"
 
 log() { printf '[%s] %s\n' "$LOG_NAME" "$*" >&2; }
 die() { printf '[%s] ERROR: %s\n' "$LOG_NAME" "$*" >&2; exit 1; }
@@ -8,6 +14,33 @@ die() { printf '[%s] ERROR: %s\n' "$LOG_NAME" "$*" >&2; exit 1; }
 is_root() { [[ $EUID -eq 0 ]]; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_until SECONDS INTERVAL COMMAND...: runs COMMAND every INTERVAL seconds until it succeeds;
+# fails if it has not within SECONDS. The one wait loop of the scripts (a server answering).
+wait_until() {
+    local deadline=$((SECONDS + $1)) interval=$2
+    shift 2
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep "$interval"
+    done
+}
+
+process_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# await_exit_or_kill DEADLINE NAME PID: waits for PID, already sent SIGTERM, to exit; still
+# running at DEADLINE (a value of $SECONDS, shared when several stop side by side), it is killed.
+await_exit_or_kill() {
+    local deadline=$1 name=$2 pid=$3
+    until process_gone "$pid"; do
+        if ((SECONDS >= deadline)); then
+            log "$name did not stop in time, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            return 0
+        fi
+        sleep 0.2
+    done
+}
 
 # as_root CMD...: runs CMD as root, through sudo when this user is not root.
 as_root() {
