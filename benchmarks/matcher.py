@@ -38,6 +38,7 @@ from reflexe_common.geography import Geography
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import had_body, pseudonym, unique_finess
 from tests.support.infra import Infra
+from tests.support.kafka import follow_from_end
 from tests.support.services import ServiceProcess, eventually, service_env, token
 
 DEPARTMENTS = ("04", "13", "01", "03", "05", "16")  # one per partition of the referral log
@@ -75,28 +76,14 @@ class Offers:
         self.ready = asyncio.Event()
 
     async def follow(self) -> None:
-        tps = [TopicPartition(MATCHING_EVENTS.name, p) for p in range(MATCHING_EVENTS.partitions)]
-        consumer = AIOKafkaConsumer(**self.kafka, isolation_level="read_committed",
-                                    enable_auto_commit=False, fetch_max_wait_ms=50)
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
-            self.ready.set()
-            while True:
-                for records in (await consumer.getmany(*tps, timeout_ms=100)).values():
-                    now = time.perf_counter()
-                    for r in records:
-                        try:
-                            envelope = unwrap(list(r.headers), r.value)
-                        except PoisonRecord:
-                            continue
-                        if envelope.type == "reflexe.v1.OfferProposed":
-                            self.received.setdefault(envelope.message.referral_id, now)
-        finally:
-            await consumer.stop()
+        async for now, records in follow_from_end(self.kafka, MATCHING_EVENTS, self.ready, fetch_max_wait_ms=50):
+            for r in records:
+                try:
+                    envelope = unwrap(list(r.headers), r.value)
+                except PoisonRecord:
+                    continue
+                if envelope.type == "reflexe.v1.OfferProposed":
+                    self.received.setdefault(envelope.message.referral_id, now)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

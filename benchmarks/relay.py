@@ -17,7 +17,6 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,6 +27,7 @@ from reflexe_common.envelope import ts, wrap  # noqa: E402
 from reflexe_common.outbox import OutboxRelay, enqueue  # noqa: E402
 from reflexe_common.topics import REFERRAL_EVENTS, ensure_topics  # noqa: E402
 from tests.support.infra import Infra  # noqa: E402
+from tests.support.kafka import follow_from_end  # noqa: E402
 from tests.support.services import eventually  # noqa: E402
 
 DEPARTMENT = "34"
@@ -43,24 +43,10 @@ class Arrivals:
         self.ready = asyncio.Event()
 
     async def follow(self) -> None:
-        partitions = [TopicPartition(REFERRAL_EVENTS.name, p) for p in range(REFERRAL_EVENTS.partitions)]
-        consumer = AIOKafkaConsumer(**self.kafka, isolation_level="read_committed", enable_auto_commit=False,
-                                    fetch_max_wait_ms=100)
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
-            for partition in partitions:
-                await consumer.position(partition)
-            self.ready.set()
-            while True:
-                for records in (await consumer.getmany(*partitions, timeout_ms=100)).values():
-                    now = time.perf_counter()
-                    for record in records:
-                        event_id = dict(record.headers).get("ce_id", b"").decode()
-                        self.at.setdefault(event_id, now)
-        finally:
-            await consumer.stop()
+        async for now, records in follow_from_end(self.kafka, REFERRAL_EVENTS, self.ready, fetch_max_wait_ms=100):
+            for record in records:
+                event_id = dict(record.headers).get("ce_id", b"").decode()
+                self.at.setdefault(event_id, now)
 
 
 def _event() -> object:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -15,7 +17,7 @@ from reflexe_referral.entrypoints.app import MATCHING_GROUP
 from reflexe_common import kafka_acls
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
 from reflexe_common.kafka_acls import RegisteredSystem
-from reflexe_common.topics import ALL_TOPICS, MATCHING_EVENTS, REFERRAL_EVENTS
+from reflexe_common.topics import ALL_TOPICS, MATCHING_EVENTS, REFERRAL_EVENTS, Topic
 from tests.support.infra import Infra
 from tests.support.services import eventually
 
@@ -54,6 +56,29 @@ async def read_all_with_partitions(infra: Infra, topic: str) -> list[tuple[Envel
                         continue
                     found.append((envelope, r.partition))
         return found
+    finally:
+        await consumer.stop()
+
+
+async def follow_from_end(kafka: dict[str, Any], topic: Topic, ready: asyncio.Event, *, poll_ms: int = 100,
+                          **consumer_options: Any) -> AsyncIterator[tuple[float, list[ConsumerRecord]]]:
+    """The committed records of every partition of `topic` written from now on, batch by batch,
+    each with the time.perf_counter() it was fetched at, for as long as the caller iterates. No
+    consumer group: a watcher beside the platform's own consumers. `ready` is set once the end of
+    every partition is pinned (seek_to_end is lazy), so nothing produced after it can be missed."""
+    partitions = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+    consumer = AIOKafkaConsumer(**kafka, isolation_level="read_committed", enable_auto_commit=False,
+                                **consumer_options)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        ready.set()
+        while True:
+            for records in (await consumer.getmany(*partitions, timeout_ms=poll_ms)).values():
+                yield time.perf_counter(), records
     finally:
         await consumer.stop()
 

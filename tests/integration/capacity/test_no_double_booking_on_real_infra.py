@@ -48,6 +48,7 @@ from reflexe_common.geography import Geography
 from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import had_body, referral_body, unique_finess
+from tests.support.kafka import follow_from_end
 from tests.support.services import ServiceProcess, eventually, service_env, token
 from tests.support.territory import own_named_department
 
@@ -295,30 +296,17 @@ class Hads:
         self.offers_seen = 0
 
     async def follow(self, kafka: dict, ready: asyncio.Event) -> None:
-        tps = [TopicPartition(MATCHING_EVENTS.name, p) for p in range(MATCHING_EVENTS.partitions)]
-        consumer = AIOKafkaConsumer(**kafka, isolation_level="read_committed",
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
-            ready.set()
-            while True:
-                for records in (await consumer.getmany(*tps, timeout_ms=200)).values():
-                    for r in records:
-                        try:
-                            envelope = unwrap(list(r.headers), r.value)
-                        except PoisonRecord:
-                            continue
-                        if envelope.type == OFFER_PROPOSED and envelope.message.had_finess in self.hads:
-                            self.offers_seen += 1
-                            task = asyncio.create_task(self.answer(envelope.message))
-                            self.tasks.add(task)
-                            task.add_done_callback(self.tasks.discard)
-        finally:
-            await consumer.stop()
+        async for _, records in follow_from_end(kafka, MATCHING_EVENTS, ready, poll_ms=200):
+            for r in records:
+                try:
+                    envelope = unwrap(list(r.headers), r.value)
+                except PoisonRecord:
+                    continue
+                if envelope.type == OFFER_PROPOSED and envelope.message.had_finess in self.hads:
+                    self.offers_seen += 1
+                    task = asyncio.create_task(self.answer(envelope.message))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
 
     @staticmethod
     def code(response: httpx.Response) -> str:
