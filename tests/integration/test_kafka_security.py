@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
@@ -18,21 +17,17 @@ from aiokafka.errors import (
 )
 from reflexe.v1 import capacity_pb2, submission_pb2
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.kafka_acls import SERVICES, service_acls
 from reflexe_common.topics import DEAD_LETTERS, MATCHING_EVENTS, REFERRAL_EVENTS, SENDER_MISMATCH
 from reflexe_referral.adapters.codec import request_to_proto
-from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.entrypoints.schemas import ReferralIn
-from reflexe_referral.settings import ReferralSettings
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
 from tests.support.kafka import as_system, register_system
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.platform import referral_and_capacity_in_process
+from tests.support.services import eventually, token
 from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
@@ -118,12 +113,8 @@ async def test_a_system_writes_its_own_inbound_topic_and_no_other(topics: Infra)
 @pytest.fixture(scope="module")
 async def platform(topics: Infra):
     """referral and capacity in-process, each as its own Kafka principal."""
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
-               LOG_LEVEL="WARNING")
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:
-            yield referral, capacity
+    async with referral_and_capacity_in_process(topics) as running:
+        yield running.referral, running.capacity
 
 
 def _submission(source_finess: str, submitted_by: str) -> submission_pb2.SubmitReferral:

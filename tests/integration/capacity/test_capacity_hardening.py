@@ -16,7 +16,7 @@ from reflexe_common.envelope import ts, wrap
 from reflexe_common.kafka_acls import register_system
 from reflexe_common.topics import DEAD_LETTERS
 from tests.support.data import had_body, unique_finess
-from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.territory import own_commune
 
@@ -27,8 +27,7 @@ COMMUNE = own_commune()  # a zone of its own for this module's HADs
 
 @pytest.fixture(scope="module")
 async def capacity(topics):
-    settings = CapacitySettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = CapacitySettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
 

@@ -7,18 +7,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
-from tests.support.kafka import matching_starts_from_now
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.data import unique_finess
+from tests.support.platform import post_referral, referral_and_capacity_in_process, register_had
+from tests.support.services import eventually, token
 from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
-ADMIN = token("admin")
 DESK = token("desk", department="34")
 # Communes only this module uses.
 WITHDRAWAL_COMMUNE, CONFIRMATION_COMMUNE, NO_HAD_COMMUNE = own_communes(3)
@@ -26,32 +20,8 @@ WITHDRAWAL_COMMUNE, CONFIRMATION_COMMUNE, NO_HAD_COMMUNE = own_communes(3)
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-               OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
-    await matching_starts_from_now(topics)
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
-                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
-            yield referral, capacity
-
-
-async def register(capacity: httpx.AsyncClient, communes: list[str], places: int) -> str:
-    finess = unique_finess()
-    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes), headers=ADMIN)
-    assert response.status_code == 200, response.text
-    declared = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
-                                   json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
-    assert declared.status_code == 201, declared.text
-    return finess
-
-
-async def post(referral: httpx.AsyncClient, commune: str) -> str:
-    hospital = unique_finess()
-    response = await referral.post("/v1/referrals", json=referral_body(hospital, commune),
-                                   headers=token("hospital", finess=hospital))
-    assert response.status_code == 201, response.text
-    return response.json()["referral_id"]
+    async with referral_and_capacity_in_process(topics) as running:
+        yield running.referral, running.capacity
 
 
 async def offered_to(referral: httpx.AsyncClient, referral_id: str, had: str) -> dict:
@@ -70,9 +40,9 @@ async def live_places(capacity: httpx.AsyncClient, had: str) -> int:
 
 async def test_a_liaison_gives_the_avis_then_the_had_accepts_pending_evaluation_and_withdraws(platform):
     referral, capacity = platform
-    first = await register(capacity, [WITHDRAWAL_COMMUNE], places=3)
-    second = await register(capacity, [WITHDRAWAL_COMMUNE], places=1)
-    referral_id = await post(referral, WITHDRAWAL_COMMUNE)
+    first = await register_had(capacity, [WITHDRAWAL_COMMUNE], places=3)
+    second = await register_had(capacity, [WITHDRAWAL_COMMUNE], places=1)
+    referral_id = await post_referral(referral, WITHDRAWAL_COMMUNE)
     offer = await offered_to(referral, referral_id, first)  # most free places for its size first
 
     liaison = token("liaison", finess=first, department="34")
@@ -119,8 +89,8 @@ async def _places_are(capacity: httpx.AsyncClient, had: str, places: int) -> boo
 
 async def test_a_confirmed_evaluation_leads_to_the_admission(platform):
     referral, capacity = platform
-    had = await register(capacity, [CONFIRMATION_COMMUNE], places=2)
-    referral_id = await post(referral, CONFIRMATION_COMMUNE)
+    had = await register_had(capacity, [CONFIRMATION_COMMUNE], places=2)
+    referral_id = await post_referral(referral, CONFIRMATION_COMMUNE)
     offer = await offered_to(referral, referral_id, had)
     as_had = token("had", finess=had)
     pending = await referral.post(f"/v1/referrals/{referral_id}/offers/{offer['offer_id']}/accept-pending-evaluation",
@@ -139,7 +109,7 @@ async def test_a_confirmed_evaluation_leads_to_the_admission(platform):
 
 async def test_an_unfavourable_avis_while_the_search_goes_on_closes_the_referral(platform):
     referral, _ = platform
-    referral_id = await post(referral, NO_HAD_COMMUNE)
+    referral_id = await post_referral(referral, NO_HAD_COMMUNE)
 
     async def escalated():
         body = (await referral.get(f"/v1/referrals/{referral_id}", headers=DESK)).json()

@@ -6,50 +6,20 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import MONTPELLIER, had_body, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
-from tests.support.kafka import matching_starts_from_now
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.data import unique_finess
+from tests.support.platform import post_referral, referral_and_capacity_in_process, register_had
+from tests.support.services import eventually, token
 from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
-ADMIN = token("admin")
 # Communes of the Hérault only this module uses: its HADs are the only candidates there.
 ACCEPT_COMMUNE, ACCEPT_NEIGHBOUR_COMMUNE, CASCADE_COMMUNE, NO_HAD_COMMUNE = own_communes(4)
 
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
-    await matching_starts_from_now(topics)
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        async with httpx.AsyncClient(base_url=referral_url) as referral, httpx.AsyncClient(base_url=capacity_url) as capacity:
-            yield referral, capacity
-
-
-async def register(capacity: httpx.AsyncClient, communes: list[str], places: int, **overrides) -> str:
-    finess = unique_finess()
-    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes, **overrides), headers=ADMIN)
-    assert response.status_code == 200, response.text
-    connect = response.json()["connect"]  # how the HAD's own system will connect, said at registration
-    assert connect["oidc_issuer"] == suite_issuer().url and connect["kafka_inbound_topic"].endswith(finess)
-    declared = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
-                                   json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
-    assert declared.status_code == 201, declared.text
-    return finess
-
-
-async def post(referral: httpx.AsyncClient, commune: str = MONTPELLIER, **overrides) -> str:
-    hospital = unique_finess()
-    response = await referral.post("/v1/referrals", json=referral_body(hospital, commune, **overrides),
-                                   headers=token("hospital", finess=hospital))
-    assert response.status_code == 201, response.text
-    return response.json()["referral_id"]
+    async with referral_and_capacity_in_process(topics) as running:
+        yield running.referral, running.capacity
 
 
 async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str, offer_not: str | None = None) -> dict:
@@ -67,9 +37,9 @@ async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str
 
 async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
     referral, capacity = platform
-    had = await register(capacity, [ACCEPT_COMMUNE], places=2)
-    await register(capacity, [ACCEPT_NEIGHBOUR_COMMUNE], places=5)  # another zone: must not be chosen
-    referral_id = await post(referral, commune=ACCEPT_COMMUNE)
+    had = await register_had(capacity, [ACCEPT_COMMUNE], places=2)
+    await register_had(capacity, [ACCEPT_NEIGHBOUR_COMMUNE], places=5)  # another zone: must not be chosen
+    referral_id = await post_referral(referral, commune=ACCEPT_COMMUNE)
     offered = await wait_status(referral, referral_id, "OFFERED")
     offer = offered["current_offer"]
     assert offer["had_finess"] == had
@@ -94,9 +64,9 @@ async def test_offered_to_an_had_covering_the_commune_then_accepted(platform):
 
 async def test_decline_cascades_to_the_next_had_then_escalates(platform):
     referral, capacity = platform
-    first = await register(capacity, [CASCADE_COMMUNE], places=3, ehpad_conventions=[])
-    second = await register(capacity, [CASCADE_COMMUNE], places=1)
-    referral_id = await post(referral, commune=CASCADE_COMMUNE)
+    first = await register_had(capacity, [CASCADE_COMMUNE], places=3, ehpad_conventions=[])
+    second = await register_had(capacity, [CASCADE_COMMUNE], places=1)
+    referral_id = await post_referral(referral, commune=CASCADE_COMMUNE)
     offer = (await wait_status(referral, referral_id, "OFFERED"))["current_offer"]
     # Most free places relative to size first: 3/40 beats 1/40.
     assert offer["had_finess"] == first
@@ -116,6 +86,6 @@ async def test_decline_cascades_to_the_next_had_then_escalates(platform):
 
 async def test_no_had_for_the_commune_escalates(platform):
     referral, _ = platform
-    referral_id = await post(referral, commune=NO_HAD_COMMUNE)
+    referral_id = await post_referral(referral, commune=NO_HAD_COMMUNE)
     body = await wait_status(referral, referral_id, "ESCALATED")
     assert body["current_offer"] is None

@@ -9,7 +9,7 @@ import pytest
 from reflexe_capacity.entrypoints.app import build_app
 from reflexe_capacity.settings import CapacitySettings
 from tests.support.data import had_body, unique_finess
-from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import serve_in_process, token
 from tests.support.territory import own_commune
 
@@ -20,8 +20,7 @@ COMMUNE = own_commune()
 
 @pytest.fixture(scope="module")
 async def capacity(topics):
-    settings = CapacitySettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = CapacitySettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
 

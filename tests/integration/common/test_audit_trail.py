@@ -15,6 +15,7 @@ from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import referral_body, unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
@@ -30,8 +31,7 @@ def person(role: str, **scope: str) -> tuple[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 async def service(topics):
-    settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = ReferralSettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         conn = await asyncpg.connect(topics.database_url)
         try:

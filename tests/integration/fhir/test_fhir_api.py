@@ -21,7 +21,7 @@ from reflexe_referral.settings import ReferralSettings
 from tests.support.data import unique_finess
 from tests.support.fhir_data import service_request_resource
 from tests.support.fhir_validator import checked, expressions
-from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,7 @@ FHIR = {"Content-Type": fm.FHIR_JSON, "Accept": fm.FHIR_JSON}
 
 @pytest.fixture(scope="module")
 async def referral_url(topics):
-    settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = ReferralSettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url:
         yield url
 

@@ -19,7 +19,7 @@ from reflexe_common.geography import Geography
 from tests.support.data import had_body, unique_finess
 from tests.support.fhir_data import capacity_status, declared_figures, healthcare_service_declaration, kind_and_count
 from tests.support.fhir_validator import checked, expressions
-from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import serve_in_process, token
 from tests.support.territory import own_commune, own_department
 
@@ -36,8 +36,7 @@ COMMUNE = own_commune(DEPARTMENT)
 
 @pytest.fixture(scope="module")
 async def capacity_url(topics):
-    settings = CapacitySettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = CapacitySettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url:
         yield url
 

@@ -17,6 +17,7 @@ from reflexe_referral.entrypoints.app import build_app as build_referral
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import unique_finess
 from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import bearer, serve_in_process
 from tests.unit.gateway.hl7_samples import AUTHORITY_OID
 
@@ -68,8 +69,7 @@ def msa(ack: str) -> list[str]:
 @pytest.fixture(scope="module")
 async def gateway(topics):
     hospital, had = unique_finess(), unique_finess()
-    referral_settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                         OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    referral_settings = ReferralSettings(**in_process_env(topics))
     async with serve_in_process(build_referral(referral_settings)) as referral_url:
         settings = GatewaySettings(
             DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="INFO",

@@ -15,19 +15,15 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 from reflexe.v1 import matching_pb2, referral_pb2
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import Envelope, ts, wrap
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_notify.entrypoints.app import build_app as build_notify
 from reflexe_notify.settings import NotifySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import had_body, pseudonym, unique_finess
+from tests.support.data import pseudonym, unique_finess
 from tests.support.infra import Infra
-from tests.support.issuer import suite_issuer
-from tests.support.kafka import matching_starts_from_now
-from tests.support.services import NOTIFY_ENV, serve_in_process, token
+from tests.support.platform import in_process_env, referral_and_capacity_in_process
+from tests.support.platform import register_had as register_had_serving
+from tests.support.services import NOTIFY_ENV
 
 # What the notify service needs to run in tests: a key sealing webhook secrets, and the local
 # receivers (plain http on 127.0.0.1) allowed, which a deployment refuses by default.
@@ -37,11 +33,9 @@ NOTIFY_TEST_ENV = NOTIFY_ENV
 def notify_settings(infra: Infra, **overrides: Any) -> NotifySettings:
     """Notify on the session's broker, database and token issuer, retrying quickly (4 attempts,
     backoff from 0.05 s to 0.2 s, 3 s per attempt), with the tests' key and local receivers allowed."""
-    return NotifySettings(**{
-        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "DATABASE_URL": infra.database_url, "OIDC_ISSUER": suite_issuer().url,
+    return NotifySettings(**in_process_env(infra, **{
         "NOTIFY_MAX_ATTEMPTS": 4, "NOTIFY_BACKOFF_BASE_SECONDS": 0.05, "NOTIFY_BACKOFF_MAX_SECONDS": 0.2,
-        "NOTIFY_TIMEOUT_SECONDS": 3, "NOTIFY_IDLE_POLL_SECONDS": 0.5, "LOG_LEVEL": "WARNING", **NOTIFY_TEST_ENV,
-        **overrides})
+        "NOTIFY_TIMEOUT_SECONDS": 3, "NOTIFY_IDLE_POLL_SECONDS": 0.5, **NOTIFY_TEST_ENV, **overrides}))
 
 AT = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
 
@@ -89,17 +83,13 @@ async def publish(producer: AIOKafkaProducer, message: Message, envelope: Envelo
 async def in_process_platform(topics) -> AsyncIterator[dict[str, Any]]:
     """Referral and capacity served in process on the real broker and database, notify's app (its
     pages read them), and clients of the first two."""
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
-               LOG_LEVEL="WARNING")
-    await matching_starts_from_now(topics)
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        notify = build_notify(NotifySettings(**env, **NOTIFY_ENV, NOTIFY_REFERRAL_URL=referral_url,
-                                             NOTIFY_CAPACITY_URL=capacity_url, NOTIFY_PUBLIC_URL="https://notify"))
-        async with notify.router.lifespan_context(notify), \
-                httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
-                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
-            yield {"notify": notify, "referral": referral, "capacity": capacity}
+    async with referral_and_capacity_in_process(topics) as running:
+        notify = build_notify(NotifySettings(**in_process_env(topics), **NOTIFY_ENV,
+                                             NOTIFY_REFERRAL_URL=running.referral_url,
+                                             NOTIFY_CAPACITY_URL=running.capacity_url,
+                                             NOTIFY_PUBLIC_URL="https://notify"))
+        async with notify.router.lifespan_context(notify):
+            yield {"notify": notify, "referral": running.referral, "capacity": running.capacity}
 
 
 def page_browser(platform: dict[str, Any]) -> httpx.AsyncClient:
@@ -124,9 +114,5 @@ async def register_had(capacity: httpx.AsyncClient, commune: str, name: str | No
                        **overrides: Any) -> str:
     """A new HAD of `department` (the Hérault unless told) serving `commune`, open with 3 places."""
     finess = unique_finess(department)
-    assert (await capacity.put(f"/v1/hads/{finess}", json=had_body(name or f"HAD de test {finess}", [commune], department,
-                                                                  **overrides),
-                               headers=token("admin"))).status_code == 200
-    assert (await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess), json={
-        "places_available": 3, "admissions_possible_today": 3, "status": "OPEN"})).status_code == 201
-    return finess
+    return await register_had_serving(capacity, [commune], places=3, department=department, finess=finess,
+                                      name=name or f"HAD de test {finess}", **overrides)

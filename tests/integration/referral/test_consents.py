@@ -11,18 +11,12 @@ import asyncpg
 import httpx
 import pytest
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
-from tests.support.kafka import matching_starts_from_now
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.data import referral_body, unique_finess
+from tests.support.platform import referral_and_capacity_in_process, register_had
+from tests.support.services import eventually, token
 from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
-ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 DESK_31 = token("desk", department="31")
 COMMUNES = WAITING_COMMUNE, DESK_COMMUNE, REFUSED_COMMUNE = own_communes(3)  # of the Hérault, only this module's
@@ -30,37 +24,9 @@ COMMUNES = WAITING_COMMUNE, DESK_COMMUNE, REFUSED_COMMUNE = own_communes(3)  # o
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
-               LOG_LEVEL="WARNING")
-    await matching_starts_from_now(topics)
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
-                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
-            conn = await asyncpg.connect(topics.database_url)
-            try:
-                await close_leftovers(capacity, conn)
-                yield referral, capacity, conn
-            finally:
-                await conn.close()
-
-
-async def close_leftovers(capacity: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
-    """HADs an earlier run registered on these communes (same database) are closed."""
-    for row in await conn.fetch("SELECT finess FROM capacity.hads WHERE zone_communes && $1", list(COMMUNES)):
-        response = await capacity.post(f"/v1/hads/{row['finess']}/capacity", headers=token("had", finess=row["finess"]),
-                                       json={"places_available": 0, "admissions_possible_today": 0, "status": "CLOSED"})
-        assert response.status_code in (200, 201), response.text
-
-
-async def register(capacity: httpx.AsyncClient, commune: str) -> str:
-    finess = unique_finess()
-    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", [commune]), headers=ADMIN)
-    assert response.status_code == 200, response.text
-    response = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
-                                   json={"places_available": 5, "admissions_possible_today": 5, "status": "OPEN"})
-    assert response.status_code == 201, response.text
-    return finess
+    async with referral_and_capacity_in_process(topics) as running:
+        await running.close_hads_serving(list(COMMUNES))
+        yield running.referral, running.capacity, running.database
 
 
 async def post(referral: httpx.AsyncClient, hospital: str, commune: str, **conditions: bool) -> dict:
@@ -97,7 +63,7 @@ async def holds_of(conn: asyncpg.Connection, referral_id: str) -> int:
 
 async def test_a_referral_waits_without_gp_agreement_and_is_offered_once_its_hospital_gives_it(platform):
     referral, capacity, conn = platform
-    had = await register(capacity, WAITING_COMMUNE)
+    had = await register_had(capacity, [WAITING_COMMUNE], places=5)
     hospital = unique_finess()
     hospital_token = token("hospital", finess=hospital)
 
@@ -157,7 +123,7 @@ async def test_a_referral_waits_without_gp_agreement_and_is_offered_once_its_hos
 
 async def test_the_desk_of_its_department_may_record_the_gp_agreement(platform):
     referral, capacity, _ = platform
-    had = await register(capacity, DESK_COMMUNE)
+    had = await register_had(capacity, [DESK_COMMUNE], places=5)
     waiting = await post(referral, unique_finess(), DESK_COMMUNE, patient_consent=True, gp_agreement=False)
     url = f"/v1/referrals/{waiting['referral_id']}/request"
     update = {"conditions": {"gp_agreement": True}}

@@ -12,18 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
-from reflexe_capacity.entrypoints.app import build_app as build_capacity
-from reflexe_capacity.settings import CapacitySettings
-from reflexe_referral.entrypoints.app import build_app as build_referral
-from reflexe_referral.settings import ReferralSettings
-from tests.support.data import had_body, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
-from tests.support.kafka import matching_starts_from_now
-from tests.support.services import eventually, serve_in_process, token
+from tests.support.platform import post_referral, referral_and_capacity_in_process, register_had
+from tests.support.services import eventually, token
 from tests.support.territory import own_commune, own_communes
 
 pytestmark = pytest.mark.integration
-ADMIN = token("admin")
 DESK_34 = token("desk", department="34")
 DESK_31 = token("desk", department="31")
 DESK_30 = token("desk", department="30")
@@ -36,50 +29,13 @@ GARD_COMMUNE = own_commune("30")
 
 @pytest.fixture(scope="module")
 async def platform(topics):
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url, OIDC_ISSUER=suite_issuer().url,
-               LOG_LEVEL="WARNING")
-    await matching_starts_from_now(topics)
-    async with serve_in_process(build_referral(ReferralSettings(**env))) as referral_url, \
-            serve_in_process(build_capacity(CapacitySettings(**env))) as capacity_url:
-        async with httpx.AsyncClient(base_url=referral_url, timeout=30) as referral, \
-                httpx.AsyncClient(base_url=capacity_url, timeout=30) as capacity:
-            conn = await asyncpg.connect(topics.database_url)
-            try:
-                await close_leftovers(capacity, conn)
-                # A new matcher first re-reads what its group had not committed: wait for it.
-                await wait_status(referral, await post(referral, ESCALATION_COMMUNE), "ESCALATED", timeout=240)
-                yield referral, capacity, conn
-            finally:
-                await conn.close()
-
-
-async def close_leftovers(capacity: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
-    """HADs an earlier run registered on these communes (same database) are closed."""
-    rows = await conn.fetch("SELECT finess FROM capacity.hads WHERE zone_communes && $1",
-                            [ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE, DOUBLE_CLICK_COMMUNE])
-    for row in rows:
-        response = await capacity.post(f"/v1/hads/{row['finess']}/capacity", headers=token("had", finess=row["finess"]),
-                                       json={"places_available": 0, "admissions_possible_today": 0, "status": "CLOSED"})
-        assert response.status_code in (200, 201), response.text
-
-
-async def register(capacity: httpx.AsyncClient, communes: list[str], department: str = "34", places: int = 2) -> str:
-    finess = unique_finess(department)
-    response = await capacity.put(f"/v1/hads/{finess}", json=had_body(f"HAD {finess}", communes, department=department),
-                                  headers=ADMIN)
-    assert response.status_code == 200, response.text
-    response = await capacity.post(f"/v1/hads/{finess}/capacity", headers=token("had", finess=finess),
-                                   json={"places_available": places, "admissions_possible_today": places, "status": "OPEN"})
-    assert response.status_code == 201, response.text
-    return finess
-
-
-async def post(referral: httpx.AsyncClient, commune: str) -> str:
-    hospital = unique_finess()
-    response = await referral.post("/v1/referrals", json=referral_body(hospital, commune),
-                                   headers=token("hospital", finess=hospital))
-    assert response.status_code == 201, response.text
-    return response.json()["referral_id"]
+    async with referral_and_capacity_in_process(topics) as running:
+        await running.close_hads_serving([ESCALATION_COMMUNE, ELSEWHERE_COMMUNE, BORDER_COMMUNE, CLOSE_COMMUNE,
+                                          DOUBLE_CLICK_COMMUNE])
+        # A new matcher first re-reads what its group had not committed: wait for it.
+        await wait_status(running.referral, await post_referral(running.referral, ESCALATION_COMMUNE), "ESCALATED",
+                          timeout=240)
+        yield running.referral, running.capacity, running.database
 
 
 async def wait_status(referral: httpx.AsyncClient, referral_id: str, status: str, timeout: float = 30) -> dict:
@@ -100,10 +56,10 @@ async def audit(conn: asyncpg.Connection, referral_id: str) -> list[dict]:
 
 async def test_desk_offers_an_escalated_referral_to_a_chosen_had(platform):
     referral, capacity, conn = platform
-    referral_id = await post(referral, ESCALATION_COMMUNE)
+    referral_id = await post_referral(referral, ESCALATION_COMMUNE)
     await wait_status(referral, referral_id, "ESCALATED")
     # The desk knows an HAD that agreed on the phone, though the commune is outside its zone.
-    chosen = await register(capacity, [ELSEWHERE_COMMUNE])
+    chosen = await register_had(capacity, [ELSEWHERE_COMMUNE], places=2)
 
     other_desk = await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen},
                                      headers=DESK_31)
@@ -134,9 +90,9 @@ async def test_desk_offers_an_escalated_referral_to_a_chosen_had(platform):
 async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
     referral, capacity, conn = platform
     # An HAD of the Hérault elsewhere, and one of the Gard whose zone crosses the river.
-    await register(capacity, [ELSEWHERE_COMMUNE])
-    gard = await register(capacity, [GARD_COMMUNE, BORDER_COMMUNE], department="30")
-    referral_id = await post(referral, BORDER_COMMUNE)
+    await register_had(capacity, [ELSEWHERE_COMMUNE], places=2)
+    gard = await register_had(capacity, [GARD_COMMUNE, BORDER_COMMUNE], places=2, department="30")
+    referral_id = await post_referral(referral, BORDER_COMMUNE)
     escalated = await wait_status(referral, referral_id, "ESCALATED")  # the Gard is not searched yet
     assert escalated["departments_searched"] == ["34"]
 
@@ -191,7 +147,7 @@ async def test_desk_widens_the_search_to_the_neighbouring_department(platform):
 
 async def test_desk_closes_a_referral_with_a_reason(platform):
     referral, _, conn = platform
-    referral_id = await post(referral, CLOSE_COMMUNE)
+    referral_id = await post_referral(referral, CLOSE_COMMUNE)
     await wait_status(referral, referral_id, "ESCALATED")
     response = await referral.post(f"/v1/referrals/{referral_id}/desk/close", headers=DESK_34,
                                    json={"reason": "PATIENT_DECEASED", "text": "décédé aux urgences"})
@@ -214,9 +170,9 @@ async def test_a_double_clicked_desk_offer_holds_one_place_and_is_handled(platfo
     referral is still ESCALATED); the matcher holds one place and handles the second as a no-op
     (it must not fail on it and dead-letter it)."""
     referral, capacity, conn = platform
-    referral_id = await post(referral, DOUBLE_CLICK_COMMUNE)
+    referral_id = await post_referral(referral, DOUBLE_CLICK_COMMUNE)
     await wait_status(referral, referral_id, "ESCALATED")
-    chosen = await register(capacity, [ELSEWHERE_COMMUNE])
+    chosen = await register_had(capacity, [ELSEWHERE_COMMUNE], places=2)
     clicks = [await referral.post(f"/v1/referrals/{referral_id}/desk/offer", json={"had_finess": chosen}, headers=DESK_34)
               for _ in range(2)]
     assert [c.status_code for c in clicks] == [200, 200], [c.text for c in clicks]

@@ -9,49 +9,23 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from reflexe_common.envelope import unwrap
 from reflexe_common.kafka_acls import register_system
 from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import full_referral_body, referral_body, unique_finess
+from tests.support.kafka import read_all
+from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
-from tests.support.issuer import suite_issuer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def referral_url(topics):
-    settings = ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                                OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    settings = ReferralSettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url:
         yield url
-
-
-async def _events_of(kafka: dict, topic: str, predicate, timeout: float = 20) -> list:
-    """Every record of the topic (read_committed) whose decoded envelope satisfies predicate."""
-    consumer = AIOKafkaConsumer(topic, **kafka, auto_offset_reset="earliest",
-                                isolation_level="read_committed", enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    found = []
-    try:
-        end = await consumer.end_offsets(list(consumer.assignment()) or [])
-        async def drained():
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for r in records:
-                    try:
-                        env = unwrap(list(r.headers), r.value)
-                    except Exception:
-                        continue
-                    if predicate(env):
-                        found.append(env)
-            return found
-        await eventually(drained, timeout=timeout, what=f"records on {topic}")
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_every_endpoint_needs_a_token(referral_url):
@@ -131,8 +105,11 @@ async def test_idempotent_on_the_clients_referral_id(referral_url, topics):
     assert first.json()["department"] == "34"
     assert again.status_code == 200 and again.json()["referral_id"] == body["referral_id"]
     assert different.status_code == 409 and different.json()["code"] == "DUPLICATE_REFERRAL_ID"
-    published = await _events_of(topics.kafka_options(), REFERRAL_EVENTS.name,
-                                 lambda e: e.type == "reflexe.v1.ReferralRequested" and e.message.header.referral_id == body["referral_id"])
+    async def requested_events():
+        return await read_all(topics, REFERRAL_EVENTS.name, lambda e: e.type == "reflexe.v1.ReferralRequested"
+                              and e.message.header.referral_id == body["referral_id"])
+
+    published = await eventually(requested_events, timeout=20, interval=0.5, what="the ReferralRequested event")
     assert len(published) == 1
     assert published[0].message.request.patient.pseudonym == body["patient"]["pseudonym"]
 

@@ -13,7 +13,7 @@ import pytest
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import pseudonym, referral_body, unique_finess
-from tests.support.issuer import suite_issuer
+from tests.support.platform import in_process_env
 from tests.support.services import serve_in_process, token
 from tests.support.territory import own_commune, own_department
 
@@ -24,8 +24,7 @@ COMMUNE = own_commune(DEPARTMENT)
 
 
 def _settings(topics) -> ReferralSettings:
-    return ReferralSettings(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-                            OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    return ReferralSettings(**in_process_env(topics))
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.fhir_data import healthcare_service_declaration, service_request_resource
 from tests.support.issuer import suite_issuer
 from tests.support.kafka import matching_starts_from_now
+from tests.support.platform import in_process_env
 from tests.support.receiver import WebhookReceiver
 from tests.support.services import NOTIFY_ENV, eventually, serve_in_process, token
 from tests.support.territory import on_paris_time, own_communes, own_department
@@ -195,8 +196,7 @@ def _foreign_key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="module")
 async def apps(topics) -> AsyncIterator[dict[str, Any]]:
-    env = dict(KAFKA_BOOTSTRAP=topics.kafka_bootstrap, DATABASE_URL=topics.database_url,
-               OIDC_ISSUER=suite_issuer().url, LOG_LEVEL="WARNING")
+    env = in_process_env(topics)
     await matching_starts_from_now(topics)
     referral_app = build_referral(ReferralSettings(**env))
     capacity_app = build_capacity(CapacitySettings(**env))
