@@ -5,19 +5,17 @@ fresh PostgreSQL schema and reads what it put in its outbox."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import message_class
 from reflexe_common.vocabulary import CapacityStatus, Equipment
+from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 HAD = "310781406"
@@ -25,16 +23,8 @@ HAD = "310781406"
 
 @pytest.fixture
 async def pool(topics):
-    schema = f"two_departments_{uuid.uuid4().hex[:10]}"
-    pool = await create_pool(topics.database_url, schema)
-    await migrate(pool, schema, "reflexe_capacity.migrations")
-    try:
+    async with own_schema(topics.database_url, "two_departments", "reflexe_capacity.migrations") as (_, pool):
         yield pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(topics.database_url)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 async def test_a_two_department_hads_capacity_events_name_both_departments(pool):

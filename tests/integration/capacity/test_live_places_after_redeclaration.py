@@ -16,7 +16,6 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 from reflexe.v1 import referral_pb2
 
@@ -24,10 +23,10 @@ from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy, offer_id_for
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import message_class, ts, wrap
 from reflexe_common.vocabulary import CapacityStatus, Equipment
 from tests.support.data import pseudonym
+from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +54,8 @@ def requested(referral_id: str, m: int) -> referral_pb2.ReferralRequested:
 
 @pytest.fixture
 async def pool(topics):
-    schema = f"live_places_{uuid.uuid4().hex[:10]}"
-    pool = await create_pool(topics.database_url, schema)
-    await migrate(pool, schema, "reflexe_capacity.migrations")
-    try:
+    async with own_schema(topics.database_url, "live_places", "reflexe_capacity.migrations") as (_, pool):
         yield pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(topics.database_url)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 async def test_an_admission_after_a_redeclaration_still_takes_its_place(pool):

@@ -22,6 +22,7 @@ from reflexe_common.db import (
     prepare_schema,
     verify_migrated,
 )
+from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +42,8 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 async def schema_pool(infra):
-    schema = f"migr_{uuid.uuid4().hex[:10]}"
-    pool = await create_pool(infra.database_url, schema, min_size=1, max_size=2)
-    try:
+    async with own_schema(infra.database_url, "migr", min_size=1, max_size=2) as (schema, pool):
         yield schema, pool
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(infra.database_url)
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
 
 
 async def recorded(pool: asyncpg.Pool) -> dict[str, str | None]:

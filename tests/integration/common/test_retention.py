@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.retention import RetentionJob, RetentionSettings, delivery_attempts_purge, platform_purges
+from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 OLD, NEW = "now() - interval '10 days'", "now() - interval '1 hour'"
@@ -26,16 +26,8 @@ def purged(table: str) -> float:
 @pytest.fixture
 async def notify_like_schema(infra):
     """A schema of its own with the platform tables and notify's (deliveries and their attempts)."""
-    schema = f"retention_{uuid.uuid4().hex[:10]}"
-    pool = await create_pool(infra.database_url, schema, max_size=3)
-    await migrate(pool, schema, "reflexe_notify.migrations")
-    try:
+    async with own_schema(infra.database_url, "retention", "reflexe_notify.migrations", max_size=3) as (schema, pool):
         yield pool, schema
-    finally:
-        await pool.close()
-        conn = await asyncpg.connect(infra.database_url)
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
 
 
 async def outbox_row(conn: asyncpg.Connection, published_at: str | None) -> int:
