@@ -25,12 +25,23 @@ from reflexe_referral.adapters.codec import request_to_proto
 from reflexe_referral.entrypoints.schemas import ReferralIn
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
-from tests.support.kafka import as_system, register_system
+from tests.support.kafka import as_system, dead_letters, register_system
 from tests.support.platform import referral_and_capacity_in_process
 from tests.support.services import eventually, token
 from tests.support.territory import own_commune
 
 pytestmark = pytest.mark.integration
+
+
+async def refused_reading(topic: str, **consumer_options) -> None:
+    """A consumer with these options (its principal, its group) is refused the records of `topic`."""
+    reader = AIOKafkaConsumer(topic, **consumer_options, auto_offset_reset="earliest", request_timeout_ms=5000)
+    await reader.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await reader.getmany(timeout_ms=5000)
+    finally:
+        await reader.stop()
 
 
 async def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(topics: Infra) -> None:
@@ -61,14 +72,7 @@ async def test_a_service_cannot_write_or_read_outside_its_acls(topics: Infra) ->
 
     # indicators reads the event log but not the matcher's decisions, nor the dead letters.
     for topic in (MATCHING_EVENTS.name, DEAD_LETTERS.name):
-        reader = AIOKafkaConsumer(topic, **topics.kafka_options("indicators"), group_id=f"reflexe-indicators-{uuid.uuid4().hex}",
-                                  auto_offset_reset="earliest", request_timeout_ms=5000)
-        await reader.start()
-        try:
-            with pytest.raises(TopicAuthorizationFailedError):
-                await reader.getmany(timeout_ms=5000)
-        finally:
-            await reader.stop()
+        await refused_reading(topic, **topics.kafka_options("indicators"), group_id=f"reflexe-indicators-{uuid.uuid4().hex}")
 
     # notify may not join another service's consumer group, even on a topic it may read.
     intruder = AIOKafkaConsumer(REFERRAL_EVENTS.name, **topics.kafka_options("notify"), group_id="reflexe-matcher",
@@ -100,14 +104,7 @@ async def test_a_system_writes_its_own_inbound_topic_and_no_other(topics: Infra)
     finally:
         await producer.stop()
     # Nor can it read anything, its own topic included.
-    reader = AIOKafkaConsumer(mine.topic, **as_system(topics, mine), group_id=None, auto_offset_reset="earliest",
-                              request_timeout_ms=5000)
-    await reader.start()
-    try:
-        with pytest.raises(TopicAuthorizationFailedError):
-            await reader.getmany(timeout_ms=5000)
-    finally:
-        await reader.stop()
+    await refused_reading(mine.topic, **as_system(topics, mine), group_id=None)
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +132,9 @@ async def _publish(topics: Infra, system, message) -> str:
 
 
 async def _dead_letter(topics: Infra, event_id: str) -> dict[str, bytes]:
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async def found():
-            batch = await consumer.getmany(timeout_ms=200)
-            return [dict(r.headers) for records in batch.values() for r in records
-                    if dict(r.headers).get("ce_id") == event_id.encode()]
-        [headers] = await eventually(found, timeout=30, what=f"event {event_id} on the dead-letter topic")
-        return headers
-    finally:
-        await consumer.stop()
+    [record] = await dead_letters(topics, lambda r: dict(r.headers).get("ce_id") == event_id.encode(),
+                                  what=f"event {event_id} on the dead-letter topic")
+    return dict(record.headers)
 
 
 async def test_a_referral_claiming_another_hospital_is_dead_lettered_and_its_own_is_taken(platform, topics: Infra) -> None:

@@ -17,7 +17,7 @@ from reflexe_referral.entrypoints.app import MATCHING_GROUP
 from reflexe_common import kafka_acls
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
 from reflexe_common.kafka_acls import RegisteredSystem
-from reflexe_common.topics import ALL_TOPICS, MATCHING_EVENTS, REFERRAL_EVENTS, Topic
+from reflexe_common.topics import ALL_TOPICS, DEAD_LETTERS, MATCHING_EVENTS, REFERRAL_EVENTS, Topic
 from tests.support.infra import Infra
 from tests.support.services import eventually
 
@@ -56,6 +56,25 @@ async def read_all_with_partitions(infra: Infra, topic: str) -> list[tuple[Envel
                         continue
                     found.append((envelope, r.partition))
         return found
+    finally:
+        await consumer.stop()
+
+
+async def dead_letters(infra: Infra, matching: Callable[[ConsumerRecord], bool], what: str,
+                       timeout: float = 30) -> list[ConsumerRecord]:
+    """The records of the dead-letter topic that `matching` accepts, read from its beginning until
+    at least one is there. Raw records: what was dead-lettered may not even decode."""
+    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **infra.kafka_options(), auto_offset_reset="earliest",
+                                isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    found: list[ConsumerRecord] = []
+    try:
+        async def arrived() -> list[ConsumerRecord]:
+            batch = await consumer.getmany(timeout_ms=200)
+            found.extend(r for records in batch.values() for r in records if matching(r))
+            return found
+
+        return await eventually(arrived, timeout=timeout, what=what)
     finally:
         await consumer.stop()
 

@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from reflexe.v1 import capacity_pb2
 
 from reflexe_capacity.entrypoints.app import build_app
 from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.kafka_acls import register_system
-from reflexe_common.topics import DEAD_LETTERS
 from tests.support.data import had_body, unique_finess
+from tests.support.kafka import dead_letters
 from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.territory import own_commune
@@ -77,16 +77,9 @@ async def test_a_declaration_from_the_future_on_kafka_is_dead_lettered_with_its_
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async def dead_lettered():
-            batch = await consumer.getmany(timeout_ms=200)
-            return [r for records in batch.values() for r in records
-                    if r.value and finess.encode() in r.value and dict(r.headers).get("dlq_topic") == had.topic.encode()]
-        [record] = await eventually(dead_lettered, timeout=30, what="the future declaration on the dead-letter topic")
-    finally:
-        await consumer.stop()
+    [record] = await dead_letters(topics, lambda r: bool(r.value) and finess.encode() in r.value
+                                  and dict(r.headers).get("dlq_topic") == had.topic.encode(),
+                                  what="the future declaration on the dead-letter topic")
     assert b"in the future" in dict(record.headers)["dlq_reason"]
 
     # The valid declaration after it was taken; the future one never became current.

@@ -19,9 +19,10 @@ from reflexe_capacity.settings import CapacitySettings
 from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
 from reflexe_common.fhir import FHIR_JSON
 from reflexe_common.kafka_acls import register_system
-from reflexe_common.topics import CAPACITY_EVENTS, DEAD_LETTERS
+from reflexe_common.topics import CAPACITY_EVENTS
 from tests.support.data import had_body, unique_finess
 from tests.support.fhir_data import declared_figures, healthcare_service_declaration
+from tests.support.kafka import dead_letters
 from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 from tests.support.territory import own_commune, own_department
@@ -162,14 +163,7 @@ async def test_a_census_declared_on_kafka_is_stored_and_a_bad_one_dead_lettered(
     declarations = await eventually(stored, timeout=30, what="the Kafka declaration with its census")
     assert [(d["places_available"], d["active_patients"], d["channel"]) for d in declarations] == [(6, 23, "kafka")]
 
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async def dead_lettered():
-            batch = await consumer.getmany(timeout_ms=200)
-            return [r for records in batch.values() for r in records
-                    if r.value and finess.encode() in r.value and dict(r.headers).get("dlq_topic") == had.topic.encode()]
-        [record] = await eventually(dead_lettered, timeout=30, what="the negative census on the dead-letter topic")
-    finally:
-        await consumer.stop()
+    [record] = await dead_letters(topics, lambda r: bool(r.value) and finess.encode() in r.value
+                                  and dict(r.headers).get("dlq_topic") == had.topic.encode(),
+                                  what="the negative census on the dead-letter topic")
     assert b"active_patients" in dict(record.headers)["dlq_reason"]

@@ -7,14 +7,13 @@ from datetime import datetime
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from reflexe_common.kafka_acls import register_system
-from reflexe_common.topics import DEAD_LETTERS, REFERRAL_EVENTS
+from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.settings import ReferralSettings
 from tests.support.data import full_referral_body, referral_body, unique_finess
-from tests.support.kafka import read_all
+from tests.support.kafka import dead_letters, read_all
 from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 
@@ -126,15 +125,8 @@ async def test_a_poison_submission_goes_to_the_dead_letter_topic(referral_url, t
         await producer.send_and_wait(hospital.topic, b"\x00garbage" + marker)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async def dead_lettered():
-            batch = await consumer.getmany(timeout_ms=200)
-            return [r for records in batch.values() for r in records if r.value and marker in r.value]
-        [record] = await eventually(dead_lettered, timeout=30, what="the poison record on the dead-letter topic")
-    finally:
-        await consumer.stop()
+    [record] = await dead_letters(topics, lambda r: bool(r.value) and marker in r.value,
+                                  what="the poison record on the dead-letter topic")
     headers = dict(record.headers)
     assert b"missing CloudEvents headers" in headers["dlq_reason"]
     assert headers["dlq_topic"] == hospital.topic.encode()

@@ -9,18 +9,18 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from reflexe.v1 import submission_pb2
 
 from reflexe_common.envelope import wrap
 from reflexe_common.kafka_acls import register_system
-from reflexe_common.topics import DEAD_LETTERS
 from reflexe_referral.adapters.codec import request_to_proto
 from reflexe_referral.entrypoints.app import build_app
 from reflexe_referral.entrypoints.schemas import ReferralIn
 from reflexe_referral.settings import ReferralSettings
-from tests.support.data import referral_body, unique_finess
+from tests.support.data import referral_body, unique_finess, with_wrong_key
+from tests.support.kafka import dead_letters
 from tests.support.platform import in_process_env
 from tests.support.services import eventually, serve_in_process, token
 
@@ -33,10 +33,6 @@ async def referral(topics):
     settings = ReferralSettings(**in_process_env(topics))
     async with serve_in_process(build_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
         yield client
-
-
-def _wrong_key(finess: str) -> str:
-    return finess[:8] + str((int(finess[8]) + 1) % 10)
 
 
 INCOHERENT = [
@@ -77,19 +73,19 @@ async def test_the_coherent_cases_are_taken(referral):
 
 async def test_a_finess_with_a_wrong_key_is_422_naming_the_field(referral):
     hospital = unique_finess()
-    wrong = _wrong_key(hospital)  # the hospital's system mistyped its own FINESS
+    wrong = with_wrong_key(hospital)  # the hospital's system mistyped its own FINESS
     refused = await referral.post("/v1/referrals", json=referral_body(wrong), headers=token("hospital", finess=wrong))
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["body.source.finess"]
     assert "Luhn key" in refused.json()["errors"][0]["message"]
-    at_ehpad = referral_body(hospital, patient={"place_of_care": "EHPAD", "ehpad_finess": _wrong_key(unique_finess())})
+    at_ehpad = referral_body(hospital, patient={"place_of_care": "EHPAD", "ehpad_finess": with_wrong_key(unique_finess())})
     refused = await referral.post("/v1/referrals", json=at_ehpad, headers=token("hospital", finess=hospital))
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["body.patient.ehpad_finess"]
     posted = await referral.post("/v1/referrals", json=referral_body(hospital), headers=token("hospital", finess=hospital))
     assert posted.status_code == 201, posted.text
     offered = await referral.post(f"/v1/referrals/{posted.json()['referral_id']}/desk/offer",
-                                  json={"had_finess": _wrong_key(unique_finess())}, headers=token("desk", department="34"))
+                                  json={"had_finess": with_wrong_key(unique_finess())}, headers=token("desk", department="34"))
     assert offered.status_code == 422, offered.text
     assert [e["field"] for e in offered.json()["errors"]] == ["body.had_finess"]
 
@@ -117,16 +113,9 @@ async def _publish(topics, system, envelope) -> None:
 async def _dead_letter_reason(topics, hospital, message) -> str:
     envelope = wrap(message, f"system/{hospital.principal}")
     await _publish(topics, hospital, envelope)
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, **topics.kafka_options(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async def found():
-            batch = await consumer.getmany(timeout_ms=200)
-            return [dict(r.headers) for records in batch.values() for r in records
-                    if dict(r.headers).get("ce_id") == envelope.id.encode()]
-        [headers] = await eventually(found, timeout=30, what=f"submission {envelope.id} on the dead-letter topic")
-    finally:
-        await consumer.stop()
+    [record] = await dead_letters(topics, lambda r: dict(r.headers).get("ce_id") == envelope.id.encode(),
+                                  what=f"submission {envelope.id} on the dead-letter topic")
+    headers = dict(record.headers)
     return headers["dlq_reason"].decode()
 
 
@@ -149,7 +138,7 @@ async def test_the_same_rules_dead_letter_a_referral_published_on_kafka_with_the
     assert "clinical.main_mpp" in reason and "unknown MPP code" in reason
     wrong_key = _submission(hospital)
     wrong_key.request.patient.place_of_care = "EHPAD"
-    wrong_key.request.patient.ehpad_finess = _wrong_key(unique_finess())
+    wrong_key.request.patient.ehpad_finess = with_wrong_key(unique_finess())
     reason = await _dead_letter_reason(topics, system, wrong_key)
     assert "patient.ehpad_finess" in reason and "Luhn key" in reason
     heavy = _submission(hospital, clinical={"main_mpp": "14", "associated_mpp": [], "karnofsky": 80})
