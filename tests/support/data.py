@@ -26,6 +26,11 @@ def unique_finess(department: str = "34") -> str:
     return with_key(f"{department}{(_finess_base + next(_counter)) % 10**width:0{width}d}")
 
 
+def with_wrong_key(finess: str) -> str:
+    """The FINESS with its 9th character (the Luhn key) changed: its shape right, its key wrong."""
+    return finess[:8] + str((int(finess[8]) + 1) % 10)
+
+
 def pseudonym(seed: str | None = None) -> str:
     """A pseudonym in the platform's one format (docs/privacy.md): 64 lowercase hex, a SHA-256 digest."""
     return hashlib.sha256((seed or uuid.uuid4().hex).encode()).hexdigest()

@@ -8,7 +8,7 @@ import pytest
 
 from reflexe_capacity.entrypoints.app import build_app
 from reflexe_capacity.settings import CapacitySettings
-from tests.support.data import had_body, unique_finess
+from tests.support.data import had_body, unique_finess, with_wrong_key
 from tests.support.platform import in_process_env
 from tests.support.services import serve_in_process, token
 from tests.support.territory import own_commune
@@ -25,16 +25,12 @@ async def capacity(topics):
         yield client
 
 
-def _wrong_key(finess: str) -> str:
-    return finess[:8] + str((int(finess[8]) + 1) % 10)
-
-
 async def test_a_finess_with_a_wrong_key_is_refused_in_the_path_and_in_the_conventions(capacity):
     finess = unique_finess()
-    refused = await capacity.put(f"/v1/hads/{_wrong_key(finess)}", json=had_body("HAD X", [COMMUNE]), headers=ADMIN)
+    refused = await capacity.put(f"/v1/hads/{with_wrong_key(finess)}", json=had_body("HAD X", [COMMUNE]), headers=ADMIN)
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["path.finess"]
-    body = had_body("HAD X", [COMMUNE], ehpad_conventions=[unique_finess(), _wrong_key(unique_finess())])
+    body = had_body("HAD X", [COMMUNE], ehpad_conventions=[unique_finess(), with_wrong_key(unique_finess())])
     refused = await capacity.put(f"/v1/hads/{finess}", json=body, headers=ADMIN)
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["body.ehpad_conventions.1"]
