@@ -15,28 +15,21 @@ from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_common.envelope import message_class
 from reflexe_common.vocabulary import CapacityStatus, Equipment
-from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 HAD = "310781406"
 
 
-@pytest.fixture
-async def pool(topics):
-    async with own_schema(topics.database_url, "two_departments", "reflexe_capacity.migrations") as (_, pool):
-        yield pool
-
-
-async def test_a_two_department_hads_capacity_events_name_both_departments(pool):
+async def test_a_two_department_hads_capacity_events_name_both_departments(capacity_pool):
     matcher = Matcher(MatcherPolicy())
     had = HadEstablishment(HAD, "HAD Garonne-Tarn", frozenset({"81", "31"}), frozenset(), frozenset({"03"}),
                            frozenset({Equipment.OXYGEN}), frozenset({"31555", "81004"}), authorised_places=20)
-    async with pool.acquire() as conn, conn.transaction():
+    async with capacity_pool.acquire() as conn, conn.transaction():
         await CapacityStore(conn).upsert_had(had)
-    async with pool.acquire() as conn, conn.transaction():
+    async with capacity_pool.acquire() as conn, conn.transaction():
         declaration = CapacityDeclaration(HAD, 4, 2, CapacityStatus.OPEN, datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
         assert await matcher.declare(CapacityStore(conn), declaration, "test")
-    async with pool.acquire() as conn:
+    async with capacity_pool.acquire() as conn:
         rows = await conn.fetch("SELECT key, headers, payload FROM outbox ORDER BY id")
     published = [(r["key"], message_class(dict(json.loads(r["headers"]))["ce_type"]).FromString(r["payload"]))
                  for r in rows]

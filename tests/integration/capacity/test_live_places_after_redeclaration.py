@@ -26,7 +26,6 @@ from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy, offer
 from reflexe_common.envelope import message_class, ts, wrap
 from reflexe_common.vocabulary import CapacityStatus, Equipment
 from tests.support.data import pseudonym
-from tests.support.schema import own_schema
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +51,7 @@ def requested(referral_id: str, m: int) -> referral_pb2.ReferralRequested:
         requested_at=ts(at(m))))
 
 
-@pytest.fixture
-async def pool(topics):
-    async with own_schema(topics.database_url, "live_places", "reflexe_capacity.migrations") as (_, pool):
-        yield pool
-
-
-async def test_an_admission_after_a_redeclaration_still_takes_its_place(pool):
+async def test_an_admission_after_a_redeclaration_still_takes_its_place(capacity_pool):
     matcher = Matcher(MatcherPolicy())
     first, second = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))
     offer = offer_id_for(first, 1)
@@ -76,10 +69,10 @@ async def test_an_admission_after_a_redeclaration_still_takes_its_place(pool):
         lambda conn: matcher.handle(conn, wrap(requested(second, 5), "test")),
     ]
     for step in steps:
-        async with pool.acquire() as conn, conn.transaction():
+        async with capacity_pool.acquire() as conn, conn.transaction():
             await step(conn)
 
-    async with pool.acquire() as conn:
+    async with capacity_pool.acquire() as conn:
         published = [(dict(json.loads(r["headers"]))["ce_type"], r["payload"])
                      for r in await conn.fetch("SELECT headers, payload FROM outbox ORDER BY id")]
         board = dict((had.finess, ledger) for had, ledger in await CapacityStore(conn).board("34"))
