@@ -12,12 +12,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from reflexe.v1 import referral_pb2
 
-from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.outbox import OutboxRelay, enqueue
 from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import REFERRAL_EVENTS
 from tests.support.kafka import read_all, read_all_with_partitions
+from tests.support.schema import own_schema
 from tests.support.services import eventually
 
 pytestmark = pytest.mark.integration
@@ -25,13 +25,6 @@ pytestmark = pytest.mark.integration
 
 class Crash(Exception):
     """Stands for the process dying at that exact point."""
-
-
-async def _fresh_schema(database_url: str) -> tuple[asyncpg.Pool, str]:
-    schema = f"outbox_test_{uuid.uuid4().hex[:8]}"
-    pool = await create_pool(database_url, schema)
-    await migrate(pool, schema, "reflexe_common.sql")  # the platform tables alone: no service migrations
-    return pool, schema
 
 
 async def _store_events(pool: asyncpg.Pool, n: int) -> list[str]:
@@ -59,8 +52,7 @@ async def _published_ids(infra, ids: list[str]) -> list[str]:
 
 
 async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
-    pool, schema = await _fresh_schema(topics.database_url)
-    try:
+    async with own_schema(topics.database_url, "outbox_test", "reflexe_common.sql") as (schema, pool):
         ids = await _store_events(pool, 25)
         crashed = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
 
@@ -77,24 +69,14 @@ async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
         assert sorted(await _published_ids(topics, ids)) == sorted(ids)  # on Kafka, unmarked in PG
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 25
 
-        restarted = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
-        task = asyncio.create_task(restarted.run())
-        try:
-            await eventually(lambda: _all_marked(pool), timeout=30, what="the batch recovered")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _relay_until_all_marked(topics, schema, pool, timeout=30, what="the batch recovered")
         published = await _published_ids(topics, ids)
         assert sorted(published) == sorted(ids), "each event exactly once"
         assert await pool.fetchval("SELECT state FROM outbox_batches") == "DONE"
-    finally:
-        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await pool.close()
 
 
 async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_restart(topics):
-    pool, schema = await _fresh_schema(topics.database_url)
-    try:
+    async with own_schema(topics.database_url, "outbox_test", "reflexe_common.sql") as (schema, pool):
         ids = await _store_events(pool, 10)
         producer = AIOKafkaProducer(**topics.kafka_options(), transactional_id=f"reflexe-{schema}-outbox-relay",
                                     enable_idempotence=True)
@@ -110,27 +92,29 @@ async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_re
                            "VALUES ($1, $2, $3, $4, $5, 'SENDING')", uuid.uuid4(), [r.id for r in rows], first.topic,
                            first.partition, first.offset)
         # No stop(): the process vanished. The restarted relay's producer fences it.
-        task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka()).run())
-        try:
-            await eventually(lambda: _all_marked(pool), timeout=60, what="the batch resent")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _relay_until_all_marked(topics, schema, pool, timeout=60, what="the batch resent")
         assert sorted(await _published_ids(topics, ids)) == sorted(ids)
         assert await pool.fetchval("SELECT count(*) FROM outbox_batches WHERE state = 'ABORTED'") == 1
-    finally:
-        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await pool.close()
 
 
 async def _all_marked(pool: asyncpg.Pool) -> bool:
     return await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
 
 
-async def test_the_relay_puts_each_department_on_its_partition_of_the_table(topics):
-    pool, schema = await _fresh_schema(topics.database_url)
-    departments = ("59", "48", "2A", "971", "75", "13")
+async def _relay_until_all_marked(topics, schema: str, pool: asyncpg.Pool, timeout: float, what: str) -> None:
+    """A relay of the schema (a restarted one, where a test crashed another) runs until every stored
+    event is marked published."""
+    task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka()).run())
     try:
+        await eventually(lambda: _all_marked(pool), timeout=timeout, what=what)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_relay_puts_each_department_on_its_partition_of_the_table(topics):
+    departments = ("59", "48", "2A", "971", "75", "13")
+    async with own_schema(topics.database_url, "outbox_test", "reflexe_common.sql") as (schema, pool):
         sent: dict[str, str] = {}
         async with pool.acquire() as conn, conn.transaction():
             for department in departments:
@@ -139,17 +123,8 @@ async def test_the_relay_puts_each_department_on_its_partition_of_the_table(topi
                 envelope = wrap(message, "test/outbox")
                 await enqueue(conn, REFERRAL_EVENTS.name, department, envelope)
                 sent[envelope.id] = department
-        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
-        task = asyncio.create_task(relay.run())
-        try:
-            await eventually(lambda: _all_marked(pool), timeout=30, what="the events published")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _relay_until_all_marked(topics, schema, pool, timeout=30, what="the events published")
         landed = {e.id: partition for e, partition in await read_all_with_partitions(topics, REFERRAL_EVENTS.name)
                   if e.id in sent}
         assert landed == {event_id: department_partition(department) for event_id, department in sent.items()}
         assert len(set(landed.values())) > 1, "the departments chosen are spread over several partitions"
-    finally:
-        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await pool.close()
