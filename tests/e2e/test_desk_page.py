@@ -18,7 +18,9 @@ from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
 from tests.support.territory import own_commune, own_department
 
-pytestmark = pytest.mark.e2e
+# The session's Keycloak may start inside this test's setup (the first to ask for it in a run, or
+# alone): minutes on two busy cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 # A department of this test's own (its desk's page shows one page of open referrals: this test's
 # only), another whose page the desk may not open, and a commune only this test's HAD serves.
 DEPARTMENT, OTHER_DEPARTMENT = own_department(), own_department()

@@ -17,7 +17,9 @@ from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.keycloak import Keycloak
 from tests.support.territory import own_commune, own_department
 
-pytestmark = pytest.mark.e2e
+# The session's Keycloak may start inside this test's setup (the first to ask for it in a run, or
+# alone): minutes on two busy cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 DEPARTMENT = own_department()  # this test's own: its HAD, its commune, its desk
 COMMUNE = own_commune(DEPARTMENT)  # only this test's HAD serves it
 HAD, OTHER_HAD = unique_finess(DEPARTMENT), unique_finess(DEPARTMENT)
