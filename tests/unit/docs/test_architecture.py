@@ -124,6 +124,7 @@ def service_schema(service: str) -> str:
 
 def expected_schemas() -> dict[str, set[str]]:
     """schema (as the page writes it) → its tables."""
+    from reflexe_indicators.adapters.day_counts import FAMILIES
     from reflexe_indicators.adapters.store import generation_schema
     from reflexe_indicators.domain.facts import TABLES
 
@@ -131,9 +132,10 @@ def expected_schemas() -> dict[str, set[str]]:
     for service in service_dirs():
         package = REPO / "services" / service / "src" / f"reflexe_{service}"
         expected[service_schema(service)] = migration_tables(package / "migrations")
-    # The indicators' facts live in one schema per generation, created by the service itself.
+    # The indicators' facts, and the day counts kept from them, live in one schema per generation,
+    # created by the service itself.
     generation = generation_schema(service_schema("indicators"), 0).removesuffix("0") + "<N>"
-    expected[generation] = {t.name for t in TABLES}
+    expected[generation] = {t.name for t in TABLES} | {family.table for family in FAMILIES}
     common = REPO / "libs" / "common" / "src" / "reflexe_common"
     ledger = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", (common / "db.py").read_text(encoding="utf-8"))
     expected["every schema"] = migration_tables(common / "sql") | set(ledger)
