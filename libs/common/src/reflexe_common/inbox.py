@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,7 +27,8 @@ from reflexe_common.topics import topic_label
 log = logging.getLogger(__name__)
 PATTERN_REFRESH_MS = 3000
 
-Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+# A handler gets the batch's connection, or what the processor's PartitionScope made of it.
+Handler = Callable[[Any, Envelope], Awaitable[None]]
 # Errors that say "the infrastructure is away", not "this record is bad": retry, never dead-letter.
 TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
              asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -43,6 +46,31 @@ class Record:
 
 # Checks a decoded record against where it came from (e.g. its sender); raises PoisonRecord.
 Verifier = Callable[[Record, Envelope], None]
+
+
+class Fenced(Exception):
+    """The partition was assigned to another process since this one took it: its batch must not
+    commit (the new owner handles those records again from the last committed offset)."""
+
+
+class PartitionScope(Protocol):
+    """What a single writer per partition needs around each of its transactions: ``begin`` runs
+    first in the transaction (it may refuse with Fenced, which rolls the batch back and skips it)
+    and returns what the handler is given; ``end`` runs after the records, still inside it;
+    ``committed``/``rolled_back`` tell the outcome, so that state kept in memory follows only
+    what was committed. ``assigned``/``revoked`` follow the consumer group's rebalances."""
+
+    async def assigned(self, topic: str, partitions: set[int]) -> None: ...
+
+    def revoked(self, topic: str, partitions: set[int]) -> None: ...
+
+    async def begin(self, conn: asyncpg.Connection, topic: str, partition: int) -> Any: ...
+
+    async def end(self, context: Any) -> None: ...
+
+    def committed(self, context: Any) -> None: ...
+
+    def rolled_back(self, context: Any) -> None: ...
 
 
 class DeadLetters:
@@ -78,8 +106,9 @@ class DeadLetters:
 
 class RecordProcessor:
     def __init__(self, consumer: str, pool: asyncpg.Pool, dead_letters: DeadLetters, handler: Handler,
-                 max_attempts: int = 3, verify: Verifier | None = None) -> None:
+                 max_attempts: int = 3, verify: Verifier | None = None, scope: PartitionScope | None = None) -> None:
         self.consumer = consumer
+        self.scope = scope
         self._verify = verify
         self._pool = pool
         self._dead_letters = dead_letters
@@ -98,6 +127,25 @@ class RecordProcessor:
             outcome = await self._process_one(record, envelope)
         HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started)
         return outcome
+
+    @asynccontextmanager
+    async def _transaction(self, record: Record) -> AsyncIterator[tuple[asyncpg.Connection, Any]]:
+        """One transaction of the record's partition: (connection, what the handler is given)."""
+        scope, context = self.scope, None
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if scope is not None:
+                        context = await scope.begin(conn, record.topic, record.partition)
+                    yield conn, (conn if scope is None else context)
+                    if scope is not None:
+                        await scope.end(context)
+            except BaseException:
+                if scope is not None and context is not None:
+                    scope.rolled_back(context)
+                raise
+            if scope is not None:
+                scope.committed(context)
 
     async def process_batch(self, records: list[Record]) -> None:
         """Records of one partition, in order, handled in ONE transaction (a commit per batch, not
@@ -118,17 +166,21 @@ class RecordProcessor:
         while decoded:
             duplicates, current = 0, 0
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._transaction(decoded[0][0]) as (conn, context):
                     # The batch's events claimed in one statement: an id repeated in the batch is
                     # claimed once and handled at its first occurrence.
                     claimed = await self._claim_all(conn, [envelope for _, envelope in decoded])
                     for current, (_, envelope) in enumerate(decoded):
                         if envelope.id in claimed:
                             claimed.discard(envelope.id)
-                            await self._handler(conn, envelope)
+                            await self._handler(context, envelope)
                         else:
                             duplicates += 1
                 break
+            except Fenced as exc:
+                log.warning("partition taken over: batch not committed", extra={
+                    "consumer": self.consumer, "records": len(decoded), "reason": str(exc)})
+                return
             except PoisonRecord as exc:
                 # Rolled back: dead-letter the culprit and run the rest of the batch again.
                 record, _ = decoded.pop(current)
@@ -171,12 +223,16 @@ class RecordProcessor:
         backoff = 0.1
         while True:
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._transaction(record) as (conn, context):
                     if not await self._claim(conn, envelope):
                         DUPLICATES_SKIPPED.labels(self.consumer).inc()
                         return "duplicate"
-                    await self._handler(conn, envelope)
+                    await self._handler(context, envelope)
                 return "handled"
+            except Fenced as exc:
+                log.warning("partition taken over: record not committed", extra={
+                    "consumer": self.consumer, "reason": str(exc)})
+                return "fenced"
             except PoisonRecord as exc:
                 await self._dead_letters.send(self.consumer, record, str(exc))
                 return "dead-letter"

@@ -15,7 +15,7 @@ import faust
 from fastapi import FastAPI
 
 from reflexe_common.db import create_pool, prepare_schema
-from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, RecordProcessor
+from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, PartitionScope, RecordProcessor
 from reflexe_common.kafka import KafkaAccess, kafka_access
 from reflexe_common.outbox import OutboxRelay
 from reflexe_common.settings import ServiceSettings
@@ -110,10 +110,13 @@ class Runtime:
         self.tasks.start(group, loop.run())
         return loop
 
-    async def stream(self, group: str, topic: Topic, name: str, handler: Handler) -> None:
-        """A faust stream processor (consumer group `group`) feeding the idempotent processor."""
+    async def stream(self, group: str, topic: Topic, name: str, handler: Handler,
+                     scope: PartitionScope | None = None) -> None:
+        """A faust stream processor (consumer group `group`) feeding the idempotent processor;
+        ``scope``: the single writer's per-partition state and fencing (inbox.PartitionScope)."""
         app = stream_app(group, self.kafka, topic,
-                         RecordProcessor(name, self.pool, self.dead_letters, handler), self.settings.instance)
+                         RecordProcessor(name, self.pool, self.dead_letters, handler, scope=scope),
+                         self.settings.instance)
         await app.start()
         self.streams.append(app)
 

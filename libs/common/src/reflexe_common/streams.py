@@ -123,6 +123,16 @@ def stream_app(group: str, kafka: KafkaAccess, topic: Topic, processor: RecordPr
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
     init_consumer(processor.consumer, group, [topic.name])
     source = app.topic(topic.name, value_serializer="raw", key_serializer="raw", partitions=topic.partitions)
+    scope = processor.scope
+    if scope is not None:
+        # faust sends the whole new assignment after every rebalance, and what was revoked before.
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender, revoked, **kwargs) -> None:
+            scope.revoked(topic.name, {tp.partition for tp in revoked if tp.topic == topic.name})
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender, assigned, **kwargs) -> None:
+            await scope.assigned(topic.name, {tp.partition for tp in assigned if tp.topic == topic.name})
 
     @app.agent(source, name=processor.consumer)
     async def process(stream):
