@@ -13,6 +13,7 @@ from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
+from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.envelope import message_class
 from reflexe_common.vocabulary import CapacityStatus, Equipment
 
@@ -28,7 +29,7 @@ async def test_a_two_department_hads_capacity_events_name_both_departments(capac
         await CapacityStore(conn).upsert_had(had)
     async with capacity_pool.acquire() as conn, conn.transaction():
         declaration = CapacityDeclaration(HAD, 4, 2, CapacityStatus.OPEN, datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
-        assert await matcher.declare(CapacityStore(conn), declaration, "test")
+        assert await matcher.declare(PostgresUnitOfWork(conn), declaration, "test")
     async with capacity_pool.acquire() as conn:
         rows = await conn.fetch("SELECT key, headers, payload FROM outbox ORDER BY id")
     published = [(r["key"], message_class(dict(json.loads(r["headers"]))["ce_type"]).FromString(r["payload"]))

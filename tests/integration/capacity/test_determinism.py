@@ -25,19 +25,22 @@ import pytest
 from google.protobuf import json_format
 from reflexe.v1 import referral_pb2
 
-from reflexe_capacity.adapters.store import CapacityStore
+from reflexe_capacity.adapters.owned_ledgers import OwnedLedgers
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
+from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import dt, message_class, ts, wrap
-from reflexe_common.topics import MATCHING_EVENTS
+from reflexe_common.partitioning import department_partition
+from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from reflexe_common.vocabulary import CapacityStatus, Equipment
 from tests.support.data import pseudonym
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+PARTITION = department_partition("34")
 COMMUNE = "34172"  # each run has a schema of its own: no other test can interfere
 EHPAD = "340123454"
 H1, H2, H3 = "340000017", "340000025", "340000033"
@@ -76,23 +79,25 @@ def requested(referral_id: str, at: datetime, ehpad: bool = False) -> referral_p
     return referral_pb2.ReferralRequested(header=header(referral_id, at, "hospital:340780477"), request=request)
 
 
-# A step acts on one schema in one transaction.
+# A step acts on one schema in one transaction; a referral event's as the matcher's batch.
 @dataclass(frozen=True)
 class Step:
     label: str
-    act: Callable[[Matcher, asyncpg.Connection], Any]
+    act: Callable[[Matcher, PostgresUnitOfWork], Any]
+    referral_event: bool = False
 
 
 def register(h: HadEstablishment) -> Step:
-    return Step(f"register {h.finess}", lambda m, conn: CapacityStore(conn).upsert_had(h))
+    return Step(f"register {h.finess}", lambda m, uow: uow.store.upsert_had(h))
 
 
 def declare(d: CapacityDeclaration) -> Step:
-    return Step(f"declare {d.had_finess}={d.places_available}", lambda m, conn: m.declare(CapacityStore(conn), d, "test"))
+    return Step(f"declare {d.had_finess}={d.places_available}", lambda m, uow: m.declare(uow, d, "test"))
 
 
 def event(message) -> Step:
-    return Step(type(message).__name__, lambda m, conn: m.handle(conn, wrap(message, "test", time=dt(message.header.occurred_at))))
+    return Step(type(message).__name__,
+                lambda m, uow: m.handle(uow, wrap(message, "test", time=dt(message.header.occurred_at))), True)
 
 
 def _headers(raw: str) -> list[tuple[str, str]]:
@@ -112,8 +117,8 @@ async def current_offer(conn: asyncpg.Connection, referral_id: str):
 def answer(kind: str, referral_id: str, at: datetime) -> Step:
     """The HAD's answer (or the hold clock) to the referral's current offer, whichever it is in this run."""
 
-    async def act(matcher: Matcher, conn: asyncpg.Connection) -> None:
-        offer = await current_offer(conn, referral_id)
+    async def act(matcher: Matcher, uow: PostgresUnitOfWork) -> None:
+        offer = await current_offer(uow.conn, referral_id)
         h = header(referral_id, at, f"had:{offer.had_finess}")
         message = {
             "accept": lambda: referral_pb2.OfferAccepted(header=h, offer_id=offer.offer_id, had_finess=offer.had_finess),
@@ -123,9 +128,9 @@ def answer(kind: str, referral_id: str, at: datetime) -> Step:
                                                         had_finess=offer.had_finess),
             "admit": lambda: referral_pb2.PatientAdmitted(header=h, had_finess=offer.had_finess, place_of_care="HOME"),
         }[kind]()
-        await matcher.handle(conn, wrap(message, "test", time=at))
+        await matcher.handle(uow, wrap(message, "test", time=at))
 
-    return Step(f"{kind} {referral_id[-2:]}", act)
+    return Step(f"{kind} {referral_id[-2:]}", act, True)
 
 
 def script(first: list[Step], referral_4: list[Step]) -> list[Step]:
@@ -172,16 +177,29 @@ async def replay(topics):
     """Runs a script on a fresh schema; drops the schemas afterwards."""
     schemas: list[str] = []
 
-    async def run(steps: list[Step]) -> Outcome:
+    async def run(steps: list[Step], in_memory: bool = False) -> Outcome:
+        """in_memory: referral events run as the matcher's batches do in the service, deciding on
+        the ledgers of its partition kept in memory (OwnedLedgers), not read from PostgreSQL."""
         schema = f"determinism_{uuid.uuid4().hex[:10]}"
         schemas.append(schema)
         pool = await create_pool(topics.database_url, schema)
         try:
             await migrate(pool, schema, "reflexe_capacity.migrations")
             matcher = Matcher(MatcherPolicy())
+            owned = OwnedLedgers(pool)
+            if in_memory:
+                await owned.assigned(REFERRAL_EVENTS.name, {PARTITION})
             for step in steps:
+                if in_memory and step.referral_event:
+                    async with pool.acquire() as conn:
+                        async with conn.transaction():
+                            batch = await owned.begin(conn, REFERRAL_EVENTS.name, PARTITION)
+                            await step.act(matcher, batch.uow)
+                            await owned.end(batch)
+                        owned.committed(batch)
+                    continue
                 async with pool.acquire() as conn, conn.transaction():
-                    await step.act(matcher, conn)
+                    await step.act(matcher, PostgresUnitOfWork(conn))
             async with pool.acquire() as conn:
                 offers = []
                 for row in await conn.fetch("SELECT headers, payload FROM outbox WHERE topic = $1 ORDER BY id",
@@ -221,6 +239,14 @@ async def test_same_inputs_same_order_give_the_same_offers(replay):
     offered = [o for o in first.offers if o["type"] == "reflexe.v1.OfferProposed"]
     assert all(o["explanation"] and o["explanation_json"] for o in offered)
     assert next(o for o in offered if o["referral_id"] == R[1])["had_finess"] == H2  # EHPAD convention first
+
+
+async def test_decisions_on_the_ledgers_kept_in_memory_are_those_read_from_postgresql(replay):
+    """The matcher as its partition's single writer decides on ledgers it keeps in memory: the same
+    inputs give the same offers and holds as when every decision reads PostgreSQL."""
+    from_postgresql, in_memory = await replay(BASELINE), await replay(BASELINE, in_memory=True)
+    assert in_memory.offers == from_postgresql.offers
+    assert in_memory.holds == from_postgresql.holds
 
 
 async def test_independent_declarations_in_another_order_change_nothing(replay):

@@ -23,6 +23,7 @@ from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy, offer_id_for
+from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.envelope import message_class, ts, wrap
 from reflexe_common.vocabulary import CapacityStatus, Equipment
 from tests.support.data import pseudonym
@@ -59,14 +60,14 @@ async def test_an_admission_after_a_redeclaration_still_takes_its_place(capacity
         lambda conn: CapacityStore(conn).upsert_had(HadEstablishment(
             HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
             frozenset({COMMUNE}), authorised_places=10)),
-        lambda conn: matcher.declare(CapacityStore(conn), CapacityDeclaration(HAD, 2, 2, CapacityStatus.OPEN, at(0)), "test"),
-        lambda conn: matcher.handle(conn, wrap(requested(first, 1), "test")),
-        lambda conn: matcher.handle(conn, wrap(referral_pb2.OfferAccepted(header=header(first, 2), offer_id=offer,
+        lambda conn: matcher.declare(PostgresUnitOfWork(conn), CapacityDeclaration(HAD, 2, 2, CapacityStatus.OPEN, at(0)), "test"),
+        lambda conn: matcher.handle(PostgresUnitOfWork(conn), wrap(requested(first, 1), "test")),
+        lambda conn: matcher.handle(PostgresUnitOfWork(conn), wrap(referral_pb2.OfferAccepted(header=header(first, 2), offer_id=offer,
                                                                           had_finess=HAD), "test")),
-        lambda conn: matcher.declare(CapacityStore(conn), CapacityDeclaration(HAD, 1, 1, CapacityStatus.OPEN, at(3)), "test"),
-        lambda conn: matcher.handle(conn, wrap(referral_pb2.PatientAdmitted(header=header(first, 4), had_finess=HAD,
+        lambda conn: matcher.declare(PostgresUnitOfWork(conn), CapacityDeclaration(HAD, 1, 1, CapacityStatus.OPEN, at(3)), "test"),
+        lambda conn: matcher.handle(PostgresUnitOfWork(conn), wrap(referral_pb2.PatientAdmitted(header=header(first, 4), had_finess=HAD,
                                                                             place_of_care="HOME"), "test")),
-        lambda conn: matcher.handle(conn, wrap(requested(second, 5), "test")),
+        lambda conn: matcher.handle(PostgresUnitOfWork(conn), wrap(requested(second, 5), "test")),
     ]
     for step in steps:
         async with capacity_pool.acquire() as conn, conn.transaction():

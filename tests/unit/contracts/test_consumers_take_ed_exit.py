@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from reflexe.v1 import referral_pb2 as pb
 
+from reflexe_capacity.entrypoints.consumers import referral_events_handler
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_common.envelope import ts, wrap
 from reflexe_common.inbox import Record, RecordProcessor
@@ -79,7 +80,7 @@ def ed_exit_record() -> Record:
 
 CONSUMERS = {
     "notify": lambda: notify_handler(attempt_limit=5),
-    "matcher": lambda: Matcher(MatcherPolicy()).handle,
+    "matcher": lambda: referral_events_handler(Matcher(MatcherPolicy())),
     "indicators": lambda: indicators_handler("indicators"),
 }
 

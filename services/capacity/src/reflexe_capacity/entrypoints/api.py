@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger
 from reflexe_capacity.domain.registry import HadEstablishment, authorisation_problems
+from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_capacity.entrypoints.schemas import DeclarationIn, HadIn, board_line, had_view
 from reflexe_common.auth import Principal, Role, ensure_department, how_to_connect, require
 from reflexe_common.checks import CLOCK_SKEW, in_the_future, is_department, require_department
@@ -104,12 +105,12 @@ async def declare_capacity(finess: str, body: DeclarationIn, request: Request, p
                                       (body.declared_at or now).astimezone(UTC), body.active_patients)
     matcher = request.app.state.matcher
     async with request.app.state.pool.acquire() as conn, conn.transaction():
-        store = CapacityStore(conn)
+        uow = PostgresUnitOfWork(conn)
         try:
-            stored = await matcher.declare(store, declaration, channel)
+            stored = await matcher.declare(uow, declaration, channel)
         except LookupError as exc:
             raise ApiError(404, "UNKNOWN_HAD", f"no HAD {finess} in the registry") from exc
-        had, ledger = await store.had_with_ledger(finess)
+        had, ledger = await uow.had_with_ledger(finess)
     return Declared(stored, had, ledger, now)
 
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from reflexe_capacity.entrypoints.api import router
-from reflexe_capacity.entrypoints.consumers import declaration_handler
+from reflexe_capacity.adapters.owned_ledgers import OwnedLedgers
+from reflexe_capacity.entrypoints.consumers import declaration_handler, referral_events_handler
 from reflexe_capacity.entrypoints.fhir import router as fhir_router
 from reflexe_capacity.metrics import GAUGES, REFRESH_SECONDS, snapshot
 from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
@@ -53,8 +54,10 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
                                   settings.database_url, SCHEMA, runtime.tasks.start)
             runtime.relay_outbox()
             runtime.consume_inbound("capacity-declarations", INBOUND_CAPACITY, declaration_handler(matcher))
-            # The matcher: a faust agent following the referral log, its state in PostgreSQL.
-            await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", matcher.handle)
+            # The matcher: a faust agent following the referral log, its state in PostgreSQL, the
+            # single writer of its partitions' HAD ledgers (kept in memory, fenced by an epoch).
+            await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", referral_events_handler(matcher),
+                                 scope=OwnedLedgers(runtime.pool))
             yield
 
     app = create_app("capacity", settings, lifespan,

@@ -12,15 +12,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-import asyncpg
+from typing import Any
+
 from reflexe.v1 import capacity_pb2, matching_pb2, referral_pb2
 
-from reflexe_capacity.adapters.store import CapacityStore
 from reflexe_capacity.domain.capacity import CapacityDeclaration, HadLedger, HoldConflict, NoPlaceLeft, UnknownHold
 from reflexe_capacity.domain.matching import Candidate, MatchRequest, desk_offer, match
 from reflexe_capacity.domain.registry import HadEstablishment
+from reflexe_capacity.service_layer.unit_of_work import UnitOfWork
 from reflexe_common.envelope import Envelope, PoisonRecord, dt, ts, wrap
-from reflexe_common.outbox import enqueue, enqueue_many
 from reflexe_common.topics import CAPACITY_EVENTS, MATCHING_EVENTS
 from reflexe_common.vocabulary import Equipment, PlaceOfCare, Urgency
 
@@ -69,10 +69,9 @@ class Matcher:
     def __init__(self, policy: MatcherPolicy) -> None:
         self.policy = policy
 
-    async def handle(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
+    async def handle(self, uow: UnitOfWork, envelope: Envelope) -> None:
         """Handles one referral event inside the idempotent consumer's transaction."""
         message = envelope.message
-        store = CapacityStore(conn)
         match message:
             case referral_pb2.ReferralRequested():
                 request = message.request
@@ -84,50 +83,50 @@ class Matcher:
                 # An incomplete referral (consent or GP agreement missing) is kept, not matched:
                 # its ReferralCompleted starts the search.
                 complete = not message.missing_conditions
-                row = await store.save_match_request(request.referral_id, request.department, request.SerializeToString())
+                row = await uow.save_match_request(request.referral_id, request.department, request.SerializeToString())
                 if row is not None and eligible and complete:
-                    await self._offer_next(store, request.referral_id, dt(message.header.occurred_at), row=row)
+                    await self._offer_next(uow, request.referral_id, dt(message.header.occurred_at), row=row)
             case referral_pb2.ReferralCompleted():
-                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at))
+                await self._offer_next(uow, message.header.referral_id, dt(message.header.occurred_at))
             case referral_pb2.ReferralDeclaredIneligible():
-                await store.update_match_request(message.header.referral_id, open=False)
+                await uow.update_match_request(message.header.referral_id, open=False)
             case referral_pb2.OfferAccepted():
-                await self._change_hold(store, message.offer_id, "confirm", dt(message.header.occurred_at), answered=True)
+                await self._change_hold(uow, message.offer_id, "confirm", dt(message.header.occurred_at), answered=True)
             case referral_pb2.OfferDeclined() | referral_pb2.OfferExpired():
                 at = dt(message.header.occurred_at)
-                await self._change_hold(store, message.offer_id, "release", at,
+                await self._change_hold(uow, message.offer_id, "release", at,
                                         answered=isinstance(message, referral_pb2.OfferDeclined))
-                await self._offer_next(store, message.header.referral_id, at)
+                await self._offer_next(uow, message.header.referral_id, at)
             case referral_pb2.AcceptanceWithdrawn():
                 # The evaluation went against admission: the place the acceptance kept is given
                 # back and the search goes on, exactly as after a decline.
                 at = dt(message.header.occurred_at)
-                await self._change_hold(store, message.offer_id, "release", at)
-                await self._offer_next(store, message.header.referral_id, at)
+                await self._change_hold(uow, message.offer_id, "release", at)
+                await self._offer_next(uow, message.header.referral_id, at)
             case referral_pb2.OfferWithdrawn():
-                await self._change_hold(store, message.offer_id, "release", dt(message.header.occurred_at))
+                await self._change_hold(uow, message.offer_id, "release", dt(message.header.occurred_at))
             case referral_pb2.PatientAdmitted():
                 at = dt(message.header.occurred_at)
-                for hold in await store.holding_holds_of_referral(message.header.referral_id):
-                    await self._change_hold(store, hold["hold_id"], "convert", at)
-                await store.update_match_request(message.header.referral_id, open=False)
+                for hold in await uow.holding_holds_of_referral(message.header.referral_id):
+                    await self._change_hold(uow, hold["hold_id"], "convert", at)
+                await uow.update_match_request(message.header.referral_id, open=False)
             case referral_pb2.ReferralCancelled():
                 at = dt(message.header.occurred_at)
-                for hold in await store.holding_holds_of_referral(message.header.referral_id):
-                    await self._change_hold(store, hold["hold_id"], "release", at)
-                await store.update_match_request(message.header.referral_id, open=False)
+                for hold in await uow.holding_holds_of_referral(message.header.referral_id):
+                    await self._change_hold(uow, hold["hold_id"], "release", at)
+                await uow.update_match_request(message.header.referral_id, open=False)
             case referral_pb2.SearchWidened():
-                await store.update_match_request(message.header.referral_id, departments=list(message.departments))
-                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at))
+                await uow.update_match_request(message.header.referral_id, departments=list(message.departments))
+                await self._offer_next(uow, message.header.referral_id, dt(message.header.occurred_at))
             case referral_pb2.DeskOfferRequested():
-                await self._offer_next(store, message.header.referral_id, dt(message.header.occurred_at),
+                await self._offer_next(uow, message.header.referral_id, dt(message.header.occurred_at),
                                        desk_choice=message.had_finess)
 
-    async def _offer_next(self, store: CapacityStore, referral_id: str, at: datetime, desk_choice: str | None = None,
-                          row: asyncpg.Record | None = None) -> None:
+    async def _offer_next(self, uow: UnitOfWork, referral_id: str, at: datetime, desk_choice: str | None = None,
+                          row: Any | None = None) -> None:
         """Offers the referral to the best HAD, or tells the desk none can take it. ``row``: the
         referral's request just stored (a new referral: no hold yet), else it is read and locked."""
-        row = row or await store.lock_match_request(referral_id)
+        row = row or await uow.lock_match_request(referral_id)
         if row is None or not row["open"]:
             return
         if row["holding"]:
@@ -141,10 +140,10 @@ class Matcher:
         hold_for = self.policy.hold_within_24h if request.clinical.urgency == Urgency.WITHIN_24H else self.policy.hold_planned
         for _ in range(MAX_DECISIONS):
             if desk_choice:
-                found = await store.had_with_ledger(desk_choice)
+                found = await uow.had_with_ledger(desk_choice)
                 boards = [found] if found else []
             else:
-                boards = await store.candidates(sorted(wanted.search_departments))
+                boards = await uow.candidates(sorted(wanted.search_departments))
             candidates = [Candidate(had, ledger, ledger.median_response_seconds(at, self.policy.response_time_window))
                           for had, ledger in boards]
             if desk_choice:
@@ -153,7 +152,7 @@ class Matcher:
                 decision = match(wanted, candidates, at, self.policy.stale_after)
             if decision is None or decision.chosen is None:
                 explanation = decision.explain() if decision else f"HAD {desk_choice} inconnue du registre"
-                await self._emit_matching(store, request.department, matching_pb2.MatchExhausted(
+                await self._emit_matching(uow, request.department, matching_pb2.MatchExhausted(
                     referral_id=referral_id, department=request.department, occurred_at=ts(at), explanation=explanation,
                     explanation_json=json.dumps(decision.as_dict() if decision else {}, ensure_ascii=False),
                     by_desk=bool(desk_choice)), at)
@@ -162,7 +161,7 @@ class Matcher:
             read_version = ledger.version
             # The referral holds no place anywhere (checked above), so the ledger needs none of its holds.
             hold = ledger.place_hold(offer_id, referral_id, at, hold_for)
-            if await store.save_new_hold(ledger, read_version, hold, request.department, bool(desk_choice)):
+            if await uow.save_new_hold(ledger, read_version, hold, request.department, bool(desk_choice)):
                 break
             # Another matcher changed that HAD's ledger meanwhile (it has committed by now): decide again.
         else:
@@ -172,13 +171,13 @@ class Matcher:
             had_finess=had.finess, hold_id=hold.hold_id, hold_until=ts(hold.expires_at),
             explanation=decision.explain(), explanation_json=json.dumps(decision.as_dict(), ensure_ascii=False),
             by_desk=bool(desk_choice))
-        await enqueue_many(store.conn, [(MATCHING_EVENTS.name, request.department, wrap(offer, EVENT_SOURCE, time=at)),
-                                        _live_places_event(ledger, at, had)])
+        await uow.publish([(MATCHING_EVENTS.name, request.department, wrap(offer, EVENT_SOURCE, time=at)),
+                             _live_places_event(ledger, at, had)])
 
-    async def _change_hold(self, store: CapacityStore, hold_id: str, change: str, at: datetime,
+    async def _change_hold(self, uow: UnitOfWork, hold_id: str, change: str, at: datetime,
                            answered: bool = False) -> None:
         for _ in range(MAX_DECISIONS):
-            found = await store.hold_with_ledger(hold_id)
+            found = await uow.hold_with_ledger(hold_id)
             if found is None:
                 return  # an offer this matcher never made (e.g. withdrawn before its hold was stored)
             had, ledger = found
@@ -194,27 +193,27 @@ class Matcher:
                 return  # already done (a redelivered or reordered event)
             if answered:
                 ledger.record_answer(hold_id, at)
-            if await store.save_hold_change(ledger, read_version, hold, at, answered):
+            if await uow.save_hold_change(ledger, read_version, hold, at, answered):
                 break
         else:
             raise LedgerContention(f"hold {hold_id}: its ledger kept changing during {MAX_DECISIONS} attempts")
-        await self.emit_live_places(store, ledger, at, had)
+        await self.emit_live_places(uow, ledger, at, had)
 
-    async def declare(self, store: CapacityStore, declaration: CapacityDeclaration, channel: str) -> bool:
+    async def declare(self, uow: UnitOfWork, declaration: CapacityDeclaration, channel: str) -> bool:
         """Record a declaration (history kept); the current one changes only if it is newer."""
-        found = await store.had_with_ledger(declaration.had_finess)
+        found = await uow.had_with_ledger(declaration.had_finess)
         if found is None:
             raise LookupError(declaration.had_finess)
-        if not await store.save_declaration(declaration, channel):
+        if not await uow.save_declaration(declaration, channel):
             return False
         for _ in range(MAX_DECISIONS):
             had, ledger = found
             read_version = ledger.version
             if not ledger.declare(declaration):
                 return True  # stored in the history, but not newer than the current one
-            if await store.save_ledger(ledger, read_version):
+            if await uow.save_ledger(ledger, read_version):
                 break
-            found = await store.had_with_ledger(declaration.had_finess)
+            found = await uow.had_with_ledger(declaration.had_finess)
         else:
             raise LedgerContention(f"HAD {declaration.had_finess}: its ledger kept changing during {MAX_DECISIONS} attempts")
         department = sorted(had.departments)[0]
@@ -223,17 +222,17 @@ class Matcher:
             admissions_possible_today=declaration.admissions_possible_today, status=str(declaration.status),
             declared_at=ts(declaration.declared_at), authorised_places=had.authorised_places,
             departments=sorted(had.departments), active_patients=declaration.active_patients), EVENT_SOURCE)
-        await enqueue_many(store.conn, [(CAPACITY_EVENTS.name, department, declared),
-                                        _live_places_event(ledger, declaration.declared_at, had)])
+        await uow.publish([(CAPACITY_EVENTS.name, department, declared),
+                             _live_places_event(ledger, declaration.declared_at, had)])
         return True
 
-    async def emit_live_places(self, store: CapacityStore, ledger: HadLedger, at: datetime,
+    async def emit_live_places(self, uow: UnitOfWork, ledger: HadLedger, at: datetime,
                                had: HadEstablishment) -> None:
-        await enqueue(store.conn, *_live_places_event(ledger, at, had))
+        await uow.publish([_live_places_event(ledger, at, had)])
 
     @staticmethod
-    async def _emit_matching(store: CapacityStore, department: str, message, at: datetime) -> None:
-        await enqueue(store.conn, MATCHING_EVENTS.name, department, wrap(message, EVENT_SOURCE, time=at))
+    async def _emit_matching(uow: UnitOfWork, department: str, message, at: datetime) -> None:
+        await uow.publish([(MATCHING_EVENTS.name, department, wrap(message, EVENT_SOURCE, time=at))])
 
 
 def _live_places_event(ledger: HadLedger, at: datetime, had: HadEstablishment) -> tuple[str, str, Envelope]:
