@@ -20,6 +20,7 @@ Ledgers are kept per HAD (an HAD serving two departments of owned partitions is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +31,7 @@ from reflexe_capacity.adapters.store import _had, _ledger
 from reflexe_capacity.domain.capacity import HadLedger
 from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
-from reflexe_common.inbox import Fenced
+from reflexe_common.inbox import TRANSIENT, Fenced
 from reflexe_common.partition_table import DEPARTMENT_PARTITION
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,20 @@ class OwnedLedgers:
         taken = sorted(p for p in partitions if p not in self._partitions)
         if not taken:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            epochs = {r["partition"]: r["epoch"] for r in await conn.fetch(_BUMP, topic, taken)}
-            departments = frozenset().union(*(departments_of(p) for p in taken))
-            rows = await conn.fetch(_LOAD, sorted(departments))
+        departments = frozenset().union(*(departments_of(p) for p in taken))
+        backoff = 0.1
+        while True:
+            # Retried until PostgreSQL answers: until then this process has no state for these
+            # partitions, and its batches for them would all be refused.
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    epochs = {r["partition"]: r["epoch"] for r in await conn.fetch(_BUMP, topic, taken)}
+                    rows = await conn.fetch(_LOAD, sorted(departments))
+                break
+            except TRANSIENT as exc:
+                log.warning("taking partitions failed, retrying", extra={"partitions": taken, "error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         for row in rows:
             self._remember(row)
         for p in taken:

@@ -2,7 +2,8 @@
 
 Each HAD's ledger is one row of counts (``ledgers``) written in the same transaction as the
 hold or declaration that changes it, so a decision reads one row per candidate HAD however
-many holds are live. Ledgers are read without locks; a change is written only if the row's
+many holds are live (the matcher keeps its partitions' ledgers in memory: owned_ledgers.py).
+Ledgers are read without locks; a change is written only if the row's
 ``version`` is still the one the domain decided on (``save_*`` return False otherwise, and the
 caller decides again on fresh rows). The conditional UPDATE takes the row lock and waits for a
 concurrent writer of the same HAD to commit, so two matchers never both spend its last place:
