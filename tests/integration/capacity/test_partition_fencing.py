@@ -30,7 +30,7 @@ from reflexe_capacity.service_layer.matcher import Matcher, MatcherPolicy
 from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.db import create_pool, migrate
 from reflexe_common.envelope import message_class, ts, unwrap, wrap
-from reflexe_common.inbox import Record, RecordProcessor
+from reflexe_common.inbox import Record, RecordProcessor, RetryBatch
 from reflexe_common.partitioning import department_partition
 from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_common.vocabulary import CapacityStatus, Equipment
@@ -195,3 +195,32 @@ async def test_a_ledger_changed_by_another_process_is_seen_by_the_next_batch(poo
     second, second_record = requested(6)
     assert await owner_processor.process(second_record) == "handled"
     assert (await decisions(pool))[second] == HAD
+
+
+async def test_a_batch_whose_ledger_changed_before_its_holds_were_written_runs_again(pool):
+    """The batch's new holds are written at its end, conditional on the versions it decided on: a
+    declaration committed in between (another process) refuses the batch, which rolls back and
+    decides again on the new figures."""
+    async with pool.acquire() as conn:
+        await CapacityStore(conn).upsert_had(HadEstablishment(
+            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
+            frozenset({COMMUNE}), authorised_places=10))
+    await declare(pool, 1, 0)
+    owner = OwnedLedgers(pool)
+    await owner.assigned(TOPIC, {PARTITION})
+    referral, record = requested(6)
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        context = await owner.begin(conn, TOPIC, PARTITION)
+        await Matcher(MatcherPolicy()).handle(context.uow, unwrap(record.headers, record.value))
+        await declare(pool, 0, 5)  # the HAD closes its last place meanwhile
+        with pytest.raises(RetryBatch):
+            await owner.end(context)
+        await transaction.rollback()
+        owner.rolled_back(context)
+    assert referral not in await decisions(pool)
+    assert await processor(pool, owner, DeadLetters()).process(record) == "handled"
+    assert (await decisions(pool))[referral] == "exhausted"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM holds") == 0

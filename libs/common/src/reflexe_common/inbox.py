@@ -53,6 +53,11 @@ class Fenced(Exception):
     commit (the new owner handles those records again from the last committed offset)."""
 
 
+class RetryBatch(Exception):
+    """The state a batch decided on changed under it (another process committed first): roll it
+    back and run it again at once, on fresh state; not a failure of the records."""
+
+
 class PartitionScope(Protocol):
     """What a single writer per partition needs around each of its transactions: ``begin`` runs
     first in the transaction (it may refuse with Fenced, which rolls the batch back and skips it)
@@ -177,6 +182,9 @@ class RecordProcessor:
                         else:
                             duplicates += 1
                 break
+            except RetryBatch as exc:
+                log.info("batch run again", extra={"consumer": self.consumer, "reason": str(exc)})
+                continue
             except Fenced as exc:
                 log.warning("partition taken over: batch not committed", extra={
                     "consumer": self.consumer, "records": len(decoded), "reason": str(exc)})
@@ -229,6 +237,9 @@ class RecordProcessor:
                         return "duplicate"
                     await self._handler(context, envelope)
                 return "handled"
+            except RetryBatch as exc:
+                log.info("record run again", extra={"consumer": self.consumer, "reason": str(exc)})
+                continue
             except Fenced as exc:
                 log.warning("partition taken over: record not committed", extra={
                     "consumer": self.consumer, "reason": str(exc)})

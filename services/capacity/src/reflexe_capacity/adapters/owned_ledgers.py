@@ -152,7 +152,8 @@ class OwnedLedgers:
         for row in rows:
             if row["finess"] is not None:
                 self._remember(row)
-        return BatchContext(partition, state.epoch, PostgresUnitOfWork(conn, self, batched=True))
+        return BatchContext(partition, state.epoch,
+                            PostgresUnitOfWork(conn, self, batched=True, partition_departments=state.departments))
 
     async def end(self, context: BatchContext) -> None:
         await context.uow.flush()

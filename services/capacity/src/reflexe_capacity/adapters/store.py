@@ -137,6 +137,31 @@ class CapacityStore:
             *_ledger_args(ledger, read_version), hold.hold_id, uuid.UUID(hold.referral_id), department,
             hold.made_at, hold.expires_at, str(hold.state), hold.placed_under, by_desk) is not None
 
+    async def save_new_holds(self, ledgers: list[tuple[int, HadLedger]], holds: list[tuple[Hold, str, bool]]) -> bool:
+        """Several new holds in one statement: each ledger's counts, written only if its version
+        is still the one read (``ledgers``: (version read, ledger), one per HAD), the holds (hold,
+        department, by desk), their HADs noted as tried for their referrals (one hold per referral).
+        False when a ledger changed since it was read (the caller rolls back: holds were inserted)."""
+        return await self.conn.fetchval(
+            "WITH ledger AS (UPDATE ledgers l SET holding = u.holding, promised = u.promised, version = u.version "
+            "FROM unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::bigint[]) "
+            "AS u(had_finess, read_version, holding, promised, version) "
+            "WHERE l.had_finess = u.had_finess AND l.version = u.read_version RETURNING l.had_finess), "
+            "hold AS (INSERT INTO holds (hold_id, referral_id, had_finess, department, made_at, expires_at, state, "
+            "placed_under, by_desk) SELECT * FROM unnest($6::text[], $7::uuid[], $8::text[], $9::text[], "
+            "$10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], $14::bool[])), "
+            "request AS (UPDATE match_requests m SET tried_hads = CASE WHEN t.had_finess = ANY(m.tried_hads) "
+            "THEN m.tried_hads ELSE m.tried_hads || t.had_finess END "
+            "FROM unnest($7::uuid[], $8::text[]) AS t(referral_id, had_finess) WHERE m.referral_id = t.referral_id) "
+            "SELECT count(*) = $15 FROM ledger",
+            [ledger.had_finess for _, ledger in ledgers], [read for read, _ in ledgers],
+            [ledger.holding for _, ledger in ledgers], [ledger.promised for _, ledger in ledgers],
+            [ledger.version for _, ledger in ledgers],
+            [h.hold_id for h, _, _ in holds], [uuid.UUID(h.referral_id) for h, _, _ in holds],
+            [h.had_finess for h, _, _ in holds], [d for _, d, _ in holds], [h.made_at for h, _, _ in holds],
+            [h.expires_at for h, _, _ in holds], [str(h.state) for h, _, _ in holds],
+            [h.placed_under for h, _, _ in holds], [by_desk for _, _, by_desk in holds], len(ledgers))
+
     async def save_hold_change(self, ledger: HadLedger, read_version: int, hold: Hold, at: datetime,
                                answered: bool) -> bool:
         """The ledger with the hold's new state, in one statement; False when the ledger changed
