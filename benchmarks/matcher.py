@@ -35,6 +35,7 @@ from reflexe.v1 import referral_pb2
 from benchmarks.common import RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
 from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
 from reflexe_common.geography import Geography
+from reflexe_common.partitioning import DepartmentPartitioner
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
 from tests.support.data import had_body, pseudonym, unique_finess
 from tests.support.infra import Infra
@@ -133,7 +134,9 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     service = ServiceProcess("reflexe_capacity", service_env(infra, INSTANCE="bench"), "CAPACITY_HTTP_PORT", log_dir).start()
     rss = RssWatch()
     rss.watch("capacity", service.proc.pid)
-    producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", enable_idempotence=True, linger_ms=2)
+    # Keyed by department onto the department's partition, as the platform's outbox relay does.
+    producer = AIOKafkaProducer(**infra.kafka_options(), acks="all", enable_idempotence=True, linger_ms=2,
+                                partitioner=DepartmentPartitioner())
     offers = Offers(infra.kafka_options())
     follower = asyncio.create_task(offers.follow())
     try:

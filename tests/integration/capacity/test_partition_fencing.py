@@ -224,3 +224,21 @@ async def test_a_batch_whose_ledger_changed_before_its_holds_were_written_runs_a
     assert (await decisions(pool))[referral] == "exhausted"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM holds") == 0
+
+
+async def test_a_record_on_another_partition_than_its_departments_is_decided_on_postgresql(pool):
+    """A producer keying by department but not placing it on the department's partition (another
+    partitioner): the batch's memory was refreshed for its own partition's departments only, so
+    the referral's department is read from PostgreSQL, and its HAD registered since is found."""
+    other = (PARTITION + 1) % REFERRAL_EVENTS.partitions
+    owner = OwnedLedgers(pool)
+    await owner.assigned(TOPIC, {PARTITION, other})
+    async with pool.acquire() as conn:
+        await CapacityStore(conn).upsert_had(HadEstablishment(
+            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
+            frozenset({COMMUNE}), authorised_places=10))
+    await declare(pool, 1, 0)
+    referral, record = requested(1)
+    elsewhere = Record(TOPIC, other, record.offset, record.key, record.value, record.headers)
+    assert await processor(pool, owner, DeadLetters()).process(elsewhere) == "handled"
+    assert (await decisions(pool))[referral] == HAD

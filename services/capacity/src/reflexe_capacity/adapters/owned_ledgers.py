@@ -88,10 +88,6 @@ class OwnedLedgers:
         self._departments: frozenset[str] = frozenset()
 
     # ---- what the unit of work reads -------------------------------------------------------
-    def covers(self, departments: list[str]) -> bool:
-        """Whether every department is one of the owned partitions' (else read PostgreSQL)."""
-        return bool(departments) and self._departments.issuperset(departments)
-
     def serving(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
         """The HADs serving one of the departments with their ledgers, FINESS order (as the store)."""
         wanted = set(departments)

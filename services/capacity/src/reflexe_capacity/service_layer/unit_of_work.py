@@ -104,7 +104,9 @@ class PostgresUnitOfWork:
 
     # ---- ledgers ---------------------------------------------------------------------------
     async def candidates(self, departments: list[str]) -> list[Board]:
-        if self.owned is not None and self.owned.covers(departments):
+        # The memory is trusted for the batch's own partition only: its opening statement
+        # refreshed the HADs of that partition's departments, not those of the others.
+        if self.owned is not None and departments and self._partition_departments.issuperset(departments):
             return [(had, _copy(self.written.get(had.finess, ledger)))
                     for had, ledger in self.owned.serving(departments)]
         await self._write_holds()
@@ -112,7 +114,7 @@ class PostgresUnitOfWork:
 
     async def had_with_ledger(self, finess: str) -> Board | None:
         found = self.owned.get(finess) if self.owned is not None else None
-        if found is None:
+        if found is None or not found[0].departments & self._partition_departments:
             await self._write_holds()
             return await self.store.had_with_ledger(finess)
         had, ledger = found
