@@ -14,12 +14,15 @@ from reflexe.v1 import referral_pb2
 
 from reflexe_common.db import create_pool, prepare_schema
 from reflexe_common.envelope import Envelope, wrap
+from reflexe_common.webhook_secrets import generate_secret
 from reflexe_notify.adapters import store
+from reflexe_notify.adapters.secret_box import SecretBox
 from reflexe_notify.domain.recipients import Recipient
 from reflexe_notify.service_layer.notifications import batch_handler
 from tests.integration.notify.kit import AT, header, referral_requested
 from tests.support.data import unique_finess
 from tests.support.infra import Infra
+from tests.support.services import NOTIFY_TEST_KEY
 from tests.support.territory import own_department
 
 pytestmark = pytest.mark.integration
@@ -71,7 +74,9 @@ async def told(pool: asyncpg.Pool, department: str, neighbour: str, hospital: st
 async def subscribe_all(pool: asyncpg.Pool, department: str, hospital: str, had: str) -> list[uuid.UUID]:
     ids = []
     for recipient in (Recipient.desk(department), Recipient.hospital(hospital), Recipient.had(had)):
-        row = await store.create_subscription(pool, str(recipient), NOWHERE, [], "sealed-for-the-test", "tests")
+        # Sealed with the suite's key, as the service seals: a key rotation run later must open it.
+        sealed = SecretBox([NOTIFY_TEST_KEY]).seal(generate_secret())
+        row = await store.create_subscription(pool, str(recipient), NOWHERE, [], sealed, "tests")
         ids.append(row["id"])
     return ids
 
