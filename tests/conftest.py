@@ -11,6 +11,7 @@ own ACLs; tests themselves observe and set up as the super user (Infra.kafka_opt
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,3 +53,14 @@ def infra() -> Iterator[Infra]:
 async def topics(infra: Infra) -> Infra:
     await ensure_topics(infra.kafka())
     return infra
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def no_consumer_outlives_its_module(request):
+    """A module's in-process services stop with it. A Kafka consumer left running in the test
+    process stays in its group, and a later test waiting for that group to be empty
+    (mark_caught_up) timed out minutes away from the cause."""
+    yield
+    left = [task for task in asyncio.all_tasks() if not task.done()
+            and task.get_coro().__qualname__ == "GroupCoordinator._coordination_routine"]
+    assert not left, f"{len(left)} Kafka consumer(s) still in their group after {request.module.__name__}"

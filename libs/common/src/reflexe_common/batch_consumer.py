@@ -24,7 +24,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
-from reflexe_common.inbox import TRANSIENT, DeadLetters, Record, RecordProcessor
+from reflexe_common.inbox import TRANSIENT, DeadLetters, Record, RecordProcessor, commit_then_stop
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, DUPLICATES_SKIPPED, HANDLER_SECONDS, init_consumer
 from reflexe_common.topics import topic_label
@@ -70,12 +70,12 @@ class BatchConsumerLoop:
         return self._processor.consumer
 
     async def run(self) -> None:
-        await self._consumer.start()
-        self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self))
         committer = asyncio.create_task(self._commit_forever(), name=f"{self._group}-offsets")
         conn: asyncpg.Connection | None = None
-        self.started.set()
         try:
+            await self._consumer.start()  # inside the try: see ConsumerLoop.run
+            self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self))
+            self.started.set()
             while True:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 if not batches:
@@ -97,9 +97,7 @@ class BatchConsumerLoop:
             await asyncio.gather(committer, return_exceptions=True)
             if conn is not None:
                 await self._pool.release(conn)
-            # Graceful shutdown: what was handled is committed; the rest will be redelivered.
-            await self._commit_pending("final offset commit failed; records will be redelivered and deduplicated")
-            await self._consumer.stop()
+            await commit_then_stop(self._consumer, self._commit_pending("final offset commit failed"))
 
     async def _handle(self, records: list[Record], conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """Handles the records; returns the connection to keep (None after losing it)."""

@@ -26,6 +26,20 @@ from reflexe_common.topics import topic_label
 
 log = logging.getLogger(__name__)
 PATTERN_REFRESH_MS = 3000
+FINAL_COMMIT_SECONDS = 1.0
+
+
+async def commit_then_stop(consumer: AIOKafkaConsumer, commit: Awaitable[Any]) -> None:
+    """Graceful shutdown: what was handled is committed (the rest will be redelivered and
+    deduplicated), then the consumer leaves its group. The commit is bounded: during a rebalance it
+    waits for the group, which waits for this very member to rejoin, so the consumer stayed in its
+    group, heartbeating, for minutes after its service had stopped."""
+    try:
+        await asyncio.wait_for(commit, FINAL_COMMIT_SECONDS)
+    except Exception as exc:  # TimeoutError included
+        log.warning("final offset commit failed; records will be redelivered and deduplicated",
+                    extra={"error": repr(exc)})
+    await consumer.stop()
 
 # A handler gets the batch's connection, or what the processor's PartitionScope made of it.
 Handler = Callable[[Any, Envelope], Awaitable[None]]
@@ -284,11 +298,13 @@ class ConsumerLoop:
         self.started = asyncio.Event()
 
     async def run(self) -> None:
-        await self._consumer.start()
-        if self._pattern:
-            self._consumer.subscribe(pattern=self._pattern)
-        self.started.set()
         try:
+            # Inside the try: a service stopped while its consumer starts (a test's short-lived app)
+            # would otherwise leave that consumer in its group, heartbeating, with nobody to stop it.
+            await self._consumer.start()
+            if self._pattern:
+                self._consumer.subscribe(pattern=self._pattern)
+            self.started.set()
             while True:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=200)
                 for tp, records in batches.items():
@@ -302,9 +318,4 @@ class ConsumerLoop:
                 if batches:
                     await self._consumer.commit()
         finally:
-            # Graceful shutdown: what was handled is committed; the rest will be redelivered.
-            try:
-                await self._consumer.commit()
-            except Exception:
-                log.warning("final offset commit failed; records will be redelivered and deduplicated")
-            await self._consumer.stop()
+            await commit_then_stop(self._consumer, self._consumer.commit())

@@ -117,8 +117,8 @@ class Runtime:
         app = stream_app(group, self.kafka, topic,
                          RecordProcessor(name, self.pool, self.dead_letters, handler, scope=scope),
                          self.settings.instance)
+        self.streams.append(app)  # before starting it: a stop during its start stops it too
         await app.start()
-        self.streams.append(app)
 
 
 @asynccontextmanager
