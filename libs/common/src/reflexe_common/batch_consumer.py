@@ -4,9 +4,8 @@ For consumers whose handler can route many events in memory and write them with 
 statements (notify): a batch costs a handful of round trips whatever its size, and the batch is
 whatever the broker had (never formed by a timer), so a lone event goes alone and at once.
 
-At least once, as ConsumerLoop: the inbox claim of every event and its effects commit together,
-then the offsets are committed by a background task (the next batch does not wait for the
-broker's answer). A crash between the two redelivers records that the inbox then skips. A poison
+At least once, as ConsumerLoop (whose polling, offsets and shutdown it shares): the inbox claim of
+every event and its effects commit together, then the offsets are committed. A poison
 record is dead-lettered before the transaction; when the batch fails otherwise, its records are
 handled one by one by the RecordProcessor, so the good ones commit and only the bad one is
 retried or dead-lettered.
@@ -21,13 +20,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
-from reflexe_common.inbox import TRANSIENT, DeadLetters, Record, RecordProcessor, commit_then_stop
+from reflexe_common.inbox import TRANSIENT, ConsumerLoop, DeadLetters, Record, RecordProcessor
 from reflexe_common.kafka import KafkaAccess
-from reflexe_common.metrics import CONSUMER_LAG, DUPLICATES_SKIPPED, HANDLER_SECONDS, init_consumer
-from reflexe_common.topics import topic_label
+from reflexe_common.metrics import DUPLICATES_SKIPPED, HANDLER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -36,68 +34,29 @@ BatchHandler = Callable[[asyncpg.Connection, Sequence[Envelope]], Awaitable[Any]
 MAX_RECORDS = 500
 
 
-class BatchConsumerLoop:
+class BatchConsumerLoop(ConsumerLoop):
     def __init__(self, kafka: KafkaAccess, group_id: str, topics: list[str], pool: asyncpg.Pool,
                  dead_letters: DeadLetters, processor: RecordProcessor, handle_batch: BatchHandler,
                  after_commit: Callable[[Any], None] | None = None, client_id: str | None = None,
                  max_records: int = MAX_RECORDS) -> None:
         """`processor` handles records one by one when a batch fails (its handler must do for one
         event what `handle_batch` does for many, with the same consumer name and no verifier)."""
-        self._consumer = AIOKafkaConsumer(
-            **kafka.options(),
-            group_id=group_id,
-            client_id=client_id or group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
-        self._topics = topics
-        self._group = group_id
-        self._processor = processor
+        super().__init__(kafka, group_id, topics, processor, client_id=client_id, max_records=max_records)
         self._pool = pool
         self._dead_letters = dead_letters
         self._handle_batch = handle_batch
         self._after_commit = after_commit
-        self._max_records = max_records
-        self._lag: dict[TopicPartition, int] = {}
-        self._to_commit: dict[TopicPartition, int] = {}  # the next offset of each partition, handled
-        self._commit_wanted = asyncio.Event()
-        init_consumer(processor.consumer, group_id, [topic_label(t) for t in topics])
-        self.started = asyncio.Event()
+        # The batch holds one connection of the pool for as long as the loop runs: no acquiring
+        # and resetting per batch.
+        self._conn: asyncpg.Connection | None = None
 
-    @property
-    def consumer(self) -> str:
-        return self._processor.consumer
+    async def _handle_poll(self, batches: dict[TopicPartition, list[Record]]) -> None:
+        self._conn = await self._handle([r for rs in batches.values() for r in rs], self._conn)
 
-    async def run(self) -> None:
-        committer = asyncio.create_task(self._commit_forever(), name=f"{self._group}-offsets")
-        conn: asyncpg.Connection | None = None
-        try:
-            await self._consumer.start()  # inside the try: see ConsumerLoop.run
-            self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self))
-            self.started.set()
-            while True:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
-                if not batches:
-                    continue
-                records = [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()))
-                           for rs in batches.values() for r in rs]
-                # The batch holds one connection of the pool for as long as the loop runs: no
-                # acquiring and resetting per batch.
-                conn = await self._handle(records, conn)
-                for tp, rs in batches.items():
-                    self._to_commit[tp] = rs[-1].offset + 1
-                    self._lag[tp] = max(0, (self._consumer.highwater(tp) or 0) - rs[-1].offset - 1)
-                    label = topic_label(tp.topic)
-                    CONSUMER_LAG.labels(self._group, label).set(
-                        sum(lag for other, lag in self._lag.items() if topic_label(other.topic) == label))
-                self._commit_wanted.set()
-        finally:
-            committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
-            if conn is not None:
-                await self._pool.release(conn)
-            await commit_then_stop(self._consumer, self._commit_pending("final offset commit failed"))
+    async def _release(self) -> None:
+        if self._conn is not None:
+            await self._pool.release(self._conn)
+            self._conn = None
 
     async def _handle(self, records: list[Record], conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """Handles the records; returns the connection to keep (None after losing it)."""
@@ -163,38 +122,3 @@ class BatchConsumerLoop:
             "RETURNING event_id", self.consumer, [e.id for e in envelopes],
         )
         return {row["event_id"] for row in rows}
-
-    async def _commit_forever(self) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            await self._commit_pending("offset commit failed; kept for the next one")
-
-    async def _commit_pending(self, failure: str, only: set[TopicPartition] | None = None) -> None:
-        offsets = {tp: o for tp, o in self._to_commit.items() if only is None or tp in only}
-        if not offsets:
-            return
-        for tp in offsets:
-            del self._to_commit[tp]
-        try:
-            await self._consumer.commit(offsets)
-        except Exception as exc:
-            log.warning(failure, extra={"consumer": self.consumer, "error": repr(exc)})
-            assigned = self._consumer.assignment()
-            for tp, offset in offsets.items():  # a partition still ours: committed with its next batch
-                if tp in assigned and tp not in self._to_commit:
-                    self._to_commit[tp] = offset
-
-
-class _CommitOnRevoke(ConsumerRebalanceListener):
-    """A partition leaving commits what was handled of it, so its next owner redelivers less."""
-
-    def __init__(self, loop: BatchConsumerLoop) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self._loop._commit_pending("offset commit on revocation failed; records will be redelivered",
-                                         only=set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        pass

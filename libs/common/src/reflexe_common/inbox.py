@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from reflexe_common.envelope import Envelope, Headers, PoisonRecord, unwrap
 from reflexe_common.kafka import KafkaAccess
@@ -274,12 +274,16 @@ class RecordProcessor:
 
 
 class ConsumerLoop:
-    """A plain aiokafka consumer driving a RecordProcessor; offsets are committed after handling."""
+    """A plain aiokafka consumer group driving a RecordProcessor, partition by partition.
+
+    At least once: offsets are committed after handling, by a background task (the next poll does
+    not wait for the broker's answer); a crash in between redelivers records the inbox skips. A
+    partition leaving commits what was handled of it, so its next owner redelivers less.
+    Subclasses change only how a poll's records are handled (batch_consumer.BatchConsumerLoop)."""
 
     def __init__(self, kafka: KafkaAccess, group_id: str, topics: list[str], processor: RecordProcessor,
-                 client_id: str | None = None, pattern: str | None = None) -> None:
+                 client_id: str | None = None, pattern: str | None = None, max_records: int = 200) -> None:
         self._consumer = AIOKafkaConsumer(
-            *topics,
             **kafka.options(),
             group_id=group_id,
             client_id=client_id or group_id,
@@ -290,32 +294,89 @@ class ConsumerLoop:
             # the next metadata refresh: seconds, not the default 5 minutes.
             **({"metadata_max_age_ms": PATTERN_REFRESH_MS} if pattern else {}),
         )
+        self._topics = topics
         self._pattern = pattern
         self._group = group_id
         self._processor = processor
+        self._max_records = max_records
         init_consumer(processor.consumer, group_id, [topic_label(t) for t in topics])
         self._lag: dict[TopicPartition, int] = {}
+        self._to_commit: dict[TopicPartition, int] = {}  # the next offset of each partition, handled
+        self._commit_wanted = asyncio.Event()
         self.started = asyncio.Event()
 
+    @property
+    def consumer(self) -> str:
+        return self._processor.consumer
+
     async def run(self) -> None:
+        committer = asyncio.create_task(self._commit_forever(), name=f"{self._group}-offsets")
         try:
             # Inside the try: a service stopped while its consumer starts (a test's short-lived app)
             # would otherwise leave that consumer in its group, heartbeating, with nobody to stop it.
             await self._consumer.start()
+            listener = _CommitOnRevoke(self)
             if self._pattern:
-                self._consumer.subscribe(pattern=self._pattern)
+                self._consumer.subscribe(pattern=self._pattern, listener=listener)
+            else:
+                self._consumer.subscribe(self._topics, listener=listener)
             self.started.set()
             while True:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=200)
-                for tp, records in batches.items():
-                    await self._processor.process_batch(
-                        [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
-                    )
-                    self._lag[tp] = max(0, (self._consumer.highwater(tp) or 0) - await self._consumer.position(tp))
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
+                if not batches:
+                    continue
+                await self._handle_poll({tp: [Record(r.topic, r.partition, r.offset, r.key, r.value,
+                                                     list(r.headers or ())) for r in rs]
+                                         for tp, rs in batches.items()})
+                for tp, rs in batches.items():
+                    self._to_commit[tp] = rs[-1].offset + 1
+                    self._lag[tp] = max(0, (self._consumer.highwater(tp) or 0) - rs[-1].offset - 1)
                     label = topic_label(tp.topic)
                     CONSUMER_LAG.labels(self._group, label).set(
                         sum(lag for other, lag in self._lag.items() if topic_label(other.topic) == label))
-                if batches:
-                    await self._consumer.commit()
+                self._commit_wanted.set()
         finally:
-            await commit_then_stop(self._consumer, self._consumer.commit())
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            await self._release()
+            await commit_then_stop(self._consumer, self._commit_pending("final offset commit failed"))
+
+    async def _handle_poll(self, batches: dict[TopicPartition, list[Record]]) -> None:
+        for records in batches.values():
+            await self._processor.process_batch(records)
+
+    async def _release(self) -> None:
+        """What the handling holds between polls, given back when the loop ends."""
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._commit_pending("offset commit failed; kept for the next one")
+
+    async def _commit_pending(self, failure: str, only: set[TopicPartition] | None = None) -> None:
+        offsets = {tp: o for tp, o in self._to_commit.items() if only is None or tp in only}
+        if not offsets:
+            return
+        for tp in offsets:
+            del self._to_commit[tp]
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:
+            log.warning(failure, extra={"consumer": self.consumer, "error": repr(exc)})
+            assigned = self._consumer.assignment()
+            for tp, offset in offsets.items():  # a partition still ours: committed with its next batch
+                if tp in assigned and tp not in self._to_commit:
+                    self._to_commit[tp] = offset
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self._loop._commit_pending("offset commit on revocation failed; records will be redelivered",
+                                         only=set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        pass
