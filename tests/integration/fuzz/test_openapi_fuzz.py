@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -34,6 +36,8 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.checks import not_a_server_error
 
 from reflexe_common.geography import Geography
+from reflexe_notify.adapters import store
+from reflexe_notify.domain.desk import DeskEvent
 from tests.support.data import had_body, referral_body, unique_finess
 from tests.support.infra import Infra
 from tests.support.services import NOTIFY_ENV, bearer, serve_in_process, service_env, token
@@ -100,6 +104,7 @@ class World:
     """A running service and data of its own for the generated calls to land on."""
 
     url: str
+    app: Any
     schema: Any
     scopes: dict[str, dict[str, str]]
     known: dict[str, str] = field(default_factory=dict)
@@ -147,7 +152,7 @@ class Worlds:
         schema = schemathesis.openapi.from_dict((await client.get("/openapi.json")).json())
         scopes = {"hospital": {"finess": hospital}, "had": {"finess": had}, "desk": {"department": DEPARTMENT},
                   "ars": {"region": REGION}, "admin": {}}
-        self._worlds[service] = World(url, schema, scopes, known)
+        self._worlds[service] = World(url, app, schema, scopes, known)
         return self._worlds[service]
 
     async def close(self) -> None:
@@ -190,6 +195,25 @@ def _fuzz(world: World, method: str, path: str) -> None:
 def _all_operations() -> list[Any]:
     return [pytest.param(service, method, path, id=f"{service}-{method} {path}")
             for service in SERVICES for method, path in _operations(service)]
+
+
+def _read_stream(world: World, path: str, headers: dict[str, str]) -> str:
+    case = world.schema[path]["GET"].Case(path_parameters={"department": DEPARTMENT}, query={"after": 0})
+    response = case.call(base_url=world.url, headers=headers, timeout=STREAM_SECONDS)
+    case.validate_response(response, checks=CHECKS, headers=headers)
+    return response.text
+
+
+async def test_the_desk_stream_events_meet_their_document(worlds: Worlds) -> None:
+    """The generated calls read a stream that may be empty; this one has an event, so that
+    what the document says of each event is checked on a real one."""
+    world = await worlds.get("notify")
+    async with world.app.state.pool.acquire() as conn, conn.transaction():
+        await store.append_desk_event(conn, DeskEvent(DEPARTMENT, f"fuzz-{uuid.uuid4()}", "capacity.changed",
+                                                      datetime.now(UTC), {"live_places": 1}))
+    headers = {"Authorization": f"Bearer {bearer('desk', department=DEPARTMENT)}"}
+    text = await asyncio.to_thread(_read_stream, world, "/v1/desks/{department}/stream", headers)
+    assert "event: desk" in text, text
 
 
 @pytest.mark.parametrize(("service", "method", "path"), _all_operations())

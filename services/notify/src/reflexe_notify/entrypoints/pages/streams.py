@@ -17,6 +17,18 @@ from reflexe_notify.entrypoints.pages.session import desk_api_session, desk_scop
 from reflexe_notify.service_layer import had_stream
 
 router = APIRouter(tags=["desk"])
+# One event of the stream as OpenAPI 3.1 describes a text/event-stream entry (before 3.2's
+# itemSchema, `schema` is each event's): its type, its id to resume from, its JSON payload.
+DESK_EVENT = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"const": "desk"},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def _start(request: Request, after: int | None, head: int) -> int:
@@ -57,7 +69,7 @@ async def desk_stream_cookie(department: str, request: Request,
 @router.get("/v1/desks/{department}/stream", summary="The desk's live stream (server-sent events)",
             response_class=EventSourceResponse,
             responses={200: {"description": "Server-sent events, one `desk` event per change",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                             "content": {"text/event-stream": {"schema": DESK_EVENT}}}},
             description="Events `desk`, each with an `id`; reconnect with `Last-Event-ID` to resume without a gap. "
                         "`after` starts after a given id (0: from the oldest kept); default: from now.")
 async def desk_stream_bearer(department: str, request: Request, after: int | None = Query(None, ge=0),
