@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 
 from reflexe_common.topics import ensure_topics
 from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
@@ -60,7 +61,8 @@ async def no_consumer_outlives_its_module(request):
     """A module's in-process services stop with it. A Kafka consumer left running in the test
     process stays in its group, and a later test waiting for that group to be empty
     (mark_caught_up) timed out minutes away from the cause."""
+    # The task a consumer runs while in its group; if aiokafka renames it, this guard must follow.
+    routine = GroupCoordinator._coordination_routine.__qualname__
     yield
-    left = [task for task in asyncio.all_tasks() if not task.done()
-            and task.get_coro().__qualname__ == "GroupCoordinator._coordination_routine"]
+    left = [task for task in asyncio.all_tasks() if not task.done() and task.get_coro().__qualname__ == routine]
     assert not left, f"{len(left)} Kafka consumer(s) still in their group after {request.module.__name__}"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from tests.support.infra import Infra, make_state_dir, parse_exports, run_infra_sh, start_infra, stop_infra
+from tests.support.infra import Infra, parse_exports, private_infra, run_infra_sh, start_infra
 from tests.support.services import eventually
 
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
@@ -29,19 +27,7 @@ CONTROLLER_PORT = 29093 + _OFFSET
 PG_PORT = 25432 + _OFFSET
 
 
-@pytest.fixture(scope="module")
-def state_dir() -> Iterator[Path]:
-    path = make_state_dir("reflexe-infra-test-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def infra(state_dir: Path) -> Iterator[Infra]:
-    try:
-        yield start_infra(state_dir, KAFKA_PORT, CONTROLLER_PORT, PG_PORT)
-    finally:
-        stop_infra(state_dir)
+state_dir, infra = private_infra("infra", "reflexe-infra-test-", KAFKA_PORT, CONTROLLER_PORT, PG_PORT)
 
 
 @pytest.mark.asyncio

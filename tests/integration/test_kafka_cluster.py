@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from reflexe_common.topics import ALL_TOPICS, Topic, ensure_topics
-from tests.support.infra import Infra, make_state_dir, run_infra_sh, start_infra, stop_infra
+from tests.support.infra import Infra, private_infra, run_infra_sh
 from tests.support.services import eventually
 
 _OFFSET = int(os.environ.get("REFLEXE_TEST_PORT_OFFSET", "0"))  # see tests/conftest.py
@@ -39,19 +38,8 @@ FAILOVER_TIMEOUT_S = 90
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def state_dir() -> Iterator[Path]:
-    path = make_state_dir("reflexe-cluster-test-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster(state_dir: Path) -> Iterator[Infra]:
-    try:
-        yield start_infra(state_dir, KAFKA_PORT, CONTROLLER_PORT, PG_PORT, kafka_nodes=NODES)
-    finally:
-        stop_infra(state_dir, KAFKA_PORT, CONTROLLER_PORT, PG_PORT)
+state_dir, cluster = private_infra("cluster", "reflexe-cluster-test-", KAFKA_PORT, CONTROLLER_PORT, PG_PORT,
+                                   kafka_nodes=NODES)
 
 
 def infra_sh(state_dir: Path, *command: str) -> str:

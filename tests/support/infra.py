@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reflexe_common.kafka import KafkaAccess, password_variable
 from reflexe_common.topics import TopicSettings
@@ -146,3 +150,25 @@ def stop_infra(
 ) -> None:
     """Stop both servers and delete ``state_dir`` (the jar cache is kept)."""
     run_infra_sh("clean", state_dir, STOP_TIMEOUT_S, kafka_port, controller_port, pg_port)
+
+
+def private_infra(name: str, prefix: str, kafka_port: int, controller_port: int, pg_port: int,
+                  kafka_nodes: int | None = None) -> tuple[Any, Any]:
+    """Module fixtures `state_dir` and `name` (an Infra) for a module that needs a broker and a
+    database of its own, on its own ports, beside the session's; a module assigns both:
+    `state_dir, cluster = private_infra("cluster", ...)`."""
+
+    @pytest.fixture(scope="module", name="state_dir")
+    def state_dir_fixture() -> Iterator[Path]:
+        path = make_state_dir(prefix)
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+
+    @pytest.fixture(scope="module", name=name)
+    def infra_fixture(state_dir: Path) -> Iterator[Infra]:
+        try:
+            yield start_infra(state_dir, kafka_port, controller_port, pg_port, kafka_nodes=kafka_nodes)
+        finally:
+            stop_infra(state_dir, kafka_port, controller_port, pg_port)
+
+    return state_dir_fixture, infra_fixture

@@ -83,6 +83,15 @@ async def pool(infra):
         await conn.close()
 
 
+async def register_and_declare(pool: asyncpg.Pool, places: int, minute: int) -> None:
+    """The test's HAD, serving its commune, with `places` declared."""
+    async with pool.acquire() as conn:
+        await CapacityStore(conn).upsert_had(HadEstablishment(
+            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
+            frozenset({COMMUNE}), authorised_places=10))
+    await declare(pool, places, minute)
+
+
 async def declare(pool: asyncpg.Pool, places: int, minute: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await Matcher(MatcherPolicy()).declare(PostgresUnitOfWork(conn), CapacityDeclaration(
@@ -108,11 +117,7 @@ def processor(pool: asyncpg.Pool, owned: OwnedLedgers, dead_letters: DeadLetters
 
 
 async def test_the_old_owner_cannot_commit_once_the_partition_was_assigned_again(pool):
-    async with pool.acquire() as conn:
-        await CapacityStore(conn).upsert_had(HadEstablishment(
-            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
-            frozenset({COMMUNE}), authorised_places=10))
-    await declare(pool, 2, 0)
+    await register_and_declare(pool, 2, 0)
     dead_letters = DeadLetters()
     old, new = OwnedLedgers(pool), OwnedLedgers(pool)
     old_processor, new_processor = processor(pool, old, dead_letters), processor(pool, new, dead_letters)
@@ -147,11 +152,7 @@ async def test_the_old_owner_cannot_commit_once_the_partition_was_assigned_again
 
 
 async def test_an_assignment_waits_for_the_old_owners_open_batch(pool):
-    async with pool.acquire() as conn:
-        await CapacityStore(conn).upsert_had(HadEstablishment(
-            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
-            frozenset({COMMUNE}), authorised_places=10))
-    await declare(pool, 3, 0)
+    await register_and_declare(pool, 3, 0)
     old, new = OwnedLedgers(pool), OwnedLedgers(pool)
     await old.assigned(TOPIC, {PARTITION})
     referral, record = requested(1)
@@ -180,11 +181,7 @@ async def test_an_assignment_waits_for_the_old_owners_open_batch(pool):
 
 
 async def test_a_ledger_changed_by_another_process_is_seen_by_the_next_batch(pool):
-    async with pool.acquire() as conn:
-        await CapacityStore(conn).upsert_had(HadEstablishment(
-            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
-            frozenset({COMMUNE}), authorised_places=10))
-    await declare(pool, 0, 0)
+    await register_and_declare(pool, 0, 0)
     owner = OwnedLedgers(pool)
     owner_processor = processor(pool, owner, DeadLetters())
     await owner.assigned(TOPIC, {PARTITION})
@@ -201,11 +198,7 @@ async def test_a_batch_whose_ledger_changed_before_its_holds_were_written_runs_a
     """The batch's new holds are written at its end, conditional on the versions it decided on: a
     declaration committed in between (another process) refuses the batch, which rolls back and
     decides again on the new figures."""
-    async with pool.acquire() as conn:
-        await CapacityStore(conn).upsert_had(HadEstablishment(
-            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
-            frozenset({COMMUNE}), authorised_places=10))
-    await declare(pool, 1, 0)
+    await register_and_declare(pool, 1, 0)
     owner = OwnedLedgers(pool)
     await owner.assigned(TOPIC, {PARTITION})
     referral, record = requested(6)
@@ -233,11 +226,7 @@ async def test_a_record_on_another_partition_than_its_departments_is_decided_on_
     other = (PARTITION + 1) % REFERRAL_EVENTS.partitions
     owner = OwnedLedgers(pool)
     await owner.assigned(TOPIC, {PARTITION, other})
-    async with pool.acquire() as conn:
-        await CapacityStore(conn).upsert_had(HadEstablishment(
-            HAD, "HAD Test", frozenset({"34"}), frozenset(), frozenset({"03"}), frozenset({Equipment.OXYGEN}),
-            frozenset({COMMUNE}), authorised_places=10))
-    await declare(pool, 1, 0)
+    await register_and_declare(pool, 1, 0)
     referral, record = requested(1)
     elsewhere = Record(TOPIC, other, record.offset, record.key, record.value, record.headers)
     assert await processor(pool, owner, DeadLetters()).process(elsewhere) == "handled"

@@ -30,7 +30,7 @@ from tests.support.territory import own_communes
 
 pytestmark = pytest.mark.integration
 
-HOLD_SECONDS = 6.0  # CAPACITY_HOLD_MINUTES_WITHIN_24H=0.1: long enough to kill the service before it ends
+HOLD_SECONDS = 10.0  # CAPACITY_HOLD_MINUTES_WITHIN_24H: long enough to kill the service before it ends
 UNANSWERED_SECONDS = 1.8  # REFERRAL_OFFER_UNANSWERED_MINUTES=0.03
 ADMIN = token("admin")
 DESK = token("desk", department="34")
@@ -60,6 +60,15 @@ class Platform:
         self.referral.kill()
         self.referral = self.referral_process().start()
         await self.referral.wait_ready()
+        await self.caught_up()
+
+    async def caught_up(self) -> None:
+        """Ready is not consuming: a new process first waits for its group (the killed member's
+        session to end) and re-reads what was not committed. A fresh referral matched, through
+        Kafka both ways, shows it is past both; the clocks measured next must not include them."""
+        async with self.client() as client:
+            probe = await post(client, self.communes[2])  # no HAD there: escalated at once
+            await wait_for_event(client, probe, "ReferralEscalated", timeout=120)
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.referral.url, timeout=30)
@@ -78,11 +87,7 @@ async def platform(topics, tmp_path_factory) -> AsyncIterator[Platform]:
         platform.referral.start()
         await capacity.wait_ready()
         await platform.referral.wait_ready()
-        # A new matcher first re-reads what its group had not committed yet; the clocks measured
-        # here must not include that catch-up: wait until a fresh referral has been matched.
-        async with platform.client() as client:
-            probe = await post(client, platform.communes[2])
-            await wait_for_event(client, probe, "ReferralEscalated", timeout=120)
+        await platform.caught_up()
         yield platform
     finally:
         capacity.stop()

@@ -5,8 +5,9 @@ translation of the commands' refusals into dead-lettered records."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from reflexe.v1 import matching_pb2, submission_pb2
@@ -171,12 +172,27 @@ async def test_the_kafka_door_stamps_a_request_without_time_with_the_records_tim
     assert len(uow.events(request.referral_id)) == 1
 
 
-async def test_the_matcher_door_records_the_offer_through_the_decision_runner(make_request):
+@dataclass
+class Submitted:
+    """A referral submitted, and the matcher's door (its Kafka handler) onto the same unit of work."""
+
+    uow: FakeUnitOfWork
+    handle: Any
+    request: Any
+    at: datetime  # when the matcher answers
+
+
+@pytest.fixture
+async def submitted(make_request) -> Submitted:
     uow = FakeUnitOfWork()
-    handle = matching_handler(UNANSWERED_AFTER, unit_of_work=lambda _conn: uow)
     request = make_request()
     await submit_referral(uow, _command(request), request.requested_at)
-    at = request.requested_at + NOW_OFFSET
+    return Submitted(uow, matching_handler(UNANSWERED_AFTER, unit_of_work=lambda _conn: uow), request,
+                     request.requested_at + NOW_OFFSET)
+
+
+async def test_the_matcher_door_records_the_offer_through_the_decision_runner(submitted):
+    uow, handle, request, at = submitted.uow, submitted.handle, submitted.request, submitted.at
     offer = matching_pb2.OfferProposed(referral_id=request.referral_id, department="34", occurred_at=ts(at),
                                        offer_id="o1", had_finess="340000000", hold_until=ts(at + timedelta(hours=1)),
                                        explanation="covers 34172")
@@ -190,15 +206,11 @@ async def test_the_matcher_door_records_the_offer_through_the_decision_runner(ma
         await handle(None, wrap(unknown, "reflexe/capacity"))
 
 
-async def test_a_desk_pick_that_failed_leaves_the_search_as_it_is(make_request):
+async def test_a_desk_pick_that_failed_leaves_the_search_as_it_is(submitted):
     """The matcher's answer to a desk's pick it could not place (by_desk) may reach the referral
     service after the desk has widened the search: it must not escalate the widened referral (its
     desk would be told of one failed pick twice: by notify from this event, then by the escalation)."""
-    uow = FakeUnitOfWork()
-    handle = matching_handler(UNANSWERED_AFTER, unit_of_work=lambda _conn: uow)
-    request = make_request()
-    await submit_referral(uow, _command(request), request.requested_at)
-    at = request.requested_at + NOW_OFFSET
+    uow, handle, request, at = submitted.uow, submitted.handle, submitted.request, submitted.at
     exhausted = matching_pb2.MatchExhausted(referral_id=request.referral_id, department="34", occurred_at=ts(at),
                                             explanation="Aucune HAD disponible")
     await handle(None, wrap(exhausted, "reflexe/capacity"))

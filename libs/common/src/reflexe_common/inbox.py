@@ -29,18 +29,6 @@ PATTERN_REFRESH_MS = 3000
 FINAL_COMMIT_SECONDS = 1.0
 
 
-async def commit_then_stop(consumer: AIOKafkaConsumer, commit: Awaitable[Any]) -> None:
-    """Graceful shutdown: what was handled is committed (the rest will be redelivered and
-    deduplicated), then the consumer leaves its group. The commit is bounded: during a rebalance it
-    waits for the group, which waits for this very member to rejoin, so the consumer stayed in its
-    group, heartbeating, for minutes after its service had stopped."""
-    try:
-        await asyncio.wait_for(commit, FINAL_COMMIT_SECONDS)
-    except Exception as exc:  # TimeoutError included
-        log.warning("final offset commit failed; records will be redelivered and deduplicated",
-                    extra={"error": repr(exc)})
-    await consumer.stop()
-
 # A handler gets the batch's connection, or what the processor's PartitionScope made of it.
 Handler = Callable[[Any, Envelope], Awaitable[None]]
 # Errors that say "the infrastructure is away", not "this record is bad": retry, never dead-letter.
@@ -339,7 +327,17 @@ class ConsumerLoop:
             committer.cancel()
             await asyncio.gather(committer, return_exceptions=True)
             await self._release()
-            await commit_then_stop(self._consumer, self._commit_pending("final offset commit failed"))
+            # What was handled is committed (the rest will be redelivered and deduplicated), then
+            # the consumer leaves its group. Bounded: during a rebalance the commit waits for the
+            # group, which waits for this very member, and the consumer stayed in its group for
+            # minutes after its service had stopped.
+            try:
+                await asyncio.wait_for(self._commit_pending("final offset commit failed; records will be redelivered"),
+                                       FINAL_COMMIT_SECONDS)
+            except TimeoutError:
+                log.warning("final offset commit timed out; records will be redelivered",
+                            extra={"consumer": self.consumer})
+            await self._consumer.stop()
 
     async def _handle_poll(self, batches: dict[TopicPartition, list[Record]]) -> None:
         for records in batches.values():
