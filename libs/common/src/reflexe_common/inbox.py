@@ -316,7 +316,13 @@ class ConsumerLoop:
                 await self._handle_poll({tp: [Record(r.topic, r.partition, r.offset, r.key, r.value,
                                                      list(r.headers or ())) for r in rs]
                                          for tp, rs in batches.items()})
+                # A partition revoked while its records were handled is its next owner's now: its
+                # offsets are not ours to commit, and aiokafka no longer answers for it.
+                assigned = self._consumer.assignment()
                 for tp, rs in batches.items():
+                    if tp not in assigned:
+                        self._lag.pop(tp, None)
+                        continue
                     self._to_commit[tp] = rs[-1].offset + 1
                     self._lag[tp] = max(0, (self._consumer.highwater(tp) or 0) - rs[-1].offset - 1)
                     label = topic_label(tp.topic)
