@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
 
 from reflexe_common.settings import ServiceSettings
-from reflexe_common.topics import ALL_TOPICS, DEAD_LETTERS, REFERRAL_EVENTS, MissingTopics, topics_to_create
+from reflexe_common.topics import (ALL_TOPICS, DEAD_LETTERS, REFERRAL_EVENTS, MissingTopics, describe_topics,
+                                   topics_to_create)
 
 ALL_THERE = {t.name: t.partitions for t in ALL_TOPICS}
 
@@ -41,3 +43,28 @@ def test_the_settings_create_and_migrate_by_default_and_can_be_turned_off(monkey
     monkeypatch.setenv("REFLEXE_MIGRATE_AT_START", "false")
     settings = ServiceSettings()
     assert settings.kafka_create_topics is False and settings.migrate_at_start is False
+
+
+class _AdminWithADeadNode:
+    """Answers after `failures` retriable errors (a node that just died), or raises `error` for good."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    async def describe_topics(self, names):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.calls <= self.failures:
+            raise NodeNotReadyError("node 3")
+        return [{"topic": n, "partitions": [], "error_code": 0} for n in names]
+
+
+async def test_a_dead_node_asked_for_the_topics_is_asked_again_and_a_real_error_is_not():
+    admin = _AdminWithADeadNode(failures=2)
+    assert await describe_topics(admin, ["t"]) == [{"topic": "t", "partitions": [], "error_code": 0}]
+    assert admin.calls == 3
+    refused = _AdminWithADeadNode(failures=0, error=TopicAuthorizationFailedError("t"))
+    with pytest.raises(TopicAuthorizationFailedError):
+        await describe_topics(refused, ["t"])
+    assert refused.calls == 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -164,6 +164,24 @@ def topics_to_create(topics: tuple[Topic, ...], partition_counts: dict[str, int]
     return missing
 
 
+DESCRIBE_ATTEMPTS = 10
+
+
+async def describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> list[dict[str, Any]]:
+    """The admin client asks a node picked at random from its metadata, which may be a node that
+    just died (a service restarted while a broker is down failed its start): a retriable error is
+    asked again, of another node."""
+    for attempt in range(1, DESCRIBE_ATTEMPTS + 1):
+        try:
+            return await admin.describe_topics(names)
+        except KafkaError as exc:
+            if not exc.retriable or attempt == DESCRIBE_ATTEMPTS:
+                raise
+            log.warning("describing topics failed; asking again", extra={"error": repr(exc), "attempt": attempt})
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS,
                         settings: TopicSettings | None = None, create: bool = True) -> None:
     """Create the missing topics, with the replicas of `settings` (by default read from the
@@ -173,7 +191,7 @@ async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPI
     admin = AIOKafkaAdminClient(**kafka.options())
     await admin.start()
     try:
-        existing = await admin.describe_topics([t.name for t in topics])
+        existing = await describe_topics(admin, [t.name for t in topics])
         counts = {d["topic"]: len(d["partitions"]) for d in existing if not d.get("error_code")}
         missing = topics_to_create(topics, counts, create)
         # Fewer copies than the cluster should keep is worth saying, not refusing: a topic made
