@@ -291,6 +291,9 @@ class Harness:
                     # A broken variant is shown where it is broken: its service's processes are the targets.
                     targets = [p for p in self.processes if p.alive() and (broken is None or p.name == broken)
                                and p is not self.paused]
+                    if not targets:  # every target down at once (one failed its start): the next round
+                        next_kill = now + KILL_EVERY_S
+                        continue
                     victim = self.rng.choice(targets)
                     victim.kill()
                     self.faults.process_kills += 1
