@@ -134,6 +134,7 @@ class Harness:
         self.args = args
         self.ports = Ports(args.port_offset)
         self.run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="reflexe-chaos-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)  # as root, PostgreSQL's own user must reach its state dir
         self.log_dir = self.run_dir / "logs"
         self.journal_dir = self.run_dir / "journal"

@@ -64,11 +64,16 @@ def create_app(service: str, settings, lifespan: Callable[[FastAPI], AbstractAsy
     app = FastAPI(title=f"Réflexe {service}", description=description, lifespan=lifespan)
     app.state.verifier = TokenVerifier(AuthSettings.of(settings))
     app.state.readiness_checks = {}
+    app.state.dead_tasks = list  # service_runtime's background loops that died (none without it)
     document_problems(app)
 
-    @app.get("/healthz", tags=["operations"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    @app.get("/healthz", tags=["operations"], summary="The process is alive: its background loops run")
+    async def healthz() -> JSONResponse:
+        # A dead loop is in the log already ("background task died"); its name stays out of an
+        # unauthenticated answer.
+        if app.state.dead_tasks():
+            return JSONResponse({"status": "not alive"}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @app.get("/readyz", tags=["operations"], summary="Kafka and PostgreSQL are reachable")
     async def readyz() -> JSONResponse:

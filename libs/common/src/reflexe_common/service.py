@@ -55,6 +55,11 @@ class BackgroundTasks:
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[Any]] = []
 
+    def dead(self) -> list[str]:
+        """The loops that ended with an error: the process still answers HTTP but no longer
+        consumes, relays or fires clocks, so its liveness fails and the orchestrator restarts it."""
+        return sorted(t.get_name() for t in self._tasks if t.done() and not t.cancelled() and t.exception() is not None)
+
     def start(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._report)
@@ -137,6 +142,7 @@ async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, 
     app.state.pool = pool
     app.state.readiness_checks.update(postgres=postgres_check(pool), kafka=dead_letters.check)
     runtime = Runtime(settings, schema, kafka, pool, dead_letters)
+    app.state.dead_tasks = runtime.tasks.dead
     try:
         yield runtime
     finally:

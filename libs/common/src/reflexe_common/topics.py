@@ -171,15 +171,16 @@ async def describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> list[
     """The admin client asks a node picked at random from its metadata, which may be a node that
     just died (a service restarted while a broker is down failed its start): a retriable error is
     asked again, of another node."""
-    for attempt in range(1, DESCRIBE_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             return await admin.describe_topics(names)
         except KafkaError as exc:
             if not exc.retriable or attempt == DESCRIBE_ATTEMPTS:
                 raise
             log.warning("describing topics failed; asking again", extra={"error": repr(exc), "attempt": attempt})
-            await asyncio.sleep(0.5)
-    raise AssertionError("unreachable")
+        attempt += 1
+        await asyncio.sleep(0.5)
 
 
 async def ensure_topics(kafka: KafkaAccess, topics: tuple[Topic, ...] = ALL_TOPICS,
@@ -223,7 +224,7 @@ async def _until_served(admin: AIOKafkaAdminClient, topics: list[Topic], timeout
     partition has a leader."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        described = await admin.describe_topics([t.name for t in topics])
+        described = await describe_topics(admin, [t.name for t in topics])
         led = {d["topic"]: sum(1 for p in d.get("partitions") or () if p.get("leader", -1) >= 0)
                for d in described if not d.get("error_code")}
         if all(led.get(t.name) == t.partitions for t in topics):
