@@ -59,7 +59,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     schema = f"bench_relay_{uuid.uuid4().hex[:8]}"
     pool = await create_pool(infra.database_url, schema)
     await migrate(pool, schema, "reflexe_common.sql")  # the platform's tables alone: outbox and its journal
-    relay = OutboxRelay(pool, infra.database_url, schema, infra.kafka())
+    relay = OutboxRelay(infra.database_url, schema, infra.kafka())
     arrivals = Arrivals(infra.kafka_options())
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(arrivals.follow())]
     committed: dict[str, float] = {}

@@ -30,12 +30,12 @@ def _relay_without_transactions() -> None:
         def transaction(self):
             return contextlib.nullcontext()
 
-    async def publish(self, producer, rows) -> None:
+    async def publish(self, producer, rows, db) -> None:
         for r in rows:
             await producer.send_and_wait(r.topic, r.payload, key=r.key.encode(), headers=r.headers)
-        await self._pool.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)", [r.id for r in rows])
+        await db.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)", [r.id for r in rows])
 
-    async def recover(self) -> None:  # nothing journaled, nothing to settle
+    async def recover(self, db) -> None:  # nothing journaled, nothing to settle
         return None
 
     outbox.AIOKafkaProducer = PlainProducer

@@ -54,7 +54,7 @@ async def _published_ids(infra, ids: list[str]) -> list[str]:
 async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
     async with own_schema(topics.database_url, "outbox_test", "reflexe_common.sql") as (schema, pool):
         ids = await _store_events(pool, 25)
-        crashed = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
+        crashed = OutboxRelay(topics.database_url, schema, topics.kafka())
 
         async def crash(*_args, **_kwargs):
             raise Crash
@@ -64,7 +64,7 @@ async def test_a_crash_after_the_kafka_commit_does_not_publish_twice(topics):
                                     enable_idempotence=True)
         await producer.start()
         with pytest.raises(Crash):
-            await crashed._publish(producer, await crashed._next_batch())
+            await crashed._publish(producer, await crashed._next_batch(pool), pool)
         await producer.stop()
         assert sorted(await _published_ids(topics, ids)) == sorted(ids)  # on Kafka, unmarked in PG
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 25
@@ -83,8 +83,8 @@ async def test_a_crash_before_the_kafka_commit_publishes_the_batch_once_after_re
         await producer.start()
         # The dead relay's transaction: records sent and journalled, never committed nor aborted.
         await producer.begin_transaction()
-        relay = OutboxRelay(pool, topics.database_url, schema, topics.kafka())
-        rows = await relay._next_batch()
+        relay = OutboxRelay(topics.database_url, schema, topics.kafka())
+        rows = await relay._next_batch(pool)
         sent = [await producer.send(r.topic, r.payload, key=r.key.encode(), headers=r.headers) for r in rows]
         first = await sent[0]
         await asyncio.gather(*sent[1:])
@@ -104,7 +104,7 @@ async def _all_marked(pool: asyncpg.Pool) -> bool:
 async def _relay_until_all_marked(topics, schema: str, pool: asyncpg.Pool, timeout: float, what: str) -> None:
     """A relay of the schema (a restarted one, where a test crashed another) runs until every stored
     event is marked published."""
-    task = asyncio.create_task(OutboxRelay(pool, topics.database_url, schema, topics.kafka()).run())
+    task = asyncio.create_task(OutboxRelay(topics.database_url, schema, topics.kafka()).run())
     try:
         await eventually(lambda: _all_marked(pool), timeout=timeout, what=what)
     finally:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from reflexe_capacity.entrypoints.schemas import DeclarationIn
 from reflexe_common.privacy import is_pseudonym
 from reflexe_referral.entrypoints.schemas import ReferralIn
 
-from reflexe_simulator.actors import PARIS, Counters, HadActor, SimClock, World
+from reflexe_simulator.actors import PARIS, Counters, HadActor, SimClock, World, traffic_loop
 from reflexe_simulator.client import PlatformClient
 from reflexe_simulator.scenario import build_scenario
 from reflexe_simulator.traffic import (SOURCE_MIX, ReferralFactory, day_arrivals, default_daily_volume, hourly_rates,
@@ -132,3 +133,46 @@ def test_capacity_declarations_validate_against_the_capacity_schema(scenario):
             assert body["active_patients"] + body["places_available"] <= had.spec.authorised_places
         assert had.declaration()["active_patients"] >= round(had.spec.authorised_places * 0.5)
     assert isinstance(next(iter(world.hads.values())), HadActor)
+
+
+class LaggingClock(SimClock):
+    """A simulated clock whose every wait ends `lag` late, as a loaded machine's event loop does;
+    asked to wait past `until`, it ends the traffic."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, start: datetime, lag: timedelta, until: datetime) -> None:
+        super().__init__(start, speed=1.0)
+        self.at, self.lag, self.until = start, lag, until
+
+    def now(self) -> datetime:
+        return self.at
+
+    async def sleep_until(self, sim_time: datetime) -> None:
+        if sim_time >= self.until:
+            raise self.Stop
+        self.at = max(self.at, sim_time) + self.lag
+        await asyncio.sleep(0)
+
+
+async def test_a_late_traffic_loop_posts_every_arrival_of_the_day(scenario):
+    """Arrivals already due when the loop wakes late are posted, not skipped (the chaos run posted
+    about half its planned volume on a loaded machine)."""
+    midnight = datetime(2025, 3, 10, tzinfo=PARIS)
+    client = PlatformClient("http://r", "http://c", "http://n", tokens=None)  # never called: the posts are only counted
+    clock = LaggingClock(midnight, lag=timedelta(minutes=20), until=midnight + timedelta(days=1))
+    world = World(scenario, client, clock, Counters(), seed=3)
+    posted = []
+
+    def spawn(coro, **_):
+        posted.append(coro)
+        coro.close()
+
+    world.spawn = spawn
+    volume, seed, department = 200.0, 3, scenario.departments["34"]
+    with pytest.raises(LaggingClock.Stop):
+        await traffic_loop(world, department, volume, seed)
+    planned = day_arrivals(random.Random(f"traffic:{seed}:{department.code}"), midnight, volume)
+    assert len(planned) > 150  # a day with arrivals closer together than the loop's lag
+    assert len(posted) == len(planned)

@@ -66,6 +66,9 @@ async def enqueue_many(conn: asyncpg.Connection, events: list[tuple[str, str, En
     )
 
 
+Db = asyncpg.Pool | asyncpg.Connection  # the leader's session; a pool in the tests that drive one step
+
+
 @dataclass(frozen=True)
 class _Row:
     id: int
@@ -79,14 +82,12 @@ class _Row:
 class OutboxRelay:
     def __init__(
         self,
-        pool: asyncpg.Pool,
         database_url: str,
         schema: str,
         kafka: KafkaAccess,
         batch_size: int = 500,
         idle_poll_seconds: float = 5.0,  # a fallback only: commits wake the relay (NOTIFY)
     ) -> None:
-        self._pool = pool
         self._database_url = database_url
         self._schema = schema
         self._kafka = kafka
@@ -127,7 +128,7 @@ class OutboxRelay:
             await producer.start()
             try:
                 self.is_leader = True
-                await self._recover()
+                await self._recover(conn)
                 await self._relay(producer, conn)
             finally:
                 self.is_leader = False
@@ -136,38 +137,40 @@ class OutboxRelay:
             await conn.close()
 
     async def _relay(self, producer: AIOKafkaProducer, leader_conn: asyncpg.Connection) -> None:
+        """Every statement goes through the leader's own session: no pool acquire and release (and
+        its reset statement) per batch, and a relay whose session, hence leadership, is gone stops
+        at its next statement."""
         last_backlog_check = 0.0
         while True:
             self._wake.clear()
-            rows = await self._next_batch()
+            rows = await self._next_batch(leader_conn)
             if rows:
-                await self._publish(producer, rows)
+                await self._publish(producer, rows, leader_conn)
                 continue
             if time.monotonic() - last_backlog_check > 5:
                 OUTBOX_BACKLOG.labels(self._schema).set(0)
                 last_backlog_check = time.monotonic()
-                await leader_conn.fetchval("SELECT 1")  # leadership lives only as long as this session
             try:
                 await asyncio.wait_for(self._wake.wait(), self._idle_poll)
             except TimeoutError:
                 pass
 
-    async def _next_batch(self) -> list[_Row]:
-        records = await self._pool.fetch(
+    async def _next_batch(self, db: Db) -> list[_Row]:
+        records = await db.fetch(
             "SELECT id, topic, key, headers, payload, extract(epoch FROM created_at) AS created "
             "FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
             self._batch_size,
         )
         if len(records) == self._batch_size:
             OUTBOX_BACKLOG.labels(self._schema).set(
-                await self._pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             )
         return [
             _Row(r["id"], r["topic"], r["key"], [(k, v.encode()) for k, v in json.loads(r["headers"])], r["payload"], float(r["created"]))
             for r in records
         ]
 
-    async def _publish(self, producer: AIOKafkaProducer, rows: list[_Row]) -> None:
+    async def _publish(self, producer: AIOKafkaProducer, rows: list[_Row], db: Db) -> None:
         batch_id = str(uuid.uuid4())
         # Leaving the block commits the Kafka transaction; an exception inside it aborts it.
         async with producer.transaction():
@@ -179,32 +182,32 @@ class OutboxRelay:
             ]
             first = await pending[0]
             await asyncio.gather(*pending[1:])
-            await self._pool.execute(
+            await db.execute(
                 "INSERT INTO outbox_batches (batch_id, outbox_ids, probe_topic, probe_partition, probe_offset, state) "
                 "VALUES ($1, $2, $3, $4, $5, 'SENDING')",
                 uuid.UUID(batch_id), [r.id for r in rows], first.topic, first.partition, first.offset,
             )
-        await self._mark(batch_id, [r.id for r in rows], "DONE")
+        await self._mark(db, batch_id, [r.id for r in rows], "DONE")
         now = time.time()
         for r in rows:
             OUTBOX_PUBLISH_SECONDS.labels(self._schema).observe(max(0.0, now - r.created_at))
         OUTBOX_PUBLISHED.labels(self._schema).inc(len(rows))
 
-    async def _mark(self, batch_id: str, ids: list[int], state: str) -> None:
+    async def _mark(self, db: Db, batch_id: str, ids: list[int], state: str) -> None:
         # One statement, atomic alone (a data-modifying WITH always runs): no BEGIN/COMMIT round
         # trips between a batch and the next.
-        await self._pool.execute(
+        await db.execute(
             "WITH journal AS (UPDATE outbox_batches SET state = $2 WHERE batch_id = $1) "
             "UPDATE outbox SET published_at = now() WHERE $2 = 'DONE' AND id = ANY($3) AND published_at IS NULL",
             uuid.UUID(batch_id), state, ids,
         )
 
-    async def _recover(self) -> None:
+    async def _recover(self, db: Db) -> None:
         """Settle the batches a crashed relay left in flight (our producer has fenced them)."""
-        for b in await self._pool.fetch("SELECT * FROM outbox_batches WHERE state = 'SENDING' ORDER BY created_at"):
+        for b in await db.fetch("SELECT * FROM outbox_batches WHERE state = 'SENDING' ORDER BY created_at"):
             batch_id = str(b["batch_id"])
             visible = await self._committed(b["probe_topic"], b["probe_partition"], b["probe_offset"], batch_id)
-            await self._mark(batch_id, list(b["outbox_ids"]), "DONE" if visible else "ABORTED")
+            await self._mark(db, batch_id, list(b["outbox_ids"]), "DONE" if visible else "ABORTED")
             log.warning("recovered outbox batch", extra={"batch": batch_id, "published": visible, "events": len(b["outbox_ids"])})
 
     async def _committed(self, topic: str, partition: int, offset: int, batch_id: str) -> bool:

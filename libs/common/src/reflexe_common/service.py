@@ -94,7 +94,7 @@ class Runtime:
     streams: list[faust.App] = field(default_factory=list)
 
     def relay_outbox(self) -> None:
-        self.tasks.start("outbox-relay", OutboxRelay(self.pool, self.settings.database_url, self.schema,
+        self.tasks.start("outbox-relay", OutboxRelay(self.settings.database_url, self.schema,
                                                      self.kafka).run())
 
     def consume(self, group: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
