@@ -49,6 +49,57 @@ class Arrivals:
                 self.at.setdefault(event_id, now)
 
 
+class TimedRelay(OutboxRelay):
+    """The relay as every service runs it, with the moments each event passes a step noted from
+    outside (its methods wrapped, its producer's sends and commit timed): where the time goes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.picked: dict[str, float] = {}  # event id → the batch's read started
+        self.read: dict[str, float] = {}  # → the batch read from PostgreSQL
+        self.acked: dict[str, float] = {}  # → every record of its batch acknowledged by the broker
+        self.journaled: dict[str, float] = {}  # → the batch's journal row written
+        self.committed: dict[str, float] = {}  # → the Kafka transaction committed
+        self._batch: list[str] = []
+
+    async def _next_batch(self, db):
+        started = time.perf_counter()
+        rows = await super()._next_batch(db)
+        self._batch = [dict(r.headers)["ce_id"].decode() for r in rows]
+        for event_id in self._batch:
+            self.picked[event_id], self.read[event_id] = started, time.perf_counter()
+        return rows
+
+    async def _publish(self, producer, rows, db) -> None:
+        relay = self
+
+        class TimedDb:  # the journal row is the one statement inside the Kafka transaction
+            async def execute(self, *args):
+                for event_id in relay._batch:
+                    relay.acked[event_id] = time.perf_counter()
+                await db.execute(*args)
+                for event_id in relay._batch:
+                    relay.journaled[event_id] = time.perf_counter()
+
+        await super()._publish(producer, rows, TimedDb())
+
+    async def _mark(self, db, batch_id, ids, state) -> None:
+        for event_id in self._batch:  # the transaction committed as the block was left
+            self.committed[event_id] = time.perf_counter()
+        await super()._mark(db, batch_id, ids, state)
+
+
+def phases(committed: dict[str, float], relay: TimedRelay, arrived: dict[str, float]) -> dict[str, list[float]]:
+    ids = [i for i in committed if all(i in m for m in (relay.picked, relay.committed, arrived))]
+    steps = [("commit -> relay reads (wake, previous batch)", committed, relay.picked),
+             ("read the batch (PostgreSQL)", relay.picked, relay.read),
+             ("send -> every record acknowledged", relay.read, relay.acked),
+             ("journal row (PostgreSQL)", relay.acked, relay.journaled),
+             ("Kafka commit (EndTxn)", relay.journaled, relay.committed),
+             ("committed -> read by a consumer", relay.committed, arrived)]
+    return {name: [end[i] - start[i] for i in ids] for name, start, end in steps}
+
+
 def _event() -> object:
     header = referral_pb2.ReferralEventHeader(referral_id=str(uuid.uuid4()), department=DEPARTMENT,
                                               occurred_at=ts(datetime.now(UTC)), actor="system")
@@ -59,7 +110,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     schema = f"bench_relay_{uuid.uuid4().hex[:8]}"
     pool = await create_pool(infra.database_url, schema)
     await migrate(pool, schema, "reflexe_common.sql")  # the platform's tables alone: outbox and its journal
-    relay = OutboxRelay(infra.database_url, schema, infra.kafka())
+    relay = TimedRelay(infra.database_url, schema, infra.kafka())
     arrivals = Arrivals(infra.kafka_options())
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(arrivals.follow())]
     committed: dict[str, float] = {}
@@ -85,6 +136,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
         elapsed = await paced(rate, count, commit)
         await all_arrived()
         latencies = [arrivals.at[event_id] - at for event_id, at in committed.items()]
+        steps = phases(committed, relay, arrivals.at)
     finally:
         for task in tasks:
             task.cancel()
@@ -93,6 +145,7 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
         await pool.close()
     print_table(f"Relay benchmark: {count} events committed at {rate:.0f}/s (committing took {elapsed:.1f} s)", {
         "outbox commit -> record on Kafka (read_committed)": percentiles(latencies),
+        **{f"  step: {name}": percentiles(samples) for name, samples in steps.items()},
     })
     print_result("relay", {
         "rate_per_s": figure(rate, "events/s"),

@@ -9,6 +9,11 @@ relay-without-transactions
     transaction, no idempotence), one record at a time, and marks the rows published once the batch
     is sent, with no journal of the batch in flight. A relay killed between sending and marking
     publishes those events again when it comes back: the same event id twice on the event log.
+
+matcher-ignoring-holds
+    The capacity service's matcher counts an HAD's free places as its last declaration says,
+    forgetting the places it has held since: with more referrals than places, it offers a place
+    already promised to another patient (`double_booked`).
 """
 
 from __future__ import annotations
@@ -43,13 +48,23 @@ def _relay_without_transactions() -> None:
     outbox.OutboxRelay._recover = recover
 
 
+def _matcher_ignoring_holds() -> None:
+    from reflexe_capacity.domain import capacity
+
+    def declared_places(self) -> int:
+        return self.declaration.places_available if self.declaration is not None else 0
+
+    capacity.HadLedger.raw_live_places = declared_places
+
+
 @dataclass(frozen=True)
 class Variant:
     service: str  # the service whose processes run broken
     patch: Callable[[], None]
 
 
-VARIANTS = {"relay-without-transactions": Variant("referral", _relay_without_transactions)}
+VARIANTS = {"relay-without-transactions": Variant("referral", _relay_without_transactions),
+            "matcher-ignoring-holds": Variant("capacity", _matcher_ignoring_holds)}
 
 
 def main(argv: list[str]) -> None:
