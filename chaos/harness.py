@@ -470,7 +470,7 @@ class Harness:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reflexe chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--referrals", type=int, default=10_000, help="accepted referrals to drive (default 10,000)")
-    p.add_argument("--seconds", type=float, default=900.0, help="how long the traffic should last (default 900)")
+    p.add_argument("--seconds", type=float, default=2700.0, help="how long the traffic should last (default 2700)")
     p.add_argument("--broken", choices=sorted(VARIANTS), default=None,
                    help="run a deliberately broken variant, which the checker must catch")
     p.add_argument("--max-traffic-seconds", type=float, default=0.0,
