@@ -69,16 +69,28 @@ class Tokens:
         self.renew_before = renew_before_seconds
         self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._keys: dict[str, tuple[str, str, str]] = {}  # token → its actor, to renew a refused one
 
     async def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
-        key = (role, finess or "-", department or "-")
+        return await self._get((role, finess or "-", department or "-"))
+
+    async def renewed(self, refused: str) -> str | None:
+        """A fresh token for the actor whose token the platform refused (expired while its request
+        waited and was retried); None for a token not issued here."""
+        key = self._keys.get(refused)
+        return None if key is None else await self._get(key, refused=refused)
+
+    async def _get(self, key: tuple[str, str, str], refused: str | None = None) -> str:
         # One fetch per actor at a time: concurrent callers wait for it instead of each asking the
         # identity provider (and each creating the same client or user).
         async with self._locks.setdefault(key, asyncio.Lock()):
             token, expires = self._cache.get(key, ("", 0.0))
-            if time.time() > expires - self.renew_before:
-                token, expires = await self.source.fetch(role, finess=finess, department=department)
+            if token == refused or time.time() > expires - self.renew_before:
+                role, finess, department = key
+                token, expires = await self.source.fetch(role, finess=None if finess == "-" else finess,
+                                                         department=None if department == "-" else department)
                 self._cache[key] = (token, expires)
+                self._keys[token] = key
         return token
 
 
@@ -113,6 +125,7 @@ class PlatformClient:
         delay = self.backoff
         attempts = attempts or self.attempts
         last = Result(0, error="not attempted")
+        renewed = False
         # Serialised once: a retry (its first attempt's answer lost or late) sends the very same
         # bytes, which the platform answers as a replay (200), not as a conflicting duplicate.
         headers = {"Authorization": f"Bearer {token}", **(headers or {})}
@@ -136,6 +149,11 @@ class PlatformClient:
                 last = Result(response.status_code, data)
                 if self._down.pop(service, False):
                     log.info("%s service reachable again at %s", service, self.urls[service])
+                if response.status_code == 401 and not renewed and (fresh := await self.tokens.renewed(token)):
+                    # The token expired while the request waited for a connection and was retried.
+                    token, renewed = fresh, True
+                    headers["Authorization"] = f"Bearer {token}"
+                    continue
                 if response.status_code < 500 and response.status_code != 429:
                     break
                 last = Result(response.status_code, data, f"HTTP {response.status_code}")
