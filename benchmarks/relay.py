@@ -73,11 +73,18 @@ class TimedRelay(OutboxRelay):
     async def _publish(self, producer, rows, db) -> None:
         relay = self
 
-        class TimedDb:  # the journal row is the one statement inside the Kafka transaction
+        class TimedDb:
+            """The batch's first statement is its journal row, written inside the Kafka transaction
+            once every record is acknowledged; the next one marks the rows, after the commit."""
+            journaled = False
+
             async def execute(self, *args):
+                if self.journaled:
+                    return await db.execute(*args)
                 for event_id in relay._batch:
                     relay.acked[event_id] = time.perf_counter()
                 await db.execute(*args)
+                self.journaled = True
                 for event_id in relay._batch:
                     relay.journaled[event_id] = time.perf_counter()
 

@@ -231,3 +231,22 @@ async def test_a_record_on_another_partition_than_its_departments_is_decided_on_
     elsewhere = Record(TOPIC, other, record.offset, record.key, record.value, record.headers)
     assert await processor(pool, owner, DeadLetters()).process(elsewhere) == "handled"
     assert (await decisions(pool))[referral] == HAD
+
+
+async def test_a_record_that_arrives_while_its_partition_is_being_taken_waits_for_it(pool):
+    """faust resumes fetching while the rebalance's handlers run: a record can reach the matcher
+    before its partition is taken. Refused, it would be acknowledged and its offset committed by
+    the partition's owner: a referral never decided (the full chaos run found 33)."""
+    await register_and_declare(pool, 2, 0)
+    owner = OwnedLedgers(pool)
+    referral, record = requested(1)
+    handling = asyncio.create_task(processor(pool, owner, DeadLetters()).process(record))
+    await owner.assigned(TOPIC, {PARTITION})
+    assert await asyncio.wait_for(handling, 10) == "handled"
+    assert (await decisions(pool))[referral] == HAD
+
+
+async def test_a_record_of_a_partition_never_taken_is_refused_after_the_wait(pool):
+    owner = OwnedLedgers(pool, taking_seconds=0.2)
+    _, record = requested(1)
+    assert await processor(pool, owner, DeadLetters()).process(record) == "fenced"

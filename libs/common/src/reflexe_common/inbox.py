@@ -69,6 +69,13 @@ class PartitionScope(Protocol):
 
     async def assigned(self, topic: str, partitions: set[int]) -> None: ...
 
+    async def ready(self, topic: str, partition: int) -> None:
+        """Called before each transaction: returns once the partition is held here, or after a
+        bound (``begin`` then refuses). faust resumes fetching while a rebalance's signal handlers
+        still run, so records can arrive before ``assigned`` has taken their partition; refused,
+        they would be acknowledged and their offsets committed by a process that does own the
+        partition: decisions never made."""
+
     def revoked(self, topic: str, partitions: set[int]) -> None: ...
 
     async def begin(self, conn: asyncpg.Connection, topic: str, partition: int) -> Any: ...
@@ -139,6 +146,8 @@ class RecordProcessor:
     async def _transaction(self, record: Record) -> AsyncIterator[tuple[asyncpg.Connection, Any]]:
         """One transaction of the record's partition: (connection, what the handler is given)."""
         scope, context = self.scope, None
+        if scope is not None:
+            await scope.ready(record.topic, record.partition)
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():

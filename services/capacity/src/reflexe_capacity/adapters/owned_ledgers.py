@@ -21,6 +21,7 @@ Ledgers are kept per HAD (an HAD serving two departments of owned partitions is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,10 @@ from reflexe_capacity.domain.registry import HadEstablishment
 from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.inbox import TRANSIENT, Fenced
 from reflexe_common.partition_table import DEPARTMENT_PARTITION
+
+# How long a record may wait for its partition to be taken (the epoch bumped, the ledgers loaded;
+# retried while PostgreSQL restarts) before its batch is refused.
+TAKING_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +86,13 @@ _BEGIN = ("SELECT e.epoch, c.* FROM partition_epochs e LEFT JOIN LATERAL ("
 class OwnedLedgers:
     """The matcher's inbox.PartitionScope: memory of the owned partitions' ledgers, and fencing."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, taking_seconds: float = TAKING_SECONDS) -> None:
         self._pool = pool
+        self._taking_seconds = taking_seconds
         self._partitions: dict[int, _Partition] = {}
         self._entries: dict[str, _Entry] = {}
         self._departments: frozenset[str] = frozenset()
+        self._taken = asyncio.Condition()  # notified when partitions are taken
 
     # ---- what the unit of work reads -------------------------------------------------------
     def serving(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
@@ -126,6 +133,17 @@ class OwnedLedgers:
             self._partitions[p] = _Partition(epochs[p], departments_of(p))
         self._departments = frozenset().union(*(s.departments for s in self._partitions.values()))
         log.info("partitions taken", extra={"topic": topic, "partitions": taken, "hads": len(rows)})
+        async with self._taken:
+            self._taken.notify_all()
+
+    async def ready(self, topic: str, partition: int) -> None:
+        """See PartitionScope.ready: waits (bounded) for a partition being taken."""
+        if partition in self._partitions:
+            return
+        async with self._taken:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._taken.wait_for(lambda: partition in self._partitions),
+                                       self._taking_seconds)
 
     def revoked(self, topic: str, partitions: set[int]) -> None:
         for p in partitions:
