@@ -135,11 +135,12 @@ fetch_keycloak() {
         local tmp="$KC_ROOT/dist.tmp" started=$SECONDS
         rm -rf "$tmp"
         log "downloading Keycloak $KEYCLOAK_VERSION (~160 MB, once per cache dir)"
-        # Output to a file: our stdout carries only the export lines.
-        mvn -B -q -Dmaven.repo.local="$CACHE_DIR/m2" \
+        # Output to a file: our stdout carries only the export lines. Run from the cache: without a
+        # project, the plugin writes its markers under a literal '${project.basedir}' in the
+        # current directory (no user property moves them).
+        (cd "$KC_ROOT" && mvn -B -q -Dmaven.repo.local="$CACHE_DIR/m2" \
             org.apache.maven.plugins:maven-dependency-plugin:3.8.1:unpack \
-            -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" -DoutputDirectory="$tmp" \
-            -DmarkersDirectory="$KC_ROOT/maven-markers" \
+            -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" -DoutputDirectory="$tmp") \
             >"$KC_ROOT/maven.log" 2>&1 \
             || { tail -n 30 "$KC_ROOT/maven.log" >&2; die "maven could not fetch org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION"; }
         [[ -f $tmp/keycloak-$KEYCLOAK_VERSION/bin/kc.sh ]] || die "unexpected layout of the Keycloak distribution in $tmp"

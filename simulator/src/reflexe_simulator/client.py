@@ -61,6 +61,9 @@ class TokenSource(Protocol):
         ...
 
 
+FORGET_TOKENS_AFTER_SECONDS = 600.0
+
+
 class Tokens:
     """Caches an access token per (role, scope) and fetches a new one shortly before it expires."""
 
@@ -69,7 +72,8 @@ class Tokens:
         self.renew_before = renew_before_seconds
         self._cache: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-        self._keys: dict[str, tuple[str, str, str]] = {}  # token → its actor, to renew a refused one
+        # token → its actor and expiry, to renew a refused one; forgotten a while after it expired
+        self._keys: dict[str, tuple[tuple[str, str, str], float]] = {}
 
     async def get(self, role: str, *, finess: str | None = None, department: str | None = None) -> str:
         return await self._get((role, finess or "-", department or "-"))
@@ -77,8 +81,8 @@ class Tokens:
     async def renewed(self, refused: str) -> str | None:
         """A fresh token for the actor whose token the platform refused (expired while its request
         waited and was retried); None for a token not issued here."""
-        key = self._keys.get(refused)
-        return None if key is None else await self._get(key, refused=refused)
+        known = self._keys.get(refused)
+        return None if known is None else await self._get(known[0], refused=refused)
 
     async def _get(self, key: tuple[str, str, str], refused: str | None = None) -> str:
         # One fetch per actor at a time: concurrent callers wait for it instead of each asking the
@@ -90,7 +94,10 @@ class Tokens:
                 token, expires = await self.source.fetch(role, finess=None if finess == "-" else finess,
                                                          department=None if department == "-" else department)
                 self._cache[key] = (token, expires)
-                self._keys[token] = key
+                # A request retried for minutes may still come back with a token expired since.
+                forgotten = time.time() - FORGET_TOKENS_AFTER_SECONDS
+                self._keys = {t: known for t, known in self._keys.items() if known[1] > forgotten}
+                self._keys[token] = (key, expires)
         return token
 
 

@@ -116,6 +116,13 @@ def processor(pool: asyncpg.Pool, owned: OwnedLedgers, dead_letters: DeadLetters
                            scope=owned)
 
 
+async def bump_waits_for_a_lock(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as probe:
+        return bool(await probe.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'INSERT INTO partition_epochs%'"))
+
+
 async def test_the_old_owner_cannot_commit_once_the_partition_was_assigned_again(pool):
     await register_and_declare(pool, 2, 0)
     dead_letters = DeadLetters()
@@ -164,14 +171,8 @@ async def test_an_assignment_waits_for_the_old_owners_open_batch(pool):
         await matcher.handle(context.uow, unwrap(record.headers, record.value))
         await old.end(context)
         taking = asyncio.create_task(new.assigned(TOPIC, {PARTITION}))
-
-        async def bump_waits_for_the_lock() -> bool:
-            async with pool.acquire() as probe:
-                return bool(await probe.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'INSERT INTO partition_epochs%'"))
-
-        await eventually(bump_waits_for_the_lock, timeout=10, what="the new owner's bump waiting for the batch")
+        await eventually(lambda: bump_waits_for_a_lock(pool), timeout=10,
+                         what="the new owner's bump waiting for the batch")
         assert not taking.done()
         await transaction.commit()
         old.committed(context)
@@ -250,3 +251,26 @@ async def test_a_record_of_a_partition_never_taken_is_refused_after_the_wait(poo
     owner = OwnedLedgers(pool, taking_seconds=0.2)
     _, record = requested(1)
     assert await processor(pool, owner, DeadLetters()).process(record) == "fenced"
+
+
+async def test_a_record_waits_for_a_taking_that_outlasts_the_bound(pool):
+    """The bound is on the taking beginning, not on its length: a taking held up (here by another
+    owner's open batch; in production by PostgreSQL restarting) is waited for, and the record is
+    decided once the partition is taken, instead of being refused while this process owns it."""
+    await register_and_declare(pool, 2, 0)
+    old, owner = OwnedLedgers(pool), OwnedLedgers(pool, taking_seconds=0.2)
+    await old.assigned(TOPIC, {PARTITION})
+    referral, record = requested(1)
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await old.begin(conn, TOPIC, PARTITION)  # the epoch row held FOR SHARE: the bump waits
+        taking = asyncio.create_task(owner.assigned(TOPIC, {PARTITION}))
+        await eventually(lambda: bump_waits_for_a_lock(pool), timeout=10, what="the bump waiting for the batch")
+        handling = asyncio.create_task(processor(pool, owner, DeadLetters()).process(record))
+        done, _ = await asyncio.wait({handling}, timeout=2.0)  # ten times the bound
+        assert not done, "the record was not kept waiting for its partition"
+        await transaction.rollback()
+    await asyncio.wait_for(taking, 10)
+    assert await asyncio.wait_for(handling, 10) == "handled"
+    assert (await decisions(pool))[referral] == HAD

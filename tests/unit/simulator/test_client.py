@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
-from reflexe_simulator.client import PlatformClient
+from reflexe_simulator.client import FORGET_TOKENS_AFTER_SECONDS, PlatformClient, Tokens
 
 
 class CountingSource:
@@ -53,3 +55,23 @@ async def test_a_token_refused_again_once_renewed_is_an_answer_not_a_loop():
     assert result.status == 401
     assert seen == ["token-1", "token-2"]
     await client.aclose()
+
+
+async def test_tokens_long_expired_are_forgotten_and_recent_ones_still_renewed():
+    """The actor of each issued token is remembered, to renew it when refused; a simulator that
+    runs for days must not remember every token it was ever issued."""
+    now = time.time()
+    lifetimes = iter([now - FORGET_TOKENS_AFTER_SECONDS - 60, now - 30, now + 3600])
+
+    class Source:
+        issued = 0
+
+        async def fetch(self, role, *, finess=None, department=None):
+            Source.issued += 1
+            return f"token-{Source.issued}", next(lifetimes)
+
+    tokens = Tokens(Source())
+    assert await tokens.get("hospital", finess="340000017") == "token-1"  # expired long ago
+    assert await tokens.get("hospital", finess="340780477") == "token-2"  # expired a moment ago
+    assert await tokens.renewed("token-1") is None
+    assert await tokens.renewed("token-2") == "token-3"

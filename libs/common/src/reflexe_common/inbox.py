@@ -70,8 +70,8 @@ class PartitionScope(Protocol):
     async def assigned(self, topic: str, partitions: set[int]) -> None: ...
 
     async def ready(self, topic: str, partition: int) -> None:
-        """Called before each transaction: returns once the partition is held here, or after a
-        bound (``begin`` then refuses). faust resumes fetching while a rebalance's signal handlers
+        """Called before each transaction: returns once the partition is held here, or when no
+        taking of it began within a bound (``begin`` then refuses). faust resumes fetching while a rebalance's signal handlers
         still run, so records can arrive before ``assigned`` has taken their partition; refused,
         they would be acknowledged and their offsets committed by a process that does own the
         partition: decisions never made."""

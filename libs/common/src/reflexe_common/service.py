@@ -48,6 +48,10 @@ async def bounded_stop(what: str, stop: Awaitable[Any], seconds: float) -> bool:
     return True
 
 
+def _died(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
 class BackgroundTasks:
     """Long-running loops (consumers, relay, clocks); cancelled and awaited on shutdown so each
     finishes its in-flight record, commits its offsets and releases its connections."""
@@ -58,7 +62,7 @@ class BackgroundTasks:
     def dead(self) -> list[str]:
         """The loops that ended with an error: the process still answers HTTP but no longer
         consumes, relays or fires clocks, so its liveness fails and the orchestrator restarts it."""
-        return sorted(t.get_name() for t in self._tasks if t.done() and not t.cancelled() and t.exception() is not None)
+        return sorted(t.get_name() for t in self._tasks if _died(t))
 
     def start(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -68,7 +72,7 @@ class BackgroundTasks:
 
     @staticmethod
     def _report(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if _died(task):
             log.error("background task died", exc_info=task.exception(), extra={"task": task.get_name()})
 
     async def stop(self, timeout: float = TASKS_STOP_SECONDS) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,8 +36,9 @@ from reflexe_capacity.service_layer.unit_of_work import PostgresUnitOfWork
 from reflexe_common.inbox import TRANSIENT, Fenced
 from reflexe_common.partition_table import DEPARTMENT_PARTITION
 
-# How long a record may wait for its partition to be taken (the epoch bumped, the ledgers loaded;
-# retried while PostgreSQL restarts) before its batch is refused.
+# How long a record may wait for the taking of its partition to begin before its batch is refused.
+# Once begun, the taking is waited for however long it lasts (it is retried while PostgreSQL is
+# away): a batch refused then would be acknowledged, and committed, by the partition's owner.
 TAKING_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,10 @@ class OwnedLedgers:
         self._pool = pool
         self._taking_seconds = taking_seconds
         self._partitions: dict[int, _Partition] = {}
+        self._taking: set[int] = set()  # partitions whose taking has begun, not ended
         self._entries: dict[str, _Entry] = {}
         self._departments: frozenset[str] = frozenset()
-        self._taken = asyncio.Condition()  # notified when partitions are taken
+        self._taken = asyncio.Condition()  # notified when a taking begins and when it ends
 
     # ---- what the unit of work reads -------------------------------------------------------
     def serving(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
@@ -114,36 +117,49 @@ class OwnedLedgers:
         if not taken:
             return
         departments = frozenset().union(*(departments_of(p) for p in taken))
+        await self._notify(lambda: self._taking.update(taken))
+        try:
+            epochs, rows = await self._take(topic, taken, departments)
+            for row in rows:
+                self._remember(row)
+            for p in taken:
+                self._partitions[p] = _Partition(epochs[p], departments_of(p))
+            self._departments = frozenset().union(*(s.departments for s in self._partitions.values()))
+        finally:
+            await self._notify(lambda: self._taking.difference_update(taken))
+        log.info("partitions taken", extra={"topic": topic, "partitions": taken, "hads": len(rows)})
+
+    async def _take(self, topic: str, taken: list[int],
+                    departments: frozenset[str]) -> tuple[dict[int, int], list[asyncpg.Record]]:
         backoff = 0.1
         while True:
             # Retried until PostgreSQL answers: until then this process has no state for these
-            # partitions, and its batches for them would all be refused.
+            # partitions, and its batches for them wait.
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     epochs = {r["partition"]: r["epoch"] for r in await conn.fetch(_BUMP, topic, taken)}
-                    rows = await conn.fetch(_LOAD, sorted(departments))
-                break
+                    return epochs, await conn.fetch(_LOAD, sorted(departments))
             except TRANSIENT as exc:
                 log.warning("taking partitions failed, retrying", extra={"partitions": taken, "error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        for row in rows:
-            self._remember(row)
-        for p in taken:
-            self._partitions[p] = _Partition(epochs[p], departments_of(p))
-        self._departments = frozenset().union(*(s.departments for s in self._partitions.values()))
-        log.info("partitions taken", extra={"topic": topic, "partitions": taken, "hads": len(rows)})
+
+    async def _notify(self, change: Callable[[], object]) -> None:
         async with self._taken:
+            change()
             self._taken.notify_all()
 
     async def ready(self, topic: str, partition: int) -> None:
-        """See PartitionScope.ready: waits (bounded) for a partition being taken."""
+        """See PartitionScope.ready: waits, a bounded time, for the taking of the partition to
+        begin, then for as long as it lasts."""
         if partition in self._partitions:
             return
         async with self._taken:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._taken.wait_for(lambda: partition in self._partitions),
-                                       self._taking_seconds)
+                await asyncio.wait_for(
+                    self._taken.wait_for(lambda: partition in self._partitions or partition in self._taking),
+                    self._taking_seconds)
+            await self._taken.wait_for(lambda: partition in self._partitions or partition not in self._taking)
 
     def revoked(self, topic: str, partitions: set[int]) -> None:
         for p in partitions:
