@@ -71,10 +71,10 @@ class PartitionScope(Protocol):
 
     async def ready(self, topic: str, partition: int) -> None:
         """Called before each transaction: returns once the partition is held here, or when no
-        taking of it began within a bound (``begin`` then refuses). faust resumes fetching while a rebalance's signal handlers
-        still run, so records can arrive before ``assigned`` has taken their partition; refused,
-        they would be acknowledged and their offsets committed by a process that does own the
-        partition: decisions never made."""
+        taking of it began within a bound (``begin`` then refuses). faust resumes fetching while
+        a rebalance's signal handlers still run, so records can arrive before ``assigned`` has
+        taken their partition; refused, they would be acknowledged and their offsets committed by
+        a process that does own the partition: decisions never made."""
 
     def revoked(self, topic: str, partitions: set[int]) -> None: ...
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,7 +95,7 @@ class OwnedLedgers:
         self._taking: set[int] = set()  # partitions whose taking has begun, not ended
         self._entries: dict[str, _Entry] = {}
         self._departments: frozenset[str] = frozenset()
-        self._taken = asyncio.Condition()  # notified when a taking begins and when it ends
+        self._takings = asyncio.Condition()  # notified when a taking begins and when it ends
 
     # ---- what the unit of work reads -------------------------------------------------------
     def serving(self, departments: list[str]) -> list[tuple[HadEstablishment, HadLedger]]:
@@ -145,21 +145,21 @@ class OwnedLedgers:
                 backoff = min(backoff * 2, 5.0)
 
     async def _notify(self, change: Callable[[], object]) -> None:
-        async with self._taken:
+        async with self._takings:
             change()
-            self._taken.notify_all()
+            self._takings.notify_all()
 
     async def ready(self, topic: str, partition: int) -> None:
         """See PartitionScope.ready: waits, a bounded time, for the taking of the partition to
         begin, then for as long as it lasts."""
         if partition in self._partitions:
             return
-        async with self._taken:
+        async with self._takings:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._taken.wait_for(lambda: partition in self._partitions or partition in self._taking),
+                    self._takings.wait_for(lambda: partition in self._partitions or partition in self._taking),
                     self._taking_seconds)
-            await self._taken.wait_for(lambda: partition in self._partitions or partition not in self._taking)
+            await self._takings.wait_for(lambda: partition in self._partitions or partition not in self._taking)
 
     def revoked(self, topic: str, partitions: set[int]) -> None:
         for p in partitions:
