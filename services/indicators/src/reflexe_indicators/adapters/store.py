@@ -94,17 +94,31 @@ async def upsert_rows(conn: asyncpg.Connection, schema: str, t: FactTable, rows:
     await conn.execute(upsert_sql(schema, t), *columns)
 
 
-async def upsert_batch(conn: asyncpg.Connection, schema: str, t: FactTable, rows: list[dict[str, Any]]) -> None:
-    """Many rows at once (a replay's batch), inside the caller's transaction: copied into a
-    temporary table, then upserted from it in one statement. COPY encodes the rows far cheaper
+def _stage(t: FactTable) -> str:
+    return f"replay_{t.name}"
+
+
+async def create_stages(conn: asyncpg.Connection, schema: str) -> None:
+    """The temporary tables a replay's batches are copied into, on the connection it writes with
+    (made anew: a pooled connection may hold those of an earlier generation)."""
+    await conn.execute(";".join(f'DROP TABLE IF EXISTS pg_temp.{_stage(t)}; CREATE TEMP TABLE {_stage(t)} '
+                                f'(LIKE "{schema}".{t.name}) ON COMMIT DELETE ROWS' for t in TABLES))
+
+
+async def upsert_batch(conn: asyncpg.Connection, schema: str, rows: dict[str, list[dict[str, Any]]],
+                       then: str = "") -> None:
+    """Many rows of every table at once (a replay's batch), inside the caller's transaction, on a
+    connection with its stages (create_stages): copied into them, then upserted from them in one
+    round trip with `then` (statements without parameters). COPY encodes the rows far cheaper
     than arrays of every column, whose elements the driver inspects one by one."""
-    if not rows:
-        return
-    stage = f"replay_{t.name}"
-    await conn.execute(f'CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE "{schema}".{t.name}) ON COMMIT DELETE ROWS')
-    columns = t.columns
-    await conn.copy_records_to_table(stage, records=[tuple(map(row.get, columns)) for row in rows], columns=columns)
-    await conn.execute(upsert_sql(schema, t, source=stage))
+    statements = []
+    for t in TABLES:
+        if rows[t.name]:
+            columns = t.columns
+            await conn.copy_records_to_table(_stage(t), records=[tuple(map(row.get, columns)) for row in rows[t.name]],
+                                             columns=columns)
+            statements.append(upsert_sql(schema, t, source=_stage(t)))
+    await conn.execute(";".join([*statements, then]))
 
 
 async def apply(conn: asyncpg.Connection, schema: str, deltas: list[Delta]) -> None:

@@ -30,7 +30,7 @@ from google.protobuf import message_factory, symbol_database
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.topics import CAPACITY_EVENTS, REFERRAL_EVENTS, Topic
 from reflexe_indicators.adapters.store import (
-    create_indexes, generation_schema, start_generation, switch_to, upsert_batch)
+    create_indexes, create_stages, generation_schema, start_generation, switch_to, upsert_batch)
 from reflexe_indicators.domain.facts import FOLDED_TYPES, TABLES, Batch, fold
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ REPLAYED_TOPICS: tuple[Topic, ...] = (REFERRAL_EVENTS, CAPACITY_EVENTS)
 # None when it names no known message.
 _classes: dict[bytes, type | None] = {}
 IGNORED = object()  # a record of a type the fold ignores: skipped unparsed, not an error
+# Records folded between two turns of the event loop: the batch being written meanwhile sends each
+# of its statements as soon as the previous one is answered, not once the whole next batch is folded.
+FOLDED_BETWEEN_TURNS = 64
 
 
 def _decode(headers, value: bytes | None):
@@ -174,32 +177,32 @@ class Replayer:
             progress.events = sum(start[tp] - beginning[tp] for tp in tps)
             pending = {tp for tp in tps if start[tp] < end[tp]}
             writer: asyncio.Task | None = None
-            while pending:
-                fetched = await consumer.getmany(*pending, timeout_ms=200, max_records=self.batch_size)
-                batch = Batch()
-                offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-                for tp, records in fetched.items():
-                    for r in records:
-                        message = _decode(r.headers, r.value)
-                        if message is None:
-                            progress.skipped += 1
-                            continue
-                        if message is IGNORED:
-                            continue
-                        deltas = fold(message)
-                        if deltas:
-                            batch.add(deltas)
-                    if records:
-                        offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-                if writer is not None:
-                    await writer  # one batch written while the next one is read and folded
-                writer = asyncio.create_task(self._write(consumer, schema, batch, offsets, progress,
-                                                         sum(len(v) for v in fetched.values())))
-            if writer is not None:
-                await writer
+            async with self.pool.acquire() as conn:  # the replay's own: its stages live on it
+                await create_stages(conn, schema)
+                try:
+                    while pending:
+                        fetched = await consumer.getmany(*pending, timeout_ms=200, max_records=self.batch_size)
+                        batch = Batch()
+                        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+                        for tp, records in fetched.items():
+                            for first in range(0, len(records), FOLDED_BETWEEN_TURNS):
+                                progress.skipped += _fold(records[first:first + FOLDED_BETWEEN_TURNS], batch)
+                                await asyncio.sleep(0)  # the batch being written sends its next statement
+                            if records:
+                                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
+                        for tp in list(pending):
+                            if await consumer.position(tp) >= end[tp]:
+                                pending.discard(tp)
+                        if writer is not None:
+                            await writer  # one batch written while the next one is read and folded
+                        writer = asyncio.create_task(self._write(conn, consumer, schema, batch, offsets, progress,
+                                                                 sum(len(v) for v in fetched.values())))
+                    if writer is not None:
+                        await writer
+                finally:  # the connection goes back to the pool with no write under way on it
+                    if writer is not None and not writer.done():
+                        writer.cancel()
+                        await asyncio.gather(writer, return_exceptions=True)
             async with self.pool.acquire() as conn:
                 await create_indexes(conn, schema)
             progress.seconds = time.perf_counter() - progress._t0
@@ -213,13 +216,26 @@ class Replayer:
         finally:
             await consumer.stop()
 
-    async def _write(self, consumer: AIOKafkaConsumer, schema: str, batch: Batch,
+    async def _write(self, conn: asyncpg.Connection, consumer: AIOKafkaConsumer, schema: str, batch: Batch,
                      offsets: dict[TopicPartition, OffsetAndMetadata], progress: ReplayProgress, records: int) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            for table in TABLES:
-                await upsert_batch(conn, schema, table, list(batch.rows[table.name].values()))
-            await conn.execute("UPDATE generations SET events = events + $2, target = $3 WHERE generation = $1",
-                               progress.generation, records, progress.target)
+        async with conn.transaction():
+            await upsert_batch(conn, schema, {name: list(rows.values()) for name, rows in batch.rows.items()},
+                               then=f"UPDATE generations SET events = events + {int(records)}, "
+                                    f"target = {int(progress.target)} WHERE generation = {int(progress.generation)}")
         if offsets:
             await consumer.commit(offsets)
         progress.events += records
+
+
+def _fold(records, batch: Batch) -> int:
+    """Records folded into the batch; returns how many the live path would refuse."""
+    refused = 0
+    for r in records:
+        message = _decode(r.headers, r.value)
+        if message is None:
+            refused += 1
+        elif message is not IGNORED:
+            deltas = fold(message)
+            if deltas:
+                batch.add(deltas)
+    return refused
