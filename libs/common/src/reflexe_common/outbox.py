@@ -39,6 +39,11 @@ def outbox_transactional_id(schema: str) -> str:
     return f"reflexe-{schema}-outbox-relay"
 
 
+def outbox_headers(envelope: Envelope) -> str:
+    """An event's headers as the outbox stores them (jsonb: pairs of name and text)."""
+    return json.dumps([[k, v.decode()] for k, v in envelope.headers()])
+
+
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Envelope) -> None:
     """Store an event for publication; call inside the transaction that changes the state."""
     await conn.execute(
@@ -46,7 +51,7 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Enve
         uuid.UUID(envelope.id),
         topic,
         key,
-        json.dumps([[k, v.decode()] for k, v in envelope.headers()]),
+        outbox_headers(envelope),
         envelope.value(),
     )  # a trigger notifies the relay at commit (sql/000_platform_tables.sql)
 
@@ -61,7 +66,7 @@ async def enqueue_many(conn: asyncpg.Connection, events: list[tuple[str, str, En
         [uuid.UUID(e.id) for _, _, e in events],
         [topic for topic, _, _ in events],
         [key for _, key, _ in events],
-        [json.dumps([[k, v.decode()] for k, v in e.headers()]) for _, _, e in events],
+        [outbox_headers(e) for _, _, e in events],
         [e.value() for _, _, e in events],
     )
 

@@ -11,13 +11,17 @@ import asyncpg
 
 from reflexe_common.audit import AuditEntry, insert
 from reflexe_common.envelope import message_class, wrap
-from reflexe_common.outbox import enqueue
+from reflexe_common.outbox import outbox_headers
 from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_referral.adapters import codec
 from reflexe_referral.domain.events import Event, ReferralRequested
 from reflexe_referral.domain.model import Referral
 
 EVENT_SOURCE = "reflexe/referral"
+
+
+def _decoded(rows) -> list[Event]:
+    return [codec.from_proto(message_class(r["type"]).FromString(r["payload"])) for r in rows]
 
 
 class ReferralStore:
@@ -34,69 +38,75 @@ class ReferralStore:
 
     async def load(self, referral_id: str, for_update: bool = True) -> Referral | None:
         """The referral folded from its events; with for_update, locked until the transaction ends."""
-        lock = " FOR UPDATE" if for_update else ""
-        row = await self._conn.fetchrow(f"SELECT version FROM referrals WHERE referral_id = $1{lock}", uuid.UUID(referral_id))
-        if row is None:
-            return None
-        return Referral.from_events(await self.events(referral_id))
+        lock = " FOR UPDATE OF r" if for_update else ""
+        rows = await self._conn.fetch(
+            "SELECT e.type, e.payload FROM referrals r JOIN referral_events e ON e.referral_id = r.referral_id "
+            f"WHERE r.referral_id = $1 ORDER BY e.seq{lock}", uuid.UUID(referral_id))
+        return Referral.from_events(_decoded(rows)) if rows else None
 
     async def events(self, referral_id: str) -> list[Event]:
         rows = await self._conn.fetch(
             "SELECT type, payload FROM referral_events WHERE referral_id = $1 ORDER BY seq", uuid.UUID(referral_id)
         )
-        return [codec.from_proto(message_class(r["type"]).FromString(r["payload"])) for r in rows]
+        return _decoded(rows)
 
     async def create(self, first: ReferralRequested, request_hash: str, rest: list[Event]) -> Referral:
-        request = first.request
-        await self._conn.execute(
-            "INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, requested_at, "
-            "updated_at, patient_pseudonym) VALUES ($1, $2, $3, $4, 'REQUESTED', 0, $5, $5, $6)",
-            uuid.UUID(request.referral_id), request.department, request.source.finess, request_hash, request.requested_at,
-            request.patient.pseudonym,
-        )
         referral = Referral.from_events([first])
-        await self._persist(referral, first)
-        await self._save_state(referral, first.occurred_at)
-        await self.append(referral, rest)
+        written = [(referral.version, first)]
+        for event in rest:
+            referral.apply(event)
+            written.append((referral.version, event))
+        request = first.request
+        await self._record(referral, written, state=(
+            "INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, "
+            "requested_at, updated_at, widened_to, patient_pseudonym) "
+            "VALUES ($1, $18, $19, $20, $11, $12, $21, $13, $14, $22)"),
+            extra=[request.department, request.source.finess, request_hash, request.requested_at,
+                   request.patient.pseudonym])
         return referral
 
     async def append(self, referral: Referral, new_events: list[Event]) -> None:
         """Apply and persist the events, publish them through the outbox, reset the clocks."""
         if not new_events:
             return
+        written = []
         for event in new_events:
             referral.apply(event)
-            await self._persist(referral, event)
-        await self._save_state(referral, new_events[-1].occurred_at)
+            written.append((referral.version, event))
+        await self._record(referral, written, state=(
+            "UPDATE referrals SET status = $11, version = $12, updated_at = $13, widened_to = $14 "
+            "WHERE referral_id = $1"))
 
-    async def _persist(self, referral: Referral, event: Event) -> None:
-        message = codec.to_proto(event, referral.department, referral.request.patient.place_of_care)
-        envelope = wrap(message, EVENT_SOURCE, time=event.occurred_at)
-        await self._conn.execute(
-            "INSERT INTO referral_events (referral_id, seq, event_id, type, occurred_at, actor, payload) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            uuid.UUID(event.referral_id), referral.version, uuid.UUID(envelope.id), envelope.type,
-            event.occurred_at, event.actor, envelope.value(),
-        )
-        await enqueue(self._conn, REFERRAL_EVENTS.name, referral.department, envelope)
-
-    async def _save_state(self, referral: Referral, at: datetime) -> None:
-        await self._conn.execute(
-            "UPDATE referrals SET status = $2, version = $3, updated_at = $4, widened_to = $5 WHERE referral_id = $1",
-            uuid.UUID(referral.referral_id), str(referral.status), referral.version, at,
-            [d for d in referral.departments if d != referral.department],
-        )
-        await self._reset_clocks(referral)
-
-    async def _reset_clocks(self, referral: Referral) -> None:
+    async def _record(self, referral: Referral, written: list[tuple[int, Event]], state: str,
+                      extra: list | None = None) -> None:
+        """The events (each with its sequence number), their outbox rows, the referral's state row
+        (`state`, written or updated) and its clocks, in one statement: one round trip per command.
+        The sub-statements touch different rows, so their order within it does not matter. `state`
+        reads $1 and $11–$14; `extra` are its own parameters, from $18."""
+        envelopes = [wrap(codec.to_proto(event, referral.department, referral.request.patient.place_of_care),
+                          EVENT_SOURCE, time=event.occurred_at) for _, event in written]
         rid = uuid.UUID(referral.referral_id)
-        await self._conn.execute("DELETE FROM clocks WHERE referral_id = $1", rid)
         clocks = referral.clocks(self._unanswered_after)
-        if clocks:
-            await self._conn.executemany(
-                "INSERT INTO clocks (referral_id, kind, offer_id, due_at) VALUES ($1, $2, $3, $4)",
-                [(rid, str(c.kind), c.offer_id or "", c.due_at) for c in clocks],
-            )
+        await self._conn.execute(
+            f"WITH state AS ({state}), "
+            "events AS (INSERT INTO referral_events (referral_id, seq, event_id, type, occurred_at, actor, payload) "
+            "SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[])), "
+            "outbox AS (INSERT INTO outbox (event_id, topic, key, headers, payload) "
+            "SELECT event_id, $8, $9, headers, payload FROM unnest($3::uuid[], $10::jsonb[], $7::bytea[]) "
+            "WITH ORDINALITY AS x(event_id, headers, payload, n) ORDER BY n), "
+            "stale AS (DELETE FROM clocks WHERE referral_id = $1 AND (kind, offer_id) NOT IN "
+            "(SELECT * FROM unnest($15::text[], $16::text[]))) "
+            "INSERT INTO clocks (referral_id, kind, offer_id, due_at) "
+            "SELECT $1, * FROM unnest($15::text[], $16::text[], $17::timestamptz[]) "
+            "ON CONFLICT (referral_id, kind, offer_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+            rid, [seq for seq, _ in written], [uuid.UUID(e.id) for e in envelopes], [e.type for e in envelopes],
+            [event.occurred_at for _, event in written], [event.actor for _, event in written],
+            [e.value() for e in envelopes],
+            REFERRAL_EVENTS.name, referral.department, [outbox_headers(e) for e in envelopes],
+            str(referral.status), referral.version, written[-1][1].occurred_at,
+            [d for d in referral.departments if d != referral.department],
+            [str(c.kind) for c in clocks], [c.offer_id or "" for c in clocks], [c.due_at for c in clocks],
+            *(extra or []))
 
     async def referral_ids_of_patient(self, pseudonym: str) -> list[str]:
         """The patient's referrals, the latest first."""
