@@ -8,7 +8,9 @@ no tables (a restart cannot lose state) and no topic declaration (reflexe_common
 from __future__ import annotations
 
 import logging
+import tempfile
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -114,6 +116,8 @@ def stream_app(group: str, kafka: KafkaAccess, topic: Topic, processor: RecordPr
         processing_guarantee="at_least_once",
         web_enabled=False,
         store="memory://",
+        # faust makes its data directory even for in-memory tables: not in the working directory.
+        datadir=str(Path(tempfile.gettempdir()) / f"{group}-{instance}-data"),
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
