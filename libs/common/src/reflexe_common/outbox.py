@@ -56,13 +56,19 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, envelope: Enve
     )  # a trigger notifies the relay at commit (sql/000_platform_tables.sql)
 
 
+def enqueue_many_sql(ids: str, topics: str, keys: str, headers: str, payloads: str) -> str:
+    """The statement storing events for publication, in the order of the arrays given (SQL
+    expressions: parameters), for a caller that writes them in a statement of its own."""
+    return ("INSERT INTO outbox (event_id, topic, key, headers, payload) "
+            "SELECT event_id, topic, key, headers, payload "
+            f"FROM unnest({ids}::uuid[], {topics}::text[], {keys}::text[], {headers}::jsonb[], {payloads}::bytea[]) "
+            "WITH ORDINALITY AS e(event_id, topic, key, headers, payload, n) ORDER BY n")
+
+
 async def enqueue_many(conn: asyncpg.Connection, events: list[tuple[str, str, Envelope]]) -> None:
     """Store several events (topic, key, envelope) for publication in one statement, in order."""
     await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, headers, payload) "
-        "SELECT event_id, topic, key, headers, payload "
-        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[]) WITH ORDINALITY "
-        "AS e(event_id, topic, key, headers, payload, n) ORDER BY n",
+        enqueue_many_sql("$1", "$2", "$3", "$4", "$5"),
         [uuid.UUID(e.id) for _, _, e in events],
         [topic for topic, _, _ in events],
         [key for _, key, _ in events],

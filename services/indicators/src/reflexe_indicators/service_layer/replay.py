@@ -176,33 +176,9 @@ class Replayer:
             progress.target = sum(end[tp] - beginning[tp] for tp in tps)
             progress.events = sum(start[tp] - beginning[tp] for tp in tps)
             pending = {tp for tp in tps if start[tp] < end[tp]}
-            writer: asyncio.Task | None = None
             async with self.pool.acquire() as conn:  # the replay's own: its stages live on it
                 await create_stages(conn, schema)
-                try:
-                    while pending:
-                        fetched = await consumer.getmany(*pending, timeout_ms=200, max_records=self.batch_size)
-                        batch = Batch()
-                        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-                        for tp, records in fetched.items():
-                            for first in range(0, len(records), FOLDED_BETWEEN_TURNS):
-                                progress.skipped += _fold(records[first:first + FOLDED_BETWEEN_TURNS], batch)
-                                await asyncio.sleep(0)  # the batch being written sends its next statement
-                            if records:
-                                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
-                        for tp in list(pending):
-                            if await consumer.position(tp) >= end[tp]:
-                                pending.discard(tp)
-                        if writer is not None:
-                            await writer  # one batch written while the next one is read and folded
-                        writer = asyncio.create_task(self._write(conn, consumer, schema, batch, offsets, progress,
-                                                                 sum(len(v) for v in fetched.values())))
-                    if writer is not None:
-                        await writer
-                finally:  # the connection goes back to the pool with no write under way on it
-                    if writer is not None and not writer.done():
-                        writer.cancel()
-                        await asyncio.gather(writer, return_exceptions=True)
+                await self._load(conn, consumer, schema, pending, end, progress)
             async with self.pool.acquire() as conn:
                 await create_indexes(conn, schema)
             progress.seconds = time.perf_counter() - progress._t0
@@ -215,6 +191,35 @@ class Replayer:
                                                     "seconds": progress.seconds})
         finally:
             await consumer.stop()
+
+    async def _load(self, conn: asyncpg.Connection, consumer: AIOKafkaConsumer, schema: str,
+                    pending: set[TopicPartition], end: dict[TopicPartition, int], progress: ReplayProgress) -> None:
+        """Reads the pending partitions up to their end offsets, folding and writing batch by batch."""
+        writer: asyncio.Task | None = None
+        try:
+            while pending:
+                fetched = await consumer.getmany(*pending, timeout_ms=200, max_records=self.batch_size)
+                batch = Batch()
+                offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+                for tp, records in fetched.items():
+                    for first in range(0, len(records), FOLDED_BETWEEN_TURNS):
+                        progress.skipped += _fold(records[first:first + FOLDED_BETWEEN_TURNS], batch)
+                        await asyncio.sleep(0)  # the batch being written sends its next statement
+                    if records:
+                        offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
+                for tp in list(pending):
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+                if writer is not None:
+                    await writer  # one batch written while the next one is read and folded
+                writer = asyncio.create_task(self._write(conn, consumer, schema, batch, offsets, progress,
+                                                         sum(len(v) for v in fetched.values())))
+            if writer is not None:
+                await writer
+        finally:  # the connection goes back to the pool with no write under way on it
+            if writer is not None and not writer.done():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
     async def _write(self, conn: asyncpg.Connection, consumer: AIOKafkaConsumer, schema: str, batch: Batch,
                      offsets: dict[TopicPartition, OffsetAndMetadata], progress: ReplayProgress, records: int) -> None:

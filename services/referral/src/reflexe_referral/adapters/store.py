@@ -11,7 +11,7 @@ import asyncpg
 
 from reflexe_common.audit import AuditEntry, insert
 from reflexe_common.envelope import message_class, wrap
-from reflexe_common.outbox import outbox_headers
+from reflexe_common.outbox import enqueue_many_sql, outbox_headers
 from reflexe_common.topics import REFERRAL_EVENTS
 from reflexe_referral.adapters import codec
 from reflexe_referral.domain.events import Event, ReferralRequested
@@ -20,8 +20,26 @@ from reflexe_referral.domain.model import Referral
 EVENT_SOURCE = "reflexe/referral"
 
 
+# The referral's row in ReferralStore._record's statement: $1 its id, $11–$14 its status,
+# version, update time and widened departments; a new referral's other columns from $18.
+_UPDATE_REFERRAL = ("UPDATE referrals SET status = $11, version = $12, updated_at = $13, widened_to = $14 "
+                    "WHERE referral_id = $1")
+_INSERT_REFERRAL = ("INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, "
+                    "requested_at, updated_at, widened_to, patient_pseudonym) "
+                    "VALUES ($1, $18, $19, $20, $11, $12, $21, $13, $14, $22)")
+
+
 def _decoded(rows) -> list[Event]:
     return [codec.from_proto(message_class(r["type"]).FromString(r["payload"])) for r in rows]
+
+
+def _applied(referral: Referral, events: list[Event]) -> list[tuple[int, Event]]:
+    """Each event applied to the referral, with the sequence number (its version) it gets."""
+    numbered = []
+    for event in events:
+        referral.apply(event)
+        numbered.append((referral.version, event))
+    return numbered
 
 
 class ReferralStore:
@@ -52,48 +70,30 @@ class ReferralStore:
 
     async def create(self, first: ReferralRequested, request_hash: str, rest: list[Event]) -> Referral:
         referral = Referral.from_events([first])
-        written = [(referral.version, first)]
-        for event in rest:
-            referral.apply(event)
-            written.append((referral.version, event))
         request = first.request
-        await self._record(referral, written, state=(
-            "INSERT INTO referrals (referral_id, department, source_finess, request_hash, status, version, "
-            "requested_at, updated_at, widened_to, patient_pseudonym) "
-            "VALUES ($1, $18, $19, $20, $11, $12, $21, $13, $14, $22)"),
-            extra=[request.department, request.source.finess, request_hash, request.requested_at,
-                   request.patient.pseudonym])
+        await self._record(referral, [(referral.version, first), *_applied(referral, rest)], new_row=[
+            request.department, request.source.finess, request_hash, request.requested_at, request.patient.pseudonym])
         return referral
 
     async def append(self, referral: Referral, new_events: list[Event]) -> None:
         """Apply and persist the events, publish them through the outbox, reset the clocks."""
-        if not new_events:
-            return
-        written = []
-        for event in new_events:
-            referral.apply(event)
-            written.append((referral.version, event))
-        await self._record(referral, written, state=(
-            "UPDATE referrals SET status = $11, version = $12, updated_at = $13, widened_to = $14 "
-            "WHERE referral_id = $1"))
+        if new_events:
+            await self._record(referral, _applied(referral, new_events))
 
-    async def _record(self, referral: Referral, written: list[tuple[int, Event]], state: str,
-                      extra: list | None = None) -> None:
-        """The events (each with its sequence number), their outbox rows, the referral's state row
-        (`state`, written or updated) and its clocks, in one statement: one round trip per command.
-        The sub-statements touch different rows, so their order within it does not matter. `state`
-        reads $1 and $11–$14; `extra` are its own parameters, from $18."""
+    async def _record(self, referral: Referral, written: list[tuple[int, Event]], new_row: list | None = None) -> None:
+        """The events (each with its sequence number), their outbox rows, the referral's row and its
+        clocks, in one statement: one round trip per command. The sub-statements touch different
+        rows, so their order within it does not matter. ``new_row``: a new referral's department,
+        source, request hash, request time and pseudonym (its row is inserted, else updated)."""
         envelopes = [wrap(codec.to_proto(event, referral.department, referral.request.patient.place_of_care),
                           EVENT_SOURCE, time=event.occurred_at) for _, event in written]
         rid = uuid.UUID(referral.referral_id)
         clocks = referral.clocks(self._unanswered_after)
         await self._conn.execute(
-            f"WITH state AS ({state}), "
+            f"WITH state AS ({_INSERT_REFERRAL if new_row else _UPDATE_REFERRAL}), "
             "events AS (INSERT INTO referral_events (referral_id, seq, event_id, type, occurred_at, actor, payload) "
             "SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[])), "
-            "outbox AS (INSERT INTO outbox (event_id, topic, key, headers, payload) "
-            "SELECT event_id, $8, $9, headers, payload FROM unnest($3::uuid[], $10::jsonb[], $7::bytea[]) "
-            "WITH ORDINALITY AS x(event_id, headers, payload, n) ORDER BY n), "
+            f"outbox AS ({enqueue_many_sql('$3', '$8', '$9', '$10', '$7')}), "
             "stale AS (DELETE FROM clocks WHERE referral_id = $1 AND (kind, offer_id) NOT IN "
             "(SELECT * FROM unnest($15::text[], $16::text[]))) "
             "INSERT INTO clocks (referral_id, kind, offer_id, due_at) "
@@ -102,11 +102,12 @@ class ReferralStore:
             rid, [seq for seq, _ in written], [uuid.UUID(e.id) for e in envelopes], [e.type for e in envelopes],
             [event.occurred_at for _, event in written], [event.actor for _, event in written],
             [e.value() for e in envelopes],
-            REFERRAL_EVENTS.name, referral.department, [outbox_headers(e) for e in envelopes],
+            [REFERRAL_EVENTS.name] * len(written), [referral.department] * len(written),
+            [outbox_headers(e) for e in envelopes],
             str(referral.status), referral.version, written[-1][1].occurred_at,
             [d for d in referral.departments if d != referral.department],
             [str(c.kind) for c in clocks], [c.offer_id or "" for c in clocks], [c.due_at for c in clocks],
-            *(extra or []))
+            *(new_row or []))
 
     async def referral_ids_of_patient(self, pseudonym: str) -> list[str]:
         """The patient's referrals, the latest first."""
