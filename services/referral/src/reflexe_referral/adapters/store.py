@@ -55,12 +55,14 @@ class ReferralStore:
         return await self._conn.fetchval("SELECT request_hash FROM referrals WHERE referral_id = $1", uuid.UUID(referral_id))
 
     async def load(self, referral_id: str, for_update: bool = True) -> Referral | None:
-        """The referral folded from its events; with for_update, locked until the transaction ends."""
-        lock = " FOR UPDATE OF r" if for_update else ""
-        rows = await self._conn.fetch(
-            "SELECT e.type, e.payload FROM referrals r JOIN referral_events e ON e.referral_id = r.referral_id "
-            f"WHERE r.referral_id = $1 ORDER BY e.seq{lock}", uuid.UUID(referral_id))
-        return Referral.from_events(_decoded(rows)) if rows else None
+        """The referral folded from its events; with for_update, locked until the transaction ends.
+        Two statements: the events are read after the lock is held, so that they include those of a
+        command that committed while this one waited (one statement would read them as of before)."""
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow(f"SELECT version FROM referrals WHERE referral_id = $1{lock}", uuid.UUID(referral_id))
+        if row is None:
+            return None
+        return Referral.from_events(await self.events(referral_id))
 
     async def events(self, referral_id: str) -> list[Event]:
         rows = await self._conn.fetch(
