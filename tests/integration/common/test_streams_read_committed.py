@@ -61,7 +61,7 @@ async def _handled_by_a_stream(topics, read_committed: bool) -> tuple[list[str],
     async def handle(_conn: asyncpg.Connection, envelope: Envelope) -> None:
         handled.append(envelope.id)
 
-    app = stream_app(f"test-streams-{suffix}", topics.kafka(), topic,
+    app = stream_app(f"test-streams-{suffix}", topics.kafka(), [topic],
                      RecordProcessor(f"test-streams-{suffix}", pool, dead_letters, handle), "test")
     if not read_committed:
         # faust's own aiokafka transport, as processing_guarantee="at_least_once" builds it.

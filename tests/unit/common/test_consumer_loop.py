@@ -53,11 +53,11 @@ class RebalancingConsumer:
 async def test_a_partition_revoked_during_its_batch_neither_kills_the_loop_nor_is_committed() -> None:
     consumer = RebalancingConsumer()
 
-    async def process_batch(records) -> None:
+    async def process_poll(records) -> None:
         consumer.assigned.discard(LOST)  # the rebalance lands while the batch is handled
 
-    processor = SimpleNamespace(consumer="test-revoked", process_batch=process_batch)
-    loop = ConsumerLoop(KafkaAccess("127.0.0.1:9"), "test-revoked", ["t"], processor)  # type: ignore[arg-type]
+    processor = SimpleNamespace(consumer="test-revoked", process_poll=process_poll)
+    loop = ConsumerLoop(KafkaAccess("127.0.0.1:9"), "test-revoked", "^t$", processor)  # type: ignore[arg-type]
     loop._consumer = consumer  # the broker's side, scripted
     running = asyncio.create_task(loop.run())
     try:

@@ -2,7 +2,9 @@
 transaction, so a redelivered event changes nothing; a record that can never be handled goes
 to the dead-letter topic with its reason and the consumer carries on.
 
-The same processor serves plain aiokafka consumers (ConsumerLoop) and faust agents.
+The same processor serves faust agents (reflexe_common.streams, every fixed set of topics) and
+the plain aiokafka consumer that subscribes by pattern (ConsumerLoop, the inbound topics: faust
+cannot).
 """
 
 from __future__ import annotations
@@ -163,6 +165,17 @@ class RecordProcessor:
             if scope is not None:
                 scope.committed(context)
 
+    async def process_poll(self, records: list[Record]) -> None:
+        """What one poll returned: each partition's records as a batch, in order."""
+        by_partition: dict[tuple[str, int], list[Record]] = {}
+        for record in records:
+            by_partition.setdefault((record.topic, record.partition), []).append(record)
+        for batch in by_partition.values():
+            await self.process_batch(batch)
+
+    async def close(self) -> None:
+        """Nothing is held between polls."""
+
     async def process_batch(self, records: list[Record]) -> None:
         """Records of one partition, in order, handled in ONE transaction (a commit per batch, not
         per record). A poison record rolls the batch back, is dead-lettered and the rest runs
@@ -185,7 +198,7 @@ class RecordProcessor:
                 async with self._transaction(decoded[0][0]) as (conn, context):
                     # The batch's events claimed in one statement: an id repeated in the batch is
                     # claimed once and handled at its first occurrence.
-                    claimed = await self._claim_all(conn, [envelope for _, envelope in decoded])
+                    claimed = await self.claim_all(conn, [envelope for _, envelope in decoded])
                     for current, (_, envelope) in enumerate(decoded):
                         if envelope.id in claimed:
                             claimed.discard(envelope.id)
@@ -223,7 +236,7 @@ class RecordProcessor:
             self._verify(record, envelope)
         return envelope
 
-    async def _claim_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> set[str]:
+    async def claim_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> set[str]:
         """Claims the events not seen before; returns their ids."""
         rows = await conn.fetch(
             "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
@@ -271,15 +284,18 @@ class RecordProcessor:
 
 
 class ConsumerLoop:
-    """A plain aiokafka consumer group driving a RecordProcessor, partition by partition.
+    """A plain aiokafka consumer group subscribed by pattern, driving a RecordProcessor partition by
+    partition: the inbound topics, one per sender, created when a sender registers. faust-streaming
+    cannot subscribe by pattern (its aiokafka driver passes topic names only: "XXX pattern does not
+    work", https://github.com/faust-streaming/faust/issues/62), so this loop stays beside the faust
+    streams for them alone.
 
     At least once: offsets are committed after handling, by a background task (the next poll does
     not wait for the broker's answer); a crash in between redelivers records the inbox skips. A
-    partition leaving commits what was handled of it, so its next owner redelivers less.
-    Subclasses change only how a poll's records are handled (batch_consumer.BatchConsumerLoop)."""
+    partition leaving commits what was handled of it, so its next owner redelivers less."""
 
-    def __init__(self, kafka: KafkaAccess, group_id: str, topics: list[str], processor: RecordProcessor,
-                 client_id: str | None = None, pattern: str | None = None, max_records: int = 200) -> None:
+    def __init__(self, kafka: KafkaAccess, group_id: str, pattern: str, processor: RecordProcessor,
+                 client_id: str | None = None, max_records: int = 200) -> None:
         self._consumer = AIOKafkaConsumer(
             **kafka.options(),
             group_id=group_id,
@@ -289,14 +305,13 @@ class ConsumerLoop:
             isolation_level="read_committed",
             # A pattern subscription sees a topic created later (a newly registered sender) at
             # the next metadata refresh: seconds, not the default 5 minutes.
-            **({"metadata_max_age_ms": PATTERN_REFRESH_MS} if pattern else {}),
+            metadata_max_age_ms=PATTERN_REFRESH_MS,
         )
-        self._topics = topics
         self._pattern = pattern
         self._group = group_id
         self._processor = processor
         self._max_records = max_records
-        init_consumer(processor.consumer, group_id, [topic_label(t) for t in topics])
+        init_consumer(processor.consumer, group_id, [])
         self._lag: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}  # the next offset of each partition, handled
         self._commit_wanted = asyncio.Event()
@@ -312,19 +327,14 @@ class ConsumerLoop:
             # Inside the try: a service stopped while its consumer starts (a test's short-lived app)
             # would otherwise leave that consumer in its group, heartbeating, with nobody to stop it.
             await self._consumer.start()
-            listener = _CommitOnRevoke(self)
-            if self._pattern:
-                self._consumer.subscribe(pattern=self._pattern, listener=listener)
-            else:
-                self._consumer.subscribe(self._topics, listener=listener)
+            self._consumer.subscribe(pattern=self._pattern, listener=_CommitOnRevoke(self))
             self.started.set()
             while True:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 if not batches:
                     continue
-                await self._handle_poll({tp: [Record(r.topic, r.partition, r.offset, r.key, r.value,
-                                                     list(r.headers or ())) for r in rs]
-                                         for tp, rs in batches.items()})
+                await self._processor.process_poll([Record(r.topic, r.partition, r.offset, r.key, r.value,
+                                                           list(r.headers or ())) for rs in batches.values() for r in rs])
                 # A partition revoked while its records were handled is its next owner's now: its
                 # offsets are not ours to commit, and aiokafka no longer answers for it.
                 assigned = self._consumer.assignment()
@@ -341,7 +351,6 @@ class ConsumerLoop:
         finally:
             committer.cancel()
             await asyncio.gather(committer, return_exceptions=True)
-            await self._release()
             # What was handled is committed (the rest will be redelivered and deduplicated), then
             # the consumer leaves its group. Bounded: during a rebalance the commit waits for the
             # group, which waits for this very member, and the consumer stayed in its group for
@@ -353,13 +362,6 @@ class ConsumerLoop:
                 log.warning("final offset commit timed out; records will be redelivered",
                             extra={"consumer": self.consumer})
             await self._consumer.stop()
-
-    async def _handle_poll(self, batches: dict[TopicPartition, list[Record]]) -> None:
-        for records in batches.values():
-            await self._processor.process_batch(records)
-
-    async def _release(self) -> None:
-        """What the handling holds between polls, given back when the loop ends."""
 
     async def _commit_forever(self) -> None:
         while True:

@@ -107,7 +107,7 @@ def _topics(*topics: Topic) -> list[str]:
 
 def service_acls(service: str) -> list[Acl]:
     """What the service's own code does on Kafka, and nothing more. Consumer groups are named in
-    each service's entrypoints/app.py (ConsumerLoop/faust group ids)."""
+    each service's entrypoints/app.py (faust streams, and ConsumerLoop for the inbound topics)."""
     read, write, groups, group_prefixes, inbound = [], [], [], [], None
     outbox = False
     if service == "referral":
@@ -117,7 +117,7 @@ def service_acls(service: str) -> list[Acl]:
         read, write, outbox = [REFERRAL_EVENTS], [MATCHING_EVENTS, CAPACITY_EVENTS], True
         groups, group_prefixes, inbound = ["reflexe-matcher"], ["capacity-"], INBOUND_CAPACITY
     elif service == "indicators":
-        # reflexe-indicators (faust), -capacity, and -replay-g<N> for each replay generation
+        # reflexe-indicators and -capacity (faust), and -replay-g<N> for each replay generation
         read, group_prefixes = [REFERRAL_EVENTS, CAPACITY_EVENTS], ["reflexe-indicators"]
     elif service == "notify":
         read, groups = [REFERRAL_EVENTS, MATCHING_EVENTS, CAPACITY_EVENTS], ["notify"]

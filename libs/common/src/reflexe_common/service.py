@@ -19,7 +19,7 @@ from reflexe_common.inbox import ConsumerLoop, DeadLetters, Handler, PartitionSc
 from reflexe_common.kafka import KafkaAccess, kafka_access
 from reflexe_common.outbox import OutboxRelay
 from reflexe_common.settings import ServiceSettings
-from reflexe_common.streams import stream_app
+from reflexe_common.streams import PollProcessor, stream_app
 from reflexe_common.topics import InboundKind, Topic, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -95,38 +95,33 @@ class Runtime:
     pool: asyncpg.Pool
     dead_letters: DeadLetters
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
-    streams: list[faust.App] = field(default_factory=list)
+    streams: list[tuple[faust.App, PollProcessor]] = field(default_factory=list)
 
     def relay_outbox(self) -> None:
         self.tasks.start("outbox-relay", OutboxRelay(self.settings.database_url, self.schema,
                                                      self.kafka).run())
-
-    def consume(self, group: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
-        """A plain aiokafka consumer group feeding the idempotent processor."""
-        processor = RecordProcessor(group, self.pool, self.dead_letters, handler)
-        loop = ConsumerLoop(self.kafka, group, [t.name for t in topics], processor,
-                            client_id=f"{group}-{self.settings.instance}")
-        self.tasks.start(group, loop.run())
-        return loop
 
     def consume_inbound(self, group: str, kind: InboundKind, handler: Handler) -> ConsumerLoop:
         """Every sender's inbound topic of this kind (subscribed by pattern, so a system registered
         later is picked up); a command claiming another establishment than its sender's is
         dead-lettered before the handler sees it."""
         processor = RecordProcessor(group, self.pool, self.dead_letters, handler, verify=kind.verify_sender)
-        loop = ConsumerLoop(self.kafka, group, [], processor, client_id=f"{group}-{self.settings.instance}",
-                            pattern=kind.pattern)
+        loop = ConsumerLoop(self.kafka, group, kind.pattern, processor, client_id=f"{group}-{self.settings.instance}")
         self.tasks.start(group, loop.run())
         return loop
 
-    async def stream(self, group: str, topic: Topic, name: str, handler: Handler,
+    async def stream(self, group: str, topics: list[Topic], name: str, handler: Handler,
                      scope: PartitionScope | None = None) -> None:
-        """A faust stream processor (consumer group `group`) feeding the idempotent processor;
-        ``scope``: the single writer's per-partition state and fencing (inbox.PartitionScope)."""
-        app = stream_app(group, self.kafka, topic,
-                         RecordProcessor(name, self.pool, self.dead_letters, handler, scope=scope),
-                         self.settings.instance)
-        self.streams.append(app)  # before starting it: a stop during its start stops it too
+        """A faust stream processor (consumer group `group`) feeding the idempotent processor
+        (inbox consumer `name`); ``scope``: the single writer's per-partition state and fencing
+        (inbox.PartitionScope)."""
+        await self.stream_to(group, topics, RecordProcessor(name, self.pool, self.dead_letters, handler, scope=scope))
+
+    async def stream_to(self, group: str, topics: list[Topic], processor: PollProcessor) -> None:
+        """A faust stream processor (consumer group `group`) feeding `processor`, closed after the
+        stream stops."""
+        app = stream_app(group, self.kafka, topics, processor, self.settings.instance)
+        self.streams.append((app, processor))  # before starting it: a stop during its start stops it too
         await app.start()
 
 
@@ -150,8 +145,10 @@ async def service_runtime(app: FastAPI, settings: ServiceSettings, schema: str, 
     try:
         yield runtime
     finally:
-        await bounded_stop("streams", asyncio.gather(*(stream.stop() for stream in runtime.streams)),
+        await bounded_stop("streams", asyncio.gather(*(stream.stop() for stream, _ in runtime.streams)),
                            STREAMS_STOP_SECONDS)
+        await bounded_stop("stream processors", asyncio.gather(*(p.close() for _, p in runtime.streams)),
+                           CLIENT_STOP_SECONDS)
         await runtime.tasks.stop()
         await bounded_stop("dead letters", dead_letters.stop(), CLIENT_STOP_SECONDS)
         if not await bounded_stop("database pool", pool.close(), CLIENT_STOP_SECONDS):

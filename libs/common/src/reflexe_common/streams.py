@@ -1,5 +1,5 @@
-"""Faust stream processors feeding a topic to a RecordProcessor, at least once, reading only
-committed records.
+"""Faust stream processors feeding topics to a processor (a RecordProcessor, or a BatchProcessor),
+at least once, reading only committed records: every consumer of a fixed set of topics.
 
 The processor's inbox makes redeliveries harmless and keeps state in PostgreSQL, so faust needs
 no tables (a restart cannot lose state) and no topic declaration (reflexe_common.topics owns it).
@@ -11,13 +11,13 @@ import logging
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from reflexe_common.inbox import Record, RecordProcessor
+from reflexe_common.inbox import PartitionScope, Record
 from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, init_consumer
 from reflexe_common.topics import Topic
@@ -109,7 +109,19 @@ def record_lag(app: faust.App, group: str, topic: str, tp, last_offset: int) -> 
         CONSUMER_LAG.labels(group, topic).set(max(0, highwater - (last_offset + 1)))
 
 
-def stream_app(group: str, kafka: KafkaAccess, topic: Topic, processor: RecordProcessor, instance: str) -> faust.App:
+class PollProcessor(Protocol):
+    """What a stream hands its records to (inbox.RecordProcessor, batch_processor.BatchProcessor)."""
+
+    consumer: str
+    scope: PartitionScope | None
+
+    async def process_poll(self, records: list[Record]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def stream_app(group: str, kafka: KafkaAccess, topics: list[Topic], processor: PollProcessor,
+               instance: str) -> faust.App:
     app = faust.App(
         group,
         **kafka.faust_options(),
@@ -125,33 +137,36 @@ def stream_app(group: str, kafka: KafkaAccess, topic: Topic, processor: RecordPr
     )
     # Before anything asks the app for its transport (declaring a topic does).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
-    init_consumer(processor.consumer, group, [topic.name])
-    source = app.topic(topic.name, value_serializer="raw", key_serializer="raw", partitions=topic.partitions)
+    names = [topic.name for topic in topics]
+    init_consumer(processor.consumer, group, names)
+    partitions = {topic.partitions for topic in topics}
+    source = app.topic(*names, value_serializer="raw", key_serializer="raw",
+                       partitions=partitions.pop() if len(partitions) == 1 else None)
     scope = processor.scope
     if scope is not None:
         # faust sends the whole new assignment after every rebalance, and what was revoked before.
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs) -> None:
-            scope.revoked(topic.name, {tp.partition for tp in revoked if tp.topic == topic.name})
+            for name in names:
+                scope.revoked(name, {tp.partition for tp in revoked if tp.topic == name})
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender, assigned, **kwargs) -> None:
-            await scope.assigned(topic.name, {tp.partition for tp in assigned if tp.topic == topic.name})
+            for name in names:
+                await scope.assigned(name, {tp.partition for tp in assigned if tp.topic == name})
 
     @app.agent(source, name=processor.consumer)
     async def process(stream):
-        # Small batches, one transaction each; the short wait keeps a lone event fast. One agent
-        # instance handles its partitions in order (no agent concurrency: it would reorder).
+        # Small batches; the short wait keeps a lone event fast. One agent instance handles its
+        # partitions in order (no agent concurrency: it would reorder).
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT_SECONDS):
-            by_partition: dict[int, list[Record]] = {}
-            last = {}
+            records, last = [], {}
             for event in events:
                 msg = event.message
-                by_partition.setdefault(msg.partition, []).append(
-                    Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or ())))
+                records.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                      list(msg.headers or ())))
                 last[msg.tp] = msg.offset
-            for records in by_partition.values():
-                await processor.process_batch(records)
+            await processor.process_poll(records)
             for tp, offset in last.items():
                 record_lag(app, group, tp.topic, tp, offset)
 

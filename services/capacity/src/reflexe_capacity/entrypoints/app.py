@@ -56,7 +56,7 @@ def build_app(settings: CapacitySettings | None = None) -> FastAPI:
             runtime.consume_inbound("capacity-declarations", INBOUND_CAPACITY, declaration_handler(matcher))
             # The matcher: a faust agent following the referral log, its state in PostgreSQL, the
             # single writer of its partitions' HAD ledgers (kept in memory, fenced by an epoch).
-            await runtime.stream(MATCHER_GROUP, REFERRAL_EVENTS, "matcher", referral_events_handler(matcher),
+            await runtime.stream(MATCHER_GROUP, [REFERRAL_EVENTS], "matcher", referral_events_handler(matcher),
                                  scope=OwnedLedgers(runtime.pool))
             yield
 

@@ -105,8 +105,8 @@ def build_app(settings: IndicatorsSettings | None = None) -> FastAPI:
             app.state.settings, app.state.schema = settings, SCHEMA
             await ensure_first_generation(runtime.pool, SCHEMA)
             fold = handler(SCHEMA)
-            await runtime.stream(GROUP, REFERRAL_EVENTS, "indicators-facts", fold)
-            runtime.consume(f"{GROUP}-capacity", [CAPACITY_EVENTS], fold)
+            await runtime.stream(GROUP, [REFERRAL_EVENTS], "indicators-facts", fold)
+            await runtime.stream(f"{GROUP}-capacity", [CAPACITY_EVENTS], f"{GROUP}-capacity", fold)
             replayer = Replayer(runtime.pool, runtime.kafka, SCHEMA, GROUP, settings.replay_batch)
             app.state.replayer = replayer
             await replayer.resume()

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from reflexe_common.audit import router as audit_router
 from reflexe_common.audit import start_writer
-from reflexe_common.batch_consumer import BatchConsumerLoop
+from reflexe_common.batch_processor import BatchProcessor
 from reflexe_common.inbox import RecordProcessor
 from reflexe_common.http import create_app
 from reflexe_common.logging import configure_logging
@@ -58,13 +58,11 @@ def build_app(settings: NotifySettings | None = None, resolver: Resolver = syste
                                 had_stream.prune_periodically(runtime.pool, settings.desk_stream_keep_days))
             # The events of each poll routed and recorded together; their stream entries told to
             # this process's live readers as soon as committed (other processes hear the NOTIFY).
-            processor = RecordProcessor(CONSUMER_GROUP, runtime.pool, runtime.dead_letters,
-                                        event_handler(settings.max_attempts, settings.public_url))
-            consumer = BatchConsumerLoop(runtime.kafka, CONSUMER_GROUP, [t.name for t in TOPICS], runtime.pool,
-                                         runtime.dead_letters, processor,
-                                         batch_handler(settings.max_attempts, settings.public_url),
-                                         after_commit=hub.tell, client_id=f"{CONSUMER_GROUP}-{settings.instance}")
-            runtime.tasks.start(CONSUMER_GROUP, consumer.run())
+            one_by_one = RecordProcessor(CONSUMER_GROUP, runtime.pool, runtime.dead_letters,
+                                         event_handler(settings.max_attempts, settings.public_url))
+            await runtime.stream_to(CONSUMER_GROUP, TOPICS, BatchProcessor(
+                runtime.pool, runtime.dead_letters, one_by_one, batch_handler(settings.max_attempts, settings.public_url),
+                after_commit=hub.tell))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())
             retention = RetentionSettings()
             start_retention(runtime.pool, SCHEMA, runtime.tasks.start, [delivery_attempts_purge(retention)], retention)

@@ -56,7 +56,7 @@ def build_app(settings: ReferralSettings | None = None) -> FastAPI:
             app.state.referrals = service
             app.state.unanswered_after = unanswered_after
             runtime.relay_outbox()
-            runtime.consume(MATCHING_GROUP, [MATCHING_EVENTS], matching_handler(unanswered_after))
+            await runtime.stream(MATCHING_GROUP, [MATCHING_EVENTS], MATCHING_GROUP, matching_handler(unanswered_after))
             runtime.consume_inbound("referral-submissions", INBOUND_REFERRALS, submission_handler(unanswered_after))
             runtime.tasks.start("clocks", run_clocks(service, settings.clock_poll_seconds))
             runtime.tasks.start("audit-writer", start_writer(app, runtime.pool).run())

@@ -1,14 +1,15 @@
-"""A consumer that handles what each poll returned as one batch, in one PostgreSQL transaction.
+"""A processor that handles what each poll returned as one batch, in one PostgreSQL transaction,
+whatever the records' partitions and topics.
 
 For consumers whose handler can route many events in memory and write them with a few
 statements (notify): a batch costs a handful of round trips whatever its size, and the batch is
-whatever the broker had (never formed by a timer), so a lone event goes alone and at once.
+what the stream had pending, so a lone event goes alone and at once.
 
-At least once, as ConsumerLoop (whose polling, offsets and shutdown it shares): the inbox claim of
-every event and its effects commit together, then the offsets are committed. A poison
-record is dead-lettered before the transaction; when the batch fails otherwise, its records are
-handled one by one by the RecordProcessor, so the good ones commit and only the bad one is
-retried or dead-lettered.
+At least once, as RecordProcessor, which a faust stream drives the same way: the inbox claim of
+every event and its effects commit together, then the offsets are committed. A poison record is
+dead-lettered before the transaction; when the batch fails otherwise, its records are handled one
+by one by the RecordProcessor, so the good ones commit and only the bad one is retried or
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -20,40 +21,37 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import TopicPartition
 
 from reflexe_common.envelope import Envelope, PoisonRecord, unwrap
-from reflexe_common.inbox import TRANSIENT, ConsumerLoop, DeadLetters, Record, RecordProcessor
-from reflexe_common.kafka import KafkaAccess
+from reflexe_common.inbox import TRANSIENT, DeadLetters, Record, RecordProcessor
 from reflexe_common.metrics import DUPLICATES_SKIPPED, HANDLER_SECONDS
 
 log = logging.getLogger(__name__)
 
 # Runs in the batch's transaction; what it returns is handed to `after_commit` once committed.
 BatchHandler = Callable[[asyncpg.Connection, Sequence[Envelope]], Awaitable[Any]]
-MAX_RECORDS = 500
 
 
-class BatchConsumerLoop(ConsumerLoop):
-    def __init__(self, kafka: KafkaAccess, group_id: str, topics: list[str], pool: asyncpg.Pool,
-                 dead_letters: DeadLetters, processor: RecordProcessor, handle_batch: BatchHandler,
-                 after_commit: Callable[[Any], None] | None = None, client_id: str | None = None,
-                 max_records: int = MAX_RECORDS) -> None:
+class BatchProcessor:
+    scope = None  # no partition state: any batch may mix partitions
+
+    def __init__(self, pool: asyncpg.Pool, dead_letters: DeadLetters, processor: RecordProcessor,
+                 handle_batch: BatchHandler, after_commit: Callable[[Any], None] | None = None) -> None:
         """`processor` handles records one by one when a batch fails (its handler must do for one
         event what `handle_batch` does for many, with the same consumer name and no verifier)."""
-        super().__init__(kafka, group_id, topics, processor, client_id=client_id, max_records=max_records)
+        self.consumer = processor.consumer
         self._pool = pool
         self._dead_letters = dead_letters
+        self._processor = processor
         self._handle_batch = handle_batch
         self._after_commit = after_commit
-        # The batch holds one connection of the pool for as long as the loop runs: no acquiring
-        # and resetting per batch.
+        # One connection of the pool held from batch to batch: no acquiring and resetting per batch.
         self._conn: asyncpg.Connection | None = None
 
-    async def _handle_poll(self, batches: dict[TopicPartition, list[Record]]) -> None:
-        self._conn = await self._handle([r for rs in batches.values() for r in rs], self._conn)
+    async def process_poll(self, records: list[Record]) -> None:
+        self._conn = await self._handle(records, self._conn)
 
-    async def _release(self) -> None:
+    async def close(self) -> None:
         if self._conn is not None:
             await self._pool.release(self._conn)
             self._conn = None
@@ -62,9 +60,11 @@ class BatchConsumerLoop(ConsumerLoop):
         """Handles the records; returns the connection to keep (None after losing it)."""
         started = time.perf_counter()
         decoded: list[Envelope] = []
+        readable: list[Record] = []
         for record in records:
             try:
                 decoded.append(unwrap(record.headers, record.value))
+                readable.append(record)
             except PoisonRecord as exc:
                 await self._dead_letters.send(self.consumer, record, str(exc))
         if not decoded:
@@ -75,7 +75,7 @@ class BatchConsumerLoop(ConsumerLoop):
                 if conn is None:
                     conn = await self._pool.acquire()
                 async with conn.transaction():
-                    claimed = await self._claim_all(conn, decoded)
+                    claimed = await self._processor.claim_all(conn, decoded)
                     fresh = []
                     for envelope in decoded:  # an id repeated in the batch: its first occurrence
                         if envelope.id in claimed:
@@ -91,10 +91,10 @@ class BatchConsumerLoop(ConsumerLoop):
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 log.warning("batch failed; handling its records one by one", exc_info=True,
-                            extra={"consumer": self.consumer, "records": len(records)})
+                            extra={"consumer": self.consumer, "records": len(readable)})
                 if conn is not None and conn.is_closed():
                     conn = await self._drop(conn)
-                for record in records:
+                for record in readable:  # the poison ones are dead-lettered already
                     await self._processor.process(record)
                 return conn
         DUPLICATES_SKIPPED.labels(self.consumer).inc(len(decoded) - len(fresh))
@@ -115,10 +115,3 @@ class BatchConsumerLoop(ConsumerLoop):
             except Exception:
                 conn.terminate()
         return None
-
-    async def _claim_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> set[str]:
-        rows = await conn.fetch(
-            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING "
-            "RETURNING event_id", self.consumer, [e.id for e in envelopes],
-        )
-        return {row["event_id"] for row in rows}
