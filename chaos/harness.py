@@ -445,6 +445,8 @@ class Harness:
             "broken": self.args.broken,
             "quiet": not any(quiet.values()),
         })
+        if not figures["quiet"]:  # what was still pending when the wait for quiet gave up
+            figures["not_quiet"] = {name: value for name, value in quiet.items() if value}
         (self.run_dir / "faults.log").write_text("\n".join(self.faults.log) + "\n")
         return figures
 

@@ -36,7 +36,7 @@ ADMIN = token("admin")
 DESK = token("desk", department="34")
 PARIS = ZoneInfo("Europe/Paris")
 # A SIGKILLed referral service stays a member of its consumer group until its session times out
-# (faust's 60 s), and its successor reads nothing meanwhile: after 6 s instead, so that a test
+# (10 s, reflexe_common.streams), and its successor reads nothing meanwhile: after 6 s instead, so that a test
 # waiting for an event the new process consumes does not depend on whether another test of the
 # module killed one just before.
 KILLED_MEMBER_LEAVES_SOON = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1",

@@ -90,6 +90,7 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
 
 
+SESSION_TIMEOUT_SECONDS = 10.0
 BATCH_SIZE = 50  # bounds what the first record of a batch waits for the last
 BATCH_WAIT_SECONDS = 0.002
 log = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ def stream_app(group: str, kafka: KafkaAccess, topics: list[Topic], processor: P
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_client_id=f"{group}-{instance}",
+        # A crashed process's partitions go to the others after 10 s (aiokafka's default), not
+        # faust's 60 s; its heartbeats come from the consumer's own thread, every 3 s. The
+        # environment (BROKER_SESSION_TIMEOUT) still overrides it, as every faust setting.
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
     )
     # Before anything asks the app for its transport (declaring a topic does).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
