@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import faust
+from faust.tables.manager import TableManager
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -22,14 +23,15 @@ from reflexe_common.kafka import KafkaAccess
 from reflexe_common.metrics import CONSUMER_LAG, init_consumer
 from reflexe_common.topics import Topic
 
-# The two adjustments below depend on faust-streaming internals, read in these versions only:
+# The three adjustments below depend on faust-streaming internals, read in these versions only:
 # another version must be read again (the methods named below) before being added here.
 FAUST_VERSIONS_READ = ("0.15.3",)
 FAUST_VERSION = version("faust-streaming")
 if FAUST_VERSION not in FAUST_VERSIONS_READ:
     raise ImportError(f"reflexe_common.streams was checked against faust-streaming {FAUST_VERSIONS_READ}, "
-                      f"not {FAUST_VERSION}: re-read Consumer._add_gap and "
-                      "AIOKafkaConsumerThread._create_worker_consumer, then update FAUST_VERSIONS_READ")
+                      f"not {FAUST_VERSION}: re-read Consumer._add_gap, "
+                      "AIOKafkaConsumerThread._create_worker_consumer and TableManager.on_start, "
+                      "then update FAUST_VERSIONS_READ")
 
 
 def _gap_without_the_current_offset():
@@ -91,6 +93,19 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
 
 
 SESSION_TIMEOUT_SECONDS = 10.0
+class _NoTables(TableManager):
+    """faust-streaming's table manager sleeps one second before it registers the app's tables
+    (faust/tables/manager.py, TableManager.on_start, "await self.sleep(1.0)"; no setting), and
+    App.start waits for it: a second of every service start, and of every restart after a crash,
+    before its streams subscribe. A stream app here declares no table (state is in PostgreSQL),
+    so there is nothing to wait for."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 BATCH_SIZE = 50  # bounds what the first record of a batch waits for the last
 BATCH_WAIT_SECONDS = 0.002
 log = logging.getLogger(__name__)
@@ -139,6 +154,7 @@ def stream_app(group: str, kafka: KafkaAccess, topics: list[Topic], processor: P
         # faust's 60 s; its heartbeats come from the consumer's own thread, every 3 s. The
         # environment (BROKER_SESSION_TIMEOUT) still overrides it, as every faust setting.
         broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        TableManager=_NoTables,
     )
     # Before anything asks the app for its transport (declaring a topic does).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
