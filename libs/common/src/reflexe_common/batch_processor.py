@@ -59,25 +59,24 @@ class BatchProcessor:
     async def _handle(self, records: list[Record], conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """Handles the records; returns the connection to keep (None after losing it)."""
         started = time.perf_counter()
-        decoded: list[Envelope] = []
-        readable: list[Record] = []
+        decoded: list[tuple[Record, Envelope]] = []
         for record in records:
             try:
-                decoded.append(unwrap(record.headers, record.value))
-                readable.append(record)
+                decoded.append((record, unwrap(record.headers, record.value)))
             except PoisonRecord as exc:
                 await self._dead_letters.send(self.consumer, record, str(exc))
         if not decoded:
             return conn
+        envelopes = [envelope for _, envelope in decoded]
         backoff = 0.1
         while True:
             try:
                 if conn is None:
                     conn = await self._pool.acquire()
                 async with conn.transaction():
-                    claimed = await self._processor.claim_all(conn, decoded)
+                    claimed = await self._processor.claim_all(conn, envelopes)
                     fresh = []
-                    for envelope in decoded:  # an id repeated in the batch: its first occurrence
+                    for envelope in envelopes:  # an id repeated in the batch: its first occurrence
                         if envelope.id in claimed:
                             claimed.discard(envelope.id)
                             fresh.append(envelope)
@@ -91,11 +90,11 @@ class BatchProcessor:
                 backoff = min(backoff * 2, 5.0)
             except Exception:
                 log.warning("batch failed; handling its records one by one", exc_info=True,
-                            extra={"consumer": self.consumer, "records": len(readable)})
+                            extra={"consumer": self.consumer, "records": len(decoded)})
                 if conn is not None and conn.is_closed():
                     conn = await self._drop(conn)
-                for record in readable:  # the poison ones are dead-lettered already
-                    await self._processor.process(record)
+                for record, envelope in decoded:  # the poison ones are dead-lettered already
+                    await self._processor.process_decoded(record, envelope)
                 return conn
         DUPLICATES_SKIPPED.labels(self.consumer).inc(len(decoded) - len(fresh))
         if result is not None and self._after_commit is not None:

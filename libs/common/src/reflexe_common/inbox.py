@@ -138,9 +138,14 @@ class RecordProcessor:
             envelope = self._decode(record)
         except PoisonRecord as exc:
             await self._dead_letters.send(self.consumer, record, str(exc))
-            outcome = "dead-letter"
-        else:
-            outcome = await self._process_one(record, envelope)
+            HANDLER_SECONDS.labels(self.consumer, "dead-letter").observe(time.perf_counter() - started)
+            return "dead-letter"
+        return await self.process_decoded(record, envelope, started)
+
+    async def process_decoded(self, record: Record, envelope: Envelope, started: float | None = None) -> str:
+        """`process` for a record already decoded (and verified)."""
+        started = time.perf_counter() if started is None else started
+        outcome = await self._process_one(record, envelope)
         HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started)
         return outcome
 
@@ -221,9 +226,7 @@ class RecordProcessor:
                 log.warning("batch failed; handling its records one by one", extra={"consumer": self.consumer,
                                                                                     "records": len(decoded)})
                 for record, envelope in decoded:
-                    started_one = time.perf_counter()
-                    outcome = await self._process_one(record, envelope)
-                    HANDLER_SECONDS.labels(self.consumer, outcome).observe(time.perf_counter() - started_one)
+                    await self.process_decoded(record, envelope)
                 return
         DUPLICATES_SKIPPED.labels(self.consumer).inc(duplicates)
         per_record = (time.perf_counter() - started) / max(1, len(decoded))

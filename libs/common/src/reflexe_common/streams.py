@@ -92,7 +92,6 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
 
 
-SESSION_TIMEOUT_SECONDS = 10.0
 class _NoTables(TableManager):
     """faust-streaming's table manager sleeps one second before it registers the app's tables
     (faust/tables/manager.py, TableManager.on_start, "await self.sleep(1.0)"; no setting), and
@@ -108,6 +107,7 @@ class _NoTables(TableManager):
 
 BATCH_SIZE = 50  # bounds what the first record of a batch waits for the last
 BATCH_WAIT_SECONDS = 0.002
+SESSION_TIMEOUT_SECONDS = 10.0
 log = logging.getLogger(__name__)
 
 
