@@ -1,5 +1,5 @@
 """Shared benchmark plumbing: its own throwaway infrastructure, percentiles, paced load, the RSS
-of the service processes a benchmark starts, and the one JSON line each benchmark ends with."""
+and CPU of the processes a benchmark starts, and the one JSON line each benchmark ends with."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 from tests.support.infra import Infra, make_state_dir, start_infra, stop_infra
@@ -142,6 +143,68 @@ class RssWatch:
         return {f"rss_{service}_mb": figure(self._max_kb[service] / 1024 if service in self._max_kb else None,
                                             "MB", RSS_TARGET_MB, "<=")
                 for service in self._pids}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used: what an event costs it, a figure that a machine
+    busy with other work distorts much less than latencies."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of every postgres process on the machine (the bench's cluster dominates during a run)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores together spent busy since boot (/proc/stat: all but idle and I/O wait)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuAccount:
+    """Where a load's CPU went: each service process, PostgreSQL, this benchmark process (the load
+    and the receivers) and the rest of the machine (the broker mostly), between `start` and
+    `stop`, per unit of work; and how busy the machine's cores were meanwhile."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._started: dict[str, float] = {}
+        self._spent: dict[str, float] = {}
+        self._elapsed = 0.0
+
+    def _now(self) -> dict[str, float]:
+        return {**{name: cpu_seconds(pid) for name, pid in self._pids.items()},
+                "postgres": postgres_cpu_seconds(), "benchmark": time.process_time(),
+                "machine": machine_busy_seconds(), "wall": time.perf_counter()}
+
+    def start(self) -> None:
+        self._started = self._now()
+
+    def stop(self) -> None:
+        ended = self._now()
+        spent = {name: ended[name] - self._started[name] for name in ended}
+        self._elapsed = spent.pop("wall")
+        spent["other"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
+        self._spent = spent
+
+    def figures(self, units: int, unit: str) -> dict[str, dict[str, Any]]:
+        """cpu_<part>_ms_per_<unit>, and machine_busy_share (1.0: every core busy all along)."""
+        figures = {f"cpu_{part}_ms_per_{unit}": figure(seconds * 1000 / units, "ms")
+                   for part, seconds in self._spent.items()}
+        cores = os.cpu_count() or 1
+        figures["machine_busy_share"] = figure(self._spent["machine"] / (self._elapsed * cores), "share")
+        return figures
 
 
 def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:

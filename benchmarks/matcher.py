@@ -32,7 +32,8 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client.parser import text_string_to_metric_families
 from reflexe.v1 import referral_pb2
 
-from benchmarks.common import RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
+from benchmarks.common import (RssWatch, cpu_seconds, figure, latency_figures, paced, percentiles, postgres_cpu_seconds,
+                               print_result, print_table)
 from reflexe_common.envelope import PoisonRecord, ts, unwrap, wrap
 from reflexe_common.geography import Geography
 from reflexe_common.partitioning import DepartmentPartitioner
@@ -90,24 +91,6 @@ class Offers:
 def metric(text: str, name: str, **labels: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU of every postgres process on the machine (the bench's cluster dominates during a run)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(entry.name))
-            except OSError:
-                continue
-    return total
 
 
 async def mark_group_caught_up(kafka: dict) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RssWatch, bench_infra, figure, latency_figures, paced, percentiles,  # noqa: E402
+from benchmarks.common import (RssWatch, bench_infra, cpu_seconds, figure, latency_figures, paced, percentiles,  # noqa: E402
                                print_result, print_table, sized)
 from reflexe.v1 import referral_pb2  # noqa: E402
 from reflexe_common.envelope import ts, wrap  # noqa: E402
@@ -44,13 +43,6 @@ DEPARTMENT = "34"
 WEBHOOK_P99_TARGET_MS = 50  # event → webhook, at 100 events/s
 STREAM_P99_TARGET_MS = 30  # event → SSE, at 100 events/s
 DELIVERIES_PER_SECOND_TARGET = 2000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used: what an event or a delivery costs it, a figure
-    that a machine busy with other work distorts much less than latencies."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _stream_reader(url: str, received: dict[str, float], opened: asyncio.Event) -> None:

@@ -15,7 +15,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks.common import RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
+from benchmarks.common import CpuAccount, RssWatch, figure, latency_figures, paced, percentiles, print_result, print_table
 from reflexe_common.envelope import unwrap
 from reflexe_common.finess import with_key
 from reflexe_common.topics import MATCHING_EVENTS, REFERRAL_EVENTS
@@ -154,9 +154,12 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
             warm = {d.json["data"]["referral_id"] for d in receiver.of_type("offer.proposed")}
             answered.clear()
             post_latencies.clear()
+            cpu = CpuAccount({name: process.proc.pid for name, process in services.items()})
+            cpu.start()
             elapsed = await paced(rate, count, post)
             await eventually(lambda: asyncio.sleep(0, len(receiver.unique()) - len(warm) >= count), timeout=120,
                              what="every webhook")
+            cpu.stop()
             received = {d.json["data"]["referral_id"]: d.at for d in receiver.of_type("offer.proposed")}
             slice_latencies = [received[rid] - t for rid, t in answered.items() if rid in received]
             hops = await _hops(infra.kafka_options(), answered, received)
@@ -185,11 +188,17 @@ async def run(infra: Infra, rate: float, seconds: float, log_dir: Path) -> None:
     for name, value in internals.items():
         print(f"  {name:<40} {value * 1000:.1f} ms")
     print(f"  ratio slice/raw: p50 x{ratio('p50_ms') or float('nan'):.1f}, p99 x{ratio('p99_ms') or float('nan'):.1f}")
+    cpu_figures = cpu.figures(count, "referral")
+    print("  CPU per referral, from the first POST to the last webhook: " + ", ".join(
+        f"{name.removeprefix('cpu_').removesuffix('_ms_per_referral')} {f['value']:.1f} ms"
+        for name, f in cpu_figures.items() if name.startswith("cpu_"))
+        + f"; the cores were {cpu_figures['machine_busy_share']['value']:.0%} busy")
     print_result("slice", {
         "rate_per_s": figure(rate, "referrals/s"),
         **latency_figures("post_to_webhook", slice_latencies, p99_target_ms=P99_TARGET_MS),
         **latency_figures("raw_round_trip", raw),
         "ratio_to_raw_p50": figure(ratio("p50_ms"), "x"),
         "ratio_to_raw_p99": figure(ratio("p99_ms"), "x"),
+        **cpu_figures,
         **rss.figures(),
     })
