@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import AsyncIterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,9 +116,29 @@ class _NoTables(TableManager):
 
 
 BATCH_SIZE = 50  # bounds what the first record of a batch waits for the last
-BATCH_WAIT_SECONDS = 0.002
 SESSION_TIMEOUT_SECONDS = 10.0
 log = logging.getLogger(__name__)
+
+
+async def pending_batches(stream: faust.StreamT, max_size: int) -> AsyncIterator[list[faust.EventT]]:
+    """The stream's events in batches of what is already pending when one arrives (up to
+    `max_size`): a lone event goes alone and at once, a burst goes in few batches. Each event is
+    acknowledged (its offset may be committed) once its batch is handled.
+
+    Not faust's `take_events`, which forms its batches with a timer: with a 2 ms window its agent
+    woke 500 times a second whether events came or not, about 10 % of a core per stream app on an
+    idle platform (four services, five apps: half a core of two)."""
+    manual = stream.noack()
+    pending = manual.channel.queue
+    batch: list[faust.EventT] = []
+    async for event in manual.events():
+        batch.append(event)
+        if len(batch) < max_size and not pending.empty():
+            continue
+        yield batch
+        for handled in batch:
+            await manual.ack(handled)
+        batch = []
 
 
 def record_lag(app: faust.App, group: str, topic: str, tp, last_offset: int) -> None:
@@ -187,9 +208,8 @@ def stream_app(group: str, kafka: KafkaAccess, topics: list[Topic], processor: P
 
     @app.agent(source, name=processor.consumer)
     async def process(stream):
-        # Small batches; the short wait keeps a lone event fast. One agent instance handles its
-        # partitions in order (no agent concurrency: it would reorder).
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WAIT_SECONDS):
+        # One agent instance handles its partitions in order (no agent concurrency: it would reorder).
+        async for events in pending_batches(stream, BATCH_SIZE):
             records, last = [], {}
             for event in events:
                 msg = event.message
