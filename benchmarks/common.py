@@ -152,17 +152,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU of every postgres process on the machine (the bench's cluster dominates during a run)."""
+def command_cpu_seconds(command: str) -> float:
+    """CPU of every process of this command name on the machine (a benchmark's own cluster
+    dominates during its run)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
+                if (entry / "comm").read_text().strip() == command:
                     total += cpu_seconds(int(entry.name))
             except OSError:
                 continue
     return total
+
+
+def postgres_cpu_seconds() -> float:
+    return command_cpu_seconds("postgres")
 
 
 def machine_busy_seconds() -> float:
@@ -173,9 +178,9 @@ def machine_busy_seconds() -> float:
 
 
 class CpuAccount:
-    """Where a load's CPU went: each service process, PostgreSQL, this benchmark process (the load
-    and the receivers) and the rest of the machine (the broker mostly), between `start` and
-    `stop`, per unit of work; and how busy the machine's cores were meanwhile."""
+    """Where a load's CPU went: each service process, PostgreSQL, the Kafka broker (the JVM), this
+    benchmark process (the load and the receivers) and the rest of the machine, between `start`
+    and `stop`, per unit of work; and how busy the machine's cores were meanwhile."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
@@ -185,7 +190,8 @@ class CpuAccount:
 
     def _now(self) -> dict[str, float]:
         return {**{name: cpu_seconds(pid) for name, pid in self._pids.items()},
-                "postgres": postgres_cpu_seconds(), "benchmark": time.process_time(),
+                "postgres": postgres_cpu_seconds(), "kafka": command_cpu_seconds("java"),
+                "benchmark": time.process_time(),
                 "machine": machine_busy_seconds(), "wall": time.perf_counter()}
 
     def start(self) -> None:

@@ -30,7 +30,7 @@ EXPECTED: dict[str, dict[str, tuple[float, str] | None]] = {
               "ratio_to_raw_p99": None, "post_to_webhook_samples": None, "rss_referral_mb": RSS,
               "rss_capacity_mb": RSS, "rss_indicators_mb": RSS, "rss_notify_mb": RSS,
               **{f"cpu_{part}_ms_per_referral": None for part in (
-                  "referral", "capacity", "indicators", "notify", "postgres", "benchmark", "other", "machine")},
+                  "referral", "capacity", "indicators", "notify", "postgres", "kafka", "benchmark", "other", "machine")},
               "machine_busy_share": None},
     "notify": {"rate_per_s": None, "event_to_webhook_p99_ms": (50, "<="), "event_to_sse_p99_ms": (30, "<="),
                "webhook_deliveries_per_s": (2000, ">="), "event_to_webhook_samples": None,
