@@ -1,15 +1,18 @@
 """The offsets faust commits over the gaps that transaction markers leave, with the adjusted
-`Consumer._add_gap` (reflexe_common.streams) and faust's own `Consumer._new_offset`."""
+`Consumer._add_gap` (reflexe_common.streams) and faust's own `Consumer._new_offset`; and the
+batches a stream's agent is given."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 from faust.transport.consumer import Consumer
 from faust.types import TP
+import pytest
 from intervaltree import IntervalTree
 
-import reflexe_common.streams  # noqa: F401  (adjusts Consumer._add_gap)
+from reflexe_common.streams import pending_batches  # importing it adjusts Consumer._add_gap
 
 PARTITION = TP("referral.events", 3)
 
@@ -60,3 +63,46 @@ async def test_a_gap_behind_the_committed_offset_is_not_recorded():
     await Consumer._add_gap(offsets, PARTITION, 15, 19)
     await Consumer._add_gap(offsets, PARTITION, 18, 23)
     assert sorted((i.begin, i.end) for i in offsets._gap[PARTITION]) == [(21, 23)]
+
+
+class _FakeStream:
+    """What `pending_batches` uses of a faust stream: manual acks, the channel's queue, events."""
+
+    def __init__(self, arrivals: list[list[str]]) -> None:
+        self._arrivals = arrivals  # events arriving together, group after group
+        self.channel = self
+        self.queue = asyncio.Queue()
+        self.acked: list[str] = []
+
+    def noack(self) -> _FakeStream:
+        return self
+
+    async def events(self):
+        for group in self._arrivals:
+            for event in group:
+                self.queue.put_nowait(event)
+            while not self.queue.empty():
+                yield self.queue.get_nowait()
+
+    async def ack(self, event: str) -> None:
+        self.acked.append(event)
+
+
+async def test_a_batch_is_what_is_pending_and_is_acknowledged_once_handled():
+    stream = _FakeStream([["a"], ["b", "c", "d"], ["e", "f", "g", "h", "i"]])
+    batches, acked_before = [], []
+    async for batch in pending_batches(stream, max_size=3):
+        acked_before.append(list(stream.acked))
+        batches.append(batch)
+    assert batches == [["a"], ["b", "c", "d"], ["e", "f", "g"], ["h", "i"]]
+    assert acked_before == [[], ["a"], ["a", "b", "c", "d"], ["a", "b", "c", "d", "e", "f", "g"]]
+    assert stream.acked == list("abcdefghi")
+
+
+async def test_a_batch_whose_handling_fails_is_not_acknowledged():
+    stream = _FakeStream([["a", "b"], ["c"]])
+    with pytest.raises(RuntimeError):
+        async for batch in pending_batches(stream, max_size=10):
+            if batch == ["c"]:
+                raise RuntimeError("handler failed")
+    assert stream.acked == ["a", "b"]  # c's offset is not committed: it comes again
